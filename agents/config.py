@@ -1,0 +1,77 @@
+"""The node agent's configuration: one frozen, validated object parsed once in ``main()``."""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass, field
+from typing import Literal
+
+from schemas.topics import DEFAULT_PREFIX, Topics
+from trainguard.errors import ConfigError
+
+__all__ = ["AgentConfig", "KafkaProducerSettings"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,255}$")
+Compression = Literal["none", "gzip", "lz4", "zstd"]
+_COMPRESSIONS = ("none", "gzip", "lz4", "zstd")
+
+
+@dataclass(frozen=True)
+class KafkaProducerSettings:
+    """How the agent talks to Kafka: durable (acks=all, idempotent), compressed, batched."""
+
+    bootstrap: str
+    compression: Compression = "zstd"
+    #: Sample batches are tiny and 1 Hz; a short linger batches a node's messages together
+    #: without adding visible latency.
+    linger_ms: int = 20
+    request_timeout_ms: int = 15_000
+    delivery_timeout_ms: int = 60_000
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap.strip():
+            raise ConfigError("Kafka bootstrap servers are empty; expected host:port[,host:port]")
+        for server in self.bootstrap.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(f"bad Kafka bootstrap server {server!r}; expected host:port")
+        if self.compression not in _COMPRESSIONS:
+            raise ConfigError(
+                f"unknown compression {self.compression!r}; expected one of: "
+                + ", ".join(_COMPRESSIONS)
+            )
+        if not 0 <= self.linger_ms <= 10_000:
+            raise ConfigError(f"linger_ms must be within 0..10000, got {self.linger_ms}")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything one node agent needs; validated on construction."""
+
+    kafka: KafkaProducerSettings
+    cluster: str = "default"
+    node: str = field(default_factory=socket.gethostname)
+    topics: Topics = field(default_factory=lambda: Topics(DEFAULT_PREFIX))
+    interval_s: float = 1.0
+    heartbeat_interval_s: float = 5.0
+    backend: Literal["simulated"] = "simulated"
+    sim_gpus: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("cluster", "node"):
+            value = getattr(self, name)
+            if not _NAME.match(value):
+                raise ConfigError(
+                    f"bad {name} name {value!r}; expected 1-256 of letters, digits, "
+                    "'.', '_', ':', '-'"
+                )
+        if not 0.05 <= self.interval_s <= 3600:
+            raise ConfigError(f"interval_s must be within 0.05..3600, got {self.interval_s}")
+        if self.heartbeat_interval_s < self.interval_s:
+            raise ConfigError(
+                f"heartbeat_interval_s ({self.heartbeat_interval_s}) must be >= "
+                f"interval_s ({self.interval_s})"
+            )
+        if not 1 <= self.sim_gpus <= 256:
+            raise ConfigError(f"sim_gpus must be within 1..256, got {self.sim_gpus}")

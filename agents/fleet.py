@@ -1,0 +1,76 @@
+"""A simulated fleet: many node agents in one process, for the demo, tests and benchmarks.
+
+Each node has its own :class:`NodeAgent` and :class:`SimulatedGpus`; they share one
+transport (one Kafka producer), as a load generator should. ``realtime=False`` sends
+ticks back to back with event timestamps ``interval_s`` apart: faster than real time,
+same results downstream (the pipeline works in event time).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from agents.collectors.simulated import SimulatedGpus
+from agents.config import AgentConfig
+from agents.daemon import NodeAgent
+from agents.transport import Transport
+
+__all__ = ["SimulatedFleet"]
+
+
+class SimulatedFleet:
+    """``nodes`` simulated nodes named ``<prefix>-000``... with ``config.sim_gpus`` GPUs each."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        transport: Transport,
+        *,
+        nodes: int,
+        node_prefix: str = "sim-node",
+        seed: int = 0,
+    ) -> None:
+        if nodes < 1:
+            raise ValueError(f"nodes must be >= 1, got {nodes}")
+        self.transport = transport
+        self.collectors: dict[str, SimulatedGpus] = {}
+        self.agents: list[NodeAgent] = []
+        for i in range(nodes):
+            name = f"{node_prefix}-{i:03d}"
+            collector = SimulatedGpus(name, config.sim_gpus, seed=seed)
+            self.collectors[name] = collector
+            self.agents.append(NodeAgent(replace(config, node=name), collector, transport))
+        self.interval_s = config.interval_s
+
+    def tick(self, ts: float) -> int:
+        """Send one batch from every node at event time ``ts``; return batches sent."""
+        return sum(1 for agent in self.agents if agent.tick(ts) is not None)
+
+    def run(
+        self,
+        ticks: int,
+        *,
+        start_ts: float | None = None,
+        realtime: bool = True,
+        stop: threading.Event | None = None,
+        on_tick: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Run ``ticks`` ticks; return batches sent. ``on_tick(tick, sent)`` reports progress."""
+        stop = stop or threading.Event()
+        t0 = time.time() if start_ts is None else start_ts
+        sent = 0
+        next_at = time.monotonic()
+        for i in range(ticks):
+            if stop.is_set():
+                break
+            sent += self.tick(t0 + i * self.interval_s)
+            if on_tick is not None:
+                on_tick(i + 1, sent)
+            if realtime:
+                next_at += self.interval_s
+                stop.wait(max(0.0, next_at - time.monotonic()))
+        self.transport.flush(timeout=60)
+        return sent

@@ -1,0 +1,1 @@
+"""The stream-processing side of trainguard: decode and validate, check, alert, store."""

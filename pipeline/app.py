@@ -1,0 +1,106 @@
+"""The Faust application: thin glue that feeds Kafka batches to the plain-Python stages.
+
+Topology (issue 2 skeleton): input topics → :class:`~pipeline.ingest.Ingestor`
+(decode/validate; rejects to the dead-letter topic) → :class:`~pipeline.sinks.store_sink.StoreSink`.
+A batch's offsets are acknowledged only after its dead letters are acknowledged by
+Kafka and its rows are in the store: at-least-once end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import faust
+
+from pipeline.config import WorkerConfig
+from pipeline.ingest import Ingestor, RawMessage
+from pipeline.sinks.store_sink import StoreSink
+
+__all__ = ["build_app"]
+
+log = logging.getLogger(__name__)
+
+
+def build_app(config: WorkerConfig, ingestor: Ingestor, sink: StoreSink) -> faust.App:
+    """Create the worker's Faust app with its agents and timers."""
+    app = faust.App(
+        config.app_id,
+        broker=config.broker_urls,
+        store="memory://",
+        datadir=config.data_dir,
+        autodiscover=False,
+        web_enabled=False,
+        topic_partitions=config.partitions,
+        topic_replication_factor=config.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_interval=1.0,
+    )
+    raw: dict[str, Any] = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
+    inputs = app.topic(*config.topics.inputs(), **raw)
+    dead_letters = app.topic(config.topics.dead_letters, partitions=config.partitions, **raw)
+    # One thread owns all store calls: chdb is synchronous and must not block the event loop.
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-sink")
+    worker_name = f"{socket.gethostname()}:{os.getpid()}"
+
+    @app.agent(inputs, concurrency=1)
+    async def ingest(stream: faust.StreamT[bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        async for events in stream.take_events(config.batch_max, within=config.batch_within_s):
+            messages = [
+                RawMessage(
+                    topic=e.message.topic,
+                    partition=e.message.partition,
+                    offset=e.message.offset,
+                    key=e.message.key,
+                    value=e.message.value,
+                    timestamp=e.message.timestamp,
+                )
+                for e in events
+            ]
+            result = ingestor.ingest(messages)
+            if result.dead:
+                sent = [
+                    await dead_letters.send(
+                        key=d.source.key, value=d.source.value, headers=d.headers(worker_name)
+                    )
+                    for d in result.dead
+                ]
+                await asyncio.gather(*sent)
+                result.rows["dead_letters"] = [d.row() for d in result.dead]
+                for d in result.dead:
+                    log.warning(
+                        "dead letter topic=%s partition=%d offset=%d reason=%s error=%s",
+                        d.source.topic,
+                        d.source.partition,
+                        d.source.offset,
+                        d.reason,
+                        d.message,
+                    )
+            await loop.run_in_executor(executor, sink.write, result.rows)
+
+    @app.timer(10.0)
+    async def report() -> None:
+        c = sink.counters
+        log.info(
+            "worker progress records=%d rejected=%d rows=%d batches=%d retries=%d "
+            "last_batch_ms=%.1f",
+            ingestor.accepted,
+            sum(ingestor.rejected.values()),
+            c.rows,
+            c.batches,
+            c.retries,
+            c.last_batch_s * 1000,
+        )
+
+    return app

@@ -1,0 +1,57 @@
+"""The stream worker's configuration: one frozen, validated object parsed once in ``main()``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from pipeline.store.url import StoreUrl
+from schemas.topics import DEFAULT_PREFIX, Topics
+from trainguard.errors import ConfigError
+
+__all__ = ["WorkerConfig"]
+
+_APP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything one stream worker needs; validated on construction."""
+
+    bootstrap: str
+    store: StoreUrl
+    topics: Topics = field(default_factory=lambda: Topics(DEFAULT_PREFIX))
+    #: Faust application id: also the Kafka consumer group of the workers sharing the work.
+    app_id: str = "trainguard-worker"
+    partitions: int = 3
+    replication_factor: int = 1
+    #: A store write happens when this many messages are buffered or ``batch_within_s`` passed.
+    batch_max: int = 2000
+    batch_within_s: float = 1.0
+    #: How long a failing store write is retried (with backoff) before the worker gives up.
+    store_retry_s: float = 600.0
+    #: Where the worker writes its state (Faust tables) and, for chdb, its owner file.
+    data_dir: str = "./trainguard-data/worker"
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap.strip():
+            raise ConfigError("Kafka bootstrap servers are empty; expected host:port[,host:port]")
+        if not _APP_ID.match(self.app_id):
+            raise ConfigError(
+                f"bad app id {self.app_id!r}; expected letters, digits, '.', '_', '-'"
+            )
+        if not 1 <= self.partitions <= 1024:
+            raise ConfigError(f"partitions must be within 1..1024, got {self.partitions}")
+        if not 1 <= self.replication_factor <= 16:
+            raise ConfigError(
+                f"replication_factor must be within 1..16, got {self.replication_factor}"
+            )
+        if not 1 <= self.batch_max <= 1_000_000:
+            raise ConfigError(f"batch_max must be within 1..1000000, got {self.batch_max}")
+        if not 0.01 <= self.batch_within_s <= 60:
+            raise ConfigError(f"batch_within_s must be within 0.01..60, got {self.batch_within_s}")
+
+    @property
+    def broker_urls(self) -> list[str]:
+        """Bootstrap servers in Faust's ``kafka://host:port`` form."""
+        return [f"kafka://{s.strip()}" for s in self.bootstrap.split(",") if s.strip()]

@@ -1,0 +1,1 @@
+"""Sinks: where validated records and findings are written (the ClickHouse store)."""

@@ -1,0 +1,142 @@
+"""Flattening of wire records into table rows (one dict per row, columns as in schemas/sql).
+
+Kept free of Faust and of the store so that it can be unit-tested and benchmarked on
+its own. ``None`` maps to SQL NULL (or the empty string for LowCardinality text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+
+from schemas.records import GpuSampleBatch, Heartbeat, Record, StepBatch, StepRecord
+
+__all__ = ["Row", "rows_for"]
+
+Row = dict[str, Any]
+
+_json = msgspec.json.Encoder()
+
+
+def rows_for(record: Record, partition: int = -1, offset: int = -1) -> Iterator[tuple[str, Row]]:
+    """Yield ``(table, row)`` pairs for one decoded record."""
+    if isinstance(record, GpuSampleBatch):
+        yield "sample_batches", _batch_row(record, partition, offset)
+        for gpu in record.gpus:
+            yield (
+                "gpu_samples",
+                {
+                    "cluster": record.cluster,
+                    "node": record.node,
+                    "gpu": gpu.index,
+                    "ts": record.ts,
+                    "uuid": gpu.uuid or "",
+                    "model": gpu.model or "",
+                    "lost": gpu.lost,
+                    "util_gpu_pct": gpu.util_gpu_pct,
+                    "util_mem_pct": gpu.util_mem_pct,
+                    "mem_used_bytes": gpu.mem_used_bytes,
+                    "mem_total_bytes": gpu.mem_total_bytes,
+                    "power_w": gpu.power_w,
+                    "power_limit_w": gpu.power_limit_w,
+                    "temp_c": gpu.temp_c,
+                    "sm_clock_mhz": gpu.sm_clock_mhz,
+                    "mem_clock_mhz": gpu.mem_clock_mhz,
+                    "clock_event_reasons": gpu.clock_event_reasons,
+                    "pcie_rx_bytes_s": gpu.pcie_rx_bytes_s,
+                    "pcie_tx_bytes_s": gpu.pcie_tx_bytes_s,
+                    "nvlink_rx_bytes": gpu.nvlink_rx_bytes,
+                    "nvlink_tx_bytes": gpu.nvlink_tx_bytes,
+                    "ecc_corrected": gpu.ecc_corrected,
+                    "ecc_uncorrected": gpu.ecc_uncorrected,
+                    "remapped_rows_correctable": gpu.remapped_rows_correctable,
+                    "remapped_rows_uncorrectable": gpu.remapped_rows_uncorrectable,
+                    "remap_pending": gpu.remap_pending,
+                    "remap_failed": gpu.remap_failed,
+                    "xids": [e.xid for e in gpu.xid_events],
+                    "compute_procs": gpu.compute_procs,
+                },
+            )
+    elif isinstance(record, StepBatch):
+        for step in record.steps:
+            yield "steps", _step_row(step, record.cluster)
+    elif isinstance(record, StepRecord):
+        yield "steps", _step_row(record, "")
+    elif isinstance(record, Heartbeat):
+        row: Row = {
+            "cluster": record.cluster,
+            "node": record.node,
+            "ts": record.ts,
+            "agent_id": record.agent_id,
+            "agent_version": record.agent_version,
+            "backend": record.backend,
+            "uptime_s": record.uptime_s,
+            "gpu_count": record.gpu_count,
+        }
+        row.update(msgspec.structs.asdict(record.counters))
+        yield "agent_heartbeats", row
+    else:
+        yield (
+            "alerts",
+            {
+                "cluster": record.cluster,
+                "alert_id": record.alert_id,
+                "fingerprint": record.fingerprint,
+                "status": record.status,
+                "severity": record.severity,
+                "check": record.check,
+                "summary": record.summary,
+                "ts": record.ts,
+                "starts_at": record.starts_at,
+                "ends_at": record.ends_at,
+                "job_id": record.job_id or "",
+                "node": record.node or "",
+                "rank": record.rank,
+                "gpu": record.gpu_index,
+                "evidence": _json.encode(record.evidence).decode(),
+                "labels": record.labels,
+                "runbook_url": record.runbook_url or "",
+                "dashboard_url": record.dashboard_url or "",
+            },
+        )
+
+
+def _batch_row(b: GpuSampleBatch, partition: int, offset: int) -> Row:
+    return {
+        "cluster": b.cluster,
+        "node": b.node,
+        "ts": b.ts,
+        "seq": b.seq,
+        "agent_id": b.agent_id,
+        "gpu_count": len(b.gpus),
+        "lost_gpus": sum(1 for g in b.gpus if g.lost),
+        "driver_version": b.driver_version or "",
+        "schema_version": b.schema_version,
+        "kafka_partition": partition,
+        "kafka_offset": offset,
+    }
+
+
+def _step_row(s: StepRecord, cluster: str) -> Row:
+    return {
+        "cluster": cluster,
+        "job_id": s.job_id,
+        "step": s.step,
+        "rank": s.rank,
+        "world_size": s.world_size,
+        "node": s.node,
+        "local_rank": s.local_rank,
+        "gpu": s.gpu_index,
+        "ts": s.ts,
+        "loss": s.loss,
+        "grad_norm": s.grad_norm,
+        "lr": s.lr,
+        "step_time_s": s.step_time_s,
+        "samples_per_s": s.samples_per_s,
+        "tokens_per_s": s.tokens_per_s,
+        "loss_scale": s.loss_scale,
+        "param_checksum": s.param_checksum or "",
+        "env_fingerprint": s.env_fingerprint or "",
+    }

@@ -1,0 +1,135 @@
+"""The store contract every backend fulfils: commands, queries and JSONEachRow inserts.
+
+SQL handed to :meth:`Store.command` and :meth:`Store.query` may name the store's
+database with the literal token ``{database}``; only that token is replaced (never
+``str.format``, since ClickHouse SQL is full of braces). Both backends receive inserts
+as the same JSONEachRow bytes, encoded with msgspec, so a row means the same thing on
+the embedded engine and on a server.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import msgspec
+
+from trainguard.errors import StoreError
+
+__all__ = [
+    "DATABASE_TOKEN",
+    "INSERT_SETTINGS",
+    "QueryResult",
+    "Store",
+    "decode_json_compact",
+    "encode_json_each_row",
+]
+
+#: The one placeholder substituted in SQL: the store's database name.
+DATABASE_TOKEN = "{database}"
+#: Settings every insert runs with, so ISO-8601 strings and epoch floats both parse.
+INSERT_SETTINGS: dict[str, str] = {"date_time_input_format": "best_effort"}
+
+_COLUMN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENCODER = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """Column names and rows of one query, with JSON-compatible values."""
+
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+
+    def scalar(self) -> Any:
+        """Return the first column of the first row; raise StoreError if there is none."""
+        if not self.rows or not self.rows[0]:
+            raise StoreError(f"expected one value, got {len(self.rows)} rows of {self.columns}")
+        return self.rows[0][0]
+
+    def dicts(self) -> list[dict[str, Any]]:
+        """Return the rows as ``{column: value}`` dicts."""
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+
+
+class Store(ABC):
+    """A ClickHouse database: embedded (chdb) or a server, behind one small interface."""
+
+    database: str
+
+    def render(self, sql: str) -> str:
+        """Replace the literal ``{database}`` token in ``sql`` with this store's database."""
+        return sql.replace(DATABASE_TOKEN, self.database)
+
+    @abstractmethod
+    def command(self, sql: str) -> None:
+        """Run one statement that returns no rows (DDL, INSERT ... SELECT, OPTIMIZE)."""
+
+    @abstractmethod
+    def query(self, sql: str) -> QueryResult:
+        """Run one read statement and return all its rows."""
+
+    def insert_rows(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert ``rows`` into ``{database}.{table}`` as one JSONEachRow block."""
+        if not rows:
+            return
+        if not _COLUMN.fullmatch(table):
+            raise StoreError(f"invalid table name {table!r}; expected a plain identifier")
+        columns, body = encode_json_each_row(rows)
+        self._insert_block(table, columns, body)
+
+    @abstractmethod
+    def _insert_block(self, table: str, columns: list[str], body: bytes) -> None:
+        """Send one JSONEachRow block; ``columns`` are validated identifiers."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection; further calls are undefined."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def encode_json_each_row(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], bytes]:
+    """Return the union of the rows' keys (first-seen order) and the rows as JSONEachRow."""
+    columns: dict[str, None] = {}
+    plain: list[Mapping[str, Any]] = []
+    for row in rows:
+        plain.append(row if isinstance(row, dict) else dict(row))
+        for key in row:
+            if key not in columns:
+                if not _COLUMN.fullmatch(key):
+                    raise StoreError(f"invalid column name {key!r}; expected a plain identifier")
+                columns[key] = None
+    try:
+        body = _ENCODER.encode_lines(plain)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise StoreError(f"cannot encode row as JSON: {exc}") from None
+    return list(columns), body
+
+
+def decode_json_compact(data: bytes, sql: str) -> QueryResult:
+    """Decode a ClickHouse ``JSONCompact`` document into a :class:`QueryResult`."""
+    if not data.strip():
+        return QueryResult(columns=[], rows=[])
+    try:
+        doc = msgspec.json.decode(data)
+        columns = [str(col["name"]) for col in doc["meta"]]
+        rows = [tuple(row) for row in doc["data"]]
+    except (msgspec.DecodeError, KeyError, TypeError):
+        raise StoreError(
+            f"query did not return JSONCompact (drop any FORMAT clause): {sql[:200]!r}"
+        ) from None
+    return QueryResult(columns=columns, rows=rows)

@@ -1,0 +1,66 @@
+"""Running one stream worker: fail fast on Kafka and the store, then hand over to Faust.
+
+In embedded mode (chdb) this worker is the one process that owns the store directory;
+it serves read-only queries on a loopback endpoint so that ``trainguard db counts``,
+``db query`` and the demo's progress line work while it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipeline.config import WorkerConfig
+from pipeline.ingest import Ingestor
+from pipeline.sinks.store_sink import StoreSink
+from pipeline.store import migrate, open_store, serve_reads
+from trainguard.kafka_admin import ensure_topics, wait_for_broker
+
+__all__ = ["run_worker"]
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
+    """Run a worker until SIGTERM/SIGINT; return the process exit code."""
+    from faust.worker import Worker  # heavy import, only for the process that runs it
+
+    from pipeline.app import build_app
+
+    wait_for_broker(config.bootstrap, timeout=30)
+    ensure_topics(
+        config.bootstrap,
+        config.topics.all(),
+        partitions=config.partitions,
+        replication_factor=config.replication_factor,
+    )
+    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    store = open_store(config.store)
+    reads = None
+    try:
+        applied = migrate(store)
+        if applied:
+            log.info("store migrated applied=%s", ",".join(applied))
+        if config.store.embedded:
+            reads = serve_reads(store, config.store.path)
+        ingestor = Ingestor(config.topics)
+        sink = StoreSink(store, retry_for_s=config.store_retry_s)
+        app = build_app(config, ingestor, sink)
+        log.info(
+            "worker starting app_id=%s bootstrap=%s store=%s topics=%s",
+            config.app_id,
+            config.bootstrap,
+            config.store,
+            ",".join(config.topics.inputs()),
+        )
+        worker = Worker(app, loglevel=loglevel, override_logging=False, quiet=True)
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0
+            return code
+        return 0
+    finally:
+        if reads is not None:
+            reads.close()
+        store.close()

@@ -1,0 +1,1 @@
+"""The wire contract (msgspec Structs, JSON Schema) and the ClickHouse DDL of trainguard."""

@@ -1,0 +1,106 @@
+"""Encoding and strict decoding of wire records, with a reason for every rejection.
+
+Decoding never raises anything but :class:`RecordError`, whose ``reason`` is one of a
+small fixed set (used as the dead-letter reason and as a metric label) and whose
+message says what was wrong and where, e.g.
+``Expected `float` >= 0, got `-3.0` - at `$.gpus[0].power_w```.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Generic, Literal, TypeVar
+
+import msgspec
+
+from schemas.records import SCHEMA_VERSION, Record
+
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "RecordDecoder",
+    "RecordError",
+    "RejectReason",
+    "encode",
+]
+
+#: Larger messages are rejected before parsing: no agent sends anything near this.
+MAX_RECORD_BYTES: Final = 4 * 1024 * 1024
+
+RejectReason = Literal["too_large", "not_json", "invalid", "wrong_kind", "unsupported_version"]
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+
+
+class RecordError(ValueError):
+    """A message that is not a valid record of the expected kind."""
+
+    def __init__(self, reason: RejectReason, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason: RejectReason = reason
+        self.message = message
+
+
+class _Envelope(msgspec.Struct):
+    """Just enough of any record to explain why a full decode failed."""
+
+    kind: Any = None
+    schema_version: Any = None
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+
+
+def encode(record: Record) -> bytes:
+    """Serialize one record to its JSON wire form."""
+    return _encoder.encode(record)
+
+
+class RecordDecoder(Generic[T]):
+    """Strict decoder for one record type (or a union of them).
+
+    Build one per topic and reuse it: msgspec compiles the type once.
+    """
+
+    def __init__(self, record_type: type[T] | Any) -> None:
+        self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(record_type)
+        self._type_name = getattr(record_type, "__name__", str(record_type))
+
+    def decode(self, data: bytes | bytearray | memoryview | None) -> T:
+        """Decode and validate ``data``; raise :class:`RecordError` with a reason."""
+        if data is None:
+            raise RecordError("not_json", "empty message (null value)")
+        if len(data) > MAX_RECORD_BYTES:
+            raise RecordError(
+                "too_large", f"message of {len(data)} bytes exceeds {MAX_RECORD_BYTES} bytes"
+            )
+        try:
+            record = self._decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            raise self._classify(data, exc) from None
+        except msgspec.DecodeError as exc:
+            raise RecordError("not_json", str(exc)) from None
+        version = getattr(record, "schema_version", SCHEMA_VERSION)
+        if version > SCHEMA_VERSION:
+            raise RecordError(
+                "unsupported_version",
+                f"schema_version {version} is newer than this reader's {SCHEMA_VERSION}",
+            )
+        return record
+
+    def _classify(self, data: bytes | bytearray | memoryview, exc: Exception) -> RecordError:
+        """Turn a validation failure into the most useful reason (error path only)."""
+        try:
+            env = _envelope_decoder.decode(data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return RecordError("invalid", f"{exc} (expected a JSON object of {self._type_name})")
+        if isinstance(env.schema_version, int) and env.schema_version > SCHEMA_VERSION:
+            return RecordError(
+                "unsupported_version",
+                f"schema_version {env.schema_version} is newer than this reader's {SCHEMA_VERSION}",
+            )
+        if "`$.kind`" in str(exc):
+            return RecordError(
+                "wrong_kind", f"kind {env.kind!r} is not a record of type {self._type_name}"
+            )
+        return RecordError("invalid", str(exc))

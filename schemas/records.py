@@ -1,0 +1,204 @@
+"""The wire contract: every record that crosses Kafka, as msgspec Structs.
+
+One module is the single source of truth for producers (node agents) and consumers
+(stream workers). JSON Schema files under ``schemas/json/`` are generated from these
+classes (``python -m schemas.generate``) and a test fails when they drift.
+
+Conventions
+-----------
+* Every record carries ``kind`` (a tag, so one decoder can tell records apart) and
+  ``schema_version``. Adding an optional field keeps the version; removing or
+  retyping a field bumps it. Unknown fields are ignored so that a newer agent can
+  talk to an older worker.
+* Times are Unix epoch seconds (UTC) as floats, in *event time*: when the thing
+  happened on the node, not when the pipeline saw it.
+* A value a device or trainer does not report is ``None``, never a made-up zero.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AgentCounters",
+    "Alert",
+    "GpuSample",
+    "GpuSampleBatch",
+    "Heartbeat",
+    "Record",
+    "StepBatch",
+    "StepRecord",
+    "XidEvent",
+]
+
+#: The version of the wire contract this code writes and reads.
+SCHEMA_VERSION = 1
+
+# Reusable constrained types. Their bounds appear in the generated JSON Schema too.
+EpochSeconds = Annotated[float, Meta(ge=0, description="Unix epoch seconds, UTC, event time")]
+Percent = Annotated[float, Meta(ge=0, le=100)]
+NonNegInt = Annotated[int, Meta(ge=0)]
+NonNegFloat = Annotated[float, Meta(ge=0)]
+Name = Annotated[str, Meta(min_length=1, max_length=256)]
+Version = Annotated[int, Meta(ge=1, description="wire contract version")]
+
+
+class _Base(msgspec.Struct, kw_only=True, tag_field="kind", omit_defaults=False):
+    """Common base: tagged by ``kind``; keyword-only so fields can be added safely."""
+
+
+class XidEvent(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """One NVIDIA XID error reported by the driver for a GPU."""
+
+    xid: NonNegInt
+    ts: EpochSeconds
+    detail: str | None = None
+
+
+class GpuSample(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """One GPU's readings at one tick. Unsupported fields stay ``None`` (and off the wire)."""
+
+    index: Annotated[int, Meta(ge=0, le=255)]
+    uuid: str | None = None
+    model: str | None = None
+    #: The GPU fell off the bus (NVML "GPU is lost"); every reading is then ``None``.
+    lost: bool = False
+    util_gpu_pct: Percent | None = None
+    util_mem_pct: Percent | None = None
+    mem_used_bytes: NonNegInt | None = None
+    mem_total_bytes: NonNegInt | None = None
+    power_w: NonNegFloat | None = None
+    power_limit_w: NonNegFloat | None = None
+    temp_c: Annotated[float, Meta(ge=-50, le=200)] | None = None
+    sm_clock_mhz: NonNegInt | None = None
+    mem_clock_mhz: NonNegInt | None = None
+    #: NVML clock-event (throttle) reasons bitmask, as ``nvmlDeviceGetCurrentClocksEventReasons``.
+    clock_event_reasons: NonNegInt | None = None
+    pcie_rx_bytes_s: NonNegFloat | None = None
+    pcie_tx_bytes_s: NonNegFloat | None = None
+    #: Cumulative NVLink throughput counters summed over links, where supported.
+    nvlink_rx_bytes: NonNegInt | None = None
+    nvlink_tx_bytes: NonNegInt | None = None
+    ecc_corrected: NonNegInt | None = None
+    ecc_uncorrected: NonNegInt | None = None
+    remapped_rows_correctable: NonNegInt | None = None
+    remapped_rows_uncorrectable: NonNegInt | None = None
+    remap_pending: bool | None = None
+    remap_failed: bool | None = None
+    #: XID events seen since the previous tick (most recent last).
+    xid_events: list[XidEvent] = []
+    compute_procs: NonNegInt | None = None
+
+
+class GpuSampleBatch(_Base, tag="gpu_sample_batch", frozen=True, kw_only=True):
+    """All GPUs of one node at one tick: one Kafka message per node per tick."""
+
+    schema_version: Version = SCHEMA_VERSION
+    cluster: Name
+    node: Name
+    ts: EpochSeconds
+    #: Per-agent-run sequence number; with ``agent_id`` it orders and dedups batches.
+    seq: NonNegInt
+    agent_id: Name
+    driver_version: str | None = None
+    gpus: list[GpuSample]
+
+
+class StepRecord(_Base, tag="step", frozen=True, kw_only=True):
+    """One training rank's report of one optimizer step."""
+
+    schema_version: Version = SCHEMA_VERSION
+    job_id: Name
+    rank: NonNegInt
+    world_size: Annotated[int, Meta(ge=1)]
+    node: Name
+    step: NonNegInt
+    ts: EpochSeconds
+    local_rank: NonNegInt | None = None
+    gpu_index: NonNegInt | None = None
+    loss: float | None = None
+    grad_norm: float | None = None
+    lr: float | None = None
+    step_time_s: NonNegFloat | None = None
+    samples_per_s: NonNegFloat | None = None
+    tokens_per_s: NonNegFloat | None = None
+    loss_scale: float | None = None
+    #: Hash of the model parameters (or optimizer state) after the step; replicas must agree.
+    param_checksum: str | None = None
+    #: Hash of code, config, library versions and seeds; must agree across ranks and stay put.
+    env_fingerprint: str | None = None
+
+
+class StepBatch(_Base, tag="step_batch", frozen=True, kw_only=True):
+    """Step records of one job's ranks on one node, sent together (keyed by job)."""
+
+    schema_version: Version = SCHEMA_VERSION
+    cluster: Name
+    node: Name
+    job_id: Name
+    ts: EpochSeconds
+    seq: NonNegInt
+    agent_id: Name
+    steps: list[StepRecord]
+
+
+class AgentCounters(msgspec.Struct, kw_only=True, frozen=True):
+    """An agent's own counters since it started: what it sent, spooled and dropped."""
+
+    batches_sent: NonNegInt = 0
+    steps_received: NonNegInt = 0
+    steps_malformed: NonNegInt = 0
+    datagrams_dropped: NonNegInt = 0
+    send_errors: NonNegInt = 0
+    spool_depth: NonNegInt = 0
+    spool_dropped: NonNegInt = 0
+    collect_errors: NonNegInt = 0
+
+
+class Heartbeat(_Base, tag="heartbeat", frozen=True, kw_only=True):
+    """An agent's liveness and self-report, sent every few seconds."""
+
+    schema_version: Version = SCHEMA_VERSION
+    cluster: Name
+    node: Name
+    ts: EpochSeconds
+    seq: NonNegInt
+    agent_id: Name
+    agent_version: str
+    uptime_s: NonNegFloat
+    backend: Literal["nvml", "simulated"]
+    gpu_count: NonNegInt
+    counters: AgentCounters = AgentCounters()
+
+
+class Alert(_Base, tag="alert", frozen=True, kw_only=True):
+    """A page-worthy state change of one alert, with the evidence that justifies it."""
+
+    schema_version: Version = SCHEMA_VERSION
+    alert_id: Name
+    #: Stable identity of the alert across its lifecycle (the dedup key for receivers).
+    fingerprint: Name
+    status: Literal["firing", "resolved"]
+    severity: Literal["page", "ticket", "info"]
+    check: Name
+    summary: str
+    cluster: Name
+    ts: EpochSeconds
+    starts_at: EpochSeconds
+    ends_at: EpochSeconds | None = None
+    job_id: str | None = None
+    node: str | None = None
+    rank: NonNegInt | None = None
+    gpu_index: NonNegInt | None = None
+    evidence: dict[str, float | str | None] = {}
+    labels: dict[str, str] = {}
+    runbook_url: str | None = None
+    dashboard_url: str | None = None
+
+
+#: Any record that can appear on a trainguard topic.
+Record = GpuSampleBatch | StepBatch | StepRecord | Heartbeat | Alert

@@ -1,0 +1,54 @@
+"""Kafka topic names: part of the wire contract, shared by agents and workers.
+
+Every name takes a prefix (default ``tg``) so several deployments, or several tests,
+can share one broker. Keys: sample batches and heartbeats by node, step batches by
+job (so one job's ranks meet in one partition downstream).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_PREFIX", "Topics"]
+
+DEFAULT_PREFIX = "tg"
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The set of topic names for one deployment prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def samples(self) -> str:
+        """GPU sample batches, one message per node per tick, keyed by node."""
+        return f"{self.prefix}.gpu-samples.v1"
+
+    @property
+    def steps(self) -> str:
+        """Training step batches, keyed by job id."""
+        return f"{self.prefix}.steps.v1"
+
+    @property
+    def heartbeats(self) -> str:
+        """Agent heartbeats, keyed by node."""
+        return f"{self.prefix}.heartbeats.v1"
+
+    @property
+    def alerts(self) -> str:
+        """Alert state changes, keyed by alert fingerprint."""
+        return f"{self.prefix}.alerts.v1"
+
+    @property
+    def dead_letters(self) -> str:
+        """Rejected input: original key and bytes, the reason in headers."""
+        return f"{self.prefix}.dead-letters.v1"
+
+    def inputs(self) -> tuple[str, ...]:
+        """The topics node agents write and workers read."""
+        return (self.samples, self.steps, self.heartbeats)
+
+    def all(self) -> tuple[str, ...]:
+        """Every topic of this deployment."""
+        return (*self.inputs(), self.alerts, self.dead_letters)

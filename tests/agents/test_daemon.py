@@ -1,0 +1,114 @@
+import threading
+
+import pytest
+
+from agents.collectors import SimulatedGpus
+from agents.config import AgentConfig, KafkaProducerSettings
+from agents.daemon import NodeAgent
+from agents.fleet import SimulatedFleet
+from schemas.codec import RecordDecoder
+from schemas.records import GpuSampleBatch, Heartbeat
+from trainguard.errors import ConfigError
+
+
+class RecordingTransport:
+    """An in-memory Transport: unit tests only (integration tests use the real broker)."""
+
+    def __init__(self):
+        self.sent = []
+        self.flushed = 0
+
+    def send(self, topic, key, value):
+        self.sent.append((topic, key, value))
+
+    def flush(self, timeout=None):
+        self.flushed += 1
+
+    def close(self, timeout=None):
+        pass
+
+
+def _config(**kw):
+    return AgentConfig(
+        kafka=KafkaProducerSettings(bootstrap="127.0.0.1:9092"),
+        cluster="c1",
+        node="node-a",
+        sim_gpus=2,
+        **kw,
+    )
+
+
+def test_tick_sends_one_batch_keyed_by_node_with_every_gpu():
+    transport = RecordingTransport()
+    agent = NodeAgent(_config(), SimulatedGpus("node-a", 2), transport)
+    agent.tick(1_795_000_100.0)
+    samples = [m for m in transport.sent if m[0] == "tg.gpu-samples.v1"]
+    assert len(samples) == 1
+    topic, key, value = samples[0]
+    batch = RecordDecoder(GpuSampleBatch).decode(value)
+    assert key == b"node-a"
+    assert batch.ts == 1_795_000_100.0 and batch.seq == 0 and len(batch.gpus) == 2
+
+
+def test_heartbeats_follow_their_interval_in_event_time():
+    transport = RecordingTransport()
+    agent = NodeAgent(_config(heartbeat_interval_s=5.0), SimulatedGpus("node-a", 2), transport)
+    for i in range(11):
+        agent.tick(1_795_000_100.0 + i)
+    beats = [RecordDecoder(Heartbeat).decode(v) for t, _, v in transport.sent if "heartbeats" in t]
+    assert [b.ts - 1_795_000_100.0 for b in beats] == [0.0, 5.0, 10.0]
+    assert beats[-1].counters.batches_sent == 11
+
+
+def test_a_failing_collector_is_counted_and_does_not_stop_the_agent():
+    class Broken(SimulatedGpus):
+        def collect(self, ts):
+            raise RuntimeError("driver hiccup")
+
+    transport = RecordingTransport()
+    agent = NodeAgent(_config(), Broken("node-a", 1), transport)
+    assert agent.tick(1.0) is None
+    assert agent.collect_errors == 1
+
+
+def test_run_stops_when_asked_and_flushes():
+    transport = RecordingTransport()
+    agent = NodeAgent(
+        _config(interval_s=0.05, heartbeat_interval_s=1.0), SimulatedGpus("node-a", 1), transport
+    )
+    assert agent.run(threading.Event(), max_ticks=3) == 3
+    assert transport.flushed == 1
+
+
+def test_fleet_names_nodes_and_sends_one_batch_per_node_per_tick():
+    transport = RecordingTransport()
+    fleet = SimulatedFleet(_config(), transport, nodes=3, node_prefix="n")
+    sent = fleet.run(4, start_ts=1_795_000_100.0, realtime=False)
+    keys = {k for t, k, _ in transport.sent if "gpu-samples" in t}
+    assert sent == 12 and keys == {b"n-000", b"n-001", b"n-002"}
+
+
+@pytest.mark.parametrize(
+    ("kw", "fragment"),
+    [
+        ({"node": "bad node"}, "bad node name"),
+        ({"interval_s": 0.0}, "interval_s"),
+        ({"heartbeat_interval_s": 0.5}, "heartbeat_interval_s"),
+    ],
+)
+def test_bad_agent_settings_are_rejected_with_the_value(kw, fragment):
+    base = {"kafka": KafkaProducerSettings(bootstrap="h:1"), "node": "n"}
+    base.update(kw)
+    with pytest.raises(ConfigError, match=fragment):
+        AgentConfig(**base)
+
+
+@pytest.mark.parametrize("bootstrap", ["", "nohost", "h:port"])
+def test_bad_bootstrap_servers_are_rejected(bootstrap):
+    with pytest.raises(ConfigError):
+        KafkaProducerSettings(bootstrap=bootstrap)
+
+
+def test_unknown_compression_lists_the_choices():
+    with pytest.raises(ConfigError, match="expected one of: none, gzip, lz4, zstd"):
+        KafkaProducerSettings(bootstrap="h:1", compression="zsdt")  # type: ignore[arg-type]

@@ -1,0 +1,89 @@
+from datetime import UTC, datetime
+
+import pytest
+
+from pipeline.store import ChdbStore
+from trainguard.errors import StoreError
+
+_TABLE = (
+    "CREATE TABLE {database}.t (k UInt32, name String, ts DateTime64(3, 'UTC'), "
+    "x Nullable(Float64), tags Array(UInt16), ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+    "ENGINE = ReplacingMergeTree(ingested_at) ORDER BY k"
+)
+
+
+def test_inserted_rows_come_back_with_json_values(chdb_store):
+    chdb_store.command(_TABLE)
+    chdb_store.insert_rows("t", [
+        {"k": 1, "name": "a", "ts": 1700000000.25, "x": None, "tags": [1, 2]},
+        {"k": 2, "name": "b", "ts": datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
+         "x": 1.5, "tags": []},
+    ])
+    result = chdb_store.query("SELECT k, name, ts, x, tags FROM {database}.t ORDER BY k")
+    assert result.columns == ["k", "name", "ts", "x", "tags"]
+    assert result.rows == [
+        (1, "a", "2023-11-14 22:13:20.250", None, [1, 2]),
+        (2, "b", "2024-01-02 03:04:05.678", 1.5, []),
+    ]
+
+
+def test_a_reinserted_row_is_counted_once_with_final(chdb_store):
+    chdb_store.command(_TABLE)
+    chdb_store.command("SYSTEM STOP MERGES {database}.t")  # keep both parts until FINAL
+    row = {"k": 7, "name": "dup", "ts": 1700000000.0, "tags": []}
+    chdb_store.insert_rows("t", [row])
+    chdb_store.insert_rows("t", [row])
+    assert chdb_store.query("SELECT count() FROM {database}.t").scalar() == 2
+    assert chdb_store.query("SELECT count() FROM {database}.t FINAL").scalar() == 1
+
+
+def test_bad_sql_raises_store_error_quoting_the_sql(chdb_store):
+    with pytest.raises(StoreError, match="SELEC 1"):
+        chdb_store.query("SELEC 1")
+
+
+def test_unknown_table_raises_store_error(chdb_store):
+    with pytest.raises(StoreError, match="UNKNOWN_TABLE"):
+        chdb_store.insert_rows("missing", [{"a": 1}])
+
+
+def test_only_the_database_token_is_replaced_other_braces_survive(chdb_store):
+    result = chdb_store.query(
+        "SELECT '{database}' AS db, '{x}' AS braces, format('{}-{}', 'a', 'b') AS f"
+    )
+    assert result.rows == [(chdb_store.database, "{x}", "a-b")]
+
+
+def test_column_names_must_be_identifiers(chdb_store):
+    chdb_store.command(_TABLE)
+    with pytest.raises(StoreError, match="invalid column name 'k; DROP'"):
+        chdb_store.insert_rows("t", [{"k; DROP": 1}])
+
+
+def test_two_stores_on_one_path_share_the_connection_until_the_last_closes(chdb_store):
+    other = ChdbStore(chdb_store.path, chdb_store.database)
+    other.close()
+    assert chdb_store.query("SELECT 1").scalar() == 1
+
+
+def test_a_closed_store_refuses_queries(chdb_store):
+    chdb_store.close()
+    with pytest.raises(StoreError, match="is closed"):
+        chdb_store.query("SELECT 1")
+
+
+def test_a_second_directory_in_one_process_is_refused_clearly(chdb_store, tmp_path):
+    with pytest.raises(StoreError, match="chdb allows one directory per process"):
+        ChdbStore(tmp_path / "other", "x")
+
+
+def test_scalar_of_an_empty_result_raises(chdb_store):
+    with pytest.raises(StoreError, match="expected one value, got 0 rows"):
+        chdb_store.query("SELECT 1 WHERE 0").scalar()
+
+
+def test_several_statements_in_one_call_are_refused(chdb_store):
+    chdb_store.command(_TABLE)
+    with pytest.raises(StoreError, match="one statement per call, got 2"):
+        chdb_store.query("SELECT 1; DROP TABLE {database}.t")
+    assert chdb_store.query("EXISTS TABLE {database}.t").scalar() == 1

@@ -1,0 +1,65 @@
+import pytest
+
+from pipeline.store import migrate, row_counts, tables
+from pipeline.store.migrate import default_sql_dir
+from trainguard.errors import StoreError
+
+ALL_TABLES = [
+    "agent_heartbeats", "alerts", "dead_letters", "gpu_samples", "sample_batches", "steps",
+]
+
+
+def test_migrate_creates_every_table_in_name_order(chdb_store):
+    applied = migrate(chdb_store)
+    assert applied == sorted(p.name for p in default_sql_dir().glob("*.sql"))
+    assert tables(chdb_store) == ALL_TABLES
+
+
+def test_migrate_is_idempotent(chdb_store):
+    migrate(chdb_store)
+    assert migrate(chdb_store) == []
+
+
+def test_a_new_migration_is_applied_alone(chdb_store, tmp_path):
+    (tmp_path / "001_a.sql").write_text(
+        "-- first\n"
+        "CREATE TABLE IF NOT EXISTS {database}.a (x UInt8) ENGINE = MergeTree ORDER BY x;\n"
+    )
+    assert migrate(chdb_store, tmp_path) == ["001_a.sql"]
+    (tmp_path / "002_b.sql").write_text(
+        "CREATE TABLE {database}.b (x UInt8) ENGINE = MergeTree ORDER BY x;\n"
+        "-- a comment-only chunk\n;\n"
+        "INSERT INTO {database}.b VALUES (1), (2);\n"
+    )
+    assert migrate(chdb_store, tmp_path) == ["002_b.sql"]
+    assert row_counts(chdb_store) == {"a": 0, "b": 2}
+
+
+def test_a_migration_changed_after_it_was_applied_is_refused(chdb_store, tmp_path):
+    sql = tmp_path / "003_steps.sql"
+    sql.write_text("CREATE TABLE IF NOT EXISTS {database}.s (x UInt8) ENGINE = Memory")
+    migrate(chdb_store, tmp_path)
+    sql.write_text("CREATE TABLE IF NOT EXISTS {database}.s (x UInt16) ENGINE = Memory")
+    with pytest.raises(
+        StoreError,
+        match=r"migration 003_steps.sql was changed after it was applied \(checksum .*\); "
+              "add a new migration instead",
+    ):
+        migrate(chdb_store, tmp_path)
+
+
+def test_an_empty_migrations_directory_is_an_error(chdb_store, tmp_path):
+    with pytest.raises(StoreError, match="no migrations"):
+        migrate(chdb_store, tmp_path)
+
+
+def test_row_counts_deduplicate_replacing_tables_unless_raw(chdb_store):
+    migrate(chdb_store)
+    chdb_store.command("SYSTEM STOP MERGES {database}.steps")  # keep both parts until FINAL
+    step = {"cluster": "c", "job_id": "j", "step": 1, "rank": 0, "world_size": 1, "node": "n",
+            "ts": 1700000000.0, "loss": 2.5, "param_checksum": "", "env_fingerprint": ""}
+    chdb_store.insert_rows("steps", [step])
+    chdb_store.insert_rows("steps", [step])
+    counts = row_counts(chdb_store)
+    assert counts == {name: (1 if name == "steps" else 0) for name in ALL_TABLES}
+    assert row_counts(chdb_store, final=False)["steps"] == 2

@@ -1,0 +1,72 @@
+"""ServerStore: against a real ClickHouse server when TRAINGUARD_TEST_CLICKHOUSE_URL is set.
+
+Without a server, the same code runs over clickhouse-connect's embedded chdb interface in
+a subprocess (its own chdb directory), which exercises the client calls but not HTTP.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pytest
+
+from pipeline.store import Secret, StoreUrl, migrate, row_counts
+from pipeline.store.server_store import ServerStore
+from trainguard import envvars
+from trainguard.errors import StoreError
+
+_STEP = {"cluster": "c", "job_id": "j", "step": 1, "rank": 0, "world_size": 1, "node": "n",
+         "ts": 1700000000.0, "loss": 2.5, "param_checksum": "", "env_fingerprint": ""}
+
+_OVER_CHDB = textwrap.dedent(f"""
+    import sys
+    import clickhouse_connect
+    from pipeline.store import StoreUrl, migrate, row_counts
+    from pipeline.store.server_store import ServerStore
+
+    client = clickhouse_connect.get_client(interface="chdb", path=sys.argv[1])
+    with ServerStore(StoreUrl.parse("http://localhost/over_chdb"), client=client) as store:
+        assert len(migrate(store)) == 6
+        assert migrate(store) == []
+        store.insert_rows("steps", [{_STEP!r}] * 2)
+        assert row_counts(store)["steps"] == 1, row_counts(store)
+        rows = store.query("SELECT job_id, ts, loss FROM {{database}}.steps FINAL;").rows
+        assert rows == [("j", "2023-11-14 22:13:20.000", 2.5)], rows
+    print("ok")
+""")
+
+
+def test_server_store_runs_over_clickhouse_connect(tmp_path):
+    out = subprocess.run([sys.executable, "-c", _OVER_CHDB, str(tmp_path / "cc")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_an_unreachable_server_is_a_store_error_naming_host_and_port():
+    with pytest.raises(StoreError, match="127.0.0.1:9"):
+        ServerStore(StoreUrl.parse("http://127.0.0.1:9/db"))
+
+
+@pytest.fixture
+def server_store():
+    raw = os.environ.get(envvars.TEST_CLICKHOUSE_URL)
+    if not raw:
+        pytest.skip(f"set {envvars.TEST_CLICKHOUSE_URL} to test against a ClickHouse server")
+    password = os.environ.get(envvars.CLICKHOUSE_PASSWORD)
+    base = StoreUrl.parse(raw, Secret(password) if password else None)
+    url = StoreUrl(scheme=base.scheme, database=f"tg_test_{uuid.uuid4().hex[:12]}",
+                   host=base.host, port=base.port, user=base.user, password=base.password)
+    store = ServerStore(url)
+    yield store
+    store.command("DROP DATABASE IF EXISTS {database}")
+    store.close()
+
+
+def test_migrate_insert_and_count_on_a_server(server_store):
+    assert len(migrate(server_store)) == 6
+    assert migrate(server_store) == []
+    server_store.insert_rows("steps", [_STEP])
+    server_store.insert_rows("steps", [_STEP])
+    assert row_counts(server_store)["steps"] == 1

@@ -1,0 +1,95 @@
+import time
+
+import msgspec
+
+from agents.collectors import SimulatedGpus
+from pipeline.ingest import Ingestor, RawMessage
+from schemas.codec import encode
+from schemas.records import GpuSampleBatch, Heartbeat, StepBatch, StepRecord
+from schemas.topics import Topics
+
+TOPICS = Topics("t")
+NOW = time.time()
+
+
+def _batch(node="n1", gpus=2):
+    return GpuSampleBatch(
+        cluster="c",
+        node=node,
+        ts=NOW,
+        seq=1,
+        agent_id="a",
+        gpus=SimulatedGpus(node, gpus).collect(NOW),
+    )
+
+
+def _msg(topic, value, offset=0):
+    return RawMessage(topic=topic, partition=0, offset=offset, key=b"k", value=value, timestamp=NOW)
+
+
+def test_valid_batches_become_one_batch_row_and_one_row_per_gpu():
+    result = Ingestor(TOPICS).ingest([_msg(TOPICS.samples, encode(_batch(gpus=3)), offset=42)])
+    assert result.records == 1 and not result.dead
+    assert len(result.rows["sample_batches"]) == 1 and len(result.rows["gpu_samples"]) == 3
+    assert result.rows["sample_batches"][0]["kafka_offset"] == 42
+
+
+def test_steps_and_heartbeats_land_in_their_tables():
+    step = StepRecord(job_id="j", rank=0, world_size=2, node="n1", step=5, ts=NOW, loss=1.0)
+    steps = StepBatch(
+        cluster="c",
+        node="n1",
+        job_id="j",
+        ts=NOW,
+        seq=0,
+        agent_id="a",
+        steps=[step, msgspec.structs.replace(step, rank=1)],
+    )
+    hb = Heartbeat(
+        cluster="c",
+        node="n1",
+        ts=NOW,
+        seq=0,
+        agent_id="a",
+        agent_version="x",
+        uptime_s=1.0,
+        backend="simulated",
+        gpu_count=2,
+    )
+    result = Ingestor(TOPICS).ingest(
+        [_msg(TOPICS.steps, encode(steps)), _msg(TOPICS.heartbeats, encode(hb))]
+    )
+    assert [r["rank"] for r in result.rows["steps"]] == [0, 1]
+    assert result.rows["agent_heartbeats"][0]["gpu_count"] == 2
+
+
+def test_garbage_goes_to_dead_letters_with_reason_and_valid_records_still_land():
+    ingestor = Ingestor(TOPICS)
+    result = ingestor.ingest(
+        [
+            _msg(TOPICS.samples, b"\x00garbage", offset=1),
+            _msg(TOPICS.samples, encode(_batch()), offset=2),
+            _msg(TOPICS.samples, b'{"kind":"gpu_sample_batch"}', offset=3),
+            _msg(TOPICS.heartbeats, encode(_batch()), offset=4),
+        ]
+    )
+    assert [d.reason for d in result.dead] == ["not_json", "invalid", "wrong_kind"]
+    assert [d.source.offset for d in result.dead] == [1, 3, 4]
+    assert len(result.rows["sample_batches"]) == 1
+    assert dict(ingestor.rejected) == {"not_json": 1, "invalid": 1, "wrong_kind": 1}
+    assert ingestor.accepted == 1
+
+
+def test_dead_letter_keeps_source_coordinates_in_headers_and_row():
+    dead = Ingestor(TOPICS).ingest([_msg(TOPICS.samples, b"nope", offset=9)]).dead[0]
+    headers = dict(dead.headers("w1"))
+    assert headers["tg.error.reason"] == b"not_json"
+    assert headers["tg.source.topic"] == TOPICS.samples.encode()
+    assert headers["tg.source.offset"] == b"9"
+    row = dead.row()
+    assert row["payload_head"] == "nope" and row["payload_size"] == 4 and row["offset"] == 9
+
+
+def test_message_from_an_unknown_topic_is_rejected_not_dropped():
+    result = Ingestor(TOPICS).ingest([_msg("elsewhere", encode(_batch()))])
+    assert [d.reason for d in result.dead] == ["wrong_topic"]

@@ -1,0 +1,123 @@
+import time
+
+import msgspec
+import pytest
+
+from schemas.codec import MAX_RECORD_BYTES, RecordDecoder, RecordError, encode
+from schemas.records import (
+    Alert,
+    GpuSample,
+    GpuSampleBatch,
+    Heartbeat,
+    StepBatch,
+    StepRecord,
+    XidEvent,
+)
+
+
+def _batch(**kw):
+    fields = dict(
+        cluster="c1",
+        node="node-1",
+        ts=time.time(),
+        seq=7,
+        agent_id="a1",
+        gpus=[
+            GpuSample(
+                index=0, util_gpu_pct=97.5, power_w=650.0, xid_events=[XidEvent(xid=79, ts=1.0)]
+            ),
+            GpuSample(index=1, lost=True),
+        ],
+    )
+    fields.update(kw)
+    return GpuSampleBatch(**fields)
+
+
+def test_every_record_kind_roundtrips():
+    now = time.time()
+    step = StepRecord(job_id="j", rank=3, world_size=8, node="n", step=10, ts=now, loss=2.5)
+    records = [
+        _batch(),
+        step,
+        StepBatch(cluster="c", node="n", job_id="j", ts=now, seq=1, agent_id="a", steps=[step]),
+        Heartbeat(
+            cluster="c",
+            node="n",
+            ts=now,
+            seq=1,
+            agent_id="a",
+            agent_version="0.1",
+            uptime_s=3.0,
+            backend="simulated",
+            gpu_count=8,
+        ),
+        Alert(
+            alert_id="x",
+            fingerprint="f",
+            status="firing",
+            severity="page",
+            check="c",
+            summary="s",
+            cluster="c",
+            ts=now,
+            starts_at=now,
+            evidence={"loss": 1.0},
+        ),
+    ]
+    for record in records:
+        assert RecordDecoder(type(record)).decode(encode(record)) == record
+
+
+def test_every_record_carries_kind_and_schema_version_on_the_wire():
+    doc = msgspec.json.decode(encode(_batch()))
+    assert doc["kind"] == "gpu_sample_batch"
+    assert doc["schema_version"] == 1
+
+
+def test_unreported_gpu_fields_stay_off_the_wire_and_decode_as_none():
+    wire = encode(_batch())
+    assert b"temp_c" not in wire
+    assert RecordDecoder(GpuSampleBatch).decode(wire).gpus[0].temp_c is None
+
+
+def test_unknown_fields_are_ignored_for_forward_compatibility():
+    doc = msgspec.json.decode(encode(_batch()))
+    doc["added_in_a_later_minor"] = {"x": 1}
+    assert RecordDecoder(GpuSampleBatch).decode(msgspec.json.encode(doc)).node == "node-1"
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason", "fragment"),
+    [
+        (b"\x00\xffgarbage", "not_json", "malformed"),
+        (b"[1, 2]", "invalid", "Expected `object`"),
+        (b'{"kind": "step"}', "wrong_kind", "'step'"),
+        (b'{"kind": "gpu_sample_batch", "schema_version": 2}', "unsupported_version", "2"),
+        (None, "not_json", "null"),
+    ],
+)
+def test_bad_payloads_are_rejected_with_a_reason(payload, reason, fragment):
+    with pytest.raises(RecordError) as info:
+        RecordDecoder(GpuSampleBatch).decode(payload)
+    assert info.value.reason == reason
+    assert fragment in info.value.message
+
+
+def test_out_of_range_value_names_the_field_path():
+    wire = encode(_batch()).replace(b'"util_gpu_pct":97.5', b'"util_gpu_pct":197.5')
+    with pytest.raises(RecordError) as info:
+        RecordDecoder(GpuSampleBatch).decode(wire)
+    assert info.value.reason == "invalid"
+    assert "$.gpus[0].util_gpu_pct" in info.value.message
+
+
+def test_wrong_type_is_rejected_not_coerced():
+    wire = encode(_batch()).replace(b'"seq":7', b'"seq":"7"')
+    with pytest.raises(RecordError, match=r"\$\.seq"):
+        RecordDecoder(GpuSampleBatch).decode(wire)
+
+
+def test_oversized_message_is_rejected_before_parsing():
+    with pytest.raises(RecordError) as info:
+        RecordDecoder(GpuSampleBatch).decode(b" " * (MAX_RECORD_BYTES + 1))
+    assert info.value.reason == "too_large"

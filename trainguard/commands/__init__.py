@@ -1,0 +1,1 @@
+"""Subcommands of the ``trainguard`` CLI, one module each, every one exposing ``register()``."""

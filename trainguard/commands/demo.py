@@ -1,0 +1,52 @@
+"""``trainguard demo``: the whole pipeline on one machine with no configuration."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from trainguard import envvars
+from trainguard.commands._common import add_bootstrap, add_env_option, add_topic_prefix
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``demo`` command."""
+    p = subparsers.add_parser(
+        "demo", help="run broker + worker + simulated cluster end to end and print row counts"
+    )
+    p.add_argument("--nodes", type=int, default=4, help="simulated nodes (default: %(default)s)")
+    p.add_argument("--gpus", type=int, default=8, help="GPUs per node (default: %(default)s)")
+    p.add_argument("--duration", type=int, default=30, help="seconds to run (default: %(default)s)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("trainguard-data"),
+        help="where the local broker and the embedded store live (default: %(default)s)",
+    )
+    add_bootstrap(p, default="")
+    add_env_option(
+        p, "--store", envvars.STORE_URL, "", "store URL; empty means chdb://<data-dir>/store"
+    )
+    add_topic_prefix(p)
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from trainguard.demo import DemoOptions, run_demo
+
+    if args.nodes < 1 or args.duration < 1:
+        from trainguard.errors import ConfigError
+
+        raise ConfigError(f"--nodes and --duration must be >= 1, got {args.nodes}, {args.duration}")
+    opts = DemoOptions(
+        nodes=args.nodes,
+        gpus=args.gpus,
+        duration_s=args.duration,
+        data_dir=args.data_dir,
+        bootstrap=args.bootstrap,
+        store=args.store,
+        topic_prefix=args.topic_prefix,
+    )
+    return run_demo(opts)

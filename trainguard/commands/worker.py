@@ -1,0 +1,87 @@
+"""``trainguard worker``: run a stream worker (decode/validate → store)."""
+
+from __future__ import annotations
+
+import argparse
+
+from trainguard.commands._common import (
+    add_bootstrap,
+    add_env_option,
+    add_store,
+    add_topic_prefix,
+    store_url,
+)
+
+__all__ = ["register", "worker_config"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``worker`` command."""
+    p = subparsers.add_parser("worker", help="run a stream worker (Faust): Kafka → checks → store")
+    add_bootstrap(p, default="127.0.0.1:9092")
+    add_store(p)
+    add_topic_prefix(p)
+    add_env_option(
+        p,
+        "--app-id",
+        "TRAINGUARD_APP_ID",
+        "trainguard-worker",
+        "Faust app id, also the consumer group shared by workers",
+    )
+    add_env_option(
+        p, "--partitions", "TRAINGUARD_PARTITIONS", 3, "partitions of topics it creates", type=int
+    )
+    add_env_option(
+        p,
+        "--replication-factor",
+        "TRAINGUARD_REPLICATION_FACTOR",
+        1,
+        "replication factor of topics it creates",
+        type=int,
+    )
+    add_env_option(
+        p, "--batch-max", "TRAINGUARD_BATCH_MAX", 2000, "messages per store write at most", type=int
+    )
+    add_env_option(
+        p,
+        "--batch-within",
+        "TRAINGUARD_BATCH_WITHIN_S",
+        1.0,
+        "seconds a partial batch waits before it is written",
+        type=float,
+    )
+    add_env_option(
+        p,
+        "--data-dir",
+        "TRAINGUARD_WORKER_DATA_DIR",
+        "./trainguard-data/worker",
+        "directory for the worker's local state",
+    )
+    p.set_defaults(func=_run)
+
+
+def worker_config(args: argparse.Namespace) -> object:
+    """Build the validated :class:`~pipeline.config.WorkerConfig` from parsed flags."""
+    from pipeline.config import WorkerConfig
+    from schemas.topics import Topics
+
+    return WorkerConfig(
+        bootstrap=args.bootstrap,
+        store=store_url(args.store),
+        topics=Topics(args.topic_prefix),
+        app_id=args.app_id,
+        partitions=args.partitions,
+        replication_factor=args.replication_factor,
+        batch_max=args.batch_max,
+        batch_within_s=args.batch_within,
+        data_dir=args.data_dir,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipeline.config import WorkerConfig
+    from pipeline.worker import run_worker
+
+    config = worker_config(args)
+    assert isinstance(config, WorkerConfig)
+    return run_worker(config, loglevel=args.log_level.lower())

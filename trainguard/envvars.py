@@ -1,0 +1,43 @@
+"""Every environment variable trainguard reads, in one place.
+
+Only entry points (``trainguard.cli`` and the command modules) read the environment;
+library code receives validated configuration objects instead.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BOOTSTRAP",
+    "CLICKHOUSE_PASSWORD",
+    "CLUSTER",
+    "KAFKA_CACHE",
+    "KAFKA_DATA_DIR",
+    "KAFKA_PORT",
+    "LOG_FORMAT",
+    "LOG_LEVEL",
+    "STORE_URL",
+    "TEST_CLICKHOUSE_URL",
+    "TOPIC_PREFIX",
+]
+
+#: Kafka bootstrap servers, ``host:port[,host:port]``; empty means "start a local broker" (demo).
+BOOTSTRAP = "TRAINGUARD_BOOTSTRAP_SERVERS"
+#: Store URL: ``chdb:///path`` (embedded, default) or ``http(s)://user@host:8123/db``.
+STORE_URL = "TRAINGUARD_STORE_URL"
+#: Password for a ClickHouse server, kept out of URLs, logs and ``ps``.
+CLICKHOUSE_PASSWORD = "TRAINGUARD_CLICKHOUSE_PASSWORD"
+#: Prefix of every Kafka topic name (``tg`` gives ``tg.gpu-samples.v1``...).
+TOPIC_PREFIX = "TRAINGUARD_TOPIC_PREFIX"
+#: Cluster name stamped on records by agents.
+CLUSTER = "TRAINGUARD_CLUSTER"
+#: Where the Kafka broker jars fetched from Maven Central are cached.
+KAFKA_CACHE = "TRAINGUARD_KAFKA_CACHE"
+#: Data directory (config, pid file, logs, partitions) of the ``trainguard kafka`` local broker.
+KAFKA_DATA_DIR = "TRAINGUARD_KAFKA_DATA_DIR"
+#: Client port of that local broker; its controller listens on the next port.
+KAFKA_PORT = "TRAINGUARD_KAFKA_PORT"
+#: Logging level and format (``text`` or ``json``) for entry points.
+LOG_LEVEL = "TRAINGUARD_LOG_LEVEL"
+LOG_FORMAT = "TRAINGUARD_LOG_FORMAT"
+#: A ClickHouse server for the server-backend tests; they skip when it is unset.
+TEST_CLICKHOUSE_URL = "TRAINGUARD_TEST_CLICKHOUSE_URL"

@@ -1,0 +1,139 @@
+"""Small Kafka admin helpers: wait until a broker answers, create topics idempotently."""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from trainguard.errors import BrokerError
+
+__all__ = ["ensure_topics", "wait_for_broker"]
+
+log = logging.getLogger(__name__)
+
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def wait_for_broker(bootstrap: str, timeout: float) -> None:
+    """Block until a broker in ``bootstrap`` answers a metadata request, or raise BrokerError."""
+    addresses = _parse_bootstrap(bootstrap)
+    deadline = time.monotonic() + timeout
+    last = "no attempt made"
+    while True:
+        remaining = deadline - time.monotonic()
+        # A plain TCP probe first: it fails fast and quietly while the port is closed.
+        if any(_tcp_ok(host, port, max(0.05, min(1.0, remaining))) for host, port in addresses):
+            try:
+                admin = _admin(bootstrap, remaining)
+                try:
+                    admin.list_topics()
+                    return
+                finally:
+                    admin.close()
+            except KafkaError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+        else:
+            last = "connection refused or timed out"
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BrokerError(f"cannot reach Kafka at '{bootstrap}' within {timeout:g}s: {last}")
+        time.sleep(min(0.2, remaining))
+
+
+def ensure_topics(
+    bootstrap: str,
+    topics: Iterable[str],
+    *,
+    partitions: int = 3,
+    replication_factor: int = 1,
+    timeout: float = 30,
+) -> list[str]:
+    """Create the topics that do not exist yet and wait until all have partition leaders.
+
+    Existing topics are left as they are (a differing partition count is logged). Returns
+    the names of the topics this call created.
+    """
+    names = list(dict.fromkeys(topics))
+    for name in names:
+        if not _TOPIC_RE.match(name) or name in (".", ".."):
+            raise BrokerError(f"invalid topic name '{name}'; expected 1-249 of [A-Za-z0-9._-]")
+    if partitions < 1:
+        raise BrokerError(f"invalid partition count {partitions}; expected >= 1")
+    if replication_factor < 1:
+        raise BrokerError(f"invalid replication factor {replication_factor}; expected >= 1")
+    if not names:
+        return []
+    deadline = time.monotonic() + timeout
+    try:
+        admin = _admin(bootstrap, timeout)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot reach Kafka at '{bootstrap}': {exc}") from exc
+    try:
+        spec = {"num_partitions": partitions, "replication_factor": replication_factor}
+        result = admin.create_topics({name: dict(spec) for name in names},
+                                     timeout_ms=int(timeout * 1000), raise_errors=False)
+        created, existing = _split_results(bootstrap, result)
+        admin.wait_for_topics(names, timeout_ms=max(1, int((deadline - time.monotonic()) * 1000)))
+        if existing:
+            for info in admin.describe_topics(existing):
+                count = len(info.get("partitions") or [])
+                if count != partitions:
+                    log.warning("topic exists with other partition count topic=%s partitions=%d "
+                                "wanted=%d", info.get("name"), count, partitions)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot ensure topics {names} at '{bootstrap}': "
+                          f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        admin.close()
+    if created:
+        log.info("topics created topics=%s partitions=%d bootstrap=%s",
+                 ",".join(created), partitions, bootstrap)
+    return created
+
+
+def _split_results(bootstrap: str, result: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Split a CreateTopics result into (created, already existing); raise on other errors."""
+    created: list[str] = []
+    existing: list[str] = []
+    for topic in result["topics"]:
+        code = topic["error_code"]
+        if code == 0:
+            created.append(topic["name"])
+        elif code == TopicAlreadyExistsError.errno:
+            existing.append(topic["name"])
+        else:
+            raise BrokerError(f"cannot create topic '{topic['name']}' at '{bootstrap}': error "
+                              f"{code} {topic.get('error_message') or ''}".rstrip())
+    return created, existing
+
+
+def _admin(bootstrap: str, timeout: float) -> Any:
+    ms = max(100, int(timeout * 1000))
+    return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="trainguard-admin",
+                            bootstrap_timeout_ms=ms, request_timeout_ms=max(ms, 1000))
+
+
+def _parse_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
+    addresses = []
+    for item in bootstrap.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise BrokerError(f"invalid bootstrap server '{item.strip()}' in '{bootstrap}'; "
+                              "expected host:port[,host:port]")
+        addresses.append((host.strip("[]"), int(port)))
+    return addresses
+
+
+def _tcp_ok(host: str, port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
