@@ -40,6 +40,8 @@ def build_app(config: WorkerConfig, ingestor: Ingestor, sink: StoreSink) -> faus
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=1.0,
+        broker_session_timeout=config.session_timeout_s,
+        broker_heartbeat_interval=config.session_timeout_s / 4,
     )
     raw: dict[str, Any] = {
         "key_type": bytes,
@@ -55,6 +57,7 @@ def build_app(config: WorkerConfig, ingestor: Ingestor, sink: StoreSink) -> faus
 
     @app.agent(inputs, concurrency=1)
     async def ingest(stream: faust.StreamT[bytes]) -> None:
+        assert isinstance(stream, faust.Stream)  # take_events is not on the StreamT protocol
         loop = asyncio.get_running_loop()
         async for events in stream.take_events(config.batch_max, within=config.batch_within_s):
             messages = [

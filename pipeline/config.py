@@ -30,6 +30,9 @@ class WorkerConfig:
     batch_within_s: float = 1.0
     #: How long a failing store write is retried (with backoff) before the worker gives up.
     store_retry_s: float = 600.0
+    #: A worker that stops heartbeating for this long loses its partitions to the others.
+    #: Short enough that a killed worker's partitions move within seconds.
+    session_timeout_s: float = 10.0
     #: Where the worker writes its state (Faust tables) and, for chdb, its owner file.
     data_dir: str = "./trainguard-data/worker"
 
@@ -48,6 +51,10 @@ class WorkerConfig:
             )
         if not 1 <= self.batch_max <= 1_000_000:
             raise ConfigError(f"batch_max must be within 1..1000000, got {self.batch_max}")
+        if not 3 <= self.session_timeout_s <= 300:
+            raise ConfigError(
+                f"session_timeout_s must be within 3..300, got {self.session_timeout_s}"
+            )
         if not 0.01 <= self.batch_within_s <= 60:
             raise ConfigError(f"batch_within_s must be within 0.01..60, got {self.batch_within_s}")
 

@@ -41,7 +41,7 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
         applied = migrate(store)
         if applied:
             log.info("store migrated applied=%s", ",".join(applied))
-        if config.store.embedded:
+        if config.store.path is not None:  # embedded: this process owns the directory
             reads = serve_reads(store, config.store.path)
         ingestor = Ingestor(config.topics)
         sink = StoreSink(store, retry_for_s=config.store_retry_s)

@@ -47,7 +47,7 @@ Name = Annotated[str, Meta(min_length=1, max_length=256)]
 Version = Annotated[int, Meta(ge=1, description="wire contract version")]
 
 
-class _Base(msgspec.Struct, kw_only=True, tag_field="kind", omit_defaults=False):
+class _Base(msgspec.Struct, kw_only=True, frozen=True, tag_field="kind", omit_defaults=False):
     """Common base: tagged by ``kind``; keyword-only so fields can be added safely."""
 
 

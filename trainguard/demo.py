@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agents.transport import KafkaTransport
 from pipeline.store import Store, StoreUrl, open_store, owner_reader
 from trainguard.broker import LocalBroker, free_port
 from trainguard.errors import TrainguardError
@@ -54,7 +55,6 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
     """Run the demo; return 0 when every produced batch was stored exactly once."""
     from agents.config import AgentConfig, KafkaProducerSettings
     from agents.fleet import SimulatedFleet
-    from agents.transport import KafkaTransport
     from schemas.topics import Topics
     from trainguard.commands._common import store_url
     from trainguard.kafka_admin import ensure_topics
@@ -69,6 +69,7 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
     ticks = max(1, round(opts.duration_s / opts.interval_s))
     broker: LocalBroker | None = None
     worker: subprocess.Popen[bytes] | None = None
+    transport: KafkaTransport | None = None
     worker_log = data_dir / "logs" / "worker.log"
     try:
         bootstrap = opts.bootstrap
@@ -105,8 +106,10 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
 
         sent = fleet.run(ticks, realtime=True, on_tick=progress)
         transport.close(timeout=30)
-        if transport.counters.failed:
-            raise TrainguardError(f"{transport.counters.failed} batches failed delivery to Kafka")
+        failed = transport.counters.failed
+        transport = None
+        if failed:
+            raise TrainguardError(f"{failed} batches failed delivery to Kafka")
         expected = sent
         stored = _wait_for_rows(store, cluster, expected, worker, worker_log)
         counts = {t: _count(store, t, cluster) for t in _TABLES}
@@ -119,7 +122,12 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
         out("[demo] look around: trainguard db counts --store " + store_raw)
         store.close()
         return 0 if stored == expected else 1
+    except KeyboardInterrupt:
+        out("[demo] interrupted; stopping what the demo started")
+        raise
     finally:
+        if transport is not None:
+            transport.close(timeout=5)  # before the broker goes, or it retries noisily
         if worker is not None:
             _stop_worker(worker)
             out("[demo] stream worker stopped")

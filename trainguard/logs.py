@@ -20,7 +20,7 @@ _NOISY = ("kafka", "aiokafka", "faust", "mode", "urllib3", "clickhouse_connect")
 class _KeyValueFormatter(logging.Formatter):
     """``2026-11-24T12:00:00Z level=INFO logger=x msg="..." key=value``."""
 
-    converter = time.gmtime
+    converter = time.gmtime  # type: ignore[assignment]  # UTC timestamps in log lines
 
     def format(self, record: logging.LogRecord) -> str:
         ts = self.formatTime(record, "%Y-%m-%dT%H:%M:%SZ")

@@ -34,7 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import logging
+
     from trainguard.demo import DemoOptions, run_demo
+
+    if args.log_level == "INFO":
+        # The demo prints its own progress lines; routine INFO logs would bury them.
+        logging.getLogger().setLevel(logging.WARNING)
 
     if args.nodes < 1 or args.duration < 1:
         from trainguard.errors import ConfigError
