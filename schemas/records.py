@@ -26,6 +26,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "AgentCounters",
     "Alert",
+    "GpuProcess",
     "GpuSample",
     "GpuSampleBatch",
     "Heartbeat",
@@ -57,6 +58,13 @@ class XidEvent(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     xid: NonNegInt
     ts: EpochSeconds
     detail: str | None = None
+
+
+class GpuProcess(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """One compute process running on a GPU."""
+
+    pid: NonNegInt
+    used_mem_bytes: NonNegInt | None = None
 
 
 class GpuSample(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -92,6 +100,11 @@ class GpuSample(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     #: XID events seen since the previous tick (most recent last).
     xid_events: list[XidEvent] = []
     compute_procs: NonNegInt | None = None
+    #: The compute processes behind ``compute_procs``, with their GPU memory, where readable.
+    processes: list[GpuProcess] = []
+    #: Why a reading failed (e.g. ``{"power_w": "NVML_ERROR_UNKNOWN"}``); unsupported fields
+    #: are simply absent, this is for errors worth seeing.
+    errors: dict[str, str] = {}
 
 
 class GpuSampleBatch(_Base, tag="gpu_sample_batch", frozen=True, kw_only=True):
@@ -147,16 +160,33 @@ class StepBatch(_Base, tag="step_batch", frozen=True, kw_only=True):
 
 
 class AgentCounters(msgspec.Struct, kw_only=True, frozen=True):
-    """An agent's own counters since it started: what it sent, spooled and dropped."""
+    """An agent's own counters since it started: what it sent, spooled and dropped.
+
+    Counters are cumulative; gauges (``spool_*``, latency, CPU, RSS) are current values.
+    """
 
     batches_sent: NonNegInt = 0
     steps_received: NonNegInt = 0
     steps_malformed: NonNegInt = 0
+    #: Step datagrams the trainers' reporters could not hand over (agent down or full).
     datagrams_dropped: NonNegInt = 0
+    #: Step records the agent itself dropped (its intake queue was full).
+    steps_dropped: NonNegInt = 0
     send_errors: NonNegInt = 0
+    #: Records waiting in the on-disk spool for Kafka, and their bytes.
     spool_depth: NonNegInt = 0
+    spool_bytes: NonNegInt = 0
+    #: Records discarded (oldest first) because the spool was full.
     spool_dropped: NonNegInt = 0
     collect_errors: NonNegInt = 0
+    #: Ticks whose collection took longer than the interval.
+    tick_overruns: NonNegInt = 0
+    #: Spool append → Kafka ack, over the last heartbeat interval.
+    send_latency_ms_p50: NonNegFloat | None = None
+    send_latency_ms_max: NonNegFloat | None = None
+    #: The agent's own CPU (% of one core, over the last heartbeat interval) and memory.
+    cpu_pct: NonNegFloat | None = None
+    rss_bytes: NonNegInt | None = None
 
 
 class Heartbeat(_Base, tag="heartbeat", frozen=True, kw_only=True):

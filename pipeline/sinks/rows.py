@@ -57,6 +57,9 @@ def rows_for(record: Record, partition: int = -1, offset: int = -1) -> Iterator[
                     "remap_failed": gpu.remap_failed,
                     "xids": [e.xid for e in gpu.xid_events],
                     "compute_procs": gpu.compute_procs,
+                    "proc_pids": [p.pid for p in gpu.processes],
+                    "proc_mem_bytes": [p.used_mem_bytes or 0 for p in gpu.processes],
+                    "read_errors": gpu.errors,
                 },
             )
     elif isinstance(record, StepBatch):
