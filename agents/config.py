@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from schemas.topics import DEFAULT_PREFIX, Topics
@@ -55,8 +56,16 @@ class AgentConfig:
     topics: Topics = field(default_factory=lambda: Topics(DEFAULT_PREFIX))
     interval_s: float = 1.0
     heartbeat_interval_s: float = 5.0
-    backend: Literal["simulated"] = "simulated"
+    backend: Literal["nvml", "simulated"] = "simulated"
     sim_gpus: int = 8
+    #: The on-disk spool that rides out Kafka outages and agent restarts.
+    spool_dir: Path = Path("./trainguard-data/agent-spool")
+    spool_max_bytes: int = 256 * 1024 * 1024
+    #: Unix datagram socket where trainers' ``agents.reporter`` hands step records.
+    steps_socket: Path | None = None
+    steps_socket_mode: int = 0o660
+    #: JSON-lines files written by trainers that only log, tailed every tick.
+    steps_files: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("cluster", "node"):
@@ -66,8 +75,8 @@ class AgentConfig:
                     f"bad {name} name {value!r}; expected 1-256 of letters, digits, "
                     "'.', '_', ':', '-'"
                 )
-        if not 0.05 <= self.interval_s <= 3600:
-            raise ConfigError(f"interval_s must be within 0.05..3600, got {self.interval_s}")
+        if not 0.1 <= self.interval_s <= 3600:
+            raise ConfigError(f"interval_s must be within 0.1..3600, got {self.interval_s}")
         if self.heartbeat_interval_s < self.interval_s:
             raise ConfigError(
                 f"heartbeat_interval_s ({self.heartbeat_interval_s}) must be >= "
@@ -75,3 +84,12 @@ class AgentConfig:
             )
         if not 1 <= self.sim_gpus <= 256:
             raise ConfigError(f"sim_gpus must be within 1..256, got {self.sim_gpus}")
+        if self.backend not in ("nvml", "simulated"):
+            raise ConfigError(f"unknown backend {self.backend!r}; expected one of: nvml, simulated")
+        if self.spool_max_bytes < 1024 * 1024:
+            raise ConfigError(f"spool max must be at least 1 MB, got {self.spool_max_bytes} bytes")
+        if self.steps_socket is not None and len(str(self.steps_socket)) > 100:
+            raise ConfigError(
+                f"steps socket path {str(self.steps_socket)!r} is too long for a Unix socket "
+                "(100 characters at most)"
+            )

@@ -1,7 +1,13 @@
-"""The node agent: every tick, read all GPUs and send one batch; heartbeat every few ticks.
+"""The node agent loop: GPU sample batches, trainers' step batches and heartbeats.
 
-The clock, the collector and the transport are injected, so the same loop drives a
-real node (wall clock, NVML, Kafka) and a simulation running faster than real time.
+Every tick it reads all GPUs and sends one batch, plus the step records that trainers
+handed over since the last tick (one batch per job); a heartbeat every few seconds.
+
+The clock, the collector, the step sources and the transport are injected, so the same
+loop drives a real node (wall clock, NVML, spool → Kafka) and a simulation running
+faster than real time. Timestamps are UTC epoch seconds from the wall clock; the tick
+schedule runs on the monotonic clock, and a tick that overruns its interval is counted
+and logged, not silently skipped.
 """
 
 from __future__ import annotations
@@ -10,18 +16,23 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from agents.collectors.base import GpuCollector
 from agents.config import AgentConfig
 from agents.transport import Transport
 from schemas.codec import encode
-from schemas.records import AgentCounters, GpuSampleBatch, Heartbeat
+from schemas.records import AgentCounters, GpuSampleBatch, Heartbeat, StepBatch, StepRecord
 from trainguard import __version__
 
-__all__ = ["NodeAgent"]
+__all__ = ["NodeAgent", "StepPoll"]
 
 log = logging.getLogger(__name__)
+
+#: A source of step records: returns what arrived since the previous call.
+StepPoll = Callable[[], Sequence[StepRecord]]
 
 
 class NodeAgent:
@@ -33,51 +44,85 @@ class NodeAgent:
         collector: GpuCollector,
         transport: Transport,
         *,
+        step_sources: Sequence[StepPoll] = (),
+        gauges: Callable[[], Mapping[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self._collector = collector
         self._transport = transport
+        self._step_sources = step_sources
+        self._gauges = gauges
         self._clock = clock
         self._key = config.node.encode()
         self.agent_id = uuid.uuid4().hex[:12]
         self._seq = 0
+        self._step_seq = 0
         self._hb_seq = 0
         self._started = clock()
         self._last_heartbeat: float | None = None
         self.batches_sent = 0
+        self.steps_sent = 0
         self.collect_errors = 0
+        self.tick_overruns = 0
 
     def tick(self, ts: float | None = None) -> GpuSampleBatch | None:
-        """Collect and send one sample batch at event time ``ts`` (default: now)."""
+        """Collect and send one sample batch (and pending steps) at event time ``ts``."""
         now = self._clock() if ts is None else ts
+        batch = None
         try:
             gpus = self._collector.collect(now)
         except Exception:  # a collector bug must not kill the daemon; it is counted
             self.collect_errors += 1
             log.exception("collect failed node=%s seq=%d", self.config.node, self._seq)
-            return None
-        batch = GpuSampleBatch(
-            cluster=self.config.cluster,
-            node=self.config.node,
-            ts=now,
-            seq=self._seq,
-            agent_id=self.agent_id,
-            driver_version=self._collector.driver_version,
-            gpus=gpus,
-        )
-        self._transport.send(self.config.topics.samples, self._key, encode(batch))
-        self._seq += 1
-        self.batches_sent += 1
-        if (
-            self._last_heartbeat is None
-            or now - self._last_heartbeat >= self.config.heartbeat_interval_s
-        ):
+        else:
+            batch = GpuSampleBatch(
+                cluster=self.config.cluster,
+                node=self.config.node,
+                ts=now,
+                seq=self._seq,
+                agent_id=self.agent_id,
+                driver_version=self._collector.driver_version,
+                gpus=gpus,
+            )
+            self._transport.send(self.config.topics.samples, self._key, encode(batch))
+            self._seq += 1
+            self.batches_sent += 1
+        self._send_steps(now)
+        last = self._last_heartbeat
+        if last is None or now - last >= self.config.heartbeat_interval_s:
             self.heartbeat(now)
         return batch
 
+    def _send_steps(self, now: float) -> None:
+        by_job: dict[str, list[StepRecord]] = defaultdict(list)
+        for poll in self._step_sources:
+            for record in poll():
+                by_job[record.job_id].append(record)
+        for job_id, steps in by_job.items():
+            # Keyed by job: all of a job's ranks, from every node, meet in one partition.
+            message = StepBatch(
+                cluster=self.config.cluster,
+                node=self.config.node,
+                job_id=job_id,
+                ts=now,
+                seq=self._step_seq,
+                agent_id=self.agent_id,
+                steps=steps,
+            )
+            self._transport.send(self.config.topics.steps, job_id.encode(), encode(message))
+            self._step_seq += 1
+            self.steps_sent += len(steps)
+
     def heartbeat(self, ts: float) -> Heartbeat:
         """Send the agent's liveness and counters."""
+        extra = dict(self._gauges()) if self._gauges is not None else {}
+        counters = AgentCounters(
+            batches_sent=self.batches_sent,
+            collect_errors=self.collect_errors,
+            tick_overruns=self.tick_overruns,
+            **extra,
+        )
         hb = Heartbeat(
             cluster=self.config.cluster,
             node=self.config.node,
@@ -88,9 +133,7 @@ class NodeAgent:
             uptime_s=max(0.0, ts - self._started),
             backend="simulated" if self._collector.backend == "simulated" else "nvml",
             gpu_count=self._collector.gpu_count,
-            counters=AgentCounters(
-                batches_sent=self.batches_sent, collect_errors=self.collect_errors
-            ),
+            counters=counters,
         )
         self._transport.send(self.config.topics.heartbeats, self._key, encode(hb))
         self._hb_seq += 1
@@ -98,14 +141,22 @@ class NodeAgent:
         return hb
 
     def run(self, stop: threading.Event, *, max_ticks: int | None = None) -> int:
-        """Tick every ``interval_s`` on the wall clock until ``stop`` is set; return ticks sent."""
+        """Tick every ``interval_s`` (monotonic schedule) until ``stop`` is set; return ticks."""
         interval = self.config.interval_s
         next_at = time.monotonic()
         ticks = 0
         while not stop.is_set() and (max_ticks is None or ticks < max_ticks):
-            if self.tick() is not None:
-                ticks += 1
+            self.tick()
+            ticks += 1
             next_at += interval
+            late = time.monotonic() - next_at
+            if late > 0:
+                # Overran: report it and start the schedule afresh rather than bursting.
+                self.tick_overruns += 1
+                log.warning(
+                    "tick overran its interval node=%s interval_s=%.3f late_s=%.3f overruns=%d",
+                    self.config.node, interval, late, self.tick_overruns,
+                )
+                next_at = time.monotonic()
             stop.wait(max(0.0, next_at - time.monotonic()))
-        self._transport.flush(timeout=30)
         return ticks

@@ -1,23 +1,27 @@
-"""Delivery of encoded records to Kafka with kafka-python.
+"""Where an agent hands its encoded records: the spool (daemon) or Kafka directly (load tools).
 
-Durable by default: acks=all and an idempotent producer (no duplicates from the
-producer's own retries), zstd compression, a short linger so one node's messages
-travel in one request. Delivery failures are counted, never hidden; the on-disk spool
-that rides out broker outages sits on top of this (see issue 3).
+:class:`SpoolTransport` is what the node agent daemon uses: every record goes to the
+on-disk spool and a sender thread moves it to Kafka, so outages and restarts lose
+nothing. :class:`KafkaTransport` sends straight to Kafka; the simulated fleet uses it
+to generate load without a spool per simulated node. Both are durable on the Kafka
+side: acks=all and an idempotent producer, zstd compression, a short linger.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agents.config import KafkaProducerSettings
+from agents.sender import SpoolSender
+from agents.spool import Spool
 from trainguard.errors import BrokerError
 
-__all__ = ["DeliveryCounters", "KafkaTransport", "Transport"]
+__all__ = ["DeliveryCounters", "KafkaTransport", "SpoolTransport", "Transport"]
 
 log = logging.getLogger(__name__)
 
@@ -107,3 +111,26 @@ class KafkaTransport:
         )
         if self._on_error is not None:
             self._on_error(topic, key, value, exc)
+
+
+class SpoolTransport:
+    """Appends to the spool (never blocks on the network); a sender thread drains it."""
+
+    def __init__(self, spool: Spool, sender: SpoolSender) -> None:
+        self.spool = spool
+        self.sender = sender
+
+    def send(self, topic: str, key: bytes, value: bytes) -> None:
+        """Spool one message."""
+        self.spool.append(topic, key, value)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until the spool is drained or ``timeout`` passes (it stays spooled then)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.spool.depth > 0 and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.02)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Drain for up to ``timeout`` seconds, stop the sender, close the spool."""
+        self.sender.stop(drain_timeout=10.0 if timeout is None else timeout)
+        self.spool.close()

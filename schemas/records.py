@@ -144,6 +144,9 @@ class StepRecord(_Base, tag="step", frozen=True, kw_only=True):
     param_checksum: str | None = None
     #: Hash of code, config, library versions and seeds; must agree across ranks and stay put.
     env_fingerprint: str | None = None
+    #: Fields the trainer reported as NaN or ±inf. JSON cannot carry them, so they arrive as
+    #: ``None`` and are named here: a NaN loss is a finding, not a missing value.
+    nonfinite: list[str] = []
 
 
 class StepBatch(_Base, tag="step_batch", frozen=True, kw_only=True):

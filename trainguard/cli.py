@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["text", "json"],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, agent, worker, kafka, db):
+    for module in (demo, agent, worker, kafka, db):  # agent also adds `simulate`
         module.register(sub)
     return parser
 

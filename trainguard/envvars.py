@@ -7,6 +7,14 @@ library code receives validated configuration objects instead.
 from __future__ import annotations
 
 __all__ = [
+    "AGENT_BACKEND",
+    "AGENT_CONFIG",
+    "INTERVAL_S",
+    "NODE",
+    "SIM_GPUS",
+    "SPOOL_DIR",
+    "SPOOL_MAX_MB",
+    "STEPS_SOCKET",
     "BOOTSTRAP",
     "CLICKHOUSE_PASSWORD",
     "CLUSTER",
@@ -30,6 +38,16 @@ CLICKHOUSE_PASSWORD = "TRAINGUARD_CLICKHOUSE_PASSWORD"
 TOPIC_PREFIX = "TRAINGUARD_TOPIC_PREFIX"
 #: Cluster name stamped on records by agents.
 CLUSTER = "TRAINGUARD_CLUSTER"
+#: The agent's settings: config file, node name, GPU backend, sampling interval, spool,
+#: trainers' step socket, simulated GPUs per node.
+AGENT_CONFIG = "TRAINGUARD_AGENT_CONFIG"
+NODE = "TRAINGUARD_NODE"
+AGENT_BACKEND = "TRAINGUARD_AGENT_BACKEND"
+INTERVAL_S = "TRAINGUARD_INTERVAL_S"
+SPOOL_DIR = "TRAINGUARD_SPOOL_DIR"
+SPOOL_MAX_MB = "TRAINGUARD_SPOOL_MAX_MB"
+STEPS_SOCKET = "TRAINGUARD_STEPS_SOCKET"
+SIM_GPUS = "TRAINGUARD_SIM_GPUS"
 #: Where the Kafka broker jars fetched from Maven Central are cached.
 KAFKA_CACHE = "TRAINGUARD_KAFKA_CACHE"
 #: Data directory (config, pid file, logs, partitions) of the ``trainguard kafka`` local broker.

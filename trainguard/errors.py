@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "BrokerError",
+    "CollectorError",
     "ConfigError",
     "StoreError",
     "TrainguardError",
@@ -25,6 +26,10 @@ class ConfigError(TrainguardError):
 
 class BrokerError(TrainguardError):
     """The Kafka broker could not be fetched, started, reached or stopped."""
+
+
+class CollectorError(TrainguardError):
+    """A telemetry source (NVML, a step source) cannot be read."""
 
 
 class StoreError(TrainguardError):

@@ -142,4 +142,5 @@ def _step_row(s: StepRecord, cluster: str) -> Row:
         "loss_scale": s.loss_scale,
         "param_checksum": s.param_checksum or "",
         "env_fingerprint": s.env_fingerprint or "",
+        "nonfinite": s.nonfinite,
     }

@@ -5,6 +5,9 @@ ALTER TABLE {database}.gpu_samples
     ADD COLUMN IF NOT EXISTS proc_mem_bytes Array(UInt64) AFTER proc_pids,
     ADD COLUMN IF NOT EXISTS read_errors Map(LowCardinality(String), String) AFTER proc_mem_bytes;
 
+ALTER TABLE {database}.steps
+    ADD COLUMN IF NOT EXISTS nonfinite Array(LowCardinality(String)) AFTER env_fingerprint;
+
 ALTER TABLE {database}.agent_heartbeats
     ADD COLUMN IF NOT EXISTS steps_dropped UInt64 AFTER datagrams_dropped,
     ADD COLUMN IF NOT EXISTS spool_bytes UInt64 AFTER spool_depth,

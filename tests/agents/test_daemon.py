@@ -1,4 +1,5 @@
 import threading
+import time
 
 import pytest
 
@@ -7,7 +8,7 @@ from agents.config import AgentConfig, KafkaProducerSettings
 from agents.daemon import NodeAgent
 from agents.fleet import SimulatedFleet
 from schemas.codec import RecordDecoder
-from schemas.records import GpuSampleBatch, Heartbeat
+from schemas.records import GpuSampleBatch, Heartbeat, StepBatch, StepRecord
 from trainguard.errors import ConfigError
 
 
@@ -71,13 +72,46 @@ def test_a_failing_collector_is_counted_and_does_not_stop_the_agent():
     assert agent.collect_errors == 1
 
 
-def test_run_stops_when_asked_and_flushes():
+def test_run_ticks_on_schedule_until_the_limit():
     transport = RecordingTransport()
-    agent = NodeAgent(
-        _config(interval_s=0.05, heartbeat_interval_s=1.0), SimulatedGpus("node-a", 1), transport
-    )
+    agent = NodeAgent(_config(interval_s=0.1, heartbeat_interval_s=1.0), SimulatedGpus("node-a", 1),
+                      transport)
     assert agent.run(threading.Event(), max_ticks=3) == 3
-    assert transport.flushed == 1
+    assert agent.batches_sent == 3 and agent.tick_overruns == 0
+
+
+def test_an_overrunning_tick_is_counted_not_hidden():
+    class Slow(SimulatedGpus):
+        def collect(self, ts):
+            time.sleep(0.15)
+            return super().collect(ts)
+
+    agent = NodeAgent(_config(interval_s=0.1, heartbeat_interval_s=1.0), Slow("node-a", 1),
+                      RecordingTransport())
+    agent.run(threading.Event(), max_ticks=3)
+    assert agent.tick_overruns == 3
+
+
+def test_steps_from_all_sources_travel_as_one_batch_per_job_keyed_by_job():
+    def step(job, rank):
+        return StepRecord(job_id=job, rank=rank, world_size=4, node="node-a", step=1, ts=1.0)
+
+    sources = [lambda: [step("j1", 0), step("j2", 0)], lambda: [step("j1", 1)]]
+    transport = RecordingTransport()
+    agent = NodeAgent(_config(), SimulatedGpus("node-a", 1), transport, step_sources=sources)
+    agent.tick(1_795_000_100.0)
+    sent = {k: RecordDecoder(StepBatch).decode(v) for t, k, v in transport.sent if "steps" in t}
+    assert set(sent) == {b"j1", b"j2"}
+    assert [s.rank for s in sent[b"j1"].steps] == [0, 1]
+    assert agent.steps_sent == 3
+
+
+def test_heartbeat_carries_the_gauges_it_is_given():
+    transport = RecordingTransport()
+    agent = NodeAgent(_config(), SimulatedGpus("node-a", 1), transport,
+                      gauges=lambda: {"spool_depth": 12, "cpu_pct": 0.4})
+    hb = agent.heartbeat(1.0)
+    assert hb.counters.spool_depth == 12 and hb.counters.cpu_pct == 0.4
 
 
 def test_fleet_names_nodes_and_sends_one_batch_per_node_per_tick():
@@ -92,7 +126,7 @@ def test_fleet_names_nodes_and_sends_one_batch_per_node_per_tick():
     ("kw", "fragment"),
     [
         ({"node": "bad node"}, "bad node name"),
-        ({"interval_s": 0.0}, "interval_s"),
+        ({"interval_s": 0.05}, "interval_s must be within 0.1..3600"),
         ({"heartbeat_interval_s": 0.5}, "heartbeat_interval_s"),
     ],
 )

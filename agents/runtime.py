@@ -1,0 +1,108 @@
+"""Wiring of the node agent daemon: collector, step intake, spool, sender, signals.
+
+``trainguard agent`` calls :func:`run_agent` with a validated config. SIGTERM/SIGINT
+set a stop event: the loop finishes its tick, sends a last heartbeat, stops taking
+steps, gives the sender a few seconds to drain the spool (what remains stays on disk
+for the next start) and releases NVML.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agents.collectors.base import GpuCollector
+from agents.collectors.process import ProcessStats
+from agents.config import AgentConfig
+from agents.daemon import NodeAgent, StepPoll
+from agents.sender import SpoolSender
+from agents.spool import Spool
+from agents.transport import SpoolTransport
+
+__all__ = ["make_collector", "run_agent"]
+
+log = logging.getLogger(__name__)
+
+
+def make_collector(config: AgentConfig) -> GpuCollector:
+    """The configured GPU backend; NVML fails fast with one clear line when there is no driver."""
+    if config.backend == "nvml":
+        from agents.collectors.nvml import NvmlGpus
+
+        return NvmlGpus()
+    from agents.collectors.simulated import SimulatedGpus
+
+    return SimulatedGpus(config.node, config.sim_gpus)
+
+
+def run_agent(
+    config: AgentConfig,
+    stop: threading.Event,
+    *,
+    collector: GpuCollector | None = None,
+    max_ticks: int | None = None,
+    drain_timeout: float = 10.0,
+    on_ready: Callable[[NodeAgent], None] | None = None,
+) -> NodeAgent:
+    """Run the agent until ``stop`` is set (or ``max_ticks``); return it for its counters."""
+    from agents.collectors.steps_file import StepFileTail
+    from agents.intake import StepIntake
+
+    collector = collector or make_collector(config)
+    spool = Spool(config.spool_dir, max_bytes=config.spool_max_bytes)
+    sender = SpoolSender(spool, config.kafka)
+    transport = SpoolTransport(spool, sender)
+    intake = None
+    sources: list[StepPoll] = []
+    tails = []
+    try:
+        if config.steps_socket is not None:
+            intake = StepIntake(config.steps_socket, mode=config.steps_socket_mode)
+            intake.start()
+            sources.append(intake.drain)
+        for path in config.steps_files:
+            tail = StepFileTail(path, node=config.node)
+            tails.append(tail)
+            sources.append(tail.poll)
+        sender.start()
+        stats = ProcessStats()
+
+        def gauges() -> dict[str, Any]:
+            p50, worst = sender.take_latencies()
+            step_counters = [c for c in (intake, *tails) if c is not None]
+            return {
+                "steps_received": sum(getattr(c, "steps_received", 0) for c in step_counters),
+                "steps_malformed": sum(getattr(c, "steps_malformed", 0) for c in step_counters),
+                "steps_dropped": sum(getattr(c, "steps_dropped", 0) for c in step_counters),
+                "datagrams_dropped": getattr(intake, "datagrams_dropped", 0),
+                "send_errors": sender.errors,
+                "spool_depth": spool.depth,
+                "spool_bytes": spool.size_bytes,
+                "spool_dropped": spool.dropped,
+                "send_latency_ms_p50": p50,
+                "send_latency_ms_max": worst,
+                "cpu_pct": stats.cpu_pct(),
+                "rss_bytes": stats.rss_bytes(),
+            }
+
+        agent = NodeAgent(config, collector, transport, step_sources=sources, gauges=gauges)
+        log.info(
+            "agent started node=%s backend=%s gpus=%d interval_s=%s spool=%s spooled=%d "
+            "steps_socket=%s",
+            config.node, config.backend, collector.gpu_count, config.interval_s,
+            config.spool_dir, spool.depth, config.steps_socket,
+        )
+        if on_ready is not None:
+            on_ready(agent)
+        agent.run(stop, max_ticks=max_ticks)
+        agent.heartbeat(time.time())  # the last word: final counters
+        return agent
+    finally:
+        if intake is not None:
+            intake.stop()
+        transport.close(timeout=drain_timeout)
+        collector.close()
+        log.info("agent stopped node=%s spooled=%d", config.node, spool.depth)

@@ -1,0 +1,177 @@
+"""The sender: drains the spool into Kafka, in order, committing only what Kafka acknowledged.
+
+Runs in its own thread so the tick loop never waits on the network. During an outage
+each attempt fails after ``delivery_timeout_ms``; the sender backs off (up to 30 s) and
+tries again, while the spool absorbs new records. Entries acknowledged after a failed
+one are remembered and not re-sent, so a retry does not duplicate them.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agents.config import KafkaProducerSettings
+from agents.spool import Spool, SpoolEntry
+
+__all__ = ["SpoolSender"]
+
+log = logging.getLogger(__name__)
+
+
+class SpoolSender:
+    """Moves spooled records to Kafka with an idempotent, acks=all producer."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        settings: KafkaProducerSettings,
+        *,
+        batch_max: int = 1000,
+        producer_factory: Callable[..., Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        from kafka import KafkaProducer  # only the sending process needs kafka-python
+
+        self._spool = spool
+        self._settings = settings
+        self._batch_max = batch_max
+        self._clock = clock
+        self._stop = threading.Event()
+        self._skip: set[int] = set()
+        self._lat_lock = threading.Lock()
+        self._latencies_ms: list[float] = []
+        self.sent = 0
+        self.errors = 0
+        self._factory = producer_factory or KafkaProducer
+        self._producer: Any = None
+        self._thread = threading.Thread(target=self._run, name="spool-sender", daemon=True)
+
+    def _connect(self) -> Any:
+        """Create the producer; kafka-python contacts the brokers here, which may be down."""
+        settings = self._settings
+        try:
+            return self._factory(
+                bootstrap_servers=settings.bootstrap.split(","),
+                acks="all",
+                enable_idempotence=True,
+                compression_type=None if settings.compression == "none" else settings.compression,
+                linger_ms=settings.linger_ms,
+                request_timeout_ms=settings.request_timeout_ms,
+                delivery_timeout_ms=settings.delivery_timeout_ms,
+                # While the broker is down, send() waits this long for metadata, then fails
+                # the attempt; the records stay spooled.
+                max_block_ms=settings.request_timeout_ms,
+                reconnect_backoff_max_ms=5000,
+                client_id="trainguard-agent",
+            )
+        except Exception as exc:  # NoBrokersAvailable and friends: the agent keeps spooling
+            self.errors += 1
+            log.warning("kafka unreachable; spooling bootstrap=%s error=%s depth=%d",
+                        settings.bootstrap, exc, self._spool.depth)
+            return None
+
+    def start(self) -> None:
+        """Start draining in the background."""
+        self._thread.start()
+
+    def stop(self, drain_timeout: float = 10.0) -> None:
+        """Try to drain what is spooled for ``drain_timeout`` seconds, then stop.
+
+        What is still spooled stays on disk and is sent by the next start.
+        """
+        deadline = time.monotonic() + drain_timeout
+        while self._spool.depth > 0 and time.monotonic() < deadline and self._thread.is_alive():
+            time.sleep(0.05)
+        self._stop.set()
+        self._thread.join(timeout=max(1.0, self._settings.delivery_timeout_ms / 1000 + 5))
+        self._close_producer()
+
+    def _close_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.close(timeout=0)  # abort, do not send: the spool re-sends
+            except Exception as exc:  # unsent records stay spooled; nothing is lost here
+                log.debug("producer close error=%s", exc)
+
+    def take_latencies(self) -> tuple[float | None, float | None]:
+        """p50 and max of append→ack latency (ms) since the previous call."""
+        with self._lat_lock:
+            values, self._latencies_ms = self._latencies_ms, []
+        if not values:
+            return None, None
+        return statistics.median(values), max(values)
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            if self._producer is None:
+                self._producer = self._connect()
+                if self._stop.is_set():
+                    break  # connecting outlived stop(): send nothing, the next start will
+                if self._producer is None:
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                backoff = 0.5
+            entries = self._spool.read(self._batch_max, timeout=0.2)
+            batch = [e for e in entries if e.seq not in self._skip]
+            if not batch:
+                continue
+            if self._send(batch):
+                backoff = 0.5
+            else:
+                # Start over with a fresh producer: after an outage kafka-python's idempotent
+                # producer can stay wedged (every send times out), and a new producer id is
+                # cheap next to records that never leave the spool.
+                self._close_producer()
+                self._spool.rewind()
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _send(self, batch: list[SpoolEntry]) -> bool:
+        """Send one batch; commit the delivered prefix; True if all of it was delivered."""
+        futures: list[Any] = []
+        try:
+            for entry in batch:
+                futures.append(self._producer.send(entry.topic, key=entry.key, value=entry.value))
+        except Exception as exc:  # metadata timeout while the broker is down, mostly
+            log.warning("kafka send failed; records stay spooled error=%s depth=%d", exc,
+                        self._spool.depth)
+        try:
+            # Wait for a definitive outcome of what was handed over: every record succeeds or
+            # fails within delivery_timeout_ms. Deciding earlier would re-send records that
+            # are still on their way, and duplicate them.
+            self._producer.flush(timeout=self._settings.delivery_timeout_ms / 1000 + 5)
+        except Exception as exc:
+            log.warning("kafka flush incomplete error=%s depth=%d", exc, self._spool.depth)
+        now = self._clock()
+        delivered: list[bool] = []
+        for entry, future in zip(batch, futures, strict=False):
+            ok = future.is_done and future.succeeded()
+            delivered.append(ok)
+            if ok:
+                with self._lat_lock:
+                    self._latencies_ms.append(max(0.0, (now - entry.appended_at) * 1000))
+        delivered += [False] * (len(batch) - len(delivered))
+        prefix = next((i for i, ok in enumerate(delivered) if not ok), len(batch))
+        if prefix:
+            self._spool.commit(batch[prefix - 1].seq)
+        for entry, ok in zip(batch[prefix:], delivered[prefix:], strict=True):
+            if ok:
+                self._skip.add(entry.seq)  # delivered out of order: do not send it again
+        if prefix:
+            committed = batch[prefix - 1].seq
+            self._skip = {s for s in self._skip if s > committed}
+        self.sent += sum(delivered)
+        failed = len(batch) - sum(delivered)
+        if failed:
+            self.errors += failed
+            log.warning("kafka delivery incomplete delivered=%d failed=%d depth=%d",
+                        sum(delivered), failed, self._spool.depth)
+        return failed == 0

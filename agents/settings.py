@@ -1,0 +1,171 @@
+"""Loading the agent's configuration: TOML file, then environment, then command-line flags.
+
+Later sources win. The TOML file is decoded strictly (a misspelt key is an error
+naming it), and the result is validated once by :class:`~agents.config.AgentConfig`.
+Example ``/etc/trainguard/agent.toml``::
+
+    cluster = "research-a"
+    backend = "nvml"            # or "simulated"
+    interval_s = 1.0
+
+    [kafka]
+    bootstrap = "kafka-1:9092,kafka-2:9092"
+    compression = "zstd"
+    topic_prefix = "tg"
+
+    [spool]
+    dir = "/var/lib/trainguard-agent/spool"
+    max_mb = 256
+
+    [steps]
+    socket = "/run/trainguard/steps.sock"
+    socket_mode = "0660"
+    files = ["/var/log/train/steps.jsonl"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from agents.config import AgentConfig, Compression, KafkaProducerSettings
+from schemas.topics import Topics
+from trainguard import envvars
+from trainguard.errors import ConfigError
+
+__all__ = ["ENV_OVERRIDES", "load_agent_config"]
+
+
+class _Kafka(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    bootstrap: str | None = None
+    compression: Compression | None = None
+    linger_ms: int | None = None
+    topic_prefix: str | None = None
+
+
+class _Spool(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    dir: str | None = None
+    max_mb: int | None = None
+
+
+class _Steps(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    socket: str | None = None
+    socket_mode: str | None = None
+    files: list[str] = []
+
+
+class _Simulated(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    gpus: int | None = None
+
+
+class _File(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    cluster: str | None = None
+    node: str | None = None
+    backend: str | None = None
+    interval_s: float | None = None
+    heartbeat_interval_s: float | None = None
+    kafka: _Kafka = _Kafka()
+    spool: _Spool = _Spool()
+    steps: _Steps = _Steps()
+    simulated: _Simulated = _Simulated()
+
+
+#: Environment variable → dotted setting it overrides.
+ENV_OVERRIDES: dict[str, str] = {
+    envvars.BOOTSTRAP: "kafka.bootstrap",
+    envvars.TOPIC_PREFIX: "kafka.topic_prefix",
+    envvars.CLUSTER: "cluster",
+    envvars.NODE: "node",
+    envvars.AGENT_BACKEND: "backend",
+    envvars.INTERVAL_S: "interval_s",
+    envvars.SPOOL_DIR: "spool.dir",
+    envvars.SPOOL_MAX_MB: "spool.max_mb",
+    envvars.STEPS_SOCKET: "steps.socket",
+    envvars.SIM_GPUS: "simulated.gpus",
+}
+
+
+def load_agent_config(
+    path: Path | None,
+    env: Mapping[str, str],
+    overrides: Mapping[str, Any] | None = None,
+) -> AgentConfig:
+    """Build the agent's validated configuration from file, environment and flags."""
+    settings: dict[str, Any] = {}
+    if path is not None:
+        _flatten(_read_file(path), "", settings)
+    for var, key in ENV_OVERRIDES.items():
+        if env.get(var):
+            settings[key] = env[var]
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            settings[key] = value
+    return _build(settings)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read agent config {str(path)!r}: {exc.strerror}") from None
+    try:
+        parsed = msgspec.toml.decode(raw, type=_File)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"agent config {str(path)!r}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"agent config {str(path)!r} is not valid TOML: {exc}") from None
+    return msgspec.to_builtins(parsed)
+
+
+def _flatten(doc: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
+    for key, value in doc.items():
+        if isinstance(value, Mapping):
+            _flatten(value, f"{prefix}{key}.", out)
+        elif value is not None and value != []:
+            out[f"{prefix}{key}"] = value
+
+
+def _num(settings: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
+    value = settings.get(key, default)
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a {kind.__name__}, got {value!r}") from None
+
+
+def _build(s: Mapping[str, Any]) -> AgentConfig:
+    bootstrap = str(s.get("kafka.bootstrap", "127.0.0.1:9092"))
+    mode_raw = str(s.get("steps.socket_mode", "0660"))
+    try:
+        mode = int(mode_raw, 8)
+    except ValueError:
+        raise ConfigError(
+            f"steps.socket_mode must be octal like '0660', got {mode_raw!r}"
+        ) from None
+    socket_path = s.get("steps.socket")
+    files = s.get("steps.files", [])
+    kafka = KafkaProducerSettings(
+        bootstrap=bootstrap,
+        compression=s.get("kafka.compression", "zstd"),
+        linger_ms=_num(s, "kafka.linger_ms", int, 20),
+    )
+    fields: dict[str, Any] = {
+        "kafka": kafka,
+        "topics": Topics(str(s.get("kafka.topic_prefix", "tg"))),
+        "backend": s.get("backend", "nvml"),
+        "interval_s": _num(s, "interval_s", float, 1.0),
+        "heartbeat_interval_s": _num(s, "heartbeat_interval_s", float, 5.0),
+        "sim_gpus": _num(s, "simulated.gpus", int, 8),
+        "spool_dir": Path(str(s.get("spool.dir", "./trainguard-data/agent-spool"))),
+        "spool_max_bytes": _num(s, "spool.max_mb", int, 256) * 1024 * 1024,
+        "steps_socket": Path(str(socket_path)) if socket_path else None,
+        "steps_socket_mode": mode,
+        "steps_files": tuple(Path(str(f)) for f in files),
+    }
+    for key in ("cluster", "node"):
+        if key in s:
+            fields[key] = str(s[key])
+    return AgentConfig(**fields)

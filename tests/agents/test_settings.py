@@ -1,0 +1,86 @@
+from pathlib import Path
+
+import pytest
+
+from agents.settings import load_agent_config
+from trainguard.errors import ConfigError
+
+TOML = """
+cluster = "research-a"
+node = "gpu-17"
+backend = "simulated"
+interval_s = 0.5
+
+[kafka]
+bootstrap = "kafka-1:9092,kafka-2:9092"
+compression = "lz4"
+topic_prefix = "prod"
+
+[spool]
+dir = "/var/lib/tg/spool"
+max_mb = 64
+
+[steps]
+socket = "/run/tg/steps.sock"
+socket_mode = "0666"
+files = ["/var/log/a.jsonl", "/var/log/b.jsonl"]
+"""
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return path
+
+
+def test_every_file_setting_reaches_the_config(tmp_path):
+    config = load_agent_config(_write(tmp_path, TOML), {})
+    assert (config.cluster, config.node, config.backend, config.interval_s) == (
+        "research-a", "gpu-17", "simulated", 0.5)
+    assert config.kafka.bootstrap == "kafka-1:9092,kafka-2:9092"
+    assert config.kafka.compression == "lz4"
+    assert config.topics.samples == "prod.gpu-samples.v1"
+    assert config.spool_dir == Path("/var/lib/tg/spool") and config.spool_max_bytes == 64 << 20
+    assert config.steps_socket == Path("/run/tg/steps.sock") and config.steps_socket_mode == 0o666
+    assert config.steps_files == (Path("/var/log/a.jsonl"), Path("/var/log/b.jsonl"))
+
+
+def test_environment_overrides_the_file_and_flags_override_both(tmp_path):
+    env = {"TRAINGUARD_CLUSTER": "from-env", "TRAINGUARD_INTERVAL_S": "2",
+           "TRAINGUARD_BOOTSTRAP_SERVERS": "env:9092"}
+    config = load_agent_config(_write(tmp_path, TOML), env, {"cluster": "from-flag",
+                                                             "interval_s": None})
+    assert config.cluster == "from-flag"
+    assert config.interval_s == 2.0
+    assert config.kafka.bootstrap == "env:9092"
+
+
+def test_defaults_without_a_file_use_the_nvml_backend():
+    config = load_agent_config(None, {})
+    assert config.backend == "nvml" and config.interval_s == 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("intervall_s = 1.0\n", "unknown field `intervall_s`"),
+        ("[kafka]\ncompression = 'zsdt'\n", "zsdt"),
+        ("interval_s = 0.01\n", "interval_s must be within 0.1..3600, got 0.01"),
+        ("backend = 'cuda'\n", "unknown backend 'cuda'"),
+        ("[steps]\nsocket_mode = 'rw'\n", "octal"),
+        ("interval_s = \n", "not valid TOML"),
+    ],
+)
+def test_bad_files_fail_with_a_message_naming_the_problem(tmp_path, text, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
+        load_agent_config(_write(tmp_path, text), {})
+
+
+def test_bad_environment_value_names_the_setting():
+    with pytest.raises(ConfigError, match="interval_s must be a float, got 'fast'"):
+        load_agent_config(None, {"TRAINGUARD_INTERVAL_S": "fast"})
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read agent config"):
+        load_agent_config(tmp_path / "nope.toml", {})
