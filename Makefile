@@ -36,6 +36,8 @@ lint: install  ## ruff and mypy
 
 bench: install kafka-jars  ## run the benchmarks and print their figures
 	$(PY) -m bench.skeleton
+	$(PY) -m bench.agent
+	$(PY) -m bench.reporter
 
 schemas: install  ## regenerate the JSON Schema files from schemas/records.py
 	$(PY) -m schemas.generate

@@ -45,6 +45,19 @@ class KafkaProducerSettings:
         if not 0 <= self.linger_ms <= 10_000:
             raise ConfigError(f"linger_ms must be within 0..10000, got {self.linger_ms}")
 
+    def producer_kwargs(self) -> dict[str, object]:
+        """kafka-python ``KafkaProducer`` settings: durable, idempotent, compressed."""
+        return {
+            "bootstrap_servers": self.bootstrap.split(","),
+            "acks": "all",
+            "enable_idempotence": True,
+            "compression_type": None if self.compression == "none" else self.compression,
+            "linger_ms": self.linger_ms,
+            "request_timeout_ms": self.request_timeout_ms,
+            "delivery_timeout_ms": self.delivery_timeout_ms,
+            "client_id": "trainguard-agent",
+        }
+
 
 @dataclass(frozen=True)
 class AgentConfig:

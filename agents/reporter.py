@@ -31,7 +31,7 @@ from typing import Annotated, Final
 import msgspec
 from msgspec import Meta
 
-from schemas.records import StepRecord
+from schemas.records import STEP_FLOAT_FIELDS, StepRecord
 
 __all__ = ["DATAGRAM_VERSION", "DEFAULT_SOCKET", "StepDatagram", "StepReporter"]
 
@@ -43,15 +43,7 @@ DEFAULT_SOCKET: Final = "/run/trainguard/steps.sock"
 DATAGRAM_VERSION: Final = 1
 
 # Positional order of the float fields checked for NaN/inf in ``report()``.
-_FLOAT_FIELDS: Final = (
-    "loss",
-    "grad_norm",
-    "lr",
-    "step_time_s",
-    "samples_per_s",
-    "tokens_per_s",
-    "loss_scale",
-)
+_FLOAT_FIELDS: Final = STEP_FLOAT_FIELDS
 # Shared, never mutated: the common case of "every value finite" allocates nothing.
 _NO_NONFINITE: Final[list[str]] = []
 

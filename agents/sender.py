@@ -56,18 +56,11 @@ class SpoolSender:
         settings = self._settings
         try:
             return self._factory(
-                bootstrap_servers=settings.bootstrap.split(","),
-                acks="all",
-                enable_idempotence=True,
-                compression_type=None if settings.compression == "none" else settings.compression,
-                linger_ms=settings.linger_ms,
-                request_timeout_ms=settings.request_timeout_ms,
-                delivery_timeout_ms=settings.delivery_timeout_ms,
+                **settings.producer_kwargs(),
                 # While the broker is down, send() waits this long for metadata, then fails
                 # the attempt; the records stay spooled.
                 max_block_ms=settings.request_timeout_ms,
                 reconnect_backoff_max_ms=5000,
-                client_id="trainguard-agent",
             )
         except Exception as exc:  # NoBrokersAvailable and friends: the agent keeps spooling
             self.errors += 1

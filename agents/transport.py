@@ -69,17 +69,7 @@ class KafkaTransport:
         self._lock = threading.Lock()
         self._on_error = on_error
         try:
-            self._producer = factory(
-                bootstrap_servers=settings.bootstrap.split(","),
-                acks="all",
-                enable_idempotence=True,
-                compression_type=None if settings.compression == "none" else settings.compression,
-                linger_ms=settings.linger_ms,
-                request_timeout_ms=settings.request_timeout_ms,
-                delivery_timeout_ms=settings.delivery_timeout_ms,
-                max_in_flight_requests_per_connection=5,
-                client_id="trainguard-agent",
-            )
+            self._producer = factory(**settings.producer_kwargs())
         except KafkaError as exc:
             raise BrokerError(f"cannot connect to Kafka at {settings.bootstrap!r}: {exc}") from exc
 

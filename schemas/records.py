@@ -24,6 +24,7 @@ from msgspec import Meta
 
 __all__ = [
     "SCHEMA_VERSION",
+    "STEP_FLOAT_FIELDS",
     "AgentCounters",
     "Alert",
     "GpuProcess",
@@ -147,6 +148,19 @@ class StepRecord(_Base, tag="step", frozen=True, kw_only=True):
     #: Fields the trainer reported as NaN or ±inf. JSON cannot carry them, so they arrive as
     #: ``None`` and are named here: a NaN loss is a finding, not a missing value.
     nonfinite: list[str] = []
+
+
+#: The float measurements of a step, in the order ``StepReporter.report`` takes them; these
+#: are the fields a trainer can report as NaN/inf (named then in ``StepRecord.nonfinite``).
+STEP_FLOAT_FIELDS = (
+    "loss",
+    "grad_norm",
+    "lr",
+    "step_time_s",
+    "samples_per_s",
+    "tokens_per_s",
+    "loss_scale",
+)
 
 
 class StepBatch(_Base, tag="step_batch", frozen=True, kw_only=True):

@@ -28,20 +28,12 @@ from typing import Any, BinaryIO, Final
 import msgspec
 
 from schemas.codec import RecordError
-from schemas.records import SCHEMA_VERSION, StepRecord
+from schemas.records import SCHEMA_VERSION, STEP_FLOAT_FIELDS, StepRecord
 from trainguard.errors import CollectorError
 
 __all__ = ["StepFileTail"]
 
-_FLOAT_FIELDS: Final = (
-    "loss",
-    "grad_norm",
-    "lr",
-    "step_time_s",
-    "samples_per_s",
-    "tokens_per_s",
-    "loss_scale",
-)
+_FLOAT_FIELDS: Final = STEP_FLOAT_FIELDS
 # How far back from the end to look for the last newline when starting at the end.
 _TAIL_PROBE_BYTES: Final = 64 * 1024
 

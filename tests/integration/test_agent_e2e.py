@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -150,3 +154,24 @@ def test_an_agent_restart_replays_what_was_spooled_while_kafka_was_down(tmp_path
         assert sorted(by_agent[second.agent_id]) == list(range(10))
     finally:
         broker.stop()
+
+
+def test_the_agent_command_flushes_on_sigterm_and_exits_zero(bootstrap, tmp_path):
+    prefix = f"c{uuid.uuid4().hex[:8]}"
+    cmd = [sys.executable, "-m", "trainguard.cli", "--log-level", "WARNING", "agent",
+           "--backend", "simulated", "--sim-gpus", "2", "--interval", "0.1",
+           "--bootstrap", bootstrap, "--topic-prefix", prefix, "--node", "sig-node",
+           "--spool-dir", str(tmp_path / "spool")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    batches = int(re.search(r"batches=(\d+)", out).group(1))
+    assert batches > 5
+    consumer = KafkaConsumer(f"{prefix}.gpu-samples.v1", bootstrap_servers=bootstrap,
+                             group_id=f"t-{uuid.uuid4().hex}", auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000)
+    seqs = sorted(RecordDecoder(GpuSampleBatch).decode(r.value).seq for r in consumer)
+    consumer.close()
+    assert seqs == list(range(batches)), "everything produced before SIGTERM was delivered"
