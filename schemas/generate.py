@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from schemas.records import Alert, GpuSampleBatch, Heartbeat, StepBatch, StepRecord
+from schemas.records import Alert, Anomaly, GpuSampleBatch, Heartbeat, StepBatch, StepRecord
 
 __all__ = ["JSON_DIR", "render_all", "write_all"]
 
@@ -22,6 +22,7 @@ _RECORDS: dict[str, type] = {
     "step_batch": StepBatch,
     "step": StepRecord,
     "heartbeat": Heartbeat,
+    "anomaly": Anomaly,
     "alert": Alert,
 }
 

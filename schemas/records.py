@@ -27,6 +27,7 @@ __all__ = [
     "STEP_FLOAT_FIELDS",
     "AgentCounters",
     "Alert",
+    "Anomaly",
     "GpuProcess",
     "GpuSample",
     "GpuSampleBatch",
@@ -222,6 +223,38 @@ class Heartbeat(_Base, tag="heartbeat", frozen=True, kw_only=True):
     counters: AgentCounters = AgentCounters()
 
 
+class Anomaly(_Base, tag="anomaly", frozen=True, kw_only=True):
+    """A departure of one entity's metric from its own baseline, found by a detector.
+
+    Its identity is (entity, metric, detector, first_seen): a detector that sees the same
+    data again (a replay after a crash) produces the same anomaly, and the store keeps one.
+    """
+
+    schema_version: Version = SCHEMA_VERSION
+    cluster: Name
+    entity_kind: Literal["gpu", "rank"]
+    #: ``node/gpu`` for a GPU, ``job/rank`` for a rank.
+    entity: Name
+    node: str | None = None
+    gpu_index: NonNegInt | None = None
+    job_id: str | None = None
+    rank: NonNegInt | None = None
+    metric: Name
+    pattern: Literal["spike", "level_shift", "drift"]
+    #: Event time of the first anomalous point, and of the point that confirmed it.
+    first_seen: EpochSeconds
+    ts: EpochSeconds
+    value: float
+    baseline: float
+    scale: float
+    #: Deviation score (robust z-score of ``value`` against the baseline).
+    score: float
+    #: Points the baseline was learnt from.
+    window: NonNegInt
+    detector: Name
+    detector_version: str
+
+
 class Alert(_Base, tag="alert", frozen=True, kw_only=True):
     """A page-worthy state change of one alert, with the evidence that justifies it."""
 
@@ -248,4 +281,4 @@ class Alert(_Base, tag="alert", frozen=True, kw_only=True):
 
 
 #: Any record that can appear on a trainguard topic.
-Record = GpuSampleBatch | StepBatch | StepRecord | Heartbeat | Alert
+Record = GpuSampleBatch | StepBatch | StepRecord | Heartbeat | Anomaly | Alert

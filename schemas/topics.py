@@ -36,6 +36,11 @@ class Topics:
         return f"{self.prefix}.heartbeats.v1"
 
     @property
+    def anomalies(self) -> str:
+        """Anomalies found by the baseline detectors, keyed by entity."""
+        return f"{self.prefix}.anomalies.v1"
+
+    @property
     def alerts(self) -> str:
         """Alert state changes, keyed by alert fingerprint."""
         return f"{self.prefix}.alerts.v1"
@@ -51,4 +56,4 @@ class Topics:
 
     def all(self) -> tuple[str, ...]:
         """Every topic of this deployment."""
-        return (*self.inputs(), self.alerts, self.dead_letters)
+        return (*self.inputs(), self.anomalies, self.alerts, self.dead_letters)

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.records import GpuSampleBatch, Heartbeat, Record, StepBatch, StepRecord
+from schemas.records import Anomaly, GpuSampleBatch, Heartbeat, Record, StepBatch, StepRecord
 
 __all__ = ["Row", "rows_for"]
 
@@ -80,6 +80,27 @@ def rows_for(record: Record, partition: int = -1, offset: int = -1) -> Iterator[
         }
         row.update(msgspec.structs.asdict(record.counters))
         yield "agent_heartbeats", row
+    elif isinstance(record, Anomaly):
+        yield "anomalies", {
+            "cluster": record.cluster,
+            "entity_kind": record.entity_kind,
+            "entity": record.entity,
+            "node": record.node or "",
+            "gpu": record.gpu_index,
+            "job_id": record.job_id or "",
+            "rank": record.rank,
+            "metric": record.metric,
+            "pattern": record.pattern,
+            "first_seen": record.first_seen,
+            "ts": record.ts,
+            "value": record.value,
+            "baseline": record.baseline,
+            "scale": record.scale,
+            "score": record.score,
+            "window": record.window,
+            "detector": record.detector,
+            "detector_version": record.detector_version,
+        }
     else:
         yield (
             "alerts",

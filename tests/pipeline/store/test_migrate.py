@@ -5,7 +5,8 @@ from pipeline.store.migrate import default_sql_dir
 from trainguard.errors import StoreError
 
 ALL_TABLES = [
-    "agent_heartbeats", "alerts", "dead_letters", "gpu_samples", "sample_batches", "steps",
+    "agent_heartbeats", "alerts", "anomalies", "baselines", "dead_letters", "gpu_samples",
+    "gpu_samples_1m", "sample_batches", "steps", "steps_1m",
 ]
 
 
