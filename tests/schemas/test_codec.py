@@ -6,6 +6,7 @@ import pytest
 from schemas.codec import MAX_RECORD_BYTES, RecordDecoder, RecordError, encode
 from schemas.records import (
     Alert,
+    Anomaly,
     GpuSample,
     GpuSampleBatch,
     Heartbeat,
@@ -51,6 +52,10 @@ def test_every_record_kind_roundtrips():
             backend="simulated",
             gpu_count=8,
         ),
+        Anomaly(cluster="c", entity_kind="gpu", entity="n/0", node="n", gpu_index=0,
+                metric="util_gpu_pct", pattern="level_shift", first_seen=now, ts=now, value=3.0,
+                baseline=96.0, scale=2.0, score=-46.5, window=60, detector="robust-cusum",
+                detector_version="1"),
         Alert(
             alert_id="x",
             fingerprint="f",
