@@ -1,9 +1,12 @@
 """The Faust application: thin glue that feeds Kafka batches to the plain-Python stages.
 
-Topology (issue 2 skeleton): input topics → :class:`~pipeline.ingest.Ingestor`
-(decode/validate; rejects to the dead-letter topic) → :class:`~pipeline.sinks.store_sink.StoreSink`.
-A batch's offsets are acknowledged only after its dead letters are acknowledged by
-Kafka and its rows are in the store: at-least-once end to end.
+Topology: input topics → :class:`~pipeline.ingest.Ingestor` (decode/validate; rejects
+to the dead-letter topic) → :class:`~pipeline.baselines.BaselineStage` (anomalies to the
+anomalies topic) → :class:`~pipeline.sinks.store_sink.StoreSink`. Many records travel in
+one Faust event (a node's GPUs, a job's ranks) and a whole ``take_events`` batch is
+handled by a few numpy calls, so Faust's per-event cost is paid per message, not per
+sample. A batch's offsets are acknowledged only after its dead letters and anomalies are
+acknowledged by Kafka and its rows are in the store: at-least-once end to end.
 """
 
 from __future__ import annotations
@@ -17,16 +20,24 @@ from typing import Any
 
 import faust
 
+from pipeline.baselines import BaselineStage
 from pipeline.config import WorkerConfig
 from pipeline.ingest import Ingestor, RawMessage
+from pipeline.sinks.rows import rows_for
 from pipeline.sinks.store_sink import StoreSink
+from schemas.codec import encode
 
 __all__ = ["build_app"]
 
 log = logging.getLogger(__name__)
 
 
-def build_app(config: WorkerConfig, ingestor: Ingestor, sink: StoreSink) -> faust.App:
+def build_app(
+    config: WorkerConfig,
+    ingestor: Ingestor,
+    sink: StoreSink,
+    baselines: BaselineStage | None = None,
+) -> faust.App:
     """Create the worker's Faust app with its agents and timers."""
     app = faust.App(
         config.app_id,
@@ -51,6 +62,7 @@ def build_app(config: WorkerConfig, ingestor: Ingestor, sink: StoreSink) -> faus
     }
     inputs = app.topic(*config.topics.inputs(), **raw)
     dead_letters = app.topic(config.topics.dead_letters, partitions=config.partitions, **raw)
+    anomalies = app.topic(config.topics.anomalies, partitions=config.partitions, **raw)
     # One thread owns all store calls: chdb is synchronous and must not block the event loop.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-sink")
     worker_name = f"{socket.gethostname()}:{os.getpid()}"
@@ -90,6 +102,23 @@ def build_app(config: WorkerConfig, ingestor: Ingestor, sink: StoreSink) -> faus
                         d.reason,
                         d.message,
                     )
+            if baselines is not None:
+                found = baselines.observe(result.decoded)
+                if found:
+                    sent = [
+                        await anomalies.send(key=a.entity.encode(), value=encode(a)) for a in found
+                    ]
+                    await asyncio.gather(*sent)
+                    result.rows["anomalies"] = [row for a in found for _, row in rows_for(a)]
+                    for a in found:
+                        log.info(
+                            "anomaly entity=%s metric=%s pattern=%s value=%.4g baseline=%.4g "
+                            "score=%.1f first_seen=%.3f",
+                            a.entity, a.metric, a.pattern, a.value, a.baseline, a.score,
+                            a.first_seen,
+                        )
+                if baselines.snapshot_due():
+                    result.rows["baselines"] = baselines.snapshot_rows()
             await loop.run_in_executor(executor, sink.write, result.rows)
 
     @app.timer(10.0)

@@ -33,6 +33,8 @@ class WorkerConfig:
     #: A worker that stops heartbeating for this long loses its partitions to the others.
     #: Short enough that a killed worker's partitions move within seconds.
     session_timeout_s: float = 10.0
+    #: Run the baseline detectors (per GPU and per rank) on the input.
+    detect: bool = True
     #: Where the worker writes its state (Faust tables) and, for chdb, its owner file.
     data_dir: str = "./trainguard-data/worker"
 

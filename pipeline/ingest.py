@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.sinks.rows import Row, rows_for
 from schemas.codec import RecordDecoder, RecordError
-from schemas.records import GpuSampleBatch, Heartbeat, StepBatch, StepRecord
+from schemas.records import GpuSampleBatch, Heartbeat, Record, StepBatch, StepRecord
 from schemas.topics import Topics
 
 __all__ = ["DeadLetter", "IngestResult", "Ingestor", "RawMessage"]
@@ -75,7 +75,13 @@ class IngestResult:
 
     rows: dict[str, list[Row]] = field(default_factory=lambda: defaultdict(list))
     dead: list[DeadLetter] = field(default_factory=list)
-    records: int = 0
+    #: The decoded records, in message order, for the analytics stages.
+    decoded: list[Record] = field(default_factory=list)
+
+    @property
+    def records(self) -> int:
+        """How many messages decoded into valid records."""
+        return len(self.decoded)
 
 
 class Ingestor:
@@ -106,7 +112,7 @@ class Ingestor:
                 continue
             for table, row in rows_for(record, msg.partition, msg.offset):
                 result.rows[table].append(row)
-            result.records += 1
+            result.decoded.append(record)
         self.accepted += result.records
         return result
 

@@ -45,7 +45,10 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
             reads = serve_reads(store, config.store.path)
         ingestor = Ingestor(config.topics)
         sink = StoreSink(store, retry_for_s=config.store_retry_s)
-        app = build_app(config, ingestor, sink)
+        from pipeline.baselines import BaselineStage
+
+        stage = BaselineStage() if config.detect else None
+        app = build_app(config, ingestor, sink, stage)
         log.info(
             "worker starting app_id=%s bootstrap=%s store=%s topics=%s",
             config.app_id,

@@ -57,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "./trainguard-data/worker",
         "directory for the worker's local state",
     )
+    p.add_argument("--no-detect", dest="detect", action="store_false",
+                   help="only decode and store; skip the baseline detectors")
     p.set_defaults(func=_run)
 
 
@@ -75,6 +77,7 @@ def worker_config(args: argparse.Namespace) -> object:
         batch_max=args.batch_max,
         batch_within_s=args.batch_within,
         data_dir=args.data_dir,
+        detect=args.detect,
     )
 
 

@@ -1,0 +1,235 @@
+"""Baselines stage: every GPU and every rank against its own history.
+
+Decoded records go in; :class:`~schemas.records.Anomaly` records come out. Each
+(entity, metric) has a row in a vectorized :class:`~pipeline.detect.DetectorBank`
+(robust baseline + change-point detection, warm-up, hysteresis), so one call handles a
+whole Kafka batch with a few numpy operations per metric. Plain Python and numpy, no
+Faust: the worker feeds it, tests and benchmarks drive it directly.
+
+Entities: a GPU is ``node/gpu`` (from sample batches), a rank is ``job/rank`` (from step
+records). Everything runs in event time; an entity silent for ``idle_s`` of event time
+is expired and its rows are reused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.detect import Anomaly as Finding
+from pipeline.detect import BankConfig, DetectorBank, EntityRegistry, unique_rounds
+from schemas.records import Anomaly, GpuSampleBatch, Record, StepBatch, StepRecord
+
+__all__ = ["GPU_METRICS", "RANK_METRICS", "BaselineConfig", "BaselineStage"]
+
+#: GPU metrics and the direction of a departure worth reporting.
+GPU_METRICS: dict[str, str] = {"util_gpu_pct": "down", "power_w": "both"}
+#: Rank metrics from step records. Loss trends down while training works, so only a rise
+#: departs from a rank's own history; a rank whose loss falls away from its peers' is the
+#: cross-rank consistency checks' business.
+RANK_METRICS: dict[str, str] = {
+    "loss": "up",
+    "grad_norm": "both",
+    "step_time_s": "up",
+    "tokens_per_s": "down",
+    "samples_per_s": "down",
+}
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Thresholds shared by every bank, and entity expiry."""
+
+    bank: BankConfig = field(default_factory=BankConfig)
+    #: An entity silent this long (event time) is forgotten.
+    idle_s: float = 900.0
+    #: How often (event time) baselines are snapshotted into the ``baselines`` table.
+    snapshot_every_s: float = 60.0
+
+
+@dataclass
+class _Meta:
+    cluster: str
+    node: str | None
+    gpu: int | None = None
+    job_id: str | None = None
+    rank: int | None = None
+
+
+class _Family:
+    """One entity kind: a registry and one bank per metric."""
+
+    def __init__(self, kind: str, metrics: dict[str, str], config: BaselineConfig) -> None:
+        self.kind = kind
+        self.registry = EntityRegistry()
+        self.banks = {
+            m: DetectorBank(m, _with_direction(config.bank, d)) for m, d in metrics.items()
+        }
+        self.meta: dict[str, _Meta] = {}
+
+    def update(
+        self, keys: list[str], ts: list[float], values: dict[str, list[float]]
+    ) -> list[tuple[str, Finding]]:
+        if not keys:
+            return []
+        t = np.asarray(ts, dtype=np.float64)
+        rows = self.registry.rows_for(keys, t)
+        found: list[tuple[str, Finding]] = []
+        for metric, bank in self.banks.items():
+            bank.grow(self.registry.n_rows)
+            v = np.asarray(values[metric], dtype=np.float64)
+            # A batch may hold several ticks of one entity: feed them in arrival order,
+            # in rounds where every row appears at most once.
+            for idx in unique_rounds(rows, t):
+                for finding in bank.update(rows[idx], v[idx], t[idx]):
+                    found.append((self.registry.keys_of([finding.row])[0], finding))
+        return found
+
+    def expire(self, now: float, idle_s: float) -> int:
+        stale = self.registry.last_seen(self.live_rows()) < now - idle_s
+        if not stale.any():
+            return 0
+        for key in self.registry.keys_of(self.live_rows()[stale]):
+            self.meta.pop(key, None)
+        freed = self.registry.expire(now, idle_s)
+        rows = np.asarray(freed, dtype=np.int64)
+        for bank in self.banks.values():
+            bank.reset_rows(rows)
+        return len(freed)
+
+    def live_rows(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """Rows that currently belong to an entity."""
+        rows = [self.registry.get(k) for k in self.meta]
+        return np.asarray([r for r in rows if r is not None], dtype=np.int64)
+
+
+class BaselineStage:
+    """Feeds decoded records to the detector banks; returns wire anomalies."""
+
+    def __init__(self, config: BaselineConfig | None = None) -> None:
+        self.config = config or BaselineConfig()
+        self.gpus = _Family("gpu", GPU_METRICS, self.config)
+        self.ranks = _Family("rank", RANK_METRICS, self.config)
+        self.now = 0.0
+        self._next_snapshot: float | None = None
+        self._next_expiry = 0.0
+        self.expired = 0
+
+    def observe(self, records: Sequence[Record]) -> list[Anomaly]:
+        """Update every baseline with ``records``; return the anomalies they revealed."""
+        g_keys: list[str] = []
+        g_ts: list[float] = []
+        g_vals: dict[str, list[float]] = {m: [] for m in GPU_METRICS}
+        r_keys: list[str] = []
+        r_ts: list[float] = []
+        r_vals: dict[str, list[float]] = {m: [] for m in RANK_METRICS}
+        for record in records:
+            if isinstance(record, GpuSampleBatch):
+                self.now = max(self.now, record.ts)
+                for gpu in record.gpus:
+                    if gpu.lost:
+                        continue  # a lost GPU is its own finding (consistency checks)
+                    key = f"{record.node}/{gpu.index}"
+                    if key not in self.gpus.meta:
+                        self.gpus.meta[key] = _Meta(record.cluster, record.node, gpu=gpu.index)
+                    g_keys.append(key)
+                    g_ts.append(record.ts)
+                    for metric, values in g_vals.items():
+                        values.append(_num(getattr(gpu, metric)))
+            elif isinstance(record, StepBatch | StepRecord):
+                cluster = record.cluster if isinstance(record, StepBatch) else ""
+                steps = record.steps if isinstance(record, StepBatch) else [record]
+                for step in steps:
+                    self.now = max(self.now, step.ts)
+                    key = f"{step.job_id}/{step.rank}"
+                    if key not in self.ranks.meta:
+                        self.ranks.meta[key] = _Meta(
+                            cluster, step.node, job_id=step.job_id, rank=step.rank
+                        )
+                    r_keys.append(key)
+                    r_ts.append(step.ts)
+                    for metric, values in r_vals.items():
+                        values.append(_num(getattr(step, metric)))
+        out = [self._wire("gpu", k, f) for k, f in self.gpus.update(g_keys, g_ts, g_vals)]
+        out += [self._wire("rank", k, f) for k, f in self.ranks.update(r_keys, r_ts, r_vals)]
+        self._expire()
+        return out
+
+    def snapshot_due(self) -> bool:
+        """True when the next baseline snapshot is due (event time)."""
+        if self._next_snapshot is None:
+            self._next_snapshot = self.now + self.config.snapshot_every_s
+            return False
+        return self.now >= self._next_snapshot
+
+    def snapshot_rows(self) -> list[dict[str, Any]]:
+        """``baselines`` table rows for every live (entity, metric) with a baseline."""
+        self._next_snapshot = self.now + self.config.snapshot_every_s
+        rows: list[dict[str, Any]] = []
+        for family in (self.gpus, self.ranks):
+            live = family.live_rows()
+            if len(live) == 0:
+                continue
+            keys = family.registry.keys_of(live)
+            for metric, bank in family.banks.items():
+                bank.grow(family.registry.n_rows)
+                mean, scale, n = bank.window.stats(live)
+                alarm = bank.rows.alarm[live] != 0
+                for key, mu, sc, cnt, al in zip(keys, mean, scale, n, alarm, strict=True):
+                    if cnt == 0 or not math.isfinite(mu):
+                        continue
+                    rows.append({
+                        "cluster": family.meta[key].cluster if key in family.meta else "",
+                        "entity_kind": family.kind, "entity": key, "metric": metric,
+                        "ts": self.now, "mean": float(mu), "scale": float(sc),
+                        "samples": int(cnt), "in_alarm": bool(al),
+                    })
+        return rows
+
+    def _expire(self) -> None:
+        # A scan of every entity: cheap once a minute, too dear on every batch.
+        if self.now < self._next_expiry:
+            return
+        self._next_expiry = self.now + min(60.0, self.config.idle_s / 4)
+        for family in (self.gpus, self.ranks):
+            n = family.expire(self.now, self.config.idle_s)
+            self.expired += n
+
+    def _wire(self, kind: str, key: str, f: Finding) -> Anomaly:
+        family = self.gpus if kind == "gpu" else self.ranks
+        meta = family.meta.get(key) or _Meta("", None)
+        return Anomaly(
+            cluster=meta.cluster or "unknown",
+            entity_kind="gpu" if kind == "gpu" else "rank",
+            entity=key,
+            node=meta.node,
+            gpu_index=meta.gpu,
+            job_id=meta.job_id,
+            rank=meta.rank,
+            metric=f.metric,
+            pattern=f.kind,
+            first_seen=f.first_seen,
+            ts=f.ts,
+            value=f.value,
+            baseline=f.baseline,
+            scale=f.scale,
+            score=f.score,
+            window=f.window,
+            detector=f.detector,
+            detector_version=f.version,
+        )
+
+
+def _num(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _with_direction(base: BankConfig, direction: str) -> BankConfig:
+    from dataclasses import replace
+
+    return replace(base, direction=direction)  # type: ignore[arg-type]
+

@@ -1,0 +1,30 @@
+"""Numeric core of anomaly detection: per-entity baselines and change tests over numpy rows.
+
+Plain numpy, no Faust or Kafka: the stream workers feed :class:`DetectorBank` (one per
+metric) with batches of ``(row, value, event time)``, where rows come from an
+:class:`EntityRegistry`, and turn the :class:`Anomaly` records it returns into alerts.
+"""
+
+from pipeline.detect.bank import STATE_FORMAT, DetectorBank, score_series
+from pipeline.detect.baseline import Ewm, RobustWindow, unique_rounds
+from pipeline.detect.changepoint import ChangeAlarms, Cusum, Direction, PageHinkley
+from pipeline.detect.registry import EntityRegistry
+from pipeline.detect.types import DETECTOR_VERSION, Anomaly, AnomalyKind, BankConfig
+
+__all__ = [
+    "DETECTOR_VERSION",
+    "STATE_FORMAT",
+    "Anomaly",
+    "AnomalyKind",
+    "BankConfig",
+    "ChangeAlarms",
+    "Cusum",
+    "DetectorBank",
+    "Direction",
+    "EntityRegistry",
+    "Ewm",
+    "PageHinkley",
+    "RobustWindow",
+    "score_series",
+    "unique_rounds",
+]

@@ -1,0 +1,124 @@
+"""The detector bank's value types: its validated configuration and the anomalies it reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pipeline.detect.changepoint import Direction
+from trainguard.errors import ConfigError
+
+__all__ = ["DETECTOR_VERSION", "Anomaly", "AnomalyKind", "BankConfig", "ChangepointKind"]
+
+#: Bumped whenever a change to the detectors can change what they report.
+DETECTOR_VERSION = "1"
+
+AnomalyKind = Literal["spike", "level_shift", "drift"]
+ChangepointKind = Literal["cusum", "page-hinkley"]
+
+
+@dataclass(frozen=True)
+class BankConfig:
+    """Thresholds of one metric's detector bank; validated on construction.
+
+    Every ``z_*`` is in robust standard deviations: distance from the baseline median
+    divided by the baseline scale.
+    """
+
+    #: Values in the robust baseline window (median and MAD).
+    window: int = 60
+    #: No verdict for a row before it has learned this many values.
+    min_samples: int = 30
+    #: A short excursion peaking beyond this, then returning, is a spike.
+    z_spike: float = 6.0
+    #: This many consecutive points beyond ``z_shift`` are a level shift.
+    z_shift: float = 4.0
+    confirm: int = 3
+    #: An alarm clears after ``clear`` consecutive points back within ``z_clear``.
+    z_clear: float = 2.0
+    clear: int = 5
+    #: An alarm that has not cleared after this many points re-baselines to the new level.
+    relearn_after: int = 120
+    #: Which departures count: "up" for step time, "down" for utilization, "both" for loss.
+    direction: Direction = "both"
+    #: Half-life, in samples, of the slow baseline that drifts are measured against.
+    half_life: float = 240.0
+    changepoint: ChangepointKind = "cusum"
+    #: Change-point allowance (CUSUM k, Page-Hinkley delta) and threshold (h, lambda), and
+    #: how many values a row must have learned before that test runs.
+    cp_drift: float = 0.75
+    cp_threshold: float = 10.0
+    cp_after: int = 120
+    #: A change-point alarm whose points were, on average, less than this far from the
+    #: fast baseline (which follows a slow drift) is a drift rather than a level shift.
+    z_drift: float = 1.0
+    #: Floors on the scale, absolute and relative to the baseline, so that a flat series
+    #: gives large but finite z. Set ``min_scale`` to the metric's resolution.
+    min_scale: float = 1e-6
+    min_rel_scale: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.window < 3:
+            raise ConfigError(f"window must be >= 3 values, got {self.window}")
+        if not 1 <= self.min_samples <= self.window:
+            raise ConfigError(
+                f"min_samples must be within 1..window ({self.window}), got {self.min_samples}"
+            )
+        if not 0 < self.z_clear < self.z_shift <= self.z_spike:
+            raise ConfigError(
+                "thresholds must satisfy 0 < z_clear < z_shift <= z_spike, got "
+                f"z_clear={self.z_clear}, z_shift={self.z_shift}, z_spike={self.z_spike}"
+            )
+        if self.confirm < 2:
+            raise ConfigError(f"confirm must be >= 2 (1 would allow no spikes), got {self.confirm}")
+        if self.clear < 1:
+            raise ConfigError(f"clear must be >= 1 point, got {self.clear}")
+        if self.relearn_after < self.window:
+            raise ConfigError(
+                f"relearn_after ({self.relearn_after}) must be >= window ({self.window}), "
+                "so the new baseline holds only values seen after the change"
+            )
+        if self.cp_after < self.min_samples:
+            raise ConfigError(
+                f"cp_after ({self.cp_after}) must be >= min_samples ({self.min_samples})"
+            )
+        if self.direction not in ("both", "up", "down"):
+            raise ConfigError(f"unknown direction {self.direction!r}; expected both, up or down")
+        if self.changepoint not in ("cusum", "page-hinkley"):
+            raise ConfigError(
+                f"unknown changepoint {self.changepoint!r}; expected cusum or page-hinkley"
+            )
+        if not (self.half_life > 0 and self.cp_drift >= 0 and self.cp_threshold > 0):
+            raise ConfigError(
+                "half_life and cp_threshold must be > 0 and cp_drift >= 0, got "
+                f"{self.half_life}, {self.cp_threshold}, {self.cp_drift}"
+            )
+        if not (self.min_scale > 0 and self.min_rel_scale >= 0 and self.z_drift >= 0):
+            raise ConfigError(
+                "min_scale must be > 0, min_rel_scale and z_drift >= 0, got "
+                f"{self.min_scale}, {self.min_rel_scale}, {self.z_drift}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """One departure of one row from its baseline, as found by a detector bank."""
+
+    row: int
+    metric: str
+    kind: AnomalyKind
+    #: Event time of the point that confirmed the anomaly.
+    ts: float
+    #: Event time of the first anomalous point (the spike, or the estimated change point).
+    first_seen: float
+    #: The observed value: the spike's peak, or the point that confirmed a shift or drift.
+    value: float
+    #: The baseline it departed from, and the scale its score is measured in.
+    baseline: float
+    scale: float
+    #: Signed deviation in scales: ``(value - baseline) / scale``.
+    score: float
+    #: Values in the baseline window when it fired.
+    window: int
+    detector: str
+    version: str = DETECTOR_VERSION

@@ -1,0 +1,66 @@
+import numpy as np
+
+from agents.collectors import SimulatedGpus
+from pipeline.baselines import BaselineConfig, BaselineStage
+from schemas.records import GpuSampleBatch, StepBatch, StepRecord
+
+T0 = 1_795_000_230.0  # just after a simulated checkpoint pause
+
+
+def _tick(gpus, ts, node="n1"):
+    return GpuSampleBatch(cluster="c", node=node, ts=ts, seq=int(ts), agent_id="a",
+                          gpus=gpus.collect(ts))
+
+
+def test_a_gpu_whose_utilization_collapses_is_reported_with_its_identity():
+    gpus, stage = SimulatedGpus("n1", 4, seed=3), BaselineStage()
+    found = []
+    for i in range(150):
+        if i == 100:
+            gpus.inject(2, "idle")
+        found += stage.observe([_tick(gpus, T0 + i)])
+    util = [a for a in found if a.metric == "util_gpu_pct"]
+    assert {a.entity for a in found} == {"n1/2"}
+    assert len(util) == 1
+    a = util[0]
+    assert (a.node, a.gpu_index, a.entity_kind, a.cluster) == ("n1", 2, "gpu", "c")
+    assert T0 + 100 <= a.first_seen <= a.ts <= T0 + 110
+    assert a.value < 20 < a.baseline
+
+
+def test_a_rank_whose_loss_shifts_is_reported_and_its_peers_are_not():
+    rng = np.random.default_rng(1)
+    stage, found = BaselineStage(), []
+    for i in range(150):
+        shift = [0.3 if r == 1 and i >= 90 else 0.0 for r in range(4)]
+        steps = [StepRecord(job_id="j", rank=r, world_size=4, node="n", step=i, ts=T0 + i,
+                            loss=float(2.0 + rng.normal(0, 0.01) + shift[r]))
+                 for r in range(4)]
+        found += stage.observe([StepBatch(cluster="c", node="n", job_id="j", ts=T0 + i, seq=i,
+                                          agent_id="a", steps=steps)])
+    assert [(a.entity, a.metric) for a in found] == [("j/1", "loss")]
+    assert (found[0].job_id, found[0].rank) == ("j", 1)
+
+
+def test_snapshots_hold_one_row_per_entity_and_metric_once_due():
+    gpus, stage = SimulatedGpus("n1", 2), BaselineStage(BaselineConfig(snapshot_every_s=30))
+    due = []
+    for i in range(70):
+        stage.observe([_tick(gpus, T0 + i)])
+        due.append(stage.snapshot_due())
+        if due[-1]:
+            rows = stage.snapshot_rows()
+    assert sum(due) == 2
+    assert {(r["entity"], r["metric"]) for r in rows} == {
+        (f"n1/{g}", m) for g in range(2) for m in ("util_gpu_pct", "power_w")}
+    assert all(r["samples"] > 0 and not r["in_alarm"] for r in rows)
+
+
+def test_silent_entities_are_expired_and_forgotten():
+    stage = BaselineStage(BaselineConfig(idle_s=60))
+    stage.observe([_tick(SimulatedGpus("gone", 1), T0, node="gone")])
+    live = SimulatedGpus("live", 1)
+    for i in range(1, 400, 10):
+        stage.observe([_tick(live, T0 + i, node="live")])
+    assert set(stage.gpus.meta) == {"live/0"}
+    assert stage.expired == 1
