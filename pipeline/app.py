@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,6 +26,7 @@ from pipeline.config import WorkerConfig
 from pipeline.ingest import Ingestor, RawMessage
 from pipeline.sinks.rows import rows_for
 from pipeline.sinks.store_sink import StoreSink
+from pipeline.state import partition_key, read_snapshots
 from schemas.codec import encode
 
 __all__ = ["build_app"]
@@ -63,6 +65,33 @@ def build_app(
     inputs = app.topic(*config.topics.inputs(), **raw)
     dead_letters = app.topic(config.topics.dead_letters, partitions=config.partitions, **raw)
     anomalies = app.topic(config.topics.anomalies, partitions=config.partitions, **raw)
+    state = app.topic(config.topics.baseline_state, partitions=1, **raw)
+    next_state = [time.monotonic() + config.state_every_s]
+    inputs_set = set(config.topics.inputs())
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types the signal kw
+    async def move_state(_sender: Any, *args: Any, **_kw: Any) -> None:
+        # Faust revokes everything before each rebalance (eager protocol), then hands out the
+        # full new assignment: compare with what is held instead of dropping on revoke, so
+        # partitions that stay with this worker keep their live state.
+        if baselines is None:
+            return
+        assigned: set[Any] = args[0] if args else set()
+        owned = {partition_key(tp.topic, tp.partition) for tp in assigned
+                 if tp.topic in inputs_set}
+        for key in baselines.partitions() - owned:
+            n = baselines.drop(key)
+            log.info("baseline state handed off partition=%s entities=%d", key, n)
+        missing = owned - baselines.partitions()
+        if not missing:
+            return
+        blobs = await asyncio.get_running_loop().run_in_executor(
+            None, read_snapshots, config.bootstrap, config.topics.baseline_state, missing
+        )
+        for key, blob in blobs.items():
+            n = baselines.load(key, blob)
+            log.info("baseline state restored partition=%s entities=%d", key, n)
+
     # One thread owns all store calls: chdb is synchronous and must not block the event loop.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-sink")
     worker_name = f"{socket.gethostname()}:{os.getpid()}"
@@ -103,7 +132,7 @@ def build_app(
                         d.message,
                     )
             if baselines is not None:
-                found = baselines.observe(result.decoded)
+                found = baselines.observe(result.decoded, result.sources)
                 if found:
                     sent = [
                         await anomalies.send(key=a.entity.encode(), value=encode(a)) for a in found
@@ -120,6 +149,14 @@ def build_app(
                 if baselines.snapshot_due():
                     result.rows["baselines"] = baselines.snapshot_rows()
             await loop.run_in_executor(executor, sink.write, result.rows)
+            if baselines is not None and time.monotonic() >= next_state[0]:
+                # After the write: a snapshot never holds an alarm whose anomaly is not stored.
+                next_state[0] = time.monotonic() + config.state_every_s
+                parts = sorted(baselines.partitions())
+                sent = [
+                    await state.send(key=p.encode(), value=baselines.export(p)) for p in parts
+                ]
+                await asyncio.gather(*sent)
 
     @app.timer(10.0)
     async def report() -> None:

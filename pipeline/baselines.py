@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from pipeline.detect import Anomaly as Finding
@@ -51,8 +52,7 @@ class BaselineConfig:
     snapshot_every_s: float = 60.0
 
 
-@dataclass
-class _Meta:
+class _Meta(msgspec.Struct):
     cluster: str
     node: str | None
     gpu: int | None = None
@@ -70,6 +70,8 @@ class _Family:
             m: DetectorBank(m, _with_direction(config.bank, d)) for m, d in metrics.items()
         }
         self.meta: dict[str, _Meta] = {}
+        #: Which input partition each entity's data comes from: state moves with it.
+        self.source: dict[str, str] = {}
 
     def update(
         self, keys: list[str], ts: list[float], values: dict[str, list[float]]
@@ -95,11 +97,56 @@ class _Family:
             return 0
         for key in self.registry.keys_of(self.live_rows()[stale]):
             self.meta.pop(key, None)
+            self.source.pop(key, None)
         freed = self.registry.expire(now, idle_s)
         rows = np.asarray(freed, dtype=np.int64)
         for bank in self.banks.values():
             bank.reset_rows(rows)
         return len(freed)
+
+    def export(self, part: str) -> dict[str, Any]:
+        """The state of the entities fed by partition ``part``."""
+        keys = [k for k, p in self.source.items() if p == part and k in self.meta]
+        rows = np.asarray([self.registry.get(k) for k in keys], dtype=np.int64)
+        doc: dict[str, Any] = {
+            "keys": np.array(keys, dtype=np.str_),
+            "last_seen": self.registry.last_seen(rows),
+            "meta": msgspec.to_builtins([self.meta[k] for k in keys]),
+            "banks": {},
+        }
+        for metric, bank in self.banks.items():
+            bank.grow(self.registry.n_rows)
+            doc["banks"][metric] = bank.state_rows(rows)
+        return doc
+
+    def load(self, part: str, doc: dict[str, Any]) -> int:
+        """Install exported entities (rows may differ from where they were exported)."""
+        keys = [str(k) for k in np.asarray(doc["keys"]).tolist()]
+        if not keys:
+            return 0
+        rows = self.registry.rows_for(keys, np.asarray(doc["last_seen"], dtype=np.float64))
+        for key, meta in zip(keys, doc["meta"], strict=True):
+            self.meta[key] = msgspec.convert(meta, _Meta)
+            self.source[key] = part
+        for metric, bank in self.banks.items():
+            bank.grow(self.registry.n_rows)
+            if metric in doc["banks"]:
+                bank.load_state_rows(rows, doc["banks"][metric])
+        return len(keys)
+
+    def drop(self, part: str) -> int:
+        """Forget the entities of a partition this worker no longer owns."""
+        keys = [k for k, p in self.source.items() if p == part]
+        rows = np.asarray([r for k in keys if (r := self.registry.get(k)) is not None],
+                          dtype=np.int64)
+        self.registry.release(rows)
+        for bank in self.banks.values():
+            bank.grow(self.registry.n_rows)
+            bank.reset_rows(rows)
+        for key in keys:
+            self.meta.pop(key, None)
+            self.source.pop(key, None)
+        return len(keys)
 
     def live_rows(self) -> np.ndarray[Any, np.dtype[np.int64]]:
         """Rows that currently belong to an entity."""
@@ -119,15 +166,21 @@ class BaselineStage:
         self._next_expiry = 0.0
         self.expired = 0
 
-    def observe(self, records: Sequence[Record]) -> list[Anomaly]:
-        """Update every baseline with ``records``; return the anomalies they revealed."""
+    def observe(
+        self, records: Sequence[Record], sources: Sequence[str] | None = None
+    ) -> list[Anomaly]:
+        """Update every baseline with ``records``; return the anomalies they revealed.
+
+        ``sources`` names each record's input partition (see :mod:`pipeline.state`).
+        """
         g_keys: list[str] = []
         g_ts: list[float] = []
         g_vals: dict[str, list[float]] = {m: [] for m in GPU_METRICS}
         r_keys: list[str] = []
         r_ts: list[float] = []
         r_vals: dict[str, list[float]] = {m: [] for m in RANK_METRICS}
-        for record in records:
+        for i, record in enumerate(records):
+            part = sources[i] if sources is not None else ""
             if isinstance(record, GpuSampleBatch):
                 self.now = max(self.now, record.ts)
                 for gpu in record.gpus:
@@ -136,6 +189,7 @@ class BaselineStage:
                     key = f"{record.node}/{gpu.index}"
                     if key not in self.gpus.meta:
                         self.gpus.meta[key] = _Meta(record.cluster, record.node, gpu=gpu.index)
+                        self.gpus.source[key] = part
                     g_keys.append(key)
                     g_ts.append(record.ts)
                     for metric, values in g_vals.items():
@@ -150,6 +204,7 @@ class BaselineStage:
                         self.ranks.meta[key] = _Meta(
                             cluster, step.node, job_id=step.job_id, rank=step.rank
                         )
+                        self.ranks.source[key] = part
                     r_keys.append(key)
                     r_ts.append(step.ts)
                     for metric, values in r_vals.items():
@@ -158,6 +213,31 @@ class BaselineStage:
         out += [self._wire("rank", k, f) for k, f in self.ranks.update(r_keys, r_ts, r_vals)]
         self._expire()
         return out
+
+    def export(self, part: str) -> bytes:
+        """Serialized detector state of the entities fed by input partition ``part``."""
+        from pipeline.state import encode_arrays
+
+        return encode_arrays({"format": 1, "now": self.now, "gpu": self.gpus.export(part),
+                              "rank": self.ranks.export(part)})
+
+    def load(self, part: str, blob: bytes) -> int:
+        """Install a partition's exported state; return how many entities it held."""
+        from pipeline.state import decode_arrays
+
+        doc = decode_arrays(blob)
+        if doc.get("format") != 1:
+            raise ValueError(f"unknown baseline state format {doc.get('format')!r}")
+        self.now = max(self.now, float(doc["now"]))
+        return self.gpus.load(part, doc["gpu"]) + self.ranks.load(part, doc["rank"])
+
+    def drop(self, part: str) -> int:
+        """Forget every entity fed by ``part`` (a partition this worker lost)."""
+        return self.gpus.drop(part) + self.ranks.drop(part)
+
+    def partitions(self) -> set[str]:
+        """Input partitions whose entities this stage holds."""
+        return set(self.gpus.source.values()) | set(self.ranks.source.values())
 
     def snapshot_due(self) -> bool:
         """True when the next baseline snapshot is due (event time)."""

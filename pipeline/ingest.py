@@ -75,8 +75,10 @@ class IngestResult:
 
     rows: dict[str, list[Row]] = field(default_factory=lambda: defaultdict(list))
     dead: list[DeadLetter] = field(default_factory=list)
-    #: The decoded records, in message order, for the analytics stages.
+    #: The decoded records, in message order, for the analytics stages, and the input
+    #: partition (``topic:partition``) each came from.
     decoded: list[Record] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
 
     @property
     def records(self) -> int:
@@ -113,6 +115,7 @@ class Ingestor:
             for table, row in rows_for(record, msg.partition, msg.offset):
                 result.rows[table].append(row)
             result.decoded.append(record)
+            result.sources.append(f"{msg.topic}:{msg.partition}")
         self.accepted += result.records
         return result
 

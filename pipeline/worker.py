@@ -34,6 +34,13 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
         partitions=config.partitions,
         replication_factor=config.replication_factor,
     )
+    ensure_topics(
+        config.bootstrap,
+        [config.topics.baseline_state],
+        partitions=1,
+        replication_factor=config.replication_factor,
+        configs={"cleanup.policy": "compact"},
+    )
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     store = open_store(config.store)
     reads = None

@@ -41,6 +41,11 @@ class Topics:
         return f"{self.prefix}.anomalies.v1"
 
     @property
+    def baseline_state(self) -> str:
+        """Compacted: the latest detector state per input partition (key ``topic:partition``)."""
+        return f"{self.prefix}.baseline-state.v1"
+
+    @property
     def alerts(self) -> str:
         """Alert state changes, keyed by alert fingerprint."""
         return f"{self.prefix}.alerts.v1"

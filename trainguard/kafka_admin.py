@@ -54,8 +54,11 @@ def ensure_topics(
     partitions: int = 3,
     replication_factor: int = 1,
     timeout: float = 30,
+    configs: dict[str, str] | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet and wait until all have partition leaders.
+
+    ``configs`` are topic configs for the topics created (e.g. ``cleanup.policy=compact``).
 
     Existing topics are left as they are (a differing partition count is logged). Returns
     the names of the topics this call created.
@@ -76,7 +79,10 @@ def ensure_topics(
     except KafkaError as exc:
         raise BrokerError(f"cannot reach Kafka at '{bootstrap}': {exc}") from exc
     try:
-        spec = {"num_partitions": partitions, "replication_factor": replication_factor}
+        spec: dict[str, Any] = {"num_partitions": partitions,
+                                "replication_factor": replication_factor}
+        if configs:
+            spec["configs"] = dict(configs)
         result = admin.create_topics({name: dict(spec) for name in names},
                                      timeout_ms=int(timeout * 1000), raise_errors=False)
         created, existing = _split_results(bootstrap, result)

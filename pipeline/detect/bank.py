@@ -5,15 +5,18 @@ Per row the bank keeps two baselines. The *fast* one is the median of the last
 that median, floors)``; a point's robust z against it decides spikes and level shifts.
 The *slow* one is an exponentially weighted mean (half-life ``half_life`` samples); a
 CUSUM (or Page-Hinkley) test on z against it finds shifts too small for the point test
-and drifts the fast baseline keeps following.
+and drifts the fast baseline keeps following. That test sums residuals, so its scale is
+the long-run one (inflated by the lag-1 autocorrelation of the residuals), and it starts
+only once a row has learned ``cp_after`` values.
 
 Per row and point, once ``min_samples`` values are learned:
 
 * an excursion opens at a point beyond ``z_shift``. ``confirm`` consecutive points beyond
   ``z_shift`` make a **level shift** (``first_seen`` = the excursion's first point). An
   excursion of fewer points that peaked beyond ``z_spike`` and then came back within
-  ``z_clear`` is a **spike**, reported on the point that came back: usually one point
-  late, and never also as a shift.
+  ``z_clear`` is a **spike**, reported on the point that came back (``ts``): one point
+  late, or more if the next points sit between ``z_clear`` and ``z_shift``. A spike is
+  never also a shift, and a shift never a string of spikes.
 * a change-point alarm is a **drift** when the per-point robust z was small over its
   excursion: below ``z_drift``, estimated as the excursion's mean z against the slow
   baseline less the gap the fast baseline has already closed. Otherwise it is a
@@ -27,18 +30,18 @@ Per row and point, once ``min_samples`` values are learned:
 
 Points are skipped (no learning, no verdict) when the value or time is not finite, or
 the time is not after the row's last point: a replayed message changes nothing.
+State is fixed per row: about 1.2 KB with the default 60-value window.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from pipeline.detect.baseline import Ewm, EwmLag1, FloatArray, IntArray, RobustWindow, RowArrays
+from pipeline.detect.baseline import Ewm, EwmLag1, RobustWindow
 from pipeline.detect.baseline import unique_rounds as _unique_rounds
 from pipeline.detect.changepoint import ChangeAlarms, Cusum, PageHinkley
-from pipeline.detect.types import Anomaly, AnomalyKind, BankConfig
+from pipeline.detect.registry import FloatArray, IntArray, RowGroup
+from pipeline.detect.types import Anomaly, AnomalyKind, BankConfig, RowState
 
 __all__ = ["STATE_FORMAT", "DetectorBank", "score_series"]
 
@@ -50,51 +53,14 @@ _SPIKE, _SHIFT, _CP_SHIFT, _CP_DRIFT = 1, 2, 3, 4
 _KIND: dict[int, AnomalyKind] = {1: "spike", 2: "level_shift", 3: "level_shift", 4: "drift"}
 
 
-class _Rows(RowArrays):
-    """The bank's own per-row state: event time, alarm, open excursion and its peak."""
-
-    _FIELDS = {
-        "last_ts": (np.float64, -np.inf),
-        "alarm": (np.int8, 0),
-        "alarm_len": (np.int64, 0),
-        "clear_run": (np.int64, 0),
-        "back_ref": (np.float64, 0.0),
-        "back_sum": (np.float64, 0.0),
-        "exc_open": (np.bool_, False),
-        "exc_t0": (np.float64, np.nan),
-        "exc_run": (np.int64, 0),
-        "exc_beyond": (np.int64, 0),
-        "peak_e": (np.float64, np.nan),
-        "peak_x": (np.float64, np.nan),
-        "peak_base": (np.float64, np.nan),
-        "peak_scale": (np.float64, np.nan),
-    }
-    last_ts: FloatArray
-    alarm: np.ndarray[Any, np.dtype[np.int8]]
-    alarm_len: IntArray
-    clear_run: IntArray
-    back_ref: FloatArray
-    back_sum: FloatArray
-    exc_open: np.ndarray[Any, np.dtype[np.bool_]]
-    exc_t0: FloatArray
-    exc_run: IntArray
-    exc_beyond: IntArray
-    peak_e: FloatArray
-    peak_x: FloatArray
-    peak_base: FloatArray
-    peak_scale: FloatArray
-
-
-def _under(state: dict[str, np.ndarray[Any, Any]], prefix: str) -> dict[str, np.ndarray[Any, Any]]:
-    return {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
-
-
-class DetectorBank:
+class DetectorBank(RowGroup):
     """Anomaly detection for one metric over many rows (entities), vectorized.
 
     Rows are small ints handed out by an :class:`~pipeline.detect.registry.EntityRegistry`;
-    state is fixed-size per row. A worker snapshots :meth:`state` so a restart does not
-    warm up again, and moves :meth:`state_rows` with a Kafka partition on rebalance.
+    :meth:`update` grows the bank to fit them. From :class:`RowGroup` come ``grow``,
+    ``reset_rows`` (for rows the registry expired), and the snapshots: a worker saves
+    :meth:`state` so a restart does not warm up again, and moves :meth:`state_rows` with a
+    Kafka partition on rebalance (the new owner loads them into rows of its own registry).
     """
 
     def __init__(self, metric: str, config: BankConfig | None = None, capacity: int = 1024):
@@ -110,56 +76,12 @@ class DetectorBank:
             if c.changepoint == "cusum"
             else PageHinkley(capacity, c.cp_drift, c.cp_threshold, c.direction)
         )
-        self.rows = _Rows(capacity)
-        self._parts: dict[str, RowArrays] = {
-            "window": self.window, "recent": self.recent, "level": self.level,
-            "spread": self.spread, "cp": self.changes, "row": self.rows,
-        }
-
-    @property
-    def capacity(self) -> int:
-        """Rows the bank holds without growing."""
-        return self.rows.capacity
-
-    def grow(self, n_rows: int) -> None:
-        """Make room for rows ``0 .. n_rows-1`` (capacity at least doubles when it grows)."""
-        for part in self._parts.values():
-            part.grow(n_rows)
-
-    def reset_rows(self, rows: IntArray) -> None:
-        """Forget ``rows``, e.g. rows a registry expired and will hand to new entities."""
-        rows = np.asarray(rows, dtype=np.int64)
-        for part in self._parts.values():
-            part.reset(rows)
-
-    def state(self) -> dict[str, np.ndarray[Any, Any]]:
-        """Every array of every row (copies): a snapshot :meth:`load_state` restores exactly."""
-        out: dict[str, np.ndarray[Any, Any]] = {"meta.format": np.array(STATE_FORMAT)}
-        for prefix, part in self._parts.items():
-            out.update({f"{prefix}.{k}": v for k, v in part.state().items()})
-        return out
-
-    def load_state(self, state: dict[str, np.ndarray[Any, Any]]) -> None:
-        """Replace every row with a :meth:`state` snapshot of a bank with the same config."""
-        fmt = int(state.get("meta.format", -1))
-        if fmt != STATE_FORMAT:
-            raise ValueError(f"snapshot format {fmt}, expected {STATE_FORMAT}")
-        for prefix, part in self._parts.items():
-            part.load_state(_under(state, prefix))
-
-    def state_rows(self, rows: IntArray) -> dict[str, np.ndarray[Any, Any]]:
-        """``rows`` of every array, in the order given: what moves with a partition."""
-        rows = np.asarray(rows, dtype=np.int64)
-        out: dict[str, np.ndarray[Any, Any]] = {}
-        for prefix, part in self._parts.items():
-            out.update({f"{prefix}.{k}": v for k, v in part.state_rows(rows).items()})
-        return out
-
-    def load_state_rows(self, rows: IntArray, state: dict[str, np.ndarray[Any, Any]]) -> None:
-        """Write a :meth:`state_rows` snapshot into ``rows`` (which may differ from its source)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        for prefix, part in self._parts.items():
-            part.load_state_rows(rows, _under(state, prefix))
+        self.rows = RowState(capacity)
+        super().__init__(
+            {"window": self.window, "recent": self.recent, "level": self.level,
+             "spread": self.spread, "cp": self.changes, "row": self.rows},
+            STATE_FORMAT,
+        )
 
     def update(self, rows: IntArray, values: FloatArray, ts: FloatArray) -> list[Anomaly]:
         """Feed one value per row with its event time; returns the anomalies confirmed.
@@ -197,10 +119,7 @@ class DetectorBank:
             live = np.flatnonzero(~warming)
             keep, r, count = keep[live], r[live], count[live]
             x, t, median, mad_scale = x[live], t[live], median[live], mad_scale[live]
-        scale = np.maximum.reduce([
-            mad_scale, np.sqrt(self.spread.var[r]),
-            np.full(len(r), c.min_scale), c.min_rel_scale * np.abs(median),
-        ])
+        scale = self._scale(r, median, mad_scale)
         z = (x - median) / scale
         # The change-point test sums residuals: autocorrelated noise makes sums wander
         # more, by sqrt((1+rho)/(1-rho)) for AR(1) noise, so its scale is the long-run one.
@@ -220,6 +139,23 @@ class DetectorBank:
             slow_scale[free], count[free],
         )
         return found, e_out
+
+    def baseline(self, rows: IntArray) -> tuple[FloatArray, FloatArray, IntArray]:
+        """Baseline median, the scale z is measured in, and values learned, per row.
+
+        What the next point of each row is judged against (frozen while in alarm); NaN
+        median for a row with no values yet.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        median, mad_scale, count = self.window.stats(rows)
+        return median, self._scale(rows, median, mad_scale), count
+
+    def _scale(self, r: IntArray, median: FloatArray, mad_scale: FloatArray) -> FloatArray:
+        c = self.config
+        return np.maximum.reduce([
+            mad_scale, np.sqrt(self.spread.var[r]),
+            np.full(len(r), c.min_scale), c.min_rel_scale * np.abs(median),
+        ])
 
     def _directional(self, z: FloatArray) -> FloatArray:
         """How far ``z`` is out in the directions this metric cares about."""

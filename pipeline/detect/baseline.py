@@ -9,16 +9,11 @@ are each free of them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, ClassVar
-
 import numpy as np
-import numpy.typing as npt
 
-__all__ = ["MAD_TO_SIGMA", "Ewm", "EwmLag1", "RobustWindow", "RowArrays", "unique_rounds"]
+from pipeline.detect.registry import FloatArray, IntArray, RowArrays
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
+__all__ = ["MAD_TO_SIGMA", "Ewm", "EwmLag1", "RobustWindow", "unique_rounds"]
 
 #: Scales a median absolute deviation to a standard deviation for normal data.
 MAD_TO_SIGMA = 1.4826
@@ -46,94 +41,6 @@ def unique_rounds(rows: IntArray, ts: FloatArray | None = None) -> list[IntArray
     group_start = np.repeat(starts, np.diff(np.r_[starts, n]))
     occurrence = np.arange(n) - group_start
     return [order[occurrence == k] for k in range(int(occurrence.max()) + 1)]
-
-
-class RowArrays:
-    """Per-row state in fixed-size arrays, with the capacity and snapshot plumbing.
-
-    A subclass lists its arrays in ``_FIELDS`` (name -> dtype, fill value) and may give
-    them a trailing shape through :meth:`_tail`. Growing, resetting rows, snapshots of
-    all rows or of some rows are then the same for every kind of state.
-    """
-
-    _FIELDS: ClassVar[Mapping[str, tuple[type, float]]] = {}
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = 0
-        self._arrays: dict[str, np.ndarray[Any, Any]] = {}
-        for name, (dtype, fill) in self._FIELDS.items():
-            self._arrays[name] = np.full((0, *self._tail(name)), fill, dtype)
-        self.grow(max(capacity, 1))
-
-    def _tail(self, name: str) -> tuple[int, ...]:
-        """Trailing shape of one row of field ``name``: scalar unless overridden."""
-        return ()
-
-    def _bind(self) -> None:
-        # Attribute access (self.mean) keeps the hot paths readable and fast.
-        for name, array in self._arrays.items():
-            setattr(self, name, array)
-
-    def grow(self, n_rows: int) -> None:
-        """Make room for rows ``0 .. n_rows-1``; capacity at least doubles when it grows."""
-        if n_rows <= self.capacity:
-            return
-        new_capacity = max(n_rows, 2 * self.capacity)
-        for name, (dtype, fill) in self._FIELDS.items():
-            old = self._arrays[name]
-            new: np.ndarray[Any, Any] = np.full((new_capacity, *self._tail(name)), fill, dtype)
-            new[: len(old)] = old
-            self._arrays[name] = new
-        self.capacity = new_capacity
-        self._bind()
-
-    def reset(self, rows: IntArray) -> None:
-        """Return ``rows`` to their empty state, as for a new entity."""
-        for name, (_, fill) in self._FIELDS.items():
-            self._arrays[name][rows] = fill
-
-    def state(self) -> dict[str, np.ndarray[Any, Any]]:
-        """A copy of every array, for a snapshot."""
-        return {name: array.copy() for name, array in self._arrays.items()}
-
-    def load_state(self, state: Mapping[str, np.ndarray[Any, Any]]) -> None:
-        """Replace all rows with a :meth:`state` snapshot (same field layout)."""
-        arrays = {name: self._checked(name, state) for name in self._FIELDS}
-        lengths = {len(a) for a in arrays.values()}
-        if len(lengths) != 1:
-            raise ValueError(f"state arrays disagree on the row count: {sorted(lengths)}")
-        self._arrays = {name: a.copy() for name, a in arrays.items()}
-        self.capacity = lengths.pop()
-        self._bind()
-
-    def state_rows(self, rows: IntArray) -> dict[str, np.ndarray[Any, Any]]:
-        """A copy of ``rows`` of every array, in the order of ``rows``."""
-        return {name: array[rows] for name, array in self._arrays.items()}
-
-    def load_state_rows(self, rows: IntArray, state: Mapping[str, np.ndarray[Any, Any]]) -> None:
-        """Write a :meth:`state_rows` snapshot into ``rows`` (growing as needed)."""
-        arrays = {name: self._checked(name, state) for name in self._FIELDS}
-        for name, array in arrays.items():
-            if len(array) != len(rows):
-                raise ValueError(f"state {name!r} has {len(array)} rows, expected {len(rows)}")
-        if len(rows):
-            self.grow(int(rows.max()) + 1)
-        for name, array in arrays.items():
-            self._arrays[name][rows] = array
-
-    def _checked(
-        self, name: str, state: Mapping[str, np.ndarray[Any, Any]]
-    ) -> np.ndarray[Any, Any]:
-        if name not in state:
-            raise ValueError(f"state lacks {name!r}; expected keys: {', '.join(self._FIELDS)}")
-        array = np.asarray(state[name])
-        dtype, _ = self._FIELDS[name]
-        if array.dtype != np.dtype(dtype) or array.shape[1:] != self._tail(name):
-            raise ValueError(
-                f"state {name!r} is {array.dtype}{list(array.shape[1:])}, "
-                f"expected {np.dtype(dtype)}{list(self._tail(name))}"
-            )
-        return array
 
 
 class Ewm(RowArrays):

@@ -1,22 +1,30 @@
-"""Entity keys to array rows: which row of every detector bank belongs to which GPU or rank.
+"""Rows: which entity holds which array row, and per-row state stored in such rows.
 
-Keys are strings such as ``"node-17/3"`` (a GPU) or ``"job-42/rank-5"`` (a rank). Rows
-are handed out lowest-free-first, so banks stay compact; rows of entities silent for
-longer than an idle timeout (in event time) are freed by :meth:`EntityRegistry.expire`
-and reused, after the caller has reset them in its banks.
+:class:`EntityRegistry` maps entity keys such as ``"node-17/3"`` (a GPU) or
+``"job-42/rank-5"`` (a rank) to rows, handed out lowest-free-first so banks stay compact;
+rows of entities silent for longer than an idle timeout (in event time) are freed by
+:meth:`EntityRegistry.expire` and reused, after the caller has reset them in its banks.
+
+:class:`RowArrays` is the storage every detector keeps per row: fixed-size arrays that
+grow, reset rows, and snapshot all or some rows; :class:`RowGroup` does the same for
+several of them at once.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
-from pipeline.detect.baseline import FloatArray, IntArray
+__all__ = ["Arrays", "EntityRegistry", "FloatArray", "IntArray", "RowArrays", "RowGroup"]
 
-__all__ = ["EntityRegistry"]
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+#: A snapshot: named arrays, as ``numpy.savez`` writes them.
+Arrays = dict[str, np.ndarray[Any, Any]]
 
 
 class EntityRegistry:
@@ -133,3 +141,164 @@ class EntityRegistry:
         heapq.heapify(self._free)
         self._last_seen = np.full(max(16, len(keys)), np.nan)
         self._last_seen[: len(keys)] = last_seen
+
+
+class RowArrays:
+    """Per-row state in fixed-size arrays, with the capacity and snapshot plumbing.
+
+    A subclass lists its arrays in ``_FIELDS`` (name -> dtype, fill value) and may give
+    them a trailing shape through :meth:`_tail`. Growing, resetting rows, snapshots of
+    all rows or of some rows are then the same for every kind of state.
+    """
+
+    _FIELDS: ClassVar[Mapping[str, tuple[type, float]]] = {}
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = 0
+        self._arrays: Arrays = {}
+        for name, (dtype, fill) in self._FIELDS.items():
+            self._arrays[name] = np.full((0, *self._tail(name)), fill, dtype)
+        self.grow(max(capacity, 1))
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Names of the per-row arrays, as keyed in :meth:`state`."""
+        return tuple(self._FIELDS)
+
+    def _tail(self, name: str) -> tuple[int, ...]:
+        """Trailing shape of one row of field ``name``: scalar unless overridden."""
+        return ()
+
+    def _bind(self) -> None:
+        # Attribute access (self.mean) keeps the hot paths readable and fast.
+        for name, array in self._arrays.items():
+            setattr(self, name, array)
+
+    def grow(self, n_rows: int) -> None:
+        """Make room for rows ``0 .. n_rows-1``; capacity at least doubles when it grows."""
+        if n_rows <= self.capacity:
+            return
+        new_capacity = max(n_rows, 2 * self.capacity)
+        for name, (dtype, fill) in self._FIELDS.items():
+            old = self._arrays[name]
+            new: np.ndarray[Any, Any] = np.full((new_capacity, *self._tail(name)), fill, dtype)
+            new[: len(old)] = old
+            self._arrays[name] = new
+        self.capacity = new_capacity
+        self._bind()
+
+    def reset(self, rows: IntArray) -> None:
+        """Return ``rows`` to their empty state, as for a new entity."""
+        for name, (_, fill) in self._FIELDS.items():
+            self._arrays[name][rows] = fill
+
+    def state(self) -> Arrays:
+        """A copy of every array, for a snapshot."""
+        return {name: array.copy() for name, array in self._arrays.items()}
+
+    def load_state(self, state: Mapping[str, np.ndarray[Any, Any]]) -> None:
+        """Replace all rows with a :meth:`state` snapshot (same field layout)."""
+        arrays = {name: self._checked(name, state) for name in self._FIELDS}
+        lengths = {len(a) for a in arrays.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"state arrays disagree on the row count: {sorted(lengths)}")
+        self._arrays = {name: a.copy() for name, a in arrays.items()}
+        self.capacity = lengths.pop()
+        self._bind()
+
+    def state_rows(self, rows: IntArray) -> Arrays:
+        """A copy of ``rows`` of every array, in the order of ``rows``."""
+        return {name: array[rows] for name, array in self._arrays.items()}
+
+    def load_state_rows(self, rows: IntArray, state: Mapping[str, np.ndarray[Any, Any]]) -> None:
+        """Write a :meth:`state_rows` snapshot into ``rows`` (growing as needed)."""
+        arrays = {name: self._checked(name, state) for name in self._FIELDS}
+        for name, array in arrays.items():
+            if len(array) != len(rows):
+                raise ValueError(f"state {name!r} has {len(array)} rows, expected {len(rows)}")
+        if len(rows):
+            self.grow(int(rows.max()) + 1)
+        for name, array in arrays.items():
+            self._arrays[name][rows] = array
+
+    def _checked(
+        self, name: str, state: Mapping[str, np.ndarray[Any, Any]]
+    ) -> np.ndarray[Any, Any]:
+        if name not in state:
+            raise ValueError(f"state lacks {name!r}; expected keys: {', '.join(self._FIELDS)}")
+        array = np.asarray(state[name])
+        dtype, _ = self._FIELDS[name]
+        if array.dtype != np.dtype(dtype) or array.shape[1:] != self._tail(name):
+            raise ValueError(
+                f"state {name!r} is {array.dtype}{list(array.shape[1:])}, "
+                f"expected {np.dtype(dtype)}{list(self._tail(name))}"
+            )
+        return array
+
+
+class RowGroup:
+    """Named :class:`RowArrays` that grow, reset and snapshot together, as ``name.field``."""
+
+    def __init__(self, parts: Mapping[str, RowArrays], state_format: int) -> None:
+        self._parts = dict(parts)
+        self._format = state_format
+
+    @property
+    def capacity(self) -> int:
+        """Rows held without growing."""
+        return min(part.capacity for part in self._parts.values())
+
+    def grow(self, n_rows: int) -> None:
+        """Make room for rows ``0 .. n_rows-1`` (capacity at least doubles when it grows)."""
+        for part in self._parts.values():
+            part.grow(n_rows)
+
+    def reset_rows(self, rows: IntArray) -> None:
+        """Forget ``rows``, e.g. rows a registry expired and will hand to new entities."""
+        for part in self._parts.values():
+            part.reset(np.asarray(rows, dtype=np.int64))
+
+    def state(self) -> Arrays:
+        """Every array of every row (copies): a snapshot :meth:`load_state` restores exactly."""
+        out: Arrays = {"meta.format": np.array(self._format)}
+        for prefix, part in self._parts.items():
+            out.update({f"{prefix}.{k}": v for k, v in part.state().items()})
+        return out
+
+    def load_state(self, state: Mapping[str, np.ndarray[Any, Any]]) -> None:
+        """Replace every row with a :meth:`state` snapshot of the same layout."""
+        fmt = int(state.get("meta.format", -1))
+        if fmt != self._format:
+            raise ValueError(f"snapshot format {fmt}, expected {self._format}")
+        self._check_keys(state, {"meta.format"})
+        for prefix, part in self._parts.items():
+            part.load_state(_under(state, prefix))
+
+    def state_rows(self, rows: IntArray) -> Arrays:
+        """``rows`` of every array, in the order given: what moves with a partition."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out: Arrays = {}
+        for prefix, part in self._parts.items():
+            out.update({f"{prefix}.{k}": v for k, v in part.state_rows(rows).items()})
+        return out
+
+    def load_state_rows(self, rows: IntArray, state: Mapping[str, np.ndarray[Any, Any]]) -> None:
+        """Write a :meth:`state_rows` snapshot into ``rows`` (which may differ from its source)."""
+        self._check_keys(state, set())
+        rows = np.asarray(rows, dtype=np.int64)
+        for prefix, part in self._parts.items():
+            part.load_state_rows(rows, _under(state, prefix))
+
+    def _check_keys(self, state: Mapping[str, Any], meta: set[str]) -> None:
+        # Parts check their own arrays; this catches arrays no part would read, as in a
+        # snapshot of a bank with another change-point test.
+        expected = meta | {f"{p}.{k}" for p, part in self._parts.items() for k in part.fields}
+        if set(state) != expected:
+            raise ValueError(
+                f"snapshot does not fit: missing {sorted(expected - set(state))}, "
+                f"unexpected {sorted(set(state) - expected)}"
+            )
+
+
+def _under(state: Mapping[str, np.ndarray[Any, Any]], prefix: str) -> Arrays:
+    return {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}

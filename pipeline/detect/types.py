@@ -1,14 +1,19 @@
-"""The detector bank's value types: its validated configuration and the anomalies it reports."""
+"""The detector bank's types: its validated configuration, its anomalies, its per-row state."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+import numpy as np
 
 from pipeline.detect.changepoint import Direction
+from pipeline.detect.registry import FloatArray, IntArray, RowArrays
 from trainguard.errors import ConfigError
 
-__all__ = ["DETECTOR_VERSION", "Anomaly", "AnomalyKind", "BankConfig", "ChangepointKind"]
+__all__ = [
+    "DETECTOR_VERSION", "Anomaly", "AnomalyKind", "BankConfig", "ChangepointKind", "RowState",
+]
 
 #: Bumped whenever a change to the detectors can change what they report.
 DETECTOR_VERSION = "1"
@@ -122,3 +127,42 @@ class Anomaly:
     window: int
     detector: str
     version: str = DETECTOR_VERSION
+
+
+class RowState(RowArrays):
+    """A detector bank's own per-row state: event time, alarm, open excursion and its peak.
+
+    Part of the snapshot layout (``row.*`` in :meth:`DetectorBank.state`).
+    """
+
+    _FIELDS = {
+        "last_ts": (np.float64, -np.inf),  # event time of the last point taken
+        # 0 none, 1 spike, 2 level shift (run), 3 level shift / 4 drift (change point)
+        "alarm": (np.int8, 0),
+        "alarm_len": (np.int64, 0),  # points since it fired, toward relearn_after
+        "clear_run": (np.int64, 0),  # consecutive points back within z_clear
+        "back_ref": (np.float64, 0.0),  # signed allowance of the mirror test (cp alarms)
+        "back_sum": (np.float64, 0.0),
+        "exc_open": (np.bool_, False),  # an excursion beyond z_shift has not ended
+        "exc_t0": (np.float64, np.nan),
+        "exc_run": (np.int64, 0),  # its consecutive points beyond z_shift
+        "exc_beyond": (np.int64, 0),  # all its points beyond z_shift
+        "peak_e": (np.float64, np.nan),  # its farthest point: reported if it is a spike
+        "peak_x": (np.float64, np.nan),
+        "peak_base": (np.float64, np.nan),
+        "peak_scale": (np.float64, np.nan),
+    }
+    last_ts: FloatArray
+    alarm: np.ndarray[Any, np.dtype[np.int8]]
+    alarm_len: IntArray
+    clear_run: IntArray
+    back_ref: FloatArray
+    back_sum: FloatArray
+    exc_open: np.ndarray[Any, np.dtype[np.bool_]]
+    exc_t0: FloatArray
+    exc_run: IntArray
+    exc_beyond: IntArray
+    peak_e: FloatArray
+    peak_x: FloatArray
+    peak_base: FloatArray
+    peak_scale: FloatArray

@@ -73,3 +73,47 @@ def _epoch(text: str) -> float:
     from datetime import UTC, datetime
 
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
+
+
+def test_a_killed_worker_resumes_its_baselines_and_loses_or_repeats_no_anomaly(worker_process,
+                                                                               bootstrap):
+    worker_process.start()
+    topics = Topics(worker_process.prefix)
+    config = AgentConfig(kafka=KafkaProducerSettings(bootstrap=bootstrap), cluster="e2e",
+                         node="n", topics=topics, sim_gpus=4, heartbeat_interval_s=30)
+    transport = KafkaTransport(config.kafka)
+    fleet = SimulatedFleet(config, transport, nodes=NODES, node_prefix="kr")
+    now = time.time()
+    t0 = now - (now % 600) - 600 + 30
+    batches = "SELECT count() FROM {database}.sample_batches FINAL"
+
+    def run(start, stop, change=None):
+        for i in range(start, stop):
+            if change and i == change[0]:
+                fleet.collectors[change[1]].inject(change[2], "idle")
+            fleet.tick(t0 + i)
+        transport.flush(timeout=30)
+        assert worker_process.wait_for(batches, stop * NODES) == stop * NODES
+
+    run(0, 110, change=(100, "kr-000", 1))  # GPU kr-000/1 collapses at tick 100
+    assert worker_process.wait_for(
+        "SELECT count() FROM {database}.anomalies FINAL WHERE entity = 'kr-000/1'", 1) >= 1
+    time.sleep(6)  # past the state interval: the next batch triggers a snapshot
+    run(110, 115)
+    time.sleep(1)
+    worker_process.kill()
+    worker_process.start()
+    run(115, 140, change=(125, "kr-002", 3))  # 10 ticks after the restart: needs the baseline
+    transport.close(timeout=30)
+    assert worker_process.wait_for(
+        "SELECT count() FROM {database}.anomalies FINAL WHERE entity = 'kr-002/3'", 1
+    ) >= 1, worker_process.log()
+    time.sleep(2)
+    rows = worker_process.query(
+        "SELECT entity, metric, count() AS n, min(ts) AS ts FROM {database}.anomalies FINAL "
+        "GROUP BY entity, metric ORDER BY entity, metric").dicts()
+    assert {r["entity"] for r in rows} == {"kr-000/1", "kr-002/3"}, rows
+    assert all(r["n"] == 1 for r in rows), "each anomaly stored exactly once"
+    late = [r for r in rows if r["entity"] == "kr-002/3" and r["metric"] == "util_gpu_pct"]
+    assert late and _epoch(late[0]["ts"]) <= t0 + 125 + 10
+    assert "baseline state restored" in worker_process.log()

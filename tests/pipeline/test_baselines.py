@@ -64,3 +64,28 @@ def test_silent_entities_are_expired_and_forgotten():
         stage.observe([_tick(live, T0 + i, node="live")])
     assert set(stage.gpus.meta) == {"live/0"}
     assert stage.expired == 1
+
+
+def test_exported_state_resumes_in_another_stage_without_warm_up():
+    gpus = SimulatedGpus("n1", 2, seed=5)
+    first = BaselineStage()
+    for i in range(60):
+        first.observe([_tick(gpus, T0 + i)], sources=["s:0"])
+    blob = first.export("s:0")
+    second = BaselineStage()
+    assert second.load("s:0", blob) == 2
+    assert second.partitions() == {"s:0"}
+    gpus.inject(1, "idle")
+    found = []
+    for i in range(60, 70):  # a cold stage would still be warming up here (30 samples)
+        found += second.observe([_tick(gpus, T0 + i)], sources=["s:0"])
+    assert {a.entity for a in found} == {"n1/1"}
+    assert min(a.ts for a in found) <= T0 + 65
+
+
+def test_dropping_a_partition_forgets_only_its_entities():
+    stage = BaselineStage()
+    stage.observe([_tick(SimulatedGpus("a", 1), T0, node="a")], sources=["s:0"])
+    stage.observe([_tick(SimulatedGpus("b", 1), T0, node="b")], sources=["s:1"])
+    assert stage.drop("s:0") == 1
+    assert set(stage.gpus.meta) == {"b/0"} and stage.partitions() == {"s:1"}
