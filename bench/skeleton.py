@@ -56,12 +56,18 @@ def bench_ingest_stage(gpus: int, n: int = 20_000) -> float:
 
 
 def bench_end_to_end(
-    bootstrap: str, work: Path, nodes: int, ticks: int, gpus: int, rounds: int
+    bootstrap: str,
+    work: Path,
+    nodes: int,
+    ticks: int,
+    gpus: int,
+    rounds: int,
+    detect: bool = False,
 ) -> list[tuple[float, float]]:
     prefix = f"b{uuid.uuid4().hex[:8]}"
     topics = Topics(prefix)
     ensure_topics(bootstrap, topics.all(), partitions=3)
-    store_url = StoreUrl.parse(f"chdb://{work / 'store'}")
+    store_url = StoreUrl.parse(f"chdb://{work / f'store-{prefix}'}")
     cmd = [
         sys.executable,
         "-m",
@@ -78,14 +84,16 @@ def bench_end_to_end(
         "--app-id",
         f"bench-{prefix}",
         "--data-dir",
-        str(work / "worker"),
+        str(work / f"worker-{prefix}"),
     ]
-    with open(work / "worker.log", "wb") as log:
+    if not detect:
+        cmd.append("--no-detect")
+    with open(work / f"worker-{prefix}.log", "wb") as log:
         worker = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
         reader = None
         while reader is None:
-            assert worker.poll() is None, (work / "worker.log").read_text()
+            assert worker.poll() is None, (work / f"worker-{prefix}.log").read_text()
             reader = owner_reader(store_url, pid=worker.pid)
             time.sleep(0.2)
         results = []
@@ -110,7 +118,7 @@ def bench_end_to_end(
                 f"SELECT count() FROM {{database}}.sample_batches FINAL WHERE cluster = '{cluster}'"
             )
             while int(reader.query(sql).scalar()) < expected:
-                assert worker.poll() is None, (work / "worker.log").read_text()
+                assert worker.poll() is None, (work / f"worker-{prefix}.log").read_text()
                 time.sleep(0.05)
             total_s = time.perf_counter() - t0
             results.append((expected / produced_s, expected / total_s))
@@ -142,15 +150,26 @@ def main() -> None:
         work = Path(tmp)
         port, cport = free_ports(2)
         with LocalBroker(work / "kafka", port, cport) as broker:
-            res = bench_end_to_end(
-                broker.bootstrap, work, args.nodes, args.ticks, args.gpus, args.rounds
-            )
-    produce = statistics.median(r[0] for r in res)
-    e2e = statistics.median(r[1] for r in res)
-    print(
-        f"median over {len(res)} rounds: produce {produce:,.0f} batches/s; "
-        f"Kafka → Faust → chdb {e2e:,.0f} batches/s ({e2e * args.gpus:,.0f} GPU rows/s)"
-    )
+            for detect in (False, True):
+                label = "with baseline detectors" if detect else "decode + store only"
+                print(f"-- worker {label}", flush=True)
+                res = bench_end_to_end(
+                    broker.bootstrap,
+                    work,
+                    args.nodes,
+                    args.ticks,
+                    args.gpus,
+                    args.rounds,
+                    detect=detect,
+                )
+                produce = statistics.median(r[0] for r in res)
+                e2e = statistics.median(r[1] for r in res)
+                print(
+                    f"median over {len(res)} rounds ({label}): produce {produce:,.0f} "
+                    f"batches/s; Kafka → Faust → chdb {e2e:,.0f} batches/s "
+                    f"({e2e * args.gpus:,.0f} GPU samples/s)",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import msgspec
 import numpy as np
 
 from pipeline.detect import Anomaly as Finding
-from pipeline.detect import BankConfig, DetectorBank, EntityRegistry, unique_rounds
+from pipeline.detect import BankConfig, DetectorBank, EntityRegistry
 from schemas.records import Anomaly, GpuSampleBatch, Record, StepBatch, StepRecord
 
 __all__ = ["GPU_METRICS", "RANK_METRICS", "BaselineConfig", "BaselineStage"]
@@ -84,11 +84,9 @@ class _Family:
         for metric, bank in self.banks.items():
             bank.grow(self.registry.n_rows)
             v = np.asarray(values[metric], dtype=np.float64)
-            # A batch may hold several ticks of one entity: feed them in arrival order,
-            # in rounds where every row appears at most once.
-            for idx in unique_rounds(rows, t):
-                for finding in bank.update(rows[idx], v[idx], t[idx]):
-                    found.append((self.registry.keys_of([finding.row])[0], finding))
+            # The bank orders several ticks of one entity by event time itself.
+            for finding in bank.update(rows, v, t):
+                found.append((self.registry.keys_of([finding.row])[0], finding))
         return found
 
     def expire(self, now: float, idle_s: float) -> int:
@@ -257,7 +255,7 @@ class BaselineStage:
             keys = family.registry.keys_of(live)
             for metric, bank in family.banks.items():
                 bank.grow(family.registry.n_rows)
-                mean, scale, n = bank.window.stats(live)
+                mean, scale, n = bank.baseline(live)
                 alarm = bank.rows.alarm[live] != 0
                 for key, mu, sc, cnt, al in zip(keys, mean, scale, n, alarm, strict=True):
                     if cnt == 0 or not math.isfinite(mu):

@@ -310,7 +310,8 @@ class LocalBroker:
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             id_file.write_text(cluster_id + "\n", encoding="utf-8")
         cmd = [base_cmd[0], "-Xmx256m", *base_cmd[1:], "kafka.tools.StorageTool", "format",
-               "-t", cluster_id, "-c", str(props)]
+               # "=" form: a urlsafe id may start with "-", which argparse reads as a flag.
+               f"--cluster-id={cluster_id}", "-c", str(props)]
         try:
             proc = subprocess.run(cmd, cwd=self.data_dir, stdin=subprocess.DEVNULL,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -6,8 +6,6 @@ import pytest
 from pipeline.detect import BankConfig, DetectorBank, EntityRegistry, score_series
 from trainguard.errors import ConfigError
 
-from .conftest import feed_bank
-
 
 def normal(rng, n, rows=None):
     return rng.standard_normal(n if rows is None else (n, rows))
@@ -168,32 +166,32 @@ def test_a_row_repeated_in_one_batch_is_applied_in_event_time_order(rng):
                for k, v in one.state().items())
 
 
-def test_state_round_trip_continues_exactly_like_never_stopping(rng, tmp_path):
+def test_state_round_trip_continues_exactly_like_never_stopping(rng, feed, tmp_path):
     x = normal(rng, 700, 50)
     x[380, 3] = 15.0  # a spike still pending at the snapshot (after point 380)
     x[340:, 7] += 8.0  # in alarm at the snapshot
     x[500:, 9] -= 8.0
     straight, stopped = DetectorBank("x"), DetectorBank("x")
-    feed_bank(stopped, x[:381])
+    feed(stopped, x[:381])
     np.savez(tmp_path / "snap.npz", **stopped.state())
     restored = DetectorBank("x")
     with np.load(tmp_path / "snap.npz") as snap:
         restored.load_state(dict(snap))
-    expected = feed_bank(straight, x)
-    got = feed_bank(restored, x[381:], t0=381)
+    expected = feed(straight, x)
+    got = feed(restored, x[381:], t0=381)
     assert got == [a for a in expected if a.ts >= 381] and len(got) >= 2
     assert all(np.array_equal(v, restored.state()[k], equal_nan=True)
                for k, v in straight.state().items())
 
 
-def test_state_rows_move_rows_to_another_bank(rng):
+def test_state_rows_move_rows_to_another_bank(rng, feed):
     x = normal(rng, 600, 6)
     x[450:, 4] += 9.0
     source, target, reference = DetectorBank("x"), DetectorBank("x", capacity=1), DetectorBank("x")
-    feed_bank(source, x[:400])
+    feed(source, x[:400])
     target.load_state_rows(np.array([11, 0]), source.state_rows(np.array([4, 1])))
-    moved = feed_bank(target, x[400:, [4, 1]], t0=400, rows=np.array([11, 0]))
-    expected = [dataclasses.replace(a, row=11) for a in feed_bank(reference, x) if a.row == 4]
+    moved = feed(target, x[400:, [4, 1]], t0=400, rows=np.array([11, 0]))
+    expected = [dataclasses.replace(a, row=11) for a in feed(reference, x) if a.row == 4]
     assert moved == expected and len(moved) == 1 and target.capacity >= 12
 
 
