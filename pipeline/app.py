@@ -68,6 +68,10 @@ def build_app(
     state = app.topic(config.topics.baseline_state, partitions=1, **raw)
     next_state = [time.monotonic() + config.state_every_s]
     inputs_set = set(config.topics.inputs())
+    # Cleared while a new assignment's state loads: Faust may hand the agent events of the
+    # new partitions before the handler finishes, and a cold baseline would judge them.
+    state_ready = asyncio.Event()
+    state_ready.set()
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types the signal kw
     async def move_state(_sender: Any, *args: Any, **_kw: Any) -> None:
@@ -76,7 +80,14 @@ def build_app(
         # partitions that stay with this worker keep their live state.
         if baselines is None:
             return
-        assigned: set[Any] = args[0] if args else set()
+        state_ready.clear()
+        try:
+            await _move_state(args[0] if args else set())
+        finally:
+            state_ready.set()
+
+    async def _move_state(assigned: set[Any]) -> None:
+        assert baselines is not None
         owned = {partition_key(tp.topic, tp.partition) for tp in assigned
                  if tp.topic in inputs_set}
         for key in baselines.partitions() - owned:
@@ -132,6 +143,7 @@ def build_app(
                         d.message,
                     )
             if baselines is not None:
+                await state_ready.wait()
                 found = baselines.observe(result.decoded, result.sources)
                 if found:
                     sent = [
