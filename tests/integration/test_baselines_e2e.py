@@ -21,18 +21,23 @@ TICKS, CHANGE_AT, NODES, RANKS = 150, 110, 4, 4
 ANOMALIES = "SELECT count() FROM {database}.anomalies FINAL"
 
 
-def test_a_collapsed_gpu_and_a_shifted_rank_are_flagged_and_nothing_else(worker_process,
-                                                                          bootstrap):
+def _start(worker_process, bootstrap, node_prefix):
+    """Start the worker; a simulated fleet for its topics; t0 just after a checkpoint pause
+    (the simulated GPUs dip every 600 s of event time), so the clean phase is clean."""
     worker_process.start()
     topics = Topics(worker_process.prefix)
     config = AgentConfig(kafka=KafkaProducerSettings(bootstrap=bootstrap), cluster="e2e",
                          node="n", topics=topics, sim_gpus=4, heartbeat_interval_s=30)
     transport = KafkaTransport(config.kafka)
-    fleet = SimulatedFleet(config, transport, nodes=NODES, node_prefix="bl")
-    rng = np.random.default_rng(7)
-    # Start just after a simulated checkpoint pause (every 600 s), so the clean phase is clean.
+    fleet = SimulatedFleet(config, transport, nodes=NODES, node_prefix=node_prefix)
     now = time.time()
-    t0 = now - (now % 600) - 600 + 30
+    return topics, transport, fleet, now - (now % 600) - 600 + 30
+
+
+def test_a_collapsed_gpu_and_a_shifted_rank_are_flagged_and_nothing_else(worker_process,
+                                                                          bootstrap):
+    topics, transport, fleet, t0 = _start(worker_process, bootstrap, "bl")
+    rng = np.random.default_rng(7)
     for i in range(TICKS):
         ts = t0 + i
         if i == CHANGE_AT:
@@ -77,14 +82,7 @@ def _epoch(text: str) -> float:
 
 def test_a_killed_worker_resumes_its_baselines_and_loses_or_repeats_no_anomaly(worker_process,
                                                                                bootstrap):
-    worker_process.start()
-    topics = Topics(worker_process.prefix)
-    config = AgentConfig(kafka=KafkaProducerSettings(bootstrap=bootstrap), cluster="e2e",
-                         node="n", topics=topics, sim_gpus=4, heartbeat_interval_s=30)
-    transport = KafkaTransport(config.kafka)
-    fleet = SimulatedFleet(config, transport, nodes=NODES, node_prefix="kr")
-    now = time.time()
-    t0 = now - (now % 600) - 600 + 30
+    _topics, transport, fleet, t0 = _start(worker_process, bootstrap, "kr")
     batches = "SELECT count() FROM {database}.sample_batches FINAL"
 
     def run(start, stop, change=None):
