@@ -106,6 +106,7 @@ class SpoolSender:
             if self._producer is None:
                 self._producer = self._connect()
                 if self._stop.is_set():
+                    self._close_producer()
                     break  # connecting outlived stop(): send nothing, the next start will
                 if self._producer is None:
                     self._stop.wait(backoff)
