@@ -39,6 +39,7 @@ bench: install kafka-jars  ## run the benchmarks and print their figures
 	$(PY) -m bench.agent
 	$(PY) -m bench.reporter
 	$(PY) -m bench.detectors
+	$(PY) -m bench.pipeline
 
 schemas: install  ## regenerate the JSON Schema files from schemas/records.py
 	$(PY) -m schemas.generate
