@@ -59,7 +59,6 @@ class KafkaTransport:
         settings: KafkaProducerSettings,
         *,
         producer_factory: Callable[..., Any] | None = None,
-        on_error: Callable[[str, bytes, bytes, Exception], None] | None = None,
     ) -> None:
         from kafka import KafkaProducer  # imported here so schemas-only users need no kafka
         from kafka.errors import KafkaError
@@ -67,7 +66,6 @@ class KafkaTransport:
         factory = producer_factory or KafkaProducer
         self.counters = DeliveryCounters()
         self._lock = threading.Lock()
-        self._on_error = on_error
         try:
             self._producer = factory(**settings.producer_kwargs())
         except KafkaError as exc:
@@ -99,8 +97,6 @@ class KafkaTransport:
         log.warning(
             "delivery failed topic=%s key=%s error=%s", topic, key.decode(errors="replace"), exc
         )
-        if self._on_error is not None:
-            self._on_error(topic, key, value, exc)
 
 
 class SpoolTransport:

@@ -90,10 +90,11 @@ class _Family:
         return found
 
     def expire(self, now: float, idle_s: float) -> int:
-        stale = self.registry.last_seen(self.live_rows()) < now - idle_s
+        live = self.live_rows()
+        stale = self.registry.last_seen(live) < now - idle_s
         if not stale.any():
             return 0
-        for key in self.registry.keys_of(self.live_rows()[stale]):
+        for key in self.registry.keys_of(live[stale]):
             self.meta.pop(key, None)
             self.source.pop(key, None)
         freed = self.registry.expire(now, idle_s)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.sinks.rows import Row, rows_for
+from pipeline.state import partition_key
 from schemas.codec import RecordDecoder, RecordError
 from schemas.records import GpuSampleBatch, Heartbeat, Record, StepBatch, StepRecord
 from schemas.topics import Topics
@@ -115,7 +116,7 @@ class Ingestor:
             for table, row in rows_for(record, msg.partition, msg.offset):
                 result.rows[table].append(row)
             result.decoded.append(record)
-            result.sources.append(f"{msg.topic}:{msg.partition}")
+            result.sources.append(partition_key(msg.topic, msg.partition))
         self.accepted += result.records
         return result
 

@@ -194,7 +194,7 @@ class LocalBroker:
             return
         self.pid_file.unlink(missing_ok=True)
         for name, port in (("port", self.port), ("controller port", self.controller_port)):
-            if not _port_free(port):
+            if not port_free(port):
                 raise BrokerError(f"{name} {port} is already in use by another process; stop "
                                   "it or choose another port with --port")
         java = shutil.which(self.java)
@@ -406,7 +406,7 @@ def _port_open(port: int) -> bool:
         return False
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     """Tell whether 127.0.0.1:``port`` can be bound (SO_REUSEADDR skips TIME_WAIT)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from agents.transport import KafkaTransport
 from pipeline.store import Store, StoreUrl, open_store, owner_reader
-from trainguard.broker import LocalBroker, free_port
+from trainguard.broker import LocalBroker, free_port, port_free
 from trainguard.errors import TrainguardError
 
 __all__ = ["DemoOptions", "run_demo"]
@@ -74,7 +74,7 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
     try:
         bootstrap = opts.bootstrap
         if not bootstrap:
-            port = opts.kafka_port if _port_free(opts.kafka_port) else free_port()
+            port = opts.kafka_port if port_free(opts.kafka_port) else free_port()
             broker = LocalBroker(data_dir / "kafka", port=port)
             out(f"[demo] starting local Kafka {broker.bootstrap} (data in {data_dir / 'kafka'})")
             broker.start()
@@ -134,17 +134,6 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
         if broker is not None:
             broker.stop()
             out("[demo] local Kafka stopped")
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _start_worker(

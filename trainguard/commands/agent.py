@@ -18,6 +18,24 @@ from trainguard.commands._common import add_bootstrap, add_env_option, add_topic
 __all__ = ["register"]
 
 
+#: (flag, setting it overrides, environment variable, type, help) of the agent's options.
+_FLAGS = [
+    ("--bootstrap", "kafka.bootstrap", envvars.BOOTSTRAP, str, "Kafka bootstrap servers"),
+    ("--topic-prefix", "kafka.topic_prefix", envvars.TOPIC_PREFIX, str, "topic name prefix"),
+    ("--cluster", "cluster", envvars.CLUSTER, str, "cluster name stamped on records"),
+    ("--node", "node", envvars.NODE, str, "this node's name (default: hostname)"),
+    ("--interval", "interval_s", envvars.INTERVAL_S, float,
+     "seconds between samples, 0.1..3600 (default 1.0)"),
+    ("--spool-dir", "spool.dir", envvars.SPOOL_DIR, str, "on-disk spool directory"),
+    ("--spool-max-mb", "spool.max_mb", envvars.SPOOL_MAX_MB, int, "spool bound in MB"),
+    ("--steps-socket", "steps.socket", envvars.STEPS_SOCKET, str,
+     "Unix datagram socket where trainers report steps"),
+    ("--sim-gpus", "simulated.gpus", envvars.SIM_GPUS, int, "GPUs of the simulated backend"),
+]
+#: Settings that flags override, beyond those in _FLAGS.
+_OTHER_KEYS = ("backend", "steps.files")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``agent`` and ``simulate`` commands."""
     p = subparsers.add_parser(
@@ -29,20 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     env = os.environ
     p.add_argument("--config", type=Path, default=env.get(envvars.AGENT_CONFIG),
                    help=f"TOML config file (env: {envvars.AGENT_CONFIG})")
-    flags = [
-        ("--bootstrap", "kafka.bootstrap", envvars.BOOTSTRAP, str, "Kafka bootstrap servers"),
-        ("--topic-prefix", "kafka.topic_prefix", envvars.TOPIC_PREFIX, str, "topic name prefix"),
-        ("--cluster", "cluster", envvars.CLUSTER, str, "cluster name stamped on records"),
-        ("--node", "node", envvars.NODE, str, "this node's name (default: hostname)"),
-        ("--interval", "interval_s", envvars.INTERVAL_S, float,
-         "seconds between samples, 0.1..3600 (default 1.0)"),
-        ("--spool-dir", "spool.dir", envvars.SPOOL_DIR, str, "on-disk spool directory"),
-        ("--spool-max-mb", "spool.max_mb", envvars.SPOOL_MAX_MB, int, "spool bound in MB"),
-        ("--steps-socket", "steps.socket", envvars.STEPS_SOCKET, str,
-         "Unix datagram socket where trainers report steps"),
-        ("--sim-gpus", "simulated.gpus", envvars.SIM_GPUS, int, "GPUs of the simulated backend"),
-    ]
-    for flag, key, var, kind, text in flags:
+    for flag, key, var, kind, text in _FLAGS:
         p.add_argument(flag, dest=key, type=kind, default=None, help=f"{text} (env: {var})",
                        metavar=flag[2:].upper().replace("-", "_"))
     p.add_argument("--backend", dest="backend", choices=["nvml", "simulated"], default=None,
@@ -69,9 +74,7 @@ def _run_agent(args: argparse.Namespace) -> int:
     from agents.runtime import run_agent
     from agents.settings import load_agent_config
 
-    keys = ("kafka.bootstrap", "kafka.topic_prefix", "cluster", "node", "interval_s",
-            "spool.dir", "spool.max_mb", "steps.socket", "simulated.gpus", "backend",
-            "steps.files")
+    keys = [key for _, key, _, _, _ in _FLAGS] + list(_OTHER_KEYS)
     config = load_agent_config(args.config, os.environ, {k: getattr(args, k) for k in keys})
     stop = _stop_on_signals()
     agent = run_agent(config, stop, max_ticks=args.ticks)
