@@ -1,4 +1,4 @@
-"""Decode/validate stage: raw Kafka messages in, table rows and dead letters out.
+"""Decode/validate stage: raw Kafka messages in, table rows, intake lines and dead letters out.
 
 Plain Python over plain tuples (no Faust), bytewax-style: every message ends up either
 as rows (``oks``) or as a :class:`DeadLetter` with the reason (``errs``); nothing is
@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.sinks.intake import intake_line
 from pipeline.sinks.rows import Row, rows_for
 from pipeline.state import partition_key
 from schemas.codec import RecordDecoder, RecordError
@@ -75,6 +76,8 @@ class IngestResult:
     """Rows per table, and what was rejected, for one batch of messages."""
 
     rows: dict[str, list[Row]] = field(default_factory=lambda: defaultdict(list))
+    #: JSON lines for the store's intake tables (sample and step batches, the bulk).
+    lines: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
     dead: list[DeadLetter] = field(default_factory=list)
     #: The decoded records, in message order, for the analytics stages, and the input
     #: partition (``topic:partition``) each came from.
@@ -113,8 +116,12 @@ class Ingestor:
             except RecordError as exc:
                 self._reject(result, msg, exc.reason, exc.message)
                 continue
-            for table, row in rows_for(record, msg.partition, msg.offset):
-                result.rows[table].append(row)
+            line = intake_line(record, msg.partition, msg.offset)
+            if line is not None:
+                result.lines[line[0]].append(line[1])
+            else:
+                for table, row in rows_for(record, msg.partition, msg.offset):
+                    result.rows[table].append(row)
             result.decoded.append(record)
             result.sources.append(partition_key(msg.topic, msg.partition))
         self.accepted += result.records

@@ -7,6 +7,7 @@ it serves read-only queries on a loopback endpoint so that ``trainguard db count
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
             ",".join(config.topics.inputs()),
         )
         worker = Worker(app, loglevel=loglevel, override_logging=False, quiet=True)
+        _tune_gc()
         try:
             worker.execute_from_commandline()
         except SystemExit as exc:
@@ -74,3 +76,16 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
         if reads is not None:
             reads.close()
         store.close()
+
+
+def _tune_gc() -> None:
+    """Keep CPython's cyclic GC from rescanning the long-lived heap on every few batches.
+
+    Each batch makes hundreds of thousands of short-lived objects (decoded records); with
+    the default thresholds the collector keeps walking everything start-up built (Faust,
+    numpy, chdb). Freezing that heap and collecting the young generation less often
+    measured 2.6x faster decoding (BENCHMARKS.md); the records hold no reference cycles.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)

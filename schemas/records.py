@@ -44,7 +44,12 @@ SCHEMA_VERSION = 1
 # Reusable constrained types. Their bounds appear in the generated JSON Schema too.
 EpochSeconds = Annotated[float, Meta(ge=0, description="Unix epoch seconds, UTC, event time")]
 Percent = Annotated[float, Meta(ge=0, le=100)]
-NonNegInt = Annotated[int, Meta(ge=0)]
+# Integers are bounded by the ClickHouse column that stores them, so a value the store
+# would reject is a dead letter at decode time instead of a poisoned insert.
+NonNegInt = Annotated[int, Meta(ge=0, le=2**63 - 1)]  # msgspec bounds stop at int64
+UInt32 = Annotated[int, Meta(ge=0, le=2**32 - 1)]
+UInt16 = Annotated[int, Meta(ge=0, le=2**16 - 1)]
+UInt8 = Annotated[int, Meta(ge=0, le=255)]
 NonNegFloat = Annotated[float, Meta(ge=0)]
 Name = Annotated[str, Meta(min_length=1, max_length=256)]
 Version = Annotated[int, Meta(ge=1, description="wire contract version")]
@@ -57,7 +62,7 @@ class _Base(msgspec.Struct, kw_only=True, frozen=True, tag_field="kind", omit_de
 class XidEvent(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     """One NVIDIA XID error reported by the driver for a GPU."""
 
-    xid: NonNegInt
+    xid: UInt16
     ts: EpochSeconds
     detail: str | None = None
 
@@ -65,7 +70,7 @@ class XidEvent(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
 class GpuProcess(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     """One compute process running on a GPU."""
 
-    pid: NonNegInt
+    pid: UInt32
     used_mem_bytes: NonNegInt | None = None
 
 
@@ -84,8 +89,8 @@ class GpuSample(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     power_w: NonNegFloat | None = None
     power_limit_w: NonNegFloat | None = None
     temp_c: Annotated[float, Meta(ge=-50, le=200)] | None = None
-    sm_clock_mhz: NonNegInt | None = None
-    mem_clock_mhz: NonNegInt | None = None
+    sm_clock_mhz: UInt32 | None = None
+    mem_clock_mhz: UInt32 | None = None
     #: NVML clock-event (throttle) reasons bitmask, as ``nvmlDeviceGetCurrentClocksEventReasons``.
     clock_event_reasons: NonNegInt | None = None
     pcie_rx_bytes_s: NonNegFloat | None = None
@@ -95,13 +100,13 @@ class GpuSample(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     nvlink_tx_bytes: NonNegInt | None = None
     ecc_corrected: NonNegInt | None = None
     ecc_uncorrected: NonNegInt | None = None
-    remapped_rows_correctable: NonNegInt | None = None
-    remapped_rows_uncorrectable: NonNegInt | None = None
+    remapped_rows_correctable: UInt32 | None = None
+    remapped_rows_uncorrectable: UInt32 | None = None
     remap_pending: bool | None = None
     remap_failed: bool | None = None
     #: XID events seen since the previous tick (most recent last).
     xid_events: list[XidEvent] = []
-    compute_procs: NonNegInt | None = None
+    compute_procs: UInt16 | None = None
     #: The compute processes behind ``compute_procs``, with their GPU memory, where readable.
     processes: list[GpuProcess] = []
     #: Why a reading failed (e.g. ``{"power_w": "NVML_ERROR_UNKNOWN"}``); unsupported fields
@@ -128,13 +133,13 @@ class StepRecord(_Base, tag="step", frozen=True, kw_only=True):
 
     schema_version: Version = SCHEMA_VERSION
     job_id: Name
-    rank: NonNegInt
-    world_size: Annotated[int, Meta(ge=1)]
+    rank: UInt32
+    world_size: Annotated[int, Meta(ge=1, le=2**32 - 1)]
     node: Name
     step: NonNegInt
     ts: EpochSeconds
-    local_rank: NonNegInt | None = None
-    gpu_index: NonNegInt | None = None
+    local_rank: UInt16 | None = None
+    gpu_index: UInt8 | None = None
     loss: float | None = None
     grad_norm: float | None = None
     lr: float | None = None
@@ -219,7 +224,7 @@ class Heartbeat(_Base, tag="heartbeat", frozen=True, kw_only=True):
     agent_version: str
     uptime_s: NonNegFloat
     backend: Literal["nvml", "simulated"]
-    gpu_count: NonNegInt
+    gpu_count: UInt16
     counters: AgentCounters = AgentCounters()
 
 

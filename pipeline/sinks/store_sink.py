@@ -30,6 +30,8 @@ class SinkCounters:
 
     batches: int = 0
     rows: int = 0
+    #: Intake lines (one per sample or step batch) written to the ``*_in`` tables.
+    lines: int = 0
     retries: int = 0
     last_batch_s: float = 0.0
 
@@ -55,15 +57,25 @@ class StoreSink:
         self._stop = stop or threading.Event()
         self.counters = SinkCounters()
 
-    def write(self, rows: Mapping[str, Sequence[Row]]) -> int:
-        """Insert every table's rows; return rows written. Raises StoreError when giving up."""
+    def write(
+        self,
+        rows: Mapping[str, Sequence[Row]],
+        lines: Mapping[str, Sequence[bytes]] | None = None,
+    ) -> int:
+        """Insert every table's rows and intake lines; return how many went in.
+
+        Raises StoreError when giving up.
+        """
         started = self._clock()
         backoff = 0.2
         pending = {table: batch for table, batch in rows.items() if batch}
+        pending_lines = {table: batch for table, batch in (lines or {}).items() if batch}
         while True:
             try:
                 # A retry re-sends tables that already succeeded: harmless on idempotent tables,
                 # and simpler than tracking partial success.
+                for table, blines in pending_lines.items():
+                    self._store.insert_json_lines(table, blines)
                 for table, batch in pending.items():
                     self._store.insert_rows(table, batch)
                 break
@@ -84,7 +96,9 @@ class StoreSink:
                 self._sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff_s)
         written = sum(len(b) for b in pending.values())
+        n_lines = sum(len(b) for b in pending_lines.values())
         self.counters.batches += 1
         self.counters.rows += written
+        self.counters.lines += n_lines
         self.counters.last_batch_s = self._clock() - started
-        return written
+        return written + n_lines

@@ -31,8 +31,16 @@ __all__ = [
 
 #: The one placeholder substituted in SQL: the store's database name.
 DATABASE_TOKEN = "{database}"
-#: Settings every insert runs with, so ISO-8601 strings and epoch floats both parse.
-INSERT_SETTINGS: dict[str, str] = {"date_time_input_format": "best_effort"}
+#: Settings every insert runs with: ISO-8601 strings and epoch floats both parse; the
+#: worker batches its own inserts, so ClickHouse's async-insert buffer would only add a
+#: wait (it is on by default in recent versions); intake lines carry a ``kind`` field and
+#: nested ``kind``/``schema_version`` keys that the intake tables do not store.
+INSERT_SETTINGS: dict[str, str] = {
+    "date_time_input_format": "best_effort",
+    "async_insert": "0",
+    "input_format_skip_unknown_fields": "1",
+    "input_format_json_ignore_unknown_keys_in_named_tuple": "1",
+}
 
 _COLUMN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ENCODER = msgspec.json.Encoder()
@@ -82,9 +90,21 @@ class Store(ABC):
         columns, body = encode_json_each_row(rows)
         self._insert_block(table, columns, body)
 
+    def insert_json_lines(self, table: str, lines: Sequence[bytes]) -> None:
+        """Insert ready JSONEachRow ``lines`` (one object each) into ``{database}.{table}``.
+
+        For the intake tables (:mod:`pipeline.sinks.intake`): the lines are already
+        canonical JSON, so nothing is re-encoded here.
+        """
+        if not lines:
+            return
+        if not _COLUMN.fullmatch(table):
+            raise StoreError(f"invalid table name {table!r}; expected a plain identifier")
+        self._insert_block(table, None, b"\n".join(lines))
+
     @abstractmethod
-    def _insert_block(self, table: str, columns: list[str], body: bytes) -> None:
-        """Send one JSONEachRow block; ``columns`` are validated identifiers."""
+    def _insert_block(self, table: str, columns: list[str] | None, body: bytes) -> None:
+        """Send one JSONEachRow block; ``columns`` are validated identifiers (None: all)."""
 
     @abstractmethod
     def close(self) -> None:

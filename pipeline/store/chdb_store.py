@@ -169,10 +169,20 @@ class ChdbStore(Store):
         rendered = self._single(sql)
         return decode_json_compact(self._run(rendered, "JSONCompact"), rendered)
 
-    def _insert_block(self, table: str, columns: list[str], body: bytes) -> None:
-        cols = ", ".join(f"`{c}`" for c in columns)
-        head = f"INSERT INTO {self.database}.{table} ({cols}) SETTINGS {_SETTINGS_SQL} "
-        self._run(head + "FORMAT JSONEachRow\n" + body.decode(), "CSV")
+    def _insert_block(self, table: str, columns: list[str] | None, body: bytes) -> None:
+        cols = " (" + ", ".join(f"`{c}`" for c in columns) + ")" if columns else ""
+        sql = f"INSERT INTO {self.database}.{table}{cols} SETTINGS {_SETTINGS_SQL}"
+        shared = self._shared
+        if shared is None:
+            raise StoreError(f"embedded store {self.path} is closed")
+        # A streaming insert takes the bytes as they are: no decode to str and re-encode.
+        with shared.lock:
+            try:
+                with shared.conn.send_insert(sql, "JSONEachRow") as inserter:
+                    inserter.append(body)
+                    inserter.finish()
+            except _CHDB_ERRORS as exc:
+                raise StoreError(f"{exc} (sql: {sql[:200]!r})") from None
 
     def close(self) -> None:
         """Drop this store's reference; the connection closes with the last one."""

@@ -85,10 +85,14 @@ def migrate(store: Store, sql_dir: Path | None = None) -> list[str]:
 
 
 def tables(store: Store) -> list[str]:
-    """Return the tables of the store's database, by name, without schema_migrations and views."""
+    """Return the tables of the store's database, by name.
+
+    Left out: schema_migrations, views, and the Null-engine intake tables (they store nothing).
+    """
     result = store.query(
         "SELECT name FROM system.tables WHERE database = '{database}' "
-        f"AND name != '{MIGRATIONS_TABLE}' AND engine NOT LIKE '%View' ORDER BY name"
+        f"AND name != '{MIGRATIONS_TABLE}' AND engine NOT LIKE '%View' AND engine != 'Null' "
+        "ORDER BY name"
     )
     return [str(row[0]) for row in result.rows]
 
@@ -97,7 +101,8 @@ def row_counts(store: Store, final: bool = True) -> dict[str, int]:
     """Return ``{table: rows}``; with ``final``, ReplacingMergeTree tables count via FINAL."""
     result = store.query(
         "SELECT name, engine FROM system.tables WHERE database = '{database}' "
-        f"AND name != '{MIGRATIONS_TABLE}' AND engine NOT LIKE '%View' ORDER BY name"
+        f"AND name != '{MIGRATIONS_TABLE}' AND engine NOT LIKE '%View' AND engine != 'Null' "
+        "ORDER BY name"
     )
     counts: dict[str, int] = {}
     for name, engine in result.rows:

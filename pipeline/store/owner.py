@@ -248,7 +248,7 @@ class RemoteReadStore(Store):
         """Refuse: the owner process is the only writer."""
         raise self._read_only()
 
-    def _insert_block(self, table: str, columns: list[str], body: bytes) -> None:
+    def _insert_block(self, table: str, columns: list[str] | None, body: bytes) -> None:
         raise self._read_only()
 
     def _read_only(self) -> StoreError:

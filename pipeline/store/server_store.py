@@ -74,7 +74,7 @@ class ServerStore(Store):
             raise self._error(exc, rendered) from None
         return decode_json_compact(data, rendered)
 
-    def _insert_block(self, table: str, columns: list[str], body: bytes) -> None:
+    def _insert_block(self, table: str, columns: list[str] | None, body: bytes) -> None:
         target = f"{self.database}.{table}"
         try:
             self._client.raw_insert(

@@ -27,11 +27,20 @@ def _msg(topic, value, offset=0):
     return RawMessage(topic=topic, partition=0, offset=offset, key=b"k", value=value, timestamp=NOW)
 
 
-def test_valid_batches_become_one_batch_row_and_one_row_per_gpu():
+def test_a_valid_sample_batch_becomes_one_intake_line_with_its_kafka_coordinates():
     result = Ingestor(TOPICS).ingest([_msg(TOPICS.samples, encode(_batch(gpus=3)), offset=42)])
-    assert result.records == 1 and not result.dead
-    assert len(result.rows["sample_batches"]) == 1 and len(result.rows["gpu_samples"]) == 3
-    assert result.rows["sample_batches"][0]["kafka_offset"] == 42
+    assert result.records == 1 and not result.dead and not result.rows
+    (line,) = result.lines["sample_batches_in"]
+    doc = msgspec.json.decode(line)
+    assert doc["_tg_partition"] == 0 and doc["_tg_offset"] == 42
+    assert doc["node"] == "n1" and len(doc["gpus"]) == 3
+
+
+def test_intake_lines_are_canonical_json_without_the_senders_unknown_fields():
+    raw = encode(_batch()).replace(b'{"kind"', b'{"_tg_offset":7, "extra":[1], "kind"', 1)
+    result = Ingestor(TOPICS).ingest([_msg(TOPICS.samples, raw, offset=3)])
+    doc = msgspec.json.decode(result.lines["sample_batches_in"][0])
+    assert doc["_tg_offset"] == 3 and "extra" not in doc
 
 
 def test_steps_and_heartbeats_land_in_their_tables():
@@ -59,8 +68,15 @@ def test_steps_and_heartbeats_land_in_their_tables():
     result = Ingestor(TOPICS).ingest(
         [_msg(TOPICS.steps, encode(steps)), _msg(TOPICS.heartbeats, encode(hb))]
     )
-    assert [r["rank"] for r in result.rows["steps"]] == [0, 1]
+    (line,) = result.lines["step_batches_in"]
+    assert [s["rank"] for s in msgspec.json.decode(line)["steps"]] == [0, 1]
     assert result.rows["agent_heartbeats"][0]["gpu_count"] == 2
+
+
+def test_a_lone_step_record_is_flattened_into_a_steps_row():
+    step = StepRecord(job_id="j", rank=3, world_size=4, node="n1", step=5, ts=NOW, loss=1.0)
+    result = Ingestor(TOPICS).ingest([_msg(TOPICS.steps, encode(step))])
+    assert [r["rank"] for r in result.rows["steps"]] == [3] and not result.lines
 
 
 def test_garbage_goes_to_dead_letters_with_reason_and_valid_records_still_land():
@@ -75,7 +91,7 @@ def test_garbage_goes_to_dead_letters_with_reason_and_valid_records_still_land()
     )
     assert [d.reason for d in result.dead] == ["not_json", "invalid", "wrong_kind"]
     assert [d.source.offset for d in result.dead] == [1, 3, 4]
-    assert len(result.rows["sample_batches"]) == 1
+    assert len(result.lines["sample_batches_in"]) == 1
     assert dict(ingestor.rejected) == {"not_json": 1, "invalid": 1, "wrong_kind": 1}
     assert ingestor.accepted == 1
 
