@@ -1,36 +1,54 @@
-"""Pipeline at a sustained rate: a worker with detectors fed by a real-time simulated cluster.
+"""One stream worker at cluster scale: capacity, sustained rate, latency, and where time goes.
 
-One worker process (baseline detectors on, embedded store) consumes a simulated fleet
-ticking at 1 Hz in real time. After the warm-up, one GPU collapses every few seconds.
-Reported per rate: GPU samples/s sustained, consumer lag at the end (batches produced but
-not yet stored), worker CPU per 1,000 GPU samples (from /proc), and end-to-end latency
-from a sample's timestamp to its anomaly row landing in the store (``ingested_at - ts``
-of the anomaly, both UTC), p50 and p99.
+Three measurements, each against a real local broker and a real worker process (baseline
+detectors on, embedded chdb store), fed by :class:`bench.loadgen.FleetLoad`: every node
+sends one GPU sample batch (8 GPUs) and one step batch (8 ranks) per tick.
 
-    python -m bench.pipeline --nodes 250 500 --seconds 90
+``capacity``: ticks of ``--nodes`` nodes are produced into Kafka first, then one worker
+drains them. The rate is messages stored divided by the span of the store's own
+``ingested_at`` stamps, so worker start-up is not counted. Reported: node batches/s, GPU
+samples/s and step records/s, worker CPU (its process, embedded store included) per
+1,000 GPU samples with their step records, and the workers a 10,000-node cluster needs.
+
+``realtime``: the fleet ticks at 1 Hz in wall time while the worker runs; after a 40 s
+warm-up one GPU collapses every 5 s. Reported: lag (messages produced but not stored)
+sampled every tick, worker CPU, and sample → anomaly latency: an anomaly row's
+``ingested_at`` minus the event time of the sample that confirmed it.
+
+``stages``: the worker's stages timed in-process on 2,000-message batches (decode and
+intake lines, detectors, store insert), and a bare Faust agent's ceiling
+(``take_events`` over the same messages, no work), to say why the capacity is what it is.
+
+    python -m bench.pipeline capacity --nodes 10000 --ticks 12
+    python -m bench.pipeline realtime --nodes 1000 2000 --seconds 90
+    python -m bench.pipeline stages
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import asyncio
+import math
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
-from agents.config import AgentConfig, KafkaProducerSettings
-from agents.fleet import SimulatedFleet
-from agents.transport import KafkaTransport
+from bench.loadgen import FleetLoad
+from bench.stages import run_stages
 from pipeline.store import StoreUrl, owner_reader
+from pipeline.store.owner import RemoteReadStore
 from schemas.topics import Topics
 from trainguard.broker import LocalBroker, free_ports
 from trainguard.kafka_admin import ensure_topics
 
-_TICK = os.sysconf("SC_CLK_TCK")
+_TICK = __import__("os").sysconf("SC_CLK_TCK")
 _WARMUP_TICKS = 40  # the detectors give no verdict before 30 values
+CLUSTER_NODES = 10_000
 
 
 def _cpu(pid: int) -> float:
@@ -38,76 +56,220 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def run(bootstrap: str, work: Path, nodes: int, seconds: int, gpus: int = 8) -> None:
-    prefix = f"p{uuid.uuid4().hex[:8]}"
+class _Producer:
+    """An aiokafka producer on its own event loop, configured like the agents' sender."""
+
+    def __init__(self, bootstrap: str) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        async def start() -> AIOKafkaProducer:
+            producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                        enable_idempotence=True, compression_type="zstd",
+                                        linger_ms=20, max_batch_size=1 << 20)
+            await producer.start()
+            return producer
+
+        self._loop = asyncio.new_event_loop()
+        self._p = self._loop.run_until_complete(start())
+
+    def send_all(self, messages: Iterable[tuple[str, bytes, bytes]]) -> int:
+        async def go() -> int:
+            futures = [await self._p.send(t, v, key=k) for t, k, v in messages]
+            await asyncio.gather(*futures)
+            return len(futures)
+
+        return self._loop.run_until_complete(go())
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._p.stop())
+        self._loop.close()
+
+
+class _Worker:
+    """One ``trainguard worker`` process on its own topics and embedded store."""
+
+    def __init__(self, bootstrap: str, work: Path, prefix: str) -> None:
+        self.url = StoreUrl.parse(f"chdb://{work / f'store-{prefix}'}")
+        cmd = [sys.executable, "-m", "trainguard.cli", "--log-level", "WARNING", "worker",
+               "--bootstrap", bootstrap, "--store", str(self.url), "--topic-prefix", prefix,
+               "--app-id", f"bench-{prefix}", "--data-dir", str(work / f"w-{prefix}"),
+               "--batch-within", "0.2"]
+        self.log_path = work / f"worker-{prefix}.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        reader: RemoteReadStore | None = None
+        while reader is None:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited:\n{self.log_path.read_text()[-3000:]}")
+            reader = owner_reader(self.url, pid=self.proc.pid)
+            time.sleep(0.2)
+        self.reader = reader
+
+    def stored(self) -> int:
+        """Messages in the store: sample batches plus step batches (one row per rank)."""
+        q = ("SELECT (SELECT count() FROM {database}.sample_batches) + "
+             "(SELECT count() FROM {database}.steps)")
+        return int(self.reader.query(q).scalar())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def capacity(bootstrap: str, work: Path, nodes: int, ticks: int) -> dict[str, float]:
+    """Drain ``ticks`` × ``nodes`` pre-produced ticks with one worker; return its figures."""
+    prefix = f"c{uuid.uuid4().hex[:8]}"
     topics = Topics(prefix)
     ensure_topics(bootstrap, topics.all(), partitions=3)
-    url = StoreUrl.parse(f"chdb://{work / f'store-{prefix}'}")
-    cmd = [sys.executable, "-m", "trainguard.cli", "--log-level", "WARNING", "worker",
-           "--bootstrap", bootstrap, "--store", str(url), "--topic-prefix", prefix,
-           "--app-id", f"bench-{prefix}", "--data-dir", str(work / f"w-{prefix}"),
-           "--batch-within", "0.2"]
-    log_path = work / f"worker-{prefix}.log"
-    with open(log_path, "wb") as log:
-        worker = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    load = FleetLoad(topics, nodes)
+    producer = _Producer(bootstrap)
+    t0 = time.time() - ticks
+    started = time.perf_counter()
+    sent = sum(producer.send_all(load.tick(k, t0 + k)) for k in range(ticks))
+    produce_s = time.perf_counter() - started
+    producer.close()
+    gpus = load.gpus
+    want = nodes * ticks * (1 + gpus)  # sample batch rows + step rows
+    worker = _Worker(bootstrap, work, prefix)
     try:
-        reader = None
-        while reader is None:
-            assert worker.poll() is None, log_path.read_text()
-            reader = owner_reader(url, pid=worker.pid)
-            time.sleep(0.2)
-        config = AgentConfig(kafka=KafkaProducerSettings(bootstrap=bootstrap), cluster="bench",
-                             node="n", topics=topics, sim_gpus=gpus, heartbeat_interval_s=3600)
-        transport = KafkaTransport(config.kafka)
-        fleet = SimulatedFleet(config, transport, nodes=nodes, node_prefix="pb")
-        names = list(fleet.collectors)
-        # Event time is wall time here; start just after a simulated checkpoint dip.
-        while not 25 <= time.time() % 600 <= 595 - seconds:
-            time.sleep(1)
+        cpu0 = wall0 = None
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:
+            n = worker.stored()
+            if n and cpu0 is None:
+                cpu0, wall0 = _cpu(worker.proc.pid), time.monotonic()
+            if n >= want:
+                break
+            time.sleep(0.25)
+        assert cpu0 is not None and wall0 is not None
+        cpu1, wall1 = _cpu(worker.proc.pid), time.monotonic()
+        span = float(worker.reader.query(
+            "SELECT max(t) - min(t) FROM (SELECT toFloat64(ingested_at) AS t FROM "
+            "{database}.sample_batches UNION ALL SELECT toFloat64(ingested_at) FROM "
+            "{database}.steps)").scalar())
+        stored = worker.stored()
+    finally:
+        worker.stop()
+    messages = 2 * nodes * ticks
+    return {"nodes": nodes, "ticks": ticks, "produced": sent, "produce_s": produce_s,
+            "stored_rows": stored, "want_rows": want, "span_s": span,
+            "msgs_per_s": messages / span, "gpu_samples_per_s": nodes * ticks * gpus / span,
+            "cpu_s": cpu1 - cpu0, "wall_s": wall1 - wall0,
+            "cpu_ms_per_1000": 1000 * (cpu1 - cpu0) / (nodes * ticks * gpus) * 1000}
+
+
+def realtime(bootstrap: str, work: Path, nodes: int, seconds: int) -> dict[str, float]:
+    """Feed ``nodes`` at 1 Hz for ``seconds`` with collapses after warm-up; return figures."""
+    prefix = f"r{uuid.uuid4().hex[:8]}"
+    topics = Topics(prefix)
+    ensure_topics(bootstrap, topics.all(), partitions=3)
+    load = FleetLoad(topics, nodes)
+    worker = _Worker(bootstrap, work, prefix)
+    producer = _Producer(bootstrap)
+    per_tick_rows = nodes * (1 + load.gpus)
+    lags: list[int] = []
+    late_ticks = injected = 0
+    try:
         cpu0 = wall0 = None
         next_at = time.monotonic()
-        injected = 0
         for i in range(seconds):
             if i == _WARMUP_TICKS:
-                cpu0, wall0 = _cpu(worker.pid), time.monotonic()
+                cpu0, wall0 = _cpu(worker.proc.pid), time.monotonic()
             if i >= _WARMUP_TICKS and i % 5 == 0:
-                fleet.collectors[names[injected % len(names)]].inject(injected % gpus, "idle")
+                load.inject((injected * 7919) % nodes, injected % load.gpus, "idle")
                 injected += 1
-            fleet.tick(time.time())
+            producer.send_all(load.tick(i, time.time()))
+            if i >= _WARMUP_TICKS:
+                lags.append((i + 1) * per_tick_rows - worker.stored())
             next_at += 1.0
+            if time.monotonic() > next_at:
+                late_ticks += 1  # the generator itself fell behind real time
             time.sleep(max(0.0, next_at - time.monotonic()))
         assert cpu0 is not None and wall0 is not None
-        cpu1, wall1 = _cpu(worker.pid), time.monotonic()
-        stored = int(reader.query("SELECT count() FROM {database}.sample_batches").scalar())
-        produced = nodes * seconds
-        transport.close(timeout=30)
-        samples = nodes * gpus * (wall1 - wall0)
-        lat = reader.query(
-            "SELECT quantile(0.5)(d), quantile(0.99)(d), count() FROM (SELECT "
+        cpu1, wall1 = _cpu(worker.proc.pid), time.monotonic()
+        end_lag = seconds * per_tick_rows - worker.stored()
+        drain_deadline = time.monotonic() + 60
+        while worker.stored() < seconds * per_tick_rows and time.monotonic() < drain_deadline:
+            time.sleep(0.5)
+        time.sleep(2.0)
+        lat = worker.reader.query(
+            "SELECT quantile(0.5)(d), quantile(0.99)(d), max(d), count() FROM (SELECT "
             "toFloat64(ingested_at) - toFloat64(ts) AS d FROM {database}.anomalies FINAL "
             "WHERE metric = 'util_gpu_pct')").rows[0]
-        print(f"{nodes} nodes x {gpus} GPUs at 1 Hz ({nodes * gpus:,} GPU samples/s offered): "
-              f"lag at end {produced - stored} of {produced} batches; worker CPU "
-              f"{100 * (cpu1 - cpu0) / (wall1 - wall0):.0f}% of a core = "
-              f"{1000 * (cpu1 - cpu0) / samples * 1000:.2f} ms per 1,000 samples; "
-              f"sample->anomaly row p50 {lat[0]:.2f} s, p99 {lat[1]:.2f} s "
-              f"over {lat[2]} anomalies ({injected} collapses injected)", flush=True)
+        other = int(worker.reader.query(
+            "SELECT count() FROM {database}.anomalies FINAL WHERE metric != 'util_gpu_pct'"
+        ).scalar())
     finally:
-        worker.terminate()
-        worker.wait(timeout=60)
+        producer.close()
+        worker.stop()
+    samples = nodes * load.gpus * (wall1 - wall0)
+    rows_per_msg = per_tick_rows / (2 * nodes)
+    return {"nodes": nodes, "seconds": seconds, "late_ticks": late_ticks,
+            "lag_msgs_p50": statistics.median(lags) / rows_per_msg,
+            "lag_msgs_max": max(lags) / rows_per_msg, "end_lag_msgs": end_lag / rows_per_msg,
+            "cpu_pct": 100 * (cpu1 - cpu0) / (wall1 - wall0),
+            "cpu_ms_per_1000": 1000 * (cpu1 - cpu0) / samples * 1000,
+            "lat_p50": lat[0], "lat_p99": lat[1], "lat_max": lat[2], "anomalies": lat[3],
+            "injected": injected, "other_anomalies": other}
+
+
+def _print_capacity(r: dict[str, float]) -> None:
+    workers = math.ceil(2 * CLUSTER_NODES / r["msgs_per_s"])
+    print(f"capacity {r['nodes']:.0f} nodes x {r['ticks']:.0f} ticks: produced "
+          f"{r['produced']:.0f} messages in {r['produce_s']:.1f} s; one worker stored "
+          f"{r['stored_rows']:.0f}/{r['want_rows']:.0f} rows in {r['span_s']:.1f} s = "
+          f"{r['msgs_per_s']:,.0f} messages/s = {r['gpu_samples_per_s']:,.0f} GPU samples/s + "
+          f"{r['gpu_samples_per_s']:,.0f} step records/s; worker CPU "
+          f"{100 * r['cpu_s'] / r['wall_s']:.0f}% of a core = {r['cpu_ms_per_1000']:.1f} ms per "
+          f"1,000 GPU samples (with their step records); 10,000 nodes x 8 GPUs at 1 Hz "
+          f"(20,000 messages/s) need {workers} such workers", flush=True)
+
+
+def _print_realtime(r: dict[str, float]) -> None:
+    print(f"realtime {r['nodes']:.0f} nodes x 8 GPUs at 1 Hz ({r['nodes'] * 8:,.0f} GPU samples/s "
+          f"+ as many step records/s, {r['nodes'] * 2:,.0f} messages/s) for {r['seconds']:.0f} s: "
+          f"lag p50 {r['lag_msgs_p50']:,.0f} max {r['lag_msgs_max']:,.0f} messages, at end "
+          f"{r['end_lag_msgs']:,.0f}; worker CPU {r['cpu_pct']:.0f}% of a core = "
+          f"{r['cpu_ms_per_1000']:.1f} ms per 1,000 GPU samples; sample->anomaly row p50 "
+          f"{r['lat_p50']:.2f} s, p99 {r['lat_p99']:.2f} s, max {r['lat_max']:.2f} s over "
+          f"{r['anomalies']} anomalies ({r['injected']:.0f} collapses injected, "
+          f"{r['other_anomalies']:.0f} other anomalies); generator late on "
+          f"{r['late_ticks']:.0f} ticks", flush=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--nodes", type=int, nargs="+", default=[250, 500])
-    p.add_argument("--seconds", type=int, default=90)
+    sub = p.add_subparsers(dest="mode", required=True)
+    c = sub.add_parser("capacity", help="drain pre-produced ticks with one worker")
+    c.add_argument("--nodes", type=int, nargs="+", default=[CLUSTER_NODES])
+    c.add_argument("--ticks", type=int, default=12)
+    c.add_argument("--rounds", type=int, default=1)
+    r = sub.add_parser("realtime", help="feed the worker at 1 Hz in wall time")
+    r.add_argument("--nodes", type=int, nargs="+", default=[1000])
+    r.add_argument("--seconds", type=int, default=90)
+    s = sub.add_parser("stages", help="time the worker's stages in-process, and Faust's ceiling")
+    s.add_argument("--nodes", type=int, default=2000)
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="tg-pipe-bench-") as tmp:
         work = Path(tmp)
         port, cport = free_ports(2)
         with LocalBroker(work / "kafka", port, cport) as broker:
-            for n in args.nodes:
-                run(broker.bootstrap, work, n, args.seconds)
+            if args.mode == "capacity":
+                for n in args.nodes:
+                    results = [capacity(broker.bootstrap, work, n, args.ticks)
+                               for _ in range(args.rounds)]
+                    for res in results:
+                        _print_capacity(res)
+                    if len(results) > 1:
+                        rates = [x["msgs_per_s"] for x in results]
+                        print(f"capacity {n} nodes: median {statistics.median(rates):,.0f} "
+                              f"messages/s over {len(rates)} rounds "
+                              f"({', '.join(f'{x:,.0f}' for x in rates)})", flush=True)
+            elif args.mode == "realtime":
+                for n in args.nodes:
+                    _print_realtime(realtime(broker.bootstrap, work, n, args.seconds))
+            else:
+                run_stages(broker.bootstrap, work, args.nodes)
 
 
 if __name__ == "__main__":

@@ -24,13 +24,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
+import mode
 
 from pipeline.baselines import BaselineStage
 from pipeline.config import WorkerConfig
 from pipeline.ingest import Ingestor, RawMessage
 from pipeline.sinks.rows import rows_for
 from pipeline.sinks.store_sink import StoreSink
-from pipeline.state import partition_key, read_snapshots
+from pipeline.state import chunk_snapshot, partition_key, read_snapshots
 from schemas.codec import encode
 
 __all__ = ["build_app"]
@@ -63,6 +64,9 @@ def build_app(
         broker_commit_interval=1.0,
         broker_session_timeout=config.session_timeout_s,
         broker_heartbeat_interval=config.session_timeout_s / 4,
+        # An agent that crashes takes the worker down (exit 1) so that systemd restarts it
+        # and state is restored; Faust's default would leave a live process consuming nothing.
+        agent_supervisor=mode.CrashingSupervisor,
     )
     raw: dict[str, Any] = {
         "key_type": bytes,
@@ -75,6 +79,9 @@ def build_app(
     anomalies = app.topic(config.topics.anomalies, partitions=config.partitions, **raw)
     state = app.topic(config.topics.baseline_state, partitions=1, **raw)
     next_state = [time.monotonic() + config.state_every_s]
+    # The slot each partition's last snapshot went to, and the chunks per (partition, slot).
+    state_writes: dict[str, int] = {}
+    state_chunks: dict[tuple[str, int], int] = {}
     inputs_set = set(config.topics.inputs())
     # Cleared while a new assignment's state loads: Faust may hand the agent events of the
     # new partitions before the handler finishes, and a cold baseline would judge them.
@@ -197,10 +204,16 @@ def build_app(
                 while inflight:
                     await settle_oldest()
                 next_state[0] = time.monotonic() + config.state_every_s
-                parts = sorted(baselines.partitions())
-                sent = [
-                    await state.send(key=p.encode(), value=baselines.export(p)) for p in parts
-                ]
+                generation = time.time_ns()
+                sent = []
+                for part in sorted(baselines.partitions()):
+                    # Alternate slots: the previous snapshot stays whole while this one
+                    # is written (see pipeline.state).
+                    slot = state_writes[part] = (state_writes.get(part, 1) + 1) % 2
+                    chunks = chunk_snapshot(part, baselines.export(part), generation, slot,
+                                            state_chunks.get((part, slot), 0))
+                    state_chunks[part, slot] = sum(1 for _, v in chunks if v is not None)
+                    sent += [await state.send(key=k, value=v) for k, v in chunks]
                 await asyncio.gather(*sent)
 
     @app.timer(0.5)

@@ -14,6 +14,7 @@ is expired and its rows are reused.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,16 +75,17 @@ class _Family:
         self.source: dict[str, str] = {}
 
     def update(
-        self, keys: list[str], ts: list[float], values: dict[str, list[float]]
+        self, keys: list[str], ts: list[float], values: np.ndarray[Any, np.dtype[np.float64]]
     ) -> list[tuple[str, Finding]]:
+        """Feed one value per key and metric (``values[:, j]`` is metric ``j``)."""
         if not keys:
             return []
         t = np.asarray(ts, dtype=np.float64)
         rows = self.registry.rows_for(keys, t)
         found: list[tuple[str, Finding]] = []
-        for metric, bank in self.banks.items():
+        for j, bank in enumerate(self.banks.values()):
             bank.grow(self.registry.n_rows)
-            v = np.asarray(values[metric], dtype=np.float64)
+            v = np.ascontiguousarray(values[:, j])
             # The bank orders several ticks of one entity by event time itself.
             for finding in bank.update(rows, v, t):
                 found.append((self.registry.keys_of([finding.row])[0], finding))
@@ -174,42 +176,47 @@ class BaselineStage:
         """
         g_keys: list[str] = []
         g_ts: list[float] = []
-        g_vals: dict[str, list[float]] = {m: [] for m in GPU_METRICS}
+        g_vals: list[tuple[float | None, ...]] = []
         r_keys: list[str] = []
         r_ts: list[float] = []
-        r_vals: dict[str, list[float]] = {m: [] for m in RANK_METRICS}
+        r_vals: list[tuple[float | None, ...]] = []
+        g_meta, g_source = self.gpus.meta, self.gpus.source
+        r_meta, r_source = self.ranks.meta, self.ranks.source
+        now = self.now
+        # The hot loop of the worker (one pass per GPU and per rank): one attrgetter call
+        # per entity for all its metrics, NaN conversion done on whole arrays afterwards.
         for i, record in enumerate(records):
             part = sources[i] if sources is not None else ""
             if isinstance(record, GpuSampleBatch):
-                self.now = max(self.now, record.ts)
+                ts, node = record.ts, record.node
+                now = max(now, ts)
                 for gpu in record.gpus:
                     if gpu.lost:
                         continue  # a lost GPU is its own finding (consistency checks)
-                    key = f"{record.node}/{gpu.index}"
-                    if key not in self.gpus.meta:
-                        self.gpus.meta[key] = _Meta(record.cluster, record.node, gpu=gpu.index)
-                        self.gpus.source[key] = part
+                    key = f"{node}/{gpu.index}"
+                    if key not in g_meta:
+                        g_meta[key] = _Meta(record.cluster, node, gpu=gpu.index)
+                        g_source[key] = part
                     g_keys.append(key)
-                    g_ts.append(record.ts)
-                    for metric, values in g_vals.items():
-                        values.append(_num(getattr(gpu, metric)))
+                    g_ts.append(ts)
+                    g_vals.append(_GPU_VALUES(gpu))
             elif isinstance(record, StepBatch | StepRecord):
                 cluster = record.cluster if isinstance(record, StepBatch) else ""
                 steps = record.steps if isinstance(record, StepBatch) else [record]
                 for step in steps:
-                    self.now = max(self.now, step.ts)
+                    now = max(now, step.ts)
                     key = f"{step.job_id}/{step.rank}"
-                    if key not in self.ranks.meta:
-                        self.ranks.meta[key] = _Meta(
-                            cluster, step.node, job_id=step.job_id, rank=step.rank
-                        )
-                        self.ranks.source[key] = part
+                    if key not in r_meta:
+                        r_meta[key] = _Meta(cluster, step.node, job_id=step.job_id, rank=step.rank)
+                        r_source[key] = part
                     r_keys.append(key)
                     r_ts.append(step.ts)
-                    for metric, values in r_vals.items():
-                        values.append(_num(getattr(step, metric)))
-        out = [self._wire("gpu", k, f) for k, f in self.gpus.update(g_keys, g_ts, g_vals)]
-        out += [self._wire("rank", k, f) for k, f in self.ranks.update(r_keys, r_ts, r_vals)]
+                    r_vals.append(_RANK_VALUES(step))
+        self.now = now
+        out = [self._wire("gpu", k, f) for k, f in
+               self.gpus.update(g_keys, g_ts, _columns(g_vals, len(GPU_METRICS)))]
+        out += [self._wire("rank", k, f) for k, f in
+                self.ranks.update(r_keys, r_ts, _columns(r_vals, len(RANK_METRICS)))]
         self._expire()
         return out
 
@@ -303,8 +310,20 @@ class BaselineStage:
         )
 
 
-def _num(value: float | None) -> float:
-    return math.nan if value is None else float(value)
+_Matrix = np.ndarray[Any, np.dtype[np.float64]]
+_GPU_VALUES = operator.attrgetter(*GPU_METRICS)
+_RANK_VALUES = operator.attrgetter(*RANK_METRICS)
+
+
+def _columns(rows: list[tuple[float | None, ...]], width: int) -> _Matrix:
+    """Rows of optional numbers → a float matrix, ``None`` (not reported) as NaN."""
+    if not rows:
+        return np.empty((0, width), dtype=np.float64)
+    try:
+        return np.array(rows, dtype=np.float64).reshape(len(rows), width)
+    except TypeError:  # some value is None: the slower, rarer path
+        return np.array([[math.nan if v is None else v for v in row] for row in rows],
+                        dtype=np.float64).reshape(len(rows), width)
 
 
 def _with_direction(base: BankConfig, direction: str) -> BankConfig:

@@ -89,3 +89,17 @@ def test_dropping_a_partition_forgets_only_its_entities():
     stage.observe([_tick(SimulatedGpus("b", 1), T0, node="b")], sources=["s:1"])
     assert stage.drop("s:0") == 1
     assert set(stage.gpus.meta) == {"b/0"} and stage.partitions() == {"s:1"}
+
+
+def test_an_unreported_metric_is_skipped_not_a_crash_and_the_others_still_learn():
+    from schemas.records import GpuSample
+
+    stage, found = BaselineStage(), []
+    for i in range(120):
+        util = 95.0 + (i % 3) if i < 100 else 2.0
+        power = None if i % 2 else 600.0 + (i % 5)  # every other tick without power
+        found += stage.observe([GpuSampleBatch(
+            cluster="c", node="n1", ts=T0 + i, seq=i, agent_id="a",
+            gpus=[GpuSample(index=0, util_gpu_pct=util, power_w=power)])])
+    assert [a.metric for a in found] == ["util_gpu_pct"]
+    assert found[0].entity == "n1/0" and found[0].first_seen >= T0 + 100
