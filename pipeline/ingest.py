@@ -16,7 +16,14 @@ from pipeline.sinks.intake import intake_line
 from pipeline.sinks.rows import Row, rows_for
 from pipeline.state import partition_key
 from schemas.codec import RecordDecoder, RecordError
-from schemas.records import GpuSampleBatch, Heartbeat, Record, StepBatch, StepRecord
+from schemas.records import (
+    CheckpointEvent,
+    GpuSampleBatch,
+    Heartbeat,
+    Record,
+    StepBatch,
+    StepRecord,
+)
 from schemas.topics import Topics
 
 __all__ = ["DeadLetter", "IngestResult", "Ingestor", "RawMessage"]
@@ -96,7 +103,7 @@ class Ingestor:
     def __init__(self, topics: Topics) -> None:
         self._decoders: dict[str, RecordDecoder[Any]] = {
             topics.samples: RecordDecoder(GpuSampleBatch),
-            topics.steps: RecordDecoder(StepBatch | StepRecord),
+            topics.steps: RecordDecoder(StepBatch | StepRecord | CheckpointEvent),
             topics.heartbeats: RecordDecoder(Heartbeat),
         }
         #: Rejections since start, by reason: the visible count of what was dropped.

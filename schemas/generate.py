@@ -11,7 +11,16 @@ from pathlib import Path
 
 import msgspec
 
-from schemas.records import Alert, Anomaly, GpuSampleBatch, Heartbeat, StepBatch, StepRecord
+from schemas.records import (
+    Alert,
+    Anomaly,
+    CheckpointEvent,
+    Finding,
+    GpuSampleBatch,
+    Heartbeat,
+    StepBatch,
+    StepRecord,
+)
 
 __all__ = ["JSON_DIR", "render_all", "write_all"]
 
@@ -22,7 +31,9 @@ _RECORDS: dict[str, type] = {
     "step_batch": StepBatch,
     "step": StepRecord,
     "heartbeat": Heartbeat,
+    "checkpoint": CheckpointEvent,
     "anomaly": Anomaly,
+    "finding": Finding,
     "alert": Alert,
 }
 

@@ -28,6 +28,8 @@ __all__ = [
     "AgentCounters",
     "Alert",
     "Anomaly",
+    "CheckpointEvent",
+    "Finding",
     "GpuProcess",
     "GpuSample",
     "GpuSampleBatch",
@@ -126,6 +128,10 @@ class GpuSampleBatch(_Base, tag="gpu_sample_batch", frozen=True, kw_only=True):
     agent_id: Name
     driver_version: str | None = None
     gpus: list[GpuSample]
+    #: The training job this node's GPUs are running, when the agent knows it (from its
+    #: ranks' step reports). The agent then keys the batch by job, so that a job's GPU
+    #: samples meet its step records in one partition for the cross-node checks.
+    job_id: str | None = None
 
 
 class StepRecord(_Base, tag="step", frozen=True, kw_only=True):
@@ -154,6 +160,22 @@ class StepRecord(_Base, tag="step", frozen=True, kw_only=True):
     #: Fields the trainer reported as NaN or ±inf. JSON cannot carry them, so they arrive as
     #: ``None`` and are named here: a NaN loss is a finding, not a missing value.
     nonfinite: list[str] = []
+    #: Place in the parallel layout. Ranks with equal ``(tp_rank, pp_rank)`` are data-
+    #: parallel replicas and must hold identical parameters; ``None`` means pure data
+    #: parallelism (every rank is a replica of every other).
+    dp_rank: UInt32 | None = None
+    tp_rank: UInt32 | None = None
+    pp_rank: UInt32 | None = None
+    #: This rank's own gradient norm before the all-reduce (``grad_norm`` is the reduced
+    #: one, equal on every rank): where one rank's corrupted gradient shows.
+    local_grad_norm: NonNegFloat | None = None
+    #: Seconds this rank computed before waiting for its peers in the step's collectives
+    #: (``step_time_s`` includes that wait, so it is equal across ranks): where a slow
+    #: rank or node shows.
+    compute_time_s: NonNegFloat | None = None
+    #: Hash of the seeds this rank draws data order and dropout from; replicas agree on it
+    #: and it stays put for the run.
+    seed_fingerprint: str | None = None
 
 
 #: The float measurements of a step, in the order ``StepReporter.report`` takes them; these
@@ -285,5 +307,61 @@ class Alert(_Base, tag="alert", frozen=True, kw_only=True):
     dashboard_url: str | None = None
 
 
+class CheckpointEvent(_Base, tag="checkpoint", frozen=True, kw_only=True):
+    """A rank saved or loaded its shard of a checkpoint, with the shard's digest.
+
+    Travels on the steps topic, keyed by job. A shard whose digest at load differs from
+    its digest at save was modified in between.
+    """
+
+    schema_version: Version = SCHEMA_VERSION
+    cluster: Name
+    job_id: Name
+    node: Name
+    rank: UInt32
+    step: NonNegInt
+    ts: EpochSeconds
+    action: Literal["save", "load"]
+    #: The checkpoint's identity (a path or a run-unique name), the same at save and load.
+    checkpoint_id: Name
+    #: Hex digest (e.g. SHA-256) of this rank's shard as written or as read.
+    digest: Annotated[str, Meta(min_length=8, max_length=128, pattern="^[0-9a-fA-F]+$")]
+
+
+class Finding(_Base, tag="finding", frozen=True, kw_only=True):
+    """A cross-rank or cross-node consistency check that failed, naming whom it blames.
+
+    Its identity is ``finding_id`` (stable for the same check, job, culprits and first
+    step), so a replay produces the same finding and the store keeps one.
+    """
+
+    schema_version: Version = SCHEMA_VERSION
+    finding_id: Name
+    cluster: Name
+    job_id: str | None = None
+    check: Name
+    #: ``integrity``: the run's math or artefacts differ where they must agree (possible
+    #: sabotage); ``availability``: ranks missing, stalled or slow; ``hardware``: a device
+    #: fault explains it; ``info``: worth recording, not worth a page.
+    category: Literal["integrity", "availability", "hardware", "info"]
+    first_seen: EpochSeconds
+    ts: EpochSeconds
+    step: NonNegInt | None = None
+    #: The blamed ranks and nodes (empty when the whole job is affected).
+    ranks: list[UInt32] = []
+    nodes: list[str] = []
+    gpu_index: UInt8 | None = None
+    #: What the blamed ranks showed against what their peers agreed on.
+    observed: float | str | None = None
+    expected: float | str | None = None
+    score: float = 0.0
+    summary: str
+    evidence: dict[str, float | str | None] = {}
+    check_version: str
+
+
 #: Any record that can appear on a trainguard topic.
-Record = GpuSampleBatch | StepBatch | StepRecord | Heartbeat | Anomaly | Alert
+Record = (
+    GpuSampleBatch | StepBatch | StepRecord | CheckpointEvent | Heartbeat | Anomaly | Finding
+    | Alert
+)

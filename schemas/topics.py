@@ -36,6 +36,11 @@ class Topics:
         return f"{self.prefix}.heartbeats.v1"
 
     @property
+    def findings(self) -> str:
+        """Findings of the cross-rank consistency checks, keyed by job."""
+        return f"{self.prefix}.findings.v1"
+
+    @property
     def anomalies(self) -> str:
         """Anomalies found by the baseline detectors, keyed by entity."""
         return f"{self.prefix}.anomalies.v1"
@@ -61,4 +66,4 @@ class Topics:
 
     def all(self) -> tuple[str, ...]:
         """Every topic of this deployment."""
-        return (*self.inputs(), self.anomalies, self.alerts, self.dead_letters)
+        return (*self.inputs(), self.anomalies, self.findings, self.alerts, self.dead_letters)

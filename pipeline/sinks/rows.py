@@ -11,7 +11,16 @@ from typing import Any
 
 import msgspec
 
-from schemas.records import Anomaly, GpuSampleBatch, Heartbeat, Record, StepBatch, StepRecord
+from schemas.records import (
+    Anomaly,
+    CheckpointEvent,
+    Finding,
+    GpuSampleBatch,
+    Heartbeat,
+    Record,
+    StepBatch,
+    StepRecord,
+)
 
 __all__ = ["Row", "rows_for"]
 
@@ -30,6 +39,7 @@ def rows_for(record: Record, partition: int = -1, offset: int = -1) -> Iterator[
                 {
                     "cluster": record.cluster,
                     "node": record.node,
+                    "job_id": record.job_id or "",
                     "gpu": gpu.index,
                     "ts": record.ts,
                     "uuid": gpu.uuid or "",
@@ -80,6 +90,38 @@ def rows_for(record: Record, partition: int = -1, offset: int = -1) -> Iterator[
         }
         row.update(msgspec.structs.asdict(record.counters))
         yield "agent_heartbeats", row
+    elif isinstance(record, CheckpointEvent):
+        yield "checkpoints", {
+            "cluster": record.cluster,
+            "job_id": record.job_id,
+            "checkpoint_id": record.checkpoint_id,
+            "rank": record.rank,
+            "action": record.action,
+            "node": record.node,
+            "step": record.step,
+            "ts": record.ts,
+            "digest": record.digest,
+        }
+    elif isinstance(record, Finding):
+        yield "findings", {
+            "cluster": record.cluster,
+            "job_id": record.job_id or "",
+            "check": record.check,
+            "category": record.category,
+            "finding_id": record.finding_id,
+            "first_seen": record.first_seen,
+            "ts": record.ts,
+            "step": record.step,
+            "ranks": record.ranks,
+            "nodes": record.nodes,
+            "gpu": record.gpu_index,
+            "observed": "" if record.observed is None else str(record.observed),
+            "expected": "" if record.expected is None else str(record.expected),
+            "score": record.score,
+            "summary": record.summary,
+            "evidence": _json.encode(record.evidence).decode(),
+            "check_version": record.check_version,
+        }
     elif isinstance(record, Anomaly):
         yield "anomalies", {
             "cluster": record.cluster,
@@ -131,6 +173,7 @@ def _batch_row(b: GpuSampleBatch, partition: int, offset: int) -> Row:
     return {
         "cluster": b.cluster,
         "node": b.node,
+        "job_id": b.job_id or "",
         "ts": b.ts,
         "seq": b.seq,
         "agent_id": b.agent_id,
@@ -164,4 +207,10 @@ def _step_row(s: StepRecord, cluster: str) -> Row:
         "param_checksum": s.param_checksum or "",
         "env_fingerprint": s.env_fingerprint or "",
         "nonfinite": s.nonfinite,
+        "dp_rank": s.dp_rank,
+        "tp_rank": s.tp_rank,
+        "pp_rank": s.pp_rank,
+        "local_grad_norm": s.local_grad_norm,
+        "compute_time_s": s.compute_time_s,
+        "seed_fingerprint": s.seed_fingerprint or "",
     }

@@ -35,11 +35,13 @@ def _records():
     sparse = GpuSample(index=7, util_gpu_pct=3.0)  # most fields not reported: NULLs
     lost = GpuSample(index=2, lost=True)
     batch = GpuSampleBatch(cluster="c", node="node-a", ts=NOW, seq=12, agent_id="ag",
-                           driver_version="550.54", gpus=[full, sparse, lost])
+                           driver_version="550.54", gpus=[full, sparse, lost], job_id="job")
     step = StepRecord(job_id="job", rank=0, world_size=2, node="node-a", step=41, ts=NOW,
                       local_rank=0, gpu_index=0, loss=2.5, grad_norm=1.25, lr=3e-4,
                       step_time_s=0.5, samples_per_s=256.0, tokens_per_s=5e5, loss_scale=1024.0,
-                      param_checksum="abc", env_fingerprint="def")
+                      param_checksum="abc", env_fingerprint="def", dp_rank=0, tp_rank=1,
+                      pp_rank=0, local_grad_norm=2.5, compute_time_s=0.4,
+                      seed_fingerprint="s1")
     bad = StepRecord(job_id="job", rank=1, world_size=2, node="node-a", step=41, ts=NOW,
                      nonfinite=["loss", "grad_norm"])
     steps = StepBatch(cluster="c", node="node-a", job_id="job", ts=NOW, seq=3, agent_id="ag",
