@@ -67,6 +67,10 @@ def build_app(
         # An agent that crashes takes the worker down (exit 1) so that systemd restarts it
         # and state is restored; Faust's default would leave a live process consuming nothing.
         agent_supervisor=mode.CrashingSupervisor,
+        # The agent holds a batch's messages until its store write lands, which may be after
+        # the agent stopped: waiting for every message to be acked would hang a shutdown or
+        # rebalance. Not waiting is at-least-once: what was not acked is consumed again.
+        stream_wait_empty=False,
     )
     raw: dict[str, Any] = {
         "key_type": bytes,
@@ -136,6 +140,14 @@ def build_app(
     @app.agent(inputs, concurrency=1)
     async def ingest(stream: faust.StreamT[bytes]) -> None:
         assert isinstance(stream, faust.Stream)  # take_events is not on the StreamT protocol
+        try:
+            await _consume(stream)
+        finally:
+            # Stopping or crashing: ack what already landed so its offsets can be committed.
+            while inflight and _landed(inflight[0][0]):
+                await settle_oldest()
+
+    async def _consume(stream: faust.Stream[bytes]) -> None:
         loop = asyncio.get_running_loop()
         async for events in stream.take_events(config.batch_max, within=config.batch_within_s):
             # Hold every message until its batch is in the store: take_events acks the
@@ -245,3 +257,8 @@ def build_app(
         )
 
     return app
+
+
+def _landed(future: asyncio.Future[int]) -> bool:
+    """True when a store write finished without error."""
+    return future.done() and not future.cancelled() and future.exception() is None
