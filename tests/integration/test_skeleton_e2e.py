@@ -103,3 +103,37 @@ def test_malformed_bytes_go_to_the_dead_letter_topic_while_valid_records_land(
     )
     assert dead_rows == len(garbage)
     assert worker_process.scalar(BATCHES) == 1
+
+
+def test_a_busy_worker_stops_promptly_on_sigterm_and_a_restart_stores_the_rest(
+    worker_process, bootstrap
+):
+    # Regression: the worker holds each batch's messages until its store write lands;
+    # Faust's stop used to wait for them forever once the agent had stopped.
+    from kafka import KafkaProducer
+
+    from bench.loadgen import FleetLoad
+    from trainguard.kafka_admin import ensure_topics
+
+    topics = Topics(worker_process.prefix)
+    ensure_topics(bootstrap, topics.all(), partitions=3)
+    nodes, ticks = 200, 20
+    load = FleetLoad(topics, nodes)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
+                             compression_type="zstd")
+    t0 = time.time() - ticks
+    for k in range(ticks):
+        for topic, key, value in load.tick(k, t0 + k):
+            producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+    worker_process.start()
+    assert worker_process.wait_for(BATCHES, 1) >= 1  # busy with the backlog now
+    assert worker_process.proc is not None
+    worker_process.proc.terminate()
+    assert worker_process.proc.wait(timeout=60) == 0, worker_process.log()
+    worker_process.start()
+    expected = nodes * ticks
+    assert worker_process.wait_for(BATCHES, expected, timeout=180) == expected, worker_process.log()
+    steps = worker_process.scalar("SELECT count() FROM {database}.steps FINAL")
+    assert steps == expected * load.gpus
