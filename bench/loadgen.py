@@ -50,7 +50,8 @@ class _StepModel:
     def steps(self, step: int, ts: float, ranks: int) -> list[StepRecord]:
         rng = self._rng
         base = 2.0 + 6.0 * math.exp(-step / 2000.0)
-        grad = 1.0 + 0.5 * math.exp(-step / 1000.0)
+        # All-reduced, so equal on the node's ranks; noisy from step to step like real ones.
+        grad = (1.0 + 0.5 * math.exp(-step / 1000.0)) * (1.0 + rng.gauss(0, 0.05))
         return [
             StepRecord(
                 job_id=_JOB, rank=_RANK0 + k, world_size=1, node=_NODE, step=step, ts=ts,
@@ -128,9 +129,11 @@ class FleetLoad:
                                    agent_id="loadgen", driver_version="sim-550.0",
                                    gpus=self._proto_gpus[p].collect(ts))
             samples.append(_template(encode(batch), 0))
+            # Jobs mid-run (step 20,000 on): the steep early decay of loss and grad norm is
+            # a trend the per-rank baselines would report as drift in a throughput figure.
             sb = StepBatch(cluster=self.cluster, node=_NODE, job_id=_JOB, ts=ts, seq=seq,
                            agent_id="loadgen",
-                           steps=self._proto_steps[p].steps(seq, ts, self.gpus))
+                           steps=self._proto_steps[p].steps(20_000 + seq, ts, self.gpus))
             steps.append(_template(encode(sb), self.gpus).replace(
                 b'"world_size":1', b'"world_size":%(world)d'))
         faulty = {}
