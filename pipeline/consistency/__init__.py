@@ -1,0 +1,36 @@
+"""Cross-rank and cross-node consistency checks: ranks, replicas and nodes against each other.
+
+Where the baselines compare every GPU and rank with its own history, these checks compare
+them with each other at the same step or tick, and name the rank or node that departs:
+replicas whose parameters diverge, a rank whose loss or gradient leaves its peers', a slow
+or idle node, a missing or trailing rank, a checkpoint modified between save and load.
+Plain Python and numpy, no Faust: :class:`ConsistencyStage` takes decoded records and
+returns :class:`~schemas.records.Finding` records.
+
+Layout: ``assembler`` gathers steps from late and out-of-order records; ``columns`` turns a
+closed step into arrays; ``agreement``, ``fingerprints``, ``peers`` and ``presence`` check
+steps; ``devices`` checks GPU samples; ``checkpoints`` checks loads against saves;
+``findings`` turns failed checks into findings once; ``job`` and ``stage`` wire them.
+"""
+
+from pipeline.consistency.config import CHECK_VERSION, HW_SLOWDOWN_BITS, ConsistencyConfig
+from pipeline.consistency.findings import Fault, FindingTracker, finding_id
+from pipeline.consistency.stage import ConsistencyStage
+
+#: Every check's name, as it appears in ``Finding.check``.
+CHECKS = frozenset({
+    "param_divergence", "grad_norm_mismatch", "lr_mismatch", "local_grad_outlier",
+    "loss_outlier", "straggler", "rank_missing", "step_skew", "code_fingerprint",
+    "seed_mismatch", "checkpoint_digest", "node_idle", "gpu_throttled", "job_stalled",
+})
+
+__all__ = [
+    "CHECKS",
+    "CHECK_VERSION",
+    "HW_SLOWDOWN_BITS",
+    "ConsistencyConfig",
+    "ConsistencyStage",
+    "Fault",
+    "FindingTracker",
+    "finding_id",
+]

@@ -1,0 +1,271 @@
+"""Step assembly: one job's step records, late and out of order, gathered into whole steps.
+
+A step ``(epoch, step)`` collects its ranks' records and *closes* when every rank of its
+world size reported, or once the job's watermark (the largest event time seen for the
+job) passes its first record's time plus ``wait_s``: the wait is bounded, so a missing
+rank is decided within ``wait_s`` of event time. Steps close in order, so the per-rank
+windows of the checks see steps in order whatever the arrival order. A record for a step
+that already closed is counted (``late``) and left out of per-step checks.
+
+Restarts: a rank whose step number goes back in its own event time, or that loads a
+checkpoint, restarted. Once ``restart_quorum`` of the world did, the job enters a new *epoch*;
+steps are keyed by ``(epoch, step)``, so a step number seen again is a new occurrence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pipeline.consistency.config import ConsistencyConfig
+from schemas.records import StepRecord
+
+__all__ = ["MAX_WORLD_SIZE", "ClosedStep", "StepAssembler"]
+
+#: Larger world sizes (or ranks) are treated as malformed: per-rank state is a list.
+MAX_WORLD_SIZE = 1 << 20
+
+
+@dataclass(slots=True)
+class _OpenStep:
+    epoch: int
+    step: int
+    first_ts: float
+    last_ts: float
+    world_size: int
+    records: dict[int, StepRecord] = field(default_factory=dict)
+    #: Records disagree on the world size (a resize around this step).
+    mixed: bool = False
+
+    def expected(self) -> int:
+        """The world size most of this step's ranks report (a planned resize moves it)."""
+        if not self.mixed:
+            return self.world_size
+        counts: dict[int, int] = {}
+        for rec in self.records.values():
+            counts[rec.world_size] = counts.get(rec.world_size, 0) + 1
+        return max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
+
+    def complete(self) -> bool:
+        """Every rank of the expected world size reported."""
+        if not self.mixed:
+            return len(self.records) >= self.world_size
+        ws = self.expected()
+        return sum(1 for r in self.records if r < ws) >= ws
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedStep:
+    """A step at close: its records in rank order and what the checks need around them."""
+
+    epoch: int
+    step: int
+    first_ts: float
+    last_ts: float
+    world_size: int
+    records: list[StepRecord]
+    complete: bool
+    #: The job reached a later step of the same epoch: it went on past this one.
+    progressed: bool
+    #: First record times of the later open steps of the epoch, in step order (the job's
+    #: step at a given event time, for step skew).
+    later_first_ts: list[float]
+
+
+class StepAssembler:
+    """Gathers one job's step records into steps and closes them (see module docstring)."""
+
+    def __init__(self, config: ConsistencyConfig) -> None:
+        self.config = config
+        self.watermark = -math.inf
+        self.epoch = 0
+        #: Event time the current epoch started (the first restarted rank's record).
+        self.epoch_start = -math.inf
+        self.world_size = 0
+        self.late = 0
+        self.malformed = 0
+        self.forced = 0
+        self.restarts = 0
+        # Per rank, indexed by rank: its latest record (by event time) and its epoch.
+        self.last_ts: list[float] = []
+        self.last_step: list[int] = []
+        self.rank_node: list[str] = []
+        self.rank_gpu: list[int | None] = []
+        self.rank_epoch: list[int] = []
+        self._rank_since: list[float] = []
+        self._open: dict[tuple[int, int], _OpenStep] = {}
+        self._closed_upto: dict[int, int] = {}
+        self._max_step: dict[int, int] = {}
+        self._jumped = 0
+        self._pending_start = math.inf
+
+    @property
+    def open_steps(self) -> int:
+        """Steps waiting for ranks."""
+        return len(self._open)
+
+    def ranks_on(self, node: str, gpu: int | None = None) -> tuple[int, ...]:
+        """Ranks last seen on ``node`` (and GPU ``gpu``), from their step records."""
+        return tuple(r for r, n in enumerate(self.rank_node)
+                     if n == node and (gpu is None or self.rank_gpu[r] == gpu))
+
+    def latest_step(self) -> int:
+        """The highest step seen in the current epoch (-1 before any)."""
+        return self._max_step.get(self.epoch, -1)
+
+    def advance(self, ts: float) -> None:
+        """Move the watermark with a record that is not a step (GPU samples, checkpoints)."""
+        if ts > self.watermark:
+            self.watermark = ts
+
+    def loaded(self, rank: int, ts: float) -> None:
+        """``rank`` loaded a checkpoint at ``ts``: it restarted, whatever its next step.
+
+        A restart from the latest checkpoint need not go back in steps; the load says it
+        all the same, so new code or seeds after it are not a change mid-run.
+        """
+        if rank >= MAX_WORLD_SIZE:
+            return
+        self.advance(ts)
+        if rank >= len(self.last_ts):
+            self._grow(rank + 1)
+        if ts < self.last_ts[rank] or ts <= self._rank_since[rank]:
+            return  # its own later records tell what happened, or a duplicate load
+        self._went_back(rank, ts)
+        # Its step count starts over: its next record is no further step back.
+        self.last_ts[rank], self.last_step[rank] = ts, -1
+
+    def add(self, rec: StepRecord) -> None:
+        """Take one record (see :meth:`add_many`)."""
+        self.add_many((rec,))
+
+    def add_many(self, records: Sequence[StepRecord]) -> None:
+        """Take records in arrival order; late and malformed ones are only counted.
+
+        The hot loop of the stage (once per rank and step), hence the local names and the
+        step of the previous record kept at hand: a node's batch is mostly one step.
+        """
+        last_ts, last_step, rank_epoch = self.last_ts, self.last_step, self.rank_epoch
+        rank_node, rank_gpu, since = self.rank_node, self.rank_gpu, self._rank_since
+        opened = self._open
+        st: _OpenStep | None = None
+        st_epoch = st_step = -1
+        wm = self.watermark
+        n_ranks = len(last_ts)
+        for rec in records:
+            r, ts, step, ws = rec.rank, rec.ts, rec.step, rec.world_size
+            if r >= ws or ws > MAX_WORLD_SIZE:
+                self.malformed += 1
+                continue
+            if ts > wm:
+                wm = ts
+            if r >= n_ranks:
+                self._grow(r + 1)
+                n_ranks = len(last_ts)
+            epoch = rank_epoch[r]
+            last = last_ts[r]
+            if ts >= last:
+                if ts > last and step < last_step[r]:
+                    epoch = self._went_back(r, ts)
+                elif epoch < self.epoch and ts >= self.epoch_start:
+                    # Restarted without going back (it had stopped early): join the epoch.
+                    epoch = rank_epoch[r] = self.epoch
+                    since[r] = ts
+                last_ts[r], last_step[r], rank_node[r], rank_gpu[r] = (
+                    ts, step, rec.node, rec.gpu_index)
+                self.world_size = ws
+            elif ts < since[r]:
+                epoch -= 1  # a straggling record from before this rank restarted
+            if st is None or step != st_step or epoch != st_epoch:
+                st = opened.get((epoch, step))
+                if st is None:
+                    if epoch < self.epoch or step <= self._closed_upto.get(epoch, -1):
+                        self.late += 1
+                        continue
+                    st = opened[(epoch, step)] = _OpenStep(epoch, step, ts, ts, ws)
+                    if step > self._max_step.get(epoch, -1):
+                        self._max_step[epoch] = step
+                st_epoch, st_step = epoch, step
+            # A duplicate (at-least-once delivery) replaces the earlier copy.
+            st.records[r] = rec
+            if ts < st.first_ts:
+                st.first_ts = ts
+            elif ts > st.last_ts:
+                st.last_ts = ts
+            if ws != st.world_size:
+                st.mixed = True
+        self.watermark = wm
+
+    def close_due(self, now: float) -> list[ClosedStep]:
+        """Close, in step order, every step that is complete or whose wait expired at ``now``."""
+        if not self._open:
+            return []
+        wait = self.config.wait_s
+        out: list[ClosedStep] = []
+        for key in sorted(self._open):
+            st = self._open[key]
+            over = len(self._open) > self.config.max_open_steps
+            if key[0] < self.epoch or over or now >= st.first_ts + wait or st.complete():
+                self.forced += over
+                out.append(self._close(key, st))
+            else:
+                break  # in order: later steps wait for this one
+        return out
+
+    def close_all(self) -> list[ClosedStep]:
+        """Close every open step now (the job is being forgotten)."""
+        return self.close_due(math.inf)
+
+    def _close(self, key: tuple[int, int], st: _OpenStep) -> ClosedStep:
+        del self._open[key]
+        epoch, step = key
+        if step > self._closed_upto.get(epoch, -1):
+            self._closed_upto[epoch] = step
+        ws = st.expected()
+        later: list[float] = []
+        if st.last_ts > st.first_ts:  # only then can a rank of this step trail the job
+            later = [s.first_ts for k, s in sorted(self._open.items())
+                     if k[0] == epoch and k[1] > step]
+        records = [st.records[r] for r in sorted(st.records)]
+        return ClosedStep(
+            epoch=epoch, step=step, first_ts=st.first_ts, last_ts=st.last_ts, world_size=ws,
+            records=records, complete=st.complete(),
+            progressed=self._max_step.get(epoch, -1) > step, later_first_ts=later,
+        )
+
+    def _went_back(self, r: int, ts: float) -> int:
+        current = self.rank_epoch[r]
+        if current >= self.epoch:
+            if current == self.epoch:
+                self._jumped += 1
+                self._pending_start = min(self._pending_start, ts)
+            new = self.epoch + 1
+        else:
+            new = self.epoch
+        self.rank_epoch[r] = new
+        self._rank_since[r] = ts
+        quorum = max(1, math.ceil(self.config.restart_quorum * max(self.world_size, 1)))
+        if new > self.epoch and self._jumped >= quorum:
+            self._advance()
+        return new
+
+    def _advance(self) -> None:
+        """Enter a new epoch: the old one's open steps close at the next ``close_due``."""
+        self.epoch += 1
+        self.epoch_start = self._pending_start
+        self._jumped = 0
+        self._pending_start = math.inf
+        self.restarts += 1
+        self._closed_upto = {e: s for e, s in self._closed_upto.items() if e >= self.epoch}
+        # An old epoch's last steps did not progress: no rank of theirs is "missing".
+        self._max_step = {e: s for e, s in self._max_step.items() if e >= self.epoch}
+
+    def _grow(self, n: int) -> None:
+        extra = n - len(self.last_ts)
+        self.last_ts.extend([-math.inf] * extra)
+        self.last_step.extend([-1] * extra)
+        self.rank_node.extend([""] * extra)
+        self.rank_gpu.extend([None] * extra)
+        self.rank_epoch.extend([self.epoch] * extra)
+        self._rank_since.extend([-math.inf] * extra)

@@ -1,0 +1,157 @@
+"""Everything the consistency stage knows about one job, and the order checks run in.
+
+A :class:`JobState` owns the job's step assembler, the per-rank memories of the peer
+checks, the fingerprint references, the GPU-sample state of its nodes, its recent
+checkpoint saves and its open findings. The stage feeds it records; it runs every check
+of a step when the step closes, and the device checks on every sample batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Container
+
+from pipeline.consistency.agreement import param_divergence, value_mismatch
+from pipeline.consistency.assembler import ClosedStep, StepAssembler
+from pipeline.consistency.checkpoints import CheckpointWatch
+from pipeline.consistency.columns import StepColumns, step_columns
+from pipeline.consistency.config import ConsistencyConfig
+from pipeline.consistency.devices import DeviceWatch
+from pipeline.consistency.findings import Entity, Fault, FindingTracker
+from pipeline.consistency.fingerprints import FingerprintWatch
+from pipeline.consistency.peers import PeerChecks
+from pipeline.consistency.presence import job_stalled, rank_missing, step_skew
+from schemas.records import CheckpointEvent, Finding, GpuSampleBatch
+
+__all__ = ["JobState"]
+
+#: Cluster name of a job known only from bare step records (they carry none).
+UNKNOWN_CLUSTER = "unknown"
+
+
+class _StepScope(Container[Entity]):
+    """The entities a closed step covered: its ranks, their nodes, and job-wide keys.
+
+    Built lazily: only blamed entities are ever looked up, usually none.
+    """
+
+    def __init__(self, cols: StepColumns) -> None:
+        self._cols = cols
+        self._ranks: set[int] | None = None
+        self._nodes: set[str] | None = None
+
+    def __contains__(self, entity: object) -> bool:
+        if isinstance(entity, int):
+            if self._ranks is None:
+                self._ranks = set(self._cols.ranks.tolist())
+            return entity in self._ranks
+        if entity == "*" or isinstance(entity, tuple):
+            return True  # job-wide keys are evaluated at every step
+        if self._nodes is None:
+            self._nodes = set(self._cols.nodes)
+        return entity in self._nodes
+
+
+class _Everything(Container[Entity]):
+    def __contains__(self, entity: object) -> bool:
+        return True
+
+
+_EVERYTHING = _Everything()
+
+
+class JobState:
+    """One job's assembler, check state and open findings."""
+
+    def __init__(self, job_id: str, cluster: str | None, config: ConsistencyConfig) -> None:
+        self.job_id = job_id
+        self.config = config
+        self.asm = StepAssembler(config)
+        self.tracker = FindingTracker(
+            cluster or UNKNOWN_CLUSTER, job_id, clear_steps=config.clear_steps,
+            repeat_s=config.repeat_s, max_open=config.max_open_findings)
+        self.peers = PeerChecks(config)
+        self.env = FingerprintWatch("code_fingerprint", "env fingerprint", grouped=False)
+        self.seeds = FingerprintWatch("seed_mismatch", "seed fingerprint", grouped=True)
+        self.devices = DeviceWatch(config)
+        self.checkpoints = CheckpointWatch(config.max_checkpoints)
+        self.pending_events: list[CheckpointEvent] = []
+        self.steps_closed = 0
+        self.last_step = -1
+        self.last_step_ts = -math.inf
+        self._samples_ts = -math.inf
+        self._samples_seen = False
+
+    @property
+    def cluster(self) -> str:
+        """The job's cluster (``"unknown"`` until a batch or event names it)."""
+        return self.tracker.cluster
+
+    def name_cluster(self, cluster: str) -> None:
+        """Learn the cluster from a record that carries one."""
+        if self.tracker.cluster == UNKNOWN_CLUSTER:
+            self.tracker.cluster = cluster
+
+    def add_samples(self, batch: GpuSampleBatch) -> list[Finding]:
+        """Run the device checks on one of the job's sample batches."""
+        self.asm.advance(batch.ts)
+        self._samples_ts = max(self._samples_ts, batch.ts)
+        self._samples_seen = True
+        idle, throttled, idle_scope, throttle_scope = self.devices.observe(
+            batch, self.asm.ranks_on)
+        out = self.tracker.update("node_idle", idle, idle_scope)
+        out += self.tracker.update("gpu_throttled", throttled, throttle_scope)
+        return out
+
+    def finish(self, now: float) -> list[Finding]:
+        """After a batch of records: check loads, close due steps, look for a stall."""
+        out: list[Finding] = []
+        if self.pending_events:
+            events, self.pending_events = self.pending_events, []
+            out += self.tracker.update("checkpoint_digest", self.checkpoints.observe(events),
+                                       None)
+        out += self.close(now)
+        if self._samples_seen:
+            self._samples_seen = False
+            if self.steps_closed and not self.asm.open_steps:
+                stall = job_stalled(self.last_step, self.last_step_ts, self._samples_ts,
+                                    self.config)
+                if stall is not None:
+                    out += self.tracker.update("job_stalled", [stall], None)
+        return out
+
+    def close(self, now: float) -> list[Finding]:
+        """Close the steps due at event time ``now`` and run their checks."""
+        out: list[Finding] = []
+        for cs in self.asm.close_due(now):
+            out += self.check(cs)
+        return out
+
+    def check(self, cs: ClosedStep) -> list[Finding]:
+        """Every per-step check of one closed step, in a fixed order."""
+        c, t = self.config, self.tracker
+        cols = step_columns(cs.records)
+        scope = _StepScope(cols)
+        self.steps_closed += 1
+        if cs.last_ts >= self.last_step_ts:
+            self.last_step, self.last_step_ts = cs.step, cs.last_ts
+        out = t.update("param_divergence", param_divergence(cs, cols), scope)
+        out += t.update("grad_norm_mismatch", value_mismatch(
+            "grad_norm_mismatch", "grad norm", cols.grad_norm, c.grad_norm_rtol, cs, cols), scope)
+        out += t.update("lr_mismatch", value_mismatch(
+            "lr_mismatch", "learning rate", cols.lr, c.lr_rtol, cs, cols), scope)
+        out += t.update("code_fingerprint",
+                        self.env.evaluate(cs, cols, cols.env_fingerprint), scope)
+        out += t.update("seed_mismatch",
+                        self.seeds.evaluate(cs, cols, cols.seed_fingerprint), scope)
+        slowed = self.devices.slowed
+        loss, grad, slow = self.peers.evaluate(cs, cols, lambda n: slowed(n, cs.last_ts))
+        peer_checks: list[tuple[str, list[Fault] | None]] = [
+            ("local_grad_outlier", grad), ("loss_outlier", loss), ("straggler", slow)]
+        for check, faults in peer_checks:
+            # A step without a verdict (too few peers reporting) neither fires nor clears.
+            out += t.update(check, faults or [], scope if faults is not None else None)
+        out += t.update("rank_missing", rank_missing(cs, cols, self.asm, c), scope)
+        out += t.update("step_skew", step_skew(cs, cols, self.asm, c), scope)
+        out += t.update("job_stalled", [], _EVERYTHING)
+        return out

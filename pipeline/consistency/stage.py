@@ -1,0 +1,167 @@
+"""The consistency stage: decoded records in, :class:`~schemas.records.Finding` s out.
+
+Plain Python and numpy, no Faust: the worker feeds :meth:`ConsistencyStage.observe` with
+each batch of decoded records and calls :meth:`ConsistencyStage.flush` periodically so
+that the steps of a job whose records stopped still close. Everything runs in event time:
+each job's watermark is the largest event time seen for it (steps, checkpoint events and
+its GPU sample batches), so a replay gives the same findings, with the same ids.
+
+Memory is bounded: per job, only open steps, a few numbers per rank and per node, the
+last ``max_checkpoints`` saves and the open findings; at most ``max_jobs`` jobs, and a job
+silent for ``job_idle_s`` of event time is forgotten.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from pipeline.consistency.config import ConsistencyConfig
+from pipeline.consistency.job import JobState
+from schemas.records import (
+    CheckpointEvent,
+    Finding,
+    GpuSampleBatch,
+    Record,
+    StepBatch,
+    StepRecord,
+)
+
+__all__ = ["ConsistencyStage"]
+
+_COUNTERS = ("late_records", "malformed_records", "forced_closes", "restarts",
+             "steps_closed", "loads_checked", "unknown_loads")
+
+
+class ConsistencyStage:
+    """Cross-rank and cross-node consistency checks over every job in the input."""
+
+    def __init__(self, config: ConsistencyConfig | None = None) -> None:
+        self.config = config or ConsistencyConfig()
+        self.jobs: dict[str, JobState] = {}
+        #: The largest event time seen in any job's records.
+        self.watermark = -math.inf
+        self.expired_jobs = 0
+        self.evicted_jobs = 0
+        self._retired = dict.fromkeys(_COUNTERS, 0)
+        self._next_expiry = -math.inf
+
+    def observe(self, records: Sequence[Record]) -> list[Finding]:
+        """Take a batch of records; return the findings they completed.
+
+        Step batches and records, checkpoint events and sample batches that name their
+        job are used; anything else is ignored.
+        """
+        out: list[Finding] = []
+        touched: dict[str, JobState] = {}
+        for rec in records:
+            if isinstance(rec, StepBatch):
+                job = touched.get(rec.job_id) or self._touch(rec.job_id, rec.cluster, touched)
+                job_id = rec.job_id
+                if all(step.job_id == job_id for step in rec.steps):
+                    job.asm.add_many(rec.steps)
+                else:  # an agent mixing jobs in one batch: route each record
+                    for step in rec.steps:
+                        self._touch(step.job_id, rec.cluster, touched).asm.add(step)
+            elif isinstance(rec, StepRecord):
+                self._touch(rec.job_id, None, touched).asm.add(rec)
+            elif isinstance(rec, CheckpointEvent):
+                job = self._touch(rec.job_id, rec.cluster, touched)
+                if rec.action == "load":
+                    job.asm.loaded(rec.rank, rec.ts)
+                else:
+                    job.asm.advance(rec.ts)
+                job.pending_events.append(rec)
+            elif isinstance(rec, GpuSampleBatch) and rec.job_id is not None:
+                out += self._touch(rec.job_id, rec.cluster, touched).add_samples(rec)
+        for job in touched.values():
+            out += job.finish(job.asm.watermark)
+            if job.asm.watermark > self.watermark:
+                self.watermark = job.asm.watermark
+        self._expire()
+        return out
+
+    def flush(self, now: float | None = None) -> list[Finding]:
+        """Close every open step whose wait expired at event time ``now``.
+
+        ``now`` defaults to the stage's watermark (the largest event time of any job). Pass
+        an *event* time: a wall clock ahead of replayed data would close steps before
+        their ranks' records arrive.
+        """
+        at = self.watermark if now is None else now
+        out: list[Finding] = []
+        for job in list(self.jobs.values()):
+            if job.asm.open_steps:
+                out += job.close(max(at, job.asm.watermark))
+        self._expire()
+        return out
+
+    def open_findings(self, job_id: str | None = None) -> list[Finding]:
+        """Findings whose culprits are still blamed (of one job, or of every job)."""
+        if job_id is None:
+            jobs = list(self.jobs.values())
+        else:
+            jobs = [self.jobs[job_id]] if job_id in self.jobs else []
+        return [f for job in jobs for f in job.tracker.open_findings()]
+
+    @property
+    def late_records(self) -> int:
+        """Step records that arrived after their step closed (left out of its checks)."""
+        return self.stats()["late_records"]
+
+    def stats(self) -> dict[str, int]:
+        """Counters since start (forgotten jobs included) and current sizes."""
+        totals = dict(self._retired)
+        for job in self.jobs.values():
+            for name, value in _job_counters(job).items():
+                totals[name] += value
+        totals["jobs"] = len(self.jobs)
+        totals["open_steps"] = sum(job.asm.open_steps for job in self.jobs.values())
+        totals["expired_jobs"] = self.expired_jobs
+        totals["evicted_jobs"] = self.evicted_jobs
+        return totals
+
+    def _touch(self, job_id: str, cluster: str | None, touched: dict[str, JobState]) -> JobState:
+        job = touched.get(job_id)
+        if job is None:
+            job = self.jobs.get(job_id)
+            if job is None:
+                if len(self.jobs) >= self.config.max_jobs:
+                    self._evict(touched)
+                job = self.jobs[job_id] = JobState(job_id, cluster, self.config)
+            touched[job_id] = job
+        if cluster is not None:
+            job.name_cluster(cluster)
+        return job
+
+    def _evict(self, touched: dict[str, JobState]) -> None:
+        """Forget the job silent for longest to make room for a new one."""
+        idle = [j for j in self.jobs.values() if j.job_id not in touched] or \
+            list(self.jobs.values())
+        oldest = min(idle, key=lambda j: j.asm.watermark)
+        self._retire(oldest)
+        touched.pop(oldest.job_id, None)
+        self.evicted_jobs += 1
+
+    def _expire(self) -> None:
+        # A scan of every job: cheap once a minute of event time, too dear per batch.
+        if self.watermark < self._next_expiry:
+            return
+        self._next_expiry = self.watermark + min(60.0, self.config.job_idle_s / 4)
+        horizon = self.watermark - self.config.job_idle_s
+        for job in [j for j in self.jobs.values() if j.asm.watermark < horizon]:
+            self._retire(job)
+            self.expired_jobs += 1
+
+    def _retire(self, job: JobState) -> None:
+        for name, value in _job_counters(job).items():
+            self._retired[name] += value
+        del self.jobs[job.job_id]
+
+
+def _job_counters(job: JobState) -> dict[str, int]:
+    asm = job.asm
+    return {"late_records": asm.late, "malformed_records": asm.malformed,
+            "forced_closes": asm.forced, "restarts": asm.restarts,
+            "steps_closed": job.steps_closed, "loads_checked": job.checkpoints.loads_checked,
+            "unknown_loads": job.checkpoints.unknown_loads}
