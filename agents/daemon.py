@@ -31,6 +31,10 @@ __all__ = ["NodeAgent", "StepPoll"]
 
 log = logging.getLogger(__name__)
 
+#: How long after its last step report a job still counts as the node's job (checkpoint
+#: saves and eval phases pause step reports for minutes).
+_JOB_MEMORY_S = 600.0
+
 #: A source of step records: returns what arrived since the previous call.
 StepPoll = Callable[[], Sequence[StepRecord]]
 
@@ -55,6 +59,8 @@ class NodeAgent:
         self._gauges = gauges
         self._clock = clock
         self._key = config.node.encode()
+        self._job: str | None = None
+        self._job_seen = 0.0
         self.agent_id = uuid.uuid4().hex[:12]
         self._seq = 0
         self._step_seq = 0
@@ -70,6 +76,10 @@ class NodeAgent:
         """Collect and send one sample batch (and pending steps) at event time ``ts``."""
         now = self._clock() if ts is None else ts
         batch = None
+        steps = self._poll_steps()
+        if len(steps) == 1:  # a node that runs one job: its GPUs belong to that job
+            self._job, self._job_seen = next(iter(steps)), now
+        job = self._job if self._job is not None and now - self._job_seen <= _JOB_MEMORY_S else None
         try:
             gpus = self._collector.collect(now)
         except Exception:  # a collector bug must not kill the daemon; it is counted
@@ -84,21 +94,28 @@ class NodeAgent:
                 agent_id=self.agent_id,
                 driver_version=self._collector.driver_version,
                 gpus=gpus,
+                job_id=job,
             )
-            self._transport.send(self.config.topics.samples, self._key, encode(batch))
+            # Keyed by the job while the node runs one, so that the job's GPU samples meet
+            # its step records in one partition (the cross-node checks); else by node.
+            key = job.encode() if job is not None else self._key
+            self._transport.send(self.config.topics.samples, key, encode(batch))
             self._seq += 1
             self.batches_sent += 1
-        self._send_steps(now)
+        self._send_steps(now, steps)
         last = self._last_heartbeat
         if last is None or now - last >= self.config.heartbeat_interval_s:
             self.heartbeat(now)
         return batch
 
-    def _send_steps(self, now: float) -> None:
+    def _poll_steps(self) -> dict[str, list[StepRecord]]:
         by_job: dict[str, list[StepRecord]] = defaultdict(list)
         for poll in self._step_sources:
             for record in poll():
                 by_job[record.job_id].append(record)
+        return by_job
+
+    def _send_steps(self, now: float, by_job: dict[str, list[StepRecord]]) -> None:
         for job_id, steps in by_job.items():
             # Keyed by job: all of a job's ranks, from every node, meet in one partition.
             message = StepBatch(

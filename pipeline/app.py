@@ -28,11 +28,13 @@ import mode
 
 from pipeline.baselines import BaselineStage
 from pipeline.config import WorkerConfig
+from pipeline.consistency import ConsistencyStage
 from pipeline.ingest import Ingestor, RawMessage
-from pipeline.sinks.rows import rows_for
+from pipeline.sinks.rows import Row, rows_for
 from pipeline.sinks.store_sink import StoreSink
 from pipeline.state import chunk_snapshot, partition_key, read_snapshots
 from schemas.codec import encode
+from schemas.records import Finding
 
 __all__ = ["build_app"]
 
@@ -48,6 +50,7 @@ def build_app(
     ingestor: Ingestor,
     sink: StoreSink,
     baselines: BaselineStage | None = None,
+    consistency: ConsistencyStage | None = None,
 ) -> faust.App:
     """Create the worker's Faust app with its agents and timers."""
     app = faust.App(
@@ -81,6 +84,17 @@ def build_app(
     inputs = app.topic(*config.topics.inputs(), **raw)
     dead_letters = app.topic(config.topics.dead_letters, partitions=config.partitions, **raw)
     anomalies = app.topic(config.topics.anomalies, partitions=config.partitions, **raw)
+    findings_topic = app.topic(config.topics.findings, partitions=config.partitions, **raw)
+
+    async def publish_findings(found: list[Finding], rows: dict[str, list[Row]]) -> None:
+        """Send findings to their topic (keyed by job) and add their table rows."""
+        sent = [await findings_topic.send(key=(f.job_id or f.cluster).encode(), value=encode(f))
+                for f in found]
+        await asyncio.gather(*sent)
+        rows["findings"] = rows.get("findings", []) + [r for f in found for _, r in rows_for(f)]
+        for f in found:
+            log.warning("finding check=%s category=%s job=%s ranks=%s nodes=%s summary=%s",
+                        f.check, f.category, f.job_id, f.ranks, f.nodes, f.summary)
     state = app.topic(config.topics.baseline_state, partitions=1, **raw)
     next_state = [time.monotonic() + config.state_every_s]
     # The slot each partition's last snapshot went to, and the chunks per (partition, slot).
@@ -202,6 +216,10 @@ def build_app(
                         )
                 if baselines.snapshot_due():
                     result.rows["baselines"] = baselines.snapshot_rows()
+            if consistency is not None:
+                found_checks = consistency.observe(result.decoded)
+                if found_checks:
+                    await publish_findings(found_checks, result.rows)
             # Pipelined: the store writes this batch while the next one is decoded and
             # judged. Writes run one at a time, in order, on the store thread.
             inflight.append((
@@ -240,6 +258,18 @@ def build_app(
         # their offsets are committed without waiting for the next message.
         while inflight and inflight[0][0].done():
             await settle_oldest()
+
+    @app.timer(1.0)
+    async def close_steps() -> None:
+        # Steps whose bounded wait expired (by the jobs' own event time) close here too
+        # when no new batch arrives to close them; their findings go out like the others.
+        if consistency is None:
+            return
+        found = consistency.flush()
+        if found:
+            rows: dict[str, list[Row]] = {}
+            await publish_findings(found, rows)
+            await asyncio.get_running_loop().run_in_executor(executor, sink.write, rows)
 
     @app.timer(10.0)
     async def report() -> None:

@@ -35,6 +35,8 @@ class WorkerConfig:
     session_timeout_s: float = 10.0
     #: Run the baseline detectors (per GPU and per rank) on the input.
     detect: bool = True
+    #: Run the cross-rank / cross-node consistency checks per job.
+    consistency: bool = True
     #: How often (wall clock) detector state is snapshotted to the compacted state topic, at
     #: least: a snapshot that takes t seconds to export delays the next by 10·t or more.
     state_every_s: float = 5.0

@@ -54,9 +54,11 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
         ingestor = Ingestor(config.topics)
         sink = StoreSink(store, retry_for_s=config.store_retry_s)
         from pipeline.baselines import BaselineStage
+        from pipeline.consistency import ConsistencyStage
 
         stage = BaselineStage() if config.detect else None
-        app = build_app(config, ingestor, sink, stage)
+        checks = ConsistencyStage() if config.consistency else None
+        app = build_app(config, ingestor, sink, stage, checks)
         log.info(
             "worker starting app_id=%s bootstrap=%s store=%s topics=%s",
             config.app_id,

@@ -1,8 +1,9 @@
 """Kafka topic names: part of the wire contract, shared by agents and workers.
 
 Every name takes a prefix (default ``tg``) so several deployments, or several tests,
-can share one broker. Keys: sample batches and heartbeats by node, step batches by
-job (so one job's ranks meet in one partition downstream).
+can share one broker. Keys: step batches by job (so one job's ranks meet in one
+partition downstream); sample batches by the node's job while it runs one (so the job's
+GPU samples meet its steps), else by node; heartbeats by node.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class Topics:
 
     @property
     def samples(self) -> str:
-        """GPU sample batches, one message per node per tick, keyed by node."""
+        """GPU sample batches, one message per node per tick, keyed by job (or node)."""
         return f"{self.prefix}.gpu-samples.v1"
 
     @property

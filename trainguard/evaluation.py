@@ -3,7 +3,7 @@
 One local Kafka broker (or ``--bootstrap``), one real stream worker process with its own
 embedded store, and one simulated training job per (scenario, seed), all running side by
 side in event time: a tick of every job is produced, then the next, ``speed`` ticks per
-wall-clock second. When every step record is stored, the findings the worker wrote are
+wall-clock second. When every sample batch is stored, the findings the worker wrote are
 read back and scored (:mod:`trainguard.scorecard`). Time to detect is event time; the
 wall-clock latency from producing a tick to its finding row landing is reported apart.
 """
@@ -136,14 +136,14 @@ def run_eval(opts: EvalOptions, out: Callable[[str], None] = print) -> EvalRepor
         transport = KafkaTransport(KafkaProducerSettings(bootstrap=bootstrap))
         names = {"samples": topics.samples, "steps": topics.steps}
         tick_wall: dict[int, float] = {}
-        produced = step_records = 0
+        produced = sample_batches = 0
         started = time.monotonic()
         for t in range(opts.ticks):
             for run in runs:
                 for emit in run.sim.tick():
                     transport.send(names[emit.topic], emit.key, encode(emit.record))
                     produced += 1
-                    step_records += len(getattr(emit.record, "steps", ()))
+                    sample_batches += emit.topic == "samples"
             tick_wall[t] = time.time()
             if t % 50 == 0:
                 _check_alive(worker, worker_log)
@@ -155,12 +155,15 @@ def run_eval(opts: EvalOptions, out: Callable[[str], None] = print) -> EvalRepor
         stored = 0
         while time.monotonic() < deadline:
             _check_alive(worker, worker_log)
-            stored = int(store.query("SELECT count() FROM {database}.steps").scalar())
-            if stored >= step_records:
+            # Sample batches, not steps: a restarted job repeats step numbers, and the steps
+            # table keeps one row per (job, step, rank).
+            stored = int(store.query(
+                "SELECT count() FROM {database}.sample_batches FINAL").scalar())
+            if stored >= sample_batches:
                 break
             time.sleep(1.0)
-        if stored < step_records:
-            raise TrainguardError(f"worker stored {stored} of {step_records} step records")
+        if stored < sample_batches:
+            raise TrainguardError(f"worker stored {stored} of {sample_batches} sample batches")
         time.sleep(3.0)  # let the last findings land
         rows = store.query(
             "SELECT job_id, check, category, toFloat64(first_seen) AS first_seen, "

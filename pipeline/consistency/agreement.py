@@ -119,7 +119,7 @@ def param_divergence(cs: ClosedStep, cols: StepColumns) -> list[Fault]:
                            f"{split.voters} replicas{where}, no majority; all are blamed")
         faults.append(Fault(
             check="param_divergence", category="integrity", entities=cols.rank_list(c),
-            summary=summary, first_seen=cs.first_ts, ts=cs.last_ts, step=cs.step,
+            summary=summary, first_seen=cs.first_ts, ts=cs.decided_ts, step=cs.step,
             ranks=cols.rank_list(c), nodes=cols.node_list(c), observed=observed,
             expected=expected, score=len(c) / split.voters,
             evidence={"replicas": split.voters, "majority_count": split.majority_count,
@@ -167,7 +167,7 @@ def value_mismatch(
         entities, ranks, nodes = ("*",), (), ()
     return [Fault(
         check=check, category="integrity", entities=entities, summary=summary,
-        first_seen=cs.first_ts, ts=cs.last_ts, step=cs.step, ranks=ranks, nodes=nodes,
+        first_seen=cs.first_ts, ts=cs.decided_ts, step=cs.step, ranks=ranks, nodes=nodes,
         observed=float(values[worst]), expected=ref if majority else None,
         score=float(rel.max()),
         evidence={"majority": ref if majority else None, "agreeing": int(ok.sum()),

@@ -71,6 +71,10 @@ class ClosedStep:
     #: First record times of the later open steps of the epoch, in step order (the job's
     #: step at a given event time, for step skew).
     later_first_ts: list[float]
+    #: Event time at which the step was decided: its last record when every rank reported,
+    #: else when its bounded wait ran out. Findings carry it as their ``ts``, so time to
+    #: detect counts the wait and does not depend on how records were batched.
+    decided_ts: float = 0.0
 
 
 class StepAssembler:
@@ -232,6 +236,8 @@ class StepAssembler:
             epoch=epoch, step=step, first_ts=st.first_ts, last_ts=st.last_ts, world_size=ws,
             records=records, complete=st.complete(),
             progressed=self._max_step.get(epoch, -1) > step, later_first_ts=later,
+            decided_ts=st.last_ts if st.complete() else max(st.last_ts,
+                                                            st.first_ts + self.config.wait_s),
         )
 
     def _went_back(self, r: int, ts: float) -> int:

@@ -107,7 +107,7 @@ class FingerprintWatch:
                 summary=(f"{self.label} of {cols.who(changed)}{where} changed mid-run from "
                          f"{short(previous)} to {short(majority)} at step {cs.step} without "
                          "a restart"),
-                first_seen=cs.first_ts, ts=cs.last_ts, step=cs.step,
+                first_seen=cs.first_ts, ts=cs.decided_ts, step=cs.step,
                 ranks=cols.rank_list(changed), nodes=cols.node_list(changed),
                 observed=majority, expected=previous, score=1.0,
                 evidence={"previous": previous, "now": majority, "ranks_changed": len(changed)},
@@ -146,7 +146,7 @@ class FingerprintWatch:
                        f"{split.voters} ranks{where}, no majority; all are blamed")
         return Fault(
             check=self.check, category="integrity", entities=cols.rank_list(c),
-            summary=summary, first_seen=cs.first_ts, ts=cs.last_ts, step=cs.step,
+            summary=summary, first_seen=cs.first_ts, ts=cs.decided_ts, step=cs.step,
             ranks=cols.rank_list(c), nodes=cols.node_list(c), observed=observed,
             expected=majority, score=len(c) / split.voters,
             evidence={"voters": split.voters, "majority_count": split.majority_count,

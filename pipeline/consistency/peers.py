@@ -172,7 +172,7 @@ class PeerChecks:
             summary=(f"{cols.who([i])}: loss {value} against its peers' median "
                      f"{center[i]:.5g}; its robust z-score averaged {ewma[i]:+.2f} over "
                      f"~{c.loss_span} steps (threshold ±{c.loss_z})"),
-            first_seen=cs.first_ts, ts=cs.last_ts, step=cs.step, ranks=(int(cols.ranks[i]),),
+            first_seen=cs.first_ts, ts=cs.decided_ts, step=cs.step, ranks=(int(cols.ranks[i]),),
             nodes=(cols.nodes[i],), observed=_num(cols.loss[i]), expected=float(center[i]),
             score=float(ewma[i]),
             evidence={"loss": _num(cols.loss[i]), "peer_median": float(center[i]),
@@ -193,7 +193,7 @@ class PeerChecks:
             summary=(f"{cols.who([i])}: local grad norm {shown} against its peers' median "
                      f"{center[i]:.5g} (robust z {z[i]:+.1f}; beyond ±{c.grad_z} in "
                      f"{counts[i]} of its last {c.grad_n} steps)"),
-            first_seen=cs.first_ts, ts=cs.last_ts, step=cs.step, ranks=(int(cols.ranks[i]),),
+            first_seen=cs.first_ts, ts=cs.decided_ts, step=cs.step, ranks=(int(cols.ranks[i]),),
             nodes=(cols.nodes[i],), observed=_num(value), expected=float(center[i]),
             score=float(min(abs(z[i]), 1e6)),
             evidence={"local_grad_norm": _num(value), "peer_median": float(center[i]),
@@ -247,7 +247,7 @@ class PeerChecks:
             summary=(f"{who}: {what} its peers' median {med:.4g} s (above "
                      f"{c.straggler_ratio}x in {slow_steps} of the last {c.straggler_n} "
                      f"steps){cause}"),
-            first_seen=cs.first_ts, ts=cs.last_ts, step=cs.step, ranks=cols.rank_list(idx),
+            first_seen=cs.first_ts, ts=cs.decided_ts, step=cs.step, ranks=cols.rank_list(idx),
             nodes=cols.node_list(idx), observed=float(np.mean(values)), expected=med,
             score=mean_ratio,
             evidence={"ratio_ewma": mean_ratio, "perf_score": 1.0 / mean_ratio,

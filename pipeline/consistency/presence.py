@@ -61,7 +61,7 @@ def rank_missing(
         check="rank_missing", category="availability", entities=tuple(silent),
         summary=(f"{who}{where}: no record of step {cs.step} while {reported} of the "
                  f"{ws} ranks reported it and the job went on"),
-        first_seen=cs.first_ts, ts=cs.last_ts, step=cs.step, ranks=tuple(silent),
+        first_seen=cs.first_ts, ts=cs.decided_ts, step=cs.step, ranks=tuple(silent),
         nodes=tuple(nodes), observed=float(reported), expected=float(ws),
         score=len(silent) / ws,
         evidence={"world_size": ws, "reported": reported, "missing": len(silent),
@@ -95,7 +95,7 @@ def step_skew(
         check="step_skew", category="availability", entities=(rank,),
         summary=(f"rank {rank} on {node}: reports step {mine} while the job is at step "
                  f"{job} ({job - mine} steps behind; threshold {k})"),
-        first_seen=cs.first_ts, ts=max(ts, cs.last_ts), step=cs.step, ranks=(rank,),
+        first_seen=cs.first_ts, ts=max(ts, cs.decided_ts), step=cs.step, ranks=(rank,),
         nodes=(node,) if node else (), observed=float(mine), expected=float(job),
         score=float(job - mine),
         evidence={"rank_step": mine, "job_step": job, "lag_steps": job - mine},

@@ -165,3 +165,4 @@ def _job_counters(job: JobState) -> dict[str, int]:
             "forced_closes": asm.forced, "restarts": asm.restarts,
             "steps_closed": job.steps_closed, "loads_checked": job.checkpoints.loads_checked,
             "unknown_loads": job.checkpoints.unknown_loads}
+

@@ -146,3 +146,19 @@ def test_bad_bootstrap_servers_are_rejected(bootstrap):
 def test_unknown_compression_lists_the_choices():
     with pytest.raises(ConfigError, match="expected one of: none, gzip, lz4, zstd"):
         KafkaProducerSettings(bootstrap="h:1", compression="zsdt")  # type: ignore[arg-type]
+
+
+def test_a_node_running_one_job_keys_its_samples_by_that_job_until_it_is_long_gone():
+    transport, pending = RecordingTransport(), []
+    agent = NodeAgent(_config(), SimulatedGpus("node-a", 2), transport,
+                      step_sources=[lambda: pending.copy() or []])
+    t0 = 1_795_000_100.0
+    pending.append(StepRecord(job_id="llm-7", rank=0, world_size=2, node="node-a", step=1, ts=t0))
+    agent.tick(t0)
+    pending.clear()
+    agent.tick(t0 + 300)  # no steps (a checkpoint save): still the job's node
+    agent.tick(t0 + 700)  # silent for longer than the job memory: back to the node key
+    samples = [(k, RecordDecoder(GpuSampleBatch).decode(v)) for t, k, v in transport.sent
+               if t == "tg.gpu-samples.v1"]
+    assert [(k, b.job_id) for k, b in samples] == [
+        (b"llm-7", "llm-7"), (b"llm-7", "llm-7"), (b"node-a", None)]

@@ -59,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-detect", dest="detect", action="store_false",
                    help="only decode and store; skip the baseline detectors")
+    p.add_argument("--no-consistency", dest="consistency", action="store_false",
+                   help="skip the cross-rank consistency checks")
     p.set_defaults(func=_run)
 
 
@@ -78,6 +80,7 @@ def worker_config(args: argparse.Namespace) -> object:
         batch_within_s=args.batch_within,
         data_dir=args.data_dir,
         detect=args.detect,
+        consistency=args.consistency,
     )
 
 

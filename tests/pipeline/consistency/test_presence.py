@@ -21,6 +21,16 @@ def test_a_missing_rank_is_decided_within_the_wait_of_event_time():
     assert decided_at is not None and decided_at <= T0 + 10 + 3.0
 
 
+def test_a_findings_ts_is_when_it_was_decided_not_when_its_step_began():
+    # Time to detect counts the bounded wait: ts is the job's event time at the decision.
+    job, stage = FakeJob(16, seed=2), ConsistencyStage(ConsistencyConfig(wait_s=3.0))
+    found = []
+    for s in range(1, 40):
+        found += stage.observe(job.step(s, skip={4} if s >= 10 else ()))
+    (f,) = first(found)
+    assert f.first_seen < T0 + 10 + 1 and f.ts >= f.first_seen + 3.0
+
+
 def test_a_rank_that_comes_back_and_goes_again_is_one_finding_per_absence():
     job = FakeJob(8, seed=3)
     gone = set(range(10, 20)) | set(range(60, 70))
