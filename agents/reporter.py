@@ -110,6 +110,10 @@ class StepReporter:
         local_rank: int | None = None,
         gpu_index: int | None = None,
         env_fingerprint: str | None = None,
+        seed_fingerprint: str | None = None,
+        dp_rank: int | None = None,
+        tp_rank: int | None = None,
+        pp_rank: int | None = None,
         reconnect_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -128,6 +132,8 @@ class StepReporter:
         self.local_rank = local_rank
         self.gpu_index = gpu_index
         self.env_fingerprint = env_fingerprint
+        self.seed_fingerprint = seed_fingerprint
+        self.dp_rank, self.tp_rank, self.pp_rank = dp_rank, tp_rank, pp_rank
         self.socket_path = socket_path
         #: Datagrams handed to the agent, and those that could not be.
         self.sent = 0
@@ -154,6 +160,8 @@ class StepReporter:
         tokens_per_s: float | None = None,
         loss_scale: float | None = None,
         param_checksum: str | None = None,
+        local_grad_norm: float | None = None,
+        compute_time_s: float | None = None,
         ts: float | None = None,
     ) -> bool:
         """Hand one step's record to the agent; ``True`` if it was, ``False`` if dropped.
@@ -168,16 +176,16 @@ class StepReporter:
                 self.dropped += 1
                 return False
         try:
-            values = (loss, grad_norm, lr, step_time_s, samples_per_s, tokens_per_s, loss_scale)
+            values = (loss, grad_norm, lr, step_time_s, samples_per_s, tokens_per_s, loss_scale,
+                      local_grad_norm, compute_time_s)
             nonfinite = _NO_NONFINITE
             for value in values:
                 # ``x - x`` is 0.0 for every finite float and NaN otherwise: one cheap
                 # test per value on the hot path, the slow path only when needed.
                 if value is not None and (type(value) is not float or value - value != 0.0):
                     cleaned, nonfinite = _clean(values)
-                    loss, grad_norm, lr, step_time_s, samples_per_s, tokens_per_s, loss_scale = (
-                        cleaned
-                    )
+                    (loss, grad_norm, lr, step_time_s, samples_per_s, tokens_per_s, loss_scale,
+                     local_grad_norm, compute_time_s) = cleaned
                     break
             record = StepRecord(
                 job_id=self.job_id,
@@ -197,6 +205,12 @@ class StepReporter:
                 loss_scale=loss_scale,
                 param_checksum=param_checksum,
                 env_fingerprint=self.env_fingerprint,
+                local_grad_norm=local_grad_norm,
+                compute_time_s=compute_time_s,
+                seed_fingerprint=self.seed_fingerprint,
+                dp_rank=self.dp_rank,
+                tp_rank=self.tp_rank,
+                pp_rank=self.pp_rank,
             )
             data = self._encoder.encode(
                 StepDatagram(pid=self._pid, dropped=self.dropped, step=record, nonfinite=nonfinite)

@@ -188,6 +188,8 @@ STEP_FLOAT_FIELDS = (
     "samples_per_s",
     "tokens_per_s",
     "loss_scale",
+    "local_grad_norm",
+    "compute_time_s",
 )
 
 

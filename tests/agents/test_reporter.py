@@ -65,6 +65,10 @@ def test_every_field_survives_the_round_trip_to_the_intake(sock_path):
             local_rank=3,
             gpu_index=3,
             env_fingerprint="env-abc",
+            seed_fingerprint="seed-7",
+            dp_rank=1,
+            tp_rank=1,
+            pp_rank=0,
         ) as reporter,
     ):
         assert reporter.report(
@@ -77,6 +81,8 @@ def test_every_field_survives_the_round_trip_to_the_intake(sock_path):
             tokens_per_s=655360.0,
             loss_scale=65536.0,
             param_checksum="c0ffee",
+            local_grad_norm=0.75,
+            compute_time_s=0.6,
             ts=1_795_000_000.5,
         )
         wait_for(lambda: intake.steps_received == 1)
@@ -99,6 +105,12 @@ def test_every_field_survives_the_round_trip_to_the_intake(sock_path):
                 loss_scale=65536.0,
                 param_checksum="c0ffee",
                 env_fingerprint="env-abc",
+                dp_rank=1,
+                tp_rank=1,
+                pp_rank=0,
+                local_grad_norm=0.75,
+                compute_time_s=0.6,
+                seed_fingerprint="seed-7",
             )
         ]
         assert reporter.sent == 1 and reporter.dropped == 0
