@@ -347,8 +347,11 @@ class Finding(_Base, tag="finding", frozen=True, kw_only=True):
     #: fault explains it; ``info``: worth recording, not worth a page.
     category: Literal["integrity", "availability", "hardware", "info"]
     first_seen: EpochSeconds
+    #: Event time the check decided (failed) first; a repeat of a persisting fault keeps it.
     ts: EpochSeconds
     step: NonNegInt | None = None
+    #: Event time of the latest evaluation that still failed (a repeat moves it on).
+    last_seen: EpochSeconds | None = None
     #: The blamed ranks and nodes (empty when the whole job is affected).
     ranks: list[UInt32] = []
     nodes: list[str] = []

@@ -137,7 +137,8 @@ class FindingTracker:
         fid = finding_id(self.cluster, self.job_id, fault.check, fault.entities, anchor)
         finding = Finding(
             finding_id=fid, cluster=self.cluster, job_id=self.job_id, check=fault.check,
-            category=fault.category, first_seen=fault.first_seen, ts=fault.ts, step=fault.step,
+            category=fault.category, first_seen=fault.first_seen, ts=fault.ts,
+            last_seen=fault.ts, step=fault.step,
             ranks=sorted(set(fault.ranks)), nodes=sorted(set(fault.nodes)),
             gpu_index=fault.gpu_index, observed=fault.observed, expected=fault.expected,
             score=float(fault.score), summary=fault.summary, evidence=dict(fault.evidence),
@@ -163,7 +164,7 @@ class FindingTracker:
         # is updated only when it is still about exactly them.
         same = frozenset(fault.entities) == current.entities
         current.finding = replace(
-            current.finding, ts=fault.ts, observed=fault.observed, expected=fault.expected,
+            current.finding, last_seen=fault.ts, observed=fault.observed, expected=fault.expected,
             score=float(fault.score), evidence=dict(fault.evidence),
             summary=fault.summary if same else current.finding.summary)
         return current.finding

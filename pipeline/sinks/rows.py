@@ -111,6 +111,7 @@ def rows_for(record: Record, partition: int = -1, offset: int = -1) -> Iterator[
             "finding_id": record.finding_id,
             "first_seen": record.first_seen,
             "ts": record.ts,
+            "last_seen": record.last_seen if record.last_seen is not None else record.ts,
             "step": record.step,
             "ranks": record.ranks,
             "nodes": record.nodes,

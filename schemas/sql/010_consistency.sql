@@ -183,6 +183,7 @@ CREATE TABLE IF NOT EXISTS {database}.findings
     finding_id    String,
     first_seen    DateTime64(3, 'UTC'),
     ts            DateTime64(3, 'UTC'),
+    last_seen     DateTime64(3, 'UTC'),
     step          Nullable(UInt64),
     ranks         Array(UInt32),
     nodes         Array(LowCardinality(String)),

@@ -57,6 +57,7 @@ def test_a_persisting_fault_is_re_emitted_with_its_id_and_first_seen():
     out = []
     for step in range(0, 130):
         out += t.update("rank_missing", [_fault([2], step, summary=f"at {step}")], {2})
-    assert [f.ts for f in out] == [100.0, 160.0, 220.0]
+    assert [f.last_seen for f in out] == [100.0, 160.0, 220.0]
+    assert {f.ts for f in out} == {100.0}  # the decision time stays the first one
     assert {f.finding_id for f in out} == {out[0].finding_id}
     assert {f.first_seen for f in out} == {100.0} and out[-1].summary == "at 120"

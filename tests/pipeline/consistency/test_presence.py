@@ -108,7 +108,7 @@ def test_a_job_whose_gpus_report_but_steps_stop_is_stalled_once():
     assert [(f.check, f.category, f.step) for f in first(found)] == [
         ("job_stalled", "info", 29)]
     assert len(found) == 2  # re-emitted once after repeat_s (60 s), same id
-    assert found[1].finding_id == found[0].finding_id and found[1].ts > found[0].ts
+    assert found[1].finding_id == found[0].finding_id and found[1].last_seen > found[0].last_seen
 
 
 def test_a_checkpoint_pause_is_not_a_stall():

@@ -57,7 +57,7 @@ def test_a_persisting_fault_is_one_finding_re_emitted_at_most_every_repeat_s():
     batches = [job.step(s, over={3: {"lr": 1e-3}}) for s in range(1, 300)]
     repeated = feed(ConsistencyStage(), batches)
     assert len({f.finding_id for f in repeated}) == 1
-    assert [f.ts - T0 for f in repeated] == [1, 61, 121, 181, 241]
+    assert [f.last_seen - T0 for f in repeated] == [1, 61, 121, 181, 241]
     assert {f.first_seen for f in repeated} == {T0 + 1}
 
 
