@@ -1,18 +1,20 @@
-"""The zero-configuration demo: local broker + embedded store + simulated cluster, end to end.
+"""The zero-configuration demo: local broker + embedded store + a simulated training job.
 
-``trainguard demo --nodes 4 --duration 30`` starts a local Kafka broker (unless bootstrap
-servers are given), a stream worker that owns the embedded store, and a simulated fleet
-ticking at 1 Hz; it shows progress, waits until every batch is stored, prints row
-counts, and stops everything it started, also on Ctrl-C. Each run stamps its records
-with its own cluster name (``demo-<run id>``), so its counts are exact even when the
-store already holds earlier runs.
+``trainguard demo`` starts a local Kafka broker (unless bootstrap servers are given), a
+stream worker that owns the embedded store, and one simulated data-parallel training job
+(``--nodes`` × ``--gpus`` ranks) running ``--speed`` times faster than real time. Half-way
+it injects a sabotage scenario (``--scenario``, default ``weight_tamper``: one rank's
+weights modified after a checkpoint load), so a newcomer watches trainguard flag it and
+name the rank. It shows progress, waits until every batch is stored, prints row counts
+and the findings, and stops everything it started, also on Ctrl-C. Each run stamps its
+records with its own cluster name (``demo-<run id>``), so its counts are exact even when
+the store already holds earlier runs.
 """
 
 from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -20,19 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents.transport import KafkaTransport
-from pipeline.store import Store, StoreUrl, open_store, owner_reader
+from pipeline.store import Store, StoreUrl
 from trainguard.broker import LocalBroker, free_port, port_free
-from trainguard.errors import TrainguardError
+from trainguard.errors import ConfigError, TrainguardError
+from trainguard.local_pipeline import check_alive, start_worker, stop_worker, wait_for_store
 
-__all__ = ["DemoOptions", "run_demo"]
+__all__ = ["DEFAULT_SCENARIO", "DemoOptions", "run_demo"]
 
 log = logging.getLogger(__name__)
+
+#: The sabotage the demo injects unless told otherwise.
+DEFAULT_SCENARIO = "weight_tamper"
 
 #: Tables that carry the demo run's cluster name, and what each row is.
 _TABLES = {
     "sample_batches": "node × tick",
     "gpu_samples": "GPU × tick",
-    "agent_heartbeats": "heartbeat",
+    "steps": "rank × step",
+    "findings": "consistency finding",
 }
 
 
@@ -43,18 +50,38 @@ class DemoOptions:
     nodes: int = 4
     gpus: int = 8
     duration_s: int = 30
-    interval_s: float = 1.0
+    #: Ticks (seconds of event time) per wall-clock second.
+    speed: float = 10.0
+    #: A scenario name (``trainguard demo --list-scenarios``) or ``None`` for a clean run.
+    scenario: str | None = DEFAULT_SCENARIO
     data_dir: Path = Path("trainguard-data")
     bootstrap: str = ""
     store: str = ""
     topic_prefix: str = "tg"
     kafka_port: int = 9092
 
+    def __post_init__(self) -> None:
+        from agents.sim import list_scenarios
+
+        if self.nodes < 2 or self.gpus < 1 or self.duration_s < 1:
+            raise ConfigError(f"--nodes must be >= 2, --gpus and --duration >= 1; got "
+                              f"{self.nodes}, {self.gpus}, {self.duration_s}")
+        if not 0.5 <= self.speed <= 200:
+            raise ConfigError(f"--speed must be within 0.5..200, got {self.speed}")
+        if self.scenario is not None and self.scenario not in list_scenarios():
+            raise ConfigError(f"unknown scenario {self.scenario!r}; expected one of: "
+                              f"{', '.join(list_scenarios())} (or none)")
+
+    @property
+    def ticks(self) -> int:
+        """Seconds of event time the job runs."""
+        return max(1, round(self.duration_s * self.speed))
+
 
 def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
-    """Run the demo; return 0 when every produced batch was stored exactly once."""
-    from agents.config import AgentConfig, KafkaProducerSettings
-    from agents.fleet import SimulatedFleet
+    """Run the demo; 0 when every batch was stored and an injected sabotage was named."""
+    from agents.config import KafkaProducerSettings
+    from agents.sim import JobSimulator, JobSpec, make_scenario
     from schemas.topics import Topics
     from trainguard.commands._common import store_url
     from trainguard.kafka_admin import ensure_topics
@@ -66,7 +93,15 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
     topics = Topics(opts.topic_prefix)
     run_id = uuid.uuid4().hex[:8]
     cluster = f"demo-{run_id}"
-    ticks = max(1, round(opts.duration_s / opts.interval_s))
+    spec = JobSpec(job_id=f"train-{run_id}", cluster=cluster, nodes=opts.nodes,
+                   gpus_per_node=opts.gpus, node_prefix=f"{cluster}-node")
+    at = min(150, opts.ticks // 2)
+    scenario = None
+    if opts.scenario is not None:
+        try:
+            scenario = make_scenario(opts.scenario, spec, seed=int(run_id, 16) % 1000, at=at)
+        except ValueError as exc:
+            raise ConfigError(f"scenario {opts.scenario}: {exc}") from None
     broker: LocalBroker | None = None
     worker: subprocess.Popen[bytes] | None = None
     transport: KafkaTransport | None = None
@@ -81,47 +116,33 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
             bootstrap = broker.bootstrap
         ensure_topics(bootstrap, topics.all(), partitions=3, replication_factor=1)
         out(f"[demo] starting stream worker → store {url} (log: {worker_log})")
-        worker = _start_worker(bootstrap, store_raw, opts.topic_prefix, data_dir, worker_log)
-        store = _wait_for_store(url, worker, worker_log)
-        config = AgentConfig(
-            kafka=KafkaProducerSettings(bootstrap=bootstrap),
-            cluster=cluster,
-            node="sim",
-            topics=topics,
-            interval_s=opts.interval_s,
-            sim_gpus=opts.gpus,
-        )
-        transport = KafkaTransport(config.kafka)
-        fleet = SimulatedFleet(config, transport, nodes=opts.nodes, node_prefix=f"{cluster}-node")
-        out(
-            f"[demo] run {run_id}: {opts.nodes} simulated nodes × {opts.gpus} GPUs, "
-            f"{ticks} ticks at {opts.interval_s:g}s"
-        )
-
-        def progress(tick: int, sent: int) -> None:
-            if tick % 5 == 0 or tick == ticks:
-                _check_alive(worker, worker_log)
-                stored = _count(store, "sample_batches", cluster)
-                out(f"[demo] tick {tick:>4}/{ticks}  batches sent {sent:>6}  stored {stored:>6}")
-
-        sent = fleet.run(ticks, realtime=True, on_tick=progress)
+        worker = start_worker(bootstrap, store_raw, opts.topic_prefix, data_dir, worker_log)
+        store = wait_for_store(url, worker, worker_log)
+        sim = JobSimulator(spec, scenario, seed=int(run_id, 16) % 1000, start_ts=time.time())
+        transport = KafkaTransport(KafkaProducerSettings(bootstrap=bootstrap))
+        story = (f"injecting {scenario.name} at t={scenario.at}s ({scenario.description})"
+                 if scenario else "no scenario (a clean run)")
+        out(f"[demo] run {run_id}: job {spec.job_id} on {opts.nodes} nodes × {opts.gpus} GPUs "
+            f"= {spec.world_size} ranks, {opts.ticks} s of training at {opts.speed:g}× real "
+            f"time; {story}")
+        batches = _produce(sim, transport, topics, opts, store, cluster, worker, worker_log, out)
         transport.close(timeout=30)
         failed = transport.counters.failed
         transport = None
         if failed:
-            raise TrainguardError(f"{failed} batches failed delivery to Kafka")
-        expected = sent
-        stored = _wait_for_rows(store, cluster, expected, worker, worker_log)
+            raise TrainguardError(f"{failed} messages failed delivery to Kafka")
+        stored = _wait_for_rows(store, cluster, batches, worker, worker_log)
+        time.sleep(2.0)  # the last steps close on the worker's timer
         counts = {t: _count(store, t, cluster) for t in _TABLES}
-        dead = int(store.query("SELECT count() FROM {database}.dead_letters FINAL").scalar())
-        out(f"[demo] done: {ticks} ticks × {opts.nodes} nodes = {expected} batches produced")
+        out(f"[demo] done: {opts.ticks} ticks × {opts.nodes} nodes = {batches} sample batches")
         out(f"[demo] rows in {url} for cluster {cluster}:")
         for table, what in _TABLES.items():
             out(f"         {table:<18} {counts[table]:>8}   (one per {what})")
-        out(f"         {'dead_letters':<18} {dead:>8}   (all runs)")
-        out("[demo] look around: trainguard db counts --store " + store_raw)
+        named = _report_findings(store, cluster, scenario, out)
+        out("[demo] look around: trainguard db query --store " + store_raw +
+            " \"SELECT check, ranks, nodes, summary FROM {database}.findings FINAL\"")
         store.close()
-        return 0 if stored == expected else 1
+        return 0 if stored == batches and named else 1
     except KeyboardInterrupt:
         out("[demo] interrupted; stopping what the demo started")
         raise
@@ -129,61 +150,64 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
         if transport is not None:
             transport.close(timeout=5)  # before the broker goes, or it retries noisily
         if worker is not None:
-            _stop_worker(worker)
+            stop_worker(worker)
             out("[demo] stream worker stopped")
         if broker is not None:
             broker.stop()
             out("[demo] local Kafka stopped")
 
 
-def _start_worker(
-    bootstrap: str, store: str, prefix: str, data_dir: Path, log_path: Path
-) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "trainguard.cli",
-        "--log-level",
-        "INFO",
-        "worker",
-        "--bootstrap",
-        bootstrap,
-        "--store",
-        store,
-        "--topic-prefix",
-        prefix,
-        "--data-dir",
-        str(data_dir / "worker"),
-        "--batch-within",
-        "0.5",
-    ]
-    with open(log_path, "ab") as fh:
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+def _produce(sim: object, transport: KafkaTransport, topics: object, opts: DemoOptions,
+             store: Store, cluster: str, worker: subprocess.Popen[bytes], log_path: Path,
+             out: Callable[[str], None]) -> int:
+    """Tick the job at ``opts.speed`` ticks per second; return sample batches sent."""
+    from agents.sim import JobSimulator
+    from schemas.codec import encode
+    from schemas.topics import Topics
+
+    assert isinstance(sim, JobSimulator) and isinstance(topics, Topics)
+    names = {"samples": topics.samples, "steps": topics.steps}
+    batches = 0
+    started = time.monotonic()
+    every = max(1, round(5 * opts.speed))
+    for t in range(1, opts.ticks + 1):
+        for emit in sim.tick():
+            transport.send(names[emit.topic], emit.key, encode(emit.record))
+            batches += emit.topic == "samples"
+        if t % every == 0 or t == opts.ticks:
+            check_alive(worker, log_path)
+            stored = _count(store, "sample_batches", cluster)
+            found = _count(store, "findings", cluster)
+            out(f"[demo] t={t:>5}s  batches sent {batches:>6}  stored {stored:>6}  "
+                f"findings {found:>3}")
+        time.sleep(max(0.0, started + t / opts.speed - time.monotonic()))
+    return batches
 
 
-def _check_alive(worker: subprocess.Popen[bytes], log_path: Path) -> None:
-    if worker.poll() is not None:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-        raise TrainguardError(f"the stream worker exited with {worker.returncode}:\n{tail}")
+def _report_findings(store: Store, cluster: str, scenario: object,
+                     out: Callable[[str], None]) -> bool:
+    """Print the findings; True when the scenario's expected check named its culprits."""
+    from agents.sim import Scenario
 
-
-def _wait_for_store(url: StoreUrl, worker: subprocess.Popen[bytes], log_path: Path) -> Store:
-    """Wait until the worker migrated the store and (embedded) serves reads."""
-    deadline = time.monotonic() + 90
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        _check_alive(worker, log_path)
-        try:
-            # Embedded: only the worker we started counts as the owner (a killed earlier
-            # run may have left its owner.json), and we never open the directory ourselves.
-            store = owner_reader(url, pid=worker.pid) if url.embedded else open_store(url)
-            if store is not None:
-                store.query("SELECT count() FROM {database}.sample_batches")
-                return store
-        except TrainguardError as exc:
-            last = exc
-        time.sleep(0.5)
-    raise TrainguardError(f"the stream worker did not open the store within 90s: {last}")
+    rows = store.query(
+        "SELECT check, category, ranks, nodes, summary FROM {database}.findings FINAL "
+        f"WHERE cluster = '{cluster}' ORDER BY first_seen").dicts()
+    for r in rows:
+        out(f"[demo] FINDING {r['check']} ({r['category']}): {r['summary']}")
+    if not isinstance(scenario, Scenario):
+        out(f"[demo] clean run: {len(rows)} findings")
+        return True
+    exp = scenario.expected()
+    if not exp.checks:
+        return True
+    hit = [r for r in rows if r["check"] in exp.checks and (r["ranks"] or r["nodes"])
+           and set(r["ranks"]) <= set(exp.culprit_ranks)
+           and set(r["nodes"]) <= set(exp.culprit_nodes)]
+    culprits = ", ".join([f"rank {r}" for r in sorted(exp.culprit_ranks)] +
+                         sorted(exp.culprit_nodes))
+    verdict = "named correctly" if hit else "NOT found"
+    out(f"[demo] injected {scenario.name} on {culprits}: {verdict}")
+    return bool(hit)
 
 
 def _count(store: Store, table: str, cluster: str) -> int:
@@ -194,20 +218,10 @@ def _count(store: Store, table: str, cluster: str) -> int:
 def _wait_for_rows(
     store: Store, cluster: str, expected: int, worker: subprocess.Popen[bytes], log_path: Path
 ) -> int:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     stored = _count(store, "sample_batches", cluster)
     while stored < expected and time.monotonic() < deadline:
-        _check_alive(worker, log_path)
+        check_alive(worker, log_path)
         time.sleep(0.5)
         stored = _count(store, "sample_batches", cluster)
     return stored
-
-
-def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
-    if worker.poll() is None:
-        worker.terminate()
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(timeout=10)

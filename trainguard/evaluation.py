@@ -102,8 +102,8 @@ def run_eval(opts: EvalOptions, out: Callable[[str], None] = print) -> EvalRepor
     from agents.transport import KafkaTransport
     from schemas.codec import encode
     from schemas.topics import Topics
-    from trainguard.demo import _check_alive, _start_worker, _stop_worker, _wait_for_store
     from trainguard.kafka_admin import ensure_topics
+    from trainguard.local_pipeline import check_alive, start_worker, stop_worker, wait_for_store
 
     data_dir = opts.data_dir.resolve()
     run_id = uuid.uuid4().hex[:6]
@@ -125,10 +125,10 @@ def run_eval(opts: EvalOptions, out: Callable[[str], None] = print) -> EvalRepor
             bootstrap = broker.bootstrap
         ensure_topics(bootstrap, topics.all(), partitions=3, replication_factor=1)
         out(f"[eval] starting stream worker → {store_raw} (log: {worker_log})")
-        worker = _start_worker(bootstrap, store_raw, topics.prefix, work, worker_log)
+        worker = start_worker(bootstrap, store_raw, topics.prefix, work, worker_log)
         from pipeline.store import StoreUrl
 
-        store = _wait_for_store(StoreUrl.parse(store_raw), worker, worker_log)
+        store = wait_for_store(StoreUrl.parse(store_raw), worker, worker_log)
         runs = _runs(opts, run_id)
         out(f"[eval] {len(runs)} jobs ({len({r.scenario for r in runs})} scenarios × "
             f"{len(opts.seeds)} seeds), {opts.nodes} nodes × {opts.gpus} GPUs each, "
@@ -146,7 +146,7 @@ def run_eval(opts: EvalOptions, out: Callable[[str], None] = print) -> EvalRepor
                     sample_batches += emit.topic == "samples"
             tick_wall[t] = time.time()
             if t % 50 == 0:
-                _check_alive(worker, worker_log)
+                check_alive(worker, worker_log)
                 out(f"[eval] tick {t:>5}/{opts.ticks}  messages {produced:>8}")
             time.sleep(max(0.0, started + (t + 1) / opts.speed - time.monotonic()))
         transport.close(timeout=60)
@@ -154,7 +154,7 @@ def run_eval(opts: EvalOptions, out: Callable[[str], None] = print) -> EvalRepor
         deadline = time.monotonic() + 600
         stored = 0
         while time.monotonic() < deadline:
-            _check_alive(worker, worker_log)
+            check_alive(worker, worker_log)
             # Sample batches, not steps: a restarted job repeats step numbers, and the steps
             # table keeps one row per (job, step, rank).
             stored = int(store.query(
@@ -167,7 +167,8 @@ def run_eval(opts: EvalOptions, out: Callable[[str], None] = print) -> EvalRepor
         time.sleep(3.0)  # let the last findings land
         rows = store.query(
             "SELECT job_id, check, category, toFloat64(first_seen) AS first_seen, "
-            "toFloat64(ts) AS ts, ranks, nodes, toFloat64(ingested_at) AS ingested_at "
+            "toFloat64(ts) AS ts, toFloat64(last_seen) AS last_seen, ranks, nodes, "
+            "toFloat64(ingested_at) AS ingested_at "
             "FROM {database}.findings FINAL WHERE cluster = 'eval'").dicts()
         report = _score(runs, rows, tick_wall)
         report.produced, report.seconds = produced, time.monotonic() - started
@@ -176,7 +177,7 @@ def run_eval(opts: EvalOptions, out: Callable[[str], None] = print) -> EvalRepor
         if transport is not None:
             transport.close(timeout=5)
         if worker is not None:
-            _stop_worker(worker)
+            stop_worker(worker)
         if broker is not None:
             broker.stop()
 
@@ -195,7 +196,9 @@ def _score(runs: Sequence[_Run], rows: list[dict[str, object]],
         if result.detected:
             first = min((r for r in found if r["check"] in run.expected.checks),
                         key=lambda r: float(str(r["ts"])))
-            wall = tick_wall.get(round(float(str(first["ts"])) - _T0))
+            # The stored row is the finding's latest emission (a persisting fault repeats):
+            # pair its ingestion with the tick of that emission, ``last_seen``.
+            wall = tick_wall.get(round(float(str(first["last_seen"])) - _T0))
             if wall is not None:
                 latency.append(float(str(first["ingested_at"])) - wall)
     return EvalReport(results, markdown_table(summarize(results)), latency)

@@ -81,7 +81,7 @@ def score_run(scenario: str, kind: str, seed: int, exp: Expectation,
         checks_fired=tuple(sorted({str(r["check"]) for r in correct})),
         blamed=tuple(dict.fromkeys(_label(r) for r in correct)),
         ttd_s=ttd, false_alerts=tuple(_label(r) for r in false),
-        hardware=tuple(dict.fromkeys(_label(r) for r in hardware)),
+        hardware=tuple(sorted({str(r["check"]) for r in hardware})),
         severity=exp.severity,
     )
 

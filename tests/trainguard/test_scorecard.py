@@ -36,7 +36,7 @@ def test_on_a_benign_run_any_sabotage_alert_is_false_but_hardware_is_not():
         _f("gpu_throttled", T0 + 3, nodes=["n-00"], category="hardware"),
         _f("straggler", T0 + 30, nodes=["n-00"], category="availability"),
     ])
-    assert r.false_alerts == ("straggler(n-00)",) and r.hardware == ("gpu_throttled(n-00)",)
+    assert r.false_alerts == ("straggler(n-00)",) and r.hardware == ("gpu_throttled",)
 
 
 def test_a_scenario_passes_only_when_every_seed_is_detected_within_its_target():

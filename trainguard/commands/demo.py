@@ -13,12 +13,21 @@ __all__ = ["register"]
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``demo`` command."""
+    from trainguard.demo import DEFAULT_SCENARIO
+
     p = subparsers.add_parser(
-        "demo", help="run broker + worker + simulated cluster end to end and print row counts"
+        "demo", help="run broker + worker + a simulated training job with an injected sabotage"
     )
     p.add_argument("--nodes", type=int, default=4, help="simulated nodes (default: %(default)s)")
     p.add_argument("--gpus", type=int, default=8, help="GPUs per node (default: %(default)s)")
-    p.add_argument("--duration", type=int, default=30, help="seconds to run (default: %(default)s)")
+    p.add_argument("--duration", type=int, default=30,
+                   help="wall-clock seconds to run (default: %(default)s)")
+    p.add_argument("--speed", type=float, default=10.0,
+                   help="seconds of training per wall-clock second (default: %(default)s)")
+    p.add_argument("--scenario", default=DEFAULT_SCENARIO,
+                   help="scenario injected half-way, or 'none' (default: %(default)s)")
+    p.add_argument("--list-scenarios", action="store_true",
+                   help="list the sabotage and benign scenarios and exit")
     p.add_argument(
         "--data-dir",
         type=Path,
@@ -42,14 +51,18 @@ def _run(args: argparse.Namespace) -> int:
         # The demo prints its own progress lines; routine INFO logs would bury them.
         logging.getLogger().setLevel(logging.WARNING)
 
-    if args.nodes < 1 or args.duration < 1:
-        from trainguard.errors import ConfigError
+    if args.list_scenarios:
+        from agents.sim import SCENARIOS
 
-        raise ConfigError(f"--nodes and --duration must be >= 1, got {args.nodes}, {args.duration}")
+        for name, cls in SCENARIOS.items():
+            print(f"{name:<22} {cls.kind:<9} {cls.description}")
+        return 0
     opts = DemoOptions(
         nodes=args.nodes,
         gpus=args.gpus,
         duration_s=args.duration,
+        speed=args.speed,
+        scenario=None if args.scenario == "none" else args.scenario,
         data_dir=args.data_dir,
         bootstrap=args.bootstrap,
         store=args.store,
