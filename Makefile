@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 TG      := $(VENV)/bin/trainguard
 PYTEST_ARGS ?=
 
-.PHONY: help install kafka-jars demo test test-unit lint bench schemas clean
+.PHONY: help install kafka-jars demo eval test test-unit lint bench schemas clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ kafka-jars: install  ## fetch the pinned Kafka broker jars from Maven Central (c
 
 demo: install kafka-jars  ## run the end-to-end demo (local Kafka + chdb + simulated cluster)
 	$(TG) demo --nodes 4 --duration 30
+
+eval: install kafka-jars  ## detection scorecard: every scenario x 5 seeds through the pipeline
+	$(TG) eval --seeds 5 --speed 1.5
 
 test: install kafka-jars  ## run the whole test suite (real Kafka broker, real chdb)
 	$(PY) -m pytest $(PYTEST_ARGS)
