@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agents.sim import DEFAULT_SCENARIO
 from agents.transport import KafkaTransport
 from pipeline.store import Store, StoreUrl
 from trainguard.broker import LocalBroker, free_port, port_free
@@ -31,8 +32,6 @@ __all__ = ["DEFAULT_SCENARIO", "DemoOptions", "run_demo"]
 
 log = logging.getLogger(__name__)
 
-#: The sabotage the demo injects unless told otherwise.
-DEFAULT_SCENARIO = "weight_tamper"
 
 #: Tables that carry the demo run's cluster name, and what each row is.
 _TABLES = {

@@ -10,6 +10,7 @@ from agents.sim.gpus import GpuOverride
 from agents.sim.job import JobSimulator
 from agents.sim.scenarios import (
     CHECKS,
+    DEFAULT_SCENARIO,
     SCENARIOS,
     Expectation,
     Scenario,
@@ -22,6 +23,7 @@ from agents.sim.state import Checkpoint, Knobs
 
 __all__ = [
     "CHECKS",
+    "DEFAULT_SCENARIO",
     "DEFAULT_START_TS",
     "SCENARIOS",
     "Checkpoint",

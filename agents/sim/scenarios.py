@@ -33,6 +33,7 @@ from agents.sim.scenario import CHECKS, Expectation, RestartScenario, Scenario
 from agents.sim.spec import JobSpec
 
 __all__ = [
+    "DEFAULT_SCENARIO",
     "CHECKS",
     "SCENARIOS",
     "Expectation",
@@ -42,6 +43,10 @@ __all__ = [
     "make_scenario",
     "scenario_params",
 ]
+
+#: The sabotage ``trainguard demo`` injects unless told otherwise: one rank's weights
+#: modified after a checkpoint load, as in the incident this project was built for.
+DEFAULT_SCENARIO = "weight_tamper"
 
 #: Every scenario class by name: sabotage first, then benign.
 SCENARIOS: Final[dict[str, type[Scenario]]] = {

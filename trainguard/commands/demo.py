@@ -13,7 +13,7 @@ __all__ = ["register"]
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``demo`` command."""
-    from trainguard.demo import DEFAULT_SCENARIO
+    from agents.sim import DEFAULT_SCENARIO
 
     p = subparsers.add_parser(
         "demo", help="run broker + worker + a simulated training job with an injected sabotage"
