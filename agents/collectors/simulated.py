@@ -12,7 +12,7 @@ from typing import Final
 
 from schemas.records import GpuSample, XidEvent
 
-__all__ = ["FAULT_MODES", "SimulatedGpus"]
+__all__ = ["FAULT_MODES", "SimulatedGpus", "h100_sample"]
 
 FAULT_MODES: Final = ("idle", "throttled", "hot", "xid", "lost")
 
@@ -107,30 +107,43 @@ class SimulatedGpus:
         )
         traffic = int(util * 1.9e8)
         self._nvlink[i] += traffic
-        return GpuSample(
-            index=i,
-            uuid=self._uuids[i],
-            model="NVIDIA H100 80GB HBM3 (simulated)",
-            util_gpu_pct=round(util, 2),
-            util_mem_pct=round(util * 0.55, 2),
-            mem_used_bytes=int(_MEM_TOTAL * (0.82 if busy else 0.80)),
-            mem_total_bytes=_MEM_TOTAL,
-            power_w=round(max(60.0, min(power, _POWER_LIMIT_W)), 1),
-            power_limit_w=_POWER_LIMIT_W,
-            temp_c=round(temp, 1),
-            sm_clock_mhz=sm_clock,
-            mem_clock_mhz=_MEM_CLOCK,
-            clock_event_reasons=reasons,
-            pcie_rx_bytes_s=float(int(util * 2.0e7)),
-            pcie_tx_bytes_s=float(int(util * 1.5e7)),
-            nvlink_rx_bytes=self._nvlink[i],
-            nvlink_tx_bytes=self._nvlink[i],
-            ecc_corrected=0,
-            ecc_uncorrected=0,
-            remapped_rows_correctable=0,
-            remapped_rows_uncorrectable=0,
-            remap_pending=False,
-            remap_failed=False,
-            xid_events=xids,
-            compute_procs=1,
+        return h100_sample(
+            i, self._uuids[i], util=util, power=power, temp=temp, sm_clock=sm_clock,
+            reasons=reasons, mem_fraction=0.82 if busy else 0.80, nvlink=self._nvlink[i],
+            xids=xids, procs=1,
         )
+
+
+def h100_sample(
+    index: int, uuid: str, *, util: float, power: float, temp: float, sm_clock: int,
+    reasons: int, mem_fraction: float, nvlink: int, xids: list[XidEvent] | None = None,
+    procs: int = 1,
+) -> GpuSample:
+    """A simulated H100's full reading from its few moving parts (shared by the simulators)."""
+    return GpuSample(
+        index=index,
+        uuid=uuid,
+        model="NVIDIA H100 80GB HBM3 (simulated)",
+        util_gpu_pct=round(util, 2),
+        util_mem_pct=round(util * 0.55, 2),
+        mem_used_bytes=int(_MEM_TOTAL * mem_fraction),
+        mem_total_bytes=_MEM_TOTAL,
+        power_w=round(max(60.0, min(power, _POWER_LIMIT_W)), 1),
+        power_limit_w=_POWER_LIMIT_W,
+        temp_c=round(temp, 1),
+        sm_clock_mhz=sm_clock,
+        mem_clock_mhz=_MEM_CLOCK,
+        clock_event_reasons=reasons,
+        pcie_rx_bytes_s=float(int(util * 2.0e7)),
+        pcie_tx_bytes_s=float(int(util * 1.5e7)),
+        nvlink_rx_bytes=nvlink,
+        nvlink_tx_bytes=nvlink,
+        ecc_corrected=0,
+        ecc_uncorrected=0,
+        remapped_rows_correctable=0,
+        remapped_rows_uncorrectable=0,
+        remap_pending=False,
+        remap_failed=False,
+        xid_events=xids or [],
+        compute_procs=procs,
+    )

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from agents.collectors.simulated import h100_sample
 from schemas.records import GpuSample
 
 __all__ = [
@@ -37,10 +38,7 @@ REASON_HW_THERMAL: Final = 0x40
 
 SM_CLOCK_MAX_MHZ: Final = 1980
 _SM_CLOCK_IDLE = 345
-_MEM_CLOCK = 2619
-_MEM_TOTAL = 80 * 1024**3
 _POWER_LIMIT_W = 700.0
-_MODEL = "NVIDIA H100 80GB HBM3 (simulated)"
 
 #: What a GPU's rank is doing this tick. ``busy``: training steps; ``eval``: evaluation
 #: (moderate load); ``spin``: blocked in a collective whose peer is gone (NCCL kernels
@@ -104,29 +102,7 @@ class NodeGpus:
         if temp_target is not None:
             temp = temp_target + gauss(0.0, 0.8)
         self._nvlink[i] += int(util * 1.9e8) if activity in ("busy", "eval") else 0
-        return GpuSample(
-            index=i,
-            uuid=self._uuids[i],
-            model=_MODEL,
-            util_gpu_pct=round(util, 2),
-            util_mem_pct=round(util * 0.55, 2),
-            mem_used_bytes=int(_MEM_TOTAL * mem_fraction),
-            mem_total_bytes=_MEM_TOTAL,
-            power_w=round(max(60.0, min(power, _POWER_LIMIT_W)), 1),
-            power_limit_w=_POWER_LIMIT_W,
-            temp_c=round(temp, 1),
-            sm_clock_mhz=clock,
-            mem_clock_mhz=_MEM_CLOCK,
-            clock_event_reasons=reasons,
-            pcie_rx_bytes_s=float(int(util * 2.0e7)),
-            pcie_tx_bytes_s=float(int(util * 1.5e7)),
-            nvlink_rx_bytes=self._nvlink[i],
-            nvlink_tx_bytes=self._nvlink[i],
-            ecc_corrected=0,
-            ecc_uncorrected=0,
-            remapped_rows_correctable=0,
-            remapped_rows_uncorrectable=0,
-            remap_pending=False,
-            remap_failed=False,
-            compute_procs=procs,
+        return h100_sample(
+            i, self._uuids[i], util=util, power=power, temp=temp, sm_clock=clock,
+            reasons=reasons, mem_fraction=mem_fraction, nvlink=self._nvlink[i], procs=procs,
         )
