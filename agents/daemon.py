@@ -20,11 +20,21 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import msgspec
+
 from agents.collectors.base import GpuCollector
 from agents.config import AgentConfig
+from agents.reporter import CheckpointReport
 from agents.transport import Transport
 from schemas.codec import encode
-from schemas.records import AgentCounters, GpuSampleBatch, Heartbeat, StepBatch, StepRecord
+from schemas.records import (
+    AgentCounters,
+    CheckpointEvent,
+    GpuSampleBatch,
+    Heartbeat,
+    StepBatch,
+    StepRecord,
+)
 from trainguard import __version__
 
 __all__ = ["NodeAgent", "StepPoll"]
@@ -49,6 +59,7 @@ class NodeAgent:
         transport: Transport,
         *,
         step_sources: Sequence[StepPoll] = (),
+        checkpoint_sources: Sequence[Callable[[], list[CheckpointReport]]] = (),
         gauges: Callable[[], Mapping[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -56,6 +67,7 @@ class NodeAgent:
         self._collector = collector
         self._transport = transport
         self._step_sources = step_sources
+        self._checkpoint_sources = checkpoint_sources
         self._gauges = gauges
         self._clock = clock
         self._key = config.node.encode()
@@ -103,6 +115,7 @@ class NodeAgent:
             self._seq += 1
             self.batches_sent += 1
         self._send_steps(now, steps)
+        self._send_checkpoints()
         last = self._last_heartbeat
         if last is None or now - last >= self.config.heartbeat_interval_s:
             self.heartbeat(now)
@@ -130,6 +143,15 @@ class NodeAgent:
             self._transport.send(self.config.topics.steps, job_id.encode(), encode(message))
             self._step_seq += 1
             self.steps_sent += len(steps)
+
+    def _send_checkpoints(self) -> None:
+        for poll in self._checkpoint_sources:
+            for report in poll():
+                event = CheckpointEvent(cluster=self.config.cluster,
+                                        **msgspec.structs.asdict(report))
+                # On the steps topic, keyed by job: a job's loads meet its saves.
+                self._transport.send(self.config.topics.steps, report.job_id.encode(),
+                                     encode(event))
 
     def heartbeat(self, ts: float) -> Heartbeat:
         """Send the agent's liveness and counters."""

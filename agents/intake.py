@@ -33,7 +33,7 @@ from typing import Final
 
 import msgspec
 
-from agents.reporter import DATAGRAM_VERSION, StepDatagram
+from agents.reporter import DATAGRAM_VERSION, CheckpointReport, StepDatagram
 from schemas.codec import RecordDecoder, RecordError, RejectReason
 from schemas.records import SCHEMA_VERSION, StepRecord
 from trainguard.errors import CollectorError
@@ -91,6 +91,7 @@ class StepIntake:
         self._decoder: RecordDecoder[StepDatagram] = RecordDecoder(StepDatagram)
         self._lock = threading.Lock()
         self._queue: deque[StepRecord] = deque()
+        self._checkpoints: deque[CheckpointReport] = deque()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
@@ -101,6 +102,8 @@ class StepIntake:
         self._next_warn = 0.0
         self._suppressed = 0
         self.steps_received = 0
+        #: Checkpoint save/load reports received (queued with the steps' bound).
+        self.checkpoints_received = 0
         self.steps_malformed = 0
         self.malformed_by_reason: dict[str, int] = {}
         self.steps_dropped = 0
@@ -259,6 +262,11 @@ class StepIntake:
                     "unsupported_version",
                     f"datagram v {dg.v} is newer than this agent's {DATAGRAM_VERSION}",
                 )
+            if dg.checkpoint is not None:
+                self._checkpoint(dg.checkpoint)
+                return
+            if dg.step is None:
+                raise RecordError("invalid", "datagram carries neither a step nor a checkpoint")
             if dg.step.schema_version > SCHEMA_VERSION:
                 raise RecordError(
                     "unsupported_version",
@@ -286,6 +294,21 @@ class StepIntake:
                 self.steps_dropped += 1
             else:
                 self._queue.append(step)
+
+    def _checkpoint(self, report: CheckpointReport) -> None:
+        with self._lock:
+            self.checkpoints_received += 1
+            if len(self._checkpoints) >= self.max_queue:
+                self.steps_dropped += 1
+            else:
+                self._checkpoints.append(report)
+
+    def drain_checkpoints(self) -> list[CheckpointReport]:
+        """Take every checkpoint report queued since the last call."""
+        with self._lock:
+            out = list(self._checkpoints)
+            self._checkpoints.clear()
+        return out
 
     def _malformed(self, reason: RejectReason, message: str) -> None:
         with self._lock:

@@ -26,14 +26,16 @@ import time
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 import msgspec
 from msgspec import Meta
 
 from schemas.records import STEP_FLOAT_FIELDS, StepRecord
 
-__all__ = ["DATAGRAM_VERSION", "DEFAULT_SOCKET", "StepDatagram", "StepReporter"]
+__all__ = [
+    "CheckpointReport", "DATAGRAM_VERSION", "DEFAULT_SOCKET", "StepDatagram", "StepReporter",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -48,6 +50,22 @@ _FLOAT_FIELDS: Final = STEP_FLOAT_FIELDS
 _NO_NONFINITE: Final[list[str]] = []
 
 
+class CheckpointReport(msgspec.Struct, kw_only=True, frozen=True):
+    """A rank saved or loaded its checkpoint shard.
+
+    The agent adds the cluster and sends it on as a :class:`~schemas.records.CheckpointEvent`.
+    """
+
+    job_id: Annotated[str, Meta(min_length=1, max_length=256)]
+    rank: Annotated[int, Meta(ge=0, le=2**32 - 1)]
+    node: Annotated[str, Meta(min_length=1, max_length=256)]
+    step: Annotated[int, Meta(ge=0, le=2**63 - 1)]
+    ts: Annotated[float, Meta(ge=0)]
+    action: Literal["save", "load"]
+    checkpoint_id: Annotated[str, Meta(min_length=1, max_length=256)]
+    digest: Annotated[str, Meta(min_length=8, max_length=128, pattern="^[0-9a-fA-F]+$")]
+
+
 class StepDatagram(msgspec.Struct, kw_only=True, frozen=True):
     """The envelope around one :class:`StepRecord` on the reporter → agent socket."""
 
@@ -56,7 +74,9 @@ class StepDatagram(msgspec.Struct, kw_only=True, frozen=True):
     pid: Annotated[int, Meta(ge=0)]
     #: The reporter's cumulative count of datagrams it could not hand over.
     dropped: Annotated[int, Meta(ge=0)]
-    step: StepRecord
+    #: One step's record, or (``checkpoint``) one checkpoint shard saved or loaded.
+    step: StepRecord | None = None
+    checkpoint: CheckpointReport | None = None
     #: Fields whose value was NaN or ±inf; JSON cannot carry them, so they are ``None``
     #: in ``step`` and named here for the agent to count and flag.
     nonfinite: list[str] = []
@@ -217,6 +237,9 @@ class StepReporter:
             )
         except Exception as exc:  # a value msgspec cannot encode: the step must go on
             return self._drop("unencodable", exc)
+        return self._send(sock, data)
+
+    def _send(self, sock: socket.socket, data: bytes) -> bool:
         try:
             sock.send(data)
         except BlockingIOError as exc:
@@ -230,6 +253,33 @@ class StepReporter:
             return self._drop("agent_unreachable", exc)
         self.sent += 1
         return True
+
+    def checkpoint(
+        self, action: Literal["save", "load"], checkpoint_id: str, digest: str, *, step: int,
+        ts: float | None = None,
+    ) -> bool:
+        """Report that this rank saved or loaded its shard of a checkpoint, with its digest.
+
+        Call it after writing the shard (``"save"``) and after reading it back
+        (``"load"``), with a digest of the bytes (e.g. ``hashlib.sha256(...).hexdigest()``):
+        a shard whose digest at load differs from its digest at save was modified in
+        between. Never raises; ``False`` means dropped (and counted).
+        """
+        sock = self._sock if self._sock is not None else self._connect()
+        if sock is None:
+            self.dropped += 1
+            return False
+        try:
+            report = CheckpointReport(
+                job_id=self.job_id, rank=self.rank, node=self.node, step=step,
+                ts=time.time() if ts is None else ts, action=action,
+                checkpoint_id=checkpoint_id, digest=digest,
+            )
+            data = self._encoder.encode(
+                StepDatagram(pid=self._pid, dropped=self.dropped, checkpoint=report))
+        except Exception as exc:
+            return self._drop("unencodable", exc)
+        return self._send(sock, data)
 
     def close(self) -> None:
         """Close the socket; later reports are dropped (and counted)."""

@@ -18,6 +18,7 @@ from agents.collectors.base import GpuCollector
 from agents.collectors.process import ProcessStats
 from agents.config import AgentConfig
 from agents.daemon import NodeAgent, StepPoll
+from agents.reporter import CheckpointReport
 from agents.sender import SpoolSender
 from agents.spool import Spool
 from agents.transport import SpoolTransport
@@ -57,6 +58,7 @@ def run_agent(
     transport = SpoolTransport(spool, sender)
     intake = None
     sources: list[StepPoll] = []
+    checkpoint_sources: list[Callable[[], list[CheckpointReport]]] = []
     tails = []
     try:
         if config.steps_socket is not None:
@@ -66,6 +68,7 @@ def run_agent(
                                 poll_interval_s=0.02)
             intake.start()
             sources.append(intake.drain)
+            checkpoint_sources.append(intake.drain_checkpoints)
         for path in config.steps_files:
             tail = StepFileTail(path, node=config.node)
             tails.append(tail)
@@ -91,7 +94,8 @@ def run_agent(
                 "rss_bytes": stats.rss_bytes(),
             }
 
-        agent = NodeAgent(config, collector, transport, step_sources=sources, gauges=gauges)
+        agent = NodeAgent(config, collector, transport, step_sources=sources,
+                          checkpoint_sources=checkpoint_sources, gauges=gauges)
         log.info(
             "agent started node=%s backend=%s gpus=%d interval_s=%s spool=%s spooled=%d "
             "steps_socket=%s",

@@ -162,3 +162,19 @@ def test_a_node_running_one_job_keys_its_samples_by_that_job_until_it_is_long_go
                if t == "tg.gpu-samples.v1"]
     assert [(k, b.job_id) for k, b in samples] == [
         (b"llm-7", "llm-7"), (b"llm-7", "llm-7"), (b"node-a", None)]
+
+
+def test_checkpoint_reports_go_out_as_checkpoint_events_keyed_by_job():
+    from agents.reporter import CheckpointReport
+    from schemas.records import CheckpointEvent
+
+    transport = RecordingTransport()
+    report = CheckpointReport(job_id="llm-7", rank=3, node="node-a", step=100, ts=7.0,
+                              action="load", checkpoint_id="c/100", digest="0123abcd")
+    agent = NodeAgent(_config(), SimulatedGpus("node-a", 2), transport,
+                      checkpoint_sources=[lambda: [report]])
+    agent.tick(1_795_000_100.0)
+    (sent,) = [(k, v) for t, k, v in transport.sent if t == "tg.steps.v1"]
+    event = RecordDecoder(CheckpointEvent).decode(sent[1])
+    assert sent[0] == b"llm-7" and event.cluster == "c1" and event.action == "load"
+    assert (event.rank, event.digest, event.checkpoint_id) == (3, "0123abcd", "c/100")

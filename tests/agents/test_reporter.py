@@ -264,3 +264,32 @@ def test_a_datagram_too_large_to_send_is_dropped_alone(sock_path):
         assert reporter.report(1) is True  # still connected, no reconnect wait
         wait_for(lambda: intake.steps_received == 1)
         assert reporter.dropped == 1
+
+
+def test_a_checkpoint_report_reaches_the_intake_apart_from_steps(sock_path):
+    from agents.reporter import CheckpointReport
+
+    with (
+        StepIntake(sock_path) as intake,
+        StepReporter("job-1", rank=2, world_size=4, socket_path=str(sock_path),
+                     node="node-b") as reporter,
+    ):
+        assert reporter.checkpoint("save", "ckpt/step-100", "ab" * 32, step=100, ts=5.0)
+        # Validated by the agent, like steps: handed over, then counted as malformed there.
+        assert reporter.checkpoint("load", "ckpt/step-100", "not hex!", step=100)
+        wait_for(lambda: intake.checkpoints_received == 1 and intake.steps_malformed == 1)
+        assert intake.drain() == []
+        assert intake.drain_checkpoints() == [CheckpointReport(
+            job_id="job-1", rank=2, node="node-b", step=100, ts=5.0, action="save",
+            checkpoint_id="ckpt/step-100", digest="ab" * 32)]
+        assert intake.malformed_by_reason == {"invalid": 1}
+
+
+def test_a_datagram_with_neither_step_nor_checkpoint_is_counted_malformed(sock_path):
+    with StepIntake(sock_path) as intake:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.connect(str(sock_path))
+        s.send(b'{"v":1,"pid":1,"dropped":0}')
+        s.close()
+        wait_for(lambda: intake.steps_malformed == 1)
+        assert intake.malformed_by_reason == {"invalid": 1}
