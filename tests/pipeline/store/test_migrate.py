@@ -1,3 +1,5 @@
+import time
+
 import pytest
 
 from pipeline.store import migrate, row_counts, tables
@@ -64,3 +66,17 @@ def test_row_counts_deduplicate_replacing_tables_unless_raw(chdb_store):
     counts = row_counts(chdb_store)
     assert counts == {name: (1 if name == "steps" else 0) for name in ALL_TABLES}
     assert row_counts(chdb_store, final=False)["steps"] == 2
+
+
+def test_a_rerun_step_after_a_restart_keeps_both_rows_and_the_rollup_still_fires(chdb_store):
+    migrate(chdb_store)
+    now = time.time()  # recent: the rollups' TTL counts from event time
+    step = {"cluster": "c", "job_id": "j", "step": 7, "rank": 0, "world_size": 1, "node": "n",
+            "ts": now - 100, "loss": 2.5}
+    rerun = {**step, "ts": now, "loss": 2.4}  # the same step, after a restart
+    chdb_store.insert_rows("steps", [step, rerun, step])  # and a replayed duplicate
+    assert row_counts(chdb_store)["steps"] == 2
+    assert chdb_store.query("SELECT count() FROM {database}.steps_1m").scalar() >= 1
+    sql = ("SELECT sorting_key FROM system.tables WHERE database = '{database}' "
+           "AND name = 'steps'")
+    assert chdb_store.query(sql).scalar() == "job_id, step, rank, ts"
