@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 _TABLES = {
     "sample_batches": "node × tick",
     "gpu_samples": "GPU × tick",
-    "steps": "rank × step",
+    "steps": "rank × step; steps re-run after the restart count twice",
     "findings": "consistency finding",
 }
 
