@@ -2,7 +2,8 @@
 
 Topology: input topics → :class:`~pipeline.ingest.Ingestor` (decode/validate; rejects
 to the dead-letter topic) → :class:`~pipeline.baselines.BaselineStage` (anomalies to the
-anomalies topic) → :class:`~pipeline.sinks.store_sink.StoreSink`. Many records travel in
+anomalies topic) → :class:`~pipeline.consistency.ConsistencyStage` (findings to the
+findings topic) → :class:`~pipeline.sinks.store_sink.StoreSink`. Many records travel in
 one Faust event (a node's GPUs, a job's ranks) and a whole ``take_events`` batch is
 handled by a few numpy calls, so Faust's per-event cost is paid per message, not per
 sample. A batch's offsets are acknowledged only after its dead letters and anomalies are
