@@ -1,0 +1,16 @@
+"""Alerts stage: findings and anomalies in, page-worthy alert state changes out.
+
+The core (:class:`AlertLifecycle`) is plain Python in event time, free of Faust and
+Kafka, so it can be unit-tested and replayed; the worker glue feeds it.
+"""
+
+from pipeline.alerts.config import AlertConfig, Silence
+from pipeline.alerts.lifecycle import AlertLifecycle, anomaly_fingerprint, finding_fingerprint
+
+__all__ = [
+    "AlertConfig",
+    "AlertLifecycle",
+    "Silence",
+    "anomaly_fingerprint",
+    "finding_fingerprint",
+]

@@ -1,0 +1,102 @@
+"""The alert lifecycle's thresholds and silences: frozen objects, validated on construction.
+
+Every default says why next to it. Times are event time (Unix epoch seconds, UTC), as on
+the wire.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from trainguard.errors import ConfigError
+
+__all__ = ["AlertConfig", "Silence"]
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    """Every threshold of the alert lifecycle; validated on construction."""
+
+    #: An alert resolves when no finding or anomaly refreshed it for this long. Findings
+    #: of a persisting fault are re-emitted every ``repeat_s`` (60 s by default), so two
+    #: missed repeats are needed before an alert that is still true resolves.
+    resolve_after_s: float = 120.0
+    #: An alert that fires again within this window of its earlier firings...
+    flap_window_s: float = 600.0
+    #: ...more often than this is held firing (re-fires suppressed) instead of paging again:
+    #: three pages in ten minutes tell on-call everything a fourth would.
+    max_flaps: int = 3
+    #: At most this many new page-severity alerts per job per ``job_rate_window_s``; beyond
+    #: that they are created as tickets labelled ``rate_limited="true"``. A job failing in
+    #: many places at once is one incident; five pages already wake someone up.
+    job_rate_limit: int = 5
+    job_rate_window_s: float = 300.0
+    #: ``runbook_url`` is ``{runbook_base_url}/{check}``.
+    runbook_base_url: str = "https://trainguard.example/runbooks"
+    #: When set, alerts carry a Grafana link with job, node and time range filled in.
+    dashboard_base_url: str = ""
+    #: Alerts tracked at once (firing, or resolved within ``flap_window_s``); beyond it the
+    #: least recently active is forgotten and counted. Only a cluster failing everywhere
+    #: reaches it; the bound keeps a worker's memory finite then.
+    max_alerts: int = 100_000
+
+    def __post_init__(self) -> None:
+        """Reject values that would make the lifecycle misbehave, naming the field."""
+        for name in ("resolve_after_s", "job_rate_window_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name}={value!r}; expected a finite number of seconds > 0")
+        if not (math.isfinite(self.flap_window_s) and self.flap_window_s >= 0):
+            raise ConfigError(
+                f"flap_window_s={self.flap_window_s!r}; expected a finite number of seconds >= 0"
+            )
+        for name in ("max_flaps", "job_rate_limit", "max_alerts"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}={value!r}; expected an integer >= 1")
+        for name in ("runbook_base_url", "dashboard_base_url"):
+            url = getattr(self, name)
+            if url and not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{name}={url!r}; expected an http:// or https:// URL")
+        if not self.runbook_base_url:
+            raise ConfigError("runbook_base_url is empty; expected an http(s) URL")
+
+
+@dataclass(frozen=True)
+class Silence:
+    """Planned work: alerts of a job and/or node starting in ``[starts_at, ends_at)``.
+
+    ``None`` for ``job_id`` or ``node`` matches any; at least one must be set, so a
+    silence cannot quietly mute a whole cluster.
+    """
+
+    silence_id: str
+    job_id: str | None
+    node: str | None
+    starts_at: float
+    ends_at: float
+    reason: str
+    created_by: str
+
+    def __post_init__(self) -> None:
+        """Reject a silence that matches everything or no time at all."""
+        if not self.silence_id:
+            raise ConfigError("silence_id is empty; expected a name")
+        if self.job_id is None and self.node is None:
+            raise ConfigError(
+                f"silence {self.silence_id!r} names neither job_id nor node; expected one or both"
+            )
+        if not self.ends_at > self.starts_at:
+            raise ConfigError(
+                f"silence {self.silence_id!r}: ends_at={self.ends_at!r} is not after "
+                f"starts_at={self.starts_at!r}"
+            )
+
+    def matches(self, job_id: str | None, node: str | None, ts: float) -> bool:
+        """True if this silence covers an alert of ``job_id`` on ``node`` starting at ``ts``."""
+        if not self.starts_at <= ts < self.ends_at:
+            return False
+        if self.job_id is not None and self.job_id != job_id:
+            return False
+        return self.node is None or self.node == node

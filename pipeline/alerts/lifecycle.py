@@ -1,0 +1,382 @@
+"""The alert lifecycle: findings and anomalies in, alert state changes out, in event time.
+
+One alert per *fingerprint* (cluster, job or node, check or metric, blamed entity): the
+stable identity receivers such as Alertmanager and PagerDuty dedup on. Each firing
+*episode* has its own ``alert_id`` (fingerprint and start). Only transitions are emitted:
+firing (new), resolved (quiet for ``resolve_after_s``, ``ends_at`` set) and firing again
+after a resolve. Repeats of a persisting finding only refresh the alert's last-seen time.
+
+Noise control, in the order applied to a new episode:
+
+* flapping: an alert that already fired ``max_flaps`` times within ``flap_window_s``
+  fires again silently and is *held* firing until quiet for ``flap_window_s``; its
+  resolution, the next change emitted, carries ``flapping="true"``;
+* silences: planned work turns the episode into severity ``info`` with
+  ``silenced=<silence_id>``; it is still emitted so that the store keeps the record;
+* rate limit: beyond ``job_rate_limit`` new pages per job per ``job_rate_window_s`` an
+  episode is created as a ``ticket`` labelled ``rate_limited="true"``.
+
+Every time is taken from the records (event time), never from a clock, so a replay of
+the same input gives the same alerts with the same ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import quote
+
+from pipeline.alerts.config import AlertConfig, Silence
+from schemas.records import Alert, Anomaly, Finding
+
+__all__ = ["AlertLifecycle", "anomaly_fingerprint", "finding_fingerprint"]
+
+log = logging.getLogger(__name__)
+
+Severity = Literal["page", "ticket", "info"]
+Evidence = dict[str, float | str | None]
+
+#: An integrity finding blaming more than this share of a job's ranks is job-wide: still a
+#: page, but on-call should look at the job (shared input, config, storage), not a node.
+JOB_WIDE_FRACTION = 0.25
+#: ...and, when the finding does not say the world size, more than this many ranks.
+JOB_WIDE_RANKS = 8
+#: The dashboard link shows this much time before first-seen and after last-seen, so the
+#: healthy behaviour around the fault is on screen too.
+DASHBOARD_MARGIN_S = 300.0
+
+
+def _digest(*parts: str) -> str:
+    text = "|".join(parts)
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:20]
+
+
+def finding_fingerprint(finding: Finding) -> str:
+    """The stable alert identity of a finding: cluster, job (or nodes), check, culprits.
+
+    The first step is left out (unlike ``finding_id``), so the same fault found again in
+    a later episode groups under the same alert.
+    """
+    nodes = ",".join(sorted(set(finding.nodes)))
+    blamed = f"ranks={','.join(map(str, sorted(set(finding.ranks))))};nodes={nodes}"
+    if finding.gpu_index is not None:
+        blamed += f";gpu={finding.gpu_index}"
+    scope = finding.job_id if finding.job_id is not None else f"nodes={nodes}"
+    return _digest("finding", finding.cluster, scope, finding.check, blamed)
+
+
+def anomaly_fingerprint(anomaly: Anomaly) -> str:
+    """The stable alert identity of an anomaly: cluster, job (or node), metric, entity."""
+    scope = anomaly.job_id if anomaly.job_id is not None else f"node={anomaly.node or ''}"
+    return _digest("anomaly", anomaly.cluster, scope, anomaly.metric, anomaly.entity)
+
+
+@dataclass(frozen=True, slots=True)
+class _Observation:
+    """A finding or an anomaly, reduced to what an alert needs."""
+
+    fingerprint: str
+    cluster: str
+    check: str
+    severity: Severity
+    job_id: str | None
+    node: str | None
+    #: Every blamed node, for silences (a finding can blame several).
+    nodes: tuple[str, ...]
+    rank: int | None
+    gpu_index: int | None
+    summary: str
+    evidence: Evidence
+    labels: dict[str, str]
+    first_seen: float
+    #: Event time this observation shows the fault still present.
+    seen: float
+
+
+@dataclass(slots=True)
+class _State:
+    """One fingerprint's current episode (firing or resolved) and its firing history."""
+
+    obs: _Observation
+    alert_id: str
+    severity: Severity
+    labels: dict[str, str]
+    starts_at: float
+    last_seen: float
+    #: Starts of the latest firings, to tell flapping (at most ``max_flaps`` kept).
+    fires: deque[float]
+    status: Literal["firing", "resolved"] = "firing"
+    ends_at: float | None = None
+    #: A flap-suppressed episode: fired silently, held firing for ``flap_window_s``.
+    held: bool = False
+
+
+def _finding_severity(finding: Finding) -> Severity:
+    if finding.category == "integrity":
+        return "page"
+    if finding.category == "availability":
+        # A whole job stalling with no one to blame is usually the scheduler or the
+        # trainer stopping on purpose: worth a ticket, not a 3 a.m. page.
+        return "page" if finding.ranks or finding.nodes else "ticket"
+    if finding.category == "hardware":
+        return "ticket"
+    return "info"
+
+
+def _is_job_wide(finding: Finding) -> bool:
+    blamed = len(set(finding.ranks))
+    world = finding.evidence.get("world_size")
+    if isinstance(world, int | float) and world > 0:
+        return blamed > JOB_WIDE_FRACTION * world
+    return blamed > JOB_WIDE_RANKS
+
+
+def _from_finding(finding: Finding) -> _Observation:
+    seen = finding.last_seen if finding.last_seen is not None else finding.ts
+    severity = _finding_severity(finding)
+    labels = {"check": finding.check, "category": finding.category, "cluster": finding.cluster}
+    node = finding.nodes[0] if len(set(finding.nodes)) == 1 else None
+    if finding.job_id is not None:
+        labels["job_id"] = finding.job_id
+    if node is not None:
+        labels["node"] = node
+    if finding.category == "integrity" and _is_job_wide(finding):
+        labels["scope"] = "job-wide"
+    evidence: Evidence = dict(finding.evidence)
+    evidence.update(
+        observed=finding.observed, expected=finding.expected, score=finding.score,
+        finding_id=finding.finding_id, summary=finding.summary,
+        ranks=",".join(map(str, sorted(set(finding.ranks)))),
+        nodes=",".join(sorted(set(finding.nodes))),
+        step=float(finding.step) if finding.step is not None else None,
+    )
+    return _Observation(
+        fingerprint=finding_fingerprint(finding), cluster=finding.cluster, check=finding.check,
+        severity=severity, job_id=finding.job_id, node=node,
+        nodes=tuple(sorted(set(finding.nodes))),
+        rank=finding.ranks[0] if len(set(finding.ranks)) == 1 else None,
+        gpu_index=finding.gpu_index, summary=finding.summary, evidence=evidence, labels=labels,
+        first_seen=finding.first_seen, seen=seen,
+    )
+
+
+def _from_anomaly(anomaly: Anomaly) -> _Observation:
+    labels = {
+        "check": anomaly.metric, "category": "anomaly", "cluster": anomaly.cluster,
+        "pattern": anomaly.pattern, "entity_kind": anomaly.entity_kind,
+    }
+    if anomaly.job_id is not None:
+        labels["job_id"] = anomaly.job_id
+    if anomaly.node is not None:
+        labels["node"] = anomaly.node
+    pattern = anomaly.pattern.replace("_", " ")
+    summary = (
+        f"{anomaly.entity_kind} {anomaly.entity}: {anomaly.metric} {pattern}"
+        f" to {anomaly.value:.4g} against its baseline of {anomaly.baseline:.4g}"
+        f" (score {anomaly.score:.1f})."
+    )
+    evidence: Evidence = {
+        "observed": anomaly.value, "expected": anomaly.baseline, "score": anomaly.score,
+        "scale": anomaly.scale, "metric": anomaly.metric, "pattern": anomaly.pattern,
+        "entity": anomaly.entity, "detector": anomaly.detector,
+    }
+    return _Observation(
+        fingerprint=anomaly_fingerprint(anomaly), cluster=anomaly.cluster, check=anomaly.metric,
+        # Per-GPU and per-rank departures are context for on-call, not a reason to wake them.
+        severity="ticket", job_id=anomaly.job_id, node=anomaly.node,
+        nodes=(anomaly.node,) if anomaly.node is not None else (),
+        rank=anomaly.rank, gpu_index=anomaly.gpu_index, summary=summary, evidence=evidence,
+        labels=labels, first_seen=anomaly.first_seen, seen=anomaly.ts,
+    )
+
+
+class AlertLifecycle:
+    """Every alert's state, fed with findings and anomalies; returns the changes to publish.
+
+    Not thread-safe; one instance per worker partition, fed in event-time order (late
+    records are tolerated: they refresh, or are ignored when their episode is over).
+    """
+
+    def __init__(self, config: AlertConfig | None = None) -> None:
+        self.config = config if config is not None else AlertConfig()
+        self._alerts: dict[str, _State] = {}
+        self._silences: tuple[Silence, ...] = ()
+        #: Start times of recent new pages, per (cluster, job or node).
+        self._pages: dict[tuple[str, str], deque[float]] = {}
+        #: Alerts forgotten because ``max_alerts`` was reached (a counter for metrics).
+        self.evicted = 0
+
+    # -- input -----------------------------------------------------------------------------
+
+    def observe_findings(self, findings: Sequence[Finding]) -> list[Alert]:
+        """Take consistency findings; return the alert state changes to publish."""
+        out: list[Alert] = []
+        for finding in findings:
+            out.extend(self._observe(_from_finding(finding)))
+        return out
+
+    def observe_anomalies(self, anomalies: Sequence[Anomaly]) -> list[Alert]:
+        """Take baseline anomalies; return the alert state changes to publish."""
+        out: list[Alert] = []
+        for anomaly in anomalies:
+            out.extend(self._observe(_from_anomaly(anomaly)))
+        return out
+
+    def tick(self, now: float) -> list[Alert]:
+        """Advance event time to ``now``: resolve what went quiet, forget what is old."""
+        out: list[Alert] = []
+        for fp, state in list(self._alerts.items()):
+            if state.status == "firing" and now - state.last_seen >= self._hold(state):
+                out.append(self._resolve(state))
+            elif (
+                state.status == "resolved" and state.ends_at is not None
+                and now - state.ends_at >= self.config.flap_window_s
+            ):
+                # Past the flap window a resolved alert can no longer count as flapping;
+                # its fingerprint is a hash, so a later episode gets the same one anyway.
+                del self._alerts[fp]
+        window = self.config.job_rate_window_s
+        for key, starts in list(self._pages.items()):
+            while starts and now - starts[0] >= window:
+                starts.popleft()
+            if not starts:
+                del self._pages[key]
+        out.sort(key=lambda a: (a.ts, a.fingerprint))
+        return out
+
+    def set_silences(self, silences: Sequence[Silence]) -> None:
+        """Replace the active silences; they apply to episodes that start from now on."""
+        self._silences = tuple(silences)
+
+    def open_alerts(self) -> list[Alert]:
+        """The alerts firing now (held flapping ones included), oldest activity first."""
+        return [self._record(s) for s in self._alerts.values() if s.status == "firing"]
+
+    # -- transitions -----------------------------------------------------------------------
+
+    def _observe(self, obs: _Observation) -> list[Alert]:
+        out: list[Alert] = []
+        state = self._alerts.get(obs.fingerprint)
+        if state is not None:
+            if state.status == "firing":
+                if obs.seen - state.last_seen < self._hold(state):
+                    self._refresh(state, obs)
+                    return out
+                # It went quiet before this observation and no tick came in between:
+                # close that episode first so that the result does not depend on ticks.
+                out.append(self._resolve(state))
+            elif state.ends_at is not None and obs.seen < state.ends_at:
+                return out  # a late repeat from inside the episode that is already over
+        fired = self._fire(obs, state)
+        if fired is not None:
+            out.append(fired)
+        return out
+
+    def _refresh(self, state: _State, obs: _Observation) -> None:
+        if obs.seen >= state.last_seen:
+            state.last_seen = obs.seen
+            state.obs = obs  # the latest evidence; the episode's severity and labels stay
+        # Most recently active last, so that eviction takes the stalest alert.
+        self._alerts[obs.fingerprint] = self._alerts.pop(obs.fingerprint)
+
+    def _fire(self, obs: _Observation, previous: _State | None) -> Alert | None:
+        cfg = self.config
+        start = obs.seen
+        fires = previous.fires if previous is not None else deque(maxlen=cfg.max_flaps)
+        while fires and start - fires[0] >= cfg.flap_window_s:
+            fires.popleft()
+        held = len(fires) >= cfg.max_flaps
+        fires.append(start)
+        severity: Severity = obs.severity
+        labels = dict(obs.labels)
+        silence = self._silence_for(obs, start)
+        if held:
+            labels["flapping"] = "true"
+        if silence is not None:
+            severity = "info"
+            labels["silenced"] = silence.silence_id
+        elif severity == "page" and not held and self._over_rate(obs, start):
+            severity = "ticket"
+            labels["rate_limited"] = "true"
+        labels["severity"] = severity
+        state = _State(
+            obs=obs, alert_id=f"{obs.fingerprint}-{round(start * 1000)}", severity=severity,
+            labels=labels, starts_at=start, last_seen=start, fires=fires, held=held,
+        )
+        self._alerts.pop(obs.fingerprint, None)
+        self._alerts[obs.fingerprint] = state
+        while len(self._alerts) > cfg.max_alerts:
+            self._evict_oldest()
+        return None if held else self._record(state)
+
+    def _resolve(self, state: _State) -> Alert:
+        state.status = "resolved"
+        # From the data, not from when the tick came: a replay gives the same ``ends_at``.
+        state.ends_at = state.last_seen + self._hold(state)
+        return self._record(state)
+
+    def _hold(self, state: _State) -> float:
+        cfg = self.config
+        return max(cfg.resolve_after_s, cfg.flap_window_s) if state.held else cfg.resolve_after_s
+
+    def _silence_for(self, obs: _Observation, ts: float) -> Silence | None:
+        nodes: tuple[str | None, ...] = obs.nodes or (None,)
+        for silence in self._silences:
+            if any(silence.matches(obs.job_id, node, ts) for node in nodes):
+                return silence
+        return None
+
+    def _over_rate(self, obs: _Observation, start: float) -> bool:
+        key = (obs.cluster, obs.job_id if obs.job_id is not None else f"node={obs.node}")
+        starts = self._pages.setdefault(key, deque())
+        while starts and start - starts[0] >= self.config.job_rate_window_s:
+            starts.popleft()
+        if len(starts) >= self.config.job_rate_limit:
+            return True
+        starts.append(start)
+        return False
+
+    def _evict_oldest(self) -> None:
+        fp = next(iter(self._alerts))
+        state = self._alerts.pop(fp)
+        self.evicted += 1
+        log.warning(
+            "alert evicted: max_alerts=%d reached fingerprint=%s status=%s evicted=%d",
+            self.config.max_alerts, fp, state.status, self.evicted,
+        )
+
+    # -- records ---------------------------------------------------------------------------
+
+    def _record(self, state: _State) -> Alert:
+        obs = state.obs
+        evidence = dict(obs.evidence)
+        evidence.update(first_seen=obs.first_seen, last_seen=state.last_seen)
+        resolved = state.status == "resolved"
+        return Alert(
+            alert_id=state.alert_id, fingerprint=obs.fingerprint, status=state.status,
+            severity=state.severity, check=obs.check, summary=obs.summary, cluster=obs.cluster,
+            ts=state.ends_at if resolved and state.ends_at is not None else state.starts_at,
+            starts_at=state.starts_at, ends_at=state.ends_at if resolved else None,
+            job_id=obs.job_id, node=obs.node, rank=obs.rank, gpu_index=obs.gpu_index,
+            evidence=evidence, labels=dict(state.labels),
+            runbook_url=f"{self.config.runbook_base_url.rstrip('/')}/{quote(obs.check)}",
+            dashboard_url=self._dashboard_url(obs, state),
+        )
+
+    def _dashboard_url(self, obs: _Observation, state: _State) -> str | None:
+        base = self.config.dashboard_base_url.rstrip("/")
+        if not base:
+            return None
+        first = min(obs.first_seen, state.starts_at) - DASHBOARD_MARGIN_S
+        last = (state.ends_at or state.last_seen) + DASHBOARD_MARGIN_S
+        # "$__all" is Grafana's own "every value" for a variable the alert cannot pin down.
+        job = quote(obs.job_id, safe="") if obs.job_id is not None else "$__all"
+        node = quote(obs.node, safe="") if obs.node is not None else "$__all"
+        return (
+            f"{base}/d/trainguard-job?var-job={job}&var-node={node}"
+            f"&from={round(first * 1000)}&to={round(last * 1000)}"
+        )

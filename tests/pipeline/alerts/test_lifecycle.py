@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pipeline.alerts import AlertConfig, AlertLifecycle, Silence
+from schemas.codec import RecordDecoder, encode
+from schemas.records import Alert, Anomaly, Finding
+from trainguard.errors import ConfigError
+
+T0 = 1_700_000_000.0
+
+
+def finding(t: float = T0, **kw: Any) -> Finding:
+    fields: dict[str, Any] = dict(
+        finding_id="f-1", cluster="c1", job_id="job-1", check="param_divergence",
+        category="integrity", first_seen=t, ts=t, last_seen=t, step=100, ranks=[6],
+        nodes=["node-00"], observed="94ebc174", expected="e4c24a2f", score=1.0,
+        summary="rank 6 on node-00: param checksum differs from its 31 replicas'.",
+        evidence={"replicas": 31.0}, check_version="1",
+    )
+    fields.update(kw)
+    return Finding(**fields)
+
+
+def anomaly(t: float = T0, **kw: Any) -> Anomaly:
+    fields: dict[str, Any] = dict(
+        cluster="c1", entity_kind="gpu", entity="node-03/2", node="node-03", gpu_index=2,
+        job_id="job-1", metric="util_gpu_pct", pattern="level_shift", first_seen=t - 5, ts=t,
+        value=12.0, baseline=97.0, scale=1.5, score=-56.0, window=300,
+        detector="cusum", detector_version="1",
+    )
+    fields.update(kw)
+    return Anomaly(**fields)
+
+
+def test_new_integrity_finding_fires_one_page() -> None:
+    out = AlertLifecycle().observe_findings([finding()])
+    assert len(out) == 1
+    alert = out[0]
+    assert (alert.status, alert.severity, alert.ts, alert.starts_at) == ("firing", "page", T0, T0)
+    assert alert.labels["check"] == "param_divergence"
+    assert alert.labels["job_id"] == "job-1" and alert.labels["node"] == "node-00"
+    assert alert.labels["severity"] == "page" and alert.rank == 6
+    assert alert.evidence["finding_id"] == "f-1" and alert.evidence["observed"] == "94ebc174"
+    assert alert.runbook_url == "https://trainguard.example/runbooks/param_divergence"
+    assert alert.dashboard_url is None
+
+
+def test_repeats_of_a_finding_refresh_without_new_emission() -> None:
+    lc = AlertLifecycle()
+    lc.observe_findings([finding()])
+    assert lc.observe_findings([finding(ts=T0, last_seen=T0 + 60)]) == []
+    assert lc.observe_findings([finding(finding_id="f-2", last_seen=T0 + 100)]) == []
+    assert lc.tick(T0 + 200) == []  # last seen at +100: not quiet for 120 s yet
+    [open_alert] = lc.open_alerts()
+    assert open_alert.evidence["last_seen"] == T0 + 100
+
+
+def test_quiet_alert_resolves_once_with_ends_at() -> None:
+    lc = AlertLifecycle()
+    [fired] = lc.observe_findings([finding()])
+    lc.observe_findings([finding(last_seen=T0 + 30)])
+    assert lc.tick(T0 + 149) == []
+    [resolved] = lc.tick(T0 + 151)
+    assert resolved.status == "resolved" and resolved.alert_id == fired.alert_id
+    assert resolved.ends_at == resolved.ts == T0 + 30 + 120
+    assert lc.tick(T0 + 500) == [] and lc.open_alerts() == []
+
+
+def test_resolution_does_not_depend_on_ticks() -> None:
+    lc = AlertLifecycle()
+    lc.observe_findings([finding()])
+    out = lc.observe_findings([finding(last_seen=T0 + 400)])  # no tick in between
+    assert [a.status for a in out] == ["resolved", "firing"]
+    assert out[0].ends_at == T0 + 120 and out[1].starts_at == T0 + 400
+
+
+def test_flapping_finding_pages_at_most_max_flaps_times() -> None:
+    cfg = AlertConfig()
+    lc = AlertLifecycle(cfg)
+    out: list[Alert] = []
+    for i in range(5):  # fire, go quiet, resolve: five times in about ten minutes
+        t = T0 + i * 130
+        out += lc.observe_findings([finding(t)])
+        out += lc.tick(t + 121)
+    pages = [a for a in out if a.status == "firing"]
+    assert len(pages) == cfg.max_flaps
+    assert all("flapping" not in a.labels for a in out)
+    # Held firing while it flaps; its resolution, the next change emitted, says so.
+    assert len(lc.open_alerts()) == 1
+    [final] = lc.tick(T0 + 4 * 130 + cfg.flap_window_s)
+    assert final.status == "resolved" and final.labels["flapping"] == "true"
+
+
+def test_job_rate_limit_turns_sixth_page_into_ticket() -> None:
+    lc = AlertLifecycle()
+    out: list[Alert] = []
+    for r in range(6):
+        out += lc.observe_findings(
+            [finding(T0 + r, finding_id=f"f-{r}", ranks=[r], nodes=[f"node-{r}"])]
+        )
+    assert [a.severity for a in out] == ["page"] * 5 + ["ticket"]
+    assert out[-1].labels["rate_limited"] == "true"
+    assert all("rate_limited" not in a.labels for a in out[:5])
+    # Another job has its own budget, and the window moves on.
+    [other] = lc.observe_findings([finding(T0 + 10, job_id="job-2")])
+    assert other.severity == "page"
+    lc.tick(T0 + 400)
+    [later] = lc.observe_findings([finding(T0 + 400, ranks=[7], nodes=["node-7"])])
+    assert later.severity == "page"
+
+
+def test_silence_for_the_job_turns_alert_into_info() -> None:
+    lc = AlertLifecycle()
+    lc.set_silences([Silence("s-42", "job-1", None, T0 - 60, T0 + 3600, "rebalance", "sre")])
+    [alert] = lc.observe_findings([finding()])
+    assert alert.severity == "info" and alert.labels["silenced"] == "s-42"
+    [resolved] = lc.tick(T0 + 200)  # still recorded through its lifecycle
+    assert resolved.labels["silenced"] == "s-42"
+
+
+def test_silence_matches_job_node_and_time() -> None:
+    s = Silence("s-1", None, "node-00", T0, T0 + 10, "reboot", "sre")
+    assert s.matches("any-job", "node-00", T0)
+    assert not s.matches("any-job", "node-01", T0)
+    assert not s.matches("any-job", "node-00", T0 + 10)
+    with pytest.raises(ConfigError, match="neither job_id nor node"):
+        Silence("s-2", None, None, T0, T0 + 10, "x", "sre")
+
+
+def test_hardware_finding_is_a_ticket() -> None:
+    [alert] = AlertLifecycle().observe_findings([finding(category="hardware", check="xid")])
+    assert alert.severity == "ticket" and alert.labels["category"] == "hardware"
+
+
+def test_availability_without_culprits_is_a_ticket_with_them_a_page() -> None:
+    lc = AlertLifecycle()
+    [job] = lc.observe_findings([finding(category="availability", ranks=[], nodes=[])])
+    [rank] = lc.observe_findings([finding(category="availability", check="stall")])
+    assert (job.severity, rank.severity) == ("ticket", "page")
+
+
+def test_anomaly_is_a_ticket() -> None:
+    lc = AlertLifecycle()
+    [alert] = lc.observe_anomalies([anomaly()])
+    assert alert.severity == "ticket" and alert.check == "util_gpu_pct"
+    assert alert.node == "node-03" and alert.gpu_index == 2
+    assert alert.evidence["observed"] == 12.0 and alert.evidence["expected"] == 97.0
+    assert lc.observe_anomalies([anomaly(T0 + 30)]) == []
+
+
+def test_integrity_finding_blaming_many_ranks_is_job_wide() -> None:
+    lc = AlertLifecycle()
+    [wide] = lc.observe_findings([finding(ranks=list(range(10)), evidence={"world_size": 32.0})])
+    [narrow] = lc.observe_findings([finding(ranks=list(range(8)), check="loss_divergence")])
+    assert wide.severity == "page" and wide.labels["scope"] == "job-wide"
+    assert "scope" not in narrow.labels
+
+
+def test_fingerprint_stable_across_episodes_alert_id_differs() -> None:
+    lc = AlertLifecycle()
+    [first] = lc.observe_findings([finding()])
+    lc.tick(T0 + 200)
+    [second] = lc.observe_findings([finding(T0 + 300, finding_id="f-later", step=900)])
+    assert first.fingerprint == second.fingerprint
+    assert first.alert_id != second.alert_id
+
+
+def test_dashboard_link_covers_first_and_last_seen() -> None:
+    lc = AlertLifecycle(AlertConfig(dashboard_base_url="https://grafana.example/"))
+    [alert] = lc.observe_findings([finding()])
+    assert alert.dashboard_url == (
+        "https://grafana.example/d/trainguard-job?var-job=job-1&var-node=node-00"
+        f"&from={round((T0 - 300) * 1000)}&to={round((T0 + 300) * 1000)}"
+    )
+
+
+def test_open_alerts_are_bounded_and_evictions_counted() -> None:
+    lc = AlertLifecycle(AlertConfig(max_alerts=3))
+    for r in range(5):
+        lc.observe_findings([finding(T0, category="hardware", ranks=[r], nodes=[])])
+    assert len(lc.open_alerts()) == 3 and lc.evicted == 2
+
+
+def test_resolved_alerts_are_forgotten_after_flap_window() -> None:
+    lc = AlertLifecycle()
+    lc.observe_findings([finding()])
+    lc.tick(T0 + 120)
+    assert lc._alerts
+    lc.tick(T0 + 120 + 600)
+    assert not lc._alerts
+
+
+def test_emitted_alerts_survive_the_wire_round_trip() -> None:
+    lc = AlertLifecycle(AlertConfig(dashboard_base_url="https://grafana.example"))
+    out = lc.observe_findings([finding(), finding(category="hardware", ranks=[], nodes=[])])
+    out += lc.observe_anomalies([anomaly()])
+    out += lc.tick(T0 + 1000)
+    assert len(out) == 6
+    decoder = RecordDecoder(Alert)
+    for alert in out:
+        assert decoder.decode(encode(alert)) == alert
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("resolve_after_s", 0.0), ("max_flaps", 0), ("job_rate_limit", -1),
+     ("flap_window_s", float("nan")), ("dashboard_base_url", "grafana")],
+)
+def test_bad_config_is_rejected_naming_the_field(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=field):
+        AlertConfig(**{field: value})  # type: ignore[arg-type]
