@@ -21,9 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.sim import DEFAULT_SCENARIO
+from agents.sim import DEFAULT_SCENARIO, JobSimulator, Scenario
 from agents.transport import KafkaTransport
 from pipeline.store import Store, StoreUrl
+from schemas.codec import encode
+from schemas.topics import Topics
 from trainguard.broker import LocalBroker, free_port, port_free
 from trainguard.errors import ConfigError, TrainguardError
 from trainguard.local_pipeline import check_alive, start_worker, stop_worker, wait_for_store
@@ -80,8 +82,7 @@ class DemoOptions:
 def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
     """Run the demo; 0 when every batch was stored and an injected sabotage was named."""
     from agents.config import KafkaProducerSettings
-    from agents.sim import JobSimulator, JobSpec, make_scenario
-    from schemas.topics import Topics
+    from agents.sim import JobSpec, make_scenario
     from trainguard.commands._common import store_url
     from trainguard.kafka_admin import ensure_topics
 
@@ -156,15 +157,10 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
             out("[demo] local Kafka stopped")
 
 
-def _produce(sim: object, transport: KafkaTransport, topics: object, opts: DemoOptions,
+def _produce(sim: JobSimulator, transport: KafkaTransport, topics: Topics, opts: DemoOptions,
              store: Store, cluster: str, worker: subprocess.Popen[bytes], log_path: Path,
              out: Callable[[str], None]) -> int:
     """Tick the job at ``opts.speed`` ticks per second; return sample batches sent."""
-    from agents.sim import JobSimulator
-    from schemas.codec import encode
-    from schemas.topics import Topics
-
-    assert isinstance(sim, JobSimulator) and isinstance(topics, Topics)
     names = {"samples": topics.samples, "steps": topics.steps}
     batches = 0
     started = time.monotonic()
@@ -183,17 +179,15 @@ def _produce(sim: object, transport: KafkaTransport, topics: object, opts: DemoO
     return batches
 
 
-def _report_findings(store: Store, cluster: str, scenario: object,
+def _report_findings(store: Store, cluster: str, scenario: Scenario | None,
                      out: Callable[[str], None]) -> bool:
     """Print the findings; True when the scenario's expected check named its culprits."""
-    from agents.sim import Scenario
-
     rows = store.query(
         "SELECT check, category, ranks, nodes, summary FROM {database}.findings FINAL "
         f"WHERE cluster = '{cluster}' ORDER BY first_seen").dicts()
     for r in rows:
         out(f"[demo] FINDING {r['check']} ({r['category']}): {r['summary']}")
-    if not isinstance(scenario, Scenario):
+    if scenario is None:
         out(f"[demo] clean run: {len(rows)} findings")
         return True
     exp = scenario.expected()
