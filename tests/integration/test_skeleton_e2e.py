@@ -135,5 +135,7 @@ def test_a_busy_worker_stops_promptly_on_sigterm_and_a_restart_stores_the_rest(
     worker_process.start()
     expected = nodes * ticks
     assert worker_process.wait_for(BATCHES, expected, timeout=180) == expected, worker_process.log()
-    steps = worker_process.scalar("SELECT count() FROM {database}.steps FINAL")
-    assert steps == expected * load.gpus
+    # A batch's step lines are inserted just after its sample lines: wait for them too.
+    steps_sql = "SELECT count() FROM {database}.steps FINAL"
+    assert worker_process.wait_for(steps_sql, expected * load.gpus, timeout=60) == (
+        expected * load.gpus), worker_process.log()
