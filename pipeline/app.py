@@ -94,6 +94,10 @@ def build_app(
         await asyncio.gather(*sent)
         rows["findings"] = rows.get("findings", []) + [r for f in found for _, r in rows_for(f)]
         for f in found:
+            if f.cleared_at is not None:
+                log.info("finding cleared check=%s job=%s ranks=%s nodes=%s finding_id=%s",
+                         f.check, f.job_id, f.ranks, f.nodes, f.finding_id)
+                continue
             log.warning("finding check=%s category=%s job=%s ranks=%s nodes=%s summary=%s",
                         f.check, f.category, f.job_id, f.ranks, f.nodes, f.summary)
     state = app.topic(config.topics.baseline_state, partitions=1, **raw)

@@ -352,6 +352,9 @@ class Finding(_Base, tag="finding", frozen=True, kw_only=True):
     step: NonNegInt | None = None
     #: Event time of the latest evaluation that still failed (a repeat moves it on).
     last_seen: EpochSeconds | None = None
+    #: Set on the notice that the fault cleared (its culprits passed ``clear_steps``
+    #: evaluations in a row): the same ``finding_id``, emitted once, at this event time.
+    cleared_at: EpochSeconds | None = None
     #: The blamed ranks and nodes (empty when the whole job is affected).
     ranks: list[UInt32] = []
     nodes: list[str] = []

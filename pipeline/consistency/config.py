@@ -121,6 +121,15 @@ class ConsistencyConfig:
     #: Peers' samples count for a node's verdict when within this much event time of it
     #: (agents tick every second; 5 s forgives jitter and a missed tick).
     fresh_s: float = 5.0
+    #: A GPU whose training process exited (no compute process left) or that fell off the
+    #: bus is judged on its first such sample, not after ``idle_k``: a dataloader stall
+    #: keeps its process, so nothing benign looks like this. It is judged against its
+    #: peers' samples of the same tick (agents sample on wall-clock second boundaries), so
+    #: a whole job stopping shows as everyone released, not as one node ahead of the
+    #: rest. Peers' samples within ``exit_align_s`` of it count as the same tick...
+    exit_align_s: float = 0.5
+    #: ...and it waits at most this much of the job's event time for half of them.
+    exit_wait_s: float = 2.0
     #: gpu_throttled: thermal / HW slowdown bits on ``throttle_k`` samples in a row.
     throttle_k: int = 5
     #: Checkpoint saves remembered per job (the loads of the last few matter).
@@ -132,6 +141,7 @@ class ConsistencyConfig:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name} must be a finite number, got {value}")
         _positive(self, "wait_s", "job_idle_s", "stall_s", "fresh_s", "hw_recent_s",
+                  "exit_align_s", "exit_wait_s",
                   "grad_z", "loss_z", "loss_z_clip", "straggler_ratio")
         _at_least(self, 1, "max_open_steps", "max_jobs", "clear_steps", "max_open_findings",
                   "grad_k", "grad_n", "loss_span", "scale_span", "loss_min_steps", "straggler_k",

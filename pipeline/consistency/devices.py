@@ -9,6 +9,9 @@ and nothing fires.
   median is above ``busy_pct``, for ``idle_k`` samples in a row (or a single GPU so far
   below while its node is not). ``hardware`` when the node recently reported a lost GPU
   or an XID, else ``availability``.
+  A GPU whose training process exited or that fell off the bus is judged on its first
+  such sample instead, against its peers' samples of the same tick (see
+  :class:`_Released`): the fast path that pages a killed rank within a second.
 * ``gpu_throttled``: a GPU whose clock-event reasons carry thermal or HW slowdown bits for
   ``throttle_k`` samples in a row.
 
@@ -50,6 +53,25 @@ class _Node:
     #: Last event time a GPU showed slowdown bits, and a lost GPU or an XID.
     slow_ts: float = -math.inf
     fault_ts: float = -math.inf
+    #: GPUs seen running a compute process of the job: only those can be "released".
+    used: set[int] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Released:
+    """GPUs of one node sample whose process exited or that fell off the bus.
+
+    Held until half of the job's other nodes reported a sample of the same tick: if their
+    median is still busy, this node is the odd one out (a killed rank, a lost GPU); if
+    they went idle too, the whole job stopped (a restart, the end) and nothing fires.
+    """
+
+    node: str
+    ts: float
+    #: GPU index → why it counts as released, in words.
+    gpus: dict[int, str]
+    #: Every GPU of the node sampled is released: blame the node, not each GPU.
+    whole_node: bool
 
 
 class DeviceWatch:
@@ -59,6 +81,7 @@ class DeviceWatch:
         self.config = config
         self.nodes: dict[str, _Node] = {}
         self._median: tuple[float, float] = (-math.inf, math.nan)  # (computed at, value)
+        self._released: list[_Released] = []
 
     def slowed(self, node: str, now: float) -> bool:
         """The node's GPUs reported thermal or HW slowdown within ``hw_recent_s`` of ``now``."""
@@ -69,13 +92,27 @@ class DeviceWatch:
         self, batch: GpuSampleBatch, ranks_on: Callable[[str, int | None], tuple[int, ...]]
     ) -> tuple[list[Fault], list[Fault], set[Entity] | None, set[Entity]]:
         """Idle and throttle faults of one batch, and the entities each evaluation covered."""
+        idle, throttled, scope, throttle_scope = self._observe(batch, ranks_on)
+        # This batch may be the peer sample a held release was waiting for.
+        idle += self._judge_released(batch.ts, ranks_on)
+        return idle, throttled, scope, throttle_scope
+
+    def _observe(
+        self, batch: GpuSampleBatch, ranks_on: Callable[[str, int | None], tuple[int, ...]]
+    ) -> tuple[list[Fault], list[Fault], set[Entity] | None, set[Entity]]:
         c = self.config
         node, ts = batch.node, batch.ts
         st = self.nodes.setdefault(node, _Node())
         utils: dict[int, float] = {}
         throttled: list[Fault] = []
+        released: dict[int, str] = {}
         for gpu in batch.gpus:
             i = gpu.index
+            if gpu.compute_procs:
+                st.used.add(i)
+            elif i in st.used and (gpu.lost or gpu.compute_procs == 0):
+                released[i] = ("fell off the bus (NVML: GPU is lost)" if gpu.lost
+                               else "its training process exited (no compute process left)")
             if gpu.lost or gpu.xid_events:
                 st.fault_ts = max(st.fault_ts, ts)
             if gpu.lost:
@@ -108,6 +145,9 @@ class DeviceWatch:
         mean = sum(utils.values()) / len(utils)
         if ts >= st.ts:
             st.util, st.ts = mean, ts
+        if released and not self._already_low(st, released):
+            self._released.append(_Released(node, ts, released,
+                                            whole_node=len(released) == len(utils) > 1))
         reference = self._reference(node, ts)
         if math.isnan(reference) and len(utils) >= c.min_peers:
             reference = statistics.median(utils.values())  # a lone node: its own GPUs
@@ -134,6 +174,45 @@ class DeviceWatch:
         scope: set[Entity] = {node} | throttle_scope
         return idle, throttled, scope, throttle_scope
 
+    def _already_low(self, st: _Node, released: dict[int, str]) -> bool:
+        """The node (or these GPUs) already count as idle: the usual path has them."""
+        k = self.config.idle_k
+        return st.node_low >= k or all(st.gpu_low.get(i, 0) >= k for i in released)
+
+    def _judge_released(
+        self, now: float, ranks_on: Callable[[str, int | None], tuple[int, ...]]
+    ) -> list[Fault]:
+        """Decide the held releases whose peers' same-tick samples are in (or that waited)."""
+        c = self.config
+        out: list[Fault] = []
+        keep: list[_Released] = []
+        for rel in self._released:
+            others = [(n, o) for n, o in self.nodes.items()
+                      if n != rel.node and abs(o.ts - rel.ts) <= c.fresh_s]
+            same_tick = [o.util for _, o in others
+                         if o.ts >= rel.ts - c.exit_align_s and not math.isnan(o.util)]
+            if not others or len(same_tick) * 2 < len(others):
+                if now - rel.ts < c.exit_wait_s:
+                    keep.append(rel)  # wait for more peers; past the wait, idle_k decides
+                continue
+            reference = statistics.median(same_tick)
+            if reference <= c.busy_pct:
+                continue  # the peers stopped too: a job-wide stop, nobody to blame
+            st = self.nodes[rel.node]
+            hardware = rel.ts - st.fault_ts <= c.hw_recent_s
+            if rel.whole_node:
+                st.node_low = max(st.node_low, c.idle_k)
+                why = "; ".join(sorted(set(rel.gpus.values())))
+                out.append(self._idle(rel.node, None, 0.0, reference, 1, rel.ts, hardware,
+                                      ranks_on(rel.node, None), why))
+                continue
+            for i, why in sorted(rel.gpus.items()):
+                st.gpu_low[i] = max(st.gpu_low.get(i, 0), c.idle_k)
+                out.append(self._idle(rel.node, i, 0.0, reference, 1, rel.ts, hardware,
+                                      ranks_on(rel.node, i), why))
+        self._released = keep
+        return out
+
     def _reference(self, node: str, ts: float) -> float:
         """Median utilization of the job's other nodes sampled within ``fresh_s`` of ``ts``."""
         fresh = self.config.fresh_s
@@ -152,19 +231,22 @@ class DeviceWatch:
 
     def _idle(
         self, node: str, gpu: int | None, util: float, reference: float, run: int, ts: float,
-        hardware: bool, ranks: tuple[int, ...],
+        hardware: bool, ranks: tuple[int, ...], released: str = "",
     ) -> Fault:
         what = f"GPU {gpu} of {node}" if gpu is not None else f"{node}"
         cause = "; it recently reported a lost GPU or an XID error" if hardware else ""
+        seen = (f"{released}" if released
+                else f"utilization {util:.0f}% for {run} samples in a row")
         return Fault(
             check="node_idle", category="hardware" if hardware else "availability",
             entities=((node, gpu),) if gpu is not None else (node,),
-            summary=(f"{what}{_ranks(ranks)}: utilization {util:.0f}% for {run} samples in a "
-                     f"row while its peers' median is {reference:.0f}%{cause}"),
+            summary=(f"{what}{_ranks(ranks)}: {seen} while its peers' median utilization is "
+                     f"{reference:.0f}%{cause}"),
             first_seen=ts, ts=ts, ranks=ranks, nodes=(node,), gpu_index=gpu,
             observed=util, expected=reference, score=(reference - util) / max(reference, 1.0),
             evidence={"util_pct": util, "peer_median_pct": reference, "samples": run,
-                      "idle_pct": self.config.idle_pct, "busy_pct": self.config.busy_pct},
+                      "idle_pct": self.config.idle_pct, "busy_pct": self.config.busy_pct,
+                      "released": released or None},
         )
 
 

@@ -104,12 +104,16 @@ class FindingTracker:
         return [o.finding for o in self._open.values()]
 
     def update(
-        self, check: str, faults: list[Fault], scope: Container[Entity] | None
+        self, check: str, faults: list[Fault], scope: Container[Entity] | None,
+        now: float | None = None,
     ) -> list[Finding]:
         """Take one evaluation of ``check``; return the findings to emit.
 
         ``scope`` holds the entities this evaluation covered: a blamed entity in scope and
         in none of ``faults`` counts one step towards clearing. ``None``: nothing clears.
+        ``now`` is the evaluation's event time: when a finding's last culprit clears, a
+        notice with ``cleared_at`` set is emitted too (with ``None``, none is), so alerts
+        resolve when the fault clears rather than after a quiet period.
         """
         blamed = self._blamed.setdefault(check, {})
         out: list[Finding] = []
@@ -129,7 +133,9 @@ class FindingTracker:
                 state = blamed[entity]
                 state.clear += 1
                 if state.clear >= self.clear_steps:
-                    self._release(blamed, entity)
+                    closed = self._release(blamed, entity)
+                    if closed is not None and now is not None:
+                        out.append(replace(closed.finding, cleared_at=max(now, closed.last_emit)))
         return out
 
     def _open_finding(self, blamed: dict[Entity, _Blamed], fault: Fault) -> Finding:
@@ -169,13 +175,16 @@ class FindingTracker:
             summary=fault.summary if same else current.finding.summary)
         return current.finding
 
-    def _release(self, blamed: dict[Entity, _Blamed], entity: Entity) -> None:
+    def _release(self, blamed: dict[Entity, _Blamed], entity: Entity) -> _Open | None:
+        """Stop blaming ``entity``; return its finding if that closed it (no culprit left)."""
         state = blamed.pop(entity)
         current = self._open.get(state.finding_id)
         if current is not None:
             current.refs -= 1
             if current.refs <= 0:
                 del self._open[state.finding_id]
+                return current
+        return None
 
     def _evict_oldest(self) -> None:
         fid = next(iter(self._open))

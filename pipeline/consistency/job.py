@@ -99,8 +99,8 @@ class JobState:
         self._samples_seen = True
         idle, throttled, idle_scope, throttle_scope = self.devices.observe(
             batch, self.asm.ranks_on)
-        out = self.tracker.update("node_idle", idle, idle_scope)
-        out += self.tracker.update("gpu_throttled", throttled, throttle_scope)
+        out = self.tracker.update("node_idle", idle, idle_scope, batch.ts)
+        out += self.tracker.update("gpu_throttled", throttled, throttle_scope, batch.ts)
         return out
 
     def finish(self, now: float) -> list[Finding]:
@@ -135,23 +135,25 @@ class JobState:
         self.steps_closed += 1
         if cs.last_ts >= self.last_step_ts:
             self.last_step, self.last_step_ts = cs.step, cs.last_ts
-        out = t.update("param_divergence", param_divergence(cs, cols), scope)
+        now = cs.decided_ts
+        out = t.update("param_divergence", param_divergence(cs, cols), scope, now)
         out += t.update("grad_norm_mismatch", value_mismatch(
-            "grad_norm_mismatch", "grad norm", cols.grad_norm, c.grad_norm_rtol, cs, cols), scope)
+            "grad_norm_mismatch", "grad norm", cols.grad_norm, c.grad_norm_rtol, cs, cols), scope,
+            now)
         out += t.update("lr_mismatch", value_mismatch(
-            "lr_mismatch", "learning rate", cols.lr, c.lr_rtol, cs, cols), scope)
+            "lr_mismatch", "learning rate", cols.lr, c.lr_rtol, cs, cols), scope, now)
         out += t.update("code_fingerprint",
-                        self.env.evaluate(cs, cols, cols.env_fingerprint), scope)
+                        self.env.evaluate(cs, cols, cols.env_fingerprint), scope, now)
         out += t.update("seed_mismatch",
-                        self.seeds.evaluate(cs, cols, cols.seed_fingerprint), scope)
+                        self.seeds.evaluate(cs, cols, cols.seed_fingerprint), scope, now)
         slowed = self.devices.slowed
         loss, grad, slow = self.peers.evaluate(cs, cols, lambda n: slowed(n, cs.last_ts))
         peer_checks: list[tuple[str, list[Fault] | None]] = [
             ("local_grad_outlier", grad), ("loss_outlier", loss), ("straggler", slow)]
         for check, faults in peer_checks:
             # A step without a verdict (too few peers reporting) neither fires nor clears.
-            out += t.update(check, faults or [], scope if faults is not None else None)
-        out += t.update("rank_missing", rank_missing(cs, cols, self.asm, c), scope)
-        out += t.update("step_skew", step_skew(cs, cols, self.asm, c), scope)
-        out += t.update("job_stalled", [], _EVERYTHING)
+            out += t.update(check, faults or [], scope if faults is not None else None, now)
+        out += t.update("rank_missing", rank_missing(cs, cols, self.asm, c), scope, now)
+        out += t.update("step_skew", step_skew(cs, cols, self.asm, c), scope, now)
+        out += t.update("job_stalled", [], _EVERYTHING, now)
         return out

@@ -112,6 +112,7 @@ def rows_for(record: Record, partition: int = -1, offset: int = -1) -> Iterator[
             "first_seen": record.first_seen,
             "ts": record.ts,
             "last_seen": record.last_seen if record.last_seen is not None else record.ts,
+            "cleared_at": record.cleared_at,
             "step": record.step,
             "ranks": record.ranks,
             "nodes": record.nodes,

@@ -80,3 +80,58 @@ def test_sample_batches_without_a_job_are_ignored():
     batches = [b.__class__(**{**{f: getattr(b, f) for f in b.__struct_fields__},
                               "job_id": None}) for b in idle]
     assert stage.observe(batches) == [] and stage.jobs == {}
+
+
+# -- the fast path: a GPU whose process exited is judged on its first sample ----------------
+
+def _procs(job, gone_at, gone):
+    """``over`` for every GPU: one compute process, none on ``gone`` GPUs from tick gone_at."""
+    def over(t):
+        return {(n, g): {"compute_procs": 0 if t >= gone_at and ((n, g) in gone or n in gone)
+                         else 1, **({"util_gpu_pct": 0.0} if t >= gone_at and (
+                             (n, g) in gone or n in gone) else {})}
+                for n in job.nodes for g in range(job.gpus)}
+    return over
+
+
+def test_a_killed_node_is_idle_on_its_first_sample():
+    job = FakeJob(32, seed=5)
+    found = feed(ConsistencyStage(), _ticks(job, 30, _procs(job, 20, {"node-02"}), steps=False))
+    f = first(found)[0]
+    assert (f.check, f.nodes, f.gpu_index, f.category) == (
+        "node_idle", ["node-02"], None, "availability")
+    assert f.first_seen == T0 + 20.5  # the first sample without a process, not the 5th
+    assert "training process exited" in f.summary and f.evidence["samples"] == 1
+
+
+def test_one_gpu_whose_process_exited_is_blamed_on_its_first_sample():
+    job = FakeJob(32, seed=6)
+    found = feed(ConsistencyStage(), _ticks(job, 30, _procs(job, 12, {("node-01", 3)})))
+    idle = [f for f in first(found) if f.check == "node_idle"]
+    assert [(f.nodes, f.gpu_index, f.ranks, f.first_seen) for f in idle] == [
+        (["node-01"], 3, [11], T0 + 12.5)]
+
+
+def test_a_whole_job_stopping_is_not_blamed_on_the_node_that_reported_first():
+    job = FakeJob(32, seed=7)
+    everyone = set(job.nodes)
+    found = feed(ConsistencyStage(), _ticks(job, 40, _procs(job, 20, everyone), steps=False))
+    assert [f for f in found if f.check == "node_idle"] == []
+
+
+def test_a_release_waits_for_its_peers_samples_of_the_same_tick():
+    job = FakeJob(32, seed=8)
+    over = _procs(job, 20, {"node-00"})
+    groups = []
+    for t in range(1, 31):
+        batches = job.samples(T0 + t + 0.5, over=over(t))
+        groups += [batches[:1], batches[1:]]  # node-00 reports first, its peers after
+    stage = ConsistencyStage()
+    found = []
+    for i, group in enumerate(groups):
+        got = stage.observe(group)
+        if i == 2 * 19:  # node-00's first sample without processes: held, not judged yet
+            assert got == []
+        found += got
+    f = first(found)[0]
+    assert (f.nodes, f.first_seen, f.evidence["samples"]) == (["node-00"], T0 + 20.5, 1)

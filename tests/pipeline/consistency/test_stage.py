@@ -66,8 +66,21 @@ def test_a_cleared_fault_that_returns_is_a_new_finding():
     bad = set(range(10, 20)) | set(range(80, 90))
     found = feed(ConsistencyStage(), [job.step(s, over={3: {"lr": 1e-3}} if s in bad else None)
                                       for s in range(1, 120)])
-    assert [(f.check, f.step) for f in found] == [("lr_mismatch", 10), ("lr_mismatch", 80)]
-    assert found[0].finding_id != found[1].finding_id
+    opened = [f for f in found if f.cleared_at is None]
+    assert [(f.check, f.step) for f in opened] == [("lr_mismatch", 10), ("lr_mismatch", 80)]
+    assert opened[0].finding_id != opened[1].finding_id
+
+
+def test_a_fault_that_clears_emits_one_notice_with_the_same_id():
+    job = FakeJob(8, noise=False)
+    bad = set(range(10, 20))
+    found = feed(ConsistencyStage(), [job.step(s, over={3: {"lr": 1e-3}} if s in bad else None)
+                                      for s in range(1, 80)])
+    assert [(f.step, f.cleared_at is not None) for f in found] == [(10, False), (10, True)]
+    opened, cleared = found
+    assert cleared.finding_id == opened.finding_id and cleared.ranks == [3]
+    # Cleared after clear_steps (20) clean steps from step 20, in event time.
+    assert cleared.cleared_at is not None and T0 + 38 <= cleared.cleared_at <= T0 + 41
 
 
 def test_a_clean_restart_from_a_checkpoint_raises_nothing():
