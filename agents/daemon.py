@@ -182,7 +182,8 @@ class NodeAgent:
     def run(self, stop: threading.Event, *, max_ticks: int | None = None) -> int:
         """Tick every ``interval_s`` (monotonic schedule) until ``stop`` is set; return ticks."""
         interval = self.config.interval_s
-        next_at = time.monotonic()
+        next_at = time.monotonic() + _to_boundary(time.time(), interval)
+        stop.wait(max(0.0, next_at - time.monotonic()))
         ticks = 0
         while not stop.is_set() and (max_ticks is None or ticks < max_ticks):
             self.tick()
@@ -196,6 +197,17 @@ class NodeAgent:
                     "tick overran its interval node=%s interval_s=%.3f late_s=%.3f overruns=%d",
                     self.config.node, interval, late, self.tick_overruns,
                 )
-                next_at = time.monotonic()
+                next_at = time.monotonic() + _to_boundary(time.time(), interval)
             stop.wait(max(0.0, next_at - time.monotonic()))
         return ticks
+
+
+def _to_boundary(wall: float, interval: float) -> float:
+    """Seconds from ``wall`` to the next multiple of ``interval`` of the wall clock.
+
+    Every node's agent samples on the same wall-clock boundaries (NTP keeps nodes within
+    milliseconds), so the pipeline can compare nodes' samples of the *same* instant: a
+    node whose training process exited is then told apart from a whole job stopping on
+    its first sample (see pipeline.consistency.devices), instead of after several.
+    """
+    return (-wall) % interval

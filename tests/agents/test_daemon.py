@@ -178,3 +178,11 @@ def test_checkpoint_reports_go_out_as_checkpoint_events_keyed_by_job():
     event = RecordDecoder(CheckpointEvent).decode(sent[1])
     assert sent[0] == b"llm-7" and event.cluster == "c1" and event.action == "load"
     assert (event.rank, event.digest, event.checkpoint_id) == (3, "0123abcd", "c/100")
+
+
+def test_ticks_fall_on_wall_clock_boundaries_so_nodes_sample_the_same_instant():
+    from agents.daemon import _to_boundary
+
+    assert _to_boundary(1_795_000_100.25, 1.0) == 0.75
+    assert _to_boundary(1_795_000_100.0, 1.0) == 0.0
+    assert abs(_to_boundary(1_795_000_101.0, 5.0) - 4.0) < 1e-9
