@@ -22,6 +22,10 @@ class AlertConfig:
     #: of a persisting fault are re-emitted every ``repeat_s`` (60 s by default), so two
     #: missed repeats are needed before an alert that is still true resolves.
     resolve_after_s: float = 120.0
+    #: A finding that reports cleared resolves its alert this long after (event time)
+    #: unless it fires again meanwhile: a signal flickering around its threshold stays one
+    #: episode, one page (Prometheus calls this ``keep_firing_for``).
+    clear_hold_s: float = 30.0
     #: An alert that fires again within this window of its earlier firings...
     flap_window_s: float = 600.0
     #: ...more often than this is held firing (re-fires suppressed) instead of paging again:
@@ -43,7 +47,7 @@ class AlertConfig:
 
     def __post_init__(self) -> None:
         """Reject values that would make the lifecycle misbehave, naming the field."""
-        for name in ("resolve_after_s", "job_rate_window_s"):
+        for name in ("resolve_after_s", "job_rate_window_s", "clear_hold_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name}={value!r}; expected a finite number of seconds > 0")

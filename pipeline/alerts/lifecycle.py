@@ -22,7 +22,6 @@ the same input gives the same alerts with the same ids.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -31,77 +30,30 @@ from typing import Literal
 from urllib.parse import quote
 
 from pipeline.alerts.config import AlertConfig, Silence
+from pipeline.alerts.observations import (
+    Observation,
+    Severity,
+    anomaly_fingerprint,
+    finding_fingerprint,
+    from_anomaly,
+    from_finding,
+)
 from schemas.records import Alert, Anomaly, Finding
 
 __all__ = ["AlertLifecycle", "anomaly_fingerprint", "finding_fingerprint"]
 
 log = logging.getLogger(__name__)
 
-Severity = Literal["page", "ticket", "info"]
-Evidence = dict[str, float | str | None]
-
-#: An integrity finding blaming more than this share of a job's ranks is job-wide: still a
-#: page, but on-call should look at the job (shared input, config, storage), not a node.
-JOB_WIDE_FRACTION = 0.25
-#: ...and, when the finding does not say the world size, more than this many ranks.
-JOB_WIDE_RANKS = 8
 #: The dashboard link shows this much time before first-seen and after last-seen, so the
 #: healthy behaviour around the fault is on screen too.
 DASHBOARD_MARGIN_S = 300.0
-
-
-def _digest(*parts: str) -> str:
-    text = "|".join(parts)
-    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:20]
-
-
-def finding_fingerprint(finding: Finding) -> str:
-    """The stable alert identity of a finding: cluster, job (or nodes), check, culprits.
-
-    The first step is left out (unlike ``finding_id``), so the same fault found again in
-    a later episode groups under the same alert.
-    """
-    nodes = ",".join(sorted(set(finding.nodes)))
-    blamed = f"ranks={','.join(map(str, sorted(set(finding.ranks))))};nodes={nodes}"
-    if finding.gpu_index is not None:
-        blamed += f";gpu={finding.gpu_index}"
-    scope = finding.job_id if finding.job_id is not None else f"nodes={nodes}"
-    return _digest("finding", finding.cluster, scope, finding.check, blamed)
-
-
-def anomaly_fingerprint(anomaly: Anomaly) -> str:
-    """The stable alert identity of an anomaly: cluster, job (or node), metric, entity."""
-    scope = anomaly.job_id if anomaly.job_id is not None else f"node={anomaly.node or ''}"
-    return _digest("anomaly", anomaly.cluster, scope, anomaly.metric, anomaly.entity)
-
-
-@dataclass(frozen=True, slots=True)
-class _Observation:
-    """A finding or an anomaly, reduced to what an alert needs."""
-
-    fingerprint: str
-    cluster: str
-    check: str
-    severity: Severity
-    job_id: str | None
-    node: str | None
-    #: Every blamed node, for silences (a finding can blame several).
-    nodes: tuple[str, ...]
-    rank: int | None
-    gpu_index: int | None
-    summary: str
-    evidence: Evidence
-    labels: dict[str, str]
-    first_seen: float
-    #: Event time this observation shows the fault still present.
-    seen: float
 
 
 @dataclass(slots=True)
 class _State:
     """One fingerprint's current episode (firing or resolved) and its firing history."""
 
-    obs: _Observation
+    obs: Observation
     alert_id: str
     severity: Severity
     labels: dict[str, str]
@@ -113,85 +65,9 @@ class _State:
     ends_at: float | None = None
     #: A flap-suppressed episode: fired silently, held firing for ``flap_window_s``.
     held: bool = False
-
-
-def _finding_severity(finding: Finding) -> Severity:
-    if finding.category == "integrity":
-        return "page"
-    if finding.category == "availability":
-        # A whole job stalling with no one to blame is usually the scheduler or the
-        # trainer stopping on purpose: worth a ticket, not a 3 a.m. page.
-        return "page" if finding.ranks or finding.nodes else "ticket"
-    if finding.category == "hardware":
-        return "ticket"
-    return "info"
-
-
-def _is_job_wide(finding: Finding) -> bool:
-    blamed = len(set(finding.ranks))
-    world = finding.evidence.get("world_size")
-    if isinstance(world, int | float) and world > 0:
-        return blamed > JOB_WIDE_FRACTION * world
-    return blamed > JOB_WIDE_RANKS
-
-
-def _from_finding(finding: Finding) -> _Observation:
-    seen = finding.last_seen if finding.last_seen is not None else finding.ts
-    severity = _finding_severity(finding)
-    labels = {"check": finding.check, "category": finding.category, "cluster": finding.cluster}
-    node = finding.nodes[0] if len(set(finding.nodes)) == 1 else None
-    if finding.job_id is not None:
-        labels["job_id"] = finding.job_id
-    if node is not None:
-        labels["node"] = node
-    if finding.category == "integrity" and _is_job_wide(finding):
-        labels["scope"] = "job-wide"
-    evidence: Evidence = dict(finding.evidence)
-    evidence.update(
-        observed=finding.observed, expected=finding.expected, score=finding.score,
-        finding_id=finding.finding_id, summary=finding.summary,
-        ranks=",".join(map(str, sorted(set(finding.ranks)))),
-        nodes=",".join(sorted(set(finding.nodes))),
-        step=float(finding.step) if finding.step is not None else None,
-    )
-    return _Observation(
-        fingerprint=finding_fingerprint(finding), cluster=finding.cluster, check=finding.check,
-        severity=severity, job_id=finding.job_id, node=node,
-        nodes=tuple(sorted(set(finding.nodes))),
-        rank=finding.ranks[0] if len(set(finding.ranks)) == 1 else None,
-        gpu_index=finding.gpu_index, summary=finding.summary, evidence=evidence, labels=labels,
-        first_seen=finding.first_seen, seen=seen,
-    )
-
-
-def _from_anomaly(anomaly: Anomaly) -> _Observation:
-    labels = {
-        "check": anomaly.metric, "category": "anomaly", "cluster": anomaly.cluster,
-        "pattern": anomaly.pattern, "entity_kind": anomaly.entity_kind,
-    }
-    if anomaly.job_id is not None:
-        labels["job_id"] = anomaly.job_id
-    if anomaly.node is not None:
-        labels["node"] = anomaly.node
-    pattern = anomaly.pattern.replace("_", " ")
-    summary = (
-        f"{anomaly.entity_kind} {anomaly.entity}: {anomaly.metric} {pattern}"
-        f" to {anomaly.value:.4g} against its baseline of {anomaly.baseline:.4g}"
-        f" (score {anomaly.score:.1f})."
-    )
-    evidence: Evidence = {
-        "observed": anomaly.value, "expected": anomaly.baseline, "score": anomaly.score,
-        "scale": anomaly.scale, "metric": anomaly.metric, "pattern": anomaly.pattern,
-        "entity": anomaly.entity, "detector": anomaly.detector,
-    }
-    return _Observation(
-        fingerprint=anomaly_fingerprint(anomaly), cluster=anomaly.cluster, check=anomaly.metric,
-        # Per-GPU and per-rank departures are context for on-call, not a reason to wake them.
-        severity="ticket", job_id=anomaly.job_id, node=anomaly.node,
-        nodes=(anomaly.node,) if anomaly.node is not None else (),
-        rank=anomaly.rank, gpu_index=anomaly.gpu_index, summary=summary, evidence=evidence,
-        labels=labels, first_seen=anomaly.first_seen, seen=anomaly.ts,
-    )
+    #: Event time its finding reported cleared; it resolves ``clear_hold_s`` later unless
+    #: it fires again in between (then the episode simply goes on: no second page).
+    cleared_at: float | None = None
 
 
 class AlertLifecycle:
@@ -216,21 +92,21 @@ class AlertLifecycle:
         """Take consistency findings; return the alert state changes to publish."""
         out: list[Alert] = []
         for finding in findings:
-            out.extend(self._observe(_from_finding(finding)))
+            out.extend(self._observe(from_finding(finding)))
         return out
 
     def observe_anomalies(self, anomalies: Sequence[Anomaly]) -> list[Alert]:
         """Take baseline anomalies; return the alert state changes to publish."""
         out: list[Alert] = []
         for anomaly in anomalies:
-            out.extend(self._observe(_from_anomaly(anomaly)))
+            out.extend(self._observe(from_anomaly(anomaly)))
         return out
 
     def tick(self, now: float) -> list[Alert]:
         """Advance event time to ``now``: resolve what went quiet, forget what is old."""
         out: list[Alert] = []
         for fp, state in list(self._alerts.items()):
-            if state.status == "firing" and now - state.last_seen >= self._hold(state):
+            if state.status == "firing" and self._over(state, now):
                 out.append(self._resolve(state))
             elif (
                 state.status == "resolved" and state.ends_at is not None
@@ -248,6 +124,38 @@ class AlertLifecycle:
         out.sort(key=lambda a: (a.ts, a.fingerprint))
         return out
 
+    def restore(self, alerts: Sequence[Alert]) -> int:
+        """Take back the firing alerts a previous run left open (from the store).
+
+        Without this a restarted worker would page again for faults already paged: the
+        findings it re-reads would look new. Returns how many were restored.
+        """
+        n = 0
+        for alert in alerts:
+            if alert.status != "firing" or alert.fingerprint in self._alerts:
+                continue
+            ev = alert.evidence
+            last = ev.get("last_seen")
+            first = ev.get("first_seen")
+            last_seen = float(last) if isinstance(last, int | float) else alert.starts_at
+            obs = Observation(
+                fingerprint=alert.fingerprint, cluster=alert.cluster, check=alert.check,
+                severity=alert.severity, job_id=alert.job_id, node=alert.node,
+                nodes=(alert.node,) if alert.node is not None else (), rank=alert.rank,
+                gpu_index=alert.gpu_index, summary=alert.summary, evidence=dict(ev),
+                labels={k: v for k, v in alert.labels.items() if k != "severity"},
+                first_seen=float(first) if isinstance(first, int | float) else alert.starts_at,
+                seen=last_seen,
+            )
+            self._alerts[alert.fingerprint] = _State(
+                obs=obs, alert_id=alert.alert_id, severity=alert.severity,
+                labels=dict(alert.labels), starts_at=alert.starts_at, last_seen=last_seen,
+                fires=deque([alert.starts_at], maxlen=self.config.max_flaps),
+                held=alert.labels.get("flapping") == "true",
+            )
+            n += 1
+        return n
+
     def set_silences(self, silences: Sequence[Silence]) -> None:
         """Replace the active silences; they apply to episodes that start from now on."""
         self._silences = tuple(silences)
@@ -258,12 +166,19 @@ class AlertLifecycle:
 
     # -- transitions -----------------------------------------------------------------------
 
-    def _observe(self, obs: _Observation) -> list[Alert]:
+    def _observe(self, obs: Observation) -> list[Alert]:
         out: list[Alert] = []
         state = self._alerts.get(obs.fingerprint)
+        if obs.cleared:
+            # Only a firing episode can clear; a held (flapping) one waits out its window.
+            if state is not None and state.status == "firing" and not state.held:
+                if state.cleared_at is None or obs.seen < state.cleared_at:
+                    state.cleared_at = max(obs.seen, state.last_seen)
+            return out
         if state is not None:
             if state.status == "firing":
-                if obs.seen - state.last_seen < self._hold(state):
+                if not self._over(state, obs.seen):
+                    state.cleared_at = None  # it came back while clearing: same episode
                     self._refresh(state, obs)
                     return out
                 # It went quiet before this observation and no tick came in between:
@@ -276,14 +191,14 @@ class AlertLifecycle:
             out.append(fired)
         return out
 
-    def _refresh(self, state: _State, obs: _Observation) -> None:
+    def _refresh(self, state: _State, obs: Observation) -> None:
         if obs.seen >= state.last_seen:
             state.last_seen = obs.seen
             state.obs = obs  # the latest evidence; the episode's severity and labels stay
         # Most recently active last, so that eviction takes the stalest alert.
         self._alerts[obs.fingerprint] = self._alerts.pop(obs.fingerprint)
 
-    def _fire(self, obs: _Observation, previous: _State | None) -> Alert | None:
+    def _fire(self, obs: Observation, previous: _State | None) -> Alert | None:
         cfg = self.config
         start = obs.seen
         fires = previous.fires if previous is not None else deque(maxlen=cfg.max_flaps)
@@ -313,24 +228,31 @@ class AlertLifecycle:
             self._evict_oldest()
         return None if held else self._record(state)
 
+    def _over(self, state: _State, now: float) -> bool:
+        """The firing episode is over at event time ``now`` (cleared and held, or quiet)."""
+        if state.cleared_at is not None and now - state.cleared_at >= self.config.clear_hold_s:
+            return True
+        return now - state.last_seen >= self._hold(state)
+
     def _resolve(self, state: _State) -> Alert:
         state.status = "resolved"
         # From the data, not from when the tick came: a replay gives the same ``ends_at``.
-        state.ends_at = state.last_seen + self._hold(state)
+        quiet = state.last_seen + self._hold(state)
+        state.ends_at = min(quiet, state.cleared_at) if state.cleared_at is not None else quiet
         return self._record(state)
 
     def _hold(self, state: _State) -> float:
         cfg = self.config
         return max(cfg.resolve_after_s, cfg.flap_window_s) if state.held else cfg.resolve_after_s
 
-    def _silence_for(self, obs: _Observation, ts: float) -> Silence | None:
+    def _silence_for(self, obs: Observation, ts: float) -> Silence | None:
         nodes: tuple[str | None, ...] = obs.nodes or (None,)
         for silence in self._silences:
             if any(silence.matches(obs.job_id, node, ts) for node in nodes):
                 return silence
         return None
 
-    def _over_rate(self, obs: _Observation, start: float) -> bool:
+    def _over_rate(self, obs: Observation, start: float) -> bool:
         key = (obs.cluster, obs.job_id if obs.job_id is not None else f"node={obs.node}")
         starts = self._pages.setdefault(key, deque())
         while starts and start - starts[0] >= self.config.job_rate_window_s:
@@ -367,7 +289,7 @@ class AlertLifecycle:
             dashboard_url=self._dashboard_url(obs, state),
         )
 
-    def _dashboard_url(self, obs: _Observation, state: _State) -> str | None:
+    def _dashboard_url(self, obs: Observation, state: _State) -> str | None:
         base = self.config.dashboard_base_url.rstrip("/")
         if not base:
             return None

@@ -212,3 +212,35 @@ def test_emitted_alerts_survive_the_wire_round_trip() -> None:
 def test_bad_config_is_rejected_naming_the_field(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):
         AlertConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_a_cleared_finding_resolves_its_alert_after_the_clear_hold() -> None:
+    lc = AlertLifecycle(AlertConfig(clear_hold_s=30.0))
+    [fired] = lc.observe_findings([finding()])
+    assert lc.observe_findings([finding(last_seen=T0 + 5, cleared_at=T0 + 25)]) == []
+    assert lc.tick(T0 + 54) == []  # still inside the hold
+    [resolved] = lc.tick(T0 + 55)
+    assert (resolved.status, resolved.alert_id, resolved.ends_at) == (
+        "resolved", fired.alert_id, T0 + 25)
+
+
+def test_a_fault_returning_during_the_clear_hold_stays_one_episode() -> None:
+    lc = AlertLifecycle(AlertConfig(clear_hold_s=30.0))
+    pages = lc.observe_findings([finding()])
+    for cycle in range(10):  # flickers: clears, comes back 20 s later, ten times
+        t = T0 + cycle * 40
+        pages += lc.observe_findings([finding(last_seen=t + 10, cleared_at=t + 20)])
+        pages += lc.tick(t + 39)
+        pages += lc.observe_findings([finding(finding_id=f"f-{cycle}", ts=t + 40,
+                                              first_seen=t + 40, last_seen=t + 40)])
+    assert [a.status for a in pages] == ["firing"]
+
+
+def test_restore_keeps_a_restarted_worker_from_paging_again() -> None:
+    before = AlertLifecycle()
+    [fired] = before.observe_findings([finding()])
+    after = AlertLifecycle()
+    assert after.restore([fired]) == 1
+    assert after.observe_findings([finding(last_seen=T0 + 60)]) == []  # a repeat, not new
+    [resolved] = after.tick(T0 + 60 + 120)
+    assert (resolved.alert_id, resolved.status) == (fired.alert_id, "resolved")

@@ -1,0 +1,161 @@
+"""From findings and anomalies to what an alert needs: identity, severity, labels, evidence.
+
+The *fingerprint* is the stable identity of an alert (cluster, job or node, check or
+metric, blamed entity): receivers such as Alertmanager and PagerDuty dedup on it. Severity
+is decided here from the finding's category and scope; the lifecycle may lower it
+(silences, rate limit) but never raises it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+from schemas.records import Anomaly, Finding
+
+__all__ = [
+    "Evidence", "Observation", "Severity", "anomaly_fingerprint", "finding_fingerprint",
+    "from_anomaly", "from_finding",
+]
+
+Severity = Literal["page", "ticket", "info"]
+Evidence = dict[str, float | str | None]
+
+#: An integrity finding blaming more than this share of a job's ranks is job-wide: still a
+#: page, but on-call should look at the job (shared input, config, storage), not a node.
+JOB_WIDE_FRACTION = 0.25
+#: ...and, when the finding does not say the world size, more than this many ranks.
+JOB_WIDE_RANKS = 8
+
+
+def _digest(*parts: str) -> str:
+    text = "|".join(parts)
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:20]
+
+
+def finding_fingerprint(finding: Finding) -> str:
+    """The stable alert identity of a finding: cluster, job (or nodes), check, culprits.
+
+    The first step is left out (unlike ``finding_id``), so the same fault found again in
+    a later episode groups under the same alert.
+    """
+    nodes = ",".join(sorted(set(finding.nodes)))
+    blamed = f"ranks={','.join(map(str, sorted(set(finding.ranks))))};nodes={nodes}"
+    if finding.gpu_index is not None:
+        blamed += f";gpu={finding.gpu_index}"
+    scope = finding.job_id if finding.job_id is not None else f"nodes={nodes}"
+    return _digest("finding", finding.cluster, scope, finding.check, blamed)
+
+
+def anomaly_fingerprint(anomaly: Anomaly) -> str:
+    """The stable alert identity of an anomaly: cluster, job (or node), metric, entity."""
+    scope = anomaly.job_id if anomaly.job_id is not None else f"node={anomaly.node or ''}"
+    return _digest("anomaly", anomaly.cluster, scope, anomaly.metric, anomaly.entity)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """A finding or an anomaly, reduced to what an alert needs."""
+
+    fingerprint: str
+    cluster: str
+    check: str
+    severity: Severity
+    job_id: str | None
+    node: str | None
+    #: Every blamed node, for silences (a finding can blame several).
+    nodes: tuple[str, ...]
+    rank: int | None
+    gpu_index: int | None
+    summary: str
+    evidence: Evidence
+    labels: dict[str, str]
+    first_seen: float
+    #: Event time this observation shows the fault still present.
+    seen: float
+    #: Set when this is a finding's notice that it cleared (at this event time).
+    cleared: bool = False
+
+
+def _finding_severity(finding: Finding) -> Severity:
+    if finding.category == "integrity":
+        return "page"
+    if finding.category == "availability":
+        # A whole job stalling with no one to blame is usually the scheduler or the
+        # trainer stopping on purpose: worth a ticket, not a 3 a.m. page.
+        return "page" if finding.ranks or finding.nodes else "ticket"
+    if finding.category == "hardware":
+        return "ticket"
+    return "info"
+
+
+def _is_job_wide(finding: Finding) -> bool:
+    blamed = len(set(finding.ranks))
+    world = finding.evidence.get("world_size")
+    if isinstance(world, int | float) and world > 0:
+        return blamed > JOB_WIDE_FRACTION * world
+    return blamed > JOB_WIDE_RANKS
+
+
+def from_finding(finding: Finding) -> Observation:
+    """What an alert needs from a consistency finding (or from its cleared notice)."""
+    seen = finding.last_seen if finding.last_seen is not None else finding.ts
+    severity = _finding_severity(finding)
+    labels = {"check": finding.check, "category": finding.category, "cluster": finding.cluster}
+    node = finding.nodes[0] if len(set(finding.nodes)) == 1 else None
+    if finding.job_id is not None:
+        labels["job_id"] = finding.job_id
+    if node is not None:
+        labels["node"] = node
+    if finding.category == "integrity" and _is_job_wide(finding):
+        labels["scope"] = "job-wide"
+    evidence: Evidence = dict(finding.evidence)
+    evidence.update(
+        observed=finding.observed, expected=finding.expected, score=finding.score,
+        finding_id=finding.finding_id, summary=finding.summary,
+        ranks=",".join(map(str, sorted(set(finding.ranks)))),
+        nodes=",".join(sorted(set(finding.nodes))),
+        step=float(finding.step) if finding.step is not None else None,
+    )
+    return Observation(
+        fingerprint=finding_fingerprint(finding), cluster=finding.cluster, check=finding.check,
+        severity=severity, job_id=finding.job_id, node=node,
+        nodes=tuple(sorted(set(finding.nodes))),
+        rank=finding.ranks[0] if len(set(finding.ranks)) == 1 else None,
+        gpu_index=finding.gpu_index, summary=finding.summary, evidence=evidence, labels=labels,
+        first_seen=finding.first_seen,
+        seen=finding.cleared_at if finding.cleared_at is not None else seen,
+        cleared=finding.cleared_at is not None,
+    )
+
+
+def from_anomaly(anomaly: Anomaly) -> Observation:
+    """What an alert needs from a baseline anomaly (a ticket: context, not a page)."""
+    labels = {
+        "check": anomaly.metric, "category": "anomaly", "cluster": anomaly.cluster,
+        "pattern": anomaly.pattern, "entity_kind": anomaly.entity_kind,
+    }
+    if anomaly.job_id is not None:
+        labels["job_id"] = anomaly.job_id
+    if anomaly.node is not None:
+        labels["node"] = anomaly.node
+    pattern = anomaly.pattern.replace("_", " ")
+    summary = (
+        f"{anomaly.entity_kind} {anomaly.entity}: {anomaly.metric} {pattern}"
+        f" to {anomaly.value:.4g} against its baseline of {anomaly.baseline:.4g}"
+        f" (score {anomaly.score:.1f})."
+    )
+    evidence: Evidence = {
+        "observed": anomaly.value, "expected": anomaly.baseline, "score": anomaly.score,
+        "scale": anomaly.scale, "metric": anomaly.metric, "pattern": anomaly.pattern,
+        "entity": anomaly.entity, "detector": anomaly.detector,
+    }
+    return Observation(
+        fingerprint=anomaly_fingerprint(anomaly), cluster=anomaly.cluster, check=anomaly.metric,
+        # Per-GPU and per-rank departures are context for on-call, not a reason to wake them.
+        severity="ticket", job_id=anomaly.job_id, node=anomaly.node,
+        nodes=(anomaly.node,) if anomaly.node is not None else (),
+        rank=anomaly.rank, gpu_index=anomaly.gpu_index, summary=summary, evidence=evidence,
+        labels=labels, first_seen=anomaly.first_seen, seen=anomaly.ts,
+    )
