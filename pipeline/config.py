@@ -5,11 +5,32 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from pipeline.alerts.config import AlertConfig
+from pipeline.alerts.receivers import ReceiverConfig
 from pipeline.store.url import StoreUrl
 from schemas.topics import DEFAULT_PREFIX, Topics
 from trainguard.errors import ConfigError
 
-__all__ = ["WorkerConfig"]
+__all__ = ["AlertingConfig", "WorkerConfig"]
+
+
+@dataclass(frozen=True)
+class AlertingConfig:
+    """The worker's alert stream jobs: the lifecycle and where pages go."""
+
+    #: Turn findings into alerts (topic and table). Off: findings are only recorded.
+    enabled: bool = True
+    lifecycle: AlertConfig = field(default_factory=AlertConfig)
+    #: Where alert state changes are delivered; none: alerts go to the topic and table only.
+    receivers: tuple[ReceiverConfig, ...] = ()
+    #: How often active silences are re-read from the store (wall-clock seconds).
+    silences_every_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        """Reject values the stream jobs cannot run with, naming the field."""
+        if not 0.5 <= self.silences_every_s <= 3600:
+            raise ConfigError(
+                f"silences_every_s={self.silences_every_s!r}; expected 0.5..3600 seconds")
 
 _APP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -37,6 +58,8 @@ class WorkerConfig:
     detect: bool = True
     #: Run the cross-rank / cross-node consistency checks per job.
     consistency: bool = True
+    #: Findings → alerts → receivers.
+    alerting: AlertingConfig = field(default_factory=AlertingConfig)
     #: How often (wall clock) detector state is snapshotted to the compacted state topic, at
     #: least: a snapshot that takes t seconds to export delays the next by 10·t or more.
     state_every_s: float = 5.0

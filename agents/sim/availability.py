@@ -33,6 +33,8 @@ class Kill(Scenario):
     )
     node: int | None = None
     peers_continue_s: int | None = 30
+    #: Kill only this many of the node's ranks (its first GPUs); None: all of them.
+    ranks: int | None = None
     culprit_node: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -43,10 +45,16 @@ class Kill(Scenario):
                 f"{self.name}: peers_continue_s must be >= 1 or None, got {self.peers_continue_s}"
             )
         self.culprit_node = self._node(self.node)
+        if self.ranks is not None and not 1 <= self.ranks <= self.spec.gpus_per_node:
+            raise ValueError(f"{self.name}: ranks must be within 1..{self.spec.gpus_per_node} "
+                             f"(the node's GPUs) or None, got {self.ranks}")
+
+    def _killed(self) -> list[int]:
+        return self._node_ranks(self.culprit_node)[:self.ranks]
 
     def start(self, sim: JobSimulator) -> None:
         """Kill the node's ranks."""
-        for r in self._node_ranks(self.culprit_node):
+        for r in self._killed():
             sim.knobs.alive[r] = False
 
     def during(self, sim: JobSimulator, dt: int) -> None:
@@ -56,7 +64,7 @@ class Kill(Scenario):
 
     def expected(self) -> Expectation:
         """rank_missing on the node's ranks (node_idle on the node is no false alarm)."""
-        return self._blame({"rank_missing"}, self._node_ranks(self.culprit_node), "hard",
+        return self._blame({"rank_missing"}, self._killed(), "hard",
                            self.at, tolerated=frozenset({"node_idle"}))
 
 

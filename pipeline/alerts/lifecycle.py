@@ -13,6 +13,8 @@ Noise control, in the order applied to a new episode:
   resolution, the next change emitted, carries ``flapping="true"``;
 * silences: planned work turns the episode into severity ``info`` with
   ``silenced=<silence_id>``; it is still emitted so that the store keeps the record;
+* one page per incident: a page-worthy episode blaming a node that a firing page of the
+  same job already blames becomes a ``ticket`` labelled ``related_to=<that alert_id>``;
 * rate limit: beyond ``job_rate_limit`` new pages per job per ``job_rate_window_s`` an
   episode is created as a ``ticket`` labelled ``rate_limited="true"``.
 
@@ -211,9 +213,15 @@ class AlertLifecycle:
         silence = self._silence_for(obs, start)
         if held:
             labels["flapping"] = "true"
+        lead = self._paging_for(obs) if severity == "page" and not held else None
         if silence is not None:
             severity = "info"
             labels["silenced"] = silence.silence_id
+        elif lead is not None:
+            # One fault trips several checks (a killed rank: its GPU idles, its steps go
+            # missing): the first page stands for the incident, the rest are tickets.
+            severity = "ticket"
+            labels["related_to"] = lead.alert_id
         elif severity == "page" and not held and self._over_rate(obs, start):
             severity = "ticket"
             labels["rate_limited"] = "true"
@@ -250,6 +258,19 @@ class AlertLifecycle:
         for silence in self._silences:
             if any(silence.matches(obs.job_id, node, ts) for node in nodes):
                 return silence
+        return None
+
+    def _paging_for(self, obs: Observation) -> _State | None:
+        """A firing page of the same job (or node) that blames one of ``obs``'s nodes."""
+        if not obs.nodes:
+            return None
+        blamed = set(obs.nodes)
+        for state in self._alerts.values():
+            o = state.obs
+            if (state.status == "firing" and state.severity == "page" and not state.held
+                    and o.cluster == obs.cluster and o.job_id == obs.job_id
+                    and o.fingerprint != obs.fingerprint and blamed.intersection(o.nodes)):
+                return state
         return None
 
     def _over_rate(self, obs: Observation, start: float) -> bool:

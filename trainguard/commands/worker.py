@@ -61,14 +61,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="only decode and store; skip the baseline detectors")
     p.add_argument("--no-consistency", dest="consistency", action="store_false",
                    help="skip the cross-rank consistency checks")
+    add_env_option(p, "--config", "TRAINGUARD_WORKER_CONFIG", None,
+                   "TOML file with the alert lifecycle and receivers "
+                   "(example: infra/worker/worker.toml); none: alerts are only recorded")
+    p.add_argument("--no-alerts", dest="alerts", action="store_false",
+                   help="record findings only; run no alert stream jobs")
     p.set_defaults(func=_run)
 
 
 def worker_config(args: argparse.Namespace) -> object:
     """Build the validated :class:`~pipeline.config.WorkerConfig` from parsed flags."""
-    from pipeline.config import WorkerConfig
+    from dataclasses import replace
+
+    from pipeline.config import AlertingConfig, WorkerConfig
+    from pipeline.config_file import load_alerting
     from schemas.topics import Topics
 
+    alerting = load_alerting(args.config) if args.config else AlertingConfig()
+    if not args.alerts:
+        alerting = replace(alerting, enabled=False)
     return WorkerConfig(
         bootstrap=args.bootstrap,
         store=store_url(args.store),
@@ -81,6 +92,7 @@ def worker_config(args: argparse.Namespace) -> object:
         data_dir=args.data_dir,
         detect=args.detect,
         consistency=args.consistency,
+        alerting=alerting,
     )
 
 

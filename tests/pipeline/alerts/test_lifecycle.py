@@ -244,3 +244,17 @@ def test_restore_keeps_a_restarted_worker_from_paging_again() -> None:
     assert after.observe_findings([finding(last_seen=T0 + 60)]) == []  # a repeat, not new
     [resolved] = after.tick(T0 + 60 + 120)
     assert (resolved.alert_id, resolved.status) == (fired.alert_id, "resolved")
+
+
+def test_a_second_check_on_the_same_node_is_a_related_ticket_not_a_second_page() -> None:
+    lc = AlertLifecycle()
+    [idle] = lc.observe_findings([finding(check="node_idle", category="availability",
+                                          finding_id="f-idle")])
+    [missing] = lc.observe_findings([finding(check="rank_missing", category="availability",
+                                             finding_id="f-miss", ts=T0 + 3, last_seen=T0 + 3)])
+    assert idle.severity == "page"
+    assert missing.severity == "ticket" and missing.labels["related_to"] == idle.alert_id
+    # Another node of the job is another incident: it pages.
+    [other] = lc.observe_findings([finding(check="rank_missing", category="availability",
+                                           finding_id="f-3", nodes=["node-07"], ranks=[60])])
+    assert other.severity == "page" and "related_to" not in other.labels

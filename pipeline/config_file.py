@@ -1,0 +1,61 @@
+"""The worker's config file (TOML): alert lifecycle thresholds and receivers.
+
+Flags and environment variables cover the connection settings; what is structured (a
+list of receivers with secrets and URLs) lives in this file, read once by ``main()``
+and validated completely before the worker starts: an unknown section or key, a bad URL
+or a duplicate receiver name stops the start with a message naming it. See
+``infra/worker/worker.toml`` for a commented example.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from pipeline.alerts.config import AlertConfig
+from pipeline.alerts.receivers import parse_receivers
+from pipeline.config import AlertingConfig
+from trainguard.errors import ConfigError
+
+__all__ = ["load_alerting"]
+
+_SECTIONS = {"alerts", "receivers"}
+_ALERTING_KEYS = {"enabled", "silences_every_s"}
+
+
+def load_alerting(path: str | Path) -> AlertingConfig:
+    """Read ``path`` and build the validated :class:`AlertingConfig`."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"worker config {path}: cannot read it: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"worker config {path}: not valid TOML: {exc}") from None
+    return alerting_from_dict(data, source=str(path))
+
+
+def alerting_from_dict(data: dict[str, Any], *, source: str = "worker config") -> AlertingConfig:
+    """Build the :class:`AlertingConfig` from the parsed file's tables."""
+    unknown = sorted(set(data) - _SECTIONS)
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {', '.join(unknown)}; expected "
+                          f"some of: {', '.join(sorted(_SECTIONS))}")
+    alerts = data.get("alerts", {})
+    if not isinstance(alerts, dict):
+        raise ConfigError(f"{source}: [alerts] must be a table, got {type(alerts).__name__}")
+    lifecycle_keys = {f.name for f in fields(AlertConfig)}
+    bad = sorted(set(alerts) - lifecycle_keys - _ALERTING_KEYS)
+    if bad:
+        raise ConfigError(f"{source}: unknown key(s) in [alerts]: {', '.join(bad)}; expected "
+                          f"some of: {', '.join(sorted(lifecycle_keys | _ALERTING_KEYS))}")
+    try:
+        lifecycle = AlertConfig(**{k: v for k, v in alerts.items() if k in lifecycle_keys})
+        receivers = parse_receivers(data.get("receivers", []))
+        return AlertingConfig(
+            lifecycle=lifecycle, receivers=receivers,
+            **{k: v for k, v in alerts.items() if k in _ALERTING_KEYS},
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
