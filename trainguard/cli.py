@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from trainguard import __version__, envvars
-from trainguard.commands import agent, db, demo, kafka, worker
+from trainguard.commands import agent, alerts, db, demo, kafka, worker
 from trainguard.commands import eval as eval_cmd
 from trainguard.commands._common import add_env_option
 from trainguard.errors import TrainguardError
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["text", "json"],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, eval_cmd, agent, worker, kafka, db):  # agent also adds `simulate`
+    for module in (demo, eval_cmd, agent, worker, kafka, db, alerts):  # agent also adds `simulate`
         module.register(sub)
     return parser
 

@@ -7,8 +7,9 @@ from pipeline.store.migrate import default_sql_dir
 from trainguard.errors import StoreError
 
 ALL_TABLES = [
-    "agent_heartbeats", "alerts", "anomalies", "baselines", "checkpoints", "dead_letters",
-    "findings", "gpu_samples", "gpu_samples_1m", "sample_batches", "steps", "steps_1m",
+    "agent_heartbeats", "alert_deliveries", "alerts", "anomalies", "baselines", "checkpoints",
+    "dead_letters", "findings", "gpu_samples", "gpu_samples_1m", "sample_batches", "silences",
+    "steps", "steps_1m",
 ]
 
 
