@@ -4,8 +4,12 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 TG      := $(VENV)/bin/trainguard
 PYTEST_ARGS ?=
+# Prometheus Alertmanager comes from Debian (package prometheus-alertmanager, 0.25), not pip.
+AM_BIN  := /usr/bin/prometheus-alertmanager
+AM_PKG  := prometheus-alertmanager
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install kafka-jars demo eval test test-unit lint bench schemas clean
+.PHONY: help install kafka-jars alertmanager demo eval test test-unit lint bench schemas clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,13 +25,41 @@ install: $(VENV)/.installed  ## create .venv and install trainguard with every e
 kafka-jars: install  ## fetch the pinned Kafka broker jars from Maven Central (cached)
 	$(TG) kafka fetch
 
+# The package's postinst would start a system-wide daemon on :9093/:9094 (sysvinit or
+# systemd); tests and the demo start their own on free ports. A policy-rc.d answering 101
+# ("forbidden") keeps invoke-rc.d/deb-systemd-invoke from starting it; it is added only if
+# the host has none and removed on exit. Should a daemon start anyway, it is stopped and
+# disabled. `apt-get update` runs only when the first install fails (stale/empty lists).
+alertmanager:  ## install Prometheus Alertmanager + amtool (Debian package) if missing
+	@if [ -x $(AM_BIN) ]; then echo "alertmanager: $(AM_BIN) already installed"; exit 0; fi; \
+	set -e; \
+	apt_install() { $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -q --no-install-recommends $(AM_PKG); }; \
+	if [ ! -e /usr/sbin/policy-rc.d ]; then \
+		trap '$(SUDO) rm -f /usr/sbin/policy-rc.d' EXIT; \
+		printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null; \
+		$(SUDO) chmod 755 /usr/sbin/policy-rc.d; \
+	fi; \
+	apt_install || { $(SUDO) apt-get update -q && apt_install; }; \
+	if [ -d /run/systemd/system ]; then \
+		$(SUDO) systemctl disable --now $(AM_PKG).service >/dev/null 2>&1 || true; \
+	else \
+		$(SUDO) update-rc.d $(AM_PKG) disable >/dev/null 2>&1 || true; \
+		$(SUDO) systemctl disable $(AM_PKG).service >/dev/null 2>&1 || true; \
+		$(SUDO) /etc/init.d/$(AM_PKG) stop >/dev/null 2>&1 || true; \
+	fi; \
+	for bin in $(AM_BIN) /usr/bin/amtool; do \
+		[ -x $$bin ] || { echo "alertmanager: $$bin missing after install" >&2; exit 1; }; \
+	done; \
+	echo "alertmanager: installed $$($(AM_BIN) --version 2>&1 | head -n 1)"
+
 demo: install kafka-jars  ## run the end-to-end demo (local Kafka + chdb + simulated cluster)
 	$(TG) demo --nodes 4 --duration 30
 
 eval: install kafka-jars  ## detection scorecard: every scenario x 5 seeds through the pipeline
 	$(TG) eval --seeds 5 --speed 1.5
 
-test: install kafka-jars  ## run the whole test suite (real Kafka broker, real chdb)
+test: install kafka-jars alertmanager  ## run the whole test suite (real Kafka broker, real chdb, real Alertmanager)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install  ## run only the tests that need no broker

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import time
@@ -34,6 +35,7 @@ from pipeline.ingest import Ingestor, RawMessage
 from pipeline.sinks.rows import Row, rows_for
 from pipeline.sinks.store_sink import StoreSink
 from pipeline.state import chunk_snapshot, partition_key, read_snapshots
+from pipeline.store import Store
 from schemas.codec import encode
 from schemas.records import Finding
 
@@ -52,8 +54,13 @@ def build_app(
     sink: StoreSink,
     baselines: BaselineStage | None = None,
     consistency: ConsistencyStage | None = None,
+    store: Store | None = None,
 ) -> faust.App:
-    """Create the worker's Faust app with its agents and timers."""
+    """Create the worker's Faust app with its agents and timers.
+
+    With ``store`` and alerting enabled, the alert stream jobs run in it too
+    (:mod:`pipeline.alerts.stream`).
+    """
     app = faust.App(
         config.app_id,
         broker=config.broker_urls,
@@ -256,6 +263,15 @@ def build_app(
                 next_state[0] = time.monotonic() + max(config.state_every_s, 10 * took)
                 log.debug("state snapshot partitions=%d chunks=%d took_s=%.2f", len(state_writes),
                           len(sent), took)
+
+    if store is not None and config.alerting.enabled:
+        from pipeline.alerts.stream import add_alerting
+
+        def event_now() -> float:
+            return consistency.watermark if consistency is not None else -math.inf
+
+        add_alerting(app, config, sink=sink, store=store, executor=executor,
+                     dead_letters=dead_letters, event_now=event_now)
 
     @app.timer(0.5)
     async def settle_idle() -> None:

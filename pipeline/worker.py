@@ -58,7 +58,7 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
 
         stage = BaselineStage() if config.detect else None
         checks = ConsistencyStage() if config.consistency else None
-        app = build_app(config, ingestor, sink, stage, checks)
+        app = build_app(config, ingestor, sink, stage, checks, store)
         log.info(
             "worker starting app_id=%s bootstrap=%s store=%s topics=%s",
             config.app_id,

@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS {database}.silences
 ENGINE = ReplacingMergeTree(updated_at)
 ORDER BY silence_id;
 
--- One row per delivery attempt of an alert state change to a receiver (Alertmanager,
+-- One row per final outcome (delivered, or failed after its retries) of an alert state change at a receiver (Alertmanager,
 -- PagerDuty, a webhook), outcome 'delivered' or 'failed'. Every attempt is kept (plain
 -- MergeTree): the failures are the record of an outage, and after a worker restart the
 -- delivered (receiver, alert_id, status) keys tell what not to send again.
