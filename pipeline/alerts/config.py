@@ -28,9 +28,10 @@ class AlertConfig:
     clear_hold_s: float = 30.0
     #: An alert that fires again within this window of its earlier firings...
     flap_window_s: float = 600.0
-    #: ...more often than this is held firing (re-fires suppressed) instead of paging again:
-    #: three pages in ten minutes tell on-call everything a fourth would.
-    max_flaps: int = 3
+    #: ...more often than this comes back as a ticket labelled flapping and is held firing,
+    #: instead of paging again: the first page told on-call; a GPU that keeps dropping out
+    #: must not wake them every minute.
+    max_flaps: int = 1
     #: At most this many new page-severity alerts per job per ``job_rate_window_s``; beyond
     #: that they are created as tickets labelled ``rate_limited="true"``. A job failing in
     #: many places at once is one incident; five pages already wake someone up.

@@ -9,8 +9,8 @@ after a resolve. Repeats of a persisting finding only refresh the alert's last-s
 Noise control, in the order applied to a new episode:
 
 * flapping: an alert that already fired ``max_flaps`` times within ``flap_window_s``
-  fires again silently and is *held* firing until quiet for ``flap_window_s``; its
-  resolution, the next change emitted, carries ``flapping="true"``;
+  fires again as a ``ticket`` labelled ``flapping="true"`` (on-call learns it came back,
+  nobody is woken again) and is *held* firing until quiet for ``flap_window_s``;
 * silences: planned work turns the episode into severity ``info`` with
   ``silenced=<silence_id>``; it is still emitted so that the store keeps the record;
 * one page per incident: a page-worthy episode blaming a node that a firing page of the
@@ -65,7 +65,7 @@ class _State:
     fires: deque[float]
     status: Literal["firing", "resolved"] = "firing"
     ends_at: float | None = None
-    #: A flap-suppressed episode: fired silently, held firing for ``flap_window_s``.
+    #: A flap-suppressed episode: fired as a ticket, held firing for ``flap_window_s``.
     held: bool = False
     #: Event time its finding reported cleared; it resolves ``clear_hold_s`` later unless
     #: it fires again in between (then the episode simply goes on: no second page).
@@ -188,9 +188,7 @@ class AlertLifecycle:
                 out.append(self._resolve(state))
             elif state.ends_at is not None and obs.seen < state.ends_at:
                 return out  # a late repeat from inside the episode that is already over
-        fired = self._fire(obs, state)
-        if fired is not None:
-            out.append(fired)
+        out.append(self._fire(obs, state))
         return out
 
     def _refresh(self, state: _State, obs: Observation) -> None:
@@ -200,7 +198,7 @@ class AlertLifecycle:
         # Most recently active last, so that eviction takes the stalest alert.
         self._alerts[obs.fingerprint] = self._alerts.pop(obs.fingerprint)
 
-    def _fire(self, obs: Observation, previous: _State | None) -> Alert | None:
+    def _fire(self, obs: Observation, previous: _State | None) -> Alert:
         cfg = self.config
         start = obs.seen
         fires = previous.fires if previous is not None else deque(maxlen=cfg.max_flaps)
@@ -222,7 +220,9 @@ class AlertLifecycle:
             # missing): the first page stands for the incident, the rest are tickets.
             severity = "ticket"
             labels["related_to"] = lead.alert_id
-        elif severity == "page" and not held and self._over_rate(obs, start):
+        elif held:
+            severity = "ticket" if severity == "page" else severity
+        elif severity == "page" and self._over_rate(obs, start):
             severity = "ticket"
             labels["rate_limited"] = "true"
         labels["severity"] = severity
@@ -234,7 +234,7 @@ class AlertLifecycle:
         self._alerts[obs.fingerprint] = state
         while len(self._alerts) > cfg.max_alerts:
             self._evict_oldest()
-        return None if held else self._record(state)
+        return self._record(state)
 
     def _over(self, state: _State, now: float) -> bool:
         """The firing episode is over at event time ``now`` (cleared and held, or quiet)."""

@@ -204,9 +204,12 @@ def _add_delivery(
 
     @app.task
     async def start_delivery() -> None:
-        keys = await loop_call(delivered_keys, store, time.time() - _LOOKBACK_S)
+        since = time.time() - _LOOKBACK_S
+        keys = await loop_call(delivered_keys, store, since)
         ledger.preload(keys)
         await dispatcher.start()
+        # Alertmanager forgets alerts nobody re-sends: keep those still firing alive.
+        dispatcher.keep_alive(await loop_call(open_alerts, store, since))
         log.info("alert delivery started receivers=%s delivered_known=%d",
                  ",".join(r.name for r in config.alerting.receivers), len(keys))
         started.set()

@@ -26,7 +26,7 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.reader: RemoteReadStore | None = None
 
-    def start(self, timeout: float = 90) -> None:
+    def start(self, timeout: float = 90, extra_args: list[str] | None = None) -> None:
         cmd = [
             sys.executable,
             "-m",
@@ -46,6 +46,7 @@ class WorkerProcess:
             str(self.log_path.parent / "worker-state"),
             "--batch-within",
             "0.3",
+            *(extra_args or []),
         ]
         with open(self.log_path, "ab") as fh:
             self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)

@@ -77,19 +77,23 @@ def test_resolution_does_not_depend_on_ticks() -> None:
     assert out[0].ends_at == T0 + 120 and out[1].starts_at == T0 + 400
 
 
-def test_flapping_finding_pages_at_most_max_flaps_times() -> None:
-    cfg = AlertConfig()
+@pytest.mark.parametrize("max_flaps", [1, 3])
+def test_flapping_finding_pages_at_most_max_flaps_times(max_flaps: int) -> None:
+    cfg = AlertConfig(max_flaps=max_flaps)
     lc = AlertLifecycle(cfg)
     out: list[Alert] = []
     for i in range(5):  # fire, go quiet, resolve: five times in about ten minutes
         t = T0 + i * 130
         out += lc.observe_findings([finding(t)])
         out += lc.tick(t + 121)
-    pages = [a for a in out if a.status == "firing"]
-    assert len(pages) == cfg.max_flaps
-    assert all("flapping" not in a.labels for a in out)
-    # Held firing while it flaps; its resolution, the next change emitted, says so.
+    pages = [a for a in out if a.status == "firing" and a.severity == "page"]
+    assert len(pages) == max_flaps
+    assert all("flapping" not in a.labels for a in pages)
+    # Then it comes back once as a ticket saying it flaps, held firing while it does...
+    [flapping] = [a for a in out if a.labels.get("flapping") == "true"]
+    assert (flapping.status, flapping.severity) == ("firing", "ticket")
     assert len(lc.open_alerts()) == 1
+    # ...and resolves once quiet for the flap window.
     [final] = lc.tick(T0 + 4 * 130 + cfg.flap_window_s)
     assert final.status == "resolved" and final.labels["flapping"] == "true"
 
