@@ -35,6 +35,8 @@ class Kill(Scenario):
     peers_continue_s: int | None = 30
     #: Kill only this many of the node's ranks (its first GPUs); None: all of them.
     ranks: int | None = None
+    #: Their GPUs fall off the bus (NVML: GPU is lost) instead of the processes exiting.
+    gpu_lost: bool = False
     culprit_node: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -54,8 +56,11 @@ class Kill(Scenario):
 
     def start(self, sim: JobSimulator) -> None:
         """Kill the node's ranks."""
+        g = self.spec.gpus_per_node
         for r in self._killed():
             sim.knobs.alive[r] = False
+            if self.gpu_lost:
+                sim.knobs.gpu[(self.culprit_node, r % g)] = GpuOverride(lost=True)
 
     def during(self, sim: JobSimulator, dt: int) -> None:
         """Let the peers hang once they need the dead ranks."""

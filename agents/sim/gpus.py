@@ -63,6 +63,8 @@ class GpuOverride:
     sm_clock_mhz: int | None = None
     reasons: int = 0
     temp_c: float | None = None
+    #: The GPU fell off the bus: NVML reports it lost (XID 79), no readings.
+    lost: bool = False
 
 
 class NodeGpus:
@@ -102,6 +104,9 @@ class NodeGpus:
         if temp_target is not None:
             temp = temp_target + gauss(0.0, 0.8)
         self._nvlink[i] += int(util * 1.9e8) if activity in ("busy", "eval") else 0
+        if override is not None and override.lost:
+            # Drawn above all the same, so the other GPUs' readings do not change.
+            return GpuSample(index=i, uuid=self._uuids[i], lost=True)
         return h100_sample(
             i, self._uuids[i], util=util, power=power, temp=temp, sm_clock=clock,
             reasons=reasons, mem_fraction=mem_fraction, nvlink=self._nvlink[i], procs=procs,

@@ -20,6 +20,8 @@ __all__ = [
 ]
 
 Severity = Literal["page", "ticket", "info"]
+#: Hardware findings that mean the job lost a worker, not just speed.
+_STOPS_THE_JOB = frozenset({"node_idle"})
 Evidence = dict[str, float | str | None]
 
 #: An integrity finding blaming more than this share of a job's ranks is job-wide: still a
@@ -86,7 +88,9 @@ def _finding_severity(finding: Finding) -> Severity:
         # trainer stopping on purpose: worth a ticket, not a 3 a.m. page.
         return "page" if finding.ranks or finding.nodes else "ticket"
     if finding.category == "hardware":
-        return "ticket"
+        # A GPU or node lost from a running job stops the job: page. A throttled or
+        # slow GPU costs speed, not the run: a ticket for the hardware team.
+        return "page" if finding.check in _STOPS_THE_JOB else "ticket"
     return "info"
 
 

@@ -262,3 +262,12 @@ def test_a_second_check_on_the_same_node_is_a_related_ticket_not_a_second_page()
     [other] = lc.observe_findings([finding(check="rank_missing", category="availability",
                                            finding_id="f-3", nodes=["node-07"], ranks=[60])])
     assert other.severity == "page" and "related_to" not in other.labels
+
+
+def test_a_lost_gpu_pages_and_a_throttled_one_is_a_ticket() -> None:
+    lc = AlertLifecycle()
+    [lost] = lc.observe_findings([finding(check="node_idle", category="hardware",
+                                          finding_id="f-lost")])
+    [hot] = lc.observe_findings([finding(check="gpu_throttled", category="hardware",
+                                         finding_id="f-hot", nodes=["node-05"], ranks=[41])])
+    assert (lost.severity, hot.severity) == ("page", "ticket")
