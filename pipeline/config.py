@@ -47,8 +47,10 @@ class WorkerConfig:
     partitions: int = 3
     replication_factor: int = 1
     #: A store write happens when this many messages are buffered or ``batch_within_s`` passed.
+    #: Short: a fault's first sample waits this long before the checks see it, and pages
+    #: are due within a second; under load batches fill to ``batch_max`` long before.
     batch_max: int = 2000
-    batch_within_s: float = 1.0
+    batch_within_s: float = 0.2
     #: How long a failing store write is retried (with backoff) before the worker gives up.
     store_retry_s: float = 600.0
     #: A worker that stops heartbeating for this long loses its partitions to the others.

@@ -1,6 +1,7 @@
 """Play simulated jobs into Kafka on the wall clock, as their node agents would.
 
-Tick ``t`` of every job is sent at wall time ``start + t / speed``; at ``speed=1`` with
+Tick ``t`` of every job (``t`` from 0, as the simulator counts) is sent at wall time
+``start + t / speed``; at ``speed=1`` with
 the jobs' ``start_ts`` set to the wall clock, a record's event time is the moment it is
 sent, which is what a latency measurement from a fault to a page needs. Used by the
 alert end-to-end tests and the fault-to-page benchmark.
@@ -42,7 +43,8 @@ def play(
     names = {"samples": topics.samples, "steps": topics.steps}
     t0 = clock() if start is None else start
     sent = 0
-    for t in range(1, ticks + 1):
+    for t in range(ticks):
+        # A simulator's tick t carries event time start_ts + t: send it at t0 + t.
         delay = t0 + t / speed - clock()
         if delay > 0:
             sleep(delay)

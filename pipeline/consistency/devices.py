@@ -179,6 +179,12 @@ class DeviceWatch:
         k = self.config.idle_k
         return st.node_low >= k or all(st.gpu_low.get(i, 0) >= k for i in released)
 
+    def judge(
+        self, now: float, ranks_on: Callable[[str, int | None], tuple[int, ...]]
+    ) -> list[Fault]:
+        """Decide held releases now that a whole input batch is in (its peers may be)."""
+        return self._judge_released(now, ranks_on) if self._released else []
+
     def _judge_released(
         self, now: float, ranks_on: Callable[[str, int | None], tuple[int, ...]]
     ) -> list[Fault]:

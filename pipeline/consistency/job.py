@@ -106,6 +106,11 @@ class JobState:
     def finish(self, now: float) -> list[Finding]:
         """After a batch of records: check loads, close due steps, look for a stall."""
         out: list[Finding] = []
+        # A released GPU sampled last in the batch: its peers' samples of the tick came
+        # before it, so decide now rather than on the job's next sample batch.
+        held = self.devices.judge(self._samples_ts, self.asm.ranks_on)
+        if held:
+            out += self.tracker.update("node_idle", held, None, self._samples_ts)
         if self.pending_events:
             events, self.pending_events = self.pending_events, []
             out += self.tracker.update("checkpoint_digest", self.checkpoints.observe(events),

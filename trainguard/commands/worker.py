@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p,
         "--batch-within",
         "TRAINGUARD_BATCH_WITHIN_S",
-        1.0,
+        0.2,
         "seconds a partial batch waits before it is written",
         type=float,
     )

@@ -135,3 +135,14 @@ def test_a_release_waits_for_its_peers_samples_of_the_same_tick():
         found += got
     f = first(found)[0]
     assert (f.nodes, f.first_seen, f.evidence["samples"]) == (["node-00"], T0 + 20.5, 1)
+
+
+def test_a_release_sampled_last_in_a_batch_is_decided_with_that_batch():
+    job = FakeJob(32, seed=9)
+    last = job.nodes[-1]
+    over = _procs(job, 20, {last})
+    stage = ConsistencyStage()
+    for t in range(1, 20):
+        assert stage.observe(job.samples(T0 + t + 0.5, over=over(t))) == []
+    found = stage.observe(job.samples(T0 + 20.5, over=over(20)))  # the dead node comes last
+    assert [(f.check, f.nodes) for f in found] == [("node_idle", [last])]
