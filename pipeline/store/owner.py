@@ -36,7 +36,12 @@ from pipeline.store.sqltext import read_only_violation
 from pipeline.store.url import validate_identifier
 from trainguard.errors import StoreError
 
-__all__ = ["OwnerInfo", "ReadServer", "RemoteReadStore", "read_owner", "serve_reads"]
+__all__ = [
+    "OPERATOR_TABLES", "OwnerInfo", "ReadServer", "RemoteReadStore", "read_owner", "serve_reads",
+]
+
+#: Tables an operator writes while a worker owns the embedded store (through its endpoint).
+OPERATOR_TABLES = frozenset({"silences"})
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +98,9 @@ def _handler(store: Store, token: str) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802
             if not self._authorized():
                 return
+            if self.path.startswith("/insert/"):
+                self._insert(self.path.removeprefix("/insert/"))
+                return
             if self.path != "/query":
                 self._reply(404, {"error": f"unknown path {self.path!r}; expected /query"})
                 return
@@ -119,6 +127,28 @@ def _handler(store: Store, token: str) -> type[BaseHTTPRequestHandler]:
                 self._reply(500, {"error": f"internal error: {exc}"})
                 return
             self._reply(200, {"columns": result.columns, "rows": [list(r) for r in result.rows]})
+
+        def _insert(self, table: str) -> None:
+            # Operator records only (a silence set while the worker runs); the pipeline's
+            # own tables have one writer, the worker.
+            if table not in OPERATOR_TABLES:
+                self._reply(403, {"error": f"rows for {table!r} are refused; only "
+                                           f"{', '.join(sorted(OPERATOR_TABLES))} may be written"})
+                return
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > _MAX_BODY:
+                    self._reply(413, {"error": f"{length} bytes exceeds {_MAX_BODY}"})
+                    return
+                rows = msgspec.json.decode(self.rfile.read(length))
+                if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                    raise ValueError("expected a JSON list of objects")
+                store.insert_rows(table, rows)
+            except (ValueError, msgspec.DecodeError, StoreError) as exc:
+                self._reply(400, {"error": str(exc)})
+                return
+            log.info("operator rows inserted table=%s rows=%d", table, len(rows))
+            self._reply(200, {"inserted": len(rows)})
 
     return _ReadHandler
 
@@ -245,8 +275,10 @@ class RemoteReadStore(Store):
         raise self._read_only()
 
     def insert_rows(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Refuse: the owner process is the only writer."""
-        raise self._read_only()
+        """Insert operator rows (``OPERATOR_TABLES``) through the owner; refuse the rest."""
+        if table not in OPERATOR_TABLES:
+            raise self._read_only()
+        self._request(f"/insert/{table}", msgspec.json.encode(list(rows)))
 
     def _insert_block(self, table: str, columns: list[str] | None, body: bytes) -> None:
         raise self._read_only()

@@ -213,11 +213,11 @@ def _open_for_writing(url: StoreUrl, what: str) -> Store:
     from pipeline.store import open_store, owner_reader
 
     if url.embedded:
-        # The owner's endpoint runs read statements only, and chdb locks the directory to
-        # the owner: there is no way in for a write while it runs.
+        # chdb locks the directory to its owner: a running worker takes operator rows
+        # (silences) through its loopback endpoint, and reads the same way.
         reader = owner_reader(url)
         if reader is not None:
-            raise _owned(url, what, reader.pid)
+            return reader
     try:
         return open_store(url)
     except StoreError as exc:

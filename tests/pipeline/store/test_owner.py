@@ -157,3 +157,17 @@ def test_a_stale_owner_file_is_ignored(chdb_store):
             assert store.query("SELECT 1").scalar() == 1
     finally:
         owner_file.unlink()
+
+
+def test_the_endpoint_takes_operator_rows_and_refuses_the_pipelines_tables(owned_dir):
+    path, _ = owned_dir
+    with open_store(_url(path), read_only=True) as store:
+        store.insert_rows("silences", [{
+            "silence_id": "sil-0000beef", "job_id": "j", "node": "", "starts_at": 1.8e9,
+            "ends_at": 1.8e9 + 3600, "reason": "reboot", "created_by": "sre",
+            "created_at": 1.8e9}])
+        assert store.query("SELECT count() FROM {database}.silences").scalar() == 1
+        # A client that skips the check is refused by the owner itself.
+        with pytest.raises(StoreError, match="only silences may be written"):
+            store._request("/insert/dead_letters", b"[]")
+        assert store.query("SELECT count() FROM {database}.dead_letters").scalar() == 3
