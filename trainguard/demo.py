@@ -27,6 +27,7 @@ from pipeline.store import Store, StoreUrl
 from schemas.codec import encode
 from schemas.topics import Topics
 from trainguard.broker import LocalBroker, free_port, port_free
+from trainguard.demo_pages import DemoPager
 from trainguard.errors import ConfigError, TrainguardError
 from trainguard.local_pipeline import check_alive, start_worker, stop_worker, wait_for_store
 
@@ -106,7 +107,10 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
     worker: subprocess.Popen[bytes] | None = None
     transport: KafkaTransport | None = None
     worker_log = data_dir / "logs" / "worker.log"
+    pager = DemoPager(data_dir)
     try:
+        pager.__enter__()
+        out(f"[demo] pages go to {pager.route}")
         bootstrap = opts.bootstrap
         if not bootstrap:
             port = opts.kafka_port if port_free(opts.kafka_port) else free_port()
@@ -116,7 +120,8 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
             bootstrap = broker.bootstrap
         ensure_topics(bootstrap, topics.all(), partitions=3, replication_factor=1)
         out(f"[demo] starting stream worker → store {url} (log: {worker_log})")
-        worker = start_worker(bootstrap, store_raw, opts.topic_prefix, data_dir, worker_log)
+        worker = start_worker(bootstrap, store_raw, opts.topic_prefix, data_dir, worker_log,
+                              pager.worker_config())
         store = wait_for_store(url, worker, worker_log)
         sim = JobSimulator(spec, scenario, seed=int(run_id, 16) % 1000, start_ts=time.time())
         transport = KafkaTransport(KafkaProducerSettings(bootstrap=bootstrap))
@@ -139,6 +144,7 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
         for table, what in _TABLES.items():
             out(f"         {table:<18} {counts[table]:>8}   (one per {what})")
         named = _report_findings(store, cluster, scenario, out)
+        _report_pages(pager, cluster, scenario, out)
         out("[demo] look around: trainguard db query --store " + store_raw +
             " \"SELECT check, ranks, nodes, summary FROM {database}.findings FINAL\"")
         store.close()
@@ -155,6 +161,7 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
         if broker is not None:
             broker.stop()
             out("[demo] local Kafka stopped")
+        pager.__exit__(None, None, None)
 
 
 def _produce(sim: JobSimulator, transport: KafkaTransport, topics: Topics, opts: DemoOptions,
@@ -201,6 +208,20 @@ def _report_findings(store: Store, cluster: str, scenario: Scenario | None,
     verdict = "named correctly" if hit else "NOT found"
     out(f"[demo] injected {scenario.name} on {culprits}: {verdict}")
     return bool(hit)
+
+
+def _report_pages(pager: DemoPager, cluster: str, scenario: Scenario | None,
+                  out: Callable[[str], None]) -> None:
+    """Print what reached the on-call's receiver (waiting a little for the last ones)."""
+    deadline = time.monotonic() + (10 if scenario is not None else 0)
+    pages = pager.pages(cluster)
+    while not pages and time.monotonic() < deadline:
+        time.sleep(0.5)
+        pages = pager.pages(cluster)
+    for p in pages:
+        out(f"[demo] {str(p['severity']).upper()} {p['status']} {p['check']}: {p['summary']}")
+    if not pages:
+        out("[demo] no alert reached the receiver" + (" (expected one)" if scenario else ""))
 
 
 def _count(store: Store, table: str, cluster: str) -> int:

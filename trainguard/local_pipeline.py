@@ -18,9 +18,10 @@ __all__ = ["check_alive", "start_worker", "stop_worker", "wait_for_store"]
 
 
 def start_worker(
-    bootstrap: str, store: str, prefix: str, data_dir: Path, log_path: Path
+    bootstrap: str, store: str, prefix: str, data_dir: Path, log_path: Path,
+    config: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``trainguard worker`` with its log in ``log_path``."""
+    """Start ``trainguard worker`` (with the TOML ``config``) logging to ``log_path``."""
     cmd = [
         sys.executable,
         "-m",
@@ -37,7 +38,8 @@ def start_worker(
         "--data-dir",
         str(data_dir / "worker"),
         "--batch-within",
-        "0.5",
+        "0.2",
+        *(["--config", str(config)] if config is not None else []),
     ]
     with open(log_path, "ab") as fh:
         return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)

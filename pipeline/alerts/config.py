@@ -37,7 +37,8 @@ class AlertConfig:
     #: many places at once is one incident; five pages already wake someone up.
     job_rate_limit: int = 5
     job_rate_window_s: float = 300.0
-    #: ``runbook_url`` is ``{runbook_base_url}/{check}``.
+    #: ``runbook_url`` is ``{runbook_base_url}/{check}``, or the base with ``{check}``
+    #: replaced when it has one (``https://git.example/tg/blob/main/docs/runbooks/{check}.md``).
     runbook_base_url: str = "https://trainguard.example/runbooks"
     #: When set, alerts carry a Grafana link with job, node and time range filled in.
     dashboard_base_url: str = ""

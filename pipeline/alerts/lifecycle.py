@@ -306,9 +306,15 @@ class AlertLifecycle:
             starts_at=state.starts_at, ends_at=state.ends_at if resolved else None,
             job_id=obs.job_id, node=obs.node, rank=obs.rank, gpu_index=obs.gpu_index,
             evidence=evidence, labels=dict(state.labels),
-            runbook_url=f"{self.config.runbook_base_url.rstrip('/')}/{quote(obs.check)}",
+            runbook_url=self._runbook(obs.check),
             dashboard_url=self._dashboard_url(obs, state),
         )
+
+    def _runbook(self, check: str) -> str:
+        base = self.config.runbook_base_url
+        if "{check}" in base:  # e.g. a repository view: ".../docs/runbooks/{check}.md"
+            return base.replace("{check}", quote(check))
+        return f"{base.rstrip('/')}/{quote(check)}"
 
     def _dashboard_url(self, obs: Observation, state: _State) -> str | None:
         base = self.config.dashboard_base_url.rstrip("/")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Container
 
+from msgspec.structs import replace
+
 from pipeline.consistency.agreement import param_divergence, value_mismatch
 from pipeline.consistency.assembler import ClosedStep, StepAssembler
 from pipeline.consistency.checkpoints import CheckpointWatch
@@ -161,4 +163,7 @@ class JobState:
         out += t.update("rank_missing", rank_missing(cs, cols, self.asm, c), scope, now)
         out += t.update("step_skew", step_skew(cs, cols, self.asm, c), scope, now)
         out += t.update("job_stalled", [], _EVERYTHING, now)
-        return out
+        # The world size tells an alert how much of the job a finding blames (job-wide?).
+        return [f if "world_size" in f.evidence
+                else replace(f, evidence={**f.evidence, "world_size": cs.world_size})
+                for f in out]

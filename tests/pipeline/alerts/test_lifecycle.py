@@ -271,3 +271,17 @@ def test_a_lost_gpu_pages_and_a_throttled_one_is_a_ticket() -> None:
     [hot] = lc.observe_findings([finding(check="gpu_throttled", category="hardware",
                                          finding_id="f-hot", nodes=["node-05"], ranks=[41])])
     assert (lost.severity, hot.severity) == ("page", "ticket")
+
+
+def test_runbook_links_follow_a_template_when_the_base_has_one() -> None:
+    base = "https://git.example/tg/blob/main/docs/runbooks/{check}.md"
+    [a] = AlertLifecycle(AlertConfig(runbook_base_url=base)).observe_findings([finding()])
+    assert a.runbook_url == "https://git.example/tg/blob/main/docs/runbooks/param_divergence.md"
+
+
+def test_an_integrity_finding_over_a_quarter_of_the_world_is_job_wide() -> None:
+    lc = AlertLifecycle()
+    [few] = lc.observe_findings([finding(ranks=[1, 2, 3], evidence={"world_size": 16})])
+    [many] = lc.observe_findings([finding(finding_id="f-9", check="loss_outlier",
+                                          ranks=[1, 2, 3, 4, 5], evidence={"world_size": 16})])
+    assert "scope" not in few.labels and many.labels["scope"] == "job-wide"

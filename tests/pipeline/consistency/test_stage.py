@@ -79,6 +79,7 @@ def test_a_fault_that_clears_emits_one_notice_with_the_same_id():
     assert [(f.step, f.cleared_at is not None) for f in found] == [(10, False), (10, True)]
     opened, cleared = found
     assert cleared.finding_id == opened.finding_id and cleared.ranks == [3]
+    assert opened.evidence["world_size"] == 8  # so an alert can tell a job-wide fault
     # Cleared after clear_steps (20) clean steps from step 20, in event time.
     assert cleared.cleared_at is not None and T0 + 38 <= cleared.cleared_at <= T0 + 41
 
