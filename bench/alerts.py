@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -39,8 +37,7 @@ from agents.sim.availability import Kill
 from agents.sim.job import JobSimulator
 from agents.sim.player import play
 from agents.transport import KafkaTransport
-from pipeline.store import StoreUrl, owner_reader
-from pipeline.store.owner import RemoteReadStore
+from bench.pipeline import _Worker as BenchWorker
 from schemas.topics import Topics
 from trainguard.alertmanager import LocalAlertmanager
 from trainguard.broker import LocalBroker, free_ports
@@ -56,27 +53,17 @@ WARMUP = 20  # ticks before the first fault: peers known, GPUs seen in use
 DEBUG = bool(__import__("os").environ.get("TG_BENCH_DEBUG"))
 
 
-class _Worker:
+class _Worker(BenchWorker):
+    """The benchmark's worker, delivering to ``am_url``; reads its delivery timings back."""
+
     def __init__(self, bootstrap: str, work: Path, prefix: str, am_url: str,
                  batch_within: float) -> None:
         config = work / f"worker-{prefix}.toml"
         config.write_text(f'[[receivers]]\ntype = "alertmanager"\nname = "am"\n'
                           f'url = "{am_url}"\n')
-        self.url = StoreUrl.parse(f"chdb://{work / f'store-{prefix}'}")
-        cmd = [sys.executable, "-m", "trainguard.cli", "--log-level", "INFO" if DEBUG else "WARNING", "worker",
-               "--bootstrap", bootstrap, "--store", str(self.url), "--topic-prefix", prefix,
-               "--app-id", f"bench-{prefix}", "--data-dir", str(work / f"w-{prefix}"),
-               "--batch-within", str(batch_within), "--config", str(config)]
-        self.log_path = work / f"worker-{prefix}.log"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        reader: RemoteReadStore | None = None
-        while reader is None:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited:\n{self.log_path.read_text()[-3000:]}")
-            reader = owner_reader(self.url, pid=self.proc.pid)
-            time.sleep(0.2)
-        self.reader = reader
+        super().__init__(bootstrap, work, prefix, log_level="INFO" if DEBUG else "WARNING",
+                         extra_args=("--batch-within", str(batch_within),
+                                     "--config", str(config)))
 
     def acked_at(self, alert_id: str) -> float | None:
         """Wall time Alertmanager acknowledged trainguard's POST of the alert's firing."""
@@ -91,11 +78,6 @@ class _Worker:
              f"WHERE job_id = '{job_id}'")
         value = self.reader.query(q).scalar()
         return float(value) if value else None
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
-
 
 def run_round(bootstrap: str, prefix: str, kind: str, jobs: int, worker: _Worker,
               receiver: WebhookReceiver, rng: random.Random) -> list[dict[str, float]]:

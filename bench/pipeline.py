@@ -88,12 +88,13 @@ class _Producer:
 class _Worker:
     """One ``trainguard worker`` process on its own topics and embedded store."""
 
-    def __init__(self, bootstrap: str, work: Path, prefix: str) -> None:
+    def __init__(self, bootstrap: str, work: Path, prefix: str, *, log_level: str = "WARNING",
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.url = StoreUrl.parse(f"chdb://{work / f'store-{prefix}'}")
-        cmd = [sys.executable, "-m", "trainguard.cli", "--log-level", "WARNING", "worker",
+        cmd = [sys.executable, "-m", "trainguard.cli", "--log-level", log_level, "worker",
                "--bootstrap", bootstrap, "--store", str(self.url), "--topic-prefix", prefix,
                "--app-id", f"bench-{prefix}", "--data-dir", str(work / f"w-{prefix}"),
-               "--batch-within", "0.2"]
+               "--batch-within", "0.2", *extra_args]
         self.log_path = work / f"worker-{prefix}.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

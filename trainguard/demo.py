@@ -147,6 +147,7 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
         _report_pages(pager, cluster, scenario, out)
         out("[demo] look around: trainguard db query --store " + store_raw +
             " \"SELECT check, ranks, nodes, summary FROM {database}.findings FINAL\"")
+        out(f"[demo]             trainguard alerts --all --store {store_raw}")
         store.close()
         return 0 if stored == batches and named else 1
     except KeyboardInterrupt:
