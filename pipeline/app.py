@@ -21,7 +21,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -31,6 +31,7 @@ import mode
 from pipeline.baselines import BaselineStage
 from pipeline.config import WorkerConfig
 from pipeline.consistency import ConsistencyStage
+from pipeline.health import HealthProbe, add_health
 from pipeline.ingest import Ingestor, RawMessage
 from pipeline.sinks.rows import Row, rows_for
 from pipeline.sinks.store_sink import StoreSink
@@ -264,14 +265,18 @@ def build_app(
                 log.debug("state snapshot partitions=%d chunks=%d took_s=%.2f", len(state_writes),
                           len(sent), took)
 
+    alerting_health: Callable[[], dict[str, float]] | None = None
     if store is not None and config.alerting.enabled:
         from pipeline.alerts.stream import add_alerting
 
         def event_now() -> float:
             return consistency.watermark if consistency is not None else -math.inf
 
-        add_alerting(app, config, sink=sink, store=store, executor=executor,
-                     dead_letters=dead_letters, event_now=event_now)
+        alerting_health = add_alerting(app, config, sink=sink, store=store, executor=executor,
+                                       dead_letters=dead_letters, event_now=event_now)
+
+    add_health(app, config.health_every_s, HealthProbe(worker_name), ingestor, sink, executor,
+               alerting_health)
 
     @app.timer(0.5)
     async def settle_idle() -> None:

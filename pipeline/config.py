@@ -65,6 +65,8 @@ class WorkerConfig:
     #: How often (wall clock) detector state is snapshotted to the compacted state topic, at
     #: least: a snapshot that takes t seconds to export delays the next by 10·t or more.
     state_every_s: float = 5.0
+    #: How often (wall clock) the worker writes its own health to ``pipeline_health``.
+    health_every_s: float = 5.0
     #: Where the worker writes its state (Faust tables) and, for chdb, its owner file.
     data_dir: str = "./trainguard-data/worker"
 

@@ -64,8 +64,11 @@ def add_alerting(
     executor: Executor,
     dead_letters: faust.types.TopicT,
     event_now: Callable[[], float],
-) -> None:
-    """Register the alert agents and timers on ``app`` (see the module docstring)."""
+) -> Callable[[], dict[str, float]]:
+    """Register the alert agents and timers on ``app`` (see the module docstring).
+
+    Returns a probe of the alerting's health for ``pipeline_health``.
+    """
     cfg = config.alerting
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
                            "key_serializer": "raw", "value_serializer": "raw"}
@@ -175,16 +178,27 @@ def add_alerting(
         for lc in lifecycles.values():
             lc.set_silences(active)
 
+    dispatcher = None
     if cfg.receivers:
-        _add_delivery(app, config, alerts_topic, alerts_decoder, reject, sink, store, loop_call,
-                      dead_letters)
+        dispatcher = _add_delivery(app, config, alerts_topic, alerts_decoder, reject, sink,
+                                   store, loop_call, dead_letters)
+
+    def health() -> dict[str, float]:
+        out = {"alerts_firing": float(sum(len(lc.open_alerts()) for lc in lifecycles.values()))}
+        if dispatcher is not None:
+            stats = dispatcher.stats().values()
+            out["alerts_queued"] = float(sum(c["queued"] for c in stats))
+            out["deliveries_failed_total"] = float(sum(c["failed"] for c in stats))
+        return out
+
+    return health
 
 
 def _add_delivery(
     app: faust.App, config: WorkerConfig, alerts_topic: faust.types.TopicT,
     decoder: RecordDecoder[Alert], reject: Callable[[Any, RecordError], Any], sink: StoreSink,
     store: Store, loop_call: _StoreCalls, dead_letters: faust.types.TopicT,
-) -> None:
+) -> Dispatcher:
     """The delivery agent, its ledger and the flushing of ledger rows to the store."""
     ledger = MemoryLedger()
     failed_rows: list[Row] = []
@@ -253,6 +267,8 @@ def _add_delivery(
             log.info("delivery receiver=%s sent=%d retries=%d failed=%d queued=%d resent=%d "
                      "skipped=%d", name, c["sent"], c["retries"], c["failed"], c["queued"],
                      c["resent"], c["skipped"])
+
+    return dispatcher
 
 
 def _ack(app: faust.App, events: Sequence[faust.types.EventT], done: asyncio.Future[None]) -> None:

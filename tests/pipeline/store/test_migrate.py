@@ -8,8 +8,8 @@ from trainguard.errors import StoreError
 
 ALL_TABLES = [
     "agent_heartbeats", "alert_deliveries", "alerts", "anomalies", "baselines", "checkpoints",
-    "dead_letters", "findings", "gpu_samples", "gpu_samples_1m", "sample_batches", "silences",
-    "steps", "steps_1m",
+    "dead_letters", "findings", "gpu_samples", "gpu_samples_1m", "pipeline_health",
+    "sample_batches", "silences", "steps", "steps_1m",
 ]
 
 

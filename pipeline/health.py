@@ -1,0 +1,98 @@
+"""The worker's own health, as rows of the ``pipeline_health`` table every few seconds.
+
+What an SRE needs to trust the pipeline: is it reading (ingest rate), keeping up
+(consumer lag per partition: messages on the broker not yet read), rejecting input (dead
+letters), writing (sink batch latency), paging (alerts queued for delivery, deliveries
+given up). Rates are computed from the counters between two probes, on the wall clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import faust
+
+from pipeline.ingest import Ingestor
+from pipeline.sinks.rows import Row
+from pipeline.sinks.store_sink import SinkCounters, StoreSink
+
+__all__ = ["HealthProbe", "Lag", "add_health"]
+
+#: (topic, partition) → messages not yet read.
+Lag = Mapping[tuple[str, int], int]
+
+
+@dataclass
+class _Last:
+    at: float
+    consumed: int
+    records: int
+
+
+class HealthProbe:
+    """Turns cumulative counters into ``pipeline_health`` rows; one per worker."""
+
+    def __init__(self, worker: str, clock: Callable[[], float] = time.time) -> None:
+        self.worker = worker
+        self._clock = clock
+        self._last: _Last | None = None
+
+    def rows(
+        self,
+        *,
+        consumed: int,
+        rejected: int,
+        sink: SinkCounters,
+        lag: Lag,
+        extra: Mapping[str, float] | None = None,
+    ) -> list[Row]:
+        """The rows of one probe; rates need two probes, so the first has none."""
+        now = self._clock()
+        records = sink.rows + sink.lines
+        out: list[Row] = []
+        last = self._last
+        if last is not None and now > last.at:
+            dt = now - last.at
+            out += self._metric(now, "ingest_msgs_per_s", (consumed - last.consumed) / dt)
+            out += self._metric(now, "records_per_s", (records - last.records) / dt)
+        self._last = _Last(now, consumed, records)
+        out += self._metric(now, "dead_letters_total", float(rejected))
+        out += self._metric(now, "sink_batch_ms", sink.last_batch_s * 1000.0)
+        for (topic, partition), behind in sorted(lag.items()):
+            out += self._metric(now, "consumer_lag", float(max(0, behind)), topic, partition)
+        for name, value in sorted((extra or {}).items()):
+            out += self._metric(now, name, float(value))
+        return out
+
+    def _metric(self, ts: float, metric: str, value: float, topic: str = "",
+                partition: int = -1) -> Iterable[Row]:
+        yield {"ts": ts, "worker": self.worker, "metric": metric, "topic": topic,
+               "partition": partition, "value": value}
+
+
+def add_health(
+    app: faust.App, every_s: float, probe: HealthProbe, ingestor: Ingestor, sink: StoreSink,
+    executor: Executor, extra: Callable[[], dict[str, float]] | None = None,
+) -> None:
+    """Write a probe to ``pipeline_health`` every ``every_s`` (on the store's thread)."""
+
+    @app.timer(every_s)
+    async def write_health() -> None:
+        # Messages on the broker not yet read, per partition this worker consumes.
+        lag: dict[tuple[str, int], int] = {}
+        for tp in app.consumer.assignment():
+            try:
+                end, read = app.consumer.highwater(tp), await app.consumer.position(tp)
+            except Exception:  # a partition mid-rebalance: no figure this round
+                continue
+            if end is not None and read is not None:
+                lag[tp.topic, tp.partition] = end - read
+        rejected = sum(ingestor.rejected.values())
+        rows = probe.rows(consumed=ingestor.accepted + rejected, rejected=rejected,
+                          sink=sink.counters, lag=lag, extra=extra() if extra else None)
+        await asyncio.get_running_loop().run_in_executor(
+            executor, sink.write, {"pipeline_health": rows})
