@@ -11,8 +11,9 @@ import sys
 from collections.abc import Sequence
 
 from trainguard import __version__, envvars
-from trainguard.commands import agent, alerts, db, demo, kafka, worker
+from trainguard.commands import agent, alerts, db, demo, kafka, report, worker
 from trainguard.commands import eval as eval_cmd
+from trainguard.commands import grafana as grafana_cmd
 from trainguard.commands._common import add_env_option
 from trainguard.errors import TrainguardError
 from trainguard.logs import configure_logging
@@ -45,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["text", "json"],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, eval_cmd, agent, worker, kafka, db, alerts):  # agent also adds `simulate`
+    # agent also adds `simulate`
+    for module in (demo, eval_cmd, agent, worker, kafka, db, alerts, grafana_cmd, report):
         module.register(sub)
     return parser
 

@@ -21,13 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.sim import DEFAULT_SCENARIO, JobSimulator, Scenario
+from agents.sim import DEFAULT_SCENARIO, JobSimulator, JobSpec, Scenario
 from agents.transport import KafkaTransport
 from pipeline.store import Store, StoreUrl
 from schemas.codec import encode
 from schemas.topics import Topics
 from trainguard.broker import LocalBroker, free_port, port_free
 from trainguard.demo_pages import DemoPager
+from trainguard.demo_views import write_views
 from trainguard.errors import ConfigError, TrainguardError
 from trainguard.local_pipeline import check_alive, start_worker, stop_worker, wait_for_store
 
@@ -123,6 +124,7 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
         worker = start_worker(bootstrap, store_raw, opts.topic_prefix, data_dir, worker_log,
                               pager.worker_config())
         store = wait_for_store(url, worker, worker_log)
+        _plan_maintenance(store, spec, out)
         sim = JobSimulator(spec, scenario, seed=int(run_id, 16) % 1000, start_ts=time.time())
         transport = KafkaTransport(KafkaProducerSettings(bootstrap=bootstrap))
         story = (f"injecting {scenario.name} at t={scenario.at}s ({scenario.description})"
@@ -145,11 +147,13 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
             out(f"         {table:<18} {counts[table]:>8}   (one per {what})")
         named = _report_findings(store, cluster, scenario, out)
         _report_pages(pager, cluster, scenario, out)
+        views_ok = write_views(store, data_dir, cluster=cluster, job_id=spec.job_id,
+                               start=sim.start_ts, end=sim.start_ts + opts.ticks, out=out)
         out("[demo] look around: trainguard db query --store " + store_raw +
             " \"SELECT check, ranks, nodes, summary FROM {database}.findings FINAL\"")
         out(f"[demo]             trainguard alerts --all --store {store_raw}")
         store.close()
-        return 0 if stored == batches and named else 1
+        return 0 if stored == batches and named and views_ok else 1
     except KeyboardInterrupt:
         out("[demo] interrupted; stopping what the demo started")
         raise
@@ -169,7 +173,8 @@ def _produce(sim: JobSimulator, transport: KafkaTransport, topics: Topics, opts:
              store: Store, cluster: str, worker: subprocess.Popen[bytes], log_path: Path,
              out: Callable[[str], None]) -> int:
     """Tick the job at ``opts.speed`` ticks per second; return sample batches sent."""
-    names = {"samples": topics.samples, "steps": topics.steps}
+    names = {"samples": topics.samples, "steps": topics.steps,
+             "heartbeats": topics.heartbeats}
     batches = 0
     started = time.monotonic()
     every = max(1, round(5 * opts.speed))
@@ -209,6 +214,19 @@ def _report_findings(store: Store, cluster: str, scenario: Scenario | None,
     verdict = "named correctly" if hit else "NOT found"
     out(f"[demo] injected {scenario.name} on {culprits}: {verdict}")
     return bool(hit)
+
+
+def _plan_maintenance(store: Store, spec: JobSpec, out: Callable[[str], None]) -> None:
+    """Silence a node's pages for a planned window tomorrow, as an SRE would."""
+    from pipeline.alerts.silences import add_silence
+
+    node = spec.node_name(spec.nodes - 1)
+    start = (int(time.time()) // 3600 + 24) * 3600.0
+    silence = add_silence(store, job_id=None, node=node, starts_at=start, ends_at=start + 7200,
+                          reason="planned maintenance: NVLink cable swap (demo)",
+                          created_by="trainguard-demo", now=time.time())
+    out(f"[demo] planned maintenance: {silence.silence_id} silences {node} tomorrow for 2 h "
+        "(trainguard silence list)")
 
 
 def _report_pages(pager: DemoPager, cluster: str, scenario: Scenario | None,

@@ -134,7 +134,8 @@ def run_eval(opts: EvalOptions, out: Callable[[str], None] = print) -> EvalRepor
             f"{len(opts.seeds)} seeds), {opts.nodes} nodes × {opts.gpus} GPUs each, "
             f"{opts.ticks} ticks at {opts.speed:g} ticks/s")
         transport = KafkaTransport(KafkaProducerSettings(bootstrap=bootstrap))
-        names = {"samples": topics.samples, "steps": topics.steps}
+        names = {"samples": topics.samples, "steps": topics.steps,
+             "heartbeats": topics.heartbeats}
         tick_wall: dict[int, float] = {}
         produced = sample_batches = 0
         started = time.monotonic()

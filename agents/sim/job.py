@@ -21,7 +21,15 @@ from agents.sim.gpus import Activity, NodeGpus
 from agents.sim.spec import DEFAULT_START_TS, Emit, JobSpec
 from agents.sim.state import Checkpoint, Knobs, digest
 from agents.sim.steps import StepModel
-from schemas.records import CheckpointEvent, GpuSampleBatch, StepBatch, StepRecord
+from schemas.records import (
+    AgentCounters,
+    CheckpointEvent,
+    GpuSampleBatch,
+    Heartbeat,
+    StepBatch,
+    StepRecord,
+)
+from trainguard import __version__
 
 if TYPE_CHECKING:
     from agents.sim.scenario import Scenario
@@ -29,6 +37,8 @@ if TYPE_CHECKING:
 __all__ = ["JobSimulator"]
 
 _DRIVER = "sim-550.0"
+#: Ticks between a node agent's heartbeats (the agent's default: every 5 s).
+HEARTBEAT_EVERY = 5
 #: Stretches of ticks without optimizer steps: a checkpoint write, an eval, ranks down, a load.
 _Phase = Literal["save", "eval", "down", "load"]
 
@@ -172,6 +182,16 @@ class JobSimulator:
                     seq=self._step_seq[i], agent_id=self._agent_ids[i], steps=mine,
                 )))
                 self._step_seq[i] += 1
+            if t % HEARTBEAT_EVERY == 0:
+                # As the node agents do: liveness and their own counters (nothing spooled
+                # or dropped in a simulation), keyed by node.
+                out.append(Emit("heartbeats", self._node_keys[i], Heartbeat(
+                    cluster=spec.cluster, node=node, ts=ts, seq=t // HEARTBEAT_EVERY,
+                    agent_id=self._agent_ids[i], agent_version=__version__,
+                    uptime_s=float(t), backend="simulated", gpu_count=g,
+                    counters=AgentCounters(batches_sent=self._sample_seq[i] + self._step_seq[i],
+                                           steps_received=self._step_seq[i] * g),
+                )))
         out.extend(Emit("steps", self._key, e) for e in events)
         self._t += 1
         return out

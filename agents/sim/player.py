@@ -40,7 +40,8 @@ def play(
     """
     if speed <= 0:
         raise ValueError(f"speed must be > 0, got {speed}")
-    names = {"samples": topics.samples, "steps": topics.steps}
+    names = {"samples": topics.samples, "steps": topics.steps,
+             "heartbeats": topics.heartbeats}
     t0 = clock() if start is None else start
     sent = 0
     for t in range(ticks):

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from schemas.records import CheckpointEvent, GpuSampleBatch, StepBatch
+from schemas.records import CheckpointEvent, GpuSampleBatch, Heartbeat, StepBatch
 
 __all__ = ["DEFAULT_START_TS", "Emit", "JobSpec", "SimRecord"]
 
@@ -21,7 +21,7 @@ __all__ = ["DEFAULT_START_TS", "Emit", "JobSpec", "SimRecord"]
 DEFAULT_START_TS = 1_800_000_000.0
 
 #: The records a simulator emits.
-SimRecord = GpuSampleBatch | StepBatch | CheckpointEvent
+SimRecord = GpuSampleBatch | StepBatch | CheckpointEvent | Heartbeat
 
 _MAX_NAME = 256
 
@@ -137,7 +137,7 @@ class JobSpec:
 class Emit:
     """One wire record to send: its topic (a ``Topics`` attribute name), key and record."""
 
-    topic: Literal["samples", "steps"]
+    topic: Literal["samples", "steps", "heartbeats"]
     #: Kafka key: the job id (a node that left the job keys its samples by node name).
     key: bytes
     record: SimRecord

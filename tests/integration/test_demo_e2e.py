@@ -23,8 +23,19 @@ def test_the_demo_names_the_tampered_rank_or_stays_quiet_on_a_clean_run(
     assert run_demo(opts, out=lines.append) == 0, "\n".join(lines)
     text = "\n".join(lines)
     assert "sample_batches" in text and "stream worker stopped" in text
+    # Every panel and variable query of the four dashboards returns data for this run.
+    [views] = [line for line in lines if line.startswith("[demo] dashboards: 4 written to")]
+    done, total = views.split("(")[1].split()[0].split("/")
+    assert done == total and int(total) > 40, views
+    assert len(list((tmp_path / "grafana" / "dashboards").glob("trainguard-*.json"))) == 4
     if scenario is None:
         assert "clean run: 0 findings" in text, text
+        assert "incident report" not in text
     else:
         assert "injected weight_tamper on rank" in text and "named correctly" in text, text
         assert "FINDING param_divergence (integrity)" in text, text
+        assert "PAGE firing param_divergence" in text, text  # reached the on-call
+        [report] = [line for line in lines if "incident report for alert" in line]
+        html = report.split(": ", 1)[1].split(" (")[0]
+        pngs = list((tmp_path / "reports").glob("*/*.png"))
+        assert html.endswith("report.html") and len(pngs) >= 6, report

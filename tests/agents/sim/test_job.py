@@ -2,7 +2,7 @@ import pytest
 
 from agents.sim import DEFAULT_START_TS, JobSimulator, JobSpec, make_scenario
 from agents.sim.steps import COMPUTE_S
-from schemas.records import GpuSampleBatch, StepBatch
+from schemas.records import GpuSampleBatch, Heartbeat, StepBatch
 from tests.agents.sim.util import by_ts, checkpoints, replicas_agree, samples, steps
 
 SPEC = JobSpec(nodes=3, gpus_per_node=4, checkpoint_every=50, checkpoint_pause_s=5)
@@ -28,9 +28,20 @@ def test_every_node_sends_one_sample_batch_per_tick_keyed_and_tagged_by_job(clea
         assert {b.ts for b in tick} == {DEFAULT_START_TS + t}
         assert {b.seq for b in tick} == {t}
         assert all(b.job_id == "job-0" and len(b.gpus) == 4 for b in tick)
-    assert {e.key for e in clean} == {b"job-0"}
+    assert {e.key for e in clean if e.topic != "heartbeats"} == {b"job-0"}
     assert {e.topic for e in clean if isinstance(e.record, GpuSampleBatch)} == {"samples"}
-    assert {e.topic for e in clean if not isinstance(e.record, GpuSampleBatch)} == {"steps"}
+    assert {e.topic for e in clean
+            if not isinstance(e.record, GpuSampleBatch | Heartbeat)} == {"steps"}
+
+
+def test_every_node_agent_sends_a_heartbeat_every_five_ticks_keyed_by_node(clean):
+    beats = [e for e in clean if e.topic == "heartbeats"]
+    assert len(beats) == 3 * 150 // 5
+    assert {e.key for e in beats} == {b"node-00", b"node-01", b"node-02"}
+    assert all(isinstance(e.record, Heartbeat) and e.record.backend == "simulated"
+               for e in beats)
+    last = [e.record for e in beats if e.record.node == "node-01"][-1]
+    assert isinstance(last, Heartbeat) and last.counters.batches_sent > 0
 
 
 def test_step_batches_carry_their_nodes_ranks():

@@ -1,0 +1,1 @@
+"""Grafana: trainguard's dashboards as code, their provisioning and push, and verification."""
