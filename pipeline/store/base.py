@@ -153,3 +153,12 @@ def decode_json_compact(data: bytes, sql: str) -> QueryResult:
             f"query did not return JSONCompact (drop any FORMAT clause): {sql[:200]!r}"
         ) from None
     return QueryResult(columns=columns, rows=rows)
+
+
+def require_table(store: Store, table: str) -> None:
+    """Raise a clear :class:`StoreError` when ``table`` is missing (an unmigrated store)."""
+    if not int(store.query(f"EXISTS TABLE {{database}}.{table}").scalar()):
+        raise StoreError(
+            f"store database {store.database!r} has no {table} table; "
+            "run `trainguard db migrate` (the worker does on start)"
+        )

@@ -8,7 +8,10 @@ from typing import Any
 
 from trainguard import envvars
 
-__all__ = ["add_bootstrap", "add_env_option", "add_store", "add_topic_prefix", "store_url"]
+__all__ = [
+    "add_bootstrap", "add_env_option", "add_store", "add_topic_prefix", "parse_instant",
+    "store_url",
+]
 
 
 def add_env_option(
@@ -59,3 +62,22 @@ def store_url(raw: str) -> Any:
 
     password = os.environ.get(envvars.CLICKHOUSE_PASSWORD)
     return StoreUrl.parse(raw, Secret(password) if password else None)
+
+
+def parse_instant(flag: str, text: str) -> float:
+    """Epoch seconds of an ISO 8601 time that names its timezone (``flag`` for errors)."""
+    from datetime import datetime
+
+    from trainguard.errors import ConfigError
+
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigError(
+            f"{flag} {text!r} is not an ISO 8601 time; expected e.g. 2025-01-31T18:00Z"
+        ) from None
+    if when.tzinfo is None:
+        raise ConfigError(
+            f"{flag} {text!r} has no timezone; add Z or an offset, e.g. {text.strip()}Z"
+        )
+    return when.timestamp()

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from trainguard.commands._common import add_store, store_url
+from trainguard.commands._common import add_store, parse_instant, store_url
 from trainguard.errors import ConfigError, StoreError
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def _alerts(args: argparse.Namespace) -> int:
     url = store_url(args.store)
     since = time.time() - window
     with open_store(url, read_only=True) as store:
-        _require_table(store, "alerts")
+        _require(store, "alerts")
         firing = open_alerts(store, since)
         resolved = (
             [a for a in recent_alerts(store, since, args.limit) if a.status == "resolved"]
@@ -154,15 +154,15 @@ def _silence_add(args: argparse.Namespace) -> int:
             "silence add needs --job, --node or both; muting a whole cluster would hide an outage"
         )
     now = time.time()
-    start = _instant("--start", args.start) if args.start else now
+    start = parse_instant("--start", args.start) if args.start else now
     if args.duration is not None:
         end = start + _duration("--duration", args.duration)
     else:
-        end = _instant("--until", args.until)
+        end = parse_instant("--until", args.until)
     created_by = args.by if args.by is not None else _login()
     url = store_url(args.store)
     with _open_for_writing(url, "silence add") as store:
-        _require_table(store, "silences")
+        _require(store, "silences")
         silence = add_silence(
             store, job_id=args.job, node=args.node, starts_at=start, ends_at=end,
             reason=args.reason, created_by=created_by, now=now,
@@ -179,7 +179,7 @@ def _silence_list(args: argparse.Namespace) -> int:
 
     now = time.time()
     with open_store(store_url(args.store), read_only=True) as store:
-        _require_table(store, "silences")
+        _require(store, "silences")
         silences = list_silences(store, now, include_expired=args.all)
     if not silences:
         print("no silences" if args.all else "no active or planned silences")
@@ -199,7 +199,7 @@ def _silence_expire(args: argparse.Namespace) -> int:
 
     url = store_url(args.store)
     with _open_for_writing(url, "silence expire") as store:
-        _require_table(store, "silences")
+        _require(store, "silences")
         silence = expire_silence(store, args.silence_id, time.time())
     print(f"expired {silence.silence_id} ({_scope(silence)}) at {_clock(silence.ends_at)}")
     return 0
@@ -237,12 +237,6 @@ def _owned(url: StoreUrl, what: str, pid: int | None) -> StoreError:
     )
 
 
-def _require_table(store: Store, table: str) -> None:
-    if not int(store.query(f"EXISTS TABLE {{database}}.{table}").scalar()):
-        raise StoreError(
-            f"store database {store.database!r} has no {table} table; "
-            "run `trainguard db migrate` (the worker does on start)"
-        )
 
 
 def _duration(flag: str, text: str) -> float:
@@ -254,21 +248,6 @@ def _duration(flag: str, text: str) -> float:
             "or d, e.g. 30m, 2h, 1d"
         )
     return float(match.group(1)) * _UNIT_S[match.group(2)]
-
-
-def _instant(flag: str, text: str) -> float:
-    """Epoch seconds of an ISO 8601 time that names its timezone."""
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ConfigError(
-            f"{flag} {text!r} is not an ISO 8601 time; expected e.g. 2025-01-31T18:00Z"
-        ) from None
-    if when.tzinfo is None:
-        raise ConfigError(
-            f"{flag} {text!r} has no timezone; add Z or an offset, e.g. {text.strip()}Z"
-        )
-    return when.timestamp()
 
 
 def _login() -> str:
@@ -295,3 +274,9 @@ def _clock(t: float) -> str:
 def _cut(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= _SUMMARY_WIDTH else text[: _SUMMARY_WIDTH - 1] + "…"
+
+
+def _require(store: Store, table: str) -> None:
+    from pipeline.store.base import require_table  # heavy package: only when a command runs
+
+    require_table(store, table)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import re
-from datetime import datetime
 from pathlib import Path
 
-from trainguard.commands._common import add_store, store_url
+from trainguard.commands._common import add_store, parse_instant, store_url
 from trainguard.errors import ConfigError
 
 __all__ = ["register"]
@@ -56,7 +55,7 @@ def _report(args: argparse.Namespace) -> int:
     else:
         if args.start is None or args.end is None:
             raise ConfigError("--job needs --from and --to (ISO 8601 with timezone)")
-        start, end = _instant("--from", args.start), _instant("--to", args.end)
+        start, end = parse_instant("--from", args.start), parse_instant("--to", args.end)
         if start >= end:
             raise ConfigError(f"--from {args.start!r} is not before --to {args.end!r}")
         if args.rank is not None and args.rank < 0:
@@ -81,16 +80,3 @@ def _folder(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "report"
 
 
-def _instant(flag: str, text: str) -> float:
-    """Epoch seconds of an ISO 8601 time that names its timezone."""
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ConfigError(
-            f"{flag} {text!r} is not an ISO 8601 time; expected e.g. 2025-01-31T18:00Z"
-        ) from None
-    if when.tzinfo is None:
-        raise ConfigError(
-            f"{flag} {text!r} has no timezone; add Z or an offset, e.g. {text.strip()}Z"
-        )
-    return when.timestamp()

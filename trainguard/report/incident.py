@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 from pipeline.alerts.history import _COLUMNS, _LATEST_FIRST, _alert
 from pipeline.alerts.lifecycle import DASHBOARD_MARGIN_S
+from pipeline.store.base import require_table
 from schemas.records import Alert
-from trainguard.errors import ConfigError, StoreError
+from trainguard.errors import ConfigError
 from trainguard.report.draw import MAX_SERIES
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def alert_incident(store: Store, alert_id: str) -> Incident:
 
     Raises :class:`ConfigError` for an unknown alert.
     """
-    _require_table(store, "alerts")
+    require_table(store, "alerts")
     rows = store.query(
         f"SELECT {_COLUMNS} FROM {{database}}.alerts WHERE alert_id = {_literal(alert_id)} "
         f"ORDER BY {_LATEST_FIRST} LIMIT 1"
@@ -105,7 +106,7 @@ def job_incident(
     """
     if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
         raise ConfigError(f"time range {start!r}..{end!r}; expected 0 <= start < end")
-    _require_table(store, "steps")
+    require_table(store, "steps")
     cluster = store.query(
         f"SELECT any(cluster) FROM {{database}}.steps WHERE job_id = {_literal(job_id)}"
     ).scalar()
@@ -136,12 +137,6 @@ def _finding_last_seen(store: Store, finding_id: str) -> float | None:
     return None if ms is None else int(ms) / 1000  # 64-bit integers arrive as strings
 
 
-def _require_table(store: Store, table: str) -> None:
-    if not int(store.query(f"EXISTS TABLE {{database}}.{table}").scalar()):
-        raise StoreError(
-            f"store database {store.database!r} has no {table} table; "
-            "run `trainguard db migrate` (the worker does on start)"
-        )
 
 
 def _num(value: object, default: float) -> float:
