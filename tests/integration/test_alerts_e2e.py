@@ -169,3 +169,22 @@ def test_a_flapping_gpu_pages_once(bootstrap, worker_process, tmp_path, pager):
     again = [a for n in receiver.notifications() if n.receiver == "tickets"
              for a in n.alerts if a.labels.get("flapping") == "true"]
     assert again and {a.labels["alertname"] for a in again} >= {"node_idle"}
+
+
+def test_a_pager_down_for_60_s_behind_alertmanager_gets_the_page_when_back(
+        bootstrap, worker_process, tmp_path, pager):
+    receiver, am = pager
+    worker_process.start(extra_args=["--config", str(_config(tmp_path, am.url))])
+    sim, scenario, job_id = _job(worker_process.prefix, {"at": 20})
+    receiver.stop()  # the on-call's end (a webhook, PagerDuty's edge) is unreachable
+    stopped = time.monotonic()
+    _run(bootstrap, worker_process.prefix, sim, 60)
+    # trainguard delivered to Alertmanager; Alertmanager keeps retrying its receiver.
+    assert worker_process.wait_for(
+        "SELECT count() FROM {database}.alert_deliveries WHERE outcome = 'delivered' AND "
+        "status = 'firing' AND severity = 'page'", 1) >= 1
+    time.sleep(max(0.0, 60 - (time.monotonic() - stopped)))
+    receiver.start()
+    receiver.wait_for(lambda _r: bool(_pages(receiver, job_id, "firing")), timeout=60)
+    time.sleep(12)  # later flushes must not page again
+    assert len(_pages(receiver, job_id, "firing")) == 1
