@@ -16,6 +16,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -102,8 +103,10 @@ def _faust_ceiling(bootstrap: str, nodes: int, ticks: int = 10) -> float:
             for i in range(ticks))
     producer.close()
     env = {**os.environ, "TG_N": str(n), "TG_TOPIC": topic, "TG_BS": bootstrap}
-    out = subprocess.run([sys.executable, "-c", _CEILING_APP, "worker", "-l", "warn"],
-                         env=env, capture_output=True, text=True, timeout=600)
+    # Faust keeps a data directory in the working directory: give it a scratch one.
+    with tempfile.TemporaryDirectory(prefix="tg-ceiling-") as scratch:
+        out = subprocess.run([sys.executable, "-c", _CEILING_APP, "worker", "-l", "warn"],
+                             env=env, capture_output=True, text=True, timeout=600, cwd=scratch)
     for line in (out.stdout + out.stderr).splitlines():
         if "RATE " in line:
             return float(line.rsplit("RATE ", 1)[1].split()[0])

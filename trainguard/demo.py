@@ -239,6 +239,8 @@ def _report_pages(pager: DemoPager, cluster: str, scenario: Scenario | None,
         pages = pager.pages(cluster)
     for p in pages:
         out(f"[demo] {str(p['severity']).upper()} {p['status']} {p['check']}: {p['summary']}")
+        if p.get("link"):
+            out(f"[demo]   dashboard: {p['link']}")
     if not pages:
         out("[demo] no alert reached the receiver" + (" (expected one)" if scenario else ""))
 

@@ -20,7 +20,10 @@ from trainguard.alertmanager import (
 )
 from trainguard.webhook_receiver import WebhookReceiver
 
-__all__ = ["DemoPager"]
+__all__ = ["GRAFANA_URL", "DemoPager"]
+
+#: Where the demo's alerts point their dashboard links: Grafana's default local address.
+GRAFANA_URL = "http://localhost:3000"
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +74,15 @@ class DemoPager:
         else:
             rx = f'type = "webhook"\nname = "demo"\nurl = "{self.receiver.url_for("/webhook")}"\n'
         path = self.data_dir / "worker.toml"
-        path.write_text("# written by trainguard demo\n[alerts]\nclear_hold_s = 30.0\n\n"
+        # Alerts link to the job dashboard on a local Grafana, where the demo's dashboards
+        # can be imported (they are written next to this file).
+        path.write_text("# written by trainguard demo\n[alerts]\nclear_hold_s = 30.0\n"
+                        f'dashboard_base_url = "{GRAFANA_URL}"\n\n'
                         f'[[receivers]]\n{rx}min_severity = "ticket"\nbackoff_max_s = 5.0\n')
         return path
 
     def pages(self, cluster: str) -> list[dict[str, Any]]:
-        """What reached the receiver for ``cluster``: status, severity, check, summary."""
+        """What reached the receiver for ``cluster``: status, severity, check, summary, link."""
         out: list[dict[str, Any]] = []
         for req in self.receiver.received():
             if not req.accepted:
@@ -87,11 +93,12 @@ class DemoPager:
                         out.append({"status": a.status, "severity": a.labels.get("severity"),
                                     "check": a.labels.get("alertname"),
                                     "summary": a.annotations.get("summary", ""),
+                                    "link": a.annotations.get("dashboard_url"),
                                     "at": req.received_at})
             elif isinstance(req.json, dict) and isinstance(req.json.get("alert"), dict):
                 a = req.json["alert"]
                 if a.get("cluster") == cluster:
                     out.append({"status": a.get("status"), "severity": a.get("severity"),
                                 "check": a.get("check"), "summary": a.get("summary", ""),
-                                "at": req.received_at})
+                                "link": a.get("dashboard_url"), "at": req.received_at})
         return out
