@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -57,21 +57,21 @@ class HealthProbe:
         last = self._last
         if last is not None and now > last.at:
             dt = now - last.at
-            out += self._metric(now, "ingest_msgs_per_s", (consumed - last.consumed) / dt)
-            out += self._metric(now, "records_per_s", (records - last.records) / dt)
+            out.append(self._metric(now, "ingest_msgs_per_s", (consumed - last.consumed) / dt))
+            out.append(self._metric(now, "records_per_s", (records - last.records) / dt))
         self._last = _Last(now, consumed, records)
-        out += self._metric(now, "dead_letters_total", float(rejected))
-        out += self._metric(now, "sink_batch_ms", sink.last_batch_s * 1000.0)
+        out.append(self._metric(now, "dead_letters_total", float(rejected)))
+        out.append(self._metric(now, "sink_batch_ms", sink.last_batch_s * 1000.0))
         for (topic, partition), behind in sorted(lag.items()):
-            out += self._metric(now, "consumer_lag", float(max(0, behind)), topic, partition)
+            out.append(self._metric(now, "consumer_lag", float(max(0, behind)), topic, partition))
         for name, value in sorted((extra or {}).items()):
-            out += self._metric(now, name, float(value))
+            out.append(self._metric(now, name, float(value)))
         return out
 
     def _metric(self, ts: float, metric: str, value: float, topic: str = "",
-                partition: int = -1) -> Iterable[Row]:
-        yield {"ts": ts, "worker": self.worker, "metric": metric, "topic": topic,
-               "partition": partition, "value": value}
+                partition: int = -1) -> Row:
+        return {"ts": ts, "worker": self.worker, "metric": metric, "topic": topic,
+                "partition": partition, "value": value}
 
 
 def add_health(

@@ -110,7 +110,7 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
     worker_log = data_dir / "logs" / "worker.log"
     pager = DemoPager(data_dir)
     try:
-        pager.__enter__()
+        pager.start()
         out(f"[demo] pages go to {pager.route}")
         bootstrap = opts.bootstrap
         if not bootstrap:
@@ -166,7 +166,7 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
         if broker is not None:
             broker.stop()
             out("[demo] local Kafka stopped")
-        pager.__exit__(None, None, None)
+        pager.close()
 
 
 def _produce(sim: JobSimulator, transport: KafkaTransport, topics: Topics, opts: DemoOptions,

@@ -36,7 +36,8 @@ class DemoPager:
         self.receiver = WebhookReceiver()
         self.alertmanager: LocalAlertmanager | None = None
 
-    def __enter__(self) -> DemoPager:
+    def start(self) -> None:
+        """Start the receiver, then Alertmanager in front of it when it is installed."""
         self.receiver.start()
         am = None
         try:
@@ -51,13 +52,20 @@ class DemoPager:
                         "error=%s", exc)
             if am is not None:
                 am.close()
+
+    def close(self) -> None:
+        """Stop what :meth:`start` started."""
+        if self.alertmanager is not None:
+            self.alertmanager.close()
+        self.receiver.stop()
+
+    def __enter__(self) -> DemoPager:
+        self.start()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if self.alertmanager is not None:
-            self.alertmanager.close()
-        self.receiver.stop()
+        self.close()
 
     @property
     def route(self) -> str:

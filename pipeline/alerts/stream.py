@@ -29,6 +29,7 @@ from typing import Any
 import faust
 from kafka.partitioner.default import murmur2
 
+from pipeline.alerts.config import Silence
 from pipeline.alerts.delivery import Dispatcher, MemoryLedger
 from pipeline.alerts.history import delivered_keys, open_alerts
 from pipeline.alerts.lifecycle import AlertLifecycle
@@ -75,7 +76,7 @@ def add_alerting(
     findings_in = app.topic(config.topics.findings, **raw)
     alerts_topic = app.topic(config.topics.alerts, partitions=config.partitions, **raw)
     lifecycles: dict[int, AlertLifecycle] = {}
-    silences: list[Any] = []
+    silences: list[Silence] = []
     ready = asyncio.Event()
     ready.set()
     findings_decoder: RecordDecoder[Finding] = RecordDecoder(Finding)
