@@ -79,7 +79,7 @@ bench: install kafka-jars  ## run the benchmarks and print their figures
 	$(PY) -m bench.pipeline realtime --nodes 500 --seconds 90
 
 schemas: install  ## regenerate the JSON Schema files from schemas/records.py
-	$(PY) -m schemas.generate
+	$(PY) -m trainguard.schemas.generate
 
 clean:  ## remove the demo's data directory and caches
 	rm -rf trainguard-data .pytest_cache .mypy_cache .ruff_cache

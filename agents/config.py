@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from schemas.topics import DEFAULT_PREFIX, Topics
 from trainguard.errors import ConfigError
+from trainguard.schemas.topics import DEFAULT_PREFIX, Topics
 
 __all__ = ["AgentConfig", "KafkaProducerSettings"]
 
@@ -74,7 +74,7 @@ class AgentConfig:
     #: The on-disk spool that rides out Kafka outages and agent restarts.
     spool_dir: Path = Path("./trainguard-data/agent-spool")
     spool_max_bytes: int = 256 * 1024 * 1024
-    #: Unix datagram socket where trainers' ``agents.reporter`` hands step records.
+    #: Unix datagram socket where trainers' ``trainguard.agents.reporter`` hands step records.
     steps_socket: Path | None = None
     steps_socket_mode: int = 0o660
     #: JSON-lines files written by trainers that only log, tailed every tick.

@@ -22,12 +22,13 @@ from typing import Any
 
 import msgspec
 
-from agents.collectors.base import GpuCollector
-from agents.config import AgentConfig
-from agents.reporter import CheckpointReport
-from agents.transport import Transport
-from schemas.codec import encode
-from schemas.records import (
+from trainguard import __version__
+from trainguard.agents.collectors.base import GpuCollector
+from trainguard.agents.config import AgentConfig
+from trainguard.agents.reporter import CheckpointReport
+from trainguard.agents.transport import Transport
+from trainguard.schemas.codec import encode
+from trainguard.schemas.records import (
     AgentCounters,
     CheckpointEvent,
     GpuSampleBatch,
@@ -35,7 +36,6 @@ from schemas.records import (
     StepBatch,
     StepRecord,
 )
-from trainguard import __version__
 
 __all__ = ["NodeAgent", "StepPoll"]
 
@@ -208,6 +208,6 @@ def _to_boundary(wall: float, interval: float) -> float:
     Every node's agent samples on the same wall-clock boundaries (NTP keeps nodes within
     milliseconds), so the pipeline can compare nodes' samples of the *same* instant: a
     node whose training process exited is then told apart from a whole job stopping on
-    its first sample (see pipeline.consistency.devices), instead of after several.
+    its first sample (see trainguard.pipeline.consistency.devices), instead of after several.
     """
     return (-wall) % interval

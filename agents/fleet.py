@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from agents.collectors.simulated import SimulatedGpus
-from agents.config import AgentConfig
-from agents.daemon import NodeAgent
-from agents.transport import Transport
+from trainguard.agents.collectors.simulated import SimulatedGpus
+from trainguard.agents.config import AgentConfig
+from trainguard.agents.daemon import NodeAgent
+from trainguard.agents.transport import Transport
 
 __all__ = ["SimulatedFleet"]
 

@@ -1,9 +1,9 @@
 """The agent's end of the step socket: receives trainers' step datagrams and queues them.
 
-A daemon thread reads the Unix datagram socket that :class:`agents.reporter.StepReporter`
+A daemon thread reads the Unix datagram socket that :class:`trainguard.agents.reporter.StepReporter`
 writes to, validates each datagram strictly and appends the step records to a bounded
 queue; the agent's tick calls :meth:`StepIntake.drain`. Bad input is counted by reason
-(``schemas.codec`` reasons) and never stops the thread.
+(``trainguard.schemas.codec`` reasons) and never stops the thread.
 
 The thread empties the socket every ``poll_interval_s`` (5 ms) and sleeps in between
 rather than blocking in ``recv``: a sender's ``send`` then never has to wake a sleeping
@@ -33,10 +33,10 @@ from typing import Final
 
 import msgspec
 
-from agents.reporter import DATAGRAM_VERSION, CheckpointReport, StepDatagram
-from schemas.codec import RecordDecoder, RecordError, RejectReason
-from schemas.records import SCHEMA_VERSION, StepRecord
+from trainguard.agents.reporter import DATAGRAM_VERSION, CheckpointReport, StepDatagram
 from trainguard.errors import CollectorError
+from trainguard.schemas.codec import RecordDecoder, RecordError, RejectReason
+from trainguard.schemas.records import SCHEMA_VERSION, StepRecord
 
 __all__ = ["MAX_DATAGRAM_BYTES", "StepIntake", "kernel_dgram_qlen"]
 

@@ -2,7 +2,8 @@
 
 Imported inside training scripts, so it is deliberately tiny: the standard library,
 msgspec and the wire schema, nothing else. A report is one small JSON datagram sent
-over a non-blocking Unix datagram socket to the agent's :class:`agents.intake.StepIntake`.
+over a non-blocking Unix datagram socket to the agent's
+:class:`trainguard.agents.intake.StepIntake`.
 
 The one promise: **a slow or dead agent never stalls a training step.** ``report()``
 never blocks and never raises. When the agent is not running, or its queue is full,
@@ -31,7 +32,7 @@ from typing import Annotated, Final, Literal
 import msgspec
 from msgspec import Meta
 
-from schemas.records import STEP_FLOAT_FIELDS, StepRecord
+from trainguard.schemas.records import STEP_FLOAT_FIELDS, StepRecord
 
 __all__ = [
     "CheckpointReport", "DATAGRAM_VERSION", "DEFAULT_SOCKET", "StepDatagram", "StepReporter",
@@ -53,7 +54,8 @@ _NO_NONFINITE: Final[list[str]] = []
 class CheckpointReport(msgspec.Struct, kw_only=True, frozen=True):
     """A rank saved or loaded its checkpoint shard.
 
-    The agent adds the cluster and sends it on as a :class:`~schemas.records.CheckpointEvent`.
+    The agent adds the cluster and sends it on as a
+    :class:`~trainguard.schemas.records.CheckpointEvent`.
     """
 
     job_id: Annotated[str, Meta(min_length=1, max_length=256)]

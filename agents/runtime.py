@@ -14,14 +14,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agents.collectors.base import GpuCollector
-from agents.collectors.process import ProcessStats
-from agents.config import AgentConfig
-from agents.daemon import NodeAgent, StepPoll
-from agents.reporter import CheckpointReport
-from agents.sender import SpoolSender
-from agents.spool import Spool
-from agents.transport import SpoolTransport
+from trainguard.agents.collectors.base import GpuCollector
+from trainguard.agents.collectors.process import ProcessStats
+from trainguard.agents.config import AgentConfig
+from trainguard.agents.daemon import NodeAgent, StepPoll
+from trainguard.agents.reporter import CheckpointReport
+from trainguard.agents.sender import SpoolSender
+from trainguard.agents.spool import Spool
+from trainguard.agents.transport import SpoolTransport
 
 __all__ = ["make_collector", "run_agent"]
 
@@ -31,10 +31,10 @@ log = logging.getLogger(__name__)
 def make_collector(config: AgentConfig) -> GpuCollector:
     """The configured GPU backend; NVML fails fast with one clear line when there is no driver."""
     if config.backend == "nvml":
-        from agents.collectors.nvml import NvmlGpus
+        from trainguard.agents.collectors.nvml import NvmlGpus
 
         return NvmlGpus()
-    from agents.collectors.simulated import SimulatedGpus
+    from trainguard.agents.collectors.simulated import SimulatedGpus
 
     return SimulatedGpus(config.node, config.sim_gpus)
 
@@ -49,8 +49,8 @@ def run_agent(
     on_ready: Callable[[NodeAgent], None] | None = None,
 ) -> NodeAgent:
     """Run the agent until ``stop`` is set (or ``max_ticks``); return it for its counters."""
-    from agents.collectors.steps_file import StepFileTail
-    from agents.intake import StepIntake
+    from trainguard.agents.collectors.steps_file import StepFileTail
+    from trainguard.agents.intake import StepIntake
 
     collector = collector or make_collector(config)
     spool = Spool(config.spool_dir, max_bytes=config.spool_max_bytes)

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agents.config import KafkaProducerSettings
-from agents.spool import Spool, SpoolEntry
+from trainguard.agents.config import KafkaProducerSettings
+from trainguard.agents.spool import Spool, SpoolEntry
 
 __all__ = ["SpoolSender"]
 

@@ -1,7 +1,7 @@
 """Loading the agent's configuration: TOML file, then environment, then command-line flags.
 
 Later sources win. The TOML file is decoded strictly (a misspelt key is an error
-naming it), and the result is validated once by :class:`~agents.config.AgentConfig`.
+naming it), and the result is validated once by :class:`~trainguard.agents.config.AgentConfig`.
 Example ``/etc/trainguard/agent.toml``::
 
     cluster = "research-a"
@@ -31,10 +31,10 @@ from typing import Any
 
 import msgspec
 
-from agents.config import AgentConfig, Compression, KafkaProducerSettings
-from schemas.topics import Topics
 from trainguard import envvars
+from trainguard.agents.config import AgentConfig, Compression, KafkaProducerSettings
 from trainguard.errors import ConfigError
+from trainguard.schemas.topics import Topics
 
 __all__ = ["ENV_OVERRIDES", "load_agent_config"]
 

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agents.config import KafkaProducerSettings
-from agents.sender import SpoolSender
-from agents.spool import Spool
+from trainguard.agents.config import KafkaProducerSettings
+from trainguard.agents.sender import SpoolSender
+from trainguard.agents.spool import Spool
 from trainguard.errors import BrokerError
 
 __all__ = ["DeliveryCounters", "KafkaTransport", "SpoolTransport", "Transport"]

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from trainguard.broker import LocalBroker, free_ports
+from trainguard.local.broker import LocalBroker, free_ports
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -50,7 +50,7 @@ def measure(bootstrap: str, work: Path, hz: float, seconds: float, warmup: float
         if ranks:
             code = (
                 "import sys, time\n"
-                "from agents.reporter import StepReporter\n"
+                "from trainguard.agents.reporter import StepReporter\n"
                 f"rs = [StepReporter('bench', r, {ranks}, socket_path={str(sock)!r}) "
                 f"for r in range({ranks})]\n"
                 "step = 0\n"

@@ -31,18 +31,18 @@ import time
 import uuid
 from pathlib import Path
 
-from agents.config import KafkaProducerSettings
-from agents.sim import JobSpec
-from agents.sim.availability import Kill
-from agents.sim.job import JobSimulator
-from agents.sim.player import play
-from agents.transport import KafkaTransport
 from bench.pipeline import _Worker as BenchWorker
-from schemas.topics import Topics
-from trainguard.alertmanager import LocalAlertmanager
-from trainguard.broker import LocalBroker, free_ports
-from trainguard.kafka_admin import ensure_topics
-from trainguard.webhook_receiver import WebhookReceiver
+from trainguard.agents.config import KafkaProducerSettings
+from trainguard.agents.sim import JobSpec
+from trainguard.agents.sim.availability import Kill
+from trainguard.agents.sim.job import JobSimulator
+from trainguard.agents.sim.player import play
+from trainguard.agents.transport import KafkaTransport
+from trainguard.local.alertmanager import LocalAlertmanager
+from trainguard.local.broker import LocalBroker, free_ports
+from trainguard.local.webhook_receiver import WebhookReceiver
+from trainguard.pipeline.kafka_admin import ensure_topics
+from trainguard.schemas.topics import Topics
 
 KINDS = {
     "gpu_lost": {"ranks": 1, "gpu_lost": True},

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from pipeline.detect import BankConfig, DetectorBank, EntityRegistry
+from trainguard.pipeline.detect import BankConfig, DetectorBank, EntityRegistry
 
 
 def _tick_times(bank: DetectorBank, rows: np.ndarray, rng: np.random.Generator, t0: float,

@@ -1,6 +1,6 @@
 """A cluster-scale load generator: wire messages of thousands of simulated nodes per second.
 
-:class:`~agents.fleet.SimulatedFleet` runs one full node agent per node (130 µs of Python
+:class:`~trainguard.agents.fleet.SimulatedFleet` runs one full node agent per node (130 µs of Python
 per node and tick): right for the demo and the tests, far too slow to offer 10,000 nodes
 × 2 messages per second. This generator keeps the same readings but pays for them once:
 ``prototypes`` simulated nodes (the real :class:`SimulatedGpus` and a step model) are
@@ -20,10 +20,10 @@ import math
 import random
 from collections.abc import Iterator
 
-from agents.collectors import SimulatedGpus
-from schemas.codec import encode
-from schemas.records import GpuSampleBatch, StepBatch, StepRecord
-from schemas.topics import Topics
+from trainguard.agents.collectors import SimulatedGpus
+from trainguard.schemas.codec import encode
+from trainguard.schemas.records import GpuSampleBatch, StepBatch, StepRecord
+from trainguard.schemas.topics import Topics
 
 __all__ = ["FleetLoad"]
 

@@ -40,11 +40,11 @@ from pathlib import Path
 
 from bench.loadgen import FleetLoad
 from bench.stages import run_stages
-from pipeline.store import StoreUrl, owner_reader
-from pipeline.store.owner import RemoteReadStore
-from schemas.topics import Topics
-from trainguard.broker import LocalBroker, free_ports
-from trainguard.kafka_admin import ensure_topics
+from trainguard.local.broker import LocalBroker, free_ports
+from trainguard.pipeline.kafka_admin import ensure_topics
+from trainguard.pipeline.store import StoreUrl, owner_reader
+from trainguard.pipeline.store.owner import RemoteReadStore
+from trainguard.schemas.topics import Topics
 
 _TICK = __import__("os").sysconf("SC_CLK_TCK")
 _WARMUP_TICKS = 40  # the detectors give no verdict before 30 values

@@ -30,8 +30,8 @@ import threading
 import time
 from pathlib import Path
 
-from agents.intake import StepIntake, kernel_dgram_qlen
-from agents.reporter import StepReporter
+from trainguard.agents.intake import StepIntake, kernel_dgram_qlen
+from trainguard.agents.reporter import StepReporter
 
 
 def serve(path: Path) -> None:

@@ -20,17 +20,17 @@ import time
 import uuid
 from pathlib import Path
 
-from agents.collectors import SimulatedGpus
-from agents.config import AgentConfig, KafkaProducerSettings
-from agents.fleet import SimulatedFleet
-from agents.transport import KafkaTransport
-from pipeline.ingest import Ingestor, RawMessage
-from pipeline.store import StoreUrl, owner_reader
-from schemas.codec import encode
-from schemas.records import GpuSampleBatch
-from schemas.topics import Topics
-from trainguard.broker import LocalBroker, free_ports
-from trainguard.kafka_admin import ensure_topics
+from trainguard.agents.collectors import SimulatedGpus
+from trainguard.agents.config import AgentConfig, KafkaProducerSettings
+from trainguard.agents.fleet import SimulatedFleet
+from trainguard.agents.transport import KafkaTransport
+from trainguard.local.broker import LocalBroker, free_ports
+from trainguard.pipeline.ingest import Ingestor, RawMessage
+from trainguard.pipeline.kafka_admin import ensure_topics
+from trainguard.pipeline.store import StoreUrl, owner_reader
+from trainguard.schemas.codec import encode
+from trainguard.schemas.records import GpuSampleBatch
+from trainguard.schemas.topics import Topics
 
 
 def bench_ingest_stage(gpus: int, n: int = 20_000) -> float:

@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 from bench.loadgen import FleetLoad
-from pipeline.baselines import BaselineStage
-from pipeline.ingest import Ingestor, RawMessage
-from pipeline.sinks.store_sink import StoreSink
-from pipeline.store import StoreUrl, migrate, open_store
-from schemas.topics import Topics
-from trainguard.kafka_admin import ensure_topics
+from trainguard.pipeline.baselines import BaselineStage
+from trainguard.pipeline.ingest import Ingestor, RawMessage
+from trainguard.pipeline.kafka_admin import ensure_topics
+from trainguard.pipeline.sinks.store_sink import StoreSink
+from trainguard.pipeline.store import StoreUrl, migrate, open_store
+from trainguard.schemas.topics import Topics
 
 __all__ = ["run_stages"]
 
@@ -72,7 +72,7 @@ def _stage_times(work: Path, nodes: int, ticks: int = 6) -> dict[str, float]:
     sink = StoreSink(store)
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)  # as pipeline.worker does
+    gc.set_threshold(50_000, 20, 100)  # as trainguard.pipeline.worker does
     decode, observe, write = [], [], []
     for msgs in batches:
         a = time.perf_counter()

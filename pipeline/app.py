@@ -1,9 +1,9 @@
 """The Faust application: thin glue that feeds Kafka batches to the plain-Python stages.
 
-Topology: input topics → :class:`~pipeline.ingest.Ingestor` (decode/validate; rejects
-to the dead-letter topic) → :class:`~pipeline.baselines.BaselineStage` (anomalies to the
-anomalies topic) → :class:`~pipeline.consistency.ConsistencyStage` (findings to the
-findings topic) → :class:`~pipeline.sinks.store_sink.StoreSink`. Many records travel in
+Topology: input topics → :class:`~trainguard.pipeline.ingest.Ingestor` (decode/validate; rejects
+to the dead-letter topic) → :class:`~trainguard.pipeline.baselines.BaselineStage` (anomalies to the
+anomalies topic) → :class:`~trainguard.pipeline.consistency.ConsistencyStage` (findings to the
+findings topic) → :class:`~trainguard.pipeline.sinks.store_sink.StoreSink`. Many records travel in
 one Faust event (a node's GPUs, a job's ranks) and a whole ``take_events`` batch is
 handled by a few numpy calls, so Faust's per-event cost is paid per message, not per
 sample. A batch's offsets are acknowledged only after its dead letters and anomalies are
@@ -28,17 +28,17 @@ from typing import Any
 import faust
 import mode
 
-from pipeline.baselines import BaselineStage
-from pipeline.config import WorkerConfig
-from pipeline.consistency import ConsistencyStage
-from pipeline.health import HealthProbe, add_health
-from pipeline.ingest import Ingestor, RawMessage
-from pipeline.sinks.rows import Row, rows_for
-from pipeline.sinks.store_sink import StoreSink
-from pipeline.state import chunk_snapshot, partition_key, read_snapshots
-from pipeline.store import Store
-from schemas.codec import encode
-from schemas.records import Finding
+from trainguard.pipeline.baselines import BaselineStage
+from trainguard.pipeline.config import WorkerConfig
+from trainguard.pipeline.consistency import ConsistencyStage
+from trainguard.pipeline.health import HealthProbe, add_health
+from trainguard.pipeline.ingest import Ingestor, RawMessage
+from trainguard.pipeline.sinks.rows import Row, rows_for
+from trainguard.pipeline.sinks.store_sink import StoreSink
+from trainguard.pipeline.state import chunk_snapshot, partition_key, read_snapshots
+from trainguard.pipeline.store import Store
+from trainguard.schemas.codec import encode
+from trainguard.schemas.records import Finding
 
 __all__ = ["build_app"]
 
@@ -60,7 +60,7 @@ def build_app(
     """Create the worker's Faust app with its agents and timers.
 
     With ``store`` and alerting enabled, the alert stream jobs run in it too
-    (:mod:`pipeline.alerts.stream`).
+    (:mod:`trainguard.pipeline.alerts.stream`).
     """
     app = faust.App(
         config.app_id,
@@ -251,7 +251,7 @@ def build_app(
                 sent = []
                 for part in sorted(baselines.partitions()):
                     # Alternate slots: the previous snapshot stays whole while this one
-                    # is written (see pipeline.state).
+                    # is written (see trainguard.pipeline.state).
                     slot = state_writes[part] = (state_writes.get(part, 1) + 1) % 2
                     chunks = chunk_snapshot(part, baselines.export(part), generation, slot,
                                             state_chunks.get((part, slot), 0))
@@ -267,7 +267,7 @@ def build_app(
 
     alerting_health: Callable[[], dict[str, float]] | None = None
     if store is not None and config.alerting.enabled:
-        from pipeline.alerts.stream import add_alerting
+        from trainguard.pipeline.alerts.stream import add_alerting
 
         def event_now() -> float:
             return consistency.watermark if consistency is not None else -math.inf

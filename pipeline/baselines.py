@@ -1,7 +1,7 @@
 """Baselines stage: every GPU and every rank against its own history.
 
-Decoded records go in; :class:`~schemas.records.Anomaly` records come out. Each
-(entity, metric) has a row in a vectorized :class:`~pipeline.detect.DetectorBank`
+Decoded records go in; :class:`~trainguard.schemas.records.Anomaly` records come out. Each
+(entity, metric) has a row in a vectorized :class:`~trainguard.pipeline.detect.DetectorBank`
 (robust baseline + change-point detection, warm-up, hysteresis), so one call handles a
 whole Kafka batch with a few numpy operations per metric. Plain Python and numpy, no
 Faust: the worker feeds it, tests and benchmarks drive it directly.
@@ -22,9 +22,9 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from pipeline.detect import Anomaly as Finding
-from pipeline.detect import BankConfig, DetectorBank, EntityRegistry
-from schemas.records import Anomaly, GpuSampleBatch, Record, StepBatch, StepRecord
+from trainguard.pipeline.detect import Anomaly as Finding
+from trainguard.pipeline.detect import BankConfig, DetectorBank, EntityRegistry
+from trainguard.schemas.records import Anomaly, GpuSampleBatch, Record, StepBatch, StepRecord
 
 __all__ = ["GPU_METRICS", "RANK_METRICS", "BaselineConfig", "BaselineStage"]
 
@@ -172,7 +172,7 @@ class BaselineStage:
     ) -> list[Anomaly]:
         """Update every baseline with ``records``; return the anomalies they revealed.
 
-        ``sources`` names each record's input partition (see :mod:`pipeline.state`).
+        ``sources`` names each record's input partition (see :mod:`trainguard.pipeline.state`).
         """
         g_keys: list[str] = []
         g_ts: list[float] = []
@@ -222,14 +222,14 @@ class BaselineStage:
 
     def export(self, part: str) -> bytes:
         """Serialized detector state of the entities fed by input partition ``part``."""
-        from pipeline.state import encode_arrays
+        from trainguard.pipeline.state import encode_arrays
 
         return encode_arrays({"format": 1, "now": self.now, "gpu": self.gpus.export(part),
                               "rank": self.ranks.export(part)})
 
     def load(self, part: str, blob: bytes) -> int:
         """Install a partition's exported state; return how many entities it held."""
-        from pipeline.state import decode_arrays
+        from trainguard.pipeline.state import decode_arrays
 
         doc = decode_arrays(blob)
         if doc.get("format") != 1:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from pipeline.alerts.config import AlertConfig
-from pipeline.alerts.receivers import ReceiverConfig
-from pipeline.store.url import StoreUrl
-from schemas.topics import DEFAULT_PREFIX, Topics
 from trainguard.errors import ConfigError
+from trainguard.pipeline.alerts.config import AlertConfig
+from trainguard.pipeline.alerts.receivers import ReceiverConfig
+from trainguard.pipeline.store.url import StoreUrl
+from trainguard.schemas.topics import DEFAULT_PREFIX, Topics
 
 __all__ = ["AlertingConfig", "WorkerConfig"]
 

@@ -14,10 +14,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from pipeline.alerts.config import AlertConfig
-from pipeline.alerts.receivers import parse_receivers
-from pipeline.config import AlertingConfig
 from trainguard.errors import ConfigError
+from trainguard.pipeline.alerts.config import AlertConfig
+from trainguard.pipeline.alerts.receivers import parse_receivers
+from trainguard.pipeline.config import AlertingConfig
 
 __all__ = ["load_alerting"]
 

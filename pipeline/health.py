@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import faust
 
-from pipeline.ingest import Ingestor
-from pipeline.sinks.rows import Row
-from pipeline.sinks.store_sink import SinkCounters, StoreSink
+from trainguard.pipeline.ingest import Ingestor
+from trainguard.pipeline.sinks.rows import Row
+from trainguard.pipeline.sinks.store_sink import SinkCounters, StoreSink
 
 __all__ = ["HealthProbe", "Lag", "add_health"]
 

@@ -12,11 +12,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.sinks.intake import intake_line
-from pipeline.sinks.rows import Row, rows_for
-from pipeline.state import partition_key
-from schemas.codec import RecordDecoder, RecordError
-from schemas.records import (
+from trainguard.pipeline.sinks.intake import intake_line
+from trainguard.pipeline.sinks.rows import Row, rows_for
+from trainguard.pipeline.state import partition_key
+from trainguard.schemas.codec import RecordDecoder, RecordError
+from trainguard.schemas.records import (
     CheckpointEvent,
     GpuSampleBatch,
     Heartbeat,
@@ -24,7 +24,7 @@ from schemas.records import (
     StepBatch,
     StepRecord,
 )
-from schemas.topics import Topics
+from trainguard.schemas.topics import Topics
 
 __all__ = ["DeadLetter", "IngestResult", "Ingestor", "RawMessage"]
 

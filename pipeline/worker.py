@@ -11,11 +11,11 @@ import gc
 import logging
 from pathlib import Path
 
-from pipeline.config import WorkerConfig
-from pipeline.ingest import Ingestor
-from pipeline.sinks.store_sink import StoreSink
-from pipeline.store import migrate, open_store, serve_reads
-from trainguard.kafka_admin import ensure_topics, wait_for_broker
+from trainguard.pipeline.config import WorkerConfig
+from trainguard.pipeline.ingest import Ingestor
+from trainguard.pipeline.kafka_admin import ensure_topics, wait_for_broker
+from trainguard.pipeline.sinks.store_sink import StoreSink
+from trainguard.pipeline.store import migrate, open_store, serve_reads
 
 __all__ = ["run_worker"]
 
@@ -26,7 +26,7 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
     """Run a worker until SIGTERM/SIGINT; return the process exit code."""
     from faust.worker import Worker  # heavy import, only for the process that runs it
 
-    from pipeline.app import build_app
+    from trainguard.pipeline.app import build_app
 
     wait_for_broker(config.bootstrap, timeout=30)
     ensure_topics(
@@ -53,8 +53,8 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
             reads = serve_reads(store, config.store.path)
         ingestor = Ingestor(config.topics)
         sink = StoreSink(store, retry_for_s=config.store_retry_s)
-        from pipeline.baselines import BaselineStage
-        from pipeline.consistency import ConsistencyStage
+        from trainguard.pipeline.baselines import BaselineStage
+        from trainguard.pipeline.consistency import ConsistencyStage
 
         stage = BaselineStage() if config.detect else None
         checks = ConsistencyStage() if config.consistency else None

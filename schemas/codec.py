@@ -12,7 +12,7 @@ from typing import Any, Final, Generic, Literal, TypeVar
 
 import msgspec
 
-from schemas.records import SCHEMA_VERSION, Record
+from trainguard.schemas.records import SCHEMA_VERSION, Record
 
 __all__ = [
     "MAX_RECORD_BYTES",

@@ -1,6 +1,6 @@
 """Generate the JSON Schema files of the wire contract from the msgspec Structs.
 
-Run ``python -m schemas.generate`` after changing ``schemas/records.py`` and commit the
+Run ``python -m trainguard.schemas.generate`` after changing ``schemas/records.py`` and commit the
 result; ``tests/schemas/test_jsonschema_drift.py`` fails while they disagree.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from schemas.records import (
+from trainguard.schemas.records import (
     Alert,
     Anomaly,
     CheckpointEvent,

@@ -2,7 +2,7 @@
 
 One module is the single source of truth for producers (node agents) and consumers
 (stream workers). JSON Schema files under ``schemas/json/`` are generated from these
-classes (``python -m schemas.generate``) and a test fails when they drift.
+classes (``python -m trainguard.schemas.generate``) and a test fails when they drift.
 
 Conventions
 -----------

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from trainguard.broker import LocalBroker, free_ports
-from trainguard.kafka_admin import ensure_topics
+from trainguard.local.broker import LocalBroker, free_ports
+from trainguard.pipeline.kafka_admin import ensure_topics
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Collectors: one per source of node telemetry, each returning ``schemas`` objects."""
 
-from agents.collectors.base import GpuCollector
-from agents.collectors.simulated import FAULT_MODES, SimulatedGpus
+from trainguard.agents.collectors.base import GpuCollector
+from trainguard.agents.collectors.simulated import FAULT_MODES, SimulatedGpus
 
 __all__ = ["FAULT_MODES", "GpuCollector", "SimulatedGpus"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from schemas.records import GpuSample
+from trainguard.schemas.records import GpuSample
 
 __all__ = ["GpuCollector"]
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Final
 
-from schemas.records import GpuProcess, GpuSample, XidEvent
 from trainguard.errors import CollectorError
+from trainguard.schemas.records import GpuProcess, GpuSample, XidEvent
 
 __all__ = ["NvmlGpus"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from typing import Final
 
-from schemas.records import GpuSample, XidEvent
+from trainguard.schemas.records import GpuSample, XidEvent
 
 __all__ = ["FAULT_MODES", "SimulatedGpus", "h100_sample"]
 

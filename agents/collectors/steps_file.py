@@ -1,6 +1,6 @@
 """Step records from a JSON-lines log file, for trainers that only write logs.
 
-Each line is one JSON object with :class:`~schemas.records.StepRecord` fields; ``kind``
+Each line is one JSON object with :class:`~trainguard.schemas.records.StepRecord` fields; ``kind``
 is optional, and ``job_id``/``rank``/``world_size``/``node`` missing from a line are
 taken from the tail's defaults. A line without ``ts`` is stamped with the time it was
 read (close to event time when the agent keeps up, wrong when replaying history).
@@ -27,9 +27,9 @@ from typing import Any, BinaryIO, Final
 
 import msgspec
 
-from schemas.codec import RecordError
-from schemas.records import SCHEMA_VERSION, STEP_FLOAT_FIELDS, StepRecord
 from trainguard.errors import CollectorError
+from trainguard.schemas.codec import RecordError
+from trainguard.schemas.records import SCHEMA_VERSION, STEP_FLOAT_FIELDS, StepRecord
 
 __all__ = ["StepFileTail"]
 

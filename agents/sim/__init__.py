@@ -6,9 +6,9 @@ than real time and reproducibly; ``make_scenario(name, spec, seed)`` makes one o
 :data:`SCENARIOS`, whose ``expected()`` is the ground truth for the consistency checks.
 """
 
-from agents.sim.gpus import GpuOverride
-from agents.sim.job import JobSimulator
-from agents.sim.scenarios import (
+from trainguard.agents.sim.gpus import GpuOverride
+from trainguard.agents.sim.job import JobSimulator
+from trainguard.agents.sim.scenarios import (
     CHECKS,
     DEFAULT_SCENARIO,
     SCENARIOS,
@@ -18,8 +18,8 @@ from agents.sim.scenarios import (
     make_scenario,
     scenario_params,
 )
-from agents.sim.spec import DEFAULT_START_TS, Emit, JobSpec
-from agents.sim.state import Checkpoint, Knobs
+from trainguard.agents.sim.spec import DEFAULT_START_TS, Emit, JobSpec
+from trainguard.agents.sim.state import Checkpoint, Knobs
 
 __all__ = [
     "CHECKS",

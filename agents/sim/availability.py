@@ -1,6 +1,6 @@
 """Sabotage of a run's availability: a node's ranks killed, a node silently slowed.
 
-Like :mod:`agents.sim.sabotage`, each names the checks that must fire and whom they must
+Like :mod:`trainguard.agents.sim.sabotage`, each names the checks that must fire and whom they must
 blame; here the culprit is a node (and its ranks).
 """
 
@@ -10,11 +10,11 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from agents.sim.gpus import REASON_APPLICATIONS_CLOCKS, SM_CLOCK_MAX_MHZ, GpuOverride
-from agents.sim.scenario import Expectation, Scenario, ramp
+from trainguard.agents.sim.gpus import REASON_APPLICATIONS_CLOCKS, SM_CLOCK_MAX_MHZ, GpuOverride
+from trainguard.agents.sim.scenario import Expectation, Scenario, ramp
 
 if TYPE_CHECKING:
-    from agents.sim.job import JobSimulator
+    from trainguard.agents.sim.job import JobSimulator
 
 __all__ = ["Kill", "NodeSlowdown"]
 

@@ -1,6 +1,6 @@
 """Benign scenarios: what healthy jobs do that a consistency check must not call sabotage.
 
-Their :meth:`~agents.sim.scenario.Scenario.expected` names no integrity or availability
+Their :meth:`~trainguard.agents.sim.scenario.Scenario.expected` names no integrity or availability
 check; a hardware fault (a hot GPU) names the hardware checks that should explain it.
 """
 
@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from agents.sim.gpus import REASON_HW_THERMAL, REASON_SW_THERMAL, GpuOverride
-from agents.sim.scenario import Expectation, RestartScenario, Scenario
-from agents.sim.spec import JobSpec
+from trainguard.agents.sim.gpus import REASON_HW_THERMAL, REASON_SW_THERMAL, GpuOverride
+from trainguard.agents.sim.scenario import Expectation, RestartScenario, Scenario
+from trainguard.agents.sim.spec import JobSpec
 
 if TYPE_CHECKING:
-    from agents.sim.job import JobSimulator
+    from trainguard.agents.sim.job import JobSimulator
 
 __all__ = [
     "CheckpointPause",

@@ -1,6 +1,6 @@
 """GPU readings of one simulated node, driven by what each GPU's rank is doing.
 
-The numbers follow :mod:`agents.collectors.simulated` (an H100 80GB: 700 W limit,
+The numbers follow :mod:`trainguard.agents.collectors.simulated` (an H100 80GB: 700 W limit,
 1980 MHz SM clock): power, temperature and traffic follow utilization, an idle GPU drops
 to its idle clock and reports the idle clock-event reason. A :class:`GpuOverride` lets a
 scenario lower a GPU's clock, heat it up or set clock-event reasons.
@@ -12,8 +12,8 @@ import random
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from agents.collectors.simulated import h100_sample
-from schemas.records import GpuSample
+from trainguard.agents.collectors.simulated import h100_sample
+from trainguard.schemas.records import GpuSample
 
 __all__ = [
     "REASON_APPLICATIONS_CLOCKS",

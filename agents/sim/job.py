@@ -17,11 +17,12 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Literal
 
-from agents.sim.gpus import Activity, NodeGpus
-from agents.sim.spec import DEFAULT_START_TS, Emit, JobSpec
-from agents.sim.state import Checkpoint, Knobs, digest
-from agents.sim.steps import StepModel
-from schemas.records import (
+from trainguard import __version__
+from trainguard.agents.sim.gpus import Activity, NodeGpus
+from trainguard.agents.sim.spec import DEFAULT_START_TS, Emit, JobSpec
+from trainguard.agents.sim.state import Checkpoint, Knobs, digest
+from trainguard.agents.sim.steps import StepModel
+from trainguard.schemas.records import (
     AgentCounters,
     CheckpointEvent,
     GpuSampleBatch,
@@ -29,10 +30,9 @@ from schemas.records import (
     StepBatch,
     StepRecord,
 )
-from trainguard import __version__
 
 if TYPE_CHECKING:
-    from agents.sim.scenario import Scenario
+    from trainguard.agents.sim.scenario import Scenario
 
 __all__ = ["JobSimulator"]
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from agents.sim.job import JobSimulator
-from schemas.codec import encode
-from schemas.topics import Topics
+from trainguard.agents.sim.job import JobSimulator
+from trainguard.schemas.codec import encode
+from trainguard.schemas.topics import Topics
 
 __all__ = ["play"]
 

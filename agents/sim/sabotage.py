@@ -1,9 +1,9 @@
 """Sabotage of a run's integrity: weights, optimizer, gradients, data, seeds, code, artefacts.
 
-Each one names, in :meth:`~agents.sim.scenario.Scenario.expected`, the checks that must
+Each one names, in :meth:`~trainguard.agents.sim.scenario.Scenario.expected`, the checks that must
 fire and the ranks and nodes they must blame. Culprits not given are drawn from the seed.
 Sabotage of a run's availability (killed ranks, a slowed node) is in
-:mod:`agents.sim.availability`.
+:mod:`trainguard.agents.sim.availability`.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from agents.sim.scenario import Expectation, RestartScenario, Scenario, ramp
-from agents.sim.state import digest
+from trainguard.agents.sim.scenario import Expectation, RestartScenario, Scenario, ramp
+from trainguard.agents.sim.state import digest
 
 if TYPE_CHECKING:
-    from agents.sim.job import JobSimulator
+    from trainguard.agents.sim.job import JobSimulator
 
 __all__ = [
     "CheckpointCorruption",

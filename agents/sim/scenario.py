@@ -18,10 +18,10 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar, Final, Literal
 
-from agents.sim.spec import DEFAULT_START_TS, JobSpec
+from trainguard.agents.sim.spec import DEFAULT_START_TS, JobSpec
 
 if TYPE_CHECKING:
-    from agents.sim.job import JobSimulator
+    from trainguard.agents.sim.job import JobSimulator
 
 __all__ = ["CHECKS", "Expectation", "RestartScenario", "Scenario", "ramp"]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Final, Literal
 
-from agents.sim.availability import Kill, NodeSlowdown
-from agents.sim.benign import (
+from trainguard.agents.sim.availability import Kill, NodeSlowdown
+from trainguard.agents.sim.benign import (
     CheckpointPause,
     CleanRestart,
     EvalPhase,
@@ -20,7 +20,7 @@ from agents.sim.benign import (
     LrSchedule,
     ThermalThrottle,
 )
-from agents.sim.sabotage import (
+from trainguard.agents.sim.sabotage import (
     CheckpointCorruption,
     CodeInjection,
     GradientCorruption,
@@ -29,8 +29,8 @@ from agents.sim.sabotage import (
     RngChange,
     WeightTamper,
 )
-from agents.sim.scenario import CHECKS, Expectation, RestartScenario, Scenario
-from agents.sim.spec import JobSpec
+from trainguard.agents.sim.scenario import CHECKS, Expectation, RestartScenario, Scenario
+from trainguard.agents.sim.spec import JobSpec
 
 __all__ = [
     "DEFAULT_SCENARIO",

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from schemas.records import CheckpointEvent, GpuSampleBatch, Heartbeat, StepBatch
+from trainguard.schemas.records import CheckpointEvent, GpuSampleBatch, Heartbeat, StepBatch
 
 __all__ = ["DEFAULT_START_TS", "Emit", "JobSpec", "SimRecord"]
 

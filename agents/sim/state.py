@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from agents.sim.gpus import GpuOverride
-from agents.sim.spec import JobSpec
+from trainguard.agents.sim.gpus import GpuOverride
+from trainguard.agents.sim.spec import JobSpec
 
 __all__ = ["Checkpoint", "Knobs", "digest"]
 

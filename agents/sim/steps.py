@@ -20,9 +20,9 @@ import math
 import random
 from typing import Final
 
-from agents.sim.spec import JobSpec
-from agents.sim.state import Knobs, digest
-from schemas.records import StepRecord
+from trainguard.agents.sim.spec import JobSpec
+from trainguard.agents.sim.state import Knobs, digest
+from trainguard.schemas.records import StepRecord
 
 __all__ = ["COMPUTE_S", "STALL_PROBABILITY", "StepModel"]
 

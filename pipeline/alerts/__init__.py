@@ -4,8 +4,12 @@ The core (:class:`AlertLifecycle`) is plain Python in event time, free of Faust 
 Kafka, so it can be unit-tested and replayed; the worker glue feeds it.
 """
 
-from pipeline.alerts.config import AlertConfig, Silence
-from pipeline.alerts.lifecycle import AlertLifecycle, anomaly_fingerprint, finding_fingerprint
+from trainguard.pipeline.alerts.config import AlertConfig, Silence
+from trainguard.pipeline.alerts.lifecycle import (
+    AlertLifecycle,
+    anomaly_fingerprint,
+    finding_fingerprint,
+)
 
 __all__ = [
     "AlertConfig",

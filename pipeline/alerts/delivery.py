@@ -28,13 +28,18 @@ from typing import Any, Final, Literal
 import aiohttp
 import msgspec
 
-from pipeline.alerts.ledger import DeliveryLedger, MemoryLedger, Outcome
-from pipeline.alerts.payloads import build_body
-from pipeline.alerts.receivers import AlertmanagerReceiver, ReceiverConfig, WebhookReceiver
-from schemas.records import Alert
 from trainguard.errors import ConfigError
+from trainguard.pipeline.alerts.ledger import DeliveryLedger, MemoryLedger, Outcome
+from trainguard.pipeline.alerts.payloads import build_body
+from trainguard.pipeline.alerts.receivers import (
+    AlertmanagerReceiver,
+    ReceiverConfig,
+    WebhookReceiver,
+)
+from trainguard.schemas.records import Alert
 
-__all__ = ["DeliveryLedger", "Dispatcher", "MemoryLedger"]  # the ledger: pipeline.alerts.ledger
+# The ledger itself lives in trainguard.pipeline.alerts.ledger.
+__all__ = ["DeliveryLedger", "Dispatcher", "MemoryLedger"]
 
 log = logging.getLogger(__name__)
 

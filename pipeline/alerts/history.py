@@ -2,7 +2,7 @@
 
 The ``alerts`` table holds every state change (firing, resolved) of every alert, so
 "the state of an alert" is its latest row: per fingerprint for what is open now, per
-``alert_id`` for each episode. Rows are rebuilt into :class:`schemas.records.Alert`,
+``alert_id`` for each episode. Rows are rebuilt into :class:`trainguard.schemas.records.Alert`,
 evidence and labels included, so that a restarted worker or the CLI sees what the
 lifecycle emitted. ``alert_deliveries`` tells which state changes a receiver already
 accepted, so that a restart does not page twice.
@@ -18,9 +18,9 @@ from typing import Any
 
 import msgspec
 
-from pipeline.store.base import Store
-from schemas.records import Alert
 from trainguard.errors import ConfigError, StoreError
+from trainguard.pipeline.store.base import Store
+from trainguard.schemas.records import Alert
 
 __all__ = ["delivered_keys", "open_alerts", "recent_alerts"]
 

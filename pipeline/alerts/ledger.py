@@ -11,7 +11,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from typing import Any, Literal, Protocol
 
-from schemas.records import Alert
+from trainguard.schemas.records import Alert
 
 __all__ = ["DeliveryLedger", "MemoryLedger", "Outcome"]
 

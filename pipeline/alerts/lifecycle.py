@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote
 
-from pipeline.alerts.config import AlertConfig, Silence
-from pipeline.alerts.observations import (
+from trainguard.pipeline.alerts.config import AlertConfig, Silence
+from trainguard.pipeline.alerts.observations import (
     Observation,
     Severity,
     anomaly_fingerprint,
@@ -40,7 +40,7 @@ from pipeline.alerts.observations import (
     from_anomaly,
     from_finding,
 )
-from schemas.records import Alert, Anomaly, Finding
+from trainguard.schemas.records import Alert, Anomaly, Finding
 
 __all__ = ["AlertLifecycle", "anomaly_fingerprint", "finding_fingerprint"]
 

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
-from schemas.records import Anomaly, Finding
+from trainguard.schemas.records import Anomaly, Finding
 
 __all__ = [
     "Evidence", "Observation", "Severity", "anomaly_fingerprint", "finding_fingerprint",

@@ -26,14 +26,14 @@ from typing import Any, Final
 
 import msgspec
 
-from pipeline.alerts.receivers import (
+from trainguard.pipeline.alerts.receivers import (
     AlertmanagerReceiver,
     PagerDutyReceiver,
     ReceiverConfig,
     SlackReceiver,
     WebhookReceiver,
 )
-from schemas.records import Alert
+from trainguard.schemas.records import Alert
 
 __all__ = [
     "PAGERDUTY_SEVERITY",

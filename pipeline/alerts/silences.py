@@ -17,9 +17,9 @@ import re
 import secrets
 from dataclasses import dataclass, replace
 
-from pipeline.alerts.config import Silence
-from pipeline.store.base import Store
 from trainguard.errors import ConfigError, StoreError
+from trainguard.pipeline.alerts.config import Silence
+from trainguard.pipeline.store.base import Store
 
 __all__ = ["active_silences", "add_silence", "expire_silence", "list_silences"]
 

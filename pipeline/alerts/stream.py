@@ -1,13 +1,13 @@
 """The alert stream jobs (Faust glue): findings → alerts → receivers.
 
 * ``alert_on_findings`` consumes the findings topic (keyed by job), feeds one
-  :class:`~pipeline.alerts.lifecycle.AlertLifecycle` per partition and publishes each
+  :class:`~trainguard.pipeline.alerts.lifecycle.AlertLifecycle` per partition and publishes each
   alert state change to the alerts topic and the ``alerts`` table before the findings'
   offsets are acknowledged. A timer advances the lifecycles (resolves), another re-reads
   the silences from the store. When partitions move, the new owner restores the alerts
   its predecessor left firing (from the store), so nobody is paged twice.
 * ``deliver_alerts`` (only with receivers configured) consumes the alerts topic and hands
-  each state change to the :class:`~pipeline.alerts.delivery.Dispatcher`; an alert's
+  each state change to the :class:`~trainguard.pipeline.alerts.delivery.Dispatcher`; an alert's
   offset is acknowledged once every receiver took it or gave up (then it is a dead
   letter). The delivery ledger goes to the ``alert_deliveries`` table, and is read back
   at start, so a replay sends nothing twice.
@@ -29,17 +29,17 @@ from typing import Any
 import faust
 from kafka.partitioner.default import murmur2
 
-from pipeline.alerts.config import Silence
-from pipeline.alerts.delivery import Dispatcher, MemoryLedger
-from pipeline.alerts.history import delivered_keys, open_alerts
-from pipeline.alerts.lifecycle import AlertLifecycle
-from pipeline.alerts.silences import active_silences
-from pipeline.config import WorkerConfig
-from pipeline.sinks.rows import Row, rows_for
-from pipeline.sinks.store_sink import StoreSink
-from pipeline.store import Store
-from schemas.codec import RecordDecoder, RecordError, encode
-from schemas.records import Alert, Finding
+from trainguard.pipeline.alerts.config import Silence
+from trainguard.pipeline.alerts.delivery import Dispatcher, MemoryLedger
+from trainguard.pipeline.alerts.history import delivered_keys, open_alerts
+from trainguard.pipeline.alerts.lifecycle import AlertLifecycle
+from trainguard.pipeline.alerts.silences import active_silences
+from trainguard.pipeline.config import WorkerConfig
+from trainguard.pipeline.sinks.rows import Row, rows_for
+from trainguard.pipeline.sinks.store_sink import StoreSink
+from trainguard.pipeline.store import Store
+from trainguard.schemas.codec import RecordDecoder, RecordError, encode
+from trainguard.schemas.records import Alert, Finding
 
 __all__ = ["add_alerting", "key_partition"]
 

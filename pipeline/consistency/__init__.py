@@ -5,7 +5,7 @@ them with each other at the same step or tick, and name the rank or node that de
 replicas whose parameters diverge, a rank whose loss or gradient leaves its peers', a slow
 or idle node, a missing or trailing rank, a checkpoint modified between save and load.
 Plain Python and numpy, no Faust: :class:`ConsistencyStage` takes decoded records and
-returns :class:`~schemas.records.Finding` records.
+returns :class:`~trainguard.schemas.records.Finding` records.
 
 Layout: ``assembler`` gathers steps from late and out-of-order records; ``columns`` turns a
 closed step into arrays; ``agreement``, ``fingerprints``, ``peers`` and ``presence`` check
@@ -13,9 +13,13 @@ steps; ``devices`` checks GPU samples; ``checkpoints`` checks loads against save
 ``findings`` turns failed checks into findings once; ``job`` and ``stage`` wire them.
 """
 
-from pipeline.consistency.config import CHECK_VERSION, HW_SLOWDOWN_BITS, ConsistencyConfig
-from pipeline.consistency.findings import Fault, FindingTracker, finding_id
-from pipeline.consistency.stage import ConsistencyStage
+from trainguard.pipeline.consistency.config import (
+    CHECK_VERSION,
+    HW_SLOWDOWN_BITS,
+    ConsistencyConfig,
+)
+from trainguard.pipeline.consistency.findings import Fault, FindingTracker, finding_id
+from trainguard.pipeline.consistency.stage import ConsistencyStage
 
 #: Every check's name, as it appears in ``Finding.check``.
 CHECKS = frozenset({

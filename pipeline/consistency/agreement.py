@@ -6,7 +6,7 @@
   differs across ranks beyond a relative tolerance; the minority is blamed.
 
 (``code_fingerprint`` and ``seed_mismatch`` vote the same way; they also remember the
-previous value, so they live in :mod:`pipeline.consistency.fingerprints`.)
+previous value, so they live in :mod:`trainguard.pipeline.consistency.fingerprints`.)
 
 A majority needs a strict plurality: with two voters that differ (or a tie) every voter is
 blamed and the summary says there was no majority. Every check has a set-based fast path
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.consistency.assembler import ClosedStep
-from pipeline.consistency.columns import FloatArray, StepColumns
-from pipeline.consistency.findings import Fault
+from trainguard.pipeline.consistency.assembler import ClosedStep
+from trainguard.pipeline.consistency.columns import FloatArray, StepColumns
+from trainguard.pipeline.consistency.findings import Fault
 
 __all__ = [
     "Split", "disagreeing_groups", "majority_split", "param_divergence", "short",

@@ -18,8 +18,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pipeline.consistency.config import ConsistencyConfig
-from schemas.records import StepRecord
+from trainguard.pipeline.consistency.config import ConsistencyConfig
+from trainguard.schemas.records import StepRecord
 
 __all__ = ["MAX_WORLD_SIZE", "ClosedStep", "StepAssembler"]
 

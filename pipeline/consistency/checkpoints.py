@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from pipeline.consistency.agreement import short
-from pipeline.consistency.findings import Fault
-from schemas.records import CheckpointEvent
+from trainguard.pipeline.consistency.agreement import short
+from trainguard.pipeline.consistency.findings import Fault
+from trainguard.schemas.records import CheckpointEvent
 
 __all__ = ["CheckpointWatch"]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from schemas.records import StepRecord
+from trainguard.schemas.records import StepRecord
 
 __all__ = ["FloatArray", "IntArray", "StepColumns", "step_columns"]
 

@@ -26,9 +26,9 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pipeline.consistency.config import HW_SLOWDOWN_BITS, ConsistencyConfig
-from pipeline.consistency.findings import Entity, Fault
-from schemas.records import GpuSampleBatch
+from trainguard.pipeline.consistency.config import HW_SLOWDOWN_BITS, ConsistencyConfig
+from trainguard.pipeline.consistency.findings import Entity, Fault
+from trainguard.schemas.records import GpuSampleBatch
 
 __all__ = ["DeviceWatch", "reason_names"]
 

@@ -3,7 +3,7 @@
 A check hands :class:`Fault` s to a job's :class:`FindingTracker` each time it evaluates
 (a closed step, a GPU sample, a checkpoint load). The tracker keeps, per check, the
 *entities* currently blamed (a rank, a node, a GPU, a checkpoint shard) and emits a
-:class:`~schemas.records.Finding` only when a fault names an entity not yet blamed. An
+:class:`~trainguard.schemas.records.Finding` only when a fault names an entity not yet blamed. An
 entity is forgotten after ``clear_steps`` evaluations that covered it without failing it;
 only then can it be reported anew. A fault that persists is re-emitted with the same
 ``finding_id`` at most every ``repeat_s`` of event time.
@@ -18,8 +18,8 @@ from typing import Literal
 
 from msgspec.structs import replace
 
-from pipeline.consistency.config import CHECK_VERSION
-from schemas.records import Finding
+from trainguard.pipeline.consistency.config import CHECK_VERSION
+from trainguard.schemas.records import Finding
 
 __all__ = ["Category", "Entity", "Fault", "FindingTracker", "finding_id"]
 

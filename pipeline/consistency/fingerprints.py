@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pipeline.consistency.agreement import Split, majority_split, short
-from pipeline.consistency.assembler import ClosedStep
-from pipeline.consistency.columns import StepColumns
-from pipeline.consistency.findings import Fault
+from trainguard.pipeline.consistency.agreement import Split, majority_split, short
+from trainguard.pipeline.consistency.assembler import ClosedStep
+from trainguard.pipeline.consistency.columns import StepColumns
+from trainguard.pipeline.consistency.findings import Fault
 
 __all__ = ["FingerprintWatch"]
 

@@ -13,17 +13,17 @@ from collections.abc import Container
 
 from msgspec.structs import replace
 
-from pipeline.consistency.agreement import param_divergence, value_mismatch
-from pipeline.consistency.assembler import ClosedStep, StepAssembler
-from pipeline.consistency.checkpoints import CheckpointWatch
-from pipeline.consistency.columns import StepColumns, step_columns
-from pipeline.consistency.config import ConsistencyConfig
-from pipeline.consistency.devices import DeviceWatch
-from pipeline.consistency.findings import Entity, Fault, FindingTracker
-from pipeline.consistency.fingerprints import FingerprintWatch
-from pipeline.consistency.peers import PeerChecks
-from pipeline.consistency.presence import job_stalled, rank_missing, step_skew
-from schemas.records import CheckpointEvent, Finding, GpuSampleBatch
+from trainguard.pipeline.consistency.agreement import param_divergence, value_mismatch
+from trainguard.pipeline.consistency.assembler import ClosedStep, StepAssembler
+from trainguard.pipeline.consistency.checkpoints import CheckpointWatch
+from trainguard.pipeline.consistency.columns import StepColumns, step_columns
+from trainguard.pipeline.consistency.config import ConsistencyConfig
+from trainguard.pipeline.consistency.devices import DeviceWatch
+from trainguard.pipeline.consistency.findings import Entity, Fault, FindingTracker
+from trainguard.pipeline.consistency.fingerprints import FingerprintWatch
+from trainguard.pipeline.consistency.peers import PeerChecks
+from trainguard.pipeline.consistency.presence import job_stalled, rank_missing, step_skew
+from trainguard.schemas.records import CheckpointEvent, Finding, GpuSampleBatch
 
 __all__ = ["JobState"]
 

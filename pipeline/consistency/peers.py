@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.consistency.assembler import ClosedStep
-from pipeline.consistency.columns import FloatArray, IntArray, StepColumns
-from pipeline.consistency.config import ConsistencyConfig
-from pipeline.consistency.findings import Fault
-from pipeline.consistency.robust import (
+from trainguard.pipeline.consistency.assembler import ClosedStep
+from trainguard.pipeline.consistency.columns import FloatArray, IntArray, StepColumns
+from trainguard.pipeline.consistency.config import ConsistencyConfig
+from trainguard.pipeline.consistency.findings import Fault
+from trainguard.pipeline.consistency.robust import (
     MAD_TO_SIGMA,
     UIntArray,
     group_medians,

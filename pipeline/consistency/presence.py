@@ -17,10 +17,10 @@ import math
 
 import numpy as np
 
-from pipeline.consistency.assembler import ClosedStep, StepAssembler
-from pipeline.consistency.columns import IntArray, StepColumns
-from pipeline.consistency.config import ConsistencyConfig
-from pipeline.consistency.findings import Fault
+from trainguard.pipeline.consistency.assembler import ClosedStep, StepAssembler
+from trainguard.pipeline.consistency.columns import IntArray, StepColumns
+from trainguard.pipeline.consistency.config import ConsistencyConfig
+from trainguard.pipeline.consistency.findings import Fault
 
 __all__ = ["job_stalled", "rank_missing", "step_skew"]
 

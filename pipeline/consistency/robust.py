@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.consistency.columns import FloatArray, IntArray
+from trainguard.pipeline.consistency.columns import FloatArray, IntArray
 
 __all__ = [
     "MAD_TO_SIGMA", "UIntArray", "group_medians", "popcount", "push_bits", "row_medians",

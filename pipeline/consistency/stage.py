@@ -1,4 +1,4 @@
-"""The consistency stage: decoded records in, :class:`~schemas.records.Finding` s out.
+"""The consistency stage: decoded records in, :class:`~trainguard.schemas.records.Finding` s out.
 
 Plain Python and numpy, no Faust: the worker feeds :meth:`ConsistencyStage.observe` with
 each batch of decoded records and calls :meth:`ConsistencyStage.flush` periodically so
@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from pipeline.consistency.config import ConsistencyConfig
-from pipeline.consistency.job import JobState
-from schemas.records import (
+from trainguard.pipeline.consistency.config import ConsistencyConfig
+from trainguard.pipeline.consistency.job import JobState
+from trainguard.schemas.records import (
     CheckpointEvent,
     Finding,
     GpuSampleBatch,

@@ -5,11 +5,11 @@ metric) with batches of ``(row, value, event time)``, where rows come from an
 :class:`EntityRegistry`, and turn the :class:`Anomaly` records it returns into alerts.
 """
 
-from pipeline.detect.bank import STATE_FORMAT, DetectorBank, score_series
-from pipeline.detect.baseline import Ewm, RobustWindow, unique_rounds
-from pipeline.detect.changepoint import ChangeAlarms, Cusum, Direction, PageHinkley
-from pipeline.detect.registry import EntityRegistry
-from pipeline.detect.types import DETECTOR_VERSION, Anomaly, AnomalyKind, BankConfig
+from trainguard.pipeline.detect.bank import STATE_FORMAT, DetectorBank, score_series
+from trainguard.pipeline.detect.baseline import Ewm, RobustWindow, unique_rounds
+from trainguard.pipeline.detect.changepoint import ChangeAlarms, Cusum, Direction, PageHinkley
+from trainguard.pipeline.detect.registry import EntityRegistry
+from trainguard.pipeline.detect.types import DETECTOR_VERSION, Anomaly, AnomalyKind, BankConfig
 
 __all__ = [
     "DETECTOR_VERSION",

@@ -37,11 +37,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.detect.baseline import Ewm, EwmLag1, RobustWindow
-from pipeline.detect.baseline import unique_rounds as _unique_rounds
-from pipeline.detect.changepoint import ChangeAlarms, Cusum, PageHinkley
-from pipeline.detect.registry import FloatArray, IntArray, RowGroup
-from pipeline.detect.types import Anomaly, AnomalyKind, BankConfig, RowState
+from trainguard.pipeline.detect.baseline import Ewm, EwmLag1, RobustWindow
+from trainguard.pipeline.detect.baseline import unique_rounds as _unique_rounds
+from trainguard.pipeline.detect.changepoint import ChangeAlarms, Cusum, PageHinkley
+from trainguard.pipeline.detect.registry import FloatArray, IntArray, RowGroup
+from trainguard.pipeline.detect.types import Anomaly, AnomalyKind, BankConfig, RowState
 
 __all__ = ["STATE_FORMAT", "DetectorBank", "score_series"]
 
@@ -56,7 +56,8 @@ _KIND: dict[int, AnomalyKind] = {1: "spike", 2: "level_shift", 3: "level_shift",
 class DetectorBank(RowGroup):
     """Anomaly detection for one metric over many rows (entities), vectorized.
 
-    Rows are small ints handed out by an :class:`~pipeline.detect.registry.EntityRegistry`;
+    Rows are small ints handed out by an
+    :class:`~trainguard.pipeline.detect.registry.EntityRegistry`;
     :meth:`update` grows the bank to fit them. From :class:`RowGroup` come ``grow``,
     ``reset_rows`` (for rows the registry expired), and the snapshots: a worker saves
     :meth:`state` so a restart does not warm up again, and moves :meth:`state_rows` with a

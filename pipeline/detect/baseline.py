@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.detect.registry import FloatArray, IntArray, RowArrays
+from trainguard.pipeline.detect.registry import FloatArray, IntArray, RowArrays
 
 __all__ = ["MAD_TO_SIGMA", "Ewm", "EwmLag1", "RobustWindow", "unique_rounds"]
 

@@ -15,7 +15,7 @@ from typing import Literal, NamedTuple, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.detect.registry import FloatArray, IntArray, RowArrays
+from trainguard.pipeline.detect.registry import FloatArray, IntArray, RowArrays
 
 __all__ = ["ChangeAlarms", "ChangeDetector", "Cusum", "Direction", "PageHinkley"]
 

@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.detect.changepoint import Direction
-from pipeline.detect.registry import FloatArray, IntArray, RowArrays
 from trainguard.errors import ConfigError
+from trainguard.pipeline.detect.changepoint import Direction
+from trainguard.pipeline.detect.registry import FloatArray, IntArray, RowArrays
 
 __all__ = [
     "DETECTOR_VERSION", "Anomaly", "AnomalyKind", "BankConfig", "ChangepointKind", "RowState",

@@ -6,7 +6,7 @@ Flattening them into one Python dict per GPU or rank and JSON-encoding those dic
 more than everything else the worker does, so instead the worker hands each validated
 record to ClickHouse as one JSON line, and the store's intake tables (``*_in``, Null
 engine, ``schemas/sql/009_intake_tables.sql``) flatten it natively through materialized
-views into the same tables and columns :func:`pipeline.sinks.rows.rows_for` describes.
+views into the same tables and columns :func:`trainguard.pipeline.sinks.rows.rows_for` describes.
 
 The line is the record re-encoded by msgspec, not the bytes as received: canonical JSON
 has no unknown fields, duplicate keys or odd whitespace that ClickHouse's parser could
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import msgspec
 
-from schemas.records import GpuSampleBatch, Record, StepBatch
+from trainguard.schemas.records import GpuSampleBatch, Record, StepBatch
 
 __all__ = ["INTAKE_TABLES", "intake_line"]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.records import (
+from trainguard.schemas.records import (
     Anomaly,
     CheckpointEvent,
     Finding,

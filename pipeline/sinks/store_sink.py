@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from pipeline.sinks.rows import Row
-from pipeline.store.base import Store
 from trainguard.errors import StoreError
+from trainguard.pipeline.sinks.rows import Row
+from trainguard.pipeline.store.base import Store
 
 __all__ = ["SinkCounters", "StoreSink"]
 

@@ -93,7 +93,7 @@ class Store(ABC):
     def insert_json_lines(self, table: str, lines: Sequence[bytes]) -> None:
         """Insert ready JSONEachRow ``lines`` (one object each) into ``{database}.{table}``.
 
-        For the intake tables (:mod:`pipeline.sinks.intake`): the lines are already
+        For the intake tables (:mod:`trainguard.pipeline.sinks.intake`): the lines are already
         canonical JSON, so nothing is re-encoded here.
         """
         if not lines:

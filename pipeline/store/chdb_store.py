@@ -19,10 +19,10 @@ from typing import Any
 
 import chdb
 
-from pipeline.store.base import INSERT_SETTINGS, QueryResult, Store, decode_json_compact
-from pipeline.store.sqltext import split_statements
-from pipeline.store.url import validate_identifier
 from trainguard.errors import StoreError
+from trainguard.pipeline.store.base import INSERT_SETTINGS, QueryResult, Store, decode_json_compact
+from trainguard.pipeline.store.sqltext import split_statements
+from trainguard.pipeline.store.url import validate_identifier
 
 __all__ = ["ChdbStore", "OWNER_FILE", "owner_pid"]
 

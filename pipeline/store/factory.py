@@ -1,14 +1,14 @@
-"""Open the right :class:`~pipeline.store.base.Store` for a :class:`StoreUrl`."""
+"""Open the right :class:`~trainguard.pipeline.store.base.Store` for a :class:`StoreUrl`."""
 
 from __future__ import annotations
 
 import logging
 import os
 
-from pipeline.store.base import Store
-from pipeline.store.chdb_store import ChdbStore
-from pipeline.store.owner import RemoteReadStore, read_owner
-from pipeline.store.url import StoreUrl
+from trainguard.pipeline.store.base import Store
+from trainguard.pipeline.store.chdb_store import ChdbStore
+from trainguard.pipeline.store.owner import RemoteReadStore, read_owner
+from trainguard.pipeline.store.url import StoreUrl
 
 __all__ = ["open_store"]
 
@@ -35,7 +35,7 @@ def open_store(url: StoreUrl, *, read_only: bool = False) -> Store:
     directly, which fails with a clear :class:`StoreError` if another process owns it.
     """
     if not url.embedded:
-        from pipeline.store.server_store import ServerStore
+        from trainguard.pipeline.store.server_store import ServerStore
 
         return ServerStore(url)
     assert url.path is not None

@@ -14,10 +14,10 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
-import schemas
-from pipeline.store.base import Store
-from pipeline.store.sqltext import split_statements
+from trainguard import schemas
 from trainguard.errors import StoreError
+from trainguard.pipeline.store.base import Store
+from trainguard.pipeline.store.sqltext import split_statements
 
 __all__ = ["MIGRATIONS_TABLE", "default_sql_dir", "migrate", "row_counts", "tables"]
 

@@ -30,11 +30,11 @@ from typing import Any
 
 import msgspec
 
-from pipeline.store.base import QueryResult, Store
-from pipeline.store.chdb_store import OWNER_FILE
-from pipeline.store.sqltext import read_only_violation
-from pipeline.store.url import validate_identifier
 from trainguard.errors import StoreError
+from trainguard.pipeline.store.base import QueryResult, Store
+from trainguard.pipeline.store.chdb_store import OWNER_FILE
+from trainguard.pipeline.store.sqltext import read_only_violation
+from trainguard.pipeline.store.url import validate_identifier
 
 __all__ = [
     "OPERATOR_TABLES", "OwnerInfo", "ReadServer", "RemoteReadStore", "read_owner", "serve_reads",

@@ -13,9 +13,9 @@ from typing import Any
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
-from pipeline.store.base import INSERT_SETTINGS, QueryResult, Store, decode_json_compact
-from pipeline.store.url import StoreUrl
 from trainguard.errors import StoreError
+from trainguard.pipeline.store.base import INSERT_SETTINGS, QueryResult, Store, decode_json_compact
+from trainguard.pipeline.store.url import StoreUrl
 
 __all__ = ["ServerStore"]
 

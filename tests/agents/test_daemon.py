@@ -3,13 +3,13 @@ import time
 
 import pytest
 
-from agents.collectors import SimulatedGpus
-from agents.config import AgentConfig, KafkaProducerSettings
-from agents.daemon import NodeAgent
-from agents.fleet import SimulatedFleet
-from schemas.codec import RecordDecoder
-from schemas.records import GpuSampleBatch, Heartbeat, StepBatch, StepRecord
+from trainguard.agents.collectors import SimulatedGpus
+from trainguard.agents.config import AgentConfig, KafkaProducerSettings
+from trainguard.agents.daemon import NodeAgent
+from trainguard.agents.fleet import SimulatedFleet
 from trainguard.errors import ConfigError
+from trainguard.schemas.codec import RecordDecoder
+from trainguard.schemas.records import GpuSampleBatch, Heartbeat, StepBatch, StepRecord
 
 
 class RecordingTransport:
@@ -165,8 +165,8 @@ def test_a_node_running_one_job_keys_its_samples_by_that_job_until_it_is_long_go
 
 
 def test_checkpoint_reports_go_out_as_checkpoint_events_keyed_by_job():
-    from agents.reporter import CheckpointReport
-    from schemas.records import CheckpointEvent
+    from trainguard.agents.reporter import CheckpointReport
+    from trainguard.schemas.records import CheckpointEvent
 
     transport = RecordingTransport()
     report = CheckpointReport(job_id="llm-7", rank=3, node="node-a", step=100, ts=7.0,
@@ -181,7 +181,7 @@ def test_checkpoint_reports_go_out_as_checkpoint_events_keyed_by_job():
 
 
 def test_ticks_fall_on_wall_clock_boundaries_so_nodes_sample_the_same_instant():
-    from agents.daemon import _to_boundary
+    from trainguard.agents.daemon import _to_boundary
 
     assert _to_boundary(1_795_000_100.25, 1.0) == 0.75
     assert _to_boundary(1_795_000_100.0, 1.0) == 0.0

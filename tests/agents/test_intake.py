@@ -10,10 +10,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from agents.intake import MAX_DATAGRAM_BYTES, StepIntake
-from agents.reporter import StepDatagram
-from schemas.records import StepRecord
+from trainguard.agents.intake import MAX_DATAGRAM_BYTES, StepIntake
+from trainguard.agents.reporter import StepDatagram
 from trainguard.errors import CollectorError
+from trainguard.schemas.records import StepRecord
 
 
 @pytest.fixture

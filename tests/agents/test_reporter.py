@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from agents.intake import StepIntake
-from agents.reporter import StepReporter
-from schemas.records import StepRecord
+from trainguard.agents.intake import StepIntake
+from trainguard.agents.reporter import StepReporter
+from trainguard.schemas.records import StepRecord
 
 
 @pytest.fixture
@@ -44,9 +44,9 @@ class FakeClock:
 
 def test_importing_the_reporter_pulls_in_nothing_heavy():
     code = (
-        "import sys, agents.reporter;"
+        "import sys, trainguard.agents.reporter;"
         "heavy = [m for m in ('kafka', 'faust', 'numpy', 'chdb', 'clickhouse_connect',"
-        " 'aiokafka', 'trainguard.cli', 'agents.daemon') if m in sys.modules];"
+        " 'aiokafka', 'trainguard.cli', 'trainguard.agents.daemon') if m in sys.modules];"
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -267,7 +267,7 @@ def test_a_datagram_too_large_to_send_is_dropped_alone(sock_path):
 
 
 def test_a_checkpoint_report_reaches_the_intake_apart_from_steps(sock_path):
-    from agents.reporter import CheckpointReport
+    from trainguard.agents.reporter import CheckpointReport
 
     with (
         StepIntake(sock_path) as intake,

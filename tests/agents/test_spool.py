@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.spool import Spool
+from trainguard.agents.spool import Spool
 from trainguard.errors import TrainguardError
 
 

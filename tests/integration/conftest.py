@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.store import RemoteReadStore, StoreUrl, owner_reader
+from trainguard.pipeline.store import RemoteReadStore, StoreUrl, owner_reader
 
 
 class WorkerProcess:

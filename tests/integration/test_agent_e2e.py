@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer
 
-from agents.config import AgentConfig, KafkaProducerSettings
-from agents.reporter import StepReporter
-from agents.runtime import run_agent
-from schemas.codec import RecordDecoder
-from schemas.records import GpuSampleBatch, Heartbeat, StepBatch
-from schemas.topics import Topics
-from trainguard.broker import LocalBroker, free_ports
+from trainguard.agents.config import AgentConfig, KafkaProducerSettings
+from trainguard.agents.reporter import StepReporter
+from trainguard.agents.runtime import run_agent
+from trainguard.local.broker import LocalBroker, free_ports
+from trainguard.schemas.codec import RecordDecoder
+from trainguard.schemas.records import GpuSampleBatch, Heartbeat, StepBatch
+from trainguard.schemas.topics import Topics
 
 pytestmark = pytest.mark.integration
 

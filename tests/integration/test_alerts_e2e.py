@@ -18,15 +18,15 @@ from typing import ClassVar
 
 import pytest
 
-from agents.config import KafkaProducerSettings
-from agents.sim import JobSpec
-from agents.sim.availability import Kill
-from agents.sim.job import JobSimulator
-from agents.sim.player import play
-from agents.transport import KafkaTransport
-from schemas.topics import Topics
-from trainguard.alertmanager import LocalAlertmanager
-from trainguard.webhook_receiver import AlertmanagerNotification, WebhookReceiver
+from trainguard.agents.config import KafkaProducerSettings
+from trainguard.agents.sim import JobSpec
+from trainguard.agents.sim.availability import Kill
+from trainguard.agents.sim.job import JobSimulator
+from trainguard.agents.sim.player import play
+from trainguard.agents.transport import KafkaTransport
+from trainguard.local.alertmanager import LocalAlertmanager
+from trainguard.local.webhook_receiver import AlertmanagerNotification, WebhookReceiver
+from trainguard.schemas.topics import Topics
 
 pytestmark = pytest.mark.integration
 

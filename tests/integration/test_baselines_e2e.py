@@ -8,12 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from agents.config import AgentConfig, KafkaProducerSettings
-from agents.fleet import SimulatedFleet
-from agents.transport import KafkaTransport
-from schemas.codec import encode
-from schemas.records import StepBatch, StepRecord
-from schemas.topics import Topics
+from trainguard.agents.config import AgentConfig, KafkaProducerSettings
+from trainguard.agents.fleet import SimulatedFleet
+from trainguard.agents.transport import KafkaTransport
+from trainguard.schemas.codec import encode
+from trainguard.schemas.records import StepBatch, StepRecord
+from trainguard.schemas.topics import Topics
 
 pytestmark = pytest.mark.integration
 

@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from agents.config import AgentConfig, KafkaProducerSettings
-from agents.fleet import SimulatedFleet
-from agents.transport import KafkaTransport
-from schemas.codec import encode
-from schemas.records import GpuSample, GpuSampleBatch
-from schemas.topics import Topics
+from trainguard.agents.config import AgentConfig, KafkaProducerSettings
+from trainguard.agents.fleet import SimulatedFleet
+from trainguard.agents.transport import KafkaTransport
+from trainguard.schemas.codec import encode
+from trainguard.schemas.records import GpuSample, GpuSampleBatch
+from trainguard.schemas.topics import Topics
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +113,7 @@ def test_a_busy_worker_stops_promptly_on_sigterm_and_a_restart_stores_the_rest(
     from kafka import KafkaProducer
 
     from bench.loadgen import FleetLoad
-    from trainguard.kafka_admin import ensure_topics
+    from trainguard.pipeline.kafka_admin import ensure_topics
 
     topics = Topics(worker_process.prefix)
     ensure_topics(bootstrap, topics.all(), partitions=3)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.store import ChdbStore
+from trainguard.pipeline.store import ChdbStore
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 import numpy as np
 
-from agents.collectors import SimulatedGpus
-from pipeline.baselines import BaselineConfig, BaselineStage
-from schemas.records import GpuSampleBatch, StepBatch, StepRecord
+from trainguard.agents.collectors import SimulatedGpus
+from trainguard.pipeline.baselines import BaselineConfig, BaselineStage
+from trainguard.schemas.records import GpuSampleBatch, StepBatch, StepRecord
 
 T0 = 1_795_000_230.0  # just after a simulated checkpoint pause
 
@@ -92,7 +92,7 @@ def test_dropping_a_partition_forgets_only_its_entities():
 
 
 def test_an_unreported_metric_is_skipped_not_a_crash_and_the_others_still_learn():
-    from schemas.records import GpuSample
+    from trainguard.schemas.records import GpuSample
 
     stage, found = BaselineStage(), []
     for i in range(120):

@@ -1,5 +1,5 @@
-from pipeline.health import HealthProbe
-from pipeline.sinks.store_sink import SinkCounters
+from trainguard.pipeline.health import HealthProbe
+from trainguard.pipeline.sinks.store_sink import SinkCounters
 
 
 def test_the_first_probe_has_levels_and_the_second_rates():

@@ -2,11 +2,11 @@ import time
 
 import msgspec
 
-from agents.collectors import SimulatedGpus
-from pipeline.ingest import Ingestor, RawMessage
-from schemas.codec import encode
-from schemas.records import GpuSampleBatch, Heartbeat, StepBatch, StepRecord
-from schemas.topics import Topics
+from trainguard.agents.collectors import SimulatedGpus
+from trainguard.pipeline.ingest import Ingestor, RawMessage
+from trainguard.schemas.codec import encode
+from trainguard.schemas.records import GpuSampleBatch, Heartbeat, StepBatch, StepRecord
+from trainguard.schemas.topics import Topics
 
 TOPICS = Topics("t")
 NOW = time.time()

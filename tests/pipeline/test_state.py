@@ -6,7 +6,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from pipeline.state import (
+from trainguard.pipeline.state import (
     _assemble,
     _Chunk,
     chunk_snapshot,

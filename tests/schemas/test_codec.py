@@ -3,8 +3,8 @@ import time
 import msgspec
 import pytest
 
-from schemas.codec import MAX_RECORD_BYTES, RecordDecoder, RecordError, encode
-from schemas.records import (
+from trainguard.schemas.codec import MAX_RECORD_BYTES, RecordDecoder, RecordError, encode
+from trainguard.schemas.records import (
     Alert,
     Anomaly,
     GpuSample,

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from trainguard import __version__
 from trainguard.errors import ConfigError, TrainguardError
+from trainguard.resources import infra_candidates
 
 if TYPE_CHECKING:
     from grafana_client import GrafanaApi
@@ -402,9 +403,7 @@ def find_dashboards_dir(explicit: str | Path | None = None) -> Path:
         if not path.is_dir():
             raise ConfigError(f"--dashboards {str(path)!r} is not a directory")
         return path
-    here = Path(__file__).resolve()
-    candidates = (here.parents[2] / "infra" / "grafana" / "dashboards",  # source checkout
-                  here.parents[1] / "_infra" / "grafana" / "dashboards")  # wheel install
+    candidates = infra_candidates("grafana", "dashboards")
     for candidate in candidates:
         if candidate.is_dir():
             return candidate

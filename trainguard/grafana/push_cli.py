@@ -13,7 +13,7 @@ import argparse
 import os
 from urllib.parse import urlsplit, urlunsplit
 
-from trainguard.commands._common import add_env_option
+from trainguard.cli._common import add_env_option
 from trainguard.errors import ConfigError
 from trainguard.grafana.push import (
     GRAFANA_TOKEN_ENV,

@@ -22,7 +22,7 @@ from trainguard.grafana.macros import ALL, Value, expand, is_all
 from trainguard.grafana.model import Dashboard, Panel, Variable
 
 if TYPE_CHECKING:
-    from pipeline.store.base import Store
+    from trainguard.pipeline.store.base import Store
 
 __all__ = ["PanelCheck", "default_interval", "failures", "verify"]
 

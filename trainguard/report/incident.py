@@ -12,15 +12,15 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipeline.alerts.history import _COLUMNS, _LATEST_FIRST, _alert
-from pipeline.alerts.lifecycle import DASHBOARD_MARGIN_S
-from pipeline.store.base import require_table
-from schemas.records import Alert
 from trainguard.errors import ConfigError
+from trainguard.pipeline.alerts.history import _COLUMNS, _LATEST_FIRST, _alert
+from trainguard.pipeline.alerts.lifecycle import DASHBOARD_MARGIN_S
+from trainguard.pipeline.store.base import require_table
 from trainguard.report.draw import MAX_SERIES
+from trainguard.schemas.records import Alert
 
 if TYPE_CHECKING:
-    from pipeline.store.base import Store
+    from trainguard.pipeline.store.base import Store
 
 __all__ = ["Incident", "alert_incident", "job_incident"]
 

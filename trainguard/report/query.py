@@ -18,7 +18,7 @@ from trainguard.grafana.macros import ALL, expand
 from trainguard.grafana.model import Dashboard, Panel
 
 if TYPE_CHECKING:
-    from pipeline.store.base import Store
+    from trainguard.pipeline.store.base import Store
     from trainguard.report.incident import Incident
 
 __all__ = ["JOB_DASHBOARD_UID", "Series", "job_dashboard", "panel_variables", "query_series"]

@@ -21,7 +21,7 @@ from trainguard.report.page import page_html
 from trainguard.report.query import job_dashboard, panel_variables, query_series
 
 if TYPE_CHECKING:
-    from pipeline.store.base import Store
+    from trainguard.pipeline.store.base import Store
 
 __all__ = ["ReportResult", "render_report"]
 

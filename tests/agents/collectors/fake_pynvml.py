@@ -1,6 +1,6 @@
 """A fake of the ``pynvml`` module for tests on machines without GPUs.
 
-It exposes the functions and constants :class:`agents.collectors.nvml.NvmlGpus` uses,
+It exposes the functions and constants :class:`trainguard.agents.collectors.nvml.NvmlGpus` uses,
 answers from a snapshot of an 8x H100 SXM5 node in the middle of training (values of
 the kind ``nvidia-smi -q`` shows on such a node), and fails on demand. Wherever it can,
 it reuses the real binding: the constants, the exception classes (``NVMLError(code)``

@@ -4,11 +4,11 @@ import msgspec
 import pynvml
 import pytest
 
-from agents.collectors import GpuCollector
-from agents.collectors.nvml import NvmlGpus
-from schemas.records import GpuProcess, GpuSample
 from tests.agents.collectors.fake_pynvml import MIB, FakeNvml, h100_node
+from trainguard.agents.collectors import GpuCollector
+from trainguard.agents.collectors.nvml import NvmlGpus
 from trainguard.errors import CollectorError
+from trainguard.schemas.records import GpuProcess, GpuSample
 
 TS = 1_795_000_100.0
 

@@ -1,6 +1,6 @@
 import pytest
 
-from agents.collectors import FAULT_MODES, GpuCollector, SimulatedGpus
+from trainguard.agents.collectors import FAULT_MODES, GpuCollector, SimulatedGpus
 
 T0 = 1_795_000_100.0  # outside the first checkpoint pause of the default schedule
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from agents.collectors.steps_file import StepFileTail
+from trainguard.agents.collectors.steps_file import StepFileTail
 
 
 def line(step, **fields):

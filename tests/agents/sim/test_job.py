@@ -1,9 +1,9 @@
 import pytest
 
-from agents.sim import DEFAULT_START_TS, JobSimulator, JobSpec, make_scenario
-from agents.sim.steps import COMPUTE_S
-from schemas.records import GpuSampleBatch, Heartbeat, StepBatch
 from tests.agents.sim.util import by_ts, checkpoints, replicas_agree, samples, steps
+from trainguard.agents.sim import DEFAULT_START_TS, JobSimulator, JobSpec, make_scenario
+from trainguard.agents.sim.steps import COMPUTE_S
+from trainguard.schemas.records import GpuSampleBatch, Heartbeat, StepBatch
 
 SPEC = JobSpec(nodes=3, gpus_per_node=4, checkpoint_every=50, checkpoint_pause_s=5)
 

@@ -1,6 +1,7 @@
 import pytest
 
-from agents.sim import (
+from tests.agents.sim.util import by_ts, checkpoints, mean, replicas_agree, samples, steps
+from trainguard.agents.sim import (
     CHECKS,
     SCENARIOS,
     JobSimulator,
@@ -9,8 +10,7 @@ from agents.sim import (
     make_scenario,
     scenario_params,
 )
-from agents.sim.gpus import SM_CLOCK_MAX_MHZ
-from tests.agents.sim.util import by_ts, checkpoints, mean, replicas_agree, samples, steps
+from trainguard.agents.sim.gpus import SM_CLOCK_MAX_MHZ
 
 SPEC = JobSpec(nodes=3, gpus_per_node=4)
 AT = 60

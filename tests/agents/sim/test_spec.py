@@ -1,6 +1,6 @@
 import pytest
 
-from agents.sim import JobSpec
+from trainguard.agents.sim import JobSpec
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from agents.sim import Emit
-from schemas.records import CheckpointEvent, GpuSampleBatch, StepBatch, StepRecord
+from trainguard.agents.sim import Emit
+from trainguard.schemas.records import CheckpointEvent, GpuSampleBatch, StepBatch, StepRecord
 
 
 def steps(emits: list[Emit]) -> list[StepRecord]:

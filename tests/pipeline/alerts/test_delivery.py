@@ -13,17 +13,17 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from pipeline.alerts.delivery import Dispatcher, MemoryLedger
-from pipeline.alerts.receivers import (
+from trainguard.errors import ConfigError
+from trainguard.pipeline.alerts.delivery import Dispatcher, MemoryLedger
+from trainguard.pipeline.alerts.receivers import (
     AlertmanagerReceiver,
     PagerDutyReceiver,
     ReceiverConfig,
     SlackReceiver,
     WebhookReceiver,
 )
-from schemas.codec import RecordDecoder
-from schemas.records import Alert
-from trainguard.errors import ConfigError
+from trainguard.schemas.codec import RecordDecoder
+from trainguard.schemas.records import Alert
 
 T0 = 1_700_000_000.0
 KEY = "0123456789abcdef0123456789abcdef"

@@ -1,4 +1,4 @@
-"""Alert history read back from the store (:mod:`pipeline.alerts.history`), on real chdb."""
+"""Alert history read back from the store (trainguard.pipeline.alerts.history), real chdb."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import Any
 import msgspec
 import pytest
 
-from pipeline.alerts import AlertLifecycle
-from pipeline.alerts.history import delivered_keys, open_alerts, recent_alerts
-from pipeline.sinks.rows import rows_for
-from pipeline.store import ChdbStore, migrate
-from schemas.records import Alert, Finding
 from trainguard.errors import ConfigError
+from trainguard.pipeline.alerts import AlertLifecycle
+from trainguard.pipeline.alerts.history import delivered_keys, open_alerts, recent_alerts
+from trainguard.pipeline.sinks.rows import rows_for
+from trainguard.pipeline.store import ChdbStore, migrate
+from trainguard.schemas.records import Alert, Finding
 
 T0 = 1_700_000_000.0
 

@@ -4,10 +4,10 @@ from typing import Any
 
 import pytest
 
-from pipeline.alerts import AlertConfig, AlertLifecycle, Silence
-from schemas.codec import RecordDecoder, encode
-from schemas.records import Alert, Anomaly, Finding
 from trainguard.errors import ConfigError
+from trainguard.pipeline.alerts import AlertConfig, AlertLifecycle, Silence
+from trainguard.schemas.codec import RecordDecoder, encode
+from trainguard.schemas.records import Alert, Anomaly, Finding
 
 T0 = 1_700_000_000.0
 

@@ -6,7 +6,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from pipeline.alerts.payloads import (
+from trainguard.pipeline.alerts.payloads import (
     alertmanager_alert,
     alertmanager_body,
     build_body,
@@ -15,14 +15,14 @@ from pipeline.alerts.payloads import (
     slack_message,
     webhook_body,
 )
-from pipeline.alerts.receivers import (
+from trainguard.pipeline.alerts.receivers import (
     AlertmanagerReceiver,
     PagerDutyReceiver,
     SlackReceiver,
     WebhookReceiver,
 )
-from schemas.codec import RecordDecoder, encode
-from schemas.records import Alert
+from trainguard.schemas.codec import RecordDecoder, encode
+from trainguard.schemas.records import Alert
 
 T0 = 1_700_000_000.0
 NOW = T0 + 90

@@ -4,14 +4,14 @@ from typing import Any
 
 import pytest
 
-from pipeline.alerts.receivers import (
+from trainguard.errors import ConfigError
+from trainguard.pipeline.alerts.receivers import (
     AlertmanagerReceiver,
     PagerDutyReceiver,
     SlackReceiver,
     WebhookReceiver,
     parse_receivers,
 )
-from trainguard.errors import ConfigError
 
 KEY = "k" * 32
 SLACK_URL = "https://hooks.slack.com/services/T000/B000/SECRETSECRET"

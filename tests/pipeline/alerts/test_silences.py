@@ -1,4 +1,4 @@
-"""Silences in the store (:mod:`pipeline.alerts.silences`), on a real chdb database."""
+"""Silences in the store (:mod:`trainguard.pipeline.alerts.silences`), on a real chdb database."""
 
 from __future__ import annotations
 
@@ -7,10 +7,15 @@ from typing import Any
 
 import pytest
 
-from pipeline.alerts import Silence
-from pipeline.alerts.silences import active_silences, add_silence, expire_silence, list_silences
-from pipeline.store import ChdbStore, migrate
 from trainguard.errors import ConfigError
+from trainguard.pipeline.alerts import Silence
+from trainguard.pipeline.alerts.silences import (
+    active_silences,
+    add_silence,
+    expire_silence,
+    list_silences,
+)
+from trainguard.pipeline.store import ChdbStore, migrate
 
 T0 = 1_700_000_000.0
 HOUR = 3600.0

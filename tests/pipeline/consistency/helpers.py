@@ -11,8 +11,8 @@ import random
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pipeline.consistency import ConsistencyStage
-from schemas.records import (
+from trainguard.pipeline.consistency import ConsistencyStage
+from trainguard.schemas.records import (
     CheckpointEvent,
     Finding,
     GpuSample,

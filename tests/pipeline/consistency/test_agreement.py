@@ -1,5 +1,5 @@
-from pipeline.consistency import ConsistencyStage
 from tests.pipeline.consistency.helpers import T0, FakeJob, checks, feed
+from trainguard.pipeline.consistency import ConsistencyStage
 
 
 def _run(job, steps, over_from=None, over=None, **kw):

@@ -1,5 +1,5 @@
-from pipeline.consistency import ConsistencyStage
 from tests.pipeline.consistency.helpers import T0, FakeJob, checks
+from trainguard.pipeline.consistency import ConsistencyStage
 
 
 def test_a_shard_loaded_with_another_digest_than_saved_is_blamed_with_its_node():

@@ -1,6 +1,6 @@
-from pipeline.consistency import ConsistencyStage
-from schemas.records import XidEvent
 from tests.pipeline.consistency.helpers import T0, FakeJob, checks, feed, first
+from trainguard.pipeline.consistency import ConsistencyStage
+from trainguard.schemas.records import XidEvent
 
 
 def _ticks(job, n, over_at=lambda t: None, util_at=lambda t: 95.0, steps=True):

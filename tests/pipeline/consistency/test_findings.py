@@ -1,4 +1,4 @@
-from pipeline.consistency import Fault, FindingTracker, finding_id
+from trainguard.pipeline.consistency import Fault, FindingTracker, finding_id
 
 
 def _fault(entities, step, ts=None, summary="s"):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.consistency import ConsistencyStage
 from tests.pipeline.consistency.helpers import FakeJob, checks, feed
+from trainguard.pipeline.consistency import ConsistencyStage
 
 
 def _run(job, steps, over_at=lambda s: None, samples=None, stage=None):

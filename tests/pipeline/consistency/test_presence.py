@@ -1,5 +1,5 @@
-from pipeline.consistency import ConsistencyConfig, ConsistencyStage
 from tests.pipeline.consistency.helpers import T0, FakeJob, checks, feed, first
+from trainguard.pipeline.consistency import ConsistencyConfig, ConsistencyStage
 
 
 def test_a_rank_that_stops_reporting_is_missing_with_its_last_node():

@@ -2,11 +2,11 @@ import random
 
 import pytest
 
-from pipeline.consistency import ConsistencyConfig, ConsistencyStage
-from schemas.codec import RecordDecoder, encode
-from schemas.records import Finding
 from tests.pipeline.consistency.helpers import T0, FakeJob, checks, feed, first
 from trainguard.errors import ConfigError
+from trainguard.pipeline.consistency import ConsistencyConfig, ConsistencyStage
+from trainguard.schemas.codec import RecordDecoder, encode
+from trainguard.schemas.records import Finding
 
 
 def _faulty_run(seed=1):

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from pipeline.detect import Anomaly, DetectorBank
+from trainguard.pipeline.detect import Anomaly, DetectorBank
 
 Feed = Callable[..., list[Anomaly]]
 

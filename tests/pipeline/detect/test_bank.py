@@ -3,8 +3,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipeline.detect import BankConfig, DetectorBank, EntityRegistry, score_series
 from trainguard.errors import ConfigError
+from trainguard.pipeline.detect import BankConfig, DetectorBank, EntityRegistry, score_series
 
 
 def normal(rng, n, rows=None):

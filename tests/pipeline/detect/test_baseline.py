@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.detect.baseline import Ewm, EwmLag1, RobustWindow, unique_rounds
+from trainguard.pipeline.detect.baseline import Ewm, EwmLag1, RobustWindow, unique_rounds
 
 
 def test_ewm_alpha_halves_a_samples_weight_after_one_half_life():

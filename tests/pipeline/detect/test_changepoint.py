@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.detect.changepoint import Cusum, PageHinkley
+from trainguard.pipeline.detect.changepoint import Cusum, PageHinkley
 
 
 def run(det, z, rows=None):

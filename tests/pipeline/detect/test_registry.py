@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.detect import EntityRegistry
+from trainguard.pipeline.detect import EntityRegistry
 
 
 def ts(*values):

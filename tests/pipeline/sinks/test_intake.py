@@ -3,11 +3,11 @@ reference row flattening (:func:`rows_for`) describes, column for column, on rea
 
 import time
 
-from pipeline.sinks.intake import intake_line
-from pipeline.sinks.rows import rows_for
-from pipeline.store import migrate
-from schemas.codec import RecordDecoder, encode
-from schemas.records import (
+from trainguard.pipeline.sinks.intake import intake_line
+from trainguard.pipeline.sinks.rows import rows_for
+from trainguard.pipeline.store import migrate
+from trainguard.schemas.codec import RecordDecoder, encode
+from trainguard.schemas.records import (
     GpuProcess,
     GpuSample,
     GpuSampleBatch,

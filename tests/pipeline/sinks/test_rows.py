@@ -1,7 +1,7 @@
 import time
 
-from pipeline.sinks.rows import rows_for
-from schemas.records import Alert, GpuSample, GpuSampleBatch, XidEvent
+from trainguard.pipeline.sinks.rows import rows_for
+from trainguard.schemas.records import Alert, GpuSample, GpuSampleBatch, XidEvent
 
 NOW = time.time()
 

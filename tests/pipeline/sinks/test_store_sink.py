@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline.sinks.store_sink import StoreSink
 from trainguard.errors import StoreError
+from trainguard.pipeline.sinks.store_sink import StoreSink
 
 
 class FlakyStore:

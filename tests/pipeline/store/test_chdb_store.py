@@ -2,8 +2,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pipeline.store import ChdbStore
 from trainguard.errors import StoreError
+from trainguard.pipeline.store import ChdbStore
 
 _TABLE = (
     "CREATE TABLE {database}.t (k UInt32, name String, ts DateTime64(3, 'UTC'), "

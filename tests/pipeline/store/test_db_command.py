@@ -4,9 +4,9 @@ import argparse
 
 import pytest
 
-from pipeline.store import default_sql_dir
-from trainguard.commands import db
+from trainguard.cli import db
 from trainguard.errors import StoreError
+from trainguard.pipeline.store import default_sql_dir
 
 
 def _run(*argv: str) -> int:

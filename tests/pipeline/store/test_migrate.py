@@ -2,9 +2,9 @@ import time
 
 import pytest
 
-from pipeline.store import migrate, row_counts, tables
-from pipeline.store.migrate import default_sql_dir
 from trainguard.errors import StoreError
+from trainguard.pipeline.store import migrate, row_counts, tables
+from trainguard.pipeline.store.migrate import default_sql_dir
 
 ALL_TABLES = [
     "agent_heartbeats", "alert_deliveries", "alerts", "anomalies", "baselines", "checkpoints",

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.store import RemoteReadStore, StoreUrl, open_store
-from pipeline.store.owner import read_owner
 from trainguard.errors import StoreError
+from trainguard.pipeline.store import RemoteReadStore, StoreUrl, open_store
+from trainguard.pipeline.store.owner import read_owner
 
 _OWNER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from pipeline.store import ChdbStore, migrate, serve_reads
+    from trainguard.pipeline.store import ChdbStore, migrate, serve_reads
 
     path = Path(sys.argv[1])
     with ChdbStore(path, "owned") as store:
@@ -34,7 +34,7 @@ _OWNER = textwrap.dedent("""
 _WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from pipeline.store import ChdbStore
+    from trainguard.pipeline.store import ChdbStore
     from trainguard.errors import StoreError
     try:
         ChdbStore(Path(sys.argv[1]), "owned")

@@ -2,9 +2,9 @@
 
 import time
 
-from pipeline.sinks.rows import rows_for
-from pipeline.store import migrate
-from schemas.records import GpuSample, GpuSampleBatch, StepBatch, StepRecord
+from trainguard.pipeline.sinks.rows import rows_for
+from trainguard.pipeline.store import migrate
+from trainguard.schemas.records import GpuSample, GpuSampleBatch, StepBatch, StepRecord
 
 MINUTE = (int(time.time()) // 60) * 60
 

@@ -12,10 +12,10 @@ import uuid
 
 import pytest
 
-from pipeline.store import Secret, StoreUrl, migrate, row_counts
-from pipeline.store.server_store import ServerStore
 from trainguard import envvars
 from trainguard.errors import StoreError
+from trainguard.pipeline.store import Secret, StoreUrl, migrate, row_counts
+from trainguard.pipeline.store.server_store import ServerStore
 
 _STEP = {"cluster": "c", "job_id": "j", "step": 1, "rank": 0, "world_size": 1, "node": "n",
          "ts": 1700000000.0, "loss": 2.5, "param_checksum": "", "env_fingerprint": ""}
@@ -23,8 +23,8 @@ _STEP = {"cluster": "c", "job_id": "j", "step": 1, "rank": 0, "world_size": 1, "
 _OVER_CHDB = textwrap.dedent(f"""
     import sys
     import clickhouse_connect
-    from pipeline.store import StoreUrl, default_sql_dir, migrate, row_counts
-    from pipeline.store.server_store import ServerStore
+    from trainguard.pipeline.store import StoreUrl, default_sql_dir, migrate, row_counts
+    from trainguard.pipeline.store.server_store import ServerStore
 
     client = clickhouse_connect.get_client(interface="chdb", path=sys.argv[1])
     with ServerStore(StoreUrl.parse("http://localhost/over_chdb"), client=client) as store:

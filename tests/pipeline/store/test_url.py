@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.store.url import Secret, StoreUrl
 from trainguard.errors import ConfigError
+from trainguard.pipeline.store.url import Secret, StoreUrl
 
 
 def test_chdb_url_with_three_slashes_is_an_absolute_path():

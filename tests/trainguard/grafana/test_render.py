@@ -147,6 +147,6 @@ def test_no_macro_without_arguments_is_followed_by_an_opening_parenthesis(uid, p
 
 
 def test_the_timeline_rows_are_the_consistency_checks_of_the_pipeline():
-    from pipeline.consistency import CHECKS as PIPELINE_CHECKS
+    from trainguard.pipeline.consistency import CHECKS as PIPELINE_CHECKS
 
     assert set(CHECKS) == set(PIPELINE_CHECKS)

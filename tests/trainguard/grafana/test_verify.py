@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 
-from pipeline.store.base import QueryResult, Store
 from trainguard.cli import main
-from trainguard.commands.grafana import parse_time
+from trainguard.cli.grafana import parse_time
 from trainguard.errors import ConfigError, StoreError
 from trainguard.grafana.dashboards import UIDS, all_dashboards
 from trainguard.grafana.model import Dashboard, Panel, Variable
 from trainguard.grafana.verify import PanelCheck, failures, verify
+from trainguard.pipeline.store.base import QueryResult, Store
 
 ROOT = Path(__file__).resolve().parents[3]
 HOUR = 3600.0
@@ -38,7 +38,7 @@ BROKEN = Dashboard(uid="broken", title="broken", description="", panels=(
 _VERIFY = """
 import dataclasses, json, sys
 from pathlib import Path
-from pipeline.store import ChdbStore, migrate
+from trainguard.pipeline.store import ChdbStore, migrate
 from tests.trainguard.grafana.test_verify import BROKEN, seed
 from trainguard.grafana.dashboards import all_dashboards
 from trainguard.grafana.verify import verify

@@ -11,7 +11,7 @@ import textwrap
 __all__ = ["CHECKS", "FAR_FUTURE", "HB_WHERE", "increase", "open_counts", "sql", "window"]
 
 #: The consistency checks (``findings.check``), one row each on the job dashboard's
-#: timeline; kept equal to :data:`pipeline.consistency.CHECKS` by a test (importing it
+#: timeline; kept equal to :data:`trainguard.pipeline.consistency.CHECKS` by a test (importing it
 #: here would pull numpy into ``trainguard grafana render``).
 CHECKS = (
     "checkpoint_digest", "code_fingerprint", "gpu_throttled", "grad_norm_mismatch",

@@ -8,7 +8,7 @@ from trainguard.grafana.model import Dashboard, Panel, Variable
 __all__ = ["ALERTS"]
 
 _ALERT_FILTERS = "@cluster AND @job AND @node"
-# The latest state change of each alert first, as pipeline.alerts.history orders them.
+# The latest state change of each alert first, as trainguard.pipeline.alerts.history orders them.
 _LATEST_FIRST = "ts DESC, starts_at DESC, status = 'resolved' DESC"
 _SEVERITIES = ("page", "ticket", "info")
 

@@ -1,0 +1,66 @@
+"""The ``trainguard`` command: one entry point, one subcommand per deployable or tool.
+
+Heavy dependencies (faust, chdb, numpy) are imported inside the handlers, so a GPU node
+with only ``trainguard[agent]`` installed can run ``trainguard agent``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from trainguard import __version__, envvars
+from trainguard.cli import agent, alerts, db, demo, kafka, report, worker
+from trainguard.cli import eval as eval_cmd
+from trainguard.cli import grafana as grafana_cmd
+from trainguard.cli._common import add_env_option
+from trainguard.errors import TrainguardError
+from trainguard.logs import configure_logging
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used to render the README's reference)."""
+    parser = argparse.ArgumentParser(
+        prog="trainguard",
+        description="Streaming telemetry that watches GPU training clusters for silent faults "
+        "and sabotage.",
+    )
+    parser.add_argument("--version", action="version", version=f"trainguard {__version__}")
+    add_env_option(
+        parser,
+        "--log-level",
+        envvars.LOG_LEVEL,
+        "INFO",
+        "logging level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
+    add_env_option(
+        parser,
+        "--log-format",
+        envvars.LOG_FORMAT,
+        "text",
+        "log line format",
+        choices=["text", "json"],
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # agent also adds `simulate`
+    for module in (demo, eval_cmd, agent, worker, kafka, db, alerts, grafana_cmd, report):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, configure logging, run the command; one clear line on failure."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    try:
+        code: int = args.func(args)
+    except TrainguardError as exc:
+        print(f"trainguard {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code

@@ -1,0 +1,105 @@
+"""``trainguard worker``: run a stream worker (decode/validate → store)."""
+
+from __future__ import annotations
+
+import argparse
+
+from trainguard.cli._common import (
+    add_bootstrap,
+    add_env_option,
+    add_store,
+    add_topic_prefix,
+    store_url,
+)
+
+__all__ = ["register", "worker_config"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``worker`` command."""
+    p = subparsers.add_parser("worker", help="run a stream worker (Faust): Kafka → checks → store")
+    add_bootstrap(p, default="127.0.0.1:9092")
+    add_store(p)
+    add_topic_prefix(p)
+    add_env_option(
+        p,
+        "--app-id",
+        "TRAINGUARD_APP_ID",
+        "trainguard-worker",
+        "Faust app id, also the consumer group shared by workers",
+    )
+    add_env_option(
+        p, "--partitions", "TRAINGUARD_PARTITIONS", 3, "partitions of topics it creates", type=int
+    )
+    add_env_option(
+        p,
+        "--replication-factor",
+        "TRAINGUARD_REPLICATION_FACTOR",
+        1,
+        "replication factor of topics it creates",
+        type=int,
+    )
+    add_env_option(
+        p, "--batch-max", "TRAINGUARD_BATCH_MAX", 2000, "messages per store write at most", type=int
+    )
+    add_env_option(
+        p,
+        "--batch-within",
+        "TRAINGUARD_BATCH_WITHIN_S",
+        0.2,
+        "seconds a partial batch waits before it is written",
+        type=float,
+    )
+    add_env_option(
+        p,
+        "--data-dir",
+        "TRAINGUARD_WORKER_DATA_DIR",
+        "./trainguard-data/worker",
+        "directory for the worker's local state",
+    )
+    p.add_argument("--no-detect", dest="detect", action="store_false",
+                   help="only decode and store; skip the baseline detectors")
+    p.add_argument("--no-consistency", dest="consistency", action="store_false",
+                   help="skip the cross-rank consistency checks")
+    add_env_option(p, "--config", "TRAINGUARD_WORKER_CONFIG", None,
+                   "TOML file with the alert lifecycle and receivers "
+                   "(example: infra/worker/worker.toml); none: alerts are only recorded")
+    p.add_argument("--no-alerts", dest="alerts", action="store_false",
+                   help="record findings only; run no alert stream jobs")
+    p.set_defaults(func=_run)
+
+
+def worker_config(args: argparse.Namespace) -> object:
+    """Build the validated :class:`~trainguard.pipeline.config.WorkerConfig` from parsed flags."""
+    from dataclasses import replace
+
+    from trainguard.pipeline.config import AlertingConfig, WorkerConfig
+    from trainguard.pipeline.config_file import load_alerting
+    from trainguard.schemas.topics import Topics
+
+    alerting = load_alerting(args.config) if args.config else AlertingConfig()
+    if not args.alerts:
+        alerting = replace(alerting, enabled=False)
+    return WorkerConfig(
+        bootstrap=args.bootstrap,
+        store=store_url(args.store),
+        topics=Topics(args.topic_prefix),
+        app_id=args.app_id,
+        partitions=args.partitions,
+        replication_factor=args.replication_factor,
+        batch_max=args.batch_max,
+        batch_within_s=args.batch_within,
+        data_dir=args.data_dir,
+        detect=args.detect,
+        consistency=args.consistency,
+        alerting=alerting,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from trainguard.pipeline.config import WorkerConfig
+    from trainguard.pipeline.worker import run_worker
+
+    config = worker_config(args)
+    assert isinstance(config, WorkerConfig)
+    return run_worker(config, loglevel=args.log_level.lower())

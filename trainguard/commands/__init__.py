@@ -1,1 +1,0 @@
-"""Subcommands of the ``trainguard`` CLI, one module each, every one exposing ``register()``."""

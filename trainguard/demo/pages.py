@@ -1,0 +1,112 @@
+"""The demo's on-call: a local webhook receiver, behind a real Alertmanager when installed.
+
+The demo's worker delivers its alerts to Alertmanager (the Debian package, started on
+127.0.0.1 with the shipped route config) when it is installed, else straight to the
+receiver as trainguard's JSON webhook, and the demo prints the pages that arrived, as an
+on-call engineer would get them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from trainguard.local.alertmanager import (
+    AlertmanagerError,
+    AlertmanagerNotFoundError,
+    LocalAlertmanager,
+)
+from trainguard.local.webhook_receiver import WebhookReceiver
+
+__all__ = ["GRAFANA_URL", "DemoPager"]
+
+#: Where the demo's alerts point their dashboard links: Grafana's default local address.
+GRAFANA_URL = "http://localhost:3000"
+
+log = logging.getLogger(__name__)
+
+
+class DemoPager:
+    """Start the receiver (and Alertmanager); write the worker's receiver config."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.receiver = WebhookReceiver()
+        self.alertmanager: LocalAlertmanager | None = None
+
+    def start(self) -> None:
+        """Start the receiver, then Alertmanager in front of it when it is installed."""
+        self.receiver.start()
+        am = None
+        try:
+            am = LocalAlertmanager(self.receiver.url_for("/pager"),
+                                   self.receiver.url_for("/tickets"))
+            am.start()
+            self.alertmanager = am
+        except AlertmanagerNotFoundError:
+            pass  # `make alertmanager` installs it; pages still reach the receiver directly
+        except AlertmanagerError as exc:
+            log.warning("alertmanager did not start; delivering straight to the receiver "
+                        "error=%s", exc)
+            if am is not None:
+                am.close()
+
+    def close(self) -> None:
+        """Stop what :meth:`start` started."""
+        if self.alertmanager is not None:
+            self.alertmanager.close()
+        self.receiver.stop()
+
+    def __enter__(self) -> DemoPager:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def route(self) -> str:
+        """How pages travel, in words."""
+        if self.alertmanager is not None:
+            return f"Alertmanager {self.alertmanager.url} → local receiver {self.receiver.url}"
+        return (f"local webhook receiver {self.receiver.url} (Alertmanager not installed: "
+                "`make alertmanager`)")
+
+    def worker_config(self) -> Path:
+        """The worker's TOML: one receiver, tickets and pages, fast retries for a demo."""
+        if self.alertmanager is not None:
+            rx = f'type = "alertmanager"\nname = "alertmanager"\nurl = "{self.alertmanager.url}"\n'
+        else:
+            rx = f'type = "webhook"\nname = "demo"\nurl = "{self.receiver.url_for("/webhook")}"\n'
+        path = self.data_dir / "worker.toml"
+        # Alerts link to the job dashboard on a local Grafana, where the demo's dashboards
+        # can be imported (they are written next to this file).
+        path.write_text("# written by trainguard demo\n[alerts]\nclear_hold_s = 30.0\n"
+                        f'dashboard_base_url = "{GRAFANA_URL}"\n\n'
+                        f'[[receivers]]\n{rx}min_severity = "ticket"\nbackoff_max_s = 5.0\n')
+        return path
+
+    def pages(self, cluster: str) -> list[dict[str, Any]]:
+        """What reached the receiver for ``cluster``: status, severity, check, summary, link."""
+        out: list[dict[str, Any]] = []
+        for req in self.receiver.received():
+            if not req.accepted:
+                continue
+            if req.notification is not None:
+                for a in req.notification.alerts:
+                    if a.labels.get("cluster") == cluster:
+                        out.append({"status": a.status, "severity": a.labels.get("severity"),
+                                    "check": a.labels.get("alertname"),
+                                    "summary": a.annotations.get("summary", ""),
+                                    "link": a.annotations.get("dashboard_url"),
+                                    "at": req.received_at})
+            elif isinstance(req.json, dict) and isinstance(req.json.get("alert"), dict):
+                a = req.json["alert"]
+                if a.get("cluster") == cluster:
+                    out.append({"status": a.get("status"), "severity": a.get("severity"),
+                                "check": a.get("check"), "summary": a.get("summary", ""),
+                                "link": a.get("dashboard_url"), "at": req.received_at})
+        return out
