@@ -34,7 +34,7 @@ from trainguard.schemas.records import Alert
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 _ENV = {**os.environ, "TRAINGUARD_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)}
 
 T0 = 1_760_000_000.0  # 2025-10-09 08:53:20 UTC
@@ -122,7 +122,7 @@ import json, sys
 from dataclasses import asdict
 from pathlib import Path
 from trainguard.pipeline.store import ChdbStore
-from tests.trainguard.test_report import DASHBOARDS, seed
+from tests.trainguard.report.test_report import DASHBOARDS, seed
 from trainguard.errors import ConfigError
 from trainguard.report import render_report
 
