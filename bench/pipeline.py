@@ -33,13 +33,13 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 from bench.loadgen import FleetLoad
 from bench.stages import run_stages
 from trainguard.local.broker import LocalBroker, free_ports
-from trainguard.local.stack import LocalStack, WorkerConfig
+from trainguard.local.stack import LocalStack
 from trainguard.local.worker import WorkerProcess
 
 _TICK = __import__("os").sysconf("SC_CLK_TCK")
@@ -81,14 +81,11 @@ class _Producer:
         self._loop.close()
 
 
-def bench_stack(bootstrap: str, work: Path, prefix: str, *, start_worker: bool = True,
-                log_level: str = "WARNING", batch_within: float = 0.2,
-                worker_config: WorkerConfig = None,
-                worker_args: Sequence[str] = ()) -> LocalStack:
+def bench_stack(bootstrap: str, work: Path, prefix: str, *,
+                start_worker: bool = True) -> LocalStack:
     """Topics ``prefix`` and one worker (app ``bench-<prefix>``, embedded store) on a broker."""
     return LocalStack(work / prefix, bootstrap=bootstrap, topic_prefix=prefix,
-                      app_id=f"bench-{prefix}", batch_within=batch_within, log_level=log_level,
-                      worker_config=worker_config, worker_args=worker_args,
+                      app_id=f"bench-{prefix}", batch_within=0.2, log_level="WARNING",
                       start_worker=start_worker)
 
 

@@ -34,7 +34,7 @@ from trainguard.pipeline.kafka_admin import ensure_topics
 from trainguard.pipeline.store import Secret, Store
 from trainguard.schemas.topics import Topics
 
-__all__ = ["LocalStack", "PagerMode"]
+__all__ = ["LocalStack", "PagerMode", "WorkerConfigSource"]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 PagerMode = Literal["off", "receiver", "alertmanager", "auto"]
 
 #: Builds the worker's TOML config once the pager runs (it may name the pager's URLs).
-WorkerConfig = Path | Callable[["LocalStack"], Path | None] | None
+WorkerConfigSource = Path | Callable[["LocalStack"], Path | None] | None
 
 
 def _quiet(_line: str) -> None:
@@ -70,7 +70,7 @@ class LocalStack:
         store: str = "",
         store_password: Secret | None = None,
         pager: PagerMode = "off",
-        worker_config: WorkerConfig = None,
+        worker_config: WorkerConfigSource = None,
         start_worker: bool = True,
         app_id: str | None = None,
         batch_within: float | None = 0.2,
