@@ -31,17 +31,15 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.pipeline import _Worker as BenchWorker
 from trainguard.agents.config import KafkaProducerSettings
 from trainguard.agents.sim import JobSpec
 from trainguard.agents.sim.availability import Kill
 from trainguard.agents.sim.job import JobSimulator
 from trainguard.agents.sim.player import play
 from trainguard.agents.transport import KafkaTransport
-from trainguard.local.alertmanager import LocalAlertmanager
-from trainguard.local.broker import LocalBroker, free_ports
+from trainguard.local.stack import LocalStack
 from trainguard.local.webhook_receiver import WebhookReceiver
-from trainguard.pipeline.kafka_admin import ensure_topics
+from trainguard.local.worker import WorkerProcess
 from trainguard.schemas.topics import Topics
 
 KINDS = {
@@ -53,33 +51,32 @@ WARMUP = 20  # ticks before the first fault: peers known, GPUs seen in use
 DEBUG = bool(__import__("os").environ.get("TG_BENCH_DEBUG"))
 
 
-class _Worker(BenchWorker):
-    """The benchmark's worker, delivering to ``am_url``; reads its delivery timings back."""
+def _worker_config(stack: LocalStack) -> Path:
+    """The worker's TOML: deliver to the stack's Alertmanager."""
+    assert stack.alertmanager is not None
+    config = stack.data_dir / f"worker-{stack.topics.prefix}.toml"
+    config.write_text(f'[[receivers]]\ntype = "alertmanager"\nname = "am"\n'
+                      f'url = "{stack.alertmanager.url}"\n')
+    return config
 
-    def __init__(self, bootstrap: str, work: Path, prefix: str, am_url: str,
-                 batch_within: float) -> None:
-        config = work / f"worker-{prefix}.toml"
-        config.write_text(f'[[receivers]]\ntype = "alertmanager"\nname = "am"\n'
-                          f'url = "{am_url}"\n')
-        super().__init__(bootstrap, work, prefix, log_level="INFO" if DEBUG else "WARNING",
-                         extra_args=("--batch-within", str(batch_within),
-                                     "--config", str(config)))
 
-    def acked_at(self, alert_id: str) -> float | None:
-        """Wall time Alertmanager acknowledged trainguard's POST of the alert's firing."""
-        q = ("SELECT toFloat64(min(ts)) FROM {database}.alert_deliveries WHERE "
-             f"alert_id = '{alert_id}' AND status = 'firing' AND outcome = 'delivered'")
-        value = self.reader.query(q).scalar()
-        return float(value) if value else None
+def _acked_at(worker: WorkerProcess, alert_id: str) -> float | None:
+    """Wall time Alertmanager acknowledged trainguard's POST of the alert's firing."""
+    q = ("SELECT toFloat64(min(ts)) FROM {database}.alert_deliveries WHERE "
+         f"alert_id = '{alert_id}' AND status = 'firing' AND outcome = 'delivered'")
+    value = worker.query(q).scalar()
+    return float(value) if value else None
 
-    def stored_at(self, table: str, job_id: str) -> float | None:
-        """Wall time the job's first row landed in ``table`` (findings, alerts)."""
-        q = (f"SELECT toFloat64(min(ingested_at)) FROM {{database}}.{table} "
-             f"WHERE job_id = '{job_id}'")
-        value = self.reader.query(q).scalar()
-        return float(value) if value else None
 
-def run_round(bootstrap: str, prefix: str, kind: str, jobs: int, worker: _Worker,
+def _stored_at(worker: WorkerProcess, table: str, job_id: str) -> float | None:
+    """Wall time the job's first row landed in ``table`` (findings, alerts)."""
+    q = (f"SELECT toFloat64(min(ingested_at)) FROM {{database}}.{table} "
+         f"WHERE job_id = '{job_id}'")
+    value = worker.query(q).scalar()
+    return float(value) if value else None
+
+
+def run_round(bootstrap: str, prefix: str, kind: str, jobs: int, worker: WorkerProcess,
               receiver: WebhookReceiver, rng: random.Random) -> list[dict[str, float]]:
     """``jobs`` jobs, one fault each (staggered 2 s apart); one row per fault."""
     t0 = float(int(time.time()) + 2)  # tick 0 on a whole second, as agents tick
@@ -121,8 +118,8 @@ def run_round(bootstrap: str, prefix: str, kind: str, jobs: int, worker: _Worker
             print(f"  {kind}: no page for {job}", flush=True)
             continue
         at, alert_id = arrived[job]
-        acked = worker.acked_at(alert_id)
-        finding, alert = worker.stored_at("findings", job), worker.stored_at("alerts", job)
+        acked = _acked_at(worker, alert_id)
+        finding, alert = _stored_at(worker, "findings", job), _stored_at(worker, "alerts", job)
         if DEBUG:
             print(f"  {job}: sample {sample:.3f} page {at:.3f} acked {acked}", flush=True)
         rows.append({"total": at - fault, "sampling": sample - fault,
@@ -149,25 +146,23 @@ def main() -> None:
     args = p.parse_args()
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="tg-alert-bench-") as tmp:
-        work = Path(tmp)
-        port, cport = free_ports(2)
-        with LocalBroker(work / "kafka", port, cport) as broker, WebhookReceiver() as receiver:
-            with LocalAlertmanager(receiver.url_for("/pager"), receiver.url_for("/tickets"),
-                                   data_dir=work / "am") as am:
-                prefix = f"ab{uuid.uuid4().hex[:6]}"
-                ensure_topics(broker.bootstrap, Topics(prefix).all(), partitions=3)
-                worker = _Worker(broker.bootstrap, work, prefix, am.url, args.batch_within)
-                try:
-                    for kind in args.kinds:
-                        rows: list[dict[str, float]] = []
-                        for _ in range(args.rounds):
-                            rows += run_round(broker.bootstrap, prefix, kind, args.jobs,
-                                              worker, receiver, rng)
-                        _report(kind, rows, args.jobs * args.rounds)
-                finally:
-                    worker.stop()
-                    if DEBUG:
-                        print(worker.log_path.read_text()[-20000:])
+        prefix = f"ab{uuid.uuid4().hex[:6]}"
+        stack = LocalStack(Path(tmp), topic_prefix=prefix, pager="alertmanager",
+                           worker_config=_worker_config, app_id=f"bench-{prefix}",
+                           batch_within=args.batch_within,
+                           log_level="INFO" if DEBUG else "WARNING")
+        with stack:
+            assert stack.receiver is not None
+            try:
+                for kind in args.kinds:
+                    rows: list[dict[str, float]] = []
+                    for _ in range(args.rounds):
+                        rows += run_round(stack.bootstrap, prefix, kind, args.jobs,
+                                          stack.worker, stack.receiver, rng)
+                    _report(kind, rows, args.jobs * args.rounds)
+            finally:
+                if DEBUG:
+                    print(stack.worker.log_tail(400)[-20000:])
 
 
 def _report(kind: str, rows: list[dict[str, float]], faults: int) -> None:

@@ -30,8 +30,6 @@ import argparse
 import asyncio
 import math
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -41,10 +39,8 @@ from pathlib import Path
 from bench.loadgen import FleetLoad
 from bench.stages import run_stages
 from trainguard.local.broker import LocalBroker, free_ports
-from trainguard.pipeline.kafka_admin import ensure_topics
-from trainguard.pipeline.store import StoreUrl, owner_reader
-from trainguard.pipeline.store.owner import RemoteReadStore
-from trainguard.schemas.topics import Topics
+from trainguard.local.stack import LocalStack
+from trainguard.local.worker import WorkerProcess
 
 _TICK = __import__("os").sysconf("SC_CLK_TCK")
 _WARMUP_TICKS = 40  # the detectors give no verdict before 30 values
@@ -85,75 +81,58 @@ class _Producer:
         self._loop.close()
 
 
-class _Worker:
-    """One ``trainguard worker`` process on its own topics and embedded store."""
+def bench_stack(bootstrap: str, work: Path, prefix: str, *,
+                start_worker: bool = True) -> LocalStack:
+    """Topics ``prefix`` and one worker (app ``bench-<prefix>``, embedded store) on a broker."""
+    return LocalStack(work / prefix, bootstrap=bootstrap, topic_prefix=prefix,
+                      app_id=f"bench-{prefix}", batch_within=0.2, log_level="WARNING",
+                      start_worker=start_worker)
 
-    def __init__(self, bootstrap: str, work: Path, prefix: str, *, log_level: str = "WARNING",
-                 extra_args: tuple[str, ...] = ()) -> None:
-        self.url = StoreUrl.parse(f"chdb://{work / f'store-{prefix}'}")
-        cmd = [sys.executable, "-m", "trainguard.cli", "--log-level", log_level, "worker",
-               "--bootstrap", bootstrap, "--store", str(self.url), "--topic-prefix", prefix,
-               "--app-id", f"bench-{prefix}", "--data-dir", str(work / f"w-{prefix}"),
-               "--batch-within", "0.2", *extra_args]
-        self.log_path = work / f"worker-{prefix}.log"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        reader: RemoteReadStore | None = None
-        while reader is None:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited:\n{self.log_path.read_text()[-3000:]}")
-            reader = owner_reader(self.url, pid=self.proc.pid)
-            time.sleep(0.2)
-        self.reader = reader
 
-    def stored(self) -> int:
-        """Messages in the store: sample batches plus step batches (one row per rank)."""
-        q = ("SELECT (SELECT count() FROM {database}.sample_batches) + "
-             "(SELECT count() FROM {database}.steps)")
-        return int(self.reader.query(q).scalar())
+def stored(worker: WorkerProcess) -> int:
+    """Messages in the store: sample batches plus step batches (one row per rank)."""
+    return worker.scalar("SELECT (SELECT count() FROM {database}.sample_batches) + "
+                         "(SELECT count() FROM {database}.steps)")
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
+
+def _pid(worker: WorkerProcess) -> int:
+    assert worker.pid is not None
+    return worker.pid
 
 
 def capacity(bootstrap: str, work: Path, nodes: int, ticks: int) -> dict[str, float]:
     """Drain ``ticks`` × ``nodes`` pre-produced ticks with one worker; return its figures."""
     prefix = f"c{uuid.uuid4().hex[:8]}"
-    topics = Topics(prefix)
-    ensure_topics(bootstrap, topics.all(), partitions=3)
-    load = FleetLoad(topics, nodes)
-    producer = _Producer(bootstrap)
-    t0 = time.time() - ticks
-    started = time.perf_counter()
-    sent = sum(producer.send_all(load.tick(k, t0 + k)) for k in range(ticks))
-    produce_s = time.perf_counter() - started
-    producer.close()
-    gpus = load.gpus
-    want = nodes * ticks * (1 + gpus)  # sample batch rows + step rows
-    worker = _Worker(bootstrap, work, prefix)
-    try:
+    with bench_stack(bootstrap, work, prefix, start_worker=False) as stack:
+        load = FleetLoad(stack.topics, nodes)
+        producer = _Producer(bootstrap)
+        t0 = time.time() - ticks
+        started = time.perf_counter()
+        sent = sum(producer.send_all(load.tick(k, t0 + k)) for k in range(ticks))
+        produce_s = time.perf_counter() - started
+        producer.close()
+        gpus = load.gpus
+        want = nodes * ticks * (1 + gpus)  # sample batch rows + step rows
+        worker = stack.start_worker()
         cpu0 = wall0 = None
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
-            n = worker.stored()
+            n = stored(worker)
             if n and cpu0 is None:
-                cpu0, wall0 = _cpu(worker.proc.pid), time.monotonic()
+                cpu0, wall0 = _cpu(_pid(worker)), time.monotonic()
             if n >= want:
                 break
             time.sleep(0.25)
         assert cpu0 is not None and wall0 is not None
-        cpu1, wall1 = _cpu(worker.proc.pid), time.monotonic()
-        span = float(worker.reader.query(
+        cpu1, wall1 = _cpu(_pid(worker)), time.monotonic()
+        span = float(worker.query(
             "SELECT max(t) - min(t) FROM (SELECT toFloat64(ingested_at) AS t FROM "
             "{database}.sample_batches UNION ALL SELECT toFloat64(ingested_at) FROM "
             "{database}.steps)").scalar())
-        stored = worker.stored()
-    finally:
-        worker.stop()
+        rows = stored(worker)
     messages = 2 * nodes * ticks
     return {"nodes": nodes, "ticks": ticks, "produced": sent, "produce_s": produce_s,
-            "stored_rows": stored, "want_rows": want, "span_s": span,
+            "stored_rows": rows, "want_rows": want, "span_s": span,
             "msgs_per_s": messages / span, "gpu_samples_per_s": nodes * ticks * gpus / span,
             "cpu_s": cpu1 - cpu0, "wall_s": wall1 - wall0,
             "cpu_ms_per_1000": 1000 * (cpu1 - cpu0) / (nodes * ticks * gpus) * 1000}
@@ -162,11 +141,14 @@ def capacity(bootstrap: str, work: Path, nodes: int, ticks: int) -> dict[str, fl
 def realtime(bootstrap: str, work: Path, nodes: int, seconds: int) -> dict[str, float]:
     """Feed ``nodes`` at 1 Hz for ``seconds`` with collapses after warm-up; return figures."""
     prefix = f"r{uuid.uuid4().hex[:8]}"
-    topics = Topics(prefix)
-    ensure_topics(bootstrap, topics.all(), partitions=3)
-    load = FleetLoad(topics, nodes)
-    worker = _Worker(bootstrap, work, prefix)
-    producer = _Producer(bootstrap)
+    with bench_stack(bootstrap, work, prefix) as stack:
+        return _realtime(stack, nodes, seconds)
+
+
+def _realtime(stack: LocalStack, nodes: int, seconds: int) -> dict[str, float]:
+    load = FleetLoad(stack.topics, nodes)
+    worker = stack.worker
+    producer = _Producer(stack.bootstrap)
     per_tick_rows = nodes * (1 + load.gpus)
     lags: list[int] = []
     late_ticks = injected = 0
@@ -175,34 +157,33 @@ def realtime(bootstrap: str, work: Path, nodes: int, seconds: int) -> dict[str, 
         next_at = time.monotonic()
         for i in range(seconds):
             if i == _WARMUP_TICKS:
-                cpu0, wall0 = _cpu(worker.proc.pid), time.monotonic()
+                cpu0, wall0 = _cpu(_pid(worker)), time.monotonic()
             if i >= _WARMUP_TICKS and i % 5 == 0:
                 load.inject((injected * 7919) % nodes, injected % load.gpus, "idle")
                 injected += 1
             producer.send_all(load.tick(i, time.time()))
             if i >= _WARMUP_TICKS:
-                lags.append((i + 1) * per_tick_rows - worker.stored())
+                lags.append((i + 1) * per_tick_rows - stored(worker))
             next_at += 1.0
             if time.monotonic() > next_at:
                 late_ticks += 1  # the generator itself fell behind real time
             time.sleep(max(0.0, next_at - time.monotonic()))
         assert cpu0 is not None and wall0 is not None
-        cpu1, wall1 = _cpu(worker.proc.pid), time.monotonic()
-        end_lag = seconds * per_tick_rows - worker.stored()
+        cpu1, wall1 = _cpu(_pid(worker)), time.monotonic()
+        end_lag = seconds * per_tick_rows - stored(worker)
         drain_deadline = time.monotonic() + 60
-        while worker.stored() < seconds * per_tick_rows and time.monotonic() < drain_deadline:
+        while stored(worker) < seconds * per_tick_rows and time.monotonic() < drain_deadline:
             time.sleep(0.5)
         time.sleep(2.0)
-        lat = worker.reader.query(
+        lat = worker.query(
             "SELECT quantile(0.5)(d), quantile(0.99)(d), max(d), count() FROM (SELECT "
             "toFloat64(ingested_at) - toFloat64(ts) AS d FROM {database}.anomalies FINAL "
             "WHERE metric = 'util_gpu_pct')").rows[0]
-        other = int(worker.reader.query(
+        other = int(worker.query(
             "SELECT count() FROM {database}.anomalies FINAL WHERE metric != 'util_gpu_pct'"
         ).scalar())
     finally:
         producer.close()
-        worker.stop()
     samples = nodes * load.gpus * (wall1 - wall0)
     rows_per_msg = per_tick_rows / (2 * nodes)
     return {"nodes": nodes, "seconds": seconds, "late_ticks": late_ticks,

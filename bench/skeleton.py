@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -25,9 +23,8 @@ from trainguard.agents.config import AgentConfig, KafkaProducerSettings
 from trainguard.agents.fleet import SimulatedFleet
 from trainguard.agents.transport import KafkaTransport
 from trainguard.local.broker import LocalBroker, free_ports
+from trainguard.local.stack import LocalStack
 from trainguard.pipeline.ingest import Ingestor, RawMessage
-from trainguard.pipeline.kafka_admin import ensure_topics
-from trainguard.pipeline.store import StoreUrl, owner_reader
 from trainguard.schemas.codec import encode
 from trainguard.schemas.records import GpuSampleBatch
 from trainguard.schemas.topics import Topics
@@ -65,37 +62,10 @@ def bench_end_to_end(
     detect: bool = False,
 ) -> list[tuple[float, float]]:
     prefix = f"b{uuid.uuid4().hex[:8]}"
-    topics = Topics(prefix)
-    ensure_topics(bootstrap, topics.all(), partitions=3)
-    store_url = StoreUrl.parse(f"chdb://{work / f'store-{prefix}'}")
-    cmd = [
-        sys.executable,
-        "-m",
-        "trainguard.cli",
-        "--log-level",
-        "WARNING",
-        "worker",
-        "--bootstrap",
-        bootstrap,
-        "--store",
-        str(store_url),
-        "--topic-prefix",
-        prefix,
-        "--app-id",
-        f"bench-{prefix}",
-        "--data-dir",
-        str(work / f"worker-{prefix}"),
-    ]
-    if not detect:
-        cmd.append("--no-detect")
-    with open(work / f"worker-{prefix}.log", "wb") as log:
-        worker = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        reader = None
-        while reader is None:
-            assert worker.poll() is None, (work / f"worker-{prefix}.log").read_text()
-            reader = owner_reader(store_url, pid=worker.pid)
-            time.sleep(0.2)
+    stack = LocalStack(work / prefix, bootstrap=bootstrap, topic_prefix=prefix,
+                       app_id=f"bench-{prefix}", batch_within=None, log_level="WARNING",
+                       worker_args=() if detect else ("--no-detect",))
+    with stack:
         results = []
         for r in range(rounds):
             cluster = f"bench-{r}"
@@ -103,7 +73,7 @@ def bench_end_to_end(
                 kafka=KafkaProducerSettings(bootstrap=bootstrap),
                 cluster=cluster,
                 node="n",
-                topics=topics,
+                topics=stack.topics,
                 sim_gpus=gpus,
                 heartbeat_interval_s=3600,
             )
@@ -117,8 +87,8 @@ def bench_end_to_end(
             sql = (
                 f"SELECT count() FROM {{database}}.sample_batches FINAL WHERE cluster = '{cluster}'"
             )
-            while int(reader.query(sql).scalar()) < expected:
-                assert worker.poll() is None, (work / f"worker-{prefix}.log").read_text()
+            while stack.worker.scalar(sql) < expected:
+                stack.worker.check_alive()
                 time.sleep(0.05)
             total_s = time.perf_counter() - t0
             results.append((expected / produced_s, expected / total_s))
@@ -128,9 +98,6 @@ def bench_end_to_end(
                 f"({expected * gpus / total_s:,.0f} GPU rows/s)"
             )
         return results
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
 
 
 def main() -> None:

@@ -50,12 +50,16 @@ class Flicker(Kill):
 
 
 @pytest.fixture
-def pager():
-    """A webhook receiver and a real Alertmanager routing to it (pages → /pager)."""
-    with WebhookReceiver() as receiver:
-        am = LocalAlertmanager(receiver.url_for("/pager"), receiver.url_for("/tickets"))
-        with am:
-            yield receiver, am
+def stack_pager() -> str:
+    """The conftest's stack pages: a webhook receiver behind a real Alertmanager."""
+    return "alertmanager"
+
+
+@pytest.fixture
+def pager(local_stack) -> tuple[WebhookReceiver, LocalAlertmanager]:
+    """The webhook receiver and the real Alertmanager routing to it (pages → /pager)."""
+    assert local_stack.receiver is not None and local_stack.alertmanager is not None
+    return local_stack.receiver, local_stack.alertmanager
 
 
 def _config(tmp_path: Path, am_url: str, **receiver: object) -> Path:

@@ -59,7 +59,7 @@ def test_a_collapsed_gpu_and_a_shifted_rank_are_flagged_and_nothing_else(worker_
 
     assert worker_process.wait_for(
         "SELECT count() FROM {database}.sample_batches FINAL", TICKS * NODES) == TICKS * NODES
-    assert worker_process.wait_for(ANOMALIES, 2) >= 2, worker_process.log()
+    assert worker_process.wait_for(ANOMALIES, 2) >= 2, worker_process.log_tail()
     time.sleep(2)
     rows = worker_process.query(
         "SELECT entity, metric, pattern, first_seen, ts FROM {database}.anomalies FINAL "
@@ -105,7 +105,7 @@ def test_a_killed_worker_resumes_its_baselines_and_loses_or_repeats_no_anomaly(w
     transport.close(timeout=30)
     assert worker_process.wait_for(
         "SELECT count() FROM {database}.anomalies FINAL WHERE entity = 'kr-002/3'", 1
-    ) >= 1, worker_process.log()
+    ) >= 1, worker_process.log_tail()
     time.sleep(2)
     rows = worker_process.query(
         "SELECT entity, metric, count() AS n, min(ts) AS ts FROM {database}.anomalies FINAL "
@@ -114,4 +114,4 @@ def test_a_killed_worker_resumes_its_baselines_and_loses_or_repeats_no_anomaly(w
     assert all(r["n"] == 1 for r in rows), "each anomaly stored exactly once"
     late = [r for r in rows if r["entity"] == "kr-002/3" and r["metric"] == "util_gpu_pct"]
     assert late and _epoch(late[0]["ts"]) <= t0 + 125 + 10
-    assert "baseline state restored" in worker_process.log()
+    assert "baseline state restored" in worker_process.log_tail()

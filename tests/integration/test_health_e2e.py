@@ -13,7 +13,7 @@ def test_a_running_worker_reports_rates_lag_and_sink_latency(worker_process):
         "SELECT uniqExact(metric) FROM {database}.pipeline_health WHERE metric IN "
         "('ingest_msgs_per_s', 'records_per_s', 'consumer_lag', 'sink_batch_ms', "
         "'dead_letters_total', 'alerts_firing')", 6, timeout=60)
-    assert got == 6, worker_process.log()
+    assert got == 6, worker_process.log_tail()
     lag = worker_process.query(
         "SELECT DISTINCT topic FROM {database}.pipeline_health WHERE metric = 'consumer_lag'"
     ).rows

@@ -47,7 +47,7 @@ def test_every_batch_is_stored_exactly_once_across_a_worker_kill(worker_process,
     worker_process.start()
 
     expected = ticks * nodes
-    assert worker_process.wait_for(BATCHES, expected) == expected, worker_process.log()
+    assert worker_process.wait_for(BATCHES, expected) == expected, worker_process.log_tail()
     time.sleep(2)  # let any late replay land before checking it collapsed
     assert worker_process.scalar(BATCHES) == expected
     dupes = worker_process.scalar(
@@ -131,11 +131,12 @@ def test_a_busy_worker_stops_promptly_on_sigterm_and_a_restart_stores_the_rest(
     assert worker_process.wait_for(BATCHES, 1) >= 1  # busy with the backlog now
     assert worker_process.proc is not None
     worker_process.proc.terminate()
-    assert worker_process.proc.wait(timeout=60) == 0, worker_process.log()
+    assert worker_process.proc.wait(timeout=60) == 0, worker_process.log_tail()
     worker_process.start()
     expected = nodes * ticks
-    assert worker_process.wait_for(BATCHES, expected, timeout=180) == expected, worker_process.log()
+    assert worker_process.wait_for(BATCHES, expected, timeout=180) == expected, (
+        worker_process.log_tail())
     # A batch's step lines are inserted just after its sample lines: wait for them too.
     steps_sql = "SELECT count() FROM {database}.steps FINAL"
     assert worker_process.wait_for(steps_sql, expected * load.gpus, timeout=60) == (
-        expected * load.gpus), worker_process.log()
+        expected * load.gpus), worker_process.log_tail()

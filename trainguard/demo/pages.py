@@ -1,23 +1,20 @@
 """The demo's on-call: a local webhook receiver, behind a real Alertmanager when installed.
 
-The demo's worker delivers its alerts to Alertmanager (the Debian package, started on
-127.0.0.1 with the shipped route config) when it is installed, else straight to the
-receiver as trainguard's JSON webhook, and the demo prints the pages that arrived, as an
-on-call engineer would get them.
+The demo's :class:`~trainguard.local.stack.LocalStack` starts both (Alertmanager, the
+Debian package, on 127.0.0.1 with the shipped route config, when it is installed). The
+worker delivers its alerts to Alertmanager when it runs, else straight to the receiver
+as trainguard's JSON webhook, and the demo prints the pages that arrived, as an on-call
+engineer would get them.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from trainguard.local.alertmanager import (
-    AlertmanagerError,
-    AlertmanagerNotFoundError,
-    LocalAlertmanager,
-)
+from trainguard.errors import TrainguardError
+from trainguard.local.alertmanager import LocalAlertmanager
+from trainguard.local.stack import LocalStack
 from trainguard.local.webhook_receiver import WebhookReceiver
 
 __all__ = ["GRAFANA_URL", "DemoPager"]
@@ -25,55 +22,22 @@ __all__ = ["GRAFANA_URL", "DemoPager"]
 #: Where the demo's alerts point their dashboard links: Grafana's default local address.
 GRAFANA_URL = "http://localhost:3000"
 
-log = logging.getLogger(__name__)
-
 
 class DemoPager:
-    """Start the receiver (and Alertmanager); write the worker's receiver config."""
+    """Write the worker's receiver config; read back the pages that reached the receiver."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, receiver: WebhookReceiver,
+                 alertmanager: LocalAlertmanager | None = None) -> None:
         self.data_dir = data_dir
-        self.receiver = WebhookReceiver()
-        self.alertmanager: LocalAlertmanager | None = None
+        self.receiver = receiver
+        self.alertmanager = alertmanager
 
-    def start(self) -> None:
-        """Start the receiver, then Alertmanager in front of it when it is installed."""
-        self.receiver.start()
-        am = None
-        try:
-            am = LocalAlertmanager(self.receiver.url_for("/pager"),
-                                   self.receiver.url_for("/tickets"))
-            am.start()
-            self.alertmanager = am
-        except AlertmanagerNotFoundError:
-            pass  # `make alertmanager` installs it; pages still reach the receiver directly
-        except AlertmanagerError as exc:
-            log.warning("alertmanager did not start; delivering straight to the receiver "
-                        "error=%s", exc)
-            if am is not None:
-                am.close()
-
-    def close(self) -> None:
-        """Stop what :meth:`start` started."""
-        if self.alertmanager is not None:
-            self.alertmanager.close()
-        self.receiver.stop()
-
-    def __enter__(self) -> DemoPager:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    @property
-    def route(self) -> str:
-        """How pages travel, in words."""
-        if self.alertmanager is not None:
-            return f"Alertmanager {self.alertmanager.url} → local receiver {self.receiver.url}"
-        return (f"local webhook receiver {self.receiver.url} (Alertmanager not installed: "
-                "`make alertmanager`)")
+    @classmethod
+    def of(cls, stack: LocalStack) -> DemoPager:
+        """The pager of a stack started with ``pager="auto"`` (or any mode but ``off``)."""
+        if stack.receiver is None:
+            raise TrainguardError("the demo's stack runs no webhook receiver")
+        return cls(stack.data_dir, stack.receiver, stack.alertmanager)
 
     def worker_config(self) -> Path:
         """The worker's TOML: one receiver, tickets and pages, fast retries for a demo."""

@@ -14,7 +14,6 @@ the store already holds earlier runs.
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -26,8 +25,8 @@ from trainguard.agents.transport import KafkaTransport
 from trainguard.demo.pages import DemoPager
 from trainguard.demo.views import write_views
 from trainguard.errors import ConfigError, TrainguardError
-from trainguard.local.broker import LocalBroker, free_port, port_free
-from trainguard.local.worker import check_alive, start_worker, stop_worker, wait_for_store
+from trainguard.local.stack import LocalStack
+from trainguard.local.worker import WorkerProcess
 from trainguard.pipeline.store import Store, StoreUrl
 from trainguard.schemas.codec import encode
 from trainguard.schemas.topics import Topics
@@ -86,13 +85,11 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
     from trainguard.agents.config import KafkaProducerSettings
     from trainguard.agents.sim import JobSpec, make_scenario
     from trainguard.cli._common import store_url
-    from trainguard.pipeline.kafka_admin import ensure_topics
 
     data_dir = opts.data_dir.resolve()
     (data_dir / "logs").mkdir(parents=True, exist_ok=True)
     store_raw = opts.store or f"chdb://{data_dir / 'store'}"
     url: StoreUrl = store_url(store_raw)
-    topics = Topics(opts.topic_prefix)
     run_id = uuid.uuid4().hex[:8]
     cluster = f"demo-{run_id}"
     spec = JobSpec(job_id=f"train-{run_id}", cluster=cluster, nodes=opts.nodes,
@@ -104,41 +101,30 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
             scenario = make_scenario(opts.scenario, spec, seed=int(run_id, 16) % 1000, at=at)
         except ValueError as exc:
             raise ConfigError(f"scenario {opts.scenario}: {exc}") from None
-    broker: LocalBroker | None = None
-    worker: subprocess.Popen[bytes] | None = None
+    stack = LocalStack(data_dir, bootstrap=opts.bootstrap, kafka_port=opts.kafka_port,
+                       topic_prefix=opts.topic_prefix, store=store_raw,
+                       store_password=url.password, pager="auto",
+                       worker_config=lambda s: DemoPager.of(s).worker_config(),
+                       batch_within=0.2, out=lambda line: out(f"[demo] {line}"))
     transport: KafkaTransport | None = None
-    worker_log = data_dir / "logs" / "worker.log"
-    pager = DemoPager(data_dir)
     try:
-        pager.start()
-        out(f"[demo] pages go to {pager.route}")
-        bootstrap = opts.bootstrap
-        if not bootstrap:
-            port = opts.kafka_port if port_free(opts.kafka_port) else free_port()
-            broker = LocalBroker(data_dir / "kafka", port=port)
-            out(f"[demo] starting local Kafka {broker.bootstrap} (data in {data_dir / 'kafka'})")
-            broker.start()
-            bootstrap = broker.bootstrap
-        ensure_topics(bootstrap, topics.all(), partitions=3, replication_factor=1)
-        out(f"[demo] starting stream worker → store {url} (log: {worker_log})")
-        worker = start_worker(bootstrap, store_raw, opts.topic_prefix, data_dir, worker_log,
-                              pager.worker_config())
-        store = wait_for_store(url, worker, worker_log)
+        stack.start()
+        pager, store, worker, topics = DemoPager.of(stack), stack.store, stack.worker, stack.topics
         _plan_maintenance(store, spec, out)
         sim = JobSimulator(spec, scenario, seed=int(run_id, 16) % 1000, start_ts=time.time())
-        transport = KafkaTransport(KafkaProducerSettings(bootstrap=bootstrap))
+        transport = KafkaTransport(KafkaProducerSettings(bootstrap=stack.bootstrap))
         story = (f"injecting {scenario.name} at t={scenario.at}s ({scenario.description})"
                  if scenario else "no scenario (a clean run)")
         out(f"[demo] run {run_id}: job {spec.job_id} on {opts.nodes} nodes × {opts.gpus} GPUs "
             f"= {spec.world_size} ranks, {opts.ticks} s of training at {opts.speed:g}× real "
             f"time; {story}")
-        batches = _produce(sim, transport, topics, opts, store, cluster, worker, worker_log, out)
+        batches = _produce(sim, transport, topics, opts, store, cluster, worker, out)
         transport.close(timeout=30)
         failed = transport.counters.failed
         transport = None
         if failed:
             raise TrainguardError(f"{failed} messages failed delivery to Kafka")
-        stored = _wait_for_rows(store, cluster, batches, worker, worker_log)
+        stored = _wait_for_rows(store, cluster, batches, worker)
         time.sleep(2.0)  # the last steps close on the worker's timer
         counts = {t: _count(store, t, cluster) for t in _TABLES}
         out(f"[demo] done: {opts.ticks} ticks × {opts.nodes} nodes = {batches} sample batches")
@@ -152,7 +138,6 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
         out("[demo] look around: trainguard db query --store " + store_raw +
             " \"SELECT check, ranks, nodes, summary FROM {database}.findings FINAL\"")
         out(f"[demo]             trainguard alerts --all --store {store_raw}")
-        store.close()
         return 0 if stored == batches and named and views_ok else 1
     except KeyboardInterrupt:
         out("[demo] interrupted; stopping what the demo started")
@@ -160,17 +145,11 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
     finally:
         if transport is not None:
             transport.close(timeout=5)  # before the broker goes, or it retries noisily
-        if worker is not None:
-            stop_worker(worker)
-            out("[demo] stream worker stopped")
-        if broker is not None:
-            broker.stop()
-            out("[demo] local Kafka stopped")
-        pager.close()
+        stack.close()
 
 
 def _produce(sim: JobSimulator, transport: KafkaTransport, topics: Topics, opts: DemoOptions,
-             store: Store, cluster: str, worker: subprocess.Popen[bytes], log_path: Path,
+             store: Store, cluster: str, worker: WorkerProcess,
              out: Callable[[str], None]) -> int:
     """Tick the job at ``opts.speed`` ticks per second; return sample batches sent."""
     names = {"samples": topics.samples, "steps": topics.steps,
@@ -183,7 +162,7 @@ def _produce(sim: JobSimulator, transport: KafkaTransport, topics: Topics, opts:
             transport.send(names[emit.topic], emit.key, encode(emit.record))
             batches += emit.topic == "samples"
         if t % every == 0 or t == opts.ticks:
-            check_alive(worker, log_path)
+            worker.check_alive()
             stored = _count(store, "sample_batches", cluster)
             found = _count(store, "findings", cluster)
             out(f"[demo] t={t:>5}s  batches sent {batches:>6}  stored {stored:>6}  "
@@ -250,13 +229,11 @@ def _count(store: Store, table: str, cluster: str) -> int:
     return int(store.query(sql).scalar())
 
 
-def _wait_for_rows(
-    store: Store, cluster: str, expected: int, worker: subprocess.Popen[bytes], log_path: Path
-) -> int:
+def _wait_for_rows(store: Store, cluster: str, expected: int, worker: WorkerProcess) -> int:
     deadline = time.monotonic() + 120
     stored = _count(store, "sample_batches", cluster)
     while stored < expected and time.monotonic() < deadline:
-        check_alive(worker, log_path)
+        worker.check_alive()
         time.sleep(0.5)
         stored = _count(store, "sample_batches", cluster)
     return stored

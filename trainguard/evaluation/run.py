@@ -11,17 +11,20 @@ wall-clock latency from producing a tick to its finding row landing is reported 
 from __future__ import annotations
 
 import statistics
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainguard.agents.sim import Expectation, JobSimulator, JobSpec, list_scenarios, make_scenario
 from trainguard.errors import ConfigError, TrainguardError
 from trainguard.evaluation.scorecard import RunResult, markdown_table, score_run, summarize
-from trainguard.local.broker import LocalBroker, free_port, port_free
+
+if TYPE_CHECKING:
+    from trainguard.agents.transport import KafkaTransport
+    from trainguard.local.stack import LocalStack
 
 __all__ = ["EvalOptions", "EvalReport", "latency_line", "run_eval"]
 
@@ -100,73 +103,27 @@ def run_eval(opts: EvalOptions, out: Callable[[str], None] = print) -> EvalRepor
     """Run every (scenario, seed) through the pipeline and score what it found."""
     from trainguard.agents.config import KafkaProducerSettings
     from trainguard.agents.transport import KafkaTransport
-    from trainguard.local.worker import check_alive, start_worker, stop_worker, wait_for_store
-    from trainguard.pipeline.kafka_admin import ensure_topics
-    from trainguard.schemas.codec import encode
-    from trainguard.schemas.topics import Topics
+    from trainguard.local.stack import LocalStack
 
-    data_dir = opts.data_dir.resolve()
     run_id = uuid.uuid4().hex[:6]
-    work = data_dir / f"eval-{run_id}"
-    (work / "logs").mkdir(parents=True, exist_ok=True)
-    store_raw = f"chdb://{work / 'store'}"
-    topics = Topics(f"eval{run_id}")
-    worker_log = work / "logs" / "worker.log"
-    broker: LocalBroker | None = None
-    worker: subprocess.Popen[bytes] | None = None
+    stack = LocalStack(opts.data_dir / f"eval-{run_id}", bootstrap=opts.bootstrap or "",
+                       kafka_port=opts.kafka_port, topic_prefix=f"eval{run_id}",
+                       batch_within=0.2, out=lambda line: out(f"[eval] {line}"))
     transport: KafkaTransport | None = None
     try:
-        bootstrap = opts.bootstrap
-        if not bootstrap:
-            port = opts.kafka_port if port_free(opts.kafka_port) else free_port()
-            broker = LocalBroker(work / "kafka", port=port)
-            out(f"[eval] starting local Kafka {broker.bootstrap}")
-            broker.start()
-            bootstrap = broker.bootstrap
-        ensure_topics(bootstrap, topics.all(), partitions=3, replication_factor=1)
-        out(f"[eval] starting stream worker → {store_raw} (log: {worker_log})")
-        worker = start_worker(bootstrap, store_raw, topics.prefix, work, worker_log)
-        from trainguard.pipeline.store import StoreUrl
-
-        store = wait_for_store(StoreUrl.parse(store_raw), worker, worker_log)
+        stack.start()
         runs = _runs(opts, run_id)
         out(f"[eval] {len(runs)} jobs ({len({r.scenario for r in runs})} scenarios × "
             f"{len(opts.seeds)} seeds), {opts.nodes} nodes × {opts.gpus} GPUs each, "
             f"{opts.ticks} ticks at {opts.speed:g} ticks/s")
-        transport = KafkaTransport(KafkaProducerSettings(bootstrap=bootstrap))
-        names = {"samples": topics.samples, "steps": topics.steps,
-             "heartbeats": topics.heartbeats}
-        tick_wall: dict[int, float] = {}
-        produced = sample_batches = 0
+        transport = KafkaTransport(KafkaProducerSettings(bootstrap=stack.bootstrap))
         started = time.monotonic()
-        for t in range(opts.ticks):
-            for run in runs:
-                for emit in run.sim.tick():
-                    transport.send(names[emit.topic], emit.key, encode(emit.record))
-                    produced += 1
-                    sample_batches += emit.topic == "samples"
-            tick_wall[t] = time.time()
-            if t % 50 == 0:
-                check_alive(worker, worker_log)
-                out(f"[eval] tick {t:>5}/{opts.ticks}  messages {produced:>8}")
-            time.sleep(max(0.0, started + (t + 1) / opts.speed - time.monotonic()))
+        produced, sample_batches, tick_wall = _play(opts, runs, stack, transport, out)
         transport.close(timeout=60)
         transport = None
-        deadline = time.monotonic() + 600
-        stored = 0
-        while time.monotonic() < deadline:
-            check_alive(worker, worker_log)
-            # Sample batches, not steps: a restarted job repeats step numbers, and the steps
-            # table keeps one row per (job, step, rank).
-            stored = int(store.query(
-                "SELECT count() FROM {database}.sample_batches FINAL").scalar())
-            if stored >= sample_batches:
-                break
-            time.sleep(1.0)
-        if stored < sample_batches:
-            raise TrainguardError(f"worker stored {stored} of {sample_batches} sample batches")
+        _wait_stored(stack, sample_batches)
         time.sleep(3.0)  # let the last findings land
-        rows = store.query(
+        rows = stack.store.query(
             "SELECT job_id, check, category, toFloat64(first_seen) AS first_seen, "
             "toFloat64(ts) AS ts, toFloat64(last_seen) AS last_seen, ranks, nodes, "
             "toFloat64(ingested_at) AS ingested_at "
@@ -177,10 +134,48 @@ def run_eval(opts: EvalOptions, out: Callable[[str], None] = print) -> EvalRepor
     finally:
         if transport is not None:
             transport.close(timeout=5)
-        if worker is not None:
-            stop_worker(worker)
-        if broker is not None:
-            broker.stop()
+        stack.close()
+
+
+def _play(
+    opts: EvalOptions, runs: Sequence[_Run], stack: LocalStack, transport: KafkaTransport,
+    out: Callable[[str], None],
+) -> tuple[int, int, dict[int, float]]:
+    """Tick every job ``opts.speed`` times a second; return messages, sample batches, tick times."""
+    from trainguard.schemas.codec import encode
+
+    topics = stack.topics
+    names = {"samples": topics.samples, "steps": topics.steps, "heartbeats": topics.heartbeats}
+    tick_wall: dict[int, float] = {}
+    produced = sample_batches = 0
+    started = time.monotonic()
+    for t in range(opts.ticks):
+        for run in runs:
+            for emit in run.sim.tick():
+                transport.send(names[emit.topic], emit.key, encode(emit.record))
+                produced += 1
+                sample_batches += emit.topic == "samples"
+        tick_wall[t] = time.time()
+        if t % 50 == 0:
+            stack.worker.check_alive()
+            out(f"[eval] tick {t:>5}/{opts.ticks}  messages {produced:>8}")
+        time.sleep(max(0.0, started + (t + 1) / opts.speed - time.monotonic()))
+    return produced, sample_batches, tick_wall
+
+
+def _wait_stored(stack: LocalStack, sample_batches: int, timeout: float = 600.0) -> None:
+    """Wait until the worker stored every sample batch; raise after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    stored = 0
+    while time.monotonic() < deadline:
+        stack.worker.check_alive()
+        # Sample batches, not steps: a restarted job repeats step numbers, and the steps
+        # table keeps one row per (job, step, rank).
+        stored = stack.worker.scalar("SELECT count() FROM {database}.sample_batches FINAL")
+        if stored >= sample_batches:
+            return
+        time.sleep(1.0)
+    raise TrainguardError(f"worker stored {stored} of {sample_batches} sample batches")
 
 
 def _score(runs: Sequence[_Run], rows: list[dict[str, object]],

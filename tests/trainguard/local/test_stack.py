@@ -1,0 +1,130 @@
+"""LocalStack without a broker: its layout, its pager fallbacks, and what it stops.
+
+``ensure_topics`` is replaced by a recorder, the worker's interpreter by a stand-in
+script, and Alertmanager by fakes; the real services run in the integration tests.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainguard.errors import TrainguardError
+from trainguard.local import stack as stack_mod
+from trainguard.local.alertmanager import AlertmanagerError, AlertmanagerNotFoundError
+from trainguard.local.stack import LocalStack
+from trainguard.local.worker import WorkerError
+
+
+@pytest.fixture
+def topics_made(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str]]]:
+    made: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(stack_mod, "ensure_topics",
+                        lambda bootstrap, topics, **kw: made.append((bootstrap, list(topics))))
+    return made
+
+
+def _no_alertmanager(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    class Failing:
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            if isinstance(error, AlertmanagerNotFoundError):
+                raise error
+
+        def start(self) -> None:
+            raise error
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(stack_mod, "LocalAlertmanager", Failing)
+
+
+def test_one_data_dir_holds_the_store_the_worker_state_and_its_log(tmp_path):
+    s = LocalStack(tmp_path / "run", bootstrap="b:9092", topic_prefix="p1", app_id="a",
+                   batch_within=0.3)
+    run = (tmp_path / "run").resolve()
+    assert s.broker is None and s.bootstrap == "b:9092"
+    assert s.worker.url.path == run / "store"
+    assert s.worker.data_dir == run / "worker"
+    assert s.worker.log_path == run / "logs" / "worker.log"
+    cmd = s.worker.command()
+    assert cmd[cmd.index("--app-id") + 1] == "a" and cmd[cmd.index("--topic-prefix") + 1] == "p1"
+    assert s.topics.samples.startswith("p1")
+
+
+def test_a_busy_kafka_port_moves_the_broker_to_a_free_one(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        s = LocalStack(tmp_path, kafka_port=port)
+    assert s.broker is not None and s.broker.port != port
+    assert s.bootstrap == s.broker.bootstrap
+    assert s.broker.data_dir == tmp_path.resolve() / "kafka"
+
+
+def test_a_stack_without_a_worker_makes_the_topics_and_stops_only_the_pager(
+        tmp_path, topics_made):
+    lines: list[str] = []
+    with LocalStack(tmp_path, bootstrap="b:9092", topic_prefix="p2", pager="receiver",
+                    start_worker=False, out=lines.append) as s:
+        assert s.receiver is not None and s.receiver.running and s.alertmanager is None
+        assert lines == [f"pages go to local webhook receiver {s.receiver.url}"]
+    assert topics_made == [("b:9092", list(s.topics.all()))]
+    assert not s.receiver.running
+    assert lines[1:] == []  # neither a worker nor a broker to stop
+
+
+def test_auto_falls_back_to_the_receiver_when_alertmanager_is_not_installed(
+        tmp_path, topics_made, monkeypatch):
+    _no_alertmanager(monkeypatch, AlertmanagerNotFoundError("no binary"))
+    with LocalStack(tmp_path, bootstrap="b:9092", pager="auto", start_worker=False) as s:
+        assert s.alertmanager is None and s.receiver is not None
+        assert "Alertmanager not installed" in s.pager_route
+
+
+def test_auto_falls_back_when_alertmanager_fails_to_start(tmp_path, topics_made, monkeypatch):
+    _no_alertmanager(monkeypatch, AlertmanagerError("port taken"))
+    with LocalStack(tmp_path, bootstrap="b:9092", pager="auto", start_worker=False) as s:
+        assert s.alertmanager is None and s.receiver is not None and s.receiver.running
+
+
+def test_a_required_alertmanager_that_fails_stops_the_receiver_and_raises(
+        tmp_path, topics_made, monkeypatch):
+    _no_alertmanager(monkeypatch, AlertmanagerError("port taken"))
+    s = LocalStack(tmp_path, bootstrap="b:9092", pager="alertmanager", start_worker=False)
+    with pytest.raises(AlertmanagerError, match="port taken"), s:
+        pass
+    assert s.receiver is not None and not s.receiver.running
+    assert topics_made == []
+
+
+def test_a_worker_that_exits_early_fails_the_start_names_its_log_and_is_cleaned_up(
+        tmp_path, topics_made):
+    fake = tmp_path / "fake-python"
+    fake.write_text('#!/bin/sh\necho "worker: bad config $*" >&2\nexit 3\n')
+    fake.chmod(0o755)
+    configs: list[Path] = []
+
+    def config(stack: LocalStack) -> Path:
+        path = stack.data_dir / "worker.toml"
+        configs.append(path)
+        return path
+
+    lines: list[str] = []
+    s = LocalStack(tmp_path, bootstrap="b:9092", worker_config=config, out=lines.append)
+    s.worker.python = str(fake)
+    with pytest.raises(WorkerError, match="exited with 3") as err, s:
+        pass
+    assert "worker: bad config" in str(err.value)
+    assert f"--config {configs[0]}" in str(err.value)
+    assert lines[0].startswith("starting stream worker → store chdb://")
+    assert lines[-1] == "stream worker stopped"
+
+
+def test_store_before_the_worker_serves_it_is_an_error(tmp_path):
+    with pytest.raises(TrainguardError, match="not serving"):
+        _ = LocalStack(tmp_path, bootstrap="b:9092").store

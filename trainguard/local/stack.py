@@ -1,0 +1,207 @@
+"""Everything a local run needs, started in order and stopped in reverse: :class:`LocalStack`.
+
+A LocalStack-style harness for the demo, the scorecard, the benchmarks and the
+integration tests: an optional pager (a recording webhook receiver, with a real
+Alertmanager in front of it), a local Kafka broker (unless bootstrap servers are given),
+the run's topics, and one stream worker process owning its store. All files live under
+one data directory::
+
+    <data_dir>/kafka/            the broker's data and logs (when the stack starts one)
+    <data_dir>/alertmanager/     Alertmanager's config, state and log
+    <data_dir>/store/            the embedded store (unless a store URL is given)
+    <data_dir>/worker/           the worker's local state
+    <data_dir>/logs/worker.log   the worker's output
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+from trainguard.errors import TrainguardError
+from trainguard.local.alertmanager import (
+    AlertmanagerError,
+    AlertmanagerNotFoundError,
+    LocalAlertmanager,
+)
+from trainguard.local.broker import LocalBroker, free_port, free_ports, port_free
+from trainguard.local.webhook_receiver import WebhookReceiver
+from trainguard.local.worker import WorkerProcess
+from trainguard.pipeline.kafka_admin import ensure_topics
+from trainguard.pipeline.store import Secret, Store
+from trainguard.schemas.topics import Topics
+
+__all__ = ["LocalStack", "PagerMode", "WorkerConfigSource"]
+
+log = logging.getLogger(__name__)
+
+#: ``off``: no pager; ``receiver``: the webhook receiver only; ``alertmanager``: receiver
+#: behind a real Alertmanager (which must start); ``auto``: Alertmanager when it starts,
+#: else the receiver alone.
+PagerMode = Literal["off", "receiver", "alertmanager", "auto"]
+
+#: Builds the worker's TOML config once the pager runs (it may name the pager's URLs).
+WorkerConfigSource = Path | Callable[["LocalStack"], Path | None] | None
+
+
+def _quiet(_line: str) -> None:
+    """Print nothing."""
+
+
+class LocalStack:
+    """Pager, broker, topics and a worker on this machine, as one context manager.
+
+    ``out`` receives one line per service started or stopped (the demo prints them).
+    With ``start_worker=False`` the worker waits for :meth:`start_worker`, e.g. until a
+    backlog has been produced.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        bootstrap: str = "",
+        kafka_port: int | None = None,
+        topic_prefix: str = "tg",
+        partitions: int = 3,
+        store: str = "",
+        store_password: Secret | None = None,
+        pager: PagerMode = "off",
+        worker_config: WorkerConfigSource = None,
+        start_worker: bool = True,
+        app_id: str | None = None,
+        batch_within: float | None = 0.2,
+        log_level: str = "INFO",
+        worker_args: Sequence[str] = (),
+        out: Callable[[str], None] = _quiet,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.topics = Topics(topic_prefix)
+        self.partitions = partitions
+        self.pager_mode: PagerMode = pager
+        self.autostart_worker = start_worker
+        self._worker_config = worker_config
+        self._out = out
+        self.broker = None if bootstrap else _broker(self.data_dir / "kafka", kafka_port)
+        self.bootstrap = bootstrap or (self.broker.bootstrap if self.broker else "")
+        self.receiver: WebhookReceiver | None = None
+        self.alertmanager: LocalAlertmanager | None = None
+        self.worker = WorkerProcess(
+            self.bootstrap, store or f"chdb://{self.data_dir / 'store'}",
+            topic_prefix=topic_prefix, data_dir=self.data_dir / "worker",
+            log_path=self.data_dir / "logs" / "worker.log", app_id=app_id,
+            batch_within=batch_within, extra_args=worker_args, log_level=log_level,
+            password=store_password)
+        self._started: list[str] = []
+
+    @property
+    def store(self) -> Store:
+        """The worker's store, read through the worker."""
+        if self.worker.reader is None:
+            raise TrainguardError("the local stack's worker is not serving its store")
+        return self.worker.reader
+
+    @property
+    def pager_route(self) -> str:
+        """How pages travel, in words."""
+        if self.alertmanager is not None and self.receiver is not None:
+            return f"Alertmanager {self.alertmanager.url} → local receiver {self.receiver.url}"
+        if self.receiver is not None and self.pager_mode == "receiver":
+            return f"local webhook receiver {self.receiver.url}"
+        if self.receiver is not None:
+            return (f"local webhook receiver {self.receiver.url} (Alertmanager not installed: "
+                    "`make alertmanager`)")
+        return "nowhere (no pager)"
+
+    def start(self) -> LocalStack:
+        """Start the pager, the broker, the topics and (unless deferred) the worker."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.pager_mode != "off":
+            self._start_pager()
+            self._out(f"pages go to {self.pager_route}")
+        if self.broker is not None:
+            self._out(f"starting local Kafka {self.broker.bootstrap} "
+                      f"(data in {self.broker.data_dir})")
+            self._started.append("broker")
+            self.broker.start()
+        ensure_topics(self.bootstrap, self.topics.all(), partitions=self.partitions,
+                      replication_factor=1)
+        if self.autostart_worker:
+            self.start_worker()
+        return self
+
+    def start_worker(self, timeout: float = 90.0) -> WorkerProcess:
+        """Start the worker (with the configured TOML) and wait until it serves the store."""
+        config = self._worker_config
+        self.worker.config = config(self) if callable(config) else config
+        self._out(f"starting stream worker → store {self.worker.url} "
+                  f"(log: {self.worker.log_path})")
+        self._started.append("worker")
+        self.worker.start(timeout)
+        return self.worker
+
+    def _start_pager(self) -> None:
+        self.receiver = WebhookReceiver()
+        self._started.append("pager")
+        self.receiver.start()
+        if self.pager_mode == "receiver":
+            return
+        am = None
+        try:
+            am = LocalAlertmanager(self.receiver.url_for("/pager"),
+                                   self.receiver.url_for("/tickets"),
+                                   data_dir=self.data_dir / "alertmanager")
+            am.start()
+            self.alertmanager = am
+        except AlertmanagerNotFoundError:
+            if self.pager_mode == "alertmanager":
+                raise
+        except AlertmanagerError as exc:
+            if am is not None:
+                am.close()
+            if self.pager_mode == "alertmanager":
+                raise
+            # `auto`: pages still reach the receiver, straight from the worker.
+            log.warning("alertmanager did not start; delivering straight to the receiver "
+                        "error=%s", exc)
+
+    def close(self) -> None:
+        """Stop what :meth:`start` started: worker, broker, then the pager."""
+        if "worker" in self._started:
+            self.worker.stop()
+            self._out("stream worker stopped")
+        if "broker" in self._started and self.broker is not None:
+            self.broker.stop()
+            self._out("local Kafka stopped")
+        if self.alertmanager is not None:
+            self.alertmanager.close()
+            self.alertmanager = None
+        if self.receiver is not None:
+            self.receiver.stop()
+        self._started.clear()
+
+    def __enter__(self) -> LocalStack:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _broker(data_dir: Path, port: int | None) -> LocalBroker:
+    """A broker on ``port`` when it is free (else any free port), or on two free ports."""
+    if port is None:
+        port, controller_port = free_ports(2)
+        return LocalBroker(data_dir, port, controller_port)
+    return LocalBroker(data_dir, port if port_free(port) else free_port())
