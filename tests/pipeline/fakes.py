@@ -46,7 +46,8 @@ def events(topic: str, offsets: range | list[int], partition: int = 0,
            values: list[bytes] | None = None) -> list[FakeEvent]:
     """Events at ``offsets`` of one partition (values default to ``b'{}'``)."""
     vals = values or [b"{}"] * len(offsets)
-    return [FakeEvent(FakeMessage(topic, partition, o, value=v)) for o, v in zip(offsets, vals)]
+    return [FakeEvent(FakeMessage(topic, partition, o, value=v))
+            for o, v in zip(offsets, vals, strict=True)]
 
 
 def faust_acks(batch: list[FakeEvent]) -> None:
