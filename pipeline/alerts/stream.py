@@ -72,24 +72,7 @@ def add_alerting(
                    read_silences=functools.partial(call, active_silences, store),
                    event_now=event_now)
 
-    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types the signal kw
-    async def move_alerts(_sender: Any, *args: Any, **_kw: Any) -> None:
-        await job.on_assigned(args[0] if args else set())
-
-    @app.agent(app.topic(config.topics.findings, **_RAW), concurrency=1)
-    async def alert_on_findings(stream: faust.StreamT[bytes]) -> None:
-        assert isinstance(stream, faust.Stream)
-        async for events in stream.take_events(500, within=_WITHIN_S):
-            await job.handle(events)
-
-    @app.timer(1.0)
-    async def advance_alerts() -> None:
-        await job.tick()
-
-    @app.timer(cfg.silences_every_s)
-    async def refresh_silences() -> None:
-        await job.refresh_silences()
-
+    _add_alerts(app, config, job)
     delivery = None
     if cfg.receivers:
         delivery = DeliveryJob(cfg.receivers, publisher, write, HeldOffsets(message_out(app)),
@@ -105,6 +88,28 @@ def add_alerting(
         return out
 
     return health
+
+
+def _add_alerts(app: faust.App, config: WorkerConfig, job: AlertJob) -> None:
+    """The findings agent, its restore on assignment, and the tick and silences timers."""
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types the signal kw
+    async def move_alerts(_sender: Any, *args: Any, **_kw: Any) -> None:
+        await job.on_assigned(args[0] if args else set())
+
+    @app.agent(app.topic(config.topics.findings, **_RAW), concurrency=1)
+    async def alert_on_findings(stream: faust.StreamT[bytes]) -> None:
+        assert isinstance(stream, faust.Stream)
+        async for events in stream.take_events(500, within=_WITHIN_S):
+            await job.handle(events)
+
+    @app.timer(1.0)
+    async def advance_alerts() -> None:
+        await job.tick()
+
+    @app.timer(config.alerting.silences_every_s)
+    async def refresh_silences() -> None:
+        await job.refresh_silences()
 
 
 def _add_delivery(app: faust.App, alerts_topic: faust.types.TopicT, job: DeliveryJob) -> None:
