@@ -1,17 +1,18 @@
 """Decode/validate stage: raw Kafka messages in, table rows, intake lines and dead letters out.
 
 Plain Python over plain tuples (no Faust), bytewax-style: every message ends up either
-as rows (``oks``) or as a :class:`DeadLetter` with the reason (``errs``); nothing is
-dropped without a trace.
+as rows (``oks``) or as a :class:`~trainguard.pipeline.dead_letters.DeadLetter` with the
+reason (``errs``); nothing is dropped without a trace. ``DeadLetter`` and ``RawMessage``
+live in :mod:`trainguard.pipeline.dead_letters` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainguard.pipeline.dead_letters import DeadLetter, RawMessage
 from trainguard.pipeline.sinks.intake import intake_line
 from trainguard.pipeline.sinks.rows import Row, rows_for
 from trainguard.pipeline.state import partition_key
@@ -27,55 +28,6 @@ from trainguard.schemas.records import (
 from trainguard.schemas.topics import Topics
 
 __all__ = ["DeadLetter", "IngestResult", "Ingestor", "RawMessage"]
-
-#: How much of a rejected payload is kept in the store (the topic keeps all of it).
-_PAYLOAD_HEAD = 512
-
-
-@dataclass(frozen=True)
-class RawMessage:
-    """One message as read from Kafka."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: float | None = None
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A rejected message with why it was rejected."""
-
-    source: RawMessage
-    reason: str
-    message: str
-
-    def headers(self, worker: str) -> list[tuple[str, bytes]]:
-        """Kafka headers carried by the dead-letter copy of the message."""
-        return [
-            ("tg.error.reason", self.reason.encode()),
-            ("tg.error.message", self.message.encode()[:2048]),
-            ("tg.source.topic", self.source.topic.encode()),
-            ("tg.source.partition", str(self.source.partition).encode()),
-            ("tg.source.offset", str(self.source.offset).encode()),
-            ("tg.worker", worker.encode()),
-        ]
-
-    def row(self) -> Row:
-        """The ``dead_letters`` table row."""
-        payload = self.source.value or b""
-        return {
-            "topic": self.source.topic,
-            "partition": self.source.partition,
-            "offset": self.source.offset,
-            "reason": self.reason,
-            "message": self.message[:2048],
-            "payload_head": payload[:_PAYLOAD_HEAD].decode("utf-8", errors="backslashreplace"),
-            "payload_size": len(payload),
-            "ts": self.source.timestamp if self.source.timestamp is not None else time.time(),
-        }
 
 
 @dataclass

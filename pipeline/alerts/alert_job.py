@@ -1,0 +1,151 @@
+"""Findings → alert state changes: one lifecycle per findings partition, free of Faust.
+
+:class:`AlertJob` is the body of the ``alert_on_findings`` agent and of its timers. The
+findings topic is keyed by job, so one partition's lifecycle sees every finding of its
+jobs, in order. Each batch's state changes go to the alerts topic (acknowledged by
+Kafka) and then to the ``alerts`` table before the batch returns, so the findings'
+offsets are acknowledged only after both. When partitions move, the new owner restores
+the alerts its predecessor left firing (from the store), so nobody is paged twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+from kafka.partitioner.default import murmur2
+
+from trainguard.pipeline.alerts.config import AlertConfig, Silence
+from trainguard.pipeline.alerts.lifecycle import AlertLifecycle
+from trainguard.pipeline.dead_letters import DeadLetter, RawMessage
+from trainguard.pipeline.publish import Publisher
+from trainguard.pipeline.sinks.rows import Row
+from trainguard.schemas.codec import RecordDecoder, RecordError
+from trainguard.schemas.records import Alert, Finding
+
+__all__ = ["LOOKBACK_S", "AlertJob", "RowWrite", "key_partition", "reject"]
+
+log = logging.getLogger(__name__)
+
+#: Open alerts and deliveries this far back are read from the store at start.
+LOOKBACK_S = 7 * 24 * 3600.0
+
+#: Writes table rows to the store (on its thread); completes when they landed.
+RowWrite = Callable[[dict[str, list[Row]]], Awaitable[Any]]
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key`` (murmur2, as the producer)."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+async def reject(publisher: Publisher, write: RowWrite, message: Any, error: RecordError) -> None:
+    """An undecodable finding or alert: a dead letter with the reason, never a crash."""
+    rows: dict[str, list[Row]] = {}
+    await publisher.dead_letters([DeadLetter(RawMessage.of(message), error.reason,
+                                             error.message)], rows)
+    await write(rows)
+
+
+class AlertJob:
+    """Alert lifecycles per findings partition, with their restore, ticks and silences.
+
+    ``read_open(since)`` and ``read_silences(now)`` read the store (off the event loop);
+    ``event_now()`` is the newest record time seen, so that a replayed or accelerated
+    stream resolves on its own clock.
+    """
+
+    def __init__(
+        self, config: AlertConfig, publisher: Publisher, write: RowWrite, *,
+        findings_topic: str, partitions: int,
+        read_open: Callable[[float], Awaitable[Sequence[Alert]]],
+        read_silences: Callable[[float], Awaitable[Sequence[Silence]]],
+        event_now: Callable[[], float] = lambda: -float("inf"),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config, self._publisher, self._write = config, publisher, write
+        self._topic, self._partitions = findings_topic, partitions
+        self._read_open, self._read_silences = read_open, read_silences
+        self._event_now, self._clock = event_now, clock
+        self._decoder: RecordDecoder[Finding] = RecordDecoder(Finding)
+        self.lifecycles: dict[int, AlertLifecycle] = {}
+        self._silences: list[Silence] = []
+        # Cleared while an assignment's open alerts load: a finding judged before that
+        # would page again for an alert the previous owner already sent.
+        self._ready = asyncio.Event()
+        self._ready.set()
+
+    def lifecycle(self, partition: int) -> AlertLifecycle:
+        """The lifecycle of one findings partition, created with the current silences."""
+        lc = self.lifecycles.get(partition)
+        if lc is None:
+            lc = self.lifecycles[partition] = AlertLifecycle(self._config)
+            lc.set_silences(self._silences)
+        return lc
+
+    def firing(self) -> int:
+        """How many alerts are open across the partitions held."""
+        return sum(len(lc.open_alerts()) for lc in self.lifecycles.values())
+
+    async def on_assigned(self, assigned: Iterable[Any]) -> None:
+        """Drop the lifecycles of partitions gone elsewhere; restore the new ones'."""
+        self._ready.clear()
+        try:
+            owned = {tp.partition for tp in assigned if tp.topic == self._topic}
+            for part in set(self.lifecycles) - owned:
+                del self.lifecycles[part]
+            new = owned - set(self.lifecycles)
+            if not new:
+                return
+            found = await self._read_open(self._clock() - LOOKBACK_S)
+            for part in sorted(new):
+                mine = [a for a in found if key_partition(
+                    (a.job_id or a.cluster).encode(), self._partitions) == part]
+                n = self.lifecycle(part).restore(mine)
+                if n:
+                    log.info("alerts restored partition=%d firing=%d", part, n)
+        finally:
+            self._ready.set()
+
+    async def handle(self, events: Sequence[Any]) -> None:
+        """Feed one batch of findings events to their lifecycles; publish what changed."""
+        await self._ready.wait()
+        by_part: dict[int, list[Finding]] = {}
+        for e in events:
+            try:
+                finding = self._decoder.decode(e.message.value)
+            except RecordError as exc:
+                await reject(self._publisher, self._write, e.message, exc)
+                continue
+            by_part.setdefault(e.message.partition, []).append(finding)
+        changes: list[Alert] = []
+        for part, found in by_part.items():
+            changes += self.lifecycle(part).observe_findings(found)
+        await self._publish(changes)
+
+    async def tick(self) -> None:
+        """Advance every lifecycle to now (event time, or the wall clock if later)."""
+        now = max(self._clock(), self._event_now())
+        await self._publish([a for lc in list(self.lifecycles.values()) for a in lc.tick(now)])
+
+    async def refresh_silences(self) -> None:
+        """Re-read the active silences; on a store error the old set stays."""
+        try:
+            active = list(await self._read_silences(self._clock()))
+        except Exception as exc:  # a store hiccup must not stop paging
+            log.warning("silences not refreshed error=%s", exc)
+            return
+        self._silences[:] = active
+        for lc in self.lifecycles.values():
+            lc.set_silences(active)
+
+    async def _publish(self, changes: Sequence[Alert]) -> None:
+        """Alert state changes to the topic (delivery starts) and then to the table."""
+        if not changes:
+            return
+        rows: dict[str, list[Row]] = {}
+        await self._publisher.alerts(changes, rows)
+        await self._write(rows)
