@@ -40,7 +40,7 @@ from trainguard.agents.sim.player import play
 from trainguard.agents.transport import KafkaTransport
 from trainguard.local.alertmanager import LocalAlertmanager
 from trainguard.local.broker import LocalBroker, free_ports
-from trainguard.local.webhook_receiver import WebhookReceiver
+from trainguard.local.webhook_server import RecordingWebhookServer
 from trainguard.pipeline.kafka_admin import ensure_topics
 from trainguard.schemas.topics import Topics
 
@@ -80,7 +80,7 @@ class _Worker(BenchWorker):
         return float(value) if value else None
 
 def run_round(bootstrap: str, prefix: str, kind: str, jobs: int, worker: _Worker,
-              receiver: WebhookReceiver, rng: random.Random) -> list[dict[str, float]]:
+              receiver: RecordingWebhookServer, rng: random.Random) -> list[dict[str, float]]:
     """``jobs`` jobs, one fault each (staggered 2 s apart); one row per fault."""
     t0 = float(int(time.time()) + 2)  # tick 0 on a whole second, as agents tick
     faults: dict[str, tuple[float, float]] = {}  # job → (fault instant, first sample)
@@ -151,7 +151,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tg-alert-bench-") as tmp:
         work = Path(tmp)
         port, cport = free_ports(2)
-        with LocalBroker(work / "kafka", port, cport) as broker, WebhookReceiver() as receiver:
+        with (LocalBroker(work / "kafka", port, cport) as broker,
+              RecordingWebhookServer() as receiver):
             with LocalAlertmanager(receiver.url_for("/pager"), receiver.url_for("/tickets"),
                                    data_dir=work / "am") as am:
                 prefix = f"ab{uuid.uuid4().hex[:6]}"

@@ -25,7 +25,7 @@ from trainguard.agents.sim.job import JobSimulator
 from trainguard.agents.sim.player import play
 from trainguard.agents.transport import KafkaTransport
 from trainguard.local.alertmanager import LocalAlertmanager
-from trainguard.local.webhook_receiver import AlertmanagerNotification, WebhookReceiver
+from trainguard.local.webhook_server import AlertmanagerNotification, RecordingWebhookServer
 from trainguard.schemas.topics import Topics
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,7 @@ class Flicker(Kill):
 @pytest.fixture
 def pager():
     """A webhook receiver and a real Alertmanager routing to it (pages → /pager)."""
-    with WebhookReceiver() as receiver:
+    with RecordingWebhookServer() as receiver:
         am = LocalAlertmanager(receiver.url_for("/pager"), receiver.url_for("/tickets"))
         with am:
             yield receiver, am
@@ -78,7 +78,9 @@ def _job(prefix: str, scenario_kw: dict[str, object]) -> tuple[JobSimulator, Fli
     return JobSimulator(spec, scenario, seed=1, start_ts=time.time()), scenario, job_id
 
 
-def _pages(receiver: WebhookReceiver, job_id: str, status: str) -> list[AlertmanagerNotification]:
+def _pages(
+    receiver: RecordingWebhookServer, job_id: str, status: str
+) -> list[AlertmanagerNotification]:
     return [n for n in receiver.notifications()
             if n.receiver == "pager" and n.status == status
             and any(a.labels.get("job_id") == job_id for a in n.alerts)]

@@ -18,7 +18,7 @@ from trainguard.local.alertmanager import (
     AlertmanagerNotFoundError,
     LocalAlertmanager,
 )
-from trainguard.local.webhook_receiver import WebhookReceiver
+from trainguard.local.webhook_server import RecordingWebhookServer
 
 __all__ = ["GRAFANA_URL", "DemoPager"]
 
@@ -33,7 +33,7 @@ class DemoPager:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.receiver = WebhookReceiver()
+        self.receiver = RecordingWebhookServer()
         self.alertmanager: LocalAlertmanager | None = None
 
     def start(self) -> None:
