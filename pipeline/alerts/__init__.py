@@ -4,7 +4,7 @@ The core (:class:`AlertLifecycle`) is plain Python in event time, free of Faust 
 Kafka, so it can be unit-tested and replayed; the worker glue feeds it.
 """
 
-from trainguard.pipeline.alerts.config import AlertConfig, Silence
+from trainguard.pipeline.alerts.config import AlertLifecycleConfig, Silence
 from trainguard.pipeline.alerts.lifecycle import (
     AlertLifecycle,
     anomaly_fingerprint,
@@ -12,7 +12,7 @@ from trainguard.pipeline.alerts.lifecycle import (
 )
 
 __all__ = [
-    "AlertConfig",
+    "AlertLifecycleConfig",
     "AlertLifecycle",
     "Silence",
     "anomaly_fingerprint",

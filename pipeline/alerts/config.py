@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 from trainguard.errors import ConfigError
 
-__all__ = ["AlertConfig", "Silence"]
+__all__ = ["AlertLifecycleConfig", "Silence"]
 
 
 @dataclass(frozen=True)
-class AlertConfig:
+class AlertLifecycleConfig:
     """Every threshold of the alert lifecycle; validated on construction."""
 
     #: An alert resolves when no finding or anomaly refreshed it for this long. Findings

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote
 
-from trainguard.pipeline.alerts.config import AlertConfig, Silence
+from trainguard.pipeline.alerts.config import AlertLifecycleConfig, Silence
 from trainguard.pipeline.alerts.observations import (
     Observation,
     Severity,
@@ -79,8 +79,8 @@ class AlertLifecycle:
     records are tolerated: they refresh, or are ignored when their episode is over).
     """
 
-    def __init__(self, config: AlertConfig | None = None) -> None:
-        self.config = config if config is not None else AlertConfig()
+    def __init__(self, config: AlertLifecycleConfig | None = None) -> None:
+        self.config = config if config is not None else AlertLifecycleConfig()
         self._alerts: dict[str, _State] = {}
         self._silences: tuple[Silence, ...] = ()
         #: Start times of recent new pages, per (cluster, job or node).
