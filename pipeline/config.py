@@ -1,4 +1,7 @@
-"""The stream worker's configuration: one frozen, validated object parsed once in ``main()``."""
+"""The stream worker's configuration: one frozen, validated object parsed once in ``main()``.
+
+Its TOML file (the alerting section) is read by :mod:`trainguard.pipeline.config_loader`.
+"""
 
 from __future__ import annotations
 

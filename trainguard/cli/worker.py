@@ -74,7 +74,7 @@ def worker_config(args: argparse.Namespace) -> object:
     from dataclasses import replace
 
     from trainguard.pipeline.config import AlertingConfig, WorkerConfig
-    from trainguard.pipeline.config_file import load_alerting
+    from trainguard.pipeline.config_loader import load_alerting
     from trainguard.schemas.topics import Topics
 
     alerting = load_alerting(args.config) if args.config else AlertingConfig()
