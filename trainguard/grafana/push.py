@@ -35,17 +35,12 @@ if TYPE_CHECKING:
     from grafana_client import GrafanaApi
 
 __all__ = [
-    "DATASOURCE_NAME", "DATASOURCE_TYPE", "DATASOURCE_UID", "GRAFANA_TOKEN_ENV",
-    "GRAFANA_URL_ENV", "GrafanaAuthError", "GrafanaConflictError", "GrafanaError",
-    "GrafanaUnreachableError", "PushItem", "PushReport", "clickhouse_datasource",
-    "find_dashboards_dir", "load_dashboards", "push",
+    "DATASOURCE_NAME", "DATASOURCE_TYPE", "DATASOURCE_UID", "GrafanaAuthError",
+    "GrafanaConflictError", "GrafanaError", "GrafanaUnreachableError", "PushItem",
+    "PushReport", "clickhouse_datasource", "find_dashboards_dir", "load_dashboards", "push",
 ]
 
 logger = logging.getLogger(__name__)
-
-# Environment variables of this command (to join trainguard.envvars).
-GRAFANA_URL_ENV = "TRAINGUARD_GRAFANA_URL"
-GRAFANA_TOKEN_ENV = "TRAINGUARD_GRAFANA_TOKEN"
 
 #: The data source the dashboards' panels point at (by uid, so renaming it breaks nothing).
 DATASOURCE_UID = "trainguard-clickhouse"
