@@ -18,7 +18,7 @@ __all__ = ["AlertLifecycleConfig", "Silence"]
 class AlertLifecycleConfig:
     """Every threshold of the alert lifecycle; validated on construction."""
 
-    #: An alert resolves when no finding or anomaly refreshed it for this long. Findings
+    #: An alert resolves when no finding refreshed it for this long. Findings
     #: of a persisting fault are re-emitted every ``repeat_s`` (60 s by default), so two
     #: missed repeats are needed before an alert that is still true resolves.
     resolve_after_s: float = 120.0

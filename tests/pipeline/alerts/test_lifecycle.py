@@ -7,7 +7,7 @@ import pytest
 from trainguard.errors import ConfigError
 from trainguard.pipeline.alerts import AlertLifecycle, AlertLifecycleConfig, Silence
 from trainguard.schemas.codec import RecordDecoder, encode
-from trainguard.schemas.records import Alert, Anomaly, Finding
+from trainguard.schemas.records import Alert, Finding
 
 T0 = 1_700_000_000.0
 
@@ -22,17 +22,6 @@ def finding(t: float = T0, **kw: Any) -> Finding:
     )
     fields.update(kw)
     return Finding(**fields)
-
-
-def anomaly(t: float = T0, **kw: Any) -> Anomaly:
-    fields: dict[str, Any] = dict(
-        cluster="c1", entity_kind="gpu", entity="node-03/2", node="node-03", gpu_index=2,
-        job_id="job-1", metric="util_gpu_pct", pattern="level_shift", first_seen=t - 5, ts=t,
-        value=12.0, baseline=97.0, scale=1.5, score=-56.0, window=300,
-        detector="cusum", detector_version="1",
-    )
-    fields.update(kw)
-    return Anomaly(**fields)
 
 
 def test_new_integrity_finding_fires_one_page() -> None:
@@ -146,15 +135,6 @@ def test_availability_without_culprits_is_a_ticket_with_them_a_page() -> None:
     assert (job.severity, rank.severity) == ("ticket", "page")
 
 
-def test_anomaly_is_a_ticket() -> None:
-    lc = AlertLifecycle()
-    [alert] = lc.observe_anomalies([anomaly()])
-    assert alert.severity == "ticket" and alert.check == "util_gpu_pct"
-    assert alert.node == "node-03" and alert.gpu_index == 2
-    assert alert.evidence["observed"] == 12.0 and alert.evidence["expected"] == 97.0
-    assert lc.observe_anomalies([anomaly(T0 + 30)]) == []
-
-
 def test_integrity_finding_blaming_many_ranks_is_job_wide() -> None:
     lc = AlertLifecycle()
     [wide] = lc.observe_findings([finding(ranks=list(range(10)), evidence={"world_size": 32.0})])
@@ -200,9 +180,8 @@ def test_resolved_alerts_are_forgotten_after_flap_window() -> None:
 def test_emitted_alerts_survive_the_wire_round_trip() -> None:
     lc = AlertLifecycle(AlertLifecycleConfig(dashboard_base_url="https://grafana.example"))
     out = lc.observe_findings([finding(), finding(category="hardware", ranks=[], nodes=[])])
-    out += lc.observe_anomalies([anomaly()])
     out += lc.tick(T0 + 1000)
-    assert len(out) == 6
+    assert len(out) == 4
     decoder = RecordDecoder(Alert)
     for alert in out:
         assert decoder.decode(encode(alert)) == alert
