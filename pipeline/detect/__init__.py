@@ -6,7 +6,7 @@ metric) with batches of ``(row, value, event time)``, where rows come from an
 and alerts.
 """
 
-from trainguard.pipeline.detect.bank import STATE_FORMAT, DetectorBank, score_series
+from trainguard.pipeline.detect.bank import STATE_FORMAT, DetectorBank
 from trainguard.pipeline.detect.baseline import Ewm, RobustWindow, unique_rounds
 from trainguard.pipeline.detect.changepoint import ChangeAlarms, Cusum, Direction, PageHinkley
 from trainguard.pipeline.detect.registry import EntityRegistry
@@ -26,6 +26,5 @@ __all__ = [
     "Ewm",
     "PageHinkley",
     "RobustWindow",
-    "score_series",
     "unique_rounds",
 ]

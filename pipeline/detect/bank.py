@@ -43,7 +43,7 @@ from trainguard.pipeline.detect.changepoint import ChangeAlarms, Cusum, PageHink
 from trainguard.pipeline.detect.registry import FloatArray, IntArray, RowGroup
 from trainguard.pipeline.detect.types import AnomalyKind, BankConfig, Detection, RowState
 
-__all__ = ["STATE_FORMAT", "DetectorBank", "score_series"]
+__all__ = ["STATE_FORMAT", "DetectorBank"]
 
 #: Layout version of :meth:`DetectorBank.state` snapshots.
 STATE_FORMAT = 1
@@ -307,23 +307,3 @@ class DetectorBank(RowGroup):
             baseline=median, scale=scale, score=(x - median) / scale, window=count,
             detector=self.detector,
         )
-
-
-def score_series(
-    values: FloatArray, ts: FloatArray | None = None, config: BankConfig | None = None
-) -> FloatArray:
-    """One anomaly score in [0, 1] per point of a univariate series, for evaluation.
-
-    The series runs through a fresh one-row bank; a point's score is a logistic of its
-    directional robust z around ``z_shift`` (0.5 there, about 0.95 at ``z_spike`` for the
-    defaults), and 0 during warm-up and for skipped points. In alarm the baseline is
-    frozen, so every point of a level shift scores high until it is re-baselined.
-    """
-    bank = DetectorBank("series", config, capacity=1)
-    values = np.asarray(values, dtype=np.float64)
-    ts = np.arange(len(values), dtype=np.float64) if ts is None else np.asarray(ts, np.float64)
-    row = np.zeros(1, dtype=np.int64)
-    e = np.array([bank._step(row, values[i : i + 1], ts[i : i + 1])[1][0]
-                  for i in range(len(values))])
-    score = 1.0 / (1.0 + np.exp(-1.5 * (np.maximum(e, 0.0) - bank.config.z_shift)))
-    return np.where(np.isnan(e), 0.0, score)
