@@ -103,7 +103,6 @@ class ScenarioSummary:
     checks: set[CheckName] = field(default_factory=set)
     ttds: list[float] = field(default_factory=list)
     false_alerts: int = 0
-    false_examples: list[str] = field(default_factory=list)
     hardware: set[CheckName] = field(default_factory=set)
 
     @property
@@ -128,7 +127,6 @@ def summarize(results: Sequence[RunResult]) -> list[ScenarioSummary]:
         if r.ttd_s is not None:
             s.ttds.append(r.ttd_s)
         s.false_alerts += len(r.false_alerts)
-        s.false_examples += [f"seed {r.seed}: {a}" for a in r.false_alerts[:2]]
         s.hardware.update(r.hardware)
     return list(out.values())
 
