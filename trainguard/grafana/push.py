@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from trainguard import __version__
 from trainguard.errors import ConfigError, TrainguardError
+from trainguard.grafana.render import DATASOURCE_TYPE, DATASOURCE_UID
 from trainguard.resources import infra_candidates
 
 if TYPE_CHECKING:
@@ -42,10 +43,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The data source the dashboards' panels point at (by uid, so renaming it breaks nothing).
-DATASOURCE_UID = "trainguard-clickhouse"
+#: The data source's display name; its uid and type are the ones the rendered panels
+#: point at (:mod:`trainguard.grafana.render`).
 DATASOURCE_NAME = "trainguard ClickHouse"
-DATASOURCE_TYPE = "grafana-clickhouse-datasource"
 
 #: Grafana's rule for folder, dashboard and data source uids.
 _UID_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
