@@ -42,6 +42,11 @@ def test_every_registered_check_has_a_runbook():
     assert set(CHECK_NAMES) - runbooks == set()
 
 
+def test_every_registered_check_is_in_the_readme_table():
+    readme = (ROOT / "README.md").read_text()
+    assert {c for c in CHECK_NAMES if f"`{c}`" not in readme} == set()
+
+
 def test_check_name_accepts_a_registered_name():
     assert check_name("straggler") == "straggler"
 
