@@ -1,4 +1,7 @@
-"""The node agent's configuration: one frozen, validated object parsed once in ``main()``."""
+"""The node agent's configuration: one frozen, validated object parsed once in ``main()``.
+
+Built from file, environment and flags by :mod:`trainguard.agents.config_loader`.
+"""
 
 from __future__ import annotations
 

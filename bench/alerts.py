@@ -38,7 +38,7 @@ from trainguard.agents.sim.job import JobSimulator
 from trainguard.agents.sim.player import play
 from trainguard.agents.transport import KafkaTransport
 from trainguard.local.stack import LocalStack
-from trainguard.local.webhook_receiver import WebhookReceiver
+from trainguard.local.webhook_server import RecordingWebhookServer
 from trainguard.local.worker import WorkerProcess
 from trainguard.schemas.topics import Topics
 
@@ -77,7 +77,7 @@ def _stored_at(worker: WorkerProcess, table: str, job_id: str) -> float | None:
 
 
 def run_round(bootstrap: str, prefix: str, kind: str, jobs: int, worker: WorkerProcess,
-              receiver: WebhookReceiver, rng: random.Random) -> list[dict[str, float]]:
+              receiver: RecordingWebhookServer, rng: random.Random) -> list[dict[str, float]]:
     """``jobs`` jobs, one fault each (staggered 2 s apart); one row per fault."""
     t0 = float(int(time.time()) + 2)  # tick 0 on a whole second, as agents tick
     faults: dict[str, tuple[float, float]] = {}  # job → (fault instant, first sample)

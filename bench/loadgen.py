@@ -109,10 +109,6 @@ class FleetLoad:
         return SimulatedGpus(_NODE, self.gpus, seed=self._seed + prototype,
                              checkpoint_every_s=self._checkpoint_every_s)
 
-    def job_of(self, node_index: int) -> str:
-        """The job the node's ranks belong to."""
-        return f"job-{node_index // self._nodes_per_job:04d}"
-
     def inject(self, node_index: int, gpu: int, mode: str = "idle") -> None:
         """Make one GPU of one node misbehave from the next tick on."""
         sim = self._faulty.get(node_index)

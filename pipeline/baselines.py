@@ -22,8 +22,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from trainguard.pipeline.detect import Anomaly as Finding
-from trainguard.pipeline.detect import BankConfig, DetectorBank, EntityRegistry
+from trainguard.pipeline.detect import BankConfig, Detection, DetectorBank, EntityRegistry
 from trainguard.schemas.records import Anomaly, GpuSampleBatch, Record, StepBatch, StepRecord
 
 __all__ = ["GPU_METRICS", "RANK_METRICS", "BaselineConfig", "BaselineStage"]
@@ -76,13 +75,13 @@ class _Family:
 
     def update(
         self, keys: list[str], ts: list[float], values: np.ndarray[Any, np.dtype[np.float64]]
-    ) -> list[tuple[str, Finding]]:
+    ) -> list[tuple[str, Detection]]:
         """Feed one value per key and metric (``values[:, j]`` is metric ``j``)."""
         if not keys:
             return []
         t = np.asarray(ts, dtype=np.float64)
         rows = self.registry.rows_for(keys, t)
-        found: list[tuple[str, Finding]] = []
+        found: list[tuple[str, Detection]] = []
         for j, bank in enumerate(self.banks.values()):
             bank.grow(self.registry.n_rows)
             v = np.ascontiguousarray(values[:, j])
@@ -285,7 +284,7 @@ class BaselineStage:
             n = family.expire(self.now, self.config.idle_s)
             self.expired += n
 
-    def _wire(self, kind: str, key: str, f: Finding) -> Anomaly:
+    def _wire(self, kind: str, key: str, f: Detection) -> Anomaly:
         family = self.gpus if kind == "gpu" else self.ranks
         meta = family.meta.get(key) or _Meta("", None)
         return Anomaly(

@@ -1,4 +1,7 @@
-"""The stream worker's configuration: one frozen, validated object parsed once in ``main()``."""
+"""The stream worker's configuration: one frozen, validated object parsed once in ``main()``.
+
+Its TOML file (the alerting section) is read by :mod:`trainguard.pipeline.config_loader`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 
 from trainguard.errors import ConfigError
-from trainguard.pipeline.alerts.config import AlertConfig
+from trainguard.pipeline.alerts.config import AlertLifecycleConfig
 from trainguard.pipeline.alerts.receivers import ReceiverConfig
 from trainguard.pipeline.store.url import StoreUrl
 from trainguard.schemas.topics import DEFAULT_PREFIX, Topics
@@ -16,11 +19,15 @@ __all__ = ["AlertingConfig", "WorkerConfig"]
 
 @dataclass(frozen=True)
 class AlertingConfig:
-    """The worker's alert stream jobs: the lifecycle and where pages go."""
+    """The worker's alerting section: whether its alert jobs run, their lifecycle, receivers.
+
+    Read from the worker's TOML file (``[alerts]`` and ``[[receivers]]``); the lifecycle's
+    own thresholds are :class:`~trainguard.pipeline.alerts.config.AlertLifecycleConfig`.
+    """
 
     #: Turn findings into alerts (topic and table). Off: findings are only recorded.
     enabled: bool = True
-    lifecycle: AlertConfig = field(default_factory=AlertConfig)
+    lifecycle: AlertLifecycleConfig = field(default_factory=AlertLifecycleConfig)
     #: Where alert state changes are delivered; none: alerts go to the topic and table only.
     receivers: tuple[ReceiverConfig, ...] = ()
     #: How often active silences are re-read from the store (wall-clock seconds).

@@ -17,17 +17,19 @@ Conventions
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal, cast, get_args
 
 import msgspec
 from msgspec import Meta
 
 __all__ = [
+    "CHECK_NAMES",
     "SCHEMA_VERSION",
     "STEP_FLOAT_FIELDS",
     "AgentCounters",
     "Alert",
     "Anomaly",
+    "CheckName",
     "CheckpointEvent",
     "Finding",
     "GpuProcess",
@@ -38,6 +40,7 @@ __all__ = [
     "StepBatch",
     "StepRecord",
     "XidEvent",
+    "check_name",
 ]
 
 #: The version of the wire contract this code writes and reads.
@@ -55,6 +58,25 @@ UInt8 = Annotated[int, Meta(ge=0, le=255)]
 NonNegFloat = Annotated[float, Meta(ge=0)]
 Name = Annotated[str, Meta(min_length=1, max_length=256)]
 Version = Annotated[int, Meta(ge=1, description="wire contract version")]
+
+#: The registry of consistency checks: every name a :class:`Finding` can carry in ``check``.
+#: The checks, the simulator's ground truth, the dashboards and the scorecard all take their
+#: names from here. On the wire ``Finding.check`` stays a plain name, so that an older worker
+#: still reads the findings of a newer one that has gained a check.
+CheckName = Literal[
+    "checkpoint_digest", "code_fingerprint", "gpu_throttled", "grad_norm_mismatch",
+    "job_stalled", "local_grad_outlier", "loss_outlier", "lr_mismatch", "node_idle",
+    "param_divergence", "rank_missing", "seed_mismatch", "step_skew", "straggler",
+]
+#: The registry's names, sorted.
+CHECK_NAMES: Final[tuple[CheckName, ...]] = get_args(CheckName)
+
+
+def check_name(name: str) -> CheckName:
+    """``name`` as a registered check's name; ``ValueError`` naming the known ones if not."""
+    if name not in CHECK_NAMES:
+        raise ValueError(f"unknown check {name!r}; expected one of: {', '.join(CHECK_NAMES)}")
+    return cast("CheckName", name)
 
 
 class _Base(msgspec.Struct, kw_only=True, frozen=True, tag_field="kind", omit_defaults=False):
@@ -341,6 +363,7 @@ class Finding(_Base, tag="finding", frozen=True, kw_only=True):
     finding_id: Name
     cluster: Name
     job_id: str | None = None
+    #: One of :data:`CheckName` when written by this version.
     check: Name
     #: ``integrity``: the run's math or artefacts differ where they must agree (possible
     #: sabotage); ``availability``: ranks missing, stalled or slow; ``hardware``: a device

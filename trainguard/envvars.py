@@ -26,6 +26,16 @@ __all__ = [
     "STORE_URL",
     "TEST_CLICKHOUSE_URL",
     "TOPIC_PREFIX",
+    "APP_ID",
+    "PARTITIONS",
+    "REPLICATION_FACTOR",
+    "BATCH_MAX",
+    "BATCH_WITHIN_S",
+    "WORKER_DATA_DIR",
+    "WORKER_CONFIG",
+    "GRAFANA_URL",
+    "GRAFANA_TOKEN",
+    "GRAFANA_RO_PASSWORD",
 ]
 
 #: Kafka bootstrap servers, ``host:port[,host:port]``; empty means "start a local broker" (demo).
@@ -59,3 +69,19 @@ LOG_LEVEL = "TRAINGUARD_LOG_LEVEL"
 LOG_FORMAT = "TRAINGUARD_LOG_FORMAT"
 #: A ClickHouse server for the server-backend tests; they skip when it is unset.
 TEST_CLICKHOUSE_URL = "TRAINGUARD_TEST_CLICKHOUSE_URL"
+#: The stream worker's settings: Faust app id (its consumer group), partitions and
+#: replication factor of the topics it creates, store batching, data directory, and its
+#: TOML file (alert lifecycle and receivers).
+APP_ID = "TRAINGUARD_APP_ID"
+PARTITIONS = "TRAINGUARD_PARTITIONS"
+REPLICATION_FACTOR = "TRAINGUARD_REPLICATION_FACTOR"
+BATCH_MAX = "TRAINGUARD_BATCH_MAX"
+BATCH_WITHIN_S = "TRAINGUARD_BATCH_WITHIN_S"
+WORKER_DATA_DIR = "TRAINGUARD_WORKER_DATA_DIR"
+WORKER_CONFIG = "TRAINGUARD_WORKER_CONFIG"
+#: ``trainguard grafana push``: Grafana's base URL and its service account token (a secret).
+GRAFANA_URL = "TRAINGUARD_GRAFANA_URL"
+GRAFANA_TOKEN = "TRAINGUARD_GRAFANA_TOKEN"
+#: The default variable holding the read-only ClickHouse user's password for Grafana's data
+#: source (``--ro-password-env`` names another).
+GRAFANA_RO_PASSWORD = "CLICKHOUSE_RO_PASSWORD"

@@ -9,7 +9,6 @@ than real time and reproducibly; ``make_scenario(name, spec, seed)`` makes one o
 from trainguard.agents.sim.gpus import GpuOverride
 from trainguard.agents.sim.job import JobSimulator
 from trainguard.agents.sim.scenarios import (
-    CHECKS,
     DEFAULT_SCENARIO,
     SCENARIOS,
     Expectation,
@@ -22,7 +21,6 @@ from trainguard.agents.sim.spec import DEFAULT_START_TS, Emit, JobSpec
 from trainguard.agents.sim.state import Checkpoint, Knobs
 
 __all__ = [
-    "CHECKS",
     "DEFAULT_SCENARIO",
     "DEFAULT_START_TS",
     "SCENARIOS",

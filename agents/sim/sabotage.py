@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from trainguard.agents.sim.scenario import Expectation, RestartScenario, Scenario, ramp
 from trainguard.agents.sim.state import digest
+from trainguard.schemas.records import CheckName
 
 if TYPE_CHECKING:
     from trainguard.agents.sim.job import JobSimulator
@@ -263,5 +264,7 @@ class CheckpointCorruption(RestartScenario):
 
     def expected(self) -> Expectation:
         """checkpoint_digest (and param_divergence if the weights changed) on the culprit."""
-        checks = {"checkpoint_digest"} | ({"param_divergence"} if self.touch_params else set())
+        checks: set[CheckName] = {"checkpoint_digest"}
+        if self.touch_params:
+            checks.add("param_divergence")
         return self._blame(checks, [self.culprit], "hard", self.load_tick)

@@ -16,22 +16,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from trainguard.agents.sim.spec import DEFAULT_START_TS, JobSpec
+from trainguard.schemas.records import CheckName
 
 if TYPE_CHECKING:
     from trainguard.agents.sim.job import JobSimulator
 
-__all__ = ["CHECKS", "Expectation", "RestartScenario", "Scenario", "ramp"]
-
-#: The consistency checks' names, as the engine reports them in ``Finding.check``.
-CHECKS: Final = frozenset({
-    "param_divergence", "grad_norm_mismatch", "lr_mismatch", "local_grad_outlier",
-    "loss_outlier", "straggler", "rank_missing", "step_skew", "code_fingerprint",
-    "seed_mismatch", "checkpoint_digest", "node_idle", "gpu_throttled",
-})
-
+__all__ = ["Expectation", "RestartScenario", "Scenario", "ramp"]
 
 def ramp(dt: int, ramp_s: int) -> float:
     """Fraction of a change reached ``dt`` ticks into a ``ramp_s``-tick ramp (0: at once)."""
@@ -43,7 +36,7 @@ class Expectation:
     """What the consistency checks should make of a scenario."""
 
     #: Integrity or availability checks that must fire (empty: none may fire).
-    checks: frozenset[str]
+    checks: frozenset[CheckName]
     #: Whom they must blame (for a benign scenario: whom ``hardware_checks`` blame).
     culprit_ranks: frozenset[int]
     culprit_nodes: frozenset[str]
@@ -52,10 +45,10 @@ class Expectation:
     #: later while the job is not stepping (a checkpoint pause, an eval phase).
     starts_at_ts: float
     #: Checks that should fire and be classified as hardware (category ``hardware``).
-    hardware_checks: frozenset[str] = frozenset()
+    hardware_checks: frozenset[CheckName] = frozenset()
     #: Checks that may also fire, blaming the same culprits, without being false alarms
     #: (a killed node's GPUs fall idle: ``node_idle`` may fire beside ``rank_missing``).
-    tolerated: frozenset[str] = frozenset()
+    tolerated: frozenset[CheckName] = frozenset()
 
 
 @dataclass(kw_only=True)
@@ -144,13 +137,13 @@ class Scenario:
 
     def _blame(
         self,
-        checks: set[str],
+        checks: set[CheckName],
         ranks: list[int],
         severity: Literal["hard", "subtle"] | None,
         starts_at_tick: int,
         *,
-        hardware: frozenset[str] = frozenset(),
-        tolerated: frozenset[str] = frozenset(),
+        hardware: frozenset[CheckName] = frozenset(),
+        tolerated: frozenset[CheckName] = frozenset(),
     ) -> Expectation:
         g = self.spec.gpus_per_node
         return Expectation(

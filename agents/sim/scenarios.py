@@ -29,12 +29,11 @@ from trainguard.agents.sim.sabotage import (
     RngChange,
     WeightTamper,
 )
-from trainguard.agents.sim.scenario import CHECKS, Expectation, RestartScenario, Scenario
+from trainguard.agents.sim.scenario import Expectation, RestartScenario, Scenario
 from trainguard.agents.sim.spec import JobSpec
 
 __all__ = [
     "DEFAULT_SCENARIO",
-    "CHECKS",
     "SCENARIOS",
     "Expectation",
     "RestartScenario",

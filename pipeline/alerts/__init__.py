@@ -1,20 +1,18 @@
-"""Alerts stage: findings and anomalies in, page-worthy alert state changes out.
+"""Alerts stage: findings in, page-worthy alert state changes out.
 
 The core (:class:`AlertLifecycle`) is plain Python in event time, free of Faust and
 Kafka, so it can be unit-tested and replayed; the worker glue feeds it.
 """
 
-from trainguard.pipeline.alerts.config import AlertConfig, Silence
+from trainguard.pipeline.alerts.config import AlertLifecycleConfig, Silence
 from trainguard.pipeline.alerts.lifecycle import (
     AlertLifecycle,
-    anomaly_fingerprint,
     finding_fingerprint,
 )
 
 __all__ = [
-    "AlertConfig",
+    "AlertLifecycleConfig",
     "AlertLifecycle",
     "Silence",
-    "anomaly_fingerprint",
     "finding_fingerprint",
 ]

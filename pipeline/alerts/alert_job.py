@@ -18,7 +18,7 @@ from typing import Any
 
 from kafka.partitioner.default import murmur2
 
-from trainguard.pipeline.alerts.config import AlertConfig, Silence
+from trainguard.pipeline.alerts.config import AlertLifecycleConfig, Silence
 from trainguard.pipeline.alerts.lifecycle import AlertLifecycle
 from trainguard.pipeline.dead_letters import DeadLetter, RawMessage
 from trainguard.pipeline.publish import Publisher
@@ -59,7 +59,7 @@ class AlertJob:
     """
 
     def __init__(
-        self, config: AlertConfig, publisher: Publisher, write: RowWrite, *,
+        self, config: AlertLifecycleConfig, publisher: Publisher, write: RowWrite, *,
         findings_topic: str, partitions: int,
         read_open: Callable[[float], Awaitable[Sequence[Alert]]],
         read_silences: Callable[[float], Awaitable[Sequence[Silence]]],

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 
 from trainguard.errors import ConfigError
 
-__all__ = ["AlertConfig", "Silence"]
+__all__ = ["AlertLifecycleConfig", "Silence"]
 
 
 @dataclass(frozen=True)
-class AlertConfig:
+class AlertLifecycleConfig:
     """Every threshold of the alert lifecycle; validated on construction."""
 
-    #: An alert resolves when no finding or anomaly refreshed it for this long. Findings
+    #: An alert resolves when no finding refreshed it for this long. Findings
     #: of a persisting fault are re-emitted every ``repeat_s`` (60 s by default), so two
     #: missed repeats are needed before an alert that is still true resolves.
     resolve_after_s: float = 120.0

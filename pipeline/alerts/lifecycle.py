@@ -1,6 +1,6 @@
-"""The alert lifecycle: findings and anomalies in, alert state changes out, in event time.
+"""The alert lifecycle: findings in, alert state changes out, in event time.
 
-One alert per *fingerprint* (cluster, job or node, check or metric, blamed entity): the
+One alert per *fingerprint* (cluster, job or node, check, blamed entity): the
 stable identity receivers such as Alertmanager and PagerDuty dedup on. Each firing
 *episode* has its own ``alert_id`` (fingerprint and start). Only transitions are emitted:
 firing (new), resolved (quiet for ``resolve_after_s``, ``ends_at`` set) and firing again
@@ -31,18 +31,16 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote
 
-from trainguard.pipeline.alerts.config import AlertConfig, Silence
+from trainguard.pipeline.alerts.config import AlertLifecycleConfig, Silence
 from trainguard.pipeline.alerts.observations import (
     Observation,
     Severity,
-    anomaly_fingerprint,
     finding_fingerprint,
-    from_anomaly,
     from_finding,
 )
-from trainguard.schemas.records import Alert, Anomaly, Finding
+from trainguard.schemas.records import Alert, Finding
 
-__all__ = ["AlertLifecycle", "anomaly_fingerprint", "finding_fingerprint"]
+__all__ = ["AlertLifecycle", "finding_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +71,14 @@ class _State:
 
 
 class AlertLifecycle:
-    """Every alert's state, fed with findings and anomalies; returns the changes to publish.
+    """Every alert's state, fed with findings; returns the changes to publish.
 
     Not thread-safe; one instance per worker partition, fed in event-time order (late
     records are tolerated: they refresh, or are ignored when their episode is over).
     """
 
-    def __init__(self, config: AlertConfig | None = None) -> None:
-        self.config = config if config is not None else AlertConfig()
+    def __init__(self, config: AlertLifecycleConfig | None = None) -> None:
+        self.config = config if config is not None else AlertLifecycleConfig()
         self._alerts: dict[str, _State] = {}
         self._silences: tuple[Silence, ...] = ()
         #: Start times of recent new pages, per (cluster, job or node).
@@ -95,13 +93,6 @@ class AlertLifecycle:
         out: list[Alert] = []
         for finding in findings:
             out.extend(self._observe(from_finding(finding)))
-        return out
-
-    def observe_anomalies(self, anomalies: Sequence[Anomaly]) -> list[Alert]:
-        """Take baseline anomalies; return the alert state changes to publish."""
-        out: list[Alert] = []
-        for anomaly in anomalies:
-            out.extend(self._observe(from_anomaly(anomaly)))
         return out
 
     def tick(self, now: float) -> list[Alert]:

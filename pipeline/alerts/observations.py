@@ -1,7 +1,7 @@
-"""From findings and anomalies to what an alert needs: identity, severity, labels, evidence.
+"""From findings to what an alert needs: identity, severity, labels, evidence.
 
-The *fingerprint* is the stable identity of an alert (cluster, job or node, check or
-metric, blamed entity): receivers such as Alertmanager and PagerDuty dedup on it. Severity
+The *fingerprint* is the stable identity of an alert (cluster, job or node, check,
+blamed entity): receivers such as Alertmanager and PagerDuty dedup on it. Severity
 is decided here from the finding's category and scope; the lifecycle may lower it
 (silences, rate limit) but never raises it.
 """
@@ -12,12 +12,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
-from trainguard.schemas.records import Anomaly, Finding
+from trainguard.schemas.records import Finding
 
-__all__ = [
-    "Evidence", "Observation", "Severity", "anomaly_fingerprint", "finding_fingerprint",
-    "from_anomaly", "from_finding",
-]
+__all__ = ["Evidence", "Observation", "Severity", "finding_fingerprint", "from_finding"]
 
 Severity = Literal["page", "ticket", "info"]
 #: Hardware findings that mean the job lost a worker, not just speed.
@@ -50,15 +47,9 @@ def finding_fingerprint(finding: Finding) -> str:
     return _digest("finding", finding.cluster, scope, finding.check, blamed)
 
 
-def anomaly_fingerprint(anomaly: Anomaly) -> str:
-    """The stable alert identity of an anomaly: cluster, job (or node), metric, entity."""
-    scope = anomaly.job_id if anomaly.job_id is not None else f"node={anomaly.node or ''}"
-    return _digest("anomaly", anomaly.cluster, scope, anomaly.metric, anomaly.entity)
-
-
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """A finding or an anomaly, reduced to what an alert needs."""
+    """A finding, reduced to what an alert needs."""
 
     fingerprint: str
     cluster: str
@@ -131,35 +122,4 @@ def from_finding(finding: Finding) -> Observation:
         first_seen=finding.first_seen,
         seen=finding.cleared_at if finding.cleared_at is not None else seen,
         cleared=finding.cleared_at is not None,
-    )
-
-
-def from_anomaly(anomaly: Anomaly) -> Observation:
-    """What an alert needs from a baseline anomaly (a ticket: context, not a page)."""
-    labels = {
-        "check": anomaly.metric, "category": "anomaly", "cluster": anomaly.cluster,
-        "pattern": anomaly.pattern, "entity_kind": anomaly.entity_kind,
-    }
-    if anomaly.job_id is not None:
-        labels["job_id"] = anomaly.job_id
-    if anomaly.node is not None:
-        labels["node"] = anomaly.node
-    pattern = anomaly.pattern.replace("_", " ")
-    summary = (
-        f"{anomaly.entity_kind} {anomaly.entity}: {anomaly.metric} {pattern}"
-        f" to {anomaly.value:.4g} against its baseline of {anomaly.baseline:.4g}"
-        f" (score {anomaly.score:.1f})."
-    )
-    evidence: Evidence = {
-        "observed": anomaly.value, "expected": anomaly.baseline, "score": anomaly.score,
-        "scale": anomaly.scale, "metric": anomaly.metric, "pattern": anomaly.pattern,
-        "entity": anomaly.entity, "detector": anomaly.detector,
-    }
-    return Observation(
-        fingerprint=anomaly_fingerprint(anomaly), cluster=anomaly.cluster, check=anomaly.metric,
-        # Per-GPU and per-rank departures are context for on-call, not a reason to wake them.
-        severity="ticket", job_id=anomaly.job_id, node=anomaly.node,
-        nodes=(anomaly.node,) if anomaly.node is not None else (),
-        rank=anomaly.rank, gpu_index=anomaly.gpu_index, summary=summary, evidence=evidence,
-        labels=labels, first_seen=anomaly.first_seen, seen=anomaly.ts,
     )

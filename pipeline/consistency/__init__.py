@@ -5,7 +5,8 @@ them with each other at the same step or tick, and name the rank or node that de
 replicas whose parameters diverge, a rank whose loss or gradient leaves its peers', a slow
 or idle node, a missing or trailing rank, a checkpoint modified between save and load.
 Plain Python and numpy, no Faust: :class:`ConsistencyStage` takes decoded records and
-returns :class:`~trainguard.schemas.records.Finding` records.
+returns :class:`~trainguard.schemas.records.Finding` records. The checks' names are
+the schema's registry, :data:`~trainguard.schemas.records.CheckName`.
 
 Layout: ``assembler`` gathers steps from late and out-of-order records; ``columns`` turns a
 closed step into arrays; ``agreement``, ``fingerprints``, ``peers`` and ``presence`` check
@@ -21,15 +22,7 @@ from trainguard.pipeline.consistency.config import (
 from trainguard.pipeline.consistency.findings import Fault, FindingTracker, finding_id
 from trainguard.pipeline.consistency.stage import ConsistencyStage
 
-#: Every check's name, as it appears in ``Finding.check``.
-CHECKS = frozenset({
-    "param_divergence", "grad_norm_mismatch", "lr_mismatch", "local_grad_outlier",
-    "loss_outlier", "straggler", "rank_missing", "step_skew", "code_fingerprint",
-    "seed_mismatch", "checkpoint_digest", "node_idle", "gpu_throttled", "job_stalled",
-})
-
 __all__ = [
-    "CHECKS",
     "CHECK_VERSION",
     "HW_SLOWDOWN_BITS",
     "ConsistencyConfig",

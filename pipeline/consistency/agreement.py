@@ -23,6 +23,7 @@ import numpy as np
 from trainguard.pipeline.consistency.assembler import ClosedStep
 from trainguard.pipeline.consistency.columns import FloatArray, StepColumns
 from trainguard.pipeline.consistency.findings import Fault
+from trainguard.schemas.records import CheckName
 
 __all__ = [
     "Split", "disagreeing_groups", "majority_split", "param_divergence", "short",
@@ -130,7 +131,7 @@ def param_divergence(cs: ClosedStep, cols: StepColumns) -> list[Fault]:
 
 
 def value_mismatch(
-    check: str, label: str, values: FloatArray, rtol: float, cs: ClosedStep, cols: StepColumns
+    check: CheckName, label: str, values: FloatArray, rtol: float, cs: ClosedStep, cols: StepColumns
 ) -> list[Fault]:
     """Ranks whose ``values`` (equal on every rank by construction) depart from the majority."""
     lo, hi = float(np.fmin.reduce(values)), float(np.fmax.reduce(values))  # NaN ignored

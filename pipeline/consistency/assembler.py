@@ -114,10 +114,6 @@ class StepAssembler:
         return tuple(r for r, n in enumerate(self.rank_node)
                      if n == node and (gpu is None or self.rank_gpu[r] == gpu))
 
-    def latest_step(self) -> int:
-        """The highest step seen in the current epoch (-1 before any)."""
-        return self._max_step.get(self.epoch, -1)
-
     def advance(self, ts: float) -> None:
         """Move the watermark with a record that is not a step (GPU samples, checkpoints)."""
         if ts > self.watermark:
@@ -216,10 +212,6 @@ class StepAssembler:
             else:
                 break  # in order: later steps wait for this one
         return out
-
-    def close_all(self) -> list[ClosedStep]:
-        """Close every open step now (the job is being forgotten)."""
-        return self.close_due(math.inf)
 
     def _close(self, key: tuple[int, int], st: _OpenStep) -> ClosedStep:
         del self._open[key]

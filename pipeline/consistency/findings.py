@@ -19,7 +19,7 @@ from typing import Literal
 from msgspec.structs import replace
 
 from trainguard.pipeline.consistency.config import CHECK_VERSION
-from trainguard.schemas.records import Finding
+from trainguard.schemas.records import CheckName, Finding
 
 __all__ = ["Category", "Entity", "Fault", "FindingTracker", "finding_id"]
 
@@ -34,7 +34,7 @@ Evidence = Mapping[str, float | str | None]
 class Fault:
     """One failed check at one evaluation, naming whom it blames."""
 
-    check: str
+    check: CheckName
     category: Category
     #: The entities this fault blames; the dedup keys.
     entities: tuple[Entity, ...]
@@ -92,10 +92,10 @@ class FindingTracker:
         self.clear_steps = clear_steps
         self.repeat_s = repeat_s
         self.max_open = max_open
-        self._blamed: dict[str, dict[Entity, _Blamed]] = {}
+        self._blamed: dict[CheckName, dict[Entity, _Blamed]] = {}
         self._open: dict[str, _Open] = {}
 
-    def is_blamed(self, check: str, entity: Entity) -> bool:
+    def is_blamed(self, check: CheckName, entity: Entity) -> bool:
         """True while ``check`` blames ``entity`` (an open finding names it)."""
         return entity in self._blamed.get(check, ())
 
@@ -104,7 +104,7 @@ class FindingTracker:
         return [o.finding for o in self._open.values()]
 
     def update(
-        self, check: str, faults: list[Fault], scope: Container[Entity] | None,
+        self, check: CheckName, faults: list[Fault], scope: Container[Entity] | None,
         now: float | None = None,
     ) -> list[Finding]:
         """Take one evaluation of ``check``; return the findings to emit.

@@ -17,6 +17,7 @@ from trainguard.pipeline.consistency.agreement import Split, majority_split, sho
 from trainguard.pipeline.consistency.assembler import ClosedStep
 from trainguard.pipeline.consistency.columns import StepColumns
 from trainguard.pipeline.consistency.findings import Fault
+from trainguard.schemas.records import CheckName
 
 __all__ = ["FingerprintWatch"]
 
@@ -26,7 +27,7 @@ _ALL = (-1, -1)
 class FingerprintWatch:
     """One fingerprint check of one job: the value each group agreed on, and odd ranks."""
 
-    def __init__(self, check: str, label: str, *, grouped: bool) -> None:
+    def __init__(self, check: CheckName, label: str, *, grouped: bool) -> None:
         self.check = check
         self.label = label
         self.grouped = grouped

@@ -23,7 +23,7 @@ from trainguard.pipeline.consistency.findings import Entity, Fault, FindingTrack
 from trainguard.pipeline.consistency.fingerprints import FingerprintWatch
 from trainguard.pipeline.consistency.peers import PeerChecks
 from trainguard.pipeline.consistency.presence import job_stalled, rank_missing, step_skew
-from trainguard.schemas.records import CheckpointEvent, Finding, GpuSampleBatch
+from trainguard.schemas.records import CheckName, CheckpointEvent, Finding, GpuSampleBatch
 
 __all__ = ["JobState"]
 
@@ -155,7 +155,7 @@ class JobState:
                         self.seeds.evaluate(cs, cols, cols.seed_fingerprint), scope, now)
         slowed = self.devices.slowed
         loss, grad, slow = self.peers.evaluate(cs, cols, lambda n: slowed(n, cs.last_ts))
-        peer_checks: list[tuple[str, list[Fault] | None]] = [
+        peer_checks: list[tuple[CheckName, list[Fault] | None]] = [
             ("local_grad_outlier", grad), ("loss_outlier", loss), ("straggler", slow)]
         for check, faults in peer_checks:
             # A step without a verdict (too few peers reporting) neither fires nor clears.

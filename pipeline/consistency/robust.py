@@ -16,13 +16,12 @@ from typing import Any
 import numpy as np
 
 from trainguard.pipeline.consistency.columns import FloatArray, IntArray
+from trainguard.pipeline.detect.baseline import MAD_TO_SIGMA
 
 __all__ = [
     "MAD_TO_SIGMA", "UIntArray", "group_medians", "popcount", "push_bits", "row_medians",
 ]
 
-#: MAD x 1.4826 estimates the standard deviation of normal data.
-MAD_TO_SIGMA = 1.4826
 UIntArray = np.ndarray[Any, np.dtype[np.uint64]]
 
 

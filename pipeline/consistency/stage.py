@@ -104,11 +104,6 @@ class ConsistencyStage:
             jobs = [self.jobs[job_id]] if job_id in self.jobs else []
         return [f for job in jobs for f in job.tracker.open_findings()]
 
-    @property
-    def late_records(self) -> int:
-        """Step records that arrived after their step closed (left out of its checks)."""
-        return self.stats()["late_records"]
-
     def stats(self) -> dict[str, int]:
         """Counters since start (forgotten jobs included) and current sizes."""
         totals = dict(self._retired)

@@ -41,9 +41,9 @@ from trainguard.pipeline.detect.baseline import Ewm, EwmLag1, RobustWindow
 from trainguard.pipeline.detect.baseline import unique_rounds as _unique_rounds
 from trainguard.pipeline.detect.changepoint import ChangeAlarms, Cusum, PageHinkley
 from trainguard.pipeline.detect.registry import FloatArray, IntArray, RowGroup
-from trainguard.pipeline.detect.types import Anomaly, AnomalyKind, BankConfig, RowState
+from trainguard.pipeline.detect.types import AnomalyKind, BankConfig, Detection, RowState
 
-__all__ = ["STATE_FORMAT", "DetectorBank", "score_series"]
+__all__ = ["STATE_FORMAT", "DetectorBank"]
 
 #: Layout version of :meth:`DetectorBank.state` snapshots.
 STATE_FORMAT = 1
@@ -84,7 +84,7 @@ class DetectorBank(RowGroup):
             STATE_FORMAT,
         )
 
-    def update(self, rows: IntArray, values: FloatArray, ts: FloatArray) -> list[Anomaly]:
+    def update(self, rows: IntArray, values: FloatArray, ts: FloatArray) -> list[Detection]:
         """Feed one value per row with its event time; returns the anomalies confirmed.
 
         A row may appear more than once: its points are applied in event-time order.
@@ -100,12 +100,14 @@ class DetectorBank(RowGroup):
         if rows.min() < 0:
             raise ValueError(f"rows must be >= 0, got {int(rows.min())}")
         self.grow(int(rows.max()) + 1)
-        found: list[Anomaly] = []
+        found: list[Detection] = []
         for idx in _unique_rounds(rows, ts):
             found += self._step(rows[idx], values[idx], ts[idx])[0]
         return found
 
-    def _step(self, r: IntArray, x: FloatArray, t: FloatArray) -> tuple[list[Anomaly], FloatArray]:
+    def _step(
+        self, r: IntArray, x: FloatArray, t: FloatArray
+    ) -> tuple[list[Detection], FloatArray]:
         """One point for each of some unique rows; also returns each point's directional z."""
         c, st = self.config, self.rows
         e_out = np.full(len(r), np.nan)
@@ -208,7 +210,7 @@ class DetectorBank(RowGroup):
     def _judge(
         self, r: IntArray, x: FloatArray, t: FloatArray, z: FloatArray, zs: FloatArray,
         median: FloatArray, scale: FloatArray, slow_scale: FloatArray, count: IntArray,
-    ) -> list[Anomaly]:
+    ) -> list[Detection]:
         """Rows not in alarm: advance excursions and the change-point test, then learn."""
         c, st = self.config, self.rows
         e, slow = self._directional(z), self.level.mean[r]
@@ -287,7 +289,7 @@ class DetectorBank(RowGroup):
 
     def _anomaly(self, row: int, code: int, t: float, x: float, t0: float, onset: float,
                  median: float, slow: float, scale: float, slow_scale: float,
-                 count: int) -> Anomaly:
+                 count: int) -> Detection:
         """Build the record for one row that fired (rare: a Python loop is fine here)."""
         st = self.rows
         if code == _SPIKE:
@@ -300,28 +302,8 @@ class DetectorBank(RowGroup):
             # can run early by a few noise points; an open excursion marks a jump exactly.
             median, scale = slow, slow_scale
             first = onset if np.isnan(t0) else t0
-        return Anomaly(
+        return Detection(
             row=row, metric=self.metric, kind=_KIND[code], ts=t, first_seen=first, value=x,
             baseline=median, scale=scale, score=(x - median) / scale, window=count,
             detector=self.detector,
         )
-
-
-def score_series(
-    values: FloatArray, ts: FloatArray | None = None, config: BankConfig | None = None
-) -> FloatArray:
-    """One anomaly score in [0, 1] per point of a univariate series, for evaluation.
-
-    The series runs through a fresh one-row bank; a point's score is a logistic of its
-    directional robust z around ``z_shift`` (0.5 there, about 0.95 at ``z_spike`` for the
-    defaults), and 0 during warm-up and for skipped points. In alarm the baseline is
-    frozen, so every point of a level shift scores high until it is re-baselined.
-    """
-    bank = DetectorBank("series", config, capacity=1)
-    values = np.asarray(values, dtype=np.float64)
-    ts = np.arange(len(values), dtype=np.float64) if ts is None else np.asarray(ts, np.float64)
-    row = np.zeros(1, dtype=np.int64)
-    e = np.array([bank._step(row, values[i : i + 1], ts[i : i + 1])[1][0]
-                  for i in range(len(values))])
-    score = 1.0 / (1.0 + np.exp(-1.5 * (np.maximum(e, 0.0) - bank.config.z_shift)))
-    return np.where(np.isnan(e), 0.0, score)

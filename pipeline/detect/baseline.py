@@ -80,11 +80,6 @@ class Ewm(RowArrays):
         self.var[rows] = var
         self.n[rows] = n
 
-    @property
-    def std(self) -> FloatArray:
-        """Standard deviation per row."""
-        return np.sqrt(self.var)
-
 
 class EwmLag1(Ewm):
     """:class:`Ewm` that also tracks the lag-1 autocorrelation of each row's series.

@@ -10,14 +10,14 @@ which tells a sudden step (large mean, few points) from a slow drift (small mean
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from trainguard.pipeline.detect.registry import FloatArray, IntArray, RowArrays
 
-__all__ = ["ChangeAlarms", "ChangeDetector", "Cusum", "Direction", "PageHinkley"]
+__all__ = ["ChangeAlarms", "Cusum", "Direction", "PageHinkley"]
 
 Direction = Literal["both", "up", "down"]
 
@@ -31,21 +31,6 @@ class ChangeAlarms(NamedTuple):
     onset: FloatArray
     #: Mean ``z`` over the excursion, in the direction of the alarm (NaN where no alarm).
     mean: FloatArray
-
-
-class ChangeDetector(Protocol):
-    """What the detector bank needs from a change-point test."""
-
-    #: The per-point allowance: deviations smaller than this never accumulate.
-    drift: float
-
-    def update(self, rows: IntArray, z: FloatArray, ts: FloatArray) -> ChangeAlarms:
-        """Fold one standardized residual per (unique) row in; rows that alarm restart."""
-        ...
-
-    def reset(self, rows: IntArray) -> None:
-        """Start ``rows`` over."""
-        ...
 
 
 def _sides(direction: Direction) -> tuple[bool, bool]:

@@ -1,4 +1,4 @@
-"""The detector bank's types: its validated configuration, its anomalies, its per-row state."""
+"""The detector bank's types: its validated configuration, its detections, its per-row state."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from trainguard.pipeline.detect.changepoint import Direction
 from trainguard.pipeline.detect.registry import FloatArray, IntArray, RowArrays
 
 __all__ = [
-    "DETECTOR_VERSION", "Anomaly", "AnomalyKind", "BankConfig", "ChangepointKind", "RowState",
+    "DETECTOR_VERSION", "Detection", "AnomalyKind", "BankConfig", "ChangepointKind", "RowState",
 ]
 
 #: Bumped whenever a change to the detectors can change what they report.
@@ -106,8 +106,12 @@ class BankConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class Anomaly:
-    """One departure of one row from its baseline, as found by a detector bank."""
+class Detection:
+    """One departure of one row from its baseline, as found by a detector bank.
+
+    The bank's output, in row numbers; the worker turns it into the wire record
+    :class:`~trainguard.schemas.records.Anomaly`.
+    """
 
     row: int
     metric: str

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from trainguard.agents.settings import load_agent_config
+from trainguard.agents.config_loader import load_agent_config
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 

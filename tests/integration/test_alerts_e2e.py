@@ -25,7 +25,7 @@ from trainguard.agents.sim.job import JobSimulator
 from trainguard.agents.sim.player import play
 from trainguard.agents.transport import KafkaTransport
 from trainguard.local.alertmanager import LocalAlertmanager
-from trainguard.local.webhook_receiver import AlertmanagerNotification, WebhookReceiver
+from trainguard.local.webhook_server import AlertmanagerNotification, RecordingWebhookServer
 from trainguard.schemas.topics import Topics
 
 pytestmark = pytest.mark.integration
@@ -56,7 +56,7 @@ def stack_pager() -> str:
 
 
 @pytest.fixture
-def pager(local_stack) -> tuple[WebhookReceiver, LocalAlertmanager]:
+def pager(local_stack) -> tuple[RecordingWebhookServer, LocalAlertmanager]:
     """The webhook receiver and the real Alertmanager routing to it (pages → /pager)."""
     assert local_stack.receiver is not None and local_stack.alertmanager is not None
     return local_stack.receiver, local_stack.alertmanager
@@ -82,7 +82,8 @@ def _job(prefix: str, scenario_kw: dict[str, object]) -> tuple[JobSimulator, Fli
     return JobSimulator(spec, scenario, seed=1, start_ts=time.time()), scenario, job_id
 
 
-def _pages(receiver: WebhookReceiver, job_id: str, status: str) -> list[AlertmanagerNotification]:
+def _pages(receiver: RecordingWebhookServer, job_id: str,
+           status: str) -> list[AlertmanagerNotification]:
     return [n for n in receiver.notifications()
             if n.receiver == "pager" and n.status == status
             and any(a.labels.get("job_id") == job_id for a in n.alerts)]

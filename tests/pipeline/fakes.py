@@ -6,6 +6,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainguard.schemas.records import Anomaly
+
 
 @dataclass
 class FakeMessage:
@@ -110,3 +112,15 @@ async def spin(n: int = 5) -> None:
     """Let ready callbacks and tasks run."""
     for _ in range(n):
         await asyncio.sleep(0)
+
+
+def anomaly(t: float = 1_700_000_000.0, **kw: Any) -> Anomaly:
+    """A wire ``Anomaly`` record (a collapsed GPU), fields overridable."""
+    fields: dict[str, Any] = dict(
+        cluster="c1", entity_kind="gpu", entity="node-03/2", node="node-03", gpu_index=2,
+        job_id="job-1", metric="util_gpu_pct", pattern="level_shift", first_seen=t - 5, ts=t,
+        value=12.0, baseline=97.0, scale=1.5, score=-56.0, window=300,
+        detector="cusum", detector_version="1",
+    )
+    fields.update(kw)
+    return Anomaly(**fields)

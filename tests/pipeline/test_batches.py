@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tests.pipeline.alerts.test_lifecycle import anomaly, finding
-from tests.pipeline.fakes import FakeEvent, FakeTopic, events, faust_acks, run, spin
+from tests.pipeline.alerts.test_lifecycle import finding
+from tests.pipeline.fakes import FakeEvent, FakeTopic, anomaly, events, faust_acks, run, spin
 from tests.pipeline.test_ingest import TOPICS, _batch
 from trainguard.pipeline.batches import BatchHandler
 from trainguard.pipeline.ingest import Ingestor

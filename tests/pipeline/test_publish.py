@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from tests.pipeline.alerts.test_lifecycle import anomaly, finding
-from tests.pipeline.fakes import FakeTopic, run, spin
+from tests.pipeline.alerts.test_lifecycle import finding
+from tests.pipeline.fakes import FakeTopic, anomaly, run, spin
 from trainguard.pipeline.alerts import AlertLifecycle
 from trainguard.pipeline.dead_letters import DEAD_LETTER_HEADERS, DeadLetter, RawMessage
 from trainguard.pipeline.publish import Publisher

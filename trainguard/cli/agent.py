@@ -1,7 +1,7 @@
 """``trainguard agent``: the node agent daemon; ``trainguard simulate``: a simulated fleet.
 
 The agent reads its settings from a TOML file (``--config``), then the environment,
-then these flags (later wins); see :mod:`trainguard.agents.settings`.
+then these flags (later wins); see :mod:`trainguard.agents.config_loader`.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_agent(args: argparse.Namespace) -> int:
+    from trainguard.agents.config_loader import load_agent_config
     from trainguard.agents.runtime import run_agent
-    from trainguard.agents.settings import load_agent_config
 
     keys = [key for _, key, _, _, _ in _FLAGS] + list(_OTHER_KEYS)
     config = load_agent_config(args.config, os.environ, {k: getattr(args, k) for k in keys})

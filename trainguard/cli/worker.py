@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from trainguard import envvars
 from trainguard.cli._common import (
     add_bootstrap,
     add_env_option,
@@ -24,28 +25,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_env_option(
         p,
         "--app-id",
-        "TRAINGUARD_APP_ID",
+        envvars.APP_ID,
         "trainguard-worker",
         "Faust app id, also the consumer group shared by workers",
     )
     add_env_option(
-        p, "--partitions", "TRAINGUARD_PARTITIONS", 3, "partitions of topics it creates", type=int
+        p, "--partitions", envvars.PARTITIONS, 3, "partitions of topics it creates", type=int
     )
     add_env_option(
         p,
         "--replication-factor",
-        "TRAINGUARD_REPLICATION_FACTOR",
+        envvars.REPLICATION_FACTOR,
         1,
         "replication factor of topics it creates",
         type=int,
     )
     add_env_option(
-        p, "--batch-max", "TRAINGUARD_BATCH_MAX", 2000, "messages per store write at most", type=int
+        p, "--batch-max", envvars.BATCH_MAX, 2000, "messages per store write at most", type=int
     )
     add_env_option(
         p,
         "--batch-within",
-        "TRAINGUARD_BATCH_WITHIN_S",
+        envvars.BATCH_WITHIN_S,
         0.2,
         "seconds a partial batch waits before it is written",
         type=float,
@@ -53,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_env_option(
         p,
         "--data-dir",
-        "TRAINGUARD_WORKER_DATA_DIR",
+        envvars.WORKER_DATA_DIR,
         "./trainguard-data/worker",
         "directory for the worker's local state",
     )
@@ -61,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="only decode and store; skip the baseline detectors")
     p.add_argument("--no-consistency", dest="consistency", action="store_false",
                    help="skip the cross-rank consistency checks")
-    add_env_option(p, "--config", "TRAINGUARD_WORKER_CONFIG", None,
+    add_env_option(p, "--config", envvars.WORKER_CONFIG, None,
                    "TOML file with the alert lifecycle and receivers "
                    "(example: infra/worker/worker.toml); none: alerts are only recorded")
     p.add_argument("--no-alerts", dest="alerts", action="store_false",
@@ -74,7 +75,7 @@ def worker_config(args: argparse.Namespace) -> object:
     from dataclasses import replace
 
     from trainguard.pipeline.config import AlertingConfig, WorkerConfig
-    from trainguard.pipeline.config_file import load_alerting
+    from trainguard.pipeline.config_loader import load_alerting
     from trainguard.schemas.topics import Topics
 
     alerting = load_alerting(args.config) if args.config else AlertingConfig()

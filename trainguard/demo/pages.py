@@ -15,7 +15,7 @@ from typing import Any
 from trainguard.errors import TrainguardError
 from trainguard.local.alertmanager import LocalAlertmanager
 from trainguard.local.stack import LocalStack
-from trainguard.local.webhook_receiver import WebhookReceiver
+from trainguard.local.webhook_server import RecordingWebhookServer
 
 __all__ = ["GRAFANA_URL", "DemoPager"]
 
@@ -26,7 +26,7 @@ GRAFANA_URL = "http://localhost:3000"
 class DemoPager:
     """Write the worker's receiver config; read back the pages that reached the receiver."""
 
-    def __init__(self, data_dir: Path, receiver: WebhookReceiver,
+    def __init__(self, data_dir: Path, receiver: RecordingWebhookServer,
                  alertmanager: LocalAlertmanager | None = None) -> None:
         self.data_dir = data_dir
         self.receiver = receiver

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainguard.agents.sim import Expectation
+from trainguard.schemas.records import CheckName, check_name
 
 __all__ = ["RunResult", "ScenarioSummary", "markdown_table", "score_run", "summarize"]
 
@@ -41,11 +42,11 @@ class RunResult:
     kind: str
     seed: int
     detected: bool
-    checks_fired: tuple[str, ...]
+    checks_fired: tuple[CheckName, ...]
     blamed: tuple[str, ...]
     ttd_s: float | None
     false_alerts: tuple[str, ...]
-    hardware: tuple[str, ...]
+    hardware: tuple[CheckName, ...]
     severity: str | None
 
 
@@ -66,22 +67,26 @@ def _label(row: Mapping[str, Any]) -> str:
     return f"{row['check']}({who})"
 
 
+def _check(row: Mapping[str, Any]) -> CheckName:
+    return check_name(str(row["check"]))
+
+
 def score_run(scenario: str, kind: str, seed: int, exp: Expectation,
               findings: Iterable[Mapping[str, Any]]) -> RunResult:
     """Score one run's findings (rows of the ``findings`` table, times as epoch floats)."""
     rows = sorted(findings, key=lambda r: float(r["ts"]))
     correct = [r for r in rows if r["category"] in SABOTAGE_CATEGORIES
-               and r["check"] in exp.checks and _blames_only(r, exp)]
+               and _check(r) in exp.checks and _blames_only(r, exp)]
     false = [r for r in rows if r["category"] in SABOTAGE_CATEGORIES and r not in correct
-             and not (r["check"] in exp.tolerated and _blames_only(r, exp))]
+             and not (_check(r) in exp.tolerated and _blames_only(r, exp))]
     hardware = [r for r in rows if r["category"] == "hardware"]
     ttd = float(correct[0]["ts"]) - exp.starts_at_ts if correct else None
     return RunResult(
         scenario=scenario, kind=kind, seed=seed, detected=bool(correct),
-        checks_fired=tuple(sorted({str(r["check"]) for r in correct})),
+        checks_fired=tuple(sorted({_check(r) for r in correct})),
         blamed=tuple(dict.fromkeys(_label(r) for r in correct)),
         ttd_s=ttd, false_alerts=tuple(_label(r) for r in false),
-        hardware=tuple(sorted({str(r["check"]) for r in hardware})),
+        hardware=tuple(sorted({_check(r) for r in hardware})),
         severity=exp.severity,
     )
 
@@ -95,11 +100,10 @@ class ScenarioSummary:
     severity: str | None
     runs: int = 0
     detected: int = 0
-    checks: set[str] = field(default_factory=set)
+    checks: set[CheckName] = field(default_factory=set)
     ttds: list[float] = field(default_factory=list)
     false_alerts: int = 0
-    false_examples: list[str] = field(default_factory=list)
-    hardware: set[str] = field(default_factory=set)
+    hardware: set[CheckName] = field(default_factory=set)
 
     @property
     def passed(self) -> bool:
@@ -123,7 +127,6 @@ def summarize(results: Sequence[RunResult]) -> list[ScenarioSummary]:
         if r.ttd_s is not None:
             s.ttds.append(r.ttd_s)
         s.false_alerts += len(r.false_alerts)
-        s.false_examples += [f"seed {r.seed}: {a}" for a in r.false_alerts[:2]]
         s.hardware.update(r.hardware)
     return list(out.values())
 

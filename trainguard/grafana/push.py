@@ -29,28 +29,23 @@ from urllib.parse import urlsplit, urlunsplit
 
 from trainguard import __version__
 from trainguard.errors import ConfigError, TrainguardError
+from trainguard.grafana.render import DATASOURCE_TYPE, DATASOURCE_UID
 from trainguard.resources import infra_candidates
 
 if TYPE_CHECKING:
     from grafana_client import GrafanaApi
 
 __all__ = [
-    "DATASOURCE_NAME", "DATASOURCE_TYPE", "DATASOURCE_UID", "GRAFANA_TOKEN_ENV",
-    "GRAFANA_URL_ENV", "GrafanaAuthError", "GrafanaConflictError", "GrafanaError",
-    "GrafanaUnreachableError", "PushItem", "PushReport", "clickhouse_datasource",
-    "find_dashboards_dir", "load_dashboards", "push",
+    "DATASOURCE_NAME", "DATASOURCE_TYPE", "DATASOURCE_UID", "GrafanaAuthError",
+    "GrafanaConflictError", "GrafanaError", "GrafanaUnreachableError", "PushItem",
+    "PushReport", "clickhouse_datasource", "find_dashboards_dir", "load_dashboards", "push",
 ]
 
 logger = logging.getLogger(__name__)
 
-# Environment variables of this command (to join trainguard.envvars).
-GRAFANA_URL_ENV = "TRAINGUARD_GRAFANA_URL"
-GRAFANA_TOKEN_ENV = "TRAINGUARD_GRAFANA_TOKEN"
-
-#: The data source the dashboards' panels point at (by uid, so renaming it breaks nothing).
-DATASOURCE_UID = "trainguard-clickhouse"
+#: The data source's display name; its uid and type are the ones the rendered panels
+#: point at (:mod:`trainguard.grafana.render`).
 DATASOURCE_NAME = "trainguard ClickHouse"
-DATASOURCE_TYPE = "grafana-clickhouse-datasource"
 
 #: Grafana's rule for folder, dashboard and data source uids.
 _UID_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")

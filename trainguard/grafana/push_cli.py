@@ -13,11 +13,10 @@ import argparse
 import os
 from urllib.parse import urlsplit, urlunsplit
 
+from trainguard import envvars
 from trainguard.cli._common import add_env_option
 from trainguard.errors import ConfigError
 from trainguard.grafana.push import (
-    GRAFANA_TOKEN_ENV,
-    GRAFANA_URL_ENV,
     _redact,
     clickhouse_datasource,
     find_dashboards_dir,
@@ -37,11 +36,11 @@ def register_push(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
         description="Push the dashboards, their folder and the ClickHouse data source into a "
                     "running Grafana through its HTTP API. Idempotent: only what differs is "
                     "written, so dashboards gain no versions when nothing changed.")
-    add_env_option(p, "--url", GRAFANA_URL_ENV, "http://localhost:3000", "Grafana's base URL")
+    add_env_option(p, "--url", envvars.GRAFANA_URL, "http://localhost:3000", "Grafana's base URL")
     # Not add_env_option: its help shows the default, and this one is a secret.
     p.add_argument("--token", default=None,
                    help="service account token with the Admin role; never printed (env: "
-                        f"{GRAFANA_TOKEN_ENV}, better than the flag, which `ps` shows)")
+                        f"{envvars.GRAFANA_TOKEN}, better than the flag, which `ps` shows)")
     p.add_argument("--dashboards", default=None, metavar="DIR",
                    help="directory of dashboard JSON files (default: infra/grafana/dashboards "
                         "of the checkout, else the copy installed with trainguard)")
@@ -52,7 +51,7 @@ def register_push(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
                    help="ClickHouse database (default: %(default)s)")
     p.add_argument("--ro-user", default="trainguard_ro",
                    help="read-only ClickHouse user for Grafana (default: %(default)s)")
-    p.add_argument("--ro-password-env", default="CLICKHOUSE_RO_PASSWORD", metavar="VAR",
+    p.add_argument("--ro-password-env", default=envvars.GRAFANA_RO_PASSWORD, metavar="VAR",
                    help="environment variable holding that user's password; unset means no "
                         "password (default: %(default)s)")
     p.add_argument("--dry-run", action="store_true",
@@ -64,9 +63,9 @@ def _push_command(args: argparse.Namespace) -> int:
     from grafana_client import GrafanaApi
 
     url = _grafana_url(args.url)
-    token = args.token or os.environ.get(GRAFANA_TOKEN_ENV)
+    token = args.token or os.environ.get(envvars.GRAFANA_TOKEN)
     if not token:
-        raise ConfigError(f"no Grafana token; set {GRAFANA_TOKEN_ENV} (or pass --token) to a "
+        raise ConfigError(f"no Grafana token; set {envvars.GRAFANA_TOKEN} (or pass --token) to a "
                           "service account token with the Admin role")
     dashboards = load_dashboards(find_dashboards_dir(args.dashboards))
     password = os.environ.get(args.ro_password_env) or None
@@ -87,7 +86,7 @@ def _grafana_url(raw: str) -> str:
         raise ConfigError(f"Grafana URL {_redact(raw)!r}; expected http(s)://HOST[:PORT][/PATH]")
     if parts.username or parts.password:
         raise ConfigError(f"Grafana URL {_redact(raw)!r} carries credentials; pass the token "
-                          f"in {GRAFANA_TOKEN_ENV} instead")
+                          f"in {envvars.GRAFANA_TOKEN} instead")
     # grafana-client joins the path and "api" without a slash: /grafana would become
     # /grafanaapi.
     if parts.path and not parts.path.endswith("/"):

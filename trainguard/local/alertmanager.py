@@ -8,9 +8,10 @@ demo and benchmarks. It can be stopped and started again on the same port; note 
 Alertmanager keeps active alerts in memory only (silences and the notification log
 survive a restart, alerts do not), so senders must re-send, as trainguard does.
 
->>> from trainguard.local.webhook_receiver import WebhookReceiver
->>> with WebhookReceiver() as rx, LocalAlertmanager(rx.url_for("/pager")) as am:  # doctest: +SKIP
-...     ...  # POST alerts to am.alerts_url; rx.wait_for_notification() sees the webhook
+>>> from trainguard.local.webhook_server import RecordingWebhookServer
+>>> with RecordingWebhookServer() as rx:  # doctest: +SKIP
+...     with LocalAlertmanager(rx.url_for("/pager")) as am:
+...         ...  # POST alerts to am.alerts_url; rx.wait_for_notification() sees it
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from trainguard.local.alertmanager import (
     LocalAlertmanager,
 )
 from trainguard.local.broker import LocalBroker, free_port, free_ports, port_free
-from trainguard.local.webhook_receiver import WebhookReceiver
+from trainguard.local.webhook_server import RecordingWebhookServer
 from trainguard.local.worker import WorkerProcess
 from trainguard.pipeline.kafka_admin import ensure_topics
 from trainguard.pipeline.store import Secret, Store
@@ -87,7 +87,7 @@ class LocalStack:
         self._out = out
         self.broker = None if bootstrap else _broker(self.data_dir / "kafka", kafka_port)
         self.bootstrap = bootstrap or (self.broker.bootstrap if self.broker else "")
-        self.receiver: WebhookReceiver | None = None
+        self.receiver: RecordingWebhookServer | None = None
         self.alertmanager: LocalAlertmanager | None = None
         self.worker = WorkerProcess(
             self.bootstrap, store or f"chdb://{self.data_dir / 'store'}",
@@ -144,7 +144,7 @@ class LocalStack:
         return self.worker
 
     def _start_pager(self) -> None:
-        self.receiver = WebhookReceiver()
+        self.receiver = RecordingWebhookServer()
         self._started.append("pager")
         self.receiver.start()
         if self.pager_mode == "receiver":

@@ -2,7 +2,6 @@ import pytest
 
 from tests.agents.sim.util import by_ts, checkpoints, mean, replicas_agree, samples, steps
 from trainguard.agents.sim import (
-    CHECKS,
     SCENARIOS,
     JobSimulator,
     JobSpec,
@@ -11,6 +10,7 @@ from trainguard.agents.sim import (
     scenario_params,
 )
 from trainguard.agents.sim.gpus import SM_CLOCK_MAX_MHZ
+from trainguard.schemas.records import CHECK_NAMES
 
 SPEC = JobSpec(nodes=3, gpus_per_node=4)
 AT = 60
@@ -54,7 +54,8 @@ def test_expectation_names_real_checks_ranks_and_nodes(name, seed):
     scenario = make_scenario(name, JobSpec(), seed)
     sim = JobSimulator(JobSpec(), scenario)
     e = scenario.expected()
-    assert e.checks <= CHECKS and e.hardware_checks <= CHECKS and e.tolerated <= CHECKS
+    registry = set(CHECK_NAMES)
+    assert e.checks <= registry and e.hardware_checks <= registry and e.tolerated <= registry
     assert e.culprit_ranks <= set(range(32))
     assert e.culprit_nodes == {sim.node_of(r) for r in e.culprit_ranks}
     assert e.starts_at_ts >= sim.start_ts + scenario.at

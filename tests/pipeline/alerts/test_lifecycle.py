@@ -5,9 +5,9 @@ from typing import Any
 import pytest
 
 from trainguard.errors import ConfigError
-from trainguard.pipeline.alerts import AlertConfig, AlertLifecycle, Silence
+from trainguard.pipeline.alerts import AlertLifecycle, AlertLifecycleConfig, Silence
 from trainguard.schemas.codec import RecordDecoder, encode
-from trainguard.schemas.records import Alert, Anomaly, Finding
+from trainguard.schemas.records import Alert, Finding
 
 T0 = 1_700_000_000.0
 
@@ -22,17 +22,6 @@ def finding(t: float = T0, **kw: Any) -> Finding:
     )
     fields.update(kw)
     return Finding(**fields)
-
-
-def anomaly(t: float = T0, **kw: Any) -> Anomaly:
-    fields: dict[str, Any] = dict(
-        cluster="c1", entity_kind="gpu", entity="node-03/2", node="node-03", gpu_index=2,
-        job_id="job-1", metric="util_gpu_pct", pattern="level_shift", first_seen=t - 5, ts=t,
-        value=12.0, baseline=97.0, scale=1.5, score=-56.0, window=300,
-        detector="cusum", detector_version="1",
-    )
-    fields.update(kw)
-    return Anomaly(**fields)
 
 
 def test_new_integrity_finding_fires_one_page() -> None:
@@ -79,7 +68,7 @@ def test_resolution_does_not_depend_on_ticks() -> None:
 
 @pytest.mark.parametrize("max_flaps", [1, 3])
 def test_flapping_finding_pages_at_most_max_flaps_times(max_flaps: int) -> None:
-    cfg = AlertConfig(max_flaps=max_flaps)
+    cfg = AlertLifecycleConfig(max_flaps=max_flaps)
     lc = AlertLifecycle(cfg)
     out: list[Alert] = []
     for i in range(5):  # fire, go quiet, resolve: five times in about ten minutes
@@ -146,15 +135,6 @@ def test_availability_without_culprits_is_a_ticket_with_them_a_page() -> None:
     assert (job.severity, rank.severity) == ("ticket", "page")
 
 
-def test_anomaly_is_a_ticket() -> None:
-    lc = AlertLifecycle()
-    [alert] = lc.observe_anomalies([anomaly()])
-    assert alert.severity == "ticket" and alert.check == "util_gpu_pct"
-    assert alert.node == "node-03" and alert.gpu_index == 2
-    assert alert.evidence["observed"] == 12.0 and alert.evidence["expected"] == 97.0
-    assert lc.observe_anomalies([anomaly(T0 + 30)]) == []
-
-
 def test_integrity_finding_blaming_many_ranks_is_job_wide() -> None:
     lc = AlertLifecycle()
     [wide] = lc.observe_findings([finding(ranks=list(range(10)), evidence={"world_size": 32.0})])
@@ -173,7 +153,7 @@ def test_fingerprint_stable_across_episodes_alert_id_differs() -> None:
 
 
 def test_dashboard_link_covers_first_and_last_seen() -> None:
-    lc = AlertLifecycle(AlertConfig(dashboard_base_url="https://grafana.example/"))
+    lc = AlertLifecycle(AlertLifecycleConfig(dashboard_base_url="https://grafana.example/"))
     [alert] = lc.observe_findings([finding()])
     assert alert.dashboard_url == (
         "https://grafana.example/d/trainguard-job?var-job=job-1&var-node=node-00"
@@ -182,7 +162,7 @@ def test_dashboard_link_covers_first_and_last_seen() -> None:
 
 
 def test_open_alerts_are_bounded_and_evictions_counted() -> None:
-    lc = AlertLifecycle(AlertConfig(max_alerts=3))
+    lc = AlertLifecycle(AlertLifecycleConfig(max_alerts=3))
     for r in range(5):
         lc.observe_findings([finding(T0, category="hardware", ranks=[r], nodes=[])])
     assert len(lc.open_alerts()) == 3 and lc.evicted == 2
@@ -198,11 +178,10 @@ def test_resolved_alerts_are_forgotten_after_flap_window() -> None:
 
 
 def test_emitted_alerts_survive_the_wire_round_trip() -> None:
-    lc = AlertLifecycle(AlertConfig(dashboard_base_url="https://grafana.example"))
+    lc = AlertLifecycle(AlertLifecycleConfig(dashboard_base_url="https://grafana.example"))
     out = lc.observe_findings([finding(), finding(category="hardware", ranks=[], nodes=[])])
-    out += lc.observe_anomalies([anomaly()])
     out += lc.tick(T0 + 1000)
-    assert len(out) == 6
+    assert len(out) == 4
     decoder = RecordDecoder(Alert)
     for alert in out:
         assert decoder.decode(encode(alert)) == alert
@@ -215,11 +194,11 @@ def test_emitted_alerts_survive_the_wire_round_trip() -> None:
 )
 def test_bad_config_is_rejected_naming_the_field(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):
-        AlertConfig(**{field: value})  # type: ignore[arg-type]
+        AlertLifecycleConfig(**{field: value})  # type: ignore[arg-type]
 
 
 def test_a_cleared_finding_resolves_its_alert_after_the_clear_hold() -> None:
-    lc = AlertLifecycle(AlertConfig(clear_hold_s=30.0))
+    lc = AlertLifecycle(AlertLifecycleConfig(clear_hold_s=30.0))
     [fired] = lc.observe_findings([finding()])
     assert lc.observe_findings([finding(last_seen=T0 + 5, cleared_at=T0 + 25)]) == []
     assert lc.tick(T0 + 54) == []  # still inside the hold
@@ -229,7 +208,7 @@ def test_a_cleared_finding_resolves_its_alert_after_the_clear_hold() -> None:
 
 
 def test_a_fault_returning_during_the_clear_hold_stays_one_episode() -> None:
-    lc = AlertLifecycle(AlertConfig(clear_hold_s=30.0))
+    lc = AlertLifecycle(AlertLifecycleConfig(clear_hold_s=30.0))
     pages = lc.observe_findings([finding()])
     for cycle in range(10):  # flickers: clears, comes back 20 s later, ten times
         t = T0 + cycle * 40
@@ -275,7 +254,7 @@ def test_a_lost_gpu_pages_and_a_throttled_one_is_a_ticket() -> None:
 
 def test_runbook_links_follow_a_template_when_the_base_has_one() -> None:
     base = "https://git.example/tg/blob/main/docs/runbooks/{check}.md"
-    [a] = AlertLifecycle(AlertConfig(runbook_base_url=base)).observe_findings([finding()])
+    [a] = AlertLifecycle(AlertLifecycleConfig(runbook_base_url=base)).observe_findings([finding()])
     assert a.runbook_url == "https://git.example/tg/blob/main/docs/runbooks/param_divergence.md"
 
 

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 from tests.pipeline.alerts.test_lifecycle import T0, finding
 from tests.pipeline.fakes import Clock, FakeTopic, events, faust_acks, run, spin
-from trainguard.pipeline.alerts import AlertConfig, AlertLifecycle, Silence
+from trainguard.pipeline.alerts import AlertLifecycle, AlertLifecycleConfig, Silence
 from trainguard.pipeline.alerts.alert_job import AlertJob, key_partition
 from trainguard.pipeline.alerts.delivery_job import DeliveryJob
 from trainguard.pipeline.offsets import HeldOffsets
@@ -49,7 +49,7 @@ class Store:
 def _job(store: Store, alerts: FakeTopic, dead: FakeTopic, clock: Clock,
          partitions: int = 3) -> AlertJob:
     pub = Publisher("w", dead_letters=dead, alerts=alerts)
-    return AlertJob(AlertConfig(), pub, store.write, findings_topic="findings",
+    return AlertJob(AlertLifecycleConfig(), pub, store.write, findings_topic="findings",
                     partitions=partitions, read_open=store.read_open,
                     read_silences=store.read_silences, clock=clock)
 
@@ -88,7 +88,8 @@ def test_tick_resolves_on_event_time_when_it_runs_ahead_of_the_wall_clock() -> N
     async def main() -> None:
         store, alerts = Store(), FakeTopic()
         pub = Publisher("w", dead_letters=FakeTopic(), alerts=alerts)
-        job = AlertJob(AlertConfig(), pub, store.write, findings_topic="findings", partitions=3,
+        job = AlertJob(AlertLifecycleConfig(), pub, store.write, findings_topic="findings",
+                       partitions=3,
                        read_open=store.read_open, read_silences=store.read_silences,
                        event_now=lambda: T0 + 1000, clock=Clock(T0))
         await job.handle(events("findings", [0], values=[encode(finding())]))

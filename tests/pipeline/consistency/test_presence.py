@@ -80,7 +80,7 @@ def test_a_rank_falling_behind_the_job_is_skewed_not_missing():
     f = first(found)[0]
     assert (f.ranks, f.nodes) == ([3], ["node-00"])
     assert f.expected - f.observed == 5  # flagged as soon as it is 5 steps behind
-    assert stage.late_records > 0
+    assert stage.stats()["late_records"] > 0
 
 
 def test_a_rank_trailing_within_the_wait_is_skewed_in_event_time():

@@ -128,7 +128,7 @@ def test_a_record_for_a_closed_step_is_counted_late_and_ignored():
     feed(stage, [job.step(s) for s in range(1, 20)])
     duplicate = job.step(5, over={1: {"param_checksum": "late-and-wrong"}})
     assert stage.observe(duplicate) == []
-    assert stage.late_records == 8
+    assert stage.stats()["late_records"] == 8
 
 
 def test_bare_step_records_are_assembled_too():

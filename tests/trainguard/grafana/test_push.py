@@ -21,13 +21,11 @@ from grafana_client import GrafanaApi
 from grafana_client.client import GrafanaBadInputError, GrafanaClientError
 
 from tests.trainguard.grafana.fake_grafana import TOKEN, VIEWER_TOKEN, FakeGrafana
-from trainguard import __version__
+from trainguard import __version__, envvars
 from trainguard.errors import ConfigError, TrainguardError
 from trainguard.grafana.push import (
     DATASOURCE_TYPE,
     DATASOURCE_UID,
-    GRAFANA_TOKEN_ENV,
-    GRAFANA_URL_ENV,
     GrafanaAuthError,
     GrafanaConflictError,
     GrafanaError,
@@ -366,8 +364,8 @@ def test_command_takes_secrets_from_env_and_never_prints_them(
     grafana: FakeGrafana, dashboards_dir: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv(GRAFANA_URL_ENV, grafana.url)
-    monkeypatch.setenv(GRAFANA_TOKEN_ENV, TOKEN)
+    monkeypatch.setenv(envvars.GRAFANA_URL, grafana.url)
+    monkeypatch.setenv(envvars.GRAFANA_TOKEN, TOKEN)
     monkeypatch.setenv("CLICKHOUSE_RO_PASSWORD", "s3cret-ro")
     with pytest.raises(SystemExit):
         parse(["push", "--help"])
@@ -404,9 +402,9 @@ def test_command_reaches_grafana_under_a_sub_path(dashboards_dir: Path) -> None:
 def test_command_without_token_says_where_to_put_it(
     dashboards_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(GRAFANA_TOKEN_ENV, raising=False)
+    monkeypatch.delenv(envvars.GRAFANA_TOKEN, raising=False)
     args = parse(["push", "--dashboards", str(dashboards_dir)])
-    with pytest.raises(ConfigError, match=GRAFANA_TOKEN_ENV):
+    with pytest.raises(ConfigError, match=envvars.GRAFANA_TOKEN):
         args.func(args)
 
 

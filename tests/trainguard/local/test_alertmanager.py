@@ -2,7 +2,7 @@
 
 The tests marked ``integration`` run the Debian package's ``prometheus-alertmanager``
 (``make alertmanager`` installs it) with the shipped ``alertmanager.yml`` and a
-:class:`WebhookReceiver` as both receivers; the others need neither.
+:class:`RecordingWebhookServer` as both receivers; the others need neither.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from trainguard.local.alertmanager import (
     find_amtool,
     render_config,
 )
-from trainguard.local.webhook_receiver import AlertmanagerNotification, WebhookReceiver
+from trainguard.local.webhook_server import AlertmanagerNotification, RecordingWebhookServer
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # Must match route.group_interval in infra/alertmanager/alertmanager.yml.
@@ -75,7 +75,7 @@ def _about(
     return match
 
 
-def _count(rx: WebhookReceiver, fingerprint: str, status: str = "firing") -> int:
+def _count(rx: RecordingWebhookServer, fingerprint: str, status: str = "firing") -> int:
     return sum(1 for n in rx.notifications() if _about(fingerprint, status)(n))
 
 
@@ -184,14 +184,14 @@ def test_shipped_routes_send_severity_to_the_right_receiver(severity: str, recei
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as rx:
+def receiver() -> Iterator[RecordingWebhookServer]:
+    with RecordingWebhookServer() as rx:
         yield rx
 
 
 @pytest.fixture(scope="module")
 def alertmanager(
-    receiver: WebhookReceiver, tmp_path_factory: pytest.TempPathFactory
+    receiver: RecordingWebhookServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalAlertmanager]:
     am = LocalAlertmanager(receiver.url_for("/pager"), receiver.url_for("/tickets"),
                            data_dir=tmp_path_factory.mktemp("alertmanager"))
@@ -200,7 +200,7 @@ def alertmanager(
 
 
 @pytest.fixture
-def rx(receiver: WebhookReceiver) -> Iterator[WebhookReceiver]:
+def rx(receiver: RecordingWebhookServer) -> Iterator[RecordingWebhookServer]:
     """The module's receiver, guaranteed up and answering 200 after each test."""
     yield receiver
     receiver.respond_with(200)
@@ -209,7 +209,7 @@ def rx(receiver: WebhookReceiver) -> Iterator[WebhookReceiver]:
 
 @pytest.mark.integration
 def test_firing_alert_is_notified_once_despite_resends(
-    alertmanager: LocalAlertmanager, rx: WebhookReceiver
+    alertmanager: LocalAlertmanager, rx: RecordingWebhookServer
 ) -> None:
     fp, started = _new_fingerprint(), datetime.now(UTC)
     _post_alerts(alertmanager, [_alert(fp, starts_at=started)])
@@ -231,7 +231,7 @@ def test_firing_alert_is_notified_once_despite_resends(
 
 @pytest.mark.integration
 def test_alert_with_past_ends_at_sends_a_resolved_notification(
-    alertmanager: LocalAlertmanager, rx: WebhookReceiver
+    alertmanager: LocalAlertmanager, rx: RecordingWebhookServer
 ) -> None:
     fp, started = _new_fingerprint(), datetime.now(UTC) - timedelta(seconds=1)
     _post_alerts(alertmanager, [_alert(fp, starts_at=started)])
@@ -250,7 +250,7 @@ def test_alert_with_past_ends_at_sends_a_resolved_notification(
 @pytest.mark.integration
 @pytest.mark.parametrize("severity", ["ticket", "info"])
 def test_non_page_alerts_go_to_the_tickets_receiver(
-    alertmanager: LocalAlertmanager, rx: WebhookReceiver, severity: str
+    alertmanager: LocalAlertmanager, rx: RecordingWebhookServer, severity: str
 ) -> None:
     fp = _new_fingerprint()
     _post_alerts(alertmanager, [_alert(fp, severity=severity, starts_at=datetime.now(UTC))])
@@ -261,7 +261,7 @@ def test_non_page_alerts_go_to_the_tickets_receiver(
 
 @pytest.mark.integration
 def test_alert_posted_while_the_receiver_is_down_arrives_after_it_returns(
-    alertmanager: LocalAlertmanager, rx: WebhookReceiver
+    alertmanager: LocalAlertmanager, rx: RecordingWebhookServer
 ) -> None:
     fp = _new_fingerprint()
     rx.stop()
@@ -277,7 +277,7 @@ def test_alert_posted_while_the_receiver_is_down_arrives_after_it_returns(
 
 @pytest.mark.integration
 def test_alert_answered_with_503_is_retried_until_accepted(
-    alertmanager: LocalAlertmanager, rx: WebhookReceiver
+    alertmanager: LocalAlertmanager, rx: RecordingWebhookServer
 ) -> None:
     fp = _new_fingerprint()
     rx.respond_with(503, for_s=2.0)
@@ -292,7 +292,7 @@ def test_alert_answered_with_503_is_retried_until_accepted(
 
 @pytest.mark.integration
 def test_restart_on_the_same_port_serves_new_alerts(
-    alertmanager: LocalAlertmanager, rx: WebhookReceiver
+    alertmanager: LocalAlertmanager, rx: RecordingWebhookServer
 ) -> None:
     port = alertmanager.port
     alertmanager.stop()
@@ -308,7 +308,7 @@ def test_restart_on_the_same_port_serves_new_alerts(
 
 @pytest.mark.integration
 def test_report_post_to_webhook_latency(
-    alertmanager: LocalAlertmanager, rx: WebhookReceiver, capsys: pytest.CaptureFixture[str]
+    alertmanager: LocalAlertmanager, rx: RecordingWebhookServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Prints, does not assert, how long a new alert takes from POST to the webhook."""
     latencies = []

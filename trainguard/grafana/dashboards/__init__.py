@@ -22,14 +22,13 @@ Every panel is one ClickHouse query for the ``grafana-clickhouse-datasource`` pl
 
 from __future__ import annotations
 
-from trainguard.grafana.dashboards._sql import CHECKS
 from trainguard.grafana.dashboards.alerts import ALERTS
 from trainguard.grafana.dashboards.fleet import FLEET
 from trainguard.grafana.dashboards.job import JOB
 from trainguard.grafana.dashboards.pipeline import PIPELINE
 from trainguard.grafana.model import Dashboard
 
-__all__ = ["CHECKS", "UIDS", "all_dashboards"]
+__all__ = ["UIDS", "all_dashboards"]
 
 #: The dashboards' stable uids (links and alert URLs point at them), in order.
 UIDS = ("trainguard-fleet", "trainguard-job", "trainguard-alerts", "trainguard-pipeline")

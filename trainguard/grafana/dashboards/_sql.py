@@ -8,16 +8,8 @@ from __future__ import annotations
 
 import textwrap
 
-__all__ = ["CHECKS", "FAR_FUTURE", "HB_WHERE", "increase", "open_counts", "sql", "window"]
+__all__ = ["FAR_FUTURE", "HB_WHERE", "increase", "open_counts", "sql", "window"]
 
-#: The consistency checks (``findings.check``), one row each on the job dashboard's
-#: timeline; kept equal to :data:`trainguard.pipeline.consistency.CHECKS` by a test (importing it
-#: here would pull numpy into ``trainguard grafana render``).
-CHECKS = (
-    "checkpoint_digest", "code_fingerprint", "gpu_throttled", "grad_norm_mismatch",
-    "job_stalled", "local_grad_outlier", "loss_outlier", "lr_mismatch", "node_idle",
-    "param_divergence", "rank_missing", "seed_mismatch", "step_skew", "straggler",
-)
 #: Stands in for "not cleared / not resolved yet" in interval overlaps.
 FAR_FUTURE = "toDateTime64('2100-01-01 00:00:00', 3, 'UTC')"
 

@@ -7,8 +7,9 @@ The alerts link here as ``/d/trainguard-job?var-job=...&var-node=...``, and
 
 from __future__ import annotations
 
-from trainguard.grafana.dashboards._sql import CHECKS, FAR_FUTURE, open_counts, sql
+from trainguard.grafana.dashboards._sql import FAR_FUTURE, open_counts, sql
 from trainguard.grafana.model import Dashboard, Panel, Variable
+from trainguard.schemas.records import CHECK_NAMES
 
 __all__ = ["JOB"]
 
@@ -73,7 +74,7 @@ JOB = Dashboard(
         Panel("Consistency checks", "state-timeline", width=24, height=10,
               description="Open findings of each cross-rank check per interval (0: passing). "
                           "A finding is open from first seen until cleared.",
-              columns=("time", *CHECKS), sql=sql(f"""
+              columns=("time", *CHECK_NAMES), sql=sql(f"""
             WITH (
                 SELECT groupArray((check, toUInt32(first_seen),
                     toUInt32(ifNull(cleared_at, {FAR_FUTURE}))))
@@ -82,7 +83,7 @@ JOB = Dashboard(
             ) AS found
             SELECT time,
                 @counts
-            FROM (@grid) ORDER BY time""", counts=open_counts("found", CHECKS))),
+            FROM (@grid) ORDER BY time""", counts=open_counts("found", CHECK_NAMES))),
         Panel("Parameters differing from their replicas", "timeseries", unit="short",
               series="rank",
               description="1 when a rank's parameter checksum differs from the one most of "

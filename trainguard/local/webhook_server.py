@@ -1,14 +1,14 @@
 """A local HTTP endpoint that records the webhooks POSTed to it, Alertmanager's above all.
 
 Tests, the demo and the notification-latency benchmark point an Alertmanager (or any
-webhook sender) at a :class:`WebhookReceiver`: an ``http.server`` on 127.0.0.1 in a
+webhook sender) at a :class:`RecordingWebhookServer`: an ``http.server`` on 127.0.0.1 in a
 background thread that records every POST (path, headers, body, wall-clock arrival
 time) and parses Alertmanager's webhook payload (version "4") into
 :class:`AlertmanagerNotification`. Outages are simulated two ways: :meth:`stop` then
 :meth:`start` again on the same port (connection refused meanwhile), or
 :meth:`respond_with` to answer e.g. 503 for a while (the sender gets an error reply).
 
->>> with WebhookReceiver() as rx:  # doctest: +SKIP
+>>> with RecordingWebhookServer() as rx:  # doctest: +SKIP
 ...     ...  # point a sender at rx.url_for("/pager"), e.g. a LocalAlertmanager
 ...     req = rx.wait_for_notification(lambda n: n.status == "firing", timeout=10)
 """
@@ -33,7 +33,7 @@ __all__ = [
     "AlertmanagerAlert",
     "AlertmanagerNotification",
     "ReceivedRequest",
-    "WebhookReceiver",
+    "RecordingWebhookServer",
     "parse_timestamp",
 ]
 
@@ -165,7 +165,7 @@ class ReceivedRequest:
     #: Wall-clock arrival time (``time.time()``, or the injected clock), after the body
     #: was read: comparable with a sender's ``time.time()`` on the same host.
     received_at: float
-    #: The HTTP status the receiver answered (see :meth:`WebhookReceiver.respond_with`).
+    #: The HTTP status the receiver answered (see :meth:`RecordingWebhookServer.respond_with`).
     status_code: int
     #: The decoded JSON body, or ``None`` if the body was not JSON.
     json: Any = None
@@ -178,7 +178,7 @@ class ReceivedRequest:
         return 200 <= self.status_code < 300
 
 
-class WebhookReceiver:
+class RecordingWebhookServer:
     """Records webhook POSTs on ``127.0.0.1:<port>``; start/stop-able on the same port.
 
     ``port=0`` picks a free port on the first :meth:`start`, and later starts reuse it,
@@ -247,7 +247,7 @@ class WebhookReceiver:
         """True between :meth:`start` and :meth:`stop`."""
         return self._server is not None
 
-    def __enter__(self) -> WebhookReceiver:
+    def __enter__(self) -> RecordingWebhookServer:
         self.start()
         return self
 

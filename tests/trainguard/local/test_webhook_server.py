@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from trainguard.errors import TrainguardError
-from trainguard.local.webhook_receiver import (
+from trainguard.local.webhook_server import (
     AlertmanagerNotification,
-    WebhookReceiver,
+    RecordingWebhookServer,
     parse_timestamp,
 )
 
@@ -65,15 +65,15 @@ def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> int:
 
 
 @pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    rx = WebhookReceiver()
+def receiver() -> Iterator[RecordingWebhookServer]:
+    rx = RecordingWebhookServer()
     with rx:
         yield rx
 
 
 def test_post_is_recorded_with_path_headers_body_and_arrival_time() -> None:
     clock = FakeClock(1234.5)
-    with WebhookReceiver(clock=clock) as rx:
+    with RecordingWebhookServer(clock=clock) as rx:
         status = _post(rx.url_for("/hook/a"), b'{"x": 1}', {"X-Token": "t"})
         [req] = rx.received()
     assert status == 200
@@ -85,7 +85,7 @@ def test_post_is_recorded_with_path_headers_body_and_arrival_time() -> None:
     assert req.accepted and req.notification is None
 
 
-def test_alertmanager_payload_is_parsed(receiver: WebhookReceiver) -> None:
+def test_alertmanager_payload_is_parsed(receiver: RecordingWebhookServer) -> None:
     _post(receiver.url_for("/pager"), json.dumps(AM_PAYLOAD).encode())
     [note] = receiver.notifications()
     assert (note.version, note.status, note.receiver) == ("4", "firing", "pager")
@@ -99,7 +99,7 @@ def test_alertmanager_payload_is_parsed(receiver: WebhookReceiver) -> None:
 
 
 def test_non_alertmanager_json_is_recorded_without_a_notification(
-    receiver: WebhookReceiver,
+    receiver: RecordingWebhookServer,
 ) -> None:
     _post(receiver.url, json.dumps({**AM_PAYLOAD, "version": "3"}).encode())
     _post(receiver.url, b"not json")
@@ -127,12 +127,12 @@ def test_parse_timestamp_handles_nanoseconds_offsets_and_go_zero_time() -> None:
         parse_timestamp("2026-01-02T03:04:05")
 
 
-def test_wait_for_returns_a_request_already_received(receiver: WebhookReceiver) -> None:
+def test_wait_for_returns_a_request_already_received(receiver: RecordingWebhookServer) -> None:
     _post(receiver.url_for("/a"), b"{}")
     assert receiver.wait_for(lambda r: r.path == "/a", timeout=0.1).path == "/a"
 
 
-def test_wait_for_wakes_when_a_matching_request_arrives(receiver: WebhookReceiver) -> None:
+def test_wait_for_wakes_when_a_matching_request_arrives(receiver: RecordingWebhookServer) -> None:
     timer = threading.Timer(0.2, _post, args=(receiver.url_for("/late"), b"{}"))
     timer.start()
     try:
@@ -142,7 +142,7 @@ def test_wait_for_wakes_when_a_matching_request_arrives(receiver: WebhookReceive
     assert req.path == "/late"
 
 
-def test_wait_for_times_out_listing_what_arrived(receiver: WebhookReceiver) -> None:
+def test_wait_for_times_out_listing_what_arrived(receiver: RecordingWebhookServer) -> None:
     _post(receiver.url_for("/other"), b"{}")
     with pytest.raises(TimeoutError, match=r"received 1: \['/other -> 200"):
         receiver.wait_for(lambda r: r.path == "/never", timeout=0.2)
@@ -150,7 +150,7 @@ def test_wait_for_times_out_listing_what_arrived(receiver: WebhookReceiver) -> N
 
 def test_respond_with_503_fails_posts_until_the_period_ends() -> None:
     mono = FakeClock(0.0)
-    with WebhookReceiver(monotonic=mono) as rx:
+    with RecordingWebhookServer(monotonic=mono) as rx:
         rx.respond_with(503, for_s=60)
         assert _post(rx.url, json.dumps(AM_PAYLOAD).encode()) == 503
         mono.now = 61.0
@@ -161,7 +161,7 @@ def test_respond_with_503_fails_posts_until_the_period_ends() -> None:
     assert len(rx.notifications()) == 1  # only the accepted one
 
 
-def test_respond_with_200_restores_service_at_once(receiver: WebhookReceiver) -> None:
+def test_respond_with_200_restores_service_at_once(receiver: RecordingWebhookServer) -> None:
     receiver.respond_with(500)
     assert _post(receiver.url, b"{}") == 500
     receiver.respond_with(200)
@@ -169,7 +169,7 @@ def test_respond_with_200_restores_service_at_once(receiver: WebhookReceiver) ->
 
 
 def test_stopped_receiver_refuses_then_serves_again_on_the_same_port(
-    receiver: WebhookReceiver,
+    receiver: RecordingWebhookServer,
 ) -> None:
     port = receiver.port
     _post(receiver.url, b"{}")
@@ -183,7 +183,7 @@ def test_stopped_receiver_refuses_then_serves_again_on_the_same_port(
     assert len(receiver.received()) == 2  # kept across the restart
 
 
-def test_clear_forgets_received_requests(receiver: WebhookReceiver) -> None:
+def test_clear_forgets_received_requests(receiver: RecordingWebhookServer) -> None:
     _post(receiver.url, b"{}")
     receiver.clear()
     assert receiver.received() == []
@@ -191,10 +191,10 @@ def test_clear_forgets_received_requests(receiver: WebhookReceiver) -> None:
 
 def test_url_before_first_start_is_an_error() -> None:
     with pytest.raises(TrainguardError, match="call start"):
-        _ = WebhookReceiver().url
+        _ = RecordingWebhookServer().url
 
 
 @pytest.mark.parametrize("bad", [99, 600, True])
-def test_respond_with_rejects_a_non_http_status(receiver: WebhookReceiver, bad: int) -> None:
+def test_respond_with_rejects_a_non_http_status(receiver: RecordingWebhookServer, bad: int) -> None:
     with pytest.raises(TrainguardError, match="expected 200-599"):
         receiver.respond_with(bad)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from trainguard.agents.settings import load_agent_config
+from trainguard.agents.config_loader import load_agent_config
 from trainguard.errors import ConfigError
 
 TOML = """

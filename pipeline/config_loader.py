@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trainguard.errors import ConfigError
-from trainguard.pipeline.alerts.config import AlertConfig
+from trainguard.pipeline.alerts.config import AlertLifecycleConfig
 from trainguard.pipeline.alerts.receivers import parse_receivers
 from trainguard.pipeline.config import AlertingConfig
 
@@ -45,13 +45,13 @@ def alerting_from_dict(data: dict[str, Any], *, source: str = "worker config") -
     alerts = data.get("alerts", {})
     if not isinstance(alerts, dict):
         raise ConfigError(f"{source}: [alerts] must be a table, got {type(alerts).__name__}")
-    lifecycle_keys = {f.name for f in fields(AlertConfig)}
+    lifecycle_keys = {f.name for f in fields(AlertLifecycleConfig)}
     bad = sorted(set(alerts) - lifecycle_keys - _ALERTING_KEYS)
     if bad:
         raise ConfigError(f"{source}: unknown key(s) in [alerts]: {', '.join(bad)}; expected "
                           f"some of: {', '.join(sorted(lifecycle_keys | _ALERTING_KEYS))}")
     try:
-        lifecycle = AlertConfig(**{k: v for k, v in alerts.items() if k in lifecycle_keys})
+        lifecycle = AlertLifecycleConfig(**{k: v for k, v in alerts.items() if k in lifecycle_keys})
         receivers = parse_receivers(data.get("receivers", []))
         return AlertingConfig(
             lifecycle=lifecycle, receivers=receivers,
