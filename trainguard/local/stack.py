@@ -169,8 +169,12 @@ class LocalStack:
                         "error=%s", exc)
 
     def close(self) -> None:
-        """Stop what :meth:`start` started: worker, broker, then the pager."""
-        if "worker" in self._started:
+        """Stop what :meth:`start` started: worker, broker, then the pager.
+
+        The worker is stopped whoever started it (tests call ``stack.worker.start()``
+        themselves): a worker left running outlives the broker and spins for hours.
+        """
+        if "worker" in self._started or self.worker.alive():
             self.worker.stop()
             self._out("stream worker stopped")
         if "broker" in self._started and self.broker is not None:

@@ -128,3 +128,17 @@ def test_a_worker_that_exits_early_fails_the_start_names_its_log_and_is_cleaned_
 def test_store_before_the_worker_serves_it_is_an_error(tmp_path):
     with pytest.raises(TrainguardError, match="not serving"):
         _ = LocalStack(tmp_path, bootstrap="b:9092").store
+
+
+def test_a_worker_the_caller_started_itself_is_stopped_with_the_stack(tmp_path, topics_made):
+    # The integration fixtures start the worker through stack.worker.start(); a close that
+    # skipped it left workers spinning for hours after the session's broker was gone.
+    import subprocess
+    import sys
+
+    lines: list[str] = []
+    with LocalStack(tmp_path, bootstrap="b:9092", start_worker=False, out=lines.append) as s:
+        s.worker.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        assert s.worker.alive()
+    assert s.worker.proc.poll() is not None
+    assert lines == ["stream worker stopped"]
