@@ -32,12 +32,18 @@ FUZZ = settings(max_examples=120, deadline=None, derandomize=True,
 TOPICS = Topics("fz")
 SPEC = JobSpec(job_id="job-fz", nodes=2, gpus_per_node=4, tp_size=2, checkpoint_every=10,
                checkpoint_pause_s=1, warmup_steps=3)
+#: A 2-rank job too: with two voters, float noise in an agreement check has no majority.
+PAIR = JobSpec(job_id="job-pair", cluster="sim2", nodes=1, gpus_per_node=2,
+               checkpoint_every=10, checkpoint_pause_s=1, warmup_steps=3, node_prefix="pair")
 
 
 def _simulated() -> list[tuple[str, bytes]]:
     scenario = make_scenario("weight_tamper", SPEC, seed=4, at=12, checkpoint_every=10)
-    emits = JobSimulator(SPEC, scenario, seed=4).run(45)
-    return [(getattr(TOPICS, e.topic), encode(e.record)) for e in emits]
+    big, pair = JobSimulator(SPEC, scenario, seed=4), JobSimulator(PAIR, seed=5)
+    out: list[tuple[str, bytes]] = []
+    for _ in range(45):
+        out += [(getattr(TOPICS, e.topic), encode(e.record)) for e in big.tick() + pair.tick()]
+    return out
 
 
 BASE = _simulated()
@@ -47,15 +53,16 @@ EDGE = st.sampled_from([
     None, 0, 1, -1, 2**16 - 1, 2**20 - 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, 2**64,
     0.0, -0.0, 5e-324, 1e-308, 1e-6, 1.5, 1e15, 1e300, 1.7e308, -1e308, "", "x" * 300,
     "\u202e\u0000", "node-00", "job-fz", [], {}, [None], True, False,
-])
+]).map(lambda v: msgspec.json.decode(msgspec.json.encode(v)))  # a fresh copy each draw
 #: Relative nudges: float noise around the checks' tolerances (1e-6), and gross ones.
-NUDGE = st.sampled_from([1e-12, 5e-7, 1.5e-6, -1.5e-6, 2.5e-6, 1e-3, -0.5, 9.0, -2.0])
+NUDGE = st.sampled_from([1.5e-6, -1.5e-6, 5e-7, 2.5e-6, 1e-12, 1e-3, -0.5, 9.0])
 #: Time shifts: within the checks' waits, across them, far future and far past.
 SHIFT = st.sampled_from([-4e9, -1e6, -3600.0, -5.0, -0.001, 0.001, 3.5, 60.0, 3600.0, 4e9,
                          1e308])
-NUMERIC_STEP_FIELDS = ["loss", "grad_norm", "lr", "local_grad_norm", "compute_time_s",
-                       "step_time_s", "tokens_per_s", "rank", "world_size", "step", "tp_rank",
-                       "pp_rank", "dp_rank", "ts", "gpu_index"]
+#: Floats the cross-rank checks compare (agreement and peer checks).
+FLOAT_STEP_FIELDS = ["lr", "grad_norm", "loss", "local_grad_norm", "compute_time_s"]
+NUMERIC_STEP_FIELDS = [*FLOAT_STEP_FIELDS, "step_time_s", "tokens_per_s", "rank", "world_size",
+                       "step", "tp_rank", "pp_rank", "dp_rank", "ts", "gpu_index"]
 
 
 def _walk(draw: st.DrawFn, node: Any) -> tuple[Any, Any]:
@@ -70,19 +77,25 @@ def _walk(draw: st.DrawFn, node: Any) -> tuple[Any, Any]:
     return node, (draw(st.sampled_from(keys)) if keys else None)
 
 
-def _mutate(draw: st.DrawFn, doc: dict[str, Any]) -> None:
-    op = draw(st.sampled_from(["edge", "nudge", "shift", "drop", "dup", "step_field"]))
-    if op == "step_field" and doc.get("steps"):
-        step = draw(st.sampled_from(doc["steps"]))
-        name = draw(st.sampled_from(NUMERIC_STEP_FIELDS))
-        value = step.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            step[name] = value * (1 + draw(NUDGE)) if draw(st.booleans()) else draw(EDGE)
-        else:
-            step[name] = draw(EDGE)
+def _mutate(draw: st.DrawFn, docs: list[dict[str, Any]]) -> None:
+    """One mutation of one of ``docs``; step-level ones go to a step batch."""
+    op = draw(st.sampled_from(["step_nudge", "step_edge", "edge", "nudge", "shift", "drop",
+                               "dup", "step_nudge"]))
+    steps = [s for d in docs if isinstance(d.get("steps"), list)
+             for s in d["steps"] if isinstance(s, dict)]
+    if op.startswith("step_") and steps:
+        step = draw(st.sampled_from(steps))
+        if op == "step_edge":
+            step[draw(st.sampled_from(NUMERIC_STEP_FIELDS))] = draw(EDGE)
+            return
+        name = draw(st.sampled_from(FLOAT_STEP_FIELDS))
+        if isinstance(step.get(name), float):
+            step[name] *= 1 + draw(NUDGE)
         return
+    doc = draw(st.sampled_from(docs))
     if op == "shift":
-        doc["ts"] = doc.get("ts", 0.0) + draw(SHIFT)
+        ts = doc.get("ts")
+        doc["ts"] = (ts if type(ts) in (int, float) else 0.0) + draw(SHIFT)
         return
     node, key = _walk(draw, doc)
     if key is None:
@@ -105,7 +118,7 @@ def hostile_stream(draw: st.DrawFn) -> list[list[RawMessage]]:
     window = BASE[start:start + draw(st.integers(1, 90))]
     docs = [(topic, msgspec.json.decode(blob)) for topic, blob in window]
     for _ in range(draw(st.integers(1, 8))):
-        _mutate(draw, draw(st.sampled_from(docs))[1])
+        _mutate(draw, [doc for _, doc in docs])
     if draw(st.booleans()):
         i, j = draw(st.integers(0, len(docs) - 1)), draw(st.integers(0, len(docs) - 1))
         docs[i], docs[j] = docs[j], docs[i]
@@ -155,7 +168,7 @@ def hostile_findings(draw: st.DrawFn) -> list[Finding]:
     docs = [msgspec.json.decode(draw(st.sampled_from(FINDINGS)))
             for _ in range(draw(st.integers(1, 12)))]
     for _ in range(draw(st.integers(0, 6))):
-        _mutate(draw, draw(st.sampled_from(docs)))
+        _mutate(draw, docs)
     out = []
     for doc in docs:
         try:

@@ -234,7 +234,12 @@ def step_line(draw: st.DrawFn) -> bytes:
     return line.replace(b"\n", b" ").strip()
 
 
-@FUZZ
+# Known (#13 item 1): StepFileTail._decode lets UnicodeDecodeError (an invalid UTF-8 line)
+# and RecursionError (deep nesting) escape; agents/ is fixed on the agent engineer's branch,
+# after which this passes (XPASS) and the marker goes. Any other exception still fails.
+@pytest.mark.xfail(reason="steps-file parser raises on invalid UTF-8 / deep nesting (agents/)",
+                   raises=(UnicodeDecodeError, RecursionError), strict=False)
+@settings(FUZZ, report_multiple_bugs=False)
 @given(step_line())
 def test_steps_file_lines_parse_or_raise_record_error(tail: StepFileTail, line: bytes) -> None:
     try:
