@@ -101,9 +101,15 @@ def build_app(
         alerting_health = add_alerting(app, config, sink=sink, store=store, executor=executor,
                                        publisher=publisher, event_now=event_now)
 
+    def health() -> dict[str, float]:
+        out = handler.quarantine.health()
+        if alerting_health is not None:
+            out.update(alerting_health())
+        return out
+
     add_health(app, config.health_every_s, HealthProbe(publisher.worker), ingestor, sink,
-               executor, alerting_health)
-    _add_report(app, ingestor, sink)
+               executor, health)
+    _add_report(app, ingestor, sink, handler)
     return app
 
 
@@ -179,12 +185,14 @@ def _add_ingest(app: faust.App, config: WorkerConfig, handler: BatchHandler) -> 
         await handler.close_steps()
 
 
-def _add_report(app: faust.App, ingestor: Ingestor, sink: StoreSink) -> None:
+def _add_report(app: faust.App, ingestor: Ingestor, sink: StoreSink,
+                handler: BatchHandler) -> None:
     """A progress line every 10 s."""
     @app.timer(10.0)
     async def report() -> None:
-        c = sink.counters
+        c, q = sink.counters, handler.quarantine
         log.info(
-            "worker progress records=%d rejected=%d rows=%d lines=%d batches=%d retries=%d "
-            "last_batch_ms=%.1f", ingestor.accepted, sum(ingestor.rejected.values()), c.rows,
-            c.lines, c.batches, c.retries, c.last_batch_s * 1000)
+            "worker progress records=%d rejected=%d stage_errors=%d jobs_reset=%d rows=%d "
+            "lines=%d batches=%d retries=%d last_batch_ms=%.1f", ingestor.accepted,
+            sum(ingestor.rejected.values()), q.total(), q.jobs_reset, c.rows, c.lines,
+            c.batches, c.retries, c.last_batch_s * 1000)

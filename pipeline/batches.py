@@ -6,22 +6,38 @@ baselines and consistency, publish what they found, then start the batch's store
 and hand its events to :class:`~trainguard.pipeline.offsets.HeldOffsets`. The order is
 what makes it at-least-once: everything published for a batch is acknowledged by Kafka
 before its store write starts, and its offsets go only after that write landed.
+
+A stage that raises costs only the records that make it raise
+(:mod:`trainguard.pipeline.quarantine`): the baselines bisect the batch down to them; the
+consistency stage runs job by job, and a job whose checks raise has its state dropped and
+its records of the batch fed again one at a time. Each failing record is a dead letter
+with reason ``stage_error``, published with the batch's.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from trainguard.pipeline.baselines import BaselineStage
 from trainguard.pipeline.consistency import ConsistencyStage
-from trainguard.pipeline.dead_letters import RawMessage
-from trainguard.pipeline.ingest import Ingestor
+from trainguard.pipeline.dead_letters import DeadLetter, RawMessage
+from trainguard.pipeline.ingest import Ingestor, IngestResult
 from trainguard.pipeline.offsets import HeldOffsets
 from trainguard.pipeline.publish import Publisher
+from trainguard.pipeline.quarantine import Quarantine, isolate
 from trainguard.pipeline.sinks.rows import Row
 from trainguard.pipeline.snapshots import StateSnapshots
+from trainguard.schemas.records import (
+    Anomaly,
+    CheckpointEvent,
+    Finding,
+    GpuSampleBatch,
+    Record,
+    StepBatch,
+    StepRecord,
+)
 
 __all__ = ["WRITES_IN_FLIGHT", "BatchHandler", "StoreWrite"]
 
@@ -43,11 +59,14 @@ class BatchHandler:
         self, ingestor: Ingestor, publisher: Publisher, offsets: HeldOffsets, write: StoreWrite,
         *, baselines: BaselineStage | None = None, consistency: ConsistencyStage | None = None,
         snapshots: StateSnapshots | None = None, writes_in_flight: int = WRITES_IN_FLIGHT,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self._ingestor, self._publisher = ingestor, publisher
         self._offsets, self._write = offsets, write
         self._baselines, self._consistency = baselines, consistency
         self._snapshots, self._writes_in_flight = snapshots, writes_in_flight
+        #: Stage failures: counted per stage, logged rate-limited, records dead-lettered.
+        self.quarantine = quarantine if quarantine is not None else Quarantine()
 
     async def handle(self, events: Sequence[Any]) -> None:
         """Process one batch; its offsets are released once its rows are in the store."""
@@ -56,16 +75,16 @@ class BatchHandler:
         self._offsets.hold(events)
         result = self._ingestor.ingest([RawMessage.of(e.message) for e in events])
         await self._publisher.dead_letters(result.dead, result.rows)
+        dead: list[DeadLetter] = []
         if self._baselines is not None:
             if self._snapshots is not None:
                 await self._snapshots.wait_ready()
-            found = self._baselines.observe(result.decoded, result.sources)
-            await self._publisher.anomalies(found, result.rows)
-            if self._baselines.snapshot_due():
-                result.rows["baselines"] = self._baselines.snapshot_rows()
+            await self._publisher.anomalies(self._observe_baselines(result, dead), result.rows)
+            self._snapshot_baselines(result.rows)
         if self._consistency is not None:
-            await self._publisher.findings(self._consistency.observe(result.decoded),
+            await self._publisher.findings(self._observe_consistency(result, dead),
                                            result.rows)
+        await self._publisher.dead_letters(dead, result.rows)
         # Pipelined: the store writes this batch while the next one is decoded and
         # judged. Writes run one at a time, in order, on the store thread.
         self._offsets.add(self._write(result.rows, result.lines), events)
@@ -75,6 +94,65 @@ class BatchHandler:
             # not stored, nor points of a batch that a crash would replay.
             await self._offsets.settle_all()
             await self._snapshots.write()
+
+    def _observe_baselines(self, result: IngestResult, dead: list[DeadLetter]) -> list[Anomaly]:
+        """The batch's anomalies; records the stage raises on are bisected out."""
+        stage = self._baselines
+        assert stage is not None
+        decoded, sources = result.decoded, result.sources
+
+        def run(idx: Sequence[int]) -> list[Anomaly]:
+            if len(idx) == len(decoded):
+                return stage.observe(decoded, sources)
+            return stage.observe([decoded[i] for i in idx], [sources[i] for i in idx])
+
+        def bad(i: int, exc: Exception) -> None:
+            self._dead(dead, "baselines", exc, result, i)
+
+        # Replaying a record is harmless: a bank skips points not after a row's last one.
+        return isolate(run, range(len(decoded)), bad)
+
+    def _snapshot_baselines(self, rows: dict[str, list[Row]]) -> None:
+        stage = self._baselines
+        assert stage is not None
+        try:
+            if stage.snapshot_due():
+                rows["baselines"] = stage.snapshot_rows()
+        except Exception as exc:  # the snapshot table is a convenience; never the worker
+            self.quarantine.failed("baselines_snapshot", exc)
+
+    def _observe_consistency(self, result: IngestResult,
+                             dead: list[DeadLetter]) -> list[Finding]:
+        """The batch's findings, job by job; a job whose checks raise starts over."""
+        stage = self._consistency
+        assert stage is not None
+        decoded = result.decoded
+        out: list[Finding] = []
+        for job_id, idx in _by_job(decoded).items():
+            try:
+                out += stage.observe([decoded[i] for i in idx])
+                continue
+            except Exception as exc:
+                # Its state may be half-updated (a step closed but not checked): drop it
+                # and feed the batch's records again one by one, to find the culprits.
+                self._reset_jobs(_jobs_of(decoded[i] for i in idx), exc)
+            for i in idx:
+                try:
+                    out += stage.observe([decoded[i]])
+                except Exception as exc:
+                    self._reset_jobs(_jobs_of([decoded[i]]), exc, quiet=True)
+                    self._dead(dead, "consistency", exc, result, i, job=job_id)
+        return out
+
+    def _reset_jobs(self, job_ids: list[str], exc: Exception, *, quiet: bool = False) -> None:
+        stage = self._consistency
+        assert stage is not None
+        dropped = [j for j in job_ids if stage.forget(j)]
+        self.quarantine.job_reset("consistency", dropped, exc, quiet=quiet)
+
+    def _dead(self, dead: list[DeadLetter], stage: str, exc: Exception, result: IngestResult,
+              i: int, **context: object) -> None:
+        dead.append(self.quarantine.dead_letter(stage, exc, result.messages[i], **context))
 
     async def stop(self) -> None:
         """Stopping or crashing: release what already landed so its offsets are committed."""
@@ -92,8 +170,36 @@ class BatchHandler:
         """
         if self._consistency is None:
             return
-        found = self._consistency.flush()
+        found = self._consistency.flush(on_error=self._flush_failed)
         if found:
             rows: dict[str, list[Row]] = {}
             await self._publisher.findings(found, rows)
             await self._write(rows, None)
+
+    def _flush_failed(self, job_id: str, exc: Exception) -> None:
+        """A job's checks raised while its expired steps closed: its state was dropped."""
+        self.quarantine.job_reset("consistency", [job_id], exc, quiet=True)
+        self.quarantine.failed("consistency_flush", exc, job=job_id)
+
+
+def _by_job(records: Sequence[Record]) -> dict[str, list[int]]:
+    """Indices of the records the consistency stage reads, per job (in order)."""
+    out: dict[str, list[int]] = {}
+    for i, rec in enumerate(records):
+        if isinstance(rec, StepBatch | StepRecord | CheckpointEvent):
+            out.setdefault(rec.job_id, []).append(i)
+        elif isinstance(rec, GpuSampleBatch) and rec.job_id is not None:
+            out.setdefault(rec.job_id, []).append(i)
+    return out
+
+
+def _jobs_of(records: Iterable[Record]) -> list[str]:
+    """Every job the records touch (an agent may mix jobs in one step batch)."""
+    jobs: dict[str, None] = {}
+    for rec in records:
+        job_id = getattr(rec, "job_id", None)
+        if isinstance(job_id, str):
+            jobs[job_id] = None
+        if isinstance(rec, StepBatch):
+            jobs.update((s.job_id, None) for s in rec.steps)
+    return list(jobs)

@@ -42,6 +42,8 @@ class IngestResult:
     #: partition (``topic:partition``) each came from.
     decoded: list[Record] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    #: The message each decoded record came from (what a later stage dead-letters).
+    messages: list[RawMessage] = field(default_factory=list)
 
     @property
     def records(self) -> int:
@@ -83,6 +85,7 @@ class Ingestor:
                     result.rows[table].append(row)
             result.decoded.append(record)
             result.sources.append(partition_key(msg.topic, msg.partition))
+            result.messages.append(msg)
         self.accepted += result.records
         return result
 

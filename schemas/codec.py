@@ -3,7 +3,10 @@
 Decoding never raises anything but :class:`RecordError`, whose ``reason`` is one of a
 small fixed set (used as the dead-letter reason and as a metric label) and whose
 message says what was wrong and where, e.g.
-``Expected `float` >= 0, got `-3.0` - at `$.gpus[0].power_w```.
+``Expected `float` >= 0, got `-3.0` - at `$.gpus[0].power_w```. That holds for hostile
+bytes too: a string that is not valid UTF-8 is ``not_json`` (msgspec raises
+``UnicodeDecodeError`` for it, not ``DecodeError``), and JSON nested deeper than the
+decoder's recursion allows (even inside an ignored unknown field) is ``invalid``.
 """
 
 from __future__ import annotations
@@ -78,8 +81,8 @@ class RecordDecoder(Generic[T]):
             record = self._decoder.decode(data)
         except msgspec.ValidationError as exc:
             raise self._classify(data, exc) from None
-        except msgspec.DecodeError as exc:
-            raise RecordError("not_json", str(exc)) from None
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise _undecodable(exc) from None
         version = getattr(record, "schema_version", SCHEMA_VERSION)
         if version > SCHEMA_VERSION:
             raise RecordError(
@@ -92,7 +95,8 @@ class RecordDecoder(Generic[T]):
         """Turn a validation failure into the most useful reason (error path only)."""
         try:
             env = _envelope_decoder.decode(data)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError,
+                RecursionError):
             return RecordError("invalid", f"{exc} (expected a JSON object of {self._type_name})")
         if isinstance(env.schema_version, int) and env.schema_version > SCHEMA_VERSION:
             return RecordError(
@@ -104,3 +108,16 @@ class RecordDecoder(Generic[T]):
                 "wrong_kind", f"kind {env.kind!r} is not a record of type {self._type_name}"
             )
         return RecordError("invalid", str(exc))
+
+
+def _undecodable(exc: Exception) -> RecordError:
+    """The reason for bytes msgspec could not parse at all."""
+    if isinstance(exc, RecursionError):
+        # msgspec recurses once per nesting level, unknown fields included, and stops at
+        # the interpreter's recursion limit: no record is nested anywhere near that deep.
+        return RecordError("invalid", "JSON nested too deeply to decode")
+    if isinstance(exc, UnicodeDecodeError):
+        return RecordError(
+            "not_json", f"invalid UTF-8 at byte {exc.start}: {exc.reason} (JSON must be UTF-8)"
+        )
+    return RecordError("not_json", str(exc))

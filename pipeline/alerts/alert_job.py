@@ -6,6 +6,8 @@ jobs, in order. Each batch's state changes go to the alerts topic (acknowledged 
 Kafka) and then to the ``alerts`` table before the batch returns, so the findings'
 offsets are acknowledged only after both. When partitions move, the new owner restores
 the alerts its predecessor left firing (from the store), so nobody is paged twice.
+A finding the lifecycle raises on is a dead letter with reason ``stage_error``; the
+others of its batch still change alerts (:mod:`trainguard.pipeline.quarantine`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from trainguard.pipeline.alerts.config import AlertLifecycleConfig, Silence
 from trainguard.pipeline.alerts.lifecycle import AlertLifecycle
 from trainguard.pipeline.dead_letters import DeadLetter, RawMessage
 from trainguard.pipeline.publish import Publisher
+from trainguard.pipeline.quarantine import Quarantine
 from trainguard.pipeline.sinks.rows import Row
 from trainguard.schemas.codec import RecordDecoder, RecordError
 from trainguard.schemas.records import Alert, Finding
@@ -77,6 +80,8 @@ class AlertJob:
         # would page again for an alert the previous owner already sent.
         self._ready = asyncio.Event()
         self._ready.set()
+        #: Findings the lifecycle raised on (dead letters) and failed ticks, counted.
+        self.quarantine = Quarantine()
 
     def lifecycle(self, partition: int) -> AlertLifecycle:
         """The lifecycle of one findings partition, created with the current silences."""
@@ -113,23 +118,42 @@ class AlertJob:
     async def handle(self, events: Sequence[Any]) -> None:
         """Feed one batch of findings events to their lifecycles; publish what changed."""
         await self._ready.wait()
-        by_part: dict[int, list[Finding]] = {}
+        by_part: dict[int, list[tuple[Any, Finding]]] = {}
         for e in events:
             try:
                 finding = self._decoder.decode(e.message.value)
             except RecordError as exc:
                 await reject(self._publisher, self._write, e.message, exc)
                 continue
-            by_part.setdefault(e.message.partition, []).append(finding)
+            by_part.setdefault(e.message.partition, []).append((e.message, finding))
         changes: list[Alert] = []
+        dead: list[DeadLetter] = []
         for part, found in by_part.items():
-            changes += self.lifecycle(part).observe_findings(found)
+            lc = self.lifecycle(part)
+            # One finding at a time: a finding the lifecycle raises on is a dead letter
+            # and costs nothing else (a whole-list call would lose the others' changes).
+            for message, finding in found:
+                try:
+                    changes += lc.observe_findings([finding])
+                except Exception as exc:
+                    dead.append(self.quarantine.dead_letter(
+                        "alerts", exc, RawMessage.of(message), finding_id=finding.finding_id))
+        if dead:
+            rows: dict[str, list[Row]] = {}
+            await self._publisher.dead_letters(dead, rows)
+            await self._write(rows)
         await self._publish(changes)
 
     async def tick(self) -> None:
         """Advance every lifecycle to now (event time, or the wall clock if later)."""
         now = max(self._clock(), self._event_now())
-        await self._publish([a for lc in list(self.lifecycles.values()) for a in lc.tick(now)])
+        changes: list[Alert] = []
+        for part, lc in list(self.lifecycles.items()):
+            try:
+                changes += lc.tick(now)
+            except Exception as exc:  # one partition's bug must not stop the others' alerts
+                self.quarantine.failed("alerts_tick", exc, partition=part)
+        await self._publish(changes)
 
     async def refresh_silences(self) -> None:
         """Re-read the active silences; on a store error the old set stays."""

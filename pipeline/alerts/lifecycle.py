@@ -218,7 +218,7 @@ class AlertLifecycle:
             labels["rate_limited"] = "true"
         labels["severity"] = severity
         state = _State(
-            obs=obs, alert_id=f"{obs.fingerprint}-{round(start * 1000)}", severity=severity,
+            obs=obs, alert_id=f"{obs.fingerprint}-{_millis(start)}", severity=severity,
             labels=labels, starts_at=start, last_seen=start, fires=fires, held=held,
         )
         self._alerts.pop(obs.fingerprint, None)
@@ -318,5 +318,10 @@ class AlertLifecycle:
         node = quote(obs.node, safe="") if obs.node is not None else "$__all"
         return (
             f"{base}/d/trainguard-job?var-job={job}&var-node={node}"
-            f"&from={round(first * 1000)}&to={round(last * 1000)}"
+            f"&from={_millis(first)}&to={_millis(last)}"
         )
+
+
+def _millis(t: float) -> str:
+    """Epoch milliseconds as digits; ``inf`` rather than an OverflowError for absurd times."""
+    return f"{t * 1000:.0f}"

@@ -83,6 +83,8 @@ def add_alerting(
 
     def health() -> dict[str, float]:
         out = {"alerts_firing": float(job.firing())}
+        out.update({f"alert_{k}": v for k, v in job.quarantine.health().items()
+                    if k.startswith("stage_errors_")})
         if delivery is not None:
             out.update(delivery.health())
         return out

@@ -14,7 +14,7 @@ silent for ``job_idle_s`` of event time is forgotten.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from trainguard.pipeline.consistency.config import ConsistencyConfig
 from trainguard.pipeline.consistency.job import JobState
@@ -81,20 +81,40 @@ class ConsistencyStage:
         self._expire()
         return out
 
-    def flush(self, now: float | None = None) -> list[Finding]:
+    def flush(self, now: float | None = None,
+              on_error: Callable[[str, Exception], None] | None = None) -> list[Finding]:
         """Close every open step whose wait expired at event time ``now``.
 
         ``now`` defaults to the stage's watermark (the largest event time of any job). Pass
         an *event* time: a wall clock ahead of replayed data would close steps before
-        their ranks' records arrive.
+        their ranks' records arrive. With ``on_error``, a job whose checks raise is
+        forgotten and reported to ``on_error(job_id, exc)``; the other jobs still close.
         """
         at = self.watermark if now is None else now
         out: list[Finding] = []
         for job in list(self.jobs.values()):
             if job.asm.open_steps:
-                out += job.close(max(at, job.asm.watermark))
+                try:
+                    out += job.close(max(at, job.asm.watermark))
+                except Exception as exc:
+                    if on_error is None:
+                        raise
+                    self.forget(job.job_id)
+                    on_error(job.job_id, exc)
         self._expire()
         return out
+
+    def forget(self, job_id: str) -> bool:
+        """Drop one job's state (its counters are kept); False if it was not known.
+
+        What the worker does when a check raised on the job: state left half-updated by
+        the failure would make its next records fail again.
+        """
+        job = self.jobs.get(job_id)
+        if job is None:
+            return False
+        self._retire(job)
+        return True
 
     def open_findings(self, job_id: str | None = None) -> list[Finding]:
         """Findings whose culprits are still blamed (of one job, or of every job)."""

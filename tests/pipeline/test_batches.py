@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pytest
+
 from tests.pipeline.alerts.test_lifecycle import finding
 from tests.pipeline.fakes import FakeEvent, FakeTopic, anomaly, events, faust_acks, run, spin
 from tests.pipeline.test_ingest import TOPICS, _batch
@@ -13,7 +15,8 @@ from trainguard.pipeline.batches import BatchHandler
 from trainguard.pipeline.ingest import Ingestor
 from trainguard.pipeline.offsets import HeldOffsets
 from trainguard.pipeline.publish import Publisher
-from trainguard.schemas.codec import encode
+from trainguard.schemas.codec import RecordDecoder, encode
+from trainguard.schemas.records import Finding
 
 
 class Writes:
@@ -166,7 +169,7 @@ class _Consistency:
     def observe(self, decoded: Sequence[Any]) -> list[Any]:
         return []
 
-    def flush(self) -> list[Any]:
+    def flush(self, on_error: Any = None) -> list[Any]:
         out, self.pending = self.pending, []
         return out
 
@@ -183,5 +186,156 @@ def test_close_steps_publishes_expired_findings_then_stores_them() -> None:
         assert len(writes.calls[0][0]["findings"]) == 1
         await handler.close_steps()  # nothing left: no write
         assert len(writes.calls) == 1
+
+    run(main())
+
+
+# -- quarantine: a stage that raises costs only the records that trigger it ---------------
+
+
+class _BaselinesFailingOn:
+    """Baselines with a bug: raises on any call that includes the sample batch of ``node``."""
+
+    def __init__(self, node: str) -> None:
+        self.node, self.calls = node, 0
+
+    def observe(self, decoded: Sequence[Any], sources: Sequence[str]) -> list[Any]:
+        self.calls += 1
+        if any(getattr(r, "node", None) == self.node for r in decoded):
+            raise ZeroDivisionError(f"bug on {self.node}")
+        return [anomaly(entity=f"{r.node}/0", node=r.node) for r in decoded]
+
+    def snapshot_due(self) -> bool:
+        return False
+
+
+def test_a_baselines_bug_on_one_record_dead_letters_it_and_the_others_still_yield() -> None:
+    async def main() -> None:
+        topics, writes = Topics(), Writes()
+        stage = _BaselinesFailingOn("n-bad")
+        handler, _ = _handler(topics, writes, baselines=stage)
+        nodes = [f"n{i}" for i in range(7)]
+        nodes.insert(5, "n-bad")
+        values = [encode(_batch(node=n)) for n in nodes]
+        task = asyncio.create_task(_handle(handler, events(TOPICS.samples, range(8),
+                                                           values=values)))
+        await spin()
+        writes.futures[0].set_result(1)
+        await task
+        assert sorted(s.key for s in topics.anomalies.sent) == sorted(
+            f"{n}/0".encode() for n in nodes if n != "n-bad")
+        [dead] = topics.dead.sent
+        headers = dict(dead.headers)
+        assert dead.value == values[5] and headers["tg.error.reason"] == b"stage_error"
+        assert headers["tg.source.offset"] == b"5"
+        assert b"baselines" in headers["tg.error.message"]
+        assert b"ZeroDivisionError" in headers["tg.error.message"]
+        [row] = writes.calls[0][0]["dead_letters"]
+        assert row["reason"] == "stage_error" and row["offset"] == 5
+        assert handler.quarantine.errors == {"baselines": 1}
+        assert handler.quarantine.health()["stage_errors_baselines"] == 1.0
+        assert stage.calls < 8  # bisected, not one call per record
+
+    run(main())
+
+
+def _poisoned_check(monkeypatch: Any) -> None:
+    """Make the param-divergence check raise on a step holding the checksum ``boom``."""
+    from trainguard.pipeline.consistency import job as job_module
+
+    real = job_module.param_divergence
+
+    def check(cs: Any, cols: Any) -> Any:
+        if any(r.param_checksum == "boom" for r in cs.records):
+            raise RuntimeError("check bug")
+        return real(cs, cols)
+
+    monkeypatch.setattr(job_module, "param_divergence", check)
+
+
+def test_a_consistency_bug_costs_the_record_that_triggers_it_and_not_other_jobs(
+        monkeypatch: Any) -> None:
+    from tests.pipeline.consistency.helpers import FakeJob
+    from trainguard.pipeline.consistency import ConsistencyStage
+
+    _poisoned_check(monkeypatch)
+    bad_job = FakeJob(4, gpus=2, job_id="job-a", noise=False)
+    good_job = FakeJob(4, gpus=2, job_id="job-b", noise=False)
+    records: list[Any] = []
+    for s in range(1, 8):
+        # Rank 3 (the second node's batch, the one that completes the step) is poisoned.
+        records += bad_job.step(s, over={3: {"param_checksum": "boom"}} if s == 3 else None)
+        records += good_job.step(s, over={2: {"param_checksum": "9f3a77aa"}} if s >= 4 else None)
+    poisoned = [i for i, r in enumerate(records)
+                if r.job_id == "job-a" and any(x.param_checksum == "boom" for x in r.steps)]
+    with pytest.raises(RuntimeError):  # what the worker would die of without the quarantine
+        ConsistencyStage().observe(records)
+
+    async def main() -> tuple[BatchHandler, Topics]:
+        topics, writes = Topics(), Writes()
+        stage = ConsistencyStage()
+        handler, _ = _handler(topics, writes, consistency=stage)
+        values = [encode(r) for r in records]
+        task = asyncio.create_task(_handle(handler, events(TOPICS.steps, range(len(values)),
+                                                           values=values)))
+        await spin()
+        writes.futures[0].set_result(1)
+        await task
+        [dead] = topics.dead.sent
+        assert [dead.value] == [values[i] for i in poisoned]
+        headers = dict(dead.headers)
+        assert headers["tg.error.reason"] == b"stage_error"
+        assert b"consistency" in headers["tg.error.message"]
+        assert b"RuntimeError: check bug" in headers["tg.error.message"]
+        assert handler.quarantine.errors == {"consistency": 1}
+        assert handler.quarantine.jobs_reset >= 1
+        # The other job's real fault is still found, and the poisoned job goes on.
+        found = [RecordDecoder(Finding).decode(s.value) for s in topics.findings.sent]
+        assert {(f.job_id, f.check, tuple(f.ranks)) for f in found} == {
+            ("job-b", "param_divergence", (2,))}
+        later = [encode(r) for s in range(8, 12) for r in bad_job.step(s)]
+        task = asyncio.create_task(_handle(handler, events(
+            TOPICS.steps, range(len(values), len(values) + len(later)), values=later)))
+        await spin()
+        writes.futures[1].set_result(1)
+        await task
+        assert len(topics.dead.sent) == 1 and stage.jobs["job-a"].steps_closed > 0
+        return handler, topics
+
+    run(main())
+
+
+def test_a_bug_closing_one_jobs_expired_steps_drops_that_job_and_closes_the_others(
+        monkeypatch: Any) -> None:
+    from tests.pipeline.consistency.helpers import T0, FakeJob
+    from trainguard.pipeline.consistency import ConsistencyStage
+
+    _poisoned_check(monkeypatch)
+    stage = ConsistencyStage()
+    a, b = FakeJob(4, gpus=2, job_id="job-a"), FakeJob(4, gpus=2, job_id="job-b")
+    # Rank 0 never reports: both steps stay open until their wait expires.
+    stage.observe(a.step(1, skip=[0], over={3: {"param_checksum": "boom"}}) + b.step(1, skip=[0]))
+    assert stage.stats()["open_steps"] == 2
+    errors: list[tuple[str, str]] = []
+    stage.flush(T0 + 100, on_error=lambda job, exc: errors.append((job, str(exc))))
+    assert errors == [("job-a", "check bug")]
+    assert "job-a" not in stage.jobs and stage.jobs["job-b"].steps_closed == 1
+    with pytest.raises(RuntimeError):  # without a handler the bug still surfaces
+        stage.observe(a.step(2, skip=[0], over={3: {"param_checksum": "boom"}}))
+        stage.flush(T0 + 200)
+
+
+def test_close_steps_counts_a_job_dropped_by_a_failing_flush() -> None:
+    class Failing:
+        def flush(self, on_error: Any = None) -> list[Any]:
+            on_error("job-z", ValueError("bad state"))
+            return []
+
+    async def main() -> None:
+        topics, writes = Topics(), Writes()
+        handler, _ = _handler(topics, writes, consistency=Failing())
+        await handler.close_steps()
+        assert writes.calls == [] and handler.quarantine.jobs_reset == 1
+        assert handler.quarantine.errors == {"consistency_flush": 1}
 
     run(main())

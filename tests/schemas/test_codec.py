@@ -126,3 +126,28 @@ def test_oversized_message_is_rejected_before_parsing():
     with pytest.raises(RecordError) as info:
         RecordDecoder(GpuSampleBatch).decode(b" " * (MAX_RECORD_BYTES + 1))
     assert info.value.reason == "too_large"
+
+
+def test_invalid_utf8_inside_a_json_string_is_not_json_not_a_unicode_error():
+    # Regression (#13): msgspec raises UnicodeDecodeError (not DecodeError) for it.
+    data = encode(_batch(node="node-1")).replace(b'"node-1"', b'"node-\xff\xfe"')
+    with pytest.raises(RecordError) as err:
+        RecordDecoder(GpuSampleBatch).decode(data)
+    assert err.value.reason == "not_json" and "UTF-8" in err.value.message
+
+
+def test_json_nested_a_thousand_deep_in_an_unknown_field_is_invalid_not_a_recursion_error():
+    # Regression (#13): unknown fields are skipped recursively, up to the recursion limit.
+    deep = b"[" * 100_000 + b"]" * 100_000
+    data = encode(_batch()).replace(b'{"kind"', b'{"junk":' + deep + b',"kind"', 1)
+    with pytest.raises(RecordError) as err:
+        RecordDecoder(GpuSampleBatch).decode(data)
+    assert err.value.reason == "invalid" and "nested" in err.value.message
+
+
+def test_deep_nesting_in_an_undecodable_message_is_classified_without_recursion_error():
+    # A validation failure is explained by a second (envelope) decode: it must not raise.
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(RecordError) as err:
+        RecordDecoder(GpuSampleBatch).decode(b'{"kind":' + deep + b"}")
+    assert err.value.reason in ("invalid", "wrong_kind")

@@ -264,3 +264,14 @@ def test_an_integrity_finding_over_a_quarter_of_the_world_is_job_wide() -> None:
     [many] = lc.observe_findings([finding(finding_id="f-9", check="loss_outlier",
                                           ranks=[1, 2, 3, 4, 5], evidence={"world_size": 16})])
     assert "scope" not in few.labels and many.labels["scope"] == "job-wide"
+
+
+def test_a_finding_at_an_absurd_event_time_fires_without_overflow() -> None:
+    # Regression (#13 fuzz): ts = 1e308 is a valid EpochSeconds; ts * 1000 is inf, and
+    # round(inf) raised OverflowError out of the lifecycle.
+    config = AlertLifecycleConfig(dashboard_base_url="https://grafana.example")
+    [alert] = AlertLifecycle(config).observe_findings([finding(t=1e308)])
+    assert alert.status == "firing" and alert.alert_id.endswith("-inf")
+    assert alert.dashboard_url is not None and "to=inf" in alert.dashboard_url
+    assert AlertLifecycle().observe_findings([finding()])[0].alert_id.endswith(
+        f"-{round(T0 * 1000)}")

@@ -90,3 +90,18 @@ def test_seeds_may_differ_between_tensor_parallel_ranks():
     over = {r: {"seed_fingerprint": f"seed-tp{r % 4}"} for r in range(16)}
     _, found = _run(job, 30, over_from=1, over=over)
     assert found == []
+
+
+def test_two_ranks_whose_lr_differs_by_float_noise_raise_nothing_and_do_not_crash():
+    # Regression (#13): 1.5 rtol apart, each rank is within rtol of the median: the
+    # mismatch path used to find nobody to blame and take argmax of an empty array.
+    job = FakeJob(2, gpus=2, noise=False)
+    _, found = _run(job, 5, over_from=1, over={1: {"lr": 3e-4 * (1 + 1.5e-6)}})
+    assert found == []
+
+
+def test_two_ranks_whose_lr_differs_beyond_twice_the_tolerance_are_both_blamed():
+    job = FakeJob(2, gpus=2, noise=False)
+    _, found = _run(job, 5, over_from=1, over={1: {"lr": 3e-4 * (1 + 1e-3)}})
+    assert checks(found) == ["lr_mismatch"]
+    assert found[0].ranks == [0, 1] and "both are blamed" in found[0].summary
