@@ -149,6 +149,8 @@ class SpoolSender:
                 entries = self._spool.read(self._batch_max, timeout=0.2)
                 batch = [e for e in entries if e.seq not in self._skip]
                 if not batch:
+                    if entries:  # all of them were done earlier, out of order
+                        self._commit_through(entries[-1].seq)
                     continue
                 sent = self._send(batch)
             except Exception as exc:  # a spool read error, or a bug: never stop sending
@@ -205,14 +207,11 @@ class SpoolSender:
                     self._latencies_ms.append(max(0.0, (now - entry.appended_at) * 1000))
         done += [False] * (len(batch) - len(done))
         prefix = next((i for i, ok in enumerate(done) if not ok), len(batch))
-        if prefix:
-            self._spool.commit(batch[prefix - 1].seq)
         for entry, ok in zip(batch[prefix:], done[prefix:], strict=True):
             if ok:
                 self._skip.add(entry.seq)  # done out of order: do not send it again
         if prefix:
-            committed = batch[prefix - 1].seq
-            self._skip = {s for s in self._skip if s > committed}
+            self._commit_through(batch[prefix - 1].seq)
         self.sent += acked
         failed = len(batch) - sum(done)
         if failed:
@@ -220,6 +219,13 @@ class SpoolSender:
             log.warning("kafka delivery incomplete delivered=%d failed=%d depth=%d",
                         acked, failed, self._spool.depth)
         return failed == 0
+
+    def _commit_through(self, seq: int) -> None:
+        """Commit through ``seq`` and the entries right after it already done out of order."""
+        while seq + 1 in self._skip:
+            seq += 1
+        self._spool.commit(seq)
+        self._skip = {s for s in self._skip if s > seq}
 
     def _refusal(self, future: Any) -> BaseException | None:
         """The permanent error this send ended in, if it did (None: acked, pending, retriable)."""

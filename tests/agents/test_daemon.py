@@ -30,13 +30,9 @@ class RecordingTransport:
 
 
 def _config(**kw):
-    return AgentConfig(
-        kafka=KafkaProducerSettings(bootstrap="127.0.0.1:9092"),
-        cluster="c1",
-        node="node-a",
-        sim_gpus=2,
-        **kw,
-    )
+    fields = {"kafka": KafkaProducerSettings(bootstrap="127.0.0.1:9092"), "cluster": "c1",
+              "node": "node-a", "sim_gpus": 2}
+    return AgentConfig(**{**fields, **kw})
 
 
 def test_tick_sends_one_batch_keyed_by_node_with_every_gpu():
