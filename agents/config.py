@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from trainguard.agents.reporter import MAX_REPORTED_DROPS
 from trainguard.errors import ConfigError
 from trainguard.schemas.topics import DEFAULT_PREFIX, Topics
 
@@ -32,6 +33,9 @@ class KafkaProducerSettings:
     linger_ms: int = 20
     request_timeout_ms: int = 15_000
     delivery_timeout_ms: int = 60_000
+    #: The largest message the producer sends (kafka-python's default; the broker's
+    #: ``message.max.bytes`` is about the same). Step batches are split below it.
+    max_request_size: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         if not self.bootstrap.strip():
@@ -47,6 +51,10 @@ class KafkaProducerSettings:
             )
         if not 0 <= self.linger_ms <= 10_000:
             raise ConfigError(f"linger_ms must be within 0..10000, got {self.linger_ms}")
+        if not 64 * 1024 <= self.max_request_size <= 64 * 1024 * 1024:
+            raise ConfigError(
+                f"max_request_size must be within 64 KiB..64 MiB, got {self.max_request_size}"
+            )
 
     def producer_kwargs(self) -> dict[str, object]:
         """kafka-python ``KafkaProducer`` settings: durable, idempotent, compressed."""
@@ -58,6 +66,7 @@ class KafkaProducerSettings:
             "linger_ms": self.linger_ms,
             "request_timeout_ms": self.request_timeout_ms,
             "delivery_timeout_ms": self.delivery_timeout_ms,
+            "max_request_size": self.max_request_size,
             "client_id": "trainguard-agent",
         }
 
@@ -77,9 +86,19 @@ class AgentConfig:
     #: The on-disk spool that rides out Kafka outages and agent restarts.
     spool_dir: Path = Path("./trainguard-data/agent-spool")
     spool_max_bytes: int = 256 * 1024 * 1024
+    #: Records held in memory while the spool's disk refuses writes (full, I/O errors).
+    spool_memory_max_bytes: int = 32 * 1024 * 1024
+    #: The node's dead-letter file (under the spool directory): messages that can never be
+    #: sent (refused by Kafka for good, or too large), at most this many bytes on disk.
+    dead_letter_max_bytes: int = 64 * 1024 * 1024
     #: Unix datagram socket where trainers' ``trainguard.agents.reporter`` hands step records.
     steps_socket: Path | None = None
     steps_socket_mode: int = 0o660
+    #: Reporters (pid, job, rank) whose drop counts the step intake remembers; beyond it
+    #: the least recently heard is forgotten (counted as ``reporters_evicted``).
+    intake_max_reporters: int = 4096
+    #: A reporter's drop count above this is not believed: the datagram is malformed.
+    intake_max_reported_drops: int = MAX_REPORTED_DROPS
     #: JSON-lines files written by trainers that only log, tailed every tick.
     steps_files: tuple[Path, ...] = ()
 
@@ -104,6 +123,14 @@ class AgentConfig:
             raise ConfigError(f"unknown backend {self.backend!r}; expected one of: nvml, simulated")
         if self.spool_max_bytes < 1024 * 1024:
             raise ConfigError(f"spool max must be at least 1 MB, got {self.spool_max_bytes} bytes")
+        for name in ("spool_memory_max_bytes", "dead_letter_max_bytes"):
+            if getattr(self, name) < 1024 * 1024:
+                raise ConfigError(f"{name} must be at least 1 MB, got {getattr(self, name)}")
+        if self.intake_max_reporters < 1 or self.intake_max_reported_drops < 1:
+            raise ConfigError(
+                f"intake_max_reporters ({self.intake_max_reporters}) and "
+                f"intake_max_reported_drops ({self.intake_max_reported_drops}) must be >= 1"
+            )
         if self.steps_socket is not None and len(str(self.steps_socket)) > 100:
             raise ConfigError(
                 f"steps socket path {str(self.steps_socket)!r} is too long for a Unix socket "

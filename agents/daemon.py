@@ -8,6 +8,11 @@ loop drives a real node (wall clock, NVML, spool → Kafka) and a simulation run
 faster than real time. Timestamps are UTC epoch seconds from the wall clock; the tick
 schedule runs on the monotonic clock, and a tick that overruns its interval is counted
 and logged, not silently skipped.
+
+Nothing one input can do stops the loop or wedges delivery: a step source that fails is
+counted (``collect_errors``) and skipped for that tick; a job's step batch is split so
+that every message stays below the producer's ``max_request_size``, and a message that
+cannot fit alone goes to the node's dead-letter file instead of the spool.
 """
 
 from __future__ import annotations
@@ -17,14 +22,16 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Final
 
 import msgspec
 
 from trainguard import __version__
 from trainguard.agents.collectors.base import GpuCollector
 from trainguard.agents.config import AgentConfig
+from trainguard.agents.dead_letter_file import LocalDeadLetters
+from trainguard.agents.ratelimit import LogLimiter
 from trainguard.agents.reporter import CheckpointReport
 from trainguard.agents.transport import Transport
 from trainguard.schemas.codec import encode
@@ -45,6 +52,12 @@ log = logging.getLogger(__name__)
 #: saves and eval phases pause step reports for minutes).
 _JOB_MEMORY_S = 600.0
 
+#: Room left below ``max_request_size`` for what Kafka adds to a message (key, record
+#: and batch headers): a few hundred bytes, with a wide margin.
+_KAFKA_OVERHEAD_BYTES: Final = 4096
+#: Counters stay within the wire's int64 bound: a heartbeat beyond it would be rejected.
+_COUNTER_MAX: Final = 2**63 - 1
+
 #: A source of step records: returns what arrived since the previous call.
 StepPoll = Callable[[], Sequence[StepRecord]]
 
@@ -61,6 +74,7 @@ class NodeAgent:
         step_sources: Sequence[StepPoll] = (),
         checkpoint_sources: Sequence[Callable[[], list[CheckpointReport]]] = (),
         gauges: Callable[[], Mapping[str, Any]] | None = None,
+        dead_letters: LocalDeadLetters | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -69,7 +83,11 @@ class NodeAgent:
         self._step_sources = step_sources
         self._checkpoint_sources = checkpoint_sources
         self._gauges = gauges
+        self._dead_letters = dead_letters
         self._clock = clock
+        #: The largest message this agent hands to its transport.
+        self.max_message_bytes = config.kafka.max_request_size - _KAFKA_OVERHEAD_BYTES
+        self._limiter = LogLimiter()
         self._key = config.node.encode()
         self._job: str | None = None
         self._job_seen = 0.0
@@ -83,6 +101,8 @@ class NodeAgent:
         self.steps_sent = 0
         self.collect_errors = 0
         self.tick_overruns = 0
+        #: Messages too large to send, even alone (dead-lettered when a file is configured).
+        self.oversized = 0
 
     def tick(self, ts: float | None = None) -> GpuSampleBatch | None:
         """Collect and send one sample batch (and pending steps) at event time ``ts``."""
@@ -111,9 +131,9 @@ class NodeAgent:
             # Keyed by the job while the node runs one, so that the job's GPU samples meet
             # its step records in one partition (the cross-node checks); else by node.
             key = job.encode() if job is not None else self._key
-            self._transport.send(self.config.topics.samples, key, encode(batch))
-            self._seq += 1
-            self.batches_sent += 1
+            if self._send(self.config.topics.samples, key, encode(batch)):
+                self._seq += 1
+                self.batches_sent += 1
         self._send_steps(now, steps)
         self._send_checkpoints()
         last = self._last_heartbeat
@@ -124,38 +144,95 @@ class NodeAgent:
     def _poll_steps(self) -> dict[str, list[StepRecord]]:
         by_job: dict[str, list[StepRecord]] = defaultdict(list)
         for poll in self._step_sources:
-            for record in poll():
+            for record in self._poll(poll):
                 by_job[record.job_id].append(record)
         return by_job
+
+    def _poll(self, poll: Callable[[], Sequence[Any]]) -> Sequence[Any]:
+        """One source's new records; a source that fails costs its records of this tick only."""
+        try:
+            return poll()
+        except Exception as exc:
+            self.collect_errors += 1
+            held = self._limiter.allow()
+            if held is not None:
+                log.error("step source failed node=%s source=%r errors=%d (%d more since last "
+                          "logged): %r", self.config.node, poll, self.collect_errors, held, exc)
+            return ()
 
     def _send_steps(self, now: float, by_job: dict[str, list[StepRecord]]) -> None:
         for job_id, steps in by_job.items():
             # Keyed by job: all of a job's ranks, from every node, meet in one partition.
-            message = StepBatch(
-                cluster=self.config.cluster,
-                node=self.config.node,
-                job_id=job_id,
-                ts=now,
-                seq=self._step_seq,
-                agent_id=self.agent_id,
-                steps=steps,
-            )
-            self._transport.send(self.config.topics.steps, job_id.encode(), encode(message))
-            self._step_seq += 1
-            self.steps_sent += len(steps)
+            for chunk, data in self._step_batches(job_id, steps, now):
+                self._transport.send(self.config.topics.steps, job_id.encode(), data)
+                self._step_seq += 1
+                self.steps_sent += len(chunk)
+
+    def _step_batch(self, job_id: str, steps: list[StepRecord], now: float) -> bytes:
+        return encode(StepBatch(
+            cluster=self.config.cluster, node=self.config.node, job_id=job_id, ts=now,
+            seq=self._step_seq, agent_id=self.agent_id, steps=steps,
+        ))
+
+    def _step_batches(
+        self, job_id: str, steps: list[StepRecord], now: float
+    ) -> Iterator[tuple[list[StepRecord], bytes]]:
+        """One job's steps as encoded batches below :attr:`max_message_bytes` each."""
+        limit = self.max_message_bytes
+        data = self._step_batch(job_id, steps, now)
+        if len(data) <= limit:  # the common case: one batch, encoded once
+            yield steps, data
+            return
+        # Room for seq's digits to grow while the chunks are numbered.
+        base = len(self._step_batch(job_id, [], now)) + 20
+        chunk: list[StepRecord] = []
+        size = base
+        for step in steps:
+            n = len(encode(step)) + 1  # encoded as in the batch, plus a comma
+            if base + n > limit:
+                self._oversized(self.config.topics.steps, job_id.encode(),
+                                self._step_batch(job_id, [step], now))
+                continue
+            if chunk and size + n > limit:
+                yield chunk, self._step_batch(job_id, chunk, now)
+                chunk, size = [], base
+            chunk.append(step)
+            size += n
+        if chunk:
+            yield chunk, self._step_batch(job_id, chunk, now)
+
+    def _oversized(self, topic: str, key: bytes, value: bytes) -> None:
+        """A message larger than any the producer sends: dead-letter it, never spool it."""
+        self.oversized += 1
+        reason = "too_large"
+        detail = f"{len(value)} bytes exceed max message {self.max_message_bytes} bytes"
+        if self._dead_letters is not None:
+            self._dead_letters.add(topic, key, value, reason=reason, detail=detail)
+        elif self._limiter.allow() is not None:
+            log.error("message dropped node=%s topic=%s reason=%s: %s (total %d)",
+                      self.config.node, topic, reason, detail, self.oversized)
+
+    def _send(self, topic: str, key: bytes, value: bytes) -> bool:
+        """Hand one message to the transport unless it is too large to ever be sent."""
+        if len(value) > self.max_message_bytes:
+            self._oversized(topic, key, value)
+            return False
+        self._transport.send(topic, key, value)
+        return True
 
     def _send_checkpoints(self) -> None:
         for poll in self._checkpoint_sources:
-            for report in poll():
+            for report in self._poll(poll):
                 event = CheckpointEvent(cluster=self.config.cluster,
                                         **msgspec.structs.asdict(report))
                 # On the steps topic, keyed by job: a job's loads meet its saves.
-                self._transport.send(self.config.topics.steps, report.job_id.encode(),
-                                     encode(event))
+                self._send(self.config.topics.steps, report.job_id.encode(), encode(event))
 
     def heartbeat(self, ts: float) -> Heartbeat:
         """Send the agent's liveness and counters."""
         extra = dict(self._gauges()) if self._gauges is not None else {}
+        # A gauge fed by a hostile input must not push the heartbeat off the wire.
+        extra = {k: min(v, _COUNTER_MAX) if isinstance(v, int) else v for k, v in extra.items()}
         counters = AgentCounters(
             batches_sent=self.batches_sent,
             collect_errors=self.collect_errors,

@@ -3,7 +3,14 @@
 A daemon thread reads the Unix datagram socket that :class:`trainguard.agents.reporter.StepReporter`
 writes to, validates each datagram strictly and appends the step records to a bounded
 queue; the agent's tick calls :meth:`StepIntake.drain`. Bad input is counted by reason
-(``trainguard.schemas.codec`` reasons) and never stops the thread.
+(``trainguard.schemas.codec`` reasons, ``error`` for anything else a datagram makes
+fail) and never stops or slows the thread: only a failing socket read backs off.
+
+Everything a sender controls is bounded: a reporter's drop count above
+``max_reported_drops`` makes its datagram malformed, the per-reporter drop memory keeps
+at most ``max_reporters`` entries (the least recently heard is forgotten, counted in
+``reporters_evicted``), and the node's total saturates below the wire's int64 bound, so
+one forged datagram cannot get the node's heartbeats rejected.
 
 The thread empties the socket every ``poll_interval_s`` (5 ms) and sleeps in between
 rather than blocking in ``recv``: a sender's ``send`` then never has to wake a sleeping
@@ -25,7 +32,7 @@ import socket
 import stat
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -33,10 +40,16 @@ from typing import Final
 
 import msgspec
 
-from trainguard.agents.reporter import DATAGRAM_VERSION, CheckpointReport, StepDatagram
+from trainguard.agents.ratelimit import LogLimiter
+from trainguard.agents.reporter import (
+    DATAGRAM_VERSION,
+    MAX_REPORTED_DROPS,
+    CheckpointReport,
+    StepDatagram,
+)
 from trainguard.errors import CollectorError
-from trainguard.schemas.codec import RecordDecoder, RecordError, RejectReason
-from trainguard.schemas.records import SCHEMA_VERSION, StepRecord
+from trainguard.schemas.codec import RecordDecoder, RecordError
+from trainguard.schemas.records import SCHEMA_VERSION, STEP_FLOAT_FIELDS, StepRecord
 
 __all__ = ["MAX_DATAGRAM_BYTES", "StepIntake", "kernel_dgram_qlen"]
 
@@ -48,6 +61,9 @@ MAX_DATAGRAM_BYTES: Final = 64 * 1024
 _BURST: Final = 4096
 # Below this kernel queue length, synchronous bursts of many ranks overflow it.
 _SMALL_QLEN: Final = 64
+# Counters stay within the wire's int64 bound (a heartbeat beyond it is rejected).
+_COUNTER_MAX: Final = 2**63 - 1
+_FLOAT_FIELDS: Final = frozenset(STEP_FLOAT_FIELDS)
 
 
 def kernel_dgram_qlen(path: Path = Path("/proc/sys/net/unix/max_dgram_qlen")) -> int | None:
@@ -77,30 +93,43 @@ class StepIntake:
         mode: int = 0o660,
         poll_interval_s: float = 0.005,
         warn_interval_s: float = 10.0,
+        read_error_backoff_s: float = 1.0,
+        max_reporters: int = 4096,
+        max_reported_drops: int = MAX_REPORTED_DROPS,
         clock: Callable[[], float] = time.monotonic,
+        wait: Callable[[float], bool] | None = None,
     ) -> None:
-        if max_queue < 1:
-            raise ValueError(f"max_queue {max_queue}: expected >= 1")
+        if max_queue < 1 or max_reporters < 1:
+            raise ValueError(
+                f"max_queue {max_queue}, max_reporters {max_reporters}: expected >= 1"
+            )
         self.socket_path = Path(socket_path)
         self.max_queue = max_queue
         self._rcvbuf_bytes = rcvbuf_bytes
         self._mode = mode
         self._poll_s = poll_interval_s
-        self._warn_interval_s = warn_interval_s
-        self._clock = clock
+        self._read_error_backoff_s = read_error_backoff_s
+        self._max_reporters = max_reporters
+        self._max_reported_drops = max_reported_drops
+        self._limiter = LogLimiter(warn_interval_s, clock=clock)
+        self._read_limiter = LogLimiter(warn_interval_s, clock=clock)
+        self._stop = threading.Event()
+        #: Sleeps ``s`` seconds or until stopped (True then); injectable for tests.
+        self._wait: Callable[[float], bool] = wait if wait is not None else self._stop.wait
         self._decoder: RecordDecoder[StepDatagram] = RecordDecoder(StepDatagram)
         self._lock = threading.Lock()
         self._queue: deque[StepRecord] = deque()
         self._checkpoints: deque[CheckpointReport] = deque()
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
         self._inode: int | None = None
         # Highest drop count each sender (pid, job, rank) reported; only senders that
-        # ever dropped are kept, so this stays small.
-        self._client_drops: dict[tuple[int, str, int], int] = {}
-        self._next_warn = 0.0
-        self._suppressed = 0
+        # ever dropped are kept, least recently heard first, at most max_reporters.
+        self._client_drops: OrderedDict[tuple[int, str, int], int] = OrderedDict()
+        #: Reporters forgotten because max_reporters were tracked.
+        self.reporters_evicted = 0
+        #: Failed socket reads (the thread backs off after each).
+        self.read_errors = 0
         self.steps_received = 0
         #: Checkpoint save/load reports received (queued with the steps' bound).
         self.checkpoints_received = 0
@@ -184,6 +213,7 @@ class StepIntake:
                 "steps_dropped": self.steps_dropped,
                 "datagrams_dropped": self.datagrams_dropped,
                 "nonfinite": self.nonfinite,
+                "reporters_evicted": self.reporters_evicted,
             }
 
     @property
@@ -234,66 +264,95 @@ class StepIntake:
                         n, _, flags, _ = sock.recvmsg_into([buf])
                     except BlockingIOError:
                         break
-                    self._handle(view[:n], truncated=bool(flags & socket.MSG_TRUNC))
+                    # Never raises: a datagram costs itself, not the thread's time.
+                    self._handle_safely(view[:n], truncated=bool(flags & socket.MSG_TRUNC))
                 else:
                     if self._stop.is_set():
                         return
                     continue  # more waiting: read on before sleeping
-            except Exception:
-                # Never let the thread die: trainers would silently lose their agent.
-                _log.exception("step intake read failed socket=%s", self.socket_path)
-                if self._stop.wait(1.0):
+            except Exception as exc:
+                # The socket itself failed: never let the thread die (trainers would silently
+                # lose their agent), and do not spin on a broken socket.
+                self.read_errors += 1
+                held = self._read_limiter.allow()
+                if held is not None:
+                    _log.error("step intake read failed socket=%s read_errors=%d (%d more since "
+                               "last logged): %r", self.socket_path, self.read_errors, held, exc)
+                if self._wait(self._read_error_backoff_s):
                     return
             # Sleep on the event, not on the socket: a sender then never pays for waking
             # this thread (a cross-CPU wake-up, ~15 µs per send on a VM).
-            if self._stop.wait(self._poll_s):
+            if self._wait(self._poll_s):
                 return
 
-    def _handle(self, data: memoryview, *, truncated: bool) -> None:
-        """Validate one datagram and queue its record, or count why not."""
+    def _handle_safely(self, data: memoryview, *, truncated: bool) -> None:
+        """:meth:`_handle`, with any failure counted as a malformed datagram."""
         try:
-            if truncated:
-                raise RecordError(
-                    "too_large", f"datagram exceeds {MAX_DATAGRAM_BYTES} bytes (truncated)"
-                )
-            dg = self._decoder.decode(data)
-            if dg.v > DATAGRAM_VERSION:
-                raise RecordError(
-                    "unsupported_version",
-                    f"datagram v {dg.v} is newer than this agent's {DATAGRAM_VERSION}",
-                )
-            if dg.checkpoint is not None:
-                self._checkpoint(dg.checkpoint)
-                return
-            if dg.step is None:
-                raise RecordError("invalid", "datagram carries neither a step nor a checkpoint")
-            if dg.step.schema_version > SCHEMA_VERSION:
-                raise RecordError(
-                    "unsupported_version",
-                    f"schema_version {dg.step.schema_version} is newer than {SCHEMA_VERSION}",
-                )
+            self._handle(data, truncated=truncated)
         except RecordError as exc:
             self._malformed(exc.reason, exc.message)
+        except UnicodeError as exc:  # invalid UTF-8 inside a JSON string
+            self._malformed("not_json", str(exc))
+        except Exception as exc:  # RecursionError on deep nesting, or a bug: this datagram only
+            self._malformed("error", f"{type(exc).__name__}: {exc}")
+
+    def _handle(self, data: memoryview, *, truncated: bool) -> None:
+        """Validate one datagram and queue its record; raise :class:`RecordError` if bad."""
+        if truncated:
+            raise RecordError(
+                "too_large", f"datagram exceeds {MAX_DATAGRAM_BYTES} bytes (truncated)"
+            )
+        dg = self._decoder.decode(data)
+        if dg.v > DATAGRAM_VERSION:
+            raise RecordError(
+                "unsupported_version",
+                f"datagram v {dg.v} is newer than this agent's {DATAGRAM_VERSION}",
+            )
+        if dg.dropped > self._max_reported_drops:
+            raise RecordError(
+                "invalid",
+                f"dropped {dg.dropped} from pid {dg.pid} exceeds {self._max_reported_drops}",
+            )
+        if dg.checkpoint is not None:
+            self._checkpoint(dg.checkpoint)
             return
+        if dg.step is None:
+            raise RecordError("invalid", "datagram carries neither a step nor a checkpoint")
+        if dg.step.schema_version > SCHEMA_VERSION:
+            raise RecordError(
+                "unsupported_version",
+                f"schema_version {dg.step.schema_version} is newer than {SCHEMA_VERSION}",
+            )
         step = dg.step
-        if dg.nonfinite:
-            step = msgspec.structs.replace(step, nonfinite=sorted(set(dg.nonfinite)))
+        # Only the step's own float fields: names a sender makes up grow no dictionary.
+        nonfinite = sorted(set(dg.nonfinite) & _FLOAT_FIELDS)
+        if nonfinite:
+            step = msgspec.structs.replace(step, nonfinite=nonfinite)
         with self._lock:
             self.steps_received += 1
             if dg.dropped:
-                key = (dg.pid, step.job_id, step.rank)
-                previous = self._client_drops.get(key, 0)
-                if dg.dropped > previous:
-                    self._client_drops[key] = dg.dropped
-                    self.datagrams_dropped += dg.dropped - previous
+                self._count_drops((dg.pid, step.job_id, step.rank), dg.dropped)
             if dg.nonfinite:
                 self.nonfinite += 1
-                for name in dg.nonfinite:
+                for name in nonfinite or ["unknown"]:
                     self.nonfinite_by_field[name] = self.nonfinite_by_field.get(name, 0) + 1
             if len(self._queue) >= self.max_queue:
                 self.steps_dropped += 1
             else:
                 self._queue.append(step)
+
+    def _count_drops(self, key: tuple[int, str, int], dropped: int) -> None:
+        """Add a reporter's new drops to the total (caller holds the lock)."""
+        drops = self._client_drops
+        previous = drops.get(key, 0)
+        if key in drops:
+            drops.move_to_end(key)
+        if dropped > previous:
+            drops[key] = dropped
+            self.datagrams_dropped = min(_COUNTER_MAX, self.datagrams_dropped + dropped - previous)
+        while len(drops) > self._max_reporters:
+            drops.popitem(last=False)
+            self.reporters_evicted += 1
 
     def _checkpoint(self, report: CheckpointReport) -> None:
         with self._lock:
@@ -310,21 +369,14 @@ class StepIntake:
             self._checkpoints.clear()
         return out
 
-    def _malformed(self, reason: RejectReason, message: str) -> None:
+    def _malformed(self, reason: str, message: str) -> None:
         with self._lock:
             self.steps_malformed += 1
             self.malformed_by_reason[reason] = self.malformed_by_reason.get(reason, 0) + 1
         # Rate-limited: the counters are the record, the log only says where to look.
-        now = self._clock()
-        if now < self._next_warn:
-            self._suppressed += 1
-            return
-        self._next_warn = now + self._warn_interval_s
-        _log.warning(
-            "malformed step datagram socket=%s reason=%s (%d more since last warning): %s",
-            self.socket_path,
-            reason,
-            self._suppressed,
-            message,
-        )
-        self._suppressed = 0
+        held = self._limiter.allow()
+        if held is not None:
+            _log.warning(
+                "malformed step datagram socket=%s reason=%s (%d more since last warning): %s",
+                self.socket_path, reason, held, message[:500],
+            )

@@ -35,7 +35,8 @@ from msgspec import Meta
 from trainguard.schemas.records import STEP_FLOAT_FIELDS, StepRecord
 
 __all__ = [
-    "CheckpointReport", "DATAGRAM_VERSION", "DEFAULT_SOCKET", "StepDatagram", "StepReporter",
+    "CheckpointReport", "DATAGRAM_VERSION", "DEFAULT_SOCKET", "MAX_REPORTED_DROPS", "StepDatagram",
+    "StepReporter",
 ]
 
 _log = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ _log = logging.getLogger(__name__)
 DEFAULT_SOCKET: Final = "/run/trainguard/steps.sock"
 #: The envelope version this reporter writes (the step inside carries its own version).
 DATAGRAM_VERSION: Final = 1
+#: The largest drop count a datagram carries (the agent refuses larger ones as forged):
+#: over a century of reports at 1 Hz.
+MAX_REPORTED_DROPS: Final = 2**32 - 1
 
 # Positional order of the float fields checked for NaN/inf in ``report()``.
 _FLOAT_FIELDS: Final = STEP_FLOAT_FIELDS
@@ -235,7 +239,8 @@ class StepReporter:
                 pp_rank=self.pp_rank,
             )
             data = self._encoder.encode(
-                StepDatagram(pid=self._pid, dropped=self.dropped, step=record, nonfinite=nonfinite)
+                StepDatagram(pid=self._pid, dropped=min(self.dropped, MAX_REPORTED_DROPS),
+                             step=record, nonfinite=nonfinite)
             )
         except Exception as exc:  # a value msgspec cannot encode: the step must go on
             return self._drop("unencodable", exc)
@@ -278,7 +283,8 @@ class StepReporter:
                 checkpoint_id=checkpoint_id, digest=digest,
             )
             data = self._encoder.encode(
-                StepDatagram(pid=self._pid, dropped=self.dropped, checkpoint=report))
+                StepDatagram(pid=self._pid, dropped=min(self.dropped, MAX_REPORTED_DROPS),
+                             checkpoint=report))
         except Exception as exc:
             return self._drop("unencodable", exc)
         return self._send(sock, data)

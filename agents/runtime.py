@@ -18,6 +18,7 @@ from trainguard.agents.collectors.base import GpuCollector
 from trainguard.agents.collectors.process import ProcessStats
 from trainguard.agents.config import AgentConfig
 from trainguard.agents.daemon import NodeAgent, StepPoll
+from trainguard.agents.dead_letter_file import LocalDeadLetters
 from trainguard.agents.reporter import CheckpointReport
 from trainguard.agents.sender import SpoolSender
 from trainguard.agents.spool import Spool
@@ -53,8 +54,11 @@ def run_agent(
     from trainguard.agents.intake import StepIntake
 
     collector = collector or make_collector(config)
-    spool = Spool(config.spool_dir, max_bytes=config.spool_max_bytes)
-    sender = SpoolSender(spool, config.kafka)
+    spool = Spool(config.spool_dir, max_bytes=config.spool_max_bytes,
+                  memory_max_bytes=config.spool_memory_max_bytes)
+    dead_letters = LocalDeadLetters(config.spool_dir / "dead-letters.jsonl",
+                                    max_bytes=config.dead_letter_max_bytes)
+    sender = SpoolSender(spool, config.kafka, dead_letters=dead_letters)
     transport = SpoolTransport(spool, sender)
     intake = None
     sources: list[StepPoll] = []
@@ -65,7 +69,9 @@ def run_agent(
             # 20 ms between socket sweeps: ~0.1% of a core idle; 8 ranks x 10 Hz still leave the
             # kernel queue (net.unix.max_dgram_qlen) far from full between sweeps.
             intake = StepIntake(config.steps_socket, mode=config.steps_socket_mode,
-                                poll_interval_s=0.02)
+                                poll_interval_s=0.02,
+                                max_reporters=config.intake_max_reporters,
+                                max_reported_drops=config.intake_max_reported_drops)
             intake.start()
             sources.append(intake.drain)
             checkpoint_sources.append(intake.drain_checkpoints)
@@ -88,6 +94,10 @@ def run_agent(
                 "spool_depth": spool.depth,
                 "spool_bytes": spool.size_bytes,
                 "spool_dropped": spool.dropped,
+                "spool_write_errors": spool.write_errors,
+                "spool_memory_depth": spool.memory_depth,
+                "dead_lettered": dead_letters.count,
+                "reporters_evicted": getattr(intake, "reporters_evicted", 0),
                 "send_latency_ms_p50": p50,
                 "send_latency_ms_max": worst,
                 "cpu_pct": stats.cpu_pct(),
@@ -95,7 +105,8 @@ def run_agent(
             }
 
         agent = NodeAgent(config, collector, transport, step_sources=sources,
-                          checkpoint_sources=checkpoint_sources, gauges=gauges)
+                          checkpoint_sources=checkpoint_sources, gauges=gauges,
+                          dead_letters=dead_letters)
         log.info(
             "agent started node=%s backend=%s gpus=%d interval_s=%s spool=%s spooled=%d "
             "steps_socket=%s",

@@ -4,11 +4,17 @@ Runs in its own thread so the tick loop never waits on the network. During an ou
 each attempt fails after ``delivery_timeout_ms``; the sender backs off (up to 30 s) and
 tries again, while the spool absorbs new records. Entries acknowledged after a failed
 one are remembered and not re-sent, so a retry does not duplicate them.
+
+A message Kafka refuses for good (too large, an invalid record: errors that no retry can
+fix) is not retried: it goes to the node's dead-letter file
+(:class:`~trainguard.agents.dead_letter_file.LocalDeadLetters`) with the error as its
+reason, counts as done, and the messages behind it go on.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import statistics
 import threading
 import time
@@ -16,11 +22,32 @@ from collections.abc import Callable
 from typing import Any
 
 from trainguard.agents.config import KafkaProducerSettings
+from trainguard.agents.dead_letter_file import LocalDeadLetters
 from trainguard.agents.spool import Spool, SpoolEntry
 
-__all__ = ["SpoolSender"]
+__all__ = ["PERMANENT_ERRORS", "SpoolSender"]
 
 log = logging.getLogger(__name__)
+
+#: kafka-python errors about the record itself: sending it again can only fail again.
+PERMANENT_ERRORS = (
+    "MessageSizeTooLargeError", "RecordListTooLargeError", "InvalidRecordError",
+    "CorruptRecordError", "CorruptRecordException", "InvalidTimestampError",
+    "UnsupportedForMessageFormatError",
+)
+
+
+def _permanent_types() -> tuple[type[BaseException], ...]:
+    import kafka.errors
+
+    found = (getattr(kafka.errors, name, None) for name in PERMANENT_ERRORS)
+    return tuple(t for t in found if isinstance(t, type) and issubclass(t, BaseException))
+
+
+def _reason(exc: BaseException) -> str:
+    """``MessageSizeTooLargeError`` → ``message_size_too_large``: a short dead-letter reason."""
+    name = re.sub(r"(Error|Exception)$", "", type(exc).__name__) or type(exc).__name__
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 class SpoolSender:
@@ -32,6 +59,7 @@ class SpoolSender:
         settings: KafkaProducerSettings,
         *,
         batch_max: int = 1000,
+        dead_letters: LocalDeadLetters | None = None,
         producer_factory: Callable[..., Any] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -45,8 +73,12 @@ class SpoolSender:
         self._skip: set[int] = set()
         self._lat_lock = threading.Lock()
         self._latencies_ms: list[float] = []
+        self._dead_letters = dead_letters
+        self._permanent = _permanent_types()
         self.sent = 0
         self.errors = 0
+        #: Messages Kafka refused for good (dead-lettered when a file is configured).
+        self.refused = 0
         self._factory = producer_factory or KafkaProducer
         self._producer: Any = None
         self._thread = threading.Thread(target=self._run, name="spool-sender", daemon=True)
@@ -113,11 +145,19 @@ class SpoolSender:
                     backoff = min(backoff * 2, 30.0)
                     continue
                 backoff = 0.5
-            entries = self._spool.read(self._batch_max, timeout=0.2)
-            batch = [e for e in entries if e.seq not in self._skip]
-            if not batch:
-                continue
-            if self._send(batch):
+            try:
+                entries = self._spool.read(self._batch_max, timeout=0.2)
+                batch = [e for e in entries if e.seq not in self._skip]
+                if not batch:
+                    if entries:  # all of them were done earlier, out of order
+                        self._commit_through(entries[-1].seq)
+                    continue
+                sent = self._send(batch)
+            except Exception as exc:  # a spool read error, or a bug: never stop sending
+                self.errors += 1
+                log.exception("spool sender step failed; retrying error=%r", exc)
+                sent = False
+            if sent:
                 backoff = 0.5
             else:
                 # Start over with a fresh producer: after an outage kafka-python's idempotent
@@ -129,14 +169,20 @@ class SpoolSender:
                 backoff = min(backoff * 2, 30.0)
 
     def _send(self, batch: list[SpoolEntry]) -> bool:
-        """Send one batch; commit the delivered prefix; True if all of it was delivered."""
+        """Send one batch; commit the done prefix; True if all of it is done.
+
+        Done means acknowledged by Kafka, or refused for good and dead-lettered.
+        """
         futures: list[Any] = []
-        try:
-            for entry in batch:
+        for entry in batch:
+            try:
                 futures.append(self._producer.send(entry.topic, key=entry.key, value=entry.value))
-        except Exception as exc:  # metadata timeout while the broker is down, mostly
-            log.warning("kafka send failed; records stay spooled error=%s depth=%d", exc,
-                        self._spool.depth)
+            except self._permanent as exc:  # e.g. larger than max_request_size
+                futures.append(exc)
+            except Exception as exc:  # metadata timeout while the broker is down, mostly
+                log.warning("kafka send failed; records stay spooled error=%s depth=%d", exc,
+                            self._spool.depth)
+                break
         try:
             # Wait for a definitive outcome of what was handed over: every record succeeds or
             # fails within delivery_timeout_ms. Deciding earlier would re-send records that
@@ -145,27 +191,56 @@ class SpoolSender:
         except Exception as exc:
             log.warning("kafka flush incomplete error=%s depth=%d", exc, self._spool.depth)
         now = self._clock()
-        delivered: list[bool] = []
+        done: list[bool] = []
+        acked = 0
         for entry, future in zip(batch, futures, strict=False):
+            refusal = self._refusal(future)
+            if refusal is not None:
+                self._refuse(entry, refusal)
+                done.append(True)
+                continue
             ok = future.is_done and future.succeeded()
-            delivered.append(ok)
+            done.append(ok)
             if ok:
+                acked += 1
                 with self._lat_lock:
                     self._latencies_ms.append(max(0.0, (now - entry.appended_at) * 1000))
-        delivered += [False] * (len(batch) - len(delivered))
-        prefix = next((i for i, ok in enumerate(delivered) if not ok), len(batch))
-        if prefix:
-            self._spool.commit(batch[prefix - 1].seq)
-        for entry, ok in zip(batch[prefix:], delivered[prefix:], strict=True):
+        done += [False] * (len(batch) - len(done))
+        prefix = next((i for i, ok in enumerate(done) if not ok), len(batch))
+        for entry, ok in zip(batch[prefix:], done[prefix:], strict=True):
             if ok:
-                self._skip.add(entry.seq)  # delivered out of order: do not send it again
+                self._skip.add(entry.seq)  # done out of order: do not send it again
         if prefix:
-            committed = batch[prefix - 1].seq
-            self._skip = {s for s in self._skip if s > committed}
-        self.sent += sum(delivered)
-        failed = len(batch) - sum(delivered)
+            self._commit_through(batch[prefix - 1].seq)
+        self.sent += acked
+        failed = len(batch) - sum(done)
         if failed:
             self.errors += failed
             log.warning("kafka delivery incomplete delivered=%d failed=%d depth=%d",
-                        sum(delivered), failed, self._spool.depth)
+                        acked, failed, self._spool.depth)
         return failed == 0
+
+    def _commit_through(self, seq: int) -> None:
+        """Commit through ``seq`` and the entries right after it already done out of order."""
+        while seq + 1 in self._skip:
+            seq += 1
+        self._spool.commit(seq)
+        self._skip = {s for s in self._skip if s > seq}
+
+    def _refusal(self, future: Any) -> BaseException | None:
+        """The permanent error this send ended in, if it did (None: acked, pending, retriable)."""
+        if isinstance(future, BaseException):
+            return future
+        if future.is_done and future.failed() and isinstance(future.exception, self._permanent):
+            exc: BaseException = future.exception
+            return exc
+        return None
+
+    def _refuse(self, entry: SpoolEntry, exc: BaseException) -> None:
+        self.refused += 1
+        if self._dead_letters is not None:
+            self._dead_letters.add(entry.topic, entry.key, entry.value, reason=_reason(exc),
+                                   detail=str(exc))
+        else:
+            log.error("kafka refused a message for good; dropped topic=%s bytes=%d error=%s",
+                      entry.topic, len(entry.value), exc)

@@ -73,7 +73,11 @@ class KafkaTransport:
 
     def send(self, topic: str, key: bytes, value: bytes) -> None:
         """Queue one message; the outcome is counted by callbacks."""
-        future = self._producer.send(topic, key=key, value=value)
+        try:
+            future = self._producer.send(topic, key=key, value=value)
+        except Exception as exc:  # e.g. larger than max_request_size: this message only
+            self._failed(topic, key, value, exc)
+            return
         with self._lock:
             self.counters.sent += 1
         future.add_callback(self._acked)

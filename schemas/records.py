@@ -256,6 +256,15 @@ class AgentCounters(msgspec.Struct, kw_only=True, frozen=True):
     #: The agent's own CPU (% of one core, over the last heartbeat interval) and memory.
     cpu_pct: NonNegFloat | None = None
     rss_bytes: NonNegInt | None = None
+    #: Failed writes to the spool's disk (full, I/O error); records wait in memory meanwhile.
+    spool_write_errors: NonNegInt = 0
+    #: Records held in memory because the spool's disk refused them.
+    spool_memory_depth: NonNegInt = 0
+    #: Messages that can never be sent (refused by Kafka for good, or too large), written to
+    #: the node's local dead-letter file.
+    dead_lettered: NonNegInt = 0
+    #: Step reporters the agent's intake forgot because it tracked its maximum of them.
+    reporters_evicted: NonNegInt = 0
 
 
 class Heartbeat(_Base, tag="heartbeat", frozen=True, kw_only=True):

@@ -9,6 +9,10 @@ Python's ``json`` module writes a NaN loss as ``NaN``, which is not JSON; such l
 are still read: the non-finite value becomes ``None`` and is counted in ``nonfinite``,
 as the socket intake does.
 
+A line that cannot be read for any reason (invalid UTF-8, nesting too deep, a wrong
+type) costs that line only: it is counted by reason in ``malformed_by_reason`` and the
+tail goes on with the next one.
+
 :meth:`StepFileTail.poll` behaves like ``tail -F``: it reads complete lines only (a
 partial last line waits for its newline), follows truncation and rotation (the rest of
 the old file is read first, then the new one from its start), and tolerates a file
@@ -18,6 +22,7 @@ that does not exist yet.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -27,11 +32,14 @@ from typing import Any, BinaryIO, Final
 
 import msgspec
 
+from trainguard.agents.ratelimit import LogLimiter
 from trainguard.errors import CollectorError
 from trainguard.schemas.codec import RecordError
 from trainguard.schemas.records import SCHEMA_VERSION, STEP_FLOAT_FIELDS, StepRecord
 
 __all__ = ["StepFileTail"]
+
+log = logging.getLogger(__name__)
 
 _FLOAT_FIELDS: Final = STEP_FLOAT_FIELDS
 # How far back from the end to look for the last newline when starting at the end.
@@ -74,6 +82,7 @@ class StepFileTail:
         self._offset = 0
         # Inside a line longer than max_line_bytes: discard up to its newline.
         self._skipping = False
+        self._limiter = LogLimiter()
         self.steps_received = 0
         self.steps_malformed = 0
         self.malformed_by_reason: dict[str, int] = {}
@@ -178,15 +187,23 @@ class StepFileTail:
             except RecordError as exc:
                 self._count(exc.reason, exc.message)
                 continue
+            except UnicodeError as exc:  # invalid UTF-8 inside a JSON string
+                self._count("not_json", str(exc))
+                continue
+            except Exception as exc:  # RecursionError on deep nesting, or a bug: this line only
+                self._count("error", f"{type(exc).__name__}: {exc}")
+                continue
             self.steps_received += 1
 
     def _decode(self, line: bytes) -> StepRecord:
         try:
             obj = msgspec.json.decode(line)
+        except UnicodeError as exc:
+            raise RecordError("not_json", f"invalid UTF-8: {exc}") from None
         except msgspec.DecodeError:
             try:
                 obj = json.loads(line)  # accepts NaN/Infinity, as Python writes them
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise RecordError("not_json", str(exc)) from None
         if not isinstance(obj, dict):
             raise RecordError("invalid", f"expected a JSON object, got {type(obj).__name__}")
@@ -221,7 +238,11 @@ class StepFileTail:
         return record
 
     def _count(self, reason: str, message: str) -> None:
-        # Counted, not logged per line: a broken trainer can write millions of them.
-        self.last_error = f"{reason}: {message}"
+        # Counted, and logged at most every 10 s: a broken trainer can write millions of them.
+        self.last_error = f"{reason}: {message[:500]}"
         self.steps_malformed += 1
         self.malformed_by_reason[reason] = self.malformed_by_reason.get(reason, 0) + 1
+        held = self._limiter.allow()
+        if held is not None:
+            log.warning("malformed step log line path=%s reason=%s (%d more since last "
+                        "warning): %s", self.path, reason, held, message[:500])

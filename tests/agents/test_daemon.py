@@ -30,13 +30,9 @@ class RecordingTransport:
 
 
 def _config(**kw):
-    return AgentConfig(
-        kafka=KafkaProducerSettings(bootstrap="127.0.0.1:9092"),
-        cluster="c1",
-        node="node-a",
-        sim_gpus=2,
-        **kw,
-    )
+    fields = {"kafka": KafkaProducerSettings(bootstrap="127.0.0.1:9092"), "cluster": "c1",
+              "node": "node-a", "sim_gpus": 2}
+    return AgentConfig(**{**fields, **kw})
 
 
 def test_tick_sends_one_batch_keyed_by_node_with_every_gpu():
@@ -186,3 +182,79 @@ def test_ticks_fall_on_wall_clock_boundaries_so_nodes_sample_the_same_instant():
     assert _to_boundary(1_795_000_100.25, 1.0) == 0.75
     assert _to_boundary(1_795_000_100.0, 1.0) == 0.0
     assert abs(_to_boundary(1_795_000_101.0, 5.0) - 4.0) < 1e-9
+
+
+# -- delivery never wedges (issue 13)
+
+
+def _small_request_config():
+    return _config(kafka=KafkaProducerSettings(bootstrap="127.0.0.1:9092",
+                                               max_request_size=64 * 1024))
+
+
+def _steps(n, **fields):
+    return [StepRecord(job_id="j1", rank=i % 8, world_size=8, node="node-a", step=i, ts=1.0,
+                       **fields) for i in range(n)]
+
+
+def test_a_large_step_batch_is_split_below_the_max_request_size_in_order():
+    transport = RecordingTransport()
+    records = _steps(600, loss=2.5, grad_norm=1.0, lr=3e-4, env_fingerprint="e" * 64)
+    agent = NodeAgent(_small_request_config(), SimulatedGpus("node-a", 1), transport,
+                      step_sources=[lambda: records])
+    agent.tick(1_795_000_100.0)
+    sent = [v for t, _, v in transport.sent if t == "tg.steps.v1"]
+    assert len(sent) > 1
+    assert all(len(v) <= agent.max_message_bytes < 64 * 1024 for v in sent)
+    batches = [RecordDecoder(StepBatch).decode(v) for v in sent]
+    assert [s.step for b in batches for s in b.steps] == list(range(600))
+    assert len({b.seq for b in batches}) == len(batches) and agent.steps_sent == 600
+
+
+def test_a_step_too_large_alone_goes_to_the_dead_letter_file_and_the_rest_is_sent(tmp_path):
+    import json
+
+    from trainguard.agents.dead_letter_file import LocalDeadLetters
+
+    transport = RecordingTransport()
+    dead = LocalDeadLetters(tmp_path / "dead.jsonl")
+    records = _steps(3)
+    huge = StepRecord(job_id="j1", rank=0, world_size=8, node="node-a", step=99, ts=1.0,
+                      param_checksum="f" * 70_000)
+    agent = NodeAgent(_small_request_config(), SimulatedGpus("node-a", 1), transport,
+                      step_sources=[lambda: [records[0], huge, *records[1:]]], dead_letters=dead)
+    agent.tick(1_795_000_100.0)
+    sent = [RecordDecoder(StepBatch).decode(v) for t, _, v in transport.sent if "steps" in t]
+    assert [s.step for b in sent for s in b.steps] == [0, 1, 2]
+    (line,) = [json.loads(x) for x in dead.path.read_text().splitlines()]
+    assert line["reason"] == "too_large" and line["size"] > 70_000 and line["key"] == "j1"
+    assert dead.count == 1 and agent.oversized == 1
+
+
+def test_a_failing_step_source_costs_its_tick_only():
+    def broken():
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    transport = RecordingTransport()
+    agent = NodeAgent(_config(), SimulatedGpus("node-a", 1), transport,
+                      step_sources=[broken, lambda: _steps(2)],
+                      checkpoint_sources=[broken])
+    agent.tick(1_795_000_100.0)
+    steps = [RecordDecoder(StepBatch).decode(v) for t, _, v in transport.sent if "steps" in t]
+    assert [s.step for b in steps for s in b.steps] == [0, 1]
+    assert agent.batches_sent == 1 and agent.collect_errors == 2
+
+
+def test_heartbeat_counters_stay_within_the_wire_bound_whatever_a_gauge_says():
+    transport = RecordingTransport()
+    agent = NodeAgent(_config(), SimulatedGpus("node-a", 1), transport,
+                      gauges=lambda: {"datagrams_dropped": 2**64, "dead_lettered": 4})
+    agent.heartbeat(1.0)
+    (value,) = [v for t, _, v in transport.sent if "heartbeats" in t]
+    counters = RecordDecoder(Heartbeat).decode(value).counters
+    assert counters.datagrams_dropped == 2**63 - 1 and counters.dead_lettered == 4
+
+
+def test_a_too_small_max_request_size_is_rejected():
+    with pytest.raises(ConfigError, match="max_request_size"):
+        KafkaProducerSettings(bootstrap="h:1", max_request_size=1000)

@@ -4,6 +4,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import pytest
 from trainguard.agents.intake import MAX_DATAGRAM_BYTES, StepIntake
 from trainguard.agents.reporter import StepDatagram
 from trainguard.errors import CollectorError
-from trainguard.schemas.records import StepRecord
+from trainguard.schemas.codec import RecordDecoder, encode
+from trainguard.schemas.records import AgentCounters, Heartbeat, StepRecord
 
 
 @pytest.fixture
@@ -161,3 +163,96 @@ def test_eight_ranks_stepping_together_are_all_received(sock_path):
     finally:
         for s in senders:
             s.close()
+
+
+# -- hostile input (issue 13): a datagram costs itself, never the thread's time or the node's
+#    heartbeat
+
+
+def _hostile_datagrams():
+    """Datagrams that made the decoder raise something other than a RecordError."""
+    invalid_utf8 = datagram().replace(b'"job-1"', b'"job-\xff\xfe"')
+    deep = b'{"v":1,"pid":1,"dropped":0,"junk":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    return [invalid_utf8, deep]
+
+
+def test_bad_datagrams_between_good_ones_cost_no_sleep_and_every_good_one_arrives(
+    sock_path, sender
+):
+    waits: list[float] = []
+    stopped = threading.Event()
+
+    def wait(seconds):
+        waits.append(seconds)
+        return stopped.wait(min(seconds, 0.005))
+
+    intake = StepIntake(sock_path, poll_interval_s=0.002, read_error_backoff_s=1.0, wait=wait)
+    intake.start()
+    try:
+        bad = _hostile_datagrams()
+        for i in range(40):
+            sender.sendto(bad[i % len(bad)], str(sock_path))
+            sender.sendto(datagram(i), str(sock_path))
+            wait_for(lambda i=i: intake.steps_received == i + 1)
+        wait_for(lambda: intake.steps_malformed == 40)
+    finally:
+        stopped.set()
+        intake.stop()
+    assert [r.step for r in intake.drain()] == list(range(40))
+    assert intake.read_errors == 0
+    assert waits and set(waits) == {0.002}, "the intake waited longer than its poll interval"
+
+
+def test_a_datagram_that_makes_handling_fail_is_counted_as_an_error(sock_path, sender):
+    class Exploding(StepIntake):
+        def _checkpoint(self, report):
+            raise ZeroDivisionError("a bug in one path")
+
+    from trainguard.agents.reporter import CheckpointReport
+
+    report = CheckpointReport(job_id="j", rank=0, node="n", step=1, ts=1.0, action="save",
+                              checkpoint_id="c", digest="0123abcd")
+    data = msgspec.json.encode(StepDatagram(pid=1, dropped=0, checkpoint=report))
+    with Exploding(sock_path) as intake:
+        sender.sendto(data, str(sock_path))
+        sender.sendto(datagram(1), str(sock_path))
+        wait_for(lambda: intake.steps_received == 1)
+        assert intake.malformed_by_reason == {"error": 1}
+        assert intake.read_errors == 0
+
+
+def test_a_forged_drop_count_is_malformed_and_the_heartbeat_stays_valid(sock_path, sender):
+    with StepIntake(sock_path) as intake:
+        sender.sendto(datagram(0, pid=999_999, dropped=2**63 - 1), str(sock_path))
+        sender.sendto(datagram(1, pid=100, dropped=3), str(sock_path))
+        wait_for(lambda: intake.steps_received == 1 and intake.steps_malformed == 1)
+        counts = intake.counts()
+    assert intake.malformed_by_reason == {"invalid": 1}
+    assert counts["datagrams_dropped"] == 3
+    hb = Heartbeat(cluster="c", node="n", ts=1.0, seq=0, agent_id="a", agent_version="0",
+                   uptime_s=1.0, backend="simulated", gpu_count=1,
+                   counters=AgentCounters(datagrams_dropped=counts["datagrams_dropped"],
+                                          reporters_evicted=counts["reporters_evicted"]))
+    assert RecordDecoder(Heartbeat).decode(encode(hb)).counters.datagrams_dropped == 3
+
+
+def test_the_per_reporter_drop_memory_is_capped_and_evictions_are_counted(sock_path, sender):
+    with StepIntake(sock_path, max_reporters=2) as intake:
+        for i, pid in enumerate([1, 2, 3, 3]):
+            sender.sendto(datagram(i, pid=pid, dropped=1), str(sock_path))
+            wait_for(lambda i=i: intake.steps_received == i + 1)
+        assert intake.counts()["reporters_evicted"] == 1
+        assert intake.datagrams_dropped == 3
+
+
+def test_nonfinite_names_a_sender_makes_up_grow_no_dictionary(sock_path, sender):
+    record = StepRecord(job_id="j", rank=0, world_size=1, node="n", step=3, ts=1.0)
+    names = ["loss"] + [f"made-up-{i}" for i in range(50)]
+    with StepIntake(sock_path) as intake:
+        for i, nonfinite in enumerate([names, ["only-made-up"]]):
+            data = msgspec.json.encode(
+                StepDatagram(pid=1, dropped=0, step=record, nonfinite=nonfinite))
+            sender.sendto(data, str(sock_path))
+            wait_for(lambda i=i: intake.steps_received == i + 1)
+        assert intake.nonfinite_by_field == {"loss": 1, "unknown": 1}
+        assert [r.nonfinite for r in intake.drain()] == [["loss"], []]

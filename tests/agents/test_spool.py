@@ -1,3 +1,4 @@
+import errno
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,97 @@ def test_a_closed_spool_hands_out_nothing_and_refuses_appends(tmp_path):
     assert spool.read(10) == []
     with pytest.raises(TrainguardError, match="closed"):
         spool.append("t", b"k", b"v")
+
+
+# -- a disk that refuses writes (issue 13): the agent goes on, records wait in memory
+
+
+class Disk:
+    """Opens segments whose writes fail with ENOSPC while ``full`` (half-written if ``torn``)."""
+
+    def __init__(self):
+        self.full = False
+        self.torn = False
+
+    def open(self, path):
+        return _FlakyFile(open(path, "ab", buffering=0), self)
+
+
+class _FlakyFile:
+    def __init__(self, raw, disk):
+        self._raw, self._disk = raw, disk
+
+    def write(self, data):
+        if self._disk.full:
+            if self._disk.torn:
+                self._raw.write(bytes(data[: len(data) // 2]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self._raw.write(data)
+
+    def truncate(self, size):
+        return self._raw.truncate(size)
+
+    def close(self):
+        self._raw.close()
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_795_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.mark.parametrize("torn", [False, True])
+def test_a_full_disk_holds_records_in_memory_readable_in_order_then_writes_them(tmp_path, torn):
+    disk, clock = Disk(), Clock()
+    spool = Spool(tmp_path, opener=disk.open, clock=clock, retry_interval_s=1.0)
+    _fill(spool, 2)
+    disk.full, disk.torn = True, torn
+    _fill(spool, 3)  # must not raise
+    assert spool.write_errors >= 1 and spool.memory_depth == 3
+    assert [e.seq for e in spool.read(10)] == [0, 1, 2, 3, 4]
+    disk.full = False
+    clock.now += 2.0  # past the retry interval
+    spool.append("t", b"k", b"after")
+    assert spool.memory_depth == 0
+    spool.close()
+    reopened = Spool(tmp_path)
+    assert reopened.corrupt == 0
+    got = reopened.read(10)
+    assert [e.seq for e in got] == [0, 1, 2, 3, 4, 5] and got[-1].value == b"after"
+
+
+def test_records_held_in_memory_are_sent_and_committed_while_the_disk_stays_full(tmp_path):
+    disk = Disk()
+    spool = Spool(tmp_path, opener=disk.open)
+    disk.full = True
+    seqs = _fill(spool, 4)
+    assert [e.seq for e in spool.read(10)] == seqs
+    spool.commit(seqs[-1])
+    assert spool.depth == 0 and spool.memory_depth == 0
+
+
+def test_the_memory_queue_is_bounded_and_drops_the_oldest_counted(tmp_path):
+    disk = Disk()
+    spool = Spool(tmp_path, opener=disk.open, memory_max_bytes=1000)
+    _fill(spool, 2, size=100)
+    disk.full = True
+    _fill(spool, 20, size=100)
+    kept = spool.memory_depth
+    assert 0 < kept < 20 and spool.dropped == 20 - kept
+    assert [e.seq for e in spool.read(100)] == [0, 1] + list(range(22 - kept, 22))
+
+
+def test_a_cursor_that_cannot_be_saved_is_counted_not_raised(tmp_path, monkeypatch):
+    spool = Spool(tmp_path)
+    _fill(spool, 3)
+    spool.read(3)
+
+    def no_space(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", no_space)
+    spool.commit(2)
+    assert spool.write_errors == 1 and spool.depth == 0

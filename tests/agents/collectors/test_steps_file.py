@@ -140,3 +140,18 @@ def test_an_over_long_line_is_skipped_whole(log):
         records += tail.poll()
     assert [r.step for r in records] == [7]
     assert tail.malformed_by_reason == {"too_large": 1}
+
+
+def test_an_invalid_utf8_line_is_counted_and_skipped_not_fatal(log):
+    log.write_text("")
+    tail = tail_of(log)
+    bad_string = b'{"step": 1, "ts": 1795000001.0, "job_id": "job-\xff\xfe"}\n'
+    deep = b'{"step": 2, "junk": ' + b"[" * 5000 + b"]" * 5000 + b"}\n"
+    with open(log, "ab") as f:
+        f.write(line(0).encode() + bad_string + deep + line(3).encode())
+    records = tail.poll()
+    assert [r.step for r in records] == [0, 3]
+    assert tail.steps_malformed == 2 and tail.steps_received == 2
+    assert tail.malformed_by_reason.get("not_json", 0) >= 1
+    append(log, line(4))
+    assert [r.step for r in tail.poll()] == [4]
