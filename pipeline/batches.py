@@ -21,6 +21,7 @@ from trainguard.pipeline.ingest import Ingestor
 from trainguard.pipeline.offsets import HeldOffsets
 from trainguard.pipeline.publish import Publisher
 from trainguard.pipeline.sinks.rows import Row
+from trainguard.pipeline.sinks.sources import IngestSources, SourceOf
 from trainguard.pipeline.snapshots import StateSnapshots
 
 __all__ = ["WRITES_IN_FLIGHT", "BatchHandler", "StoreWrite"]
@@ -30,9 +31,11 @@ __all__ = ["WRITES_IN_FLIGHT", "BatchHandler", "StoreWrite"]
 WRITES_IN_FLIGHT = 2
 
 #: Starts one store write of rows and intake lines on the store's thread; the future
-#: completes when it landed (or raises when the sink gave up).
+#: completes when it landed (or raises when the sink gave up). The third argument names
+#: the message behind a row the store refuses (see ``StoreSink.write``).
 StoreWrite = Callable[
-    [Mapping[str, Sequence[Row]], Mapping[str, Sequence[bytes]] | None], asyncio.Future[Any]
+    [Mapping[str, Sequence[Row]], Mapping[str, Sequence[bytes]] | None, SourceOf | None],
+    asyncio.Future[Any],
 ]
 
 
@@ -54,7 +57,9 @@ class BatchHandler:
         # Hold every message until its batch is in the store: take_events acks the batch
         # when the agent body returns, and the write below may still be running then.
         self._offsets.hold(events)
-        result = self._ingestor.ingest([RawMessage.of(e.message) for e in events])
+        messages = [RawMessage.of(e.message) for e in events]
+        result = self._ingestor.ingest(messages)
+        sources = IngestSources(messages, result)  # store refusals: see _store
         await self._publisher.dead_letters(result.dead, result.rows)
         if self._baselines is not None:
             if self._snapshots is not None:
@@ -68,13 +73,28 @@ class BatchHandler:
                                            result.rows)
         # Pipelined: the store writes this batch while the next one is decoded and
         # judged. Writes run one at a time, in order, on the store thread.
-        self._offsets.add(self._write(result.rows, result.lines), events)
+        self._offsets.add(self._store(result.rows, result.lines, sources), events)
         await self._offsets.settle(self._writes_in_flight)
         if self._snapshots is not None and self._snapshots.due():
             # After every write landed: a snapshot never holds an alarm whose anomaly is
             # not stored, nor points of a batch that a crash would replay.
             await self._offsets.settle_all()
             await self._snapshots.write()
+
+    def _store(self, rows: Mapping[str, Sequence[Row]], lines: Mapping[str, Sequence[bytes]],
+               sources: SourceOf) -> asyncio.Future[Any]:
+        """Start the write; its future completes once the rows the store refused (already
+        in the ``dead_letters`` table) are on the dead-letter topic too."""
+        write = self._write(rows, lines, sources)
+
+        async def copy_refused() -> Any:
+            written = await write
+            dead = getattr(written, "dead", None)
+            if dead:
+                await self._publisher.dead_letters(dead, {})  # rows: the sink stored them
+            return written
+
+        return asyncio.ensure_future(copy_refused())
 
     async def stop(self) -> None:
         """Stopping or crashing: release what already landed so its offsets are committed."""
@@ -96,4 +116,4 @@ class BatchHandler:
         if found:
             rows: dict[str, list[Row]] = {}
             await self._publisher.findings(found, rows)
-            await self._write(rows, None)
+            await self._write(rows, None, None)

@@ -21,6 +21,7 @@ import chdb
 
 from trainguard.errors import StoreError
 from trainguard.pipeline.store.base import INSERT_SETTINGS, QueryResult, Store, decode_json_compact
+from trainguard.pipeline.store.errors import StoreDataError, is_data_error
 from trainguard.pipeline.store.sqltext import split_statements
 from trainguard.pipeline.store.url import validate_identifier
 
