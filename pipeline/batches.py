@@ -83,8 +83,10 @@ class BatchHandler:
 
     def _store(self, rows: Mapping[str, Sequence[Row]], lines: Mapping[str, Sequence[bytes]],
                sources: SourceOf) -> asyncio.Future[Any]:
-        """Start the write; its future completes once the rows the store refused (already
-        in the ``dead_letters`` table) are on the dead-letter topic too."""
+        """Start the write; its future completes once the rows the store refused are copied.
+
+        The sink already stored their ``dead_letters`` rows; here they go to the topic.
+        """
         write = self._write(rows, lines, sources)
 
         async def copy_refused() -> Any:

@@ -2,8 +2,9 @@
 
 What an SRE needs to trust the pipeline: is it reading (ingest rate), keeping up
 (consumer lag per partition: messages on the broker not yet read), rejecting input (dead
-letters, the store's refusals included), writing (sink batch latency, ``store_down``), paging (alerts queued for delivery, deliveries
-given up). Rates are computed from the counters between two probes, on the wall clock.
+letters, the store's refusals included), writing (sink batch latency, ``store_down``),
+paging (alerts queued for delivery, deliveries given up). Rates are computed from the
+counters between two probes, on the wall clock.
 """
 
 from __future__ import annotations

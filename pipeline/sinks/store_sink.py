@@ -50,6 +50,8 @@ STORE_REJECTED = "store_rejected"
 #: Topic named in the dead letter of a refused row that no input message made.
 OWN_TOPIC_PREFIX = "store."
 
+DEAD_LETTERS = "dead_letters"
+
 _T = TypeVar("_T")
 _encoder = msgspec.json.Encoder()
 
@@ -147,8 +149,8 @@ class StoreSink:
                 n_rows += len(batch) - (len(refused) - before)
         dead = self._dead_letters(refused, sources)
         if dead:
-            rows_dead = [d.row(self._wall) for d in dead]
-            lost = self._retrying(started, lambda: self._bisect("dead_letters", rows_dead, 0))
+            rows_dead = [self._dated(d.row(self._wall)) for d in dead]
+            lost = self._retrying(started, lambda: self._bisect(DEAD_LETTERS, rows_dead, 0))
             for i, message in lost:  # a dead letter the store refuses: the log keeps it
                 log.error("dead letter refused by the store reason=%s error=%s row=%r",
                           dead[i].reason, message, rows_dead[i])
@@ -158,8 +160,20 @@ class StoreSink:
         self.counters.last_batch_s = self._clock() - started
         return WriteResult(written=n_rows + n_lines, dead=dead)
 
+    def _dated(self, row: Row) -> Row:
+        """Give a dead-letter row a storable time: a dead letter is never refused for it.
+
+        Its time is the Kafka record's, which a producer sets; an absurd one is replaced by
+        the time it is written.
+        """
+        if row_time_error(DEAD_LETTERS, row) is None:
+            return row
+        return {**row, "ts": self._wall()}
+
     def _write_rows(self, started: float, table: str, batch: Sequence[Row],
                     refused: list[_Refused]) -> None:
+        if table == DEAD_LETTERS:
+            batch = [self._dated(row) for row in batch]
         keep: list[int] = []
         for i, row in enumerate(batch):
             error = row_time_error(table, row)
@@ -167,6 +181,8 @@ class StoreSink:
                 keep.append(i)
             else:
                 refused.append(_Refused(table, i, row, CLOCK_REASON, error))
+        if not keep:
+            return
         kept = batch if len(keep) == len(batch) else [batch[i] for i in keep]
         bad = self._retrying(started, lambda: self._bisect(table, kept, 0))
         refused.extend(_Refused(table, keep[i], kept[i], STORE_REJECTED, m) for i, m in bad)

@@ -183,7 +183,8 @@ class ChdbStore(Store):
                     inserter.append(body)
                     inserter.finish()
             except _CHDB_ERRORS as exc:
-                raise StoreError(f"{exc} (sql: {sql[:200]!r})") from None
+                error = StoreDataError if is_data_error(str(exc)) else StoreError
+                raise error(f"{exc} (sql: {sql[:200]!r})") from None
 
     def close(self) -> None:
         """Drop this store's reference; the connection closes with the last one."""

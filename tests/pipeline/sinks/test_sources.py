@@ -27,8 +27,8 @@ def test_each_row_and_line_maps_to_its_own_message_skipping_the_rejected_ones():
     far = StepBatch(cluster="c", node="n", job_id="j", ts=NOW, seq=2, agent_id="a",
                     steps=[_step(2), StepRecord(job_id="j", rank=1, world_size=2, node="n",
                                                 step=2, ts=1e308)])
-    beat = Heartbeat(cluster="c", node="n", ts=NOW, agent_id="a", agent_version="1",
-                     backend="sim", uptime_s=1.0, gpu_count=8)
+    beat = Heartbeat(cluster="c", node="n", ts=NOW, seq=1, agent_id="a", agent_version="1",
+                     backend="simulated", uptime_s=1.0, gpu_count=8)
     msgs = [_msg(TOPICS.steps, b"garbage", 0), _msg(TOPICS.steps, encode(batch), 1),
             _msg(TOPICS.steps, encode(_step(5)), 2), _msg(TOPICS.heartbeats, encode(beat), 3),
             _msg(TOPICS.steps, encode(far), 4)]

@@ -167,3 +167,10 @@ def test_a_store_outage_in_the_middle_of_a_bisect_is_retried_not_dead_lettered()
     result = sink.write({"t": rows})
     assert len(result.dead) == 1 and sink.counters.retries == 1
     assert sorted(r["x"] for r in store.stored("t")) == [0, 1, 2, 4, 5, 6, 7]
+
+
+def test_a_dead_letter_with_an_absurd_kafka_time_is_kept_with_the_write_time():
+    store = FakeStore()
+    row = {"topic": "t", "partition": 0, "offset": 1, "reason": "bad_json", "ts": 4.6e15}
+    result = _sink(store).write({"dead_letters": [row]})
+    assert result.dead == [] and store.stored("dead_letters") == [{**row, "ts": 1.7e9}]
