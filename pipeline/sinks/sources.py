@@ -48,7 +48,7 @@ class IngestSources:
         """The message whose record made row (or line) ``index`` of ``table``, if any."""
         if self._by_table is None:
             self._by_table = self._replay()
-        made = self._by_table.get(table, ())
+        made = self._by_table.get(table) or []
         return made[index] if 0 <= index < len(made) else None
 
     def _replay(self) -> dict[str, list[RawMessage]]:

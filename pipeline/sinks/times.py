@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from trainguard.pipeline.sinks.rows import Row
-from trainguard.schemas.records import GpuSampleBatch, Record, StepBatch
+from trainguard.schemas.records import Record, StepBatch
 
 __all__ = [
     "CLOCK_REASON",
@@ -70,6 +70,4 @@ def record_times_storable(record: Record) -> bool:
         return False
     if isinstance(record, StepBatch):
         return all(_storable(step.ts) for step in record.steps)
-    if isinstance(record, GpuSampleBatch):
-        return True  # its XID event times are not stored as DateTime64
-    return True
+    return True  # a sample batch's XID event times are not stored as DateTime64

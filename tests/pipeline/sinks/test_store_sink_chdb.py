@@ -107,7 +107,7 @@ def test_a_row_the_store_cannot_parse_is_dead_lettered_and_the_rest_land(
 
 
 def test_out_of_range_times_are_clock_dead_letters_and_never_stored(store: ChdbStore) -> None:
-    far = _batch([_step(1, NOW), _step(2, 1e308), _step(3, NOW)], job="k")
+    far = _batch([_step(1, NOW, "k"), _step(2, 1e308, "k"), _step(3, NOW, "k")], job="k")
     msgs = [RawMessage(topic=TOPICS.steps, partition=1, offset=9, key=b"k", value=encode(far),
                        timestamp=NOW)]
     result = Ingestor(TOPICS).ingest(msgs)
