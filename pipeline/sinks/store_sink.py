@@ -23,6 +23,7 @@ leaves one row. A failed insert is one of two things (:mod:`trainguard.pipeline.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
@@ -139,7 +140,7 @@ class StoreSink:
         n_lines = n_rows = 0
         for table, blines in (lines or {}).items():
             if blines:
-                bad = self._retrying(started, lambda t=table, b=blines: self._bisect(t, b, 0))
+                bad = self._retrying(started, functools.partial(self._bisect, table, blines, 0))
                 refused.extend(_Refused(table, i, blines[i], STORE_REJECTED, m) for i, m in bad)
                 n_lines += len(blines) - len(bad)
         for table, batch in rows.items():
@@ -150,7 +151,8 @@ class StoreSink:
         dead = self._dead_letters(refused, sources)
         if dead:
             rows_dead = [self._dated(d.row(self._wall)) for d in dead]
-            lost = self._retrying(started, lambda: self._bisect(DEAD_LETTERS, rows_dead, 0))
+            lost = self._retrying(started,
+                                  functools.partial(self._bisect, DEAD_LETTERS, rows_dead, 0))
             for i, message in lost:  # a dead letter the store refuses: the log keeps it
                 log.error("dead letter refused by the store reason=%s error=%s row=%r",
                           dead[i].reason, message, rows_dead[i])
@@ -184,7 +186,7 @@ class StoreSink:
         if not keep:
             return
         kept = batch if len(keep) == len(batch) else [batch[i] for i in keep]
-        bad = self._retrying(started, lambda: self._bisect(table, kept, 0))
+        bad = self._retrying(started, functools.partial(self._bisect, table, kept, 0))
         refused.extend(_Refused(table, keep[i], kept[i], STORE_REJECTED, m) for i, m in bad)
 
     def _insert(self, table: str, items: Sequence[Any]) -> None:
