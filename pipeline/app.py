@@ -34,7 +34,7 @@ import faust
 import mode
 
 from trainguard.pipeline.baselines import BaselineStage
-from trainguard.pipeline.batches import BatchHandler
+from trainguard.pipeline.batches import BatchHandler, StoreWrite
 from trainguard.pipeline.config import WorkerConfig
 from trainguard.pipeline.consistency import ConsistencyStage
 from trainguard.pipeline.health import HealthProbe, add_health
@@ -42,7 +42,8 @@ from trainguard.pipeline.ingest import Ingestor
 from trainguard.pipeline.offsets import HeldOffsets, message_out
 from trainguard.pipeline.publish import Publisher
 from trainguard.pipeline.sinks.rows import Row
-from trainguard.pipeline.sinks.store_sink import StoreSink
+from trainguard.pipeline.sinks.sources import SourceOf
+from trainguard.pipeline.sinks.store_sink import StoreSink, WriteResult
 from trainguard.pipeline.snapshots import StateSnapshots
 from trainguard.pipeline.state import read_snapshots
 from trainguard.pipeline.store import Store
@@ -147,15 +148,13 @@ def _on_assigned(handle: Callable[[Any], Any]) -> Callable[..., Any]:
     return receiver
 
 
-def _store_write(
-    executor: Executor, sink: StoreSink,
-) -> Callable[[Mapping[str, Sequence[Row]], Mapping[str, Sequence[bytes]] | None],
-              asyncio.Future[int]]:
+def _store_write(executor: Executor, sink: StoreSink) -> StoreWrite:
     """Start ``sink.write`` on the store thread; the future completes when it landed."""
 
-    def write(rows: Mapping[str, Sequence[Row]],
-              lines: Mapping[str, Sequence[bytes]] | None) -> asyncio.Future[int]:
-        return asyncio.get_running_loop().run_in_executor(executor, sink.write, rows, lines)
+    def write(rows: Mapping[str, Sequence[Row]], lines: Mapping[str, Sequence[bytes]] | None,
+              sources: SourceOf | None) -> asyncio.Future[WriteResult]:
+        return asyncio.get_running_loop().run_in_executor(executor, sink.write, rows, lines,
+                                                          sources)
 
     return write
 
@@ -193,6 +192,6 @@ def _add_report(app: faust.App, ingestor: Ingestor, sink: StoreSink,
         c, q = sink.counters, handler.quarantine
         log.info(
             "worker progress records=%d rejected=%d stage_errors=%d jobs_reset=%d rows=%d "
-            "lines=%d batches=%d retries=%d last_batch_ms=%.1f", ingestor.accepted,
-            sum(ingestor.rejected.values()), q.total(), q.jobs_reset, c.rows, c.lines,
-            c.batches, c.retries, c.last_batch_s * 1000)
+            "lines=%d batches=%d retries=%d last_batch_ms=%.1f store_rejected=%s store_down=%s",
+            ingestor.accepted, sum(ingestor.rejected.values()), q.total(), q.jobs_reset, c.rows,
+            c.lines, c.batches, c.retries, c.last_batch_s * 1000, c.rejected, c.store_down)

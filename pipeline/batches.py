@@ -28,6 +28,7 @@ from trainguard.pipeline.offsets import HeldOffsets
 from trainguard.pipeline.publish import Publisher
 from trainguard.pipeline.quarantine import Quarantine, isolate
 from trainguard.pipeline.sinks.rows import Row
+from trainguard.pipeline.sinks.sources import IngestSources, SourceOf
 from trainguard.pipeline.snapshots import StateSnapshots
 from trainguard.schemas.records import (
     Anomaly,
@@ -46,9 +47,11 @@ __all__ = ["WRITES_IN_FLIGHT", "BatchHandler", "StoreWrite"]
 WRITES_IN_FLIGHT = 2
 
 #: Starts one store write of rows and intake lines on the store's thread; the future
-#: completes when it landed (or raises when the sink gave up).
+#: completes when it landed (or raises when the sink gave up). The third argument names
+#: the message behind a row the store refuses (see ``StoreSink.write``).
 StoreWrite = Callable[
-    [Mapping[str, Sequence[Row]], Mapping[str, Sequence[bytes]] | None], asyncio.Future[Any]
+    [Mapping[str, Sequence[Row]], Mapping[str, Sequence[bytes]] | None, SourceOf | None],
+    asyncio.Future[Any],
 ]
 
 
@@ -73,7 +76,9 @@ class BatchHandler:
         # Hold every message until its batch is in the store: take_events acks the batch
         # when the agent body returns, and the write below may still be running then.
         self._offsets.hold(events)
-        result = self._ingestor.ingest([RawMessage.of(e.message) for e in events])
+        messages = [RawMessage.of(e.message) for e in events]
+        result = self._ingestor.ingest(messages)
+        sources = IngestSources(messages, result)  # store refusals: see _store
         await self._publisher.dead_letters(result.dead, result.rows)
         dead: list[DeadLetter] = []
         if self._baselines is not None:
@@ -87,7 +92,7 @@ class BatchHandler:
         await self._publisher.dead_letters(dead, result.rows)
         # Pipelined: the store writes this batch while the next one is decoded and
         # judged. Writes run one at a time, in order, on the store thread.
-        self._offsets.add(self._write(result.rows, result.lines), events)
+        self._offsets.add(self._store(result.rows, result.lines, sources), events)
         await self._offsets.settle(self._writes_in_flight)
         if self._snapshots is not None and self._snapshots.due():
             # After every write landed: a snapshot never holds an alarm whose anomaly is
@@ -154,6 +159,23 @@ class BatchHandler:
               i: int, **context: object) -> None:
         dead.append(self.quarantine.dead_letter(stage, exc, result.messages[i], **context))
 
+    def _store(self, rows: Mapping[str, Sequence[Row]], lines: Mapping[str, Sequence[bytes]],
+               sources: SourceOf) -> asyncio.Future[Any]:
+        """Start the write; its future completes once the rows the store refused are copied.
+
+        The sink already stored their ``dead_letters`` rows; here they go to the topic.
+        """
+        write = self._write(rows, lines, sources)
+
+        async def copy_refused() -> Any:
+            written = await write
+            dead = getattr(written, "dead", None)
+            if dead:
+                await self._publisher.dead_letters(dead, {})  # rows: the sink stored them
+            return written
+
+        return asyncio.ensure_future(copy_refused())
+
     async def stop(self) -> None:
         """Stopping or crashing: release what already landed so its offsets are committed."""
         await self._offsets.settle_landed()
@@ -174,7 +196,7 @@ class BatchHandler:
         if found:
             rows: dict[str, list[Row]] = {}
             await self._publisher.findings(found, rows)
-            await self._write(rows, None)
+            await self._write(rows, None, None)
 
     def _flush_failed(self, job_id: str, exc: Exception) -> None:
         """A job's checks raised while its expired steps closed: its state was dropped."""

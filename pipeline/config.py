@@ -58,7 +58,9 @@ class WorkerConfig:
     #: are due within a second; under load batches fill to ``batch_max`` long before.
     batch_max: int = 2000
     batch_within_s: float = 0.2
-    #: How long a failing store write is retried (with backoff) before the worker gives up.
+    #: How long a failing store write is retried (with backoff) before the store is declared
+    #: down (an error line, ``store_down`` in pipeline_health); the worker then stays up,
+    #: paused, and keeps retrying until the store is back.
     store_retry_s: float = 600.0
     #: A worker that stops heartbeating for this long loses its partitions to the others.
     #: Short enough that a killed worker's partitions move within seconds.

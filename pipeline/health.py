@@ -2,8 +2,9 @@
 
 What an SRE needs to trust the pipeline: is it reading (ingest rate), keeping up
 (consumer lag per partition: messages on the broker not yet read), rejecting input (dead
-letters), writing (sink batch latency), paging (alerts queued for delivery, deliveries
-given up). Rates are computed from the counters between two probes, on the wall clock.
+letters, the store's refusals included), writing (sink batch latency, ``store_down``),
+paging (alerts queued for delivery, deliveries given up). Rates are computed from the
+counters between two probes, on the wall clock.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class HealthProbe:
         self._last = _Last(now, consumed, records)
         out.append(self._metric(now, "dead_letters_total", float(rejected)))
         out.append(self._metric(now, "sink_batch_ms", sink.last_batch_s * 1000.0))
+        # A probe taken while the store is down waits for it, so this row lands when it is
+        # back (the error log says it at once): the gap before it is the outage.
+        out.append(self._metric(now, "store_down", float(sink.store_down)))
+        out.append(self._metric(now, "store_outages_total", float(sink.outages)))
         for (topic, partition), behind in sorted(lag.items()):
             out.append(self._metric(now, "consumer_lag", float(max(0, behind)), topic, partition))
         for name, value in sorted((extra or {}).items()):
@@ -91,7 +96,8 @@ def add_health(
                 continue
             if end is not None and read is not None:
                 lag[tp.topic, tp.partition] = end - read
-        rejected = sum(ingestor.rejected.values())
+        # The store's refusals are dead letters too (times out of range, refused rows).
+        rejected = sum(ingestor.rejected.values()) + sum(sink.counters.rejected.values())
         rows = probe.rows(consumed=ingestor.accepted + rejected, rejected=rejected,
                           sink=sink.counters, lag=lag, extra=extra() if extra else None)
         await asyncio.get_running_loop().run_in_executor(

@@ -45,6 +45,7 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     store = open_store(config.store)
     reads = None
+    sink: StoreSink | None = None
     try:
         applied = migrate(store)
         if applied:
@@ -75,6 +76,8 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
             return code
         return 0
     finally:
+        if sink is not None:
+            sink.close()  # a write still waiting for a down store gives up: replayed later
         if reads is not None:
             reads.close()
         store.close()

@@ -12,12 +12,17 @@ The line is the record re-encoded by msgspec, not the bytes as received: canonic
 has no unknown fields, duplicate keys or odd whitespace that ClickHouse's parser could
 read differently from msgspec's, so what was validated is exactly what is stored. The
 Kafka partition and offset are prepended as the ``_tg_partition``/``_tg_offset`` fields.
+
+A record with a time the store's columns cannot hold gets no line: it takes the row path,
+where :class:`~trainguard.pipeline.sinks.store_sink.StoreSink` dead-letters the rows out
+of range (reason ``clock``) and stores the rest.
 """
 
 from __future__ import annotations
 
 import msgspec
 
+from trainguard.pipeline.sinks.times import record_times_storable
 from trainguard.schemas.records import GpuSampleBatch, Record, StepBatch
 
 __all__ = ["INTAKE_TABLES", "intake_line"]
@@ -29,9 +34,12 @@ _encoder = msgspec.json.Encoder()
 
 
 def intake_line(record: Record, partition: int = -1, offset: int = -1) -> tuple[str, bytes] | None:
-    """Return ``(intake table, JSON line)`` for a high-volume record, else ``None``."""
+    """Return ``(intake table, JSON line)`` for a high-volume record, else ``None``.
+
+    ``None`` too for an intake record with a time out of the store's range (see above).
+    """
     table = INTAKE_TABLES.get(type(record))
-    if table is None:
+    if table is None or not record_times_storable(record):
         return None
     body = _encoder.encode(record)  # always starts with '{"kind":' for a tagged Struct
     return table, b'{"_tg_partition":%d,"_tg_offset":%d,%s' % (partition, offset, body[1:])

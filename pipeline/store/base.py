@@ -19,6 +19,7 @@ from typing import Any, Self
 import msgspec
 
 from trainguard.errors import StoreError
+from trainguard.pipeline.store.errors import StoreDataError
 
 __all__ = [
     "DATABASE_TOKEN",
@@ -131,12 +132,13 @@ def encode_json_each_row(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], 
         for key in row:
             if key not in columns:
                 if not _COLUMN.fullmatch(key):
-                    raise StoreError(f"invalid column name {key!r}; expected a plain identifier")
+                    raise StoreDataError(
+                        f"invalid column name {key!r}; expected a plain identifier")
                 columns[key] = None
     try:
         body = _ENCODER.encode_lines(plain)
     except (TypeError, msgspec.EncodeError) as exc:
-        raise StoreError(f"cannot encode row as JSON: {exc}") from None
+        raise StoreDataError(f"cannot encode row as JSON: {exc}") from None
     return list(columns), body
 
 

@@ -15,6 +15,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalErr
 
 from trainguard.errors import StoreError
 from trainguard.pipeline.store.base import INSERT_SETTINGS, QueryResult, Store, decode_json_compact
+from trainguard.pipeline.store.errors import StoreDataError, is_data_error
 from trainguard.pipeline.store.url import StoreUrl
 
 __all__ = ["ServerStore"]
@@ -52,9 +53,13 @@ class ServerStore(Store):
         log.info("opened server store url=%s", url)
 
     def _error(self, exc: Exception, sql: str) -> StoreError:
+        """Classify a driver error: unreachable, data refused (StoreDataError), or other."""
         if isinstance(exc, OperationalError):
             return StoreError(f"cannot reach ClickHouse at {self._where}: {exc}")
-        return StoreError(f"ClickHouse at {self._where}: {exc} (sql: {sql[:200]!r})")
+        text = f"ClickHouse at {self._where}: {exc} (sql: {sql[:200]!r})"
+        if is_data_error(str(exc)):
+            return StoreDataError(text)
+        return StoreError(text)
 
     def command(self, sql: str) -> None:
         """Run one statement, discarding any output."""

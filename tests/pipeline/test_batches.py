@@ -26,8 +26,10 @@ class Writes:
         self.calls: list[tuple[Mapping[str, Sequence[Any]], Any]] = []
         self.futures: list[asyncio.Future[int]] = []
 
-    def __call__(self, rows: Mapping[str, Sequence[Any]], lines: Any) -> asyncio.Future[int]:
+    def __call__(self, rows: Mapping[str, Sequence[Any]], lines: Any,
+                 sources: Any = None) -> asyncio.Future[int]:
         self.calls.append((rows, lines))
+        self.sources = sources
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.futures.append(future)
         return future
@@ -87,6 +89,7 @@ def test_offsets_go_only_after_the_write_and_at_most_two_writes_are_in_flight() 
         await second
         assert out == [0, 1]
         writes.futures[1].set_result(2)
+        await spin()  # landed once its refused rows (none) are on the dead-letter topic
         await handler.settle_idle()
         assert out == [0, 1, 2, 3]
 
@@ -337,5 +340,32 @@ def test_close_steps_counts_a_job_dropped_by_a_failing_flush() -> None:
         await handler.close_steps()
         assert writes.calls == [] and handler.quarantine.jobs_reset == 1
         assert handler.quarantine.errors == {"consistency_flush": 1}
+
+    run(main())
+
+
+def test_rows_the_store_refused_reach_the_dead_letter_topic_before_their_offsets_go() -> None:
+    from trainguard.pipeline.dead_letters import DeadLetter
+    from trainguard.pipeline.sinks.store_sink import WriteResult
+
+    async def main() -> None:
+        topics, writes = Topics(auto_ack=False), Writes()
+        handler, out = _handler(topics, writes)
+        batch = _good(range(0, 3))
+        task = asyncio.create_task(_handle(handler, batch))
+        await spin()
+        source = writes.sources("sample_batches_in", 1)  # who made the second line
+        assert source is not None and source.offset == 1
+        writes.futures[0].set_result(
+            WriteResult(written=2, dead=[DeadLetter(source, "store_rejected", "Code: 27.")]))
+        await spin()
+        assert [s.value for s in topics.dead.sent] == [batch[1].message.value]
+        await handler.settle_idle()
+        assert out == []  # the copy is not acknowledged yet
+        topics.dead.ack_all()
+        await spin()
+        await handler.settle_idle()
+        await task
+        assert out == [0, 1, 2]
 
     run(main())

@@ -87,3 +87,32 @@ def test_several_statements_in_one_call_are_refused(chdb_store):
     with pytest.raises(StoreError, match="one statement per call, got 2"):
         chdb_store.query("SELECT 1; DROP TABLE {database}.t")
     assert chdb_store.query("EXISTS TABLE {database}.t").scalar() == 1
+
+
+def _step_line(offset: int, ts: float) -> bytes:
+    return (b'{"_tg_partition":0,"_tg_offset":%d,"kind":"step_batch","cluster":"c","steps":'
+            b'[{"job_id":"j","rank":0,"world_size":1,"node":"n","step":%d,"ts":%r,'
+            b'"nonfinite":[]}]}' % (offset, offset, ts))
+
+
+def test_an_insert_over_the_partition_limit_raises_instead_of_vanishing(chdb_store):
+    from trainguard.pipeline.store import migrate
+    from trainguard.pipeline.store.errors import StoreDataError
+
+    migrate(chdb_store)
+    month = 32 * 86400.0
+    lines = [_step_line(i, 1.5e9 + i * month) for i in range(101)]  # 101 distinct months
+    with pytest.raises(StoreDataError, match="Too many partitions"):
+        chdb_store.insert_json_lines("step_batches_in", lines)
+    chdb_store.insert_json_lines("step_batches_in", lines[:100])  # at the limit: stored
+    assert chdb_store.query("SELECT count() FROM {database}.steps").scalar() == 100
+
+
+def test_a_value_the_column_cannot_take_is_a_store_data_error(chdb_store):
+    from trainguard.pipeline.store.errors import StoreDataError
+
+    chdb_store.command(_TABLE)
+    with pytest.raises(StoreDataError):
+        chdb_store.insert_rows("t", [{"k": "not a number", "name": "a", "ts": 1.7e9}])
+    chdb_store.insert_rows("t", [{"k": 1, "name": "a", "ts": 1.7e9}])  # the store is fine
+    assert chdb_store.query("SELECT count() FROM {database}.t").scalar() == 1

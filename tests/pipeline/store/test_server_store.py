@@ -70,3 +70,41 @@ def test_migrate_insert_and_count_on_a_server(server_store):
     server_store.insert_rows("steps", [_STEP])
     server_store.insert_rows("steps", [_STEP])
     assert row_counts(server_store)["steps"] == 1
+
+
+class _RefusingClient:
+    """A clickhouse-connect client whose inserts fail with the given driver error."""
+
+    def __init__(self, error):
+        self.error, self.database = error, None
+
+    def command(self, sql):
+        return None
+
+    def raw_insert(self, *args, **kwargs):
+        raise self.error
+
+
+def test_an_insert_the_server_refuses_for_its_data_is_a_store_data_error():
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    from trainguard.pipeline.store.errors import StoreDataError
+
+    refused = DatabaseError("HTTPDriver received ClickHouse error code 27\n Code: 27. "
+                            "DB::Exception: Cannot parse input: expected '\"' before: 'zz'")
+    store = ServerStore(StoreUrl.parse("http://db.example:8123/x"),
+                        client=_RefusingClient(refused))
+    with pytest.raises(StoreDataError, match="(?s)db.example:8123.*Cannot parse input"):
+        store.insert_rows("steps", [_STEP])
+
+
+def test_a_server_that_cannot_be_reached_is_not_a_data_error():
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    from trainguard.pipeline.store.errors import StoreDataError
+
+    store = ServerStore(StoreUrl.parse("http://db.example:8123/x"),
+                        client=_RefusingClient(OperationalError("connection refused")))
+    with pytest.raises(StoreError, match="cannot reach ClickHouse") as caught:
+        store.insert_rows("steps", [_STEP])
+    assert not isinstance(caught.value, StoreDataError)
