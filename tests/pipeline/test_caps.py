@@ -104,3 +104,20 @@ def test_rejected_records_keep_their_bytes_for_the_dead_letter():
     raw = _msg(TOPICS.steps, _step(3, 2))
     (dead,) = Ingestor(TOPICS).ingest([raw]).dead
     assert msgspec.json.decode(dead.source.value)["rank"] == 3
+
+
+def test_evictions_at_the_caps_are_exported_with_the_worker_health():
+    from tests.pipeline.consistency.helpers import FakeJob
+    from trainguard.pipeline.app import _with_caps
+    from trainguard.pipeline.baselines import BaselineConfig, BaselineStage
+    from trainguard.pipeline.consistency import ConsistencyConfig, ConsistencyStage
+
+    baselines = BaselineStage(BaselineConfig(max_entities=2))
+    checks = ConsistencyStage(ConsistencyConfig(max_jobs=1))
+    for name in ("job-a", "job-b", "job-c"):
+        batches = FakeJob(2, job_id=name).step(1)
+        baselines.observe(batches)
+        checks.observe(batches)
+    metrics = _with_caps(lambda: {"alerts_queued": 3.0}, baselines, checks)()
+    assert metrics == {"alerts_queued": 3.0, "baseline_entities_evicted": 4.0,
+                       "consistency_jobs_evicted": 2.0, "consistency_records_malformed": 0.0}
