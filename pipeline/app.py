@@ -109,9 +109,28 @@ def build_app(
         return out
 
     add_health(app, config.health_every_s, HealthProbe(publisher.worker), ingestor, sink,
-               executor, health)
+               executor, _with_caps(health, baselines, consistency))
     _add_report(app, ingestor, sink, handler)
     return app
+
+
+def _with_caps(
+    extra: Callable[[], dict[str, float]] | None, baselines: BaselineStage | None,
+    consistency: ConsistencyStage | None,
+) -> Callable[[], dict[str, float]]:
+    """Health metrics of ``extra`` plus the stages' cap counters (entities and jobs evicted)."""
+
+    def metrics() -> dict[str, float]:
+        out = dict(extra()) if extra is not None else {}
+        if baselines is not None:
+            out["baseline_entities_evicted"] = float(baselines.evicted)
+        if consistency is not None:
+            out["consistency_jobs_evicted"] = float(consistency.evicted_jobs)
+            out["consistency_records_malformed"] = float(
+                consistency.stats()["malformed_records"])
+        return out
+
+    return metrics
 
 
 def _new_app(config: WorkerConfig) -> faust.App:

@@ -8,11 +8,14 @@ Faust: the worker feeds it, tests and benchmarks drive it directly.
 
 Entities: a GPU is ``node/gpu`` (from sample batches), a rank is ``job/rank`` (from step
 records). Everything runs in event time; an entity silent for ``idle_s`` of event time
-is expired and its rows are reused.
+is expired and its rows are reused. Entity keys come from the input, so each kind holds at
+most ``max_entities``: past it the least recently seen entities are evicted (counted in
+``evicted``), never the ones of the batch at hand.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
 from collections.abc import Sequence
@@ -22,10 +25,14 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from trainguard.errors import ConfigError
 from trainguard.pipeline.detect import BankConfig, Detection, DetectorBank, EntityRegistry
+from trainguard.pipeline.detect.registry import DEFAULT_MAX_ENTITIES
 from trainguard.schemas.records import Anomaly, GpuSampleBatch, Record, StepBatch, StepRecord
 
 __all__ = ["GPU_METRICS", "RANK_METRICS", "BaselineConfig", "BaselineStage"]
+
+log = logging.getLogger(__name__)
 
 #: GPU metrics and the direction of a departure worth reporting.
 GPU_METRICS: dict[str, str] = {"util_gpu_pct": "down", "power_w": "both"}
@@ -50,6 +57,13 @@ class BaselineConfig:
     idle_s: float = 900.0
     #: How often (event time) baselines are snapshotted into the ``baselines`` table.
     snapshot_every_s: float = 60.0
+    #: Entities held per kind (GPUs; ranks): forged job ids or ranks cannot grow the
+    #: baselines past it. At the cap the least recently seen are evicted and counted.
+    max_entities: int = DEFAULT_MAX_ENTITIES
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_entities, int) or self.max_entities < 1:
+            raise ConfigError(f"max_entities must be an integer >= 1, got {self.max_entities!r}")
 
 
 class _Meta(msgspec.Struct):
@@ -65,6 +79,9 @@ class _Family:
 
     def __init__(self, kind: str, metrics: dict[str, str], config: BaselineConfig) -> None:
         self.kind = kind
+        self.max_entities = config.max_entities
+        #: Entities evicted at the cap since start.
+        self.evicted = 0
         self.registry = EntityRegistry()
         self.banks = {
             m: DetectorBank(m, _with_direction(config.bank, d)) for m, d in metrics.items()
@@ -79,6 +96,7 @@ class _Family:
         """Feed one value per key and metric (``values[:, j]`` is metric ``j``)."""
         if not keys:
             return []
+        self._make_room(keys)
         t = np.asarray(ts, dtype=np.float64)
         rows = self.registry.rows_for(keys, t)
         found: list[tuple[str, Detection]] = []
@@ -89,6 +107,35 @@ class _Family:
             for finding in bank.update(rows, v, t):
                 found.append((self.registry.keys_of([finding.row])[0], finding))
         return found
+
+    def _make_room(self, keys: Sequence[str]) -> None:
+        """Evict the least recently seen entities so the new ones among ``keys`` fit.
+
+        A batch's own entities are never evicted: one with more new keys than the cap
+        leaves the registry over it until the next batch.
+        """
+        reg = self.registry
+        if len(reg) + len(keys) <= self.max_entities:
+            return  # the common case: far from the cap, no need to look closer
+        batch = set(keys)
+        new = sum(1 for k in batch if reg.get(k) is None)
+        over = len(reg) + new - self.max_entities
+        if over <= 0:
+            return
+        rows = reg.least_recent(over, spare=list(batch))
+        gone = reg.keys_of(rows)
+        for key in gone:
+            self.meta.pop(key, None)
+            self.source.pop(key, None)
+        reg.release(rows)
+        for bank in self.banks.values():
+            bank.grow(reg.n_rows)
+            bank.reset_rows(rows)
+        before, self.evicted = self.evicted, self.evicted + len(gone)
+        if before == 0 or before // 1000 != self.evicted // 1000:  # a flood stays quiet
+            log.warning("baseline entities evicted kind=%s evicted=%d max_entities=%d total=%d "
+                        "oldest=%s", self.kind, len(gone), self.max_entities, self.evicted,
+                        gone[0] if gone else "")
 
     def expire(self, now: float, idle_s: float) -> int:
         live = self.live_rows()
@@ -124,6 +171,7 @@ class _Family:
         keys = [str(k) for k in np.asarray(doc["keys"]).tolist()]
         if not keys:
             return 0
+        self._make_room(keys)
         rows = self.registry.rows_for(keys, np.asarray(doc["last_seen"], dtype=np.float64))
         for key, meta in zip(keys, doc["meta"], strict=True):
             self.meta[key] = msgspec.convert(meta, _Meta)
@@ -165,6 +213,11 @@ class BaselineStage:
         self._next_snapshot: float | None = None
         self._next_expiry = 0.0
         self.expired = 0
+
+    @property
+    def evicted(self) -> int:
+        """Entities (GPUs and ranks) evicted at the ``max_entities`` cap since start."""
+        return self.gpus.evicted + self.ranks.evicted
 
     def observe(
         self, records: Sequence[Record], sources: Sequence[str] | None = None

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from trainguard.errors import ConfigError
 from trainguard.pipeline.alerts.config import AlertLifecycleConfig
 from trainguard.pipeline.alerts.receivers import ReceiverConfig
+from trainguard.pipeline.caps import DEFAULT_MAX_WORLD_SIZE, IngestCaps
+from trainguard.pipeline.consistency.config import DEFAULT_MAX_JOBS
+from trainguard.pipeline.detect.registry import DEFAULT_MAX_ENTITIES
 from trainguard.pipeline.store.url import StoreUrl
 from trainguard.schemas.topics import DEFAULT_PREFIX, Topics
 
@@ -78,6 +81,16 @@ class WorkerConfig:
     health_every_s: float = 5.0
     #: Where the worker writes its state (Faust tables) and, for chdb, its owner file.
     data_dir: str = "./trainguard-data/worker"
+    #: Step records of a larger world are dead letters (``cap_world_size``): generous, a
+    #: bound on forgeries, not on jobs. The consistency stage holds state only for ranks
+    #: that report, whatever the world size.
+    max_world_size: int = DEFAULT_MAX_WORLD_SIZE
+    #: Entities (GPUs, and ranks) whose baselines one worker keeps, per kind; past it the
+    #: least recently seen is evicted (counted). 10,000 nodes x 8 GPUs, with headroom.
+    max_baseline_entities: int = DEFAULT_MAX_ENTITIES
+    #: Jobs the consistency stage tracks at once; past it the least recently seen is
+    #: evicted (counted).
+    max_jobs: int = DEFAULT_MAX_JOBS
 
     def __post_init__(self) -> None:
         if not self.bootstrap.strip():
@@ -100,6 +113,11 @@ class WorkerConfig:
             )
         if not 0.01 <= self.batch_within_s <= 60:
             raise ConfigError(f"batch_within_s must be within 0.01..60, got {self.batch_within_s}")
+        IngestCaps(max_world_size=self.max_world_size)  # validates it
+        for name in ("max_baseline_entities", "max_jobs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
 
     @property
     def broker_urls(self) -> list[str]:

@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainguard.pipeline.caps import IngestCaps
 from trainguard.pipeline.dead_letters import DeadLetter, RawMessage
 from trainguard.pipeline.sinks.intake import intake_line
 from trainguard.pipeline.sinks.rows import Row, rows_for
@@ -54,7 +55,9 @@ class IngestResult:
 class Ingestor:
     """Decodes messages of the input topics with one strict decoder per topic."""
 
-    def __init__(self, topics: Topics) -> None:
+    def __init__(self, topics: Topics, caps: IngestCaps | None = None) -> None:
+        #: Bounds beyond the schema's (world size, unique GPU indices): see :mod:`.caps`.
+        self.caps = caps or IngestCaps()
         self._decoders: dict[str, RecordDecoder[Any]] = {
             topics.samples: RecordDecoder(GpuSampleBatch),
             topics.steps: RecordDecoder(StepBatch | StepRecord | CheckpointEvent),
@@ -76,6 +79,10 @@ class Ingestor:
                 record = decoder.decode(msg.value)
             except RecordError as exc:
                 self._reject(result, msg, exc.reason, exc.message)
+                continue
+            broken = self.caps.check(record)
+            if broken is not None:
+                self._reject(result, msg, *broken)
                 continue
             line = intake_line(record, msg.partition, msg.offset)
             if line is not None:

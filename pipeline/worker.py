@@ -11,6 +11,7 @@ import gc
 import logging
 from pathlib import Path
 
+from trainguard.pipeline.caps import IngestCaps
 from trainguard.pipeline.config import WorkerConfig
 from trainguard.pipeline.ingest import Ingestor
 from trainguard.pipeline.kafka_admin import ensure_topics, wait_for_broker
@@ -52,13 +53,16 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
             log.info("store migrated applied=%s", ",".join(applied))
         if config.store.path is not None:  # embedded: this process owns the directory
             reads = serve_reads(store, config.store.path)
-        ingestor = Ingestor(config.topics)
+        ingestor = Ingestor(config.topics, IngestCaps(max_world_size=config.max_world_size))
         sink = StoreSink(store, retry_for_s=config.store_retry_s)
-        from trainguard.pipeline.baselines import BaselineStage
-        from trainguard.pipeline.consistency import ConsistencyStage
+        from trainguard.pipeline.baselines import BaselineConfig, BaselineStage
+        from trainguard.pipeline.consistency import ConsistencyConfig, ConsistencyStage
 
-        stage = BaselineStage() if config.detect else None
-        checks = ConsistencyStage() if config.consistency else None
+        stage = BaselineStage(BaselineConfig(max_entities=config.max_baseline_entities)) \
+            if config.detect else None
+        checks = ConsistencyStage(ConsistencyConfig(
+            max_jobs=config.max_jobs, max_world_size=config.max_world_size)) \
+            if config.consistency else None
         app = build_app(config, ingestor, sink, stage, checks, store)
         log.info(
             "worker starting app_id=%s bootstrap=%s store=%s topics=%s",

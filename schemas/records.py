@@ -24,6 +24,9 @@ from msgspec import Meta
 
 __all__ = [
     "CHECK_NAMES",
+    "MAX_GPUS_PER_BATCH",
+    "MAX_HASH_CHARS",
+    "NAME_PATTERN",
     "SCHEMA_VERSION",
     "STEP_FLOAT_FIELDS",
     "AgentCounters",
@@ -57,6 +60,17 @@ UInt16 = Annotated[int, Meta(ge=0, le=2**16 - 1)]
 UInt8 = Annotated[int, Meta(ge=0, le=255)]
 NonNegFloat = Annotated[float, Meta(ge=0)]
 Name = Annotated[str, Meta(min_length=1, max_length=256)]
+#: The names an attacker could pick to grow state or smuggle text into queries, pages and
+#: dashboards: nodes, jobs and clusters. Host names, Slurm/Kubernetes job ids and paths fit.
+NAME_PATTERN: Final = "^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}$"
+StrictName = Annotated[str, Meta(min_length=1, max_length=256, pattern=NAME_PATTERN)]
+#: A hash as hex or base64 text (checksums, fingerprints): SHA-512 hex is 128 characters.
+MAX_HASH_CHARS: Final = 128
+Hash = Annotated[str, Meta(max_length=MAX_HASH_CHARS)]
+#: GPUs one node reports in one sample batch (8 on most nodes, 16 on the largest).
+MAX_GPUS_PER_BATCH: Final = 64
+#: Free text a device or agent reports (model, UUID, driver version).
+ShortText = Annotated[str, Meta(max_length=256)]
 Version = Annotated[int, Meta(ge=1, description="wire contract version")]
 
 #: The registry of consistency checks: every name a :class:`Finding` can carry in ``check``.
@@ -102,8 +116,8 @@ class GpuSample(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     """One GPU's readings at one tick. Unsupported fields stay ``None`` (and off the wire)."""
 
     index: Annotated[int, Meta(ge=0, le=255)]
-    uuid: str | None = None
-    model: str | None = None
+    uuid: ShortText | None = None
+    model: ShortText | None = None
     #: The GPU fell off the bus (NVML "GPU is lost"); every reading is then ``None``.
     lost: bool = False
     util_gpu_pct: Percent | None = None
@@ -142,28 +156,30 @@ class GpuSampleBatch(_Base, tag="gpu_sample_batch", frozen=True, kw_only=True):
     """All GPUs of one node at one tick: one Kafka message per node per tick."""
 
     schema_version: Version = SCHEMA_VERSION
-    cluster: Name
-    node: Name
+    cluster: StrictName
+    node: StrictName
     ts: EpochSeconds
     #: Per-agent-run sequence number; with ``agent_id`` it orders and dedups batches.
     seq: NonNegInt
     agent_id: Name
-    driver_version: str | None = None
-    gpus: list[GpuSample]
+    driver_version: ShortText | None = None
+    #: One sample per GPU (indices unique, checked at ingest), at most ``MAX_GPUS_PER_BATCH``.
+    gpus: Annotated[list[GpuSample], Meta(max_length=MAX_GPUS_PER_BATCH)]
     #: The training job this node's GPUs are running, when the agent knows it (from its
     #: ranks' step reports). The agent then keys the batch by job, so that a job's GPU
     #: samples meet its step records in one partition for the cross-node checks.
-    job_id: str | None = None
+    job_id: StrictName | None = None
 
 
 class StepRecord(_Base, tag="step", frozen=True, kw_only=True):
     """One training rank's report of one optimizer step."""
 
     schema_version: Version = SCHEMA_VERSION
-    job_id: Name
+    job_id: StrictName
     rank: UInt32
+    #: Bounded again at ingest by the worker's ``max_world_size`` (dead letter past it).
     world_size: Annotated[int, Meta(ge=1, le=2**32 - 1)]
-    node: Name
+    node: StrictName
     step: NonNegInt
     ts: EpochSeconds
     local_rank: UInt16 | None = None
@@ -176,12 +192,12 @@ class StepRecord(_Base, tag="step", frozen=True, kw_only=True):
     tokens_per_s: NonNegFloat | None = None
     loss_scale: float | None = None
     #: Hash of the model parameters (or optimizer state) after the step; replicas must agree.
-    param_checksum: str | None = None
+    param_checksum: Hash | None = None
     #: Hash of code, config, library versions and seeds; must agree across ranks and stay put.
-    env_fingerprint: str | None = None
+    env_fingerprint: Hash | None = None
     #: Fields the trainer reported as NaN or ±inf. JSON cannot carry them, so they arrive as
     #: ``None`` and are named here: a NaN loss is a finding, not a missing value.
-    nonfinite: list[str] = []
+    nonfinite: Annotated[list[Annotated[str, Meta(max_length=32)]], Meta(max_length=16)] = []
     #: Place in the parallel layout. Ranks with equal ``(tp_rank, pp_rank)`` are data-
     #: parallel replicas and must hold identical parameters; ``None`` means pure data
     #: parallelism (every rank is a replica of every other).
@@ -197,7 +213,7 @@ class StepRecord(_Base, tag="step", frozen=True, kw_only=True):
     compute_time_s: NonNegFloat | None = None
     #: Hash of the seeds this rank draws data order and dropout from; replicas agree on it
     #: and it stays put for the run.
-    seed_fingerprint: str | None = None
+    seed_fingerprint: Hash | None = None
 
 
 #: The float measurements of a step, in the order ``StepReporter.report`` takes them; these
@@ -219,9 +235,9 @@ class StepBatch(_Base, tag="step_batch", frozen=True, kw_only=True):
     """Step records of one job's ranks on one node, sent together (keyed by job)."""
 
     schema_version: Version = SCHEMA_VERSION
-    cluster: Name
-    node: Name
-    job_id: Name
+    cluster: StrictName
+    node: StrictName
+    job_id: StrictName
     ts: EpochSeconds
     seq: NonNegInt
     agent_id: Name
@@ -271,8 +287,8 @@ class Heartbeat(_Base, tag="heartbeat", frozen=True, kw_only=True):
     """An agent's liveness and self-report, sent every few seconds."""
 
     schema_version: Version = SCHEMA_VERSION
-    cluster: Name
-    node: Name
+    cluster: StrictName
+    node: StrictName
     ts: EpochSeconds
     seq: NonNegInt
     agent_id: Name
@@ -348,9 +364,9 @@ class CheckpointEvent(_Base, tag="checkpoint", frozen=True, kw_only=True):
     """
 
     schema_version: Version = SCHEMA_VERSION
-    cluster: Name
-    job_id: Name
-    node: Name
+    cluster: StrictName
+    job_id: StrictName
+    node: StrictName
     rank: UInt32
     step: NonNegInt
     ts: EpochSeconds

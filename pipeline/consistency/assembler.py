@@ -7,6 +7,10 @@ rank is decided within ``wait_s`` of event time. Steps close in order, so the pe
 windows of the checks see steps in order whatever the arrival order. A record for a step
 that already closed is counted (``late``) and left out of per-step checks.
 
+Per-rank memory: each rank that reports gets a *slot*, a compact index into the per-rank
+lists, so a job costs memory for the ranks that report, never for its world size or its
+largest rank number (a record claiming rank 2^20 - 1 costs one slot, not a million).
+
 Restarts: a rank whose step number goes back in its own event time, or that loads a
 checkpoint, restarted. Once ``restart_quorum`` of the world did, the job enters a new *epoch*;
 steps are keyed by ``(epoch, step)``, so a step number seen again is a new occurrence.
@@ -21,10 +25,7 @@ from dataclasses import dataclass, field
 from trainguard.pipeline.consistency.config import ConsistencyConfig
 from trainguard.schemas.records import StepRecord
 
-__all__ = ["MAX_WORLD_SIZE", "ClosedStep", "StepAssembler"]
-
-#: Larger world sizes (or ranks) are treated as malformed: per-rank state is a list.
-MAX_WORLD_SIZE = 1 << 20
+__all__ = ["ClosedStep", "StepAssembler"]
 
 
 @dataclass(slots=True)
@@ -75,6 +76,9 @@ class ClosedStep:
     #: else when its bounded wait ran out. Findings carry it as their ``ts``, so time to
     #: detect counts the wait and does not depend on how records were batched.
     decided_ts: float = 0.0
+    #: Each record's rank slot in the assembler (same order as ``records``): where the
+    #: per-rank state of the checks lives, compact whatever the rank numbers.
+    slots: list[int] = field(default_factory=list)
 
 
 class StepAssembler:
@@ -91,7 +95,10 @@ class StepAssembler:
         self.malformed = 0
         self.forced = 0
         self.restarts = 0
-        # Per rank, indexed by rank: its latest record (by event time) and its epoch.
+        #: Slot of each rank that reported (see the module docstring), and back.
+        self.slot_of: dict[int, int] = {}
+        self.slot_rank: list[int] = []
+        # Per rank, indexed by its slot: its latest record (by event time) and its epoch.
         self.last_ts: list[float] = []
         self.last_step: list[int] = []
         self.rank_node: list[str] = []
@@ -111,8 +118,13 @@ class StepAssembler:
 
     def ranks_on(self, node: str, gpu: int | None = None) -> tuple[int, ...]:
         """Ranks last seen on ``node`` (and GPU ``gpu``), from their step records."""
-        return tuple(r for r, n in enumerate(self.rank_node)
-                     if n == node and (gpu is None or self.rank_gpu[r] == gpu))
+        return tuple(sorted(r for r, n, g in zip(self.slot_rank, self.rank_node, self.rank_gpu,
+                                                 strict=True)
+                            if n == node and (gpu is None or g == gpu)))
+
+    def slot(self, rank: int) -> int | None:
+        """The slot of ``rank`` in the per-rank lists, None if it never reported."""
+        return self.slot_of.get(rank)
 
     def advance(self, ts: float) -> None:
         """Move the watermark with a record that is not a step (GPU samples, checkpoints)."""
@@ -125,16 +137,17 @@ class StepAssembler:
         A restart from the latest checkpoint need not go back in steps; the load says it
         all the same, so new code or seeds after it are not a change mid-run.
         """
-        if rank >= MAX_WORLD_SIZE:
+        if rank >= self.config.max_world_size:
             return
         self.advance(ts)
-        if rank >= len(self.last_ts):
-            self._grow(rank + 1)
-        if ts < self.last_ts[rank] or ts <= self._rank_since[rank]:
+        s = self.slot_of.get(rank)
+        if s is None:
+            s = self._new_slot(rank)
+        if ts < self.last_ts[s] or ts <= self._rank_since[s]:
             return  # its own later records tell what happened, or a duplicate load
-        self._went_back(rank, ts)
+        self._went_back(s, ts)
         # Its step count starts over: its next record is no further step back.
-        self.last_ts[rank], self.last_step[rank] = ts, -1
+        self.last_ts[s], self.last_step[s] = ts, -1
 
     def add(self, rec: StepRecord) -> None:
         """Take one record (see :meth:`add_many`)."""
@@ -148,34 +161,34 @@ class StepAssembler:
         """
         last_ts, last_step, rank_epoch = self.last_ts, self.last_step, self.rank_epoch
         rank_node, rank_gpu, since = self.rank_node, self.rank_gpu, self._rank_since
-        opened = self._open
+        opened, slot_of = self._open, self.slot_of
         st: _OpenStep | None = None
         st_epoch = st_step = -1
         wm = self.watermark
-        n_ranks = len(last_ts)
+        max_ws = self.config.max_world_size
         for rec in records:
             r, ts, step, ws = rec.rank, rec.ts, rec.step, rec.world_size
-            if r >= ws or ws > MAX_WORLD_SIZE:
+            if r >= ws or ws > max_ws:
                 self.malformed += 1
                 continue
             if ts > wm:
                 wm = ts
-            if r >= n_ranks:
-                self._grow(r + 1)
-                n_ranks = len(last_ts)
-            epoch = rank_epoch[r]
-            last = last_ts[r]
+            s = slot_of.get(r)
+            if s is None:
+                s = self._new_slot(r)
+            epoch = rank_epoch[s]
+            last = last_ts[s]
             if ts >= last:
-                if ts > last and step < last_step[r]:
-                    epoch = self._went_back(r, ts)
+                if ts > last and step < last_step[s]:
+                    epoch = self._went_back(s, ts)
                 elif epoch < self.epoch and ts >= self.epoch_start:
                     # Restarted without going back (it had stopped early): join the epoch.
-                    epoch = rank_epoch[r] = self.epoch
-                    since[r] = ts
-                last_ts[r], last_step[r], rank_node[r], rank_gpu[r] = (
+                    epoch = rank_epoch[s] = self.epoch
+                    since[s] = ts
+                last_ts[s], last_step[s], rank_node[s], rank_gpu[s] = (
                     ts, step, rec.node, rec.gpu_index)
                 self.world_size = ws
-            elif ts < since[r]:
+            elif ts < since[s]:
                 epoch -= 1  # a straggling record from before this rank restarted
             if st is None or step != st_step or epoch != st_epoch:
                 st = opened.get((epoch, step))
@@ -223,17 +236,21 @@ class StepAssembler:
         if st.last_ts > st.first_ts:  # only then can a rank of this step trail the job
             later = [s.first_ts for k, s in sorted(self._open.items())
                      if k[0] == epoch and k[1] > step]
-        records = [st.records[r] for r in sorted(st.records)]
+        order = sorted(st.records)
+        records = [st.records[r] for r in order]
+        slot_of = self.slot_of
         return ClosedStep(
             epoch=epoch, step=step, first_ts=st.first_ts, last_ts=st.last_ts, world_size=ws,
             records=records, complete=st.complete(),
             progressed=self._max_step.get(epoch, -1) > step, later_first_ts=later,
             decided_ts=st.last_ts if st.complete() else max(st.last_ts,
                                                             st.first_ts + self.config.wait_s),
+            slots=[slot_of[r] for r in order],
         )
 
-    def _went_back(self, r: int, ts: float) -> int:
-        current = self.rank_epoch[r]
+    def _went_back(self, s: int, ts: float) -> int:
+        """The rank in slot ``s`` went back (restarted) at ``ts``; its epoch now."""
+        current = self.rank_epoch[s]
         if current >= self.epoch:
             if current == self.epoch:
                 self._jumped += 1
@@ -241,8 +258,8 @@ class StepAssembler:
             new = self.epoch + 1
         else:
             new = self.epoch
-        self.rank_epoch[r] = new
-        self._rank_since[r] = ts
+        self.rank_epoch[s] = new
+        self._rank_since[s] = ts
         quorum = max(1, math.ceil(self.config.restart_quorum * max(self.world_size, 1)))
         if new > self.epoch and self._jumped >= quorum:
             self._advance()
@@ -259,11 +276,14 @@ class StepAssembler:
         # An old epoch's last steps did not progress: no rank of theirs is "missing".
         self._max_step = {e: s for e, s in self._max_step.items() if e >= self.epoch}
 
-    def _grow(self, n: int) -> None:
-        extra = n - len(self.last_ts)
-        self.last_ts.extend([-math.inf] * extra)
-        self.last_step.extend([-1] * extra)
-        self.rank_node.extend([""] * extra)
-        self.rank_gpu.extend([None] * extra)
-        self.rank_epoch.extend([self.epoch] * extra)
-        self._rank_since.extend([-math.inf] * extra)
+    def _new_slot(self, rank: int) -> int:
+        """A slot for a rank reporting for the first time: a few list entries, no more."""
+        s = self.slot_of[rank] = len(self.slot_rank)
+        self.slot_rank.append(rank)
+        self.last_ts.append(-math.inf)
+        self.last_step.append(-1)
+        self.rank_node.append("")
+        self.rank_gpu.append(None)
+        self.rank_epoch.append(self.epoch)
+        self._rank_since.append(-math.inf)
+        return s

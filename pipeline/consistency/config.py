@@ -15,6 +15,7 @@ from trainguard.errors import ConfigError
 __all__ = [
     "HW_SLOWDOWN_BITS",
     "CHECK_VERSION",
+    "DEFAULT_MAX_JOBS",
     "ConsistencyConfig",
 ]
 
@@ -25,6 +26,9 @@ CHECK_VERSION = "1"
 #: SW thermal (0x20), HW thermal (0x40). Idle (0x1), application clocks (0x2) and the SW
 #: power cap (0x4) are the normal life of a GPU and say nothing about a fault.
 HW_SLOWDOWN_BITS = 0x8 | 0x20 | 0x40
+
+#: Jobs one worker tracks at once: thousands of concurrent jobs on one cluster is a lot.
+DEFAULT_MAX_JOBS = 4096
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,13 @@ class ConsistencyConfig:
     #: Open steps kept per job; beyond it the oldest is closed as it is. A job stepping
     #: 50 times a second holds ~150 steps open within ``wait_s``.
     max_open_steps: int = 512
-    #: Jobs tracked at once; beyond it the job silent for longest is forgotten.
-    max_jobs: int = 4096
+    #: Jobs tracked at once; beyond it the least recently seen job (by arrival of its
+    #: records) is forgotten, and counted (``evicted_jobs``).
+    max_jobs: int = DEFAULT_MAX_JOBS
+    #: Step records of a larger world (or a rank past it) are counted as malformed and left
+    #: out. The worker dead-letters them at ingest already; per-rank state is held only for
+    #: ranks that report, so this bounds nothing but what a rank number may be.
+    max_world_size: int = 1 << 20
     #: A job silent this long (event time) is forgotten; as the baselines' ``idle_s``.
     job_idle_s: float = 900.0
     #: Fraction of the world size that must restart (step number going back in their own
@@ -143,7 +152,8 @@ class ConsistencyConfig:
         _positive(self, "wait_s", "job_idle_s", "stall_s", "fresh_s", "hw_recent_s",
                   "exit_align_s", "exit_wait_s",
                   "grad_z", "loss_z", "loss_z_clip", "straggler_ratio")
-        _at_least(self, 1, "max_open_steps", "max_jobs", "clear_steps", "max_open_findings",
+        _at_least(self, 1, "max_open_steps", "max_jobs", "max_world_size", "clear_steps",
+                  "max_open_findings",
                   "grad_k", "grad_n", "loss_span", "scale_span", "loss_min_steps", "straggler_k",
                   "straggler_n", "skew_steps", "idle_k", "throttle_k", "max_checkpoints")
         _at_least(self, 2, "min_peers")

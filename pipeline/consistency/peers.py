@@ -15,7 +15,9 @@ Loss peers are every rank of the step; gradient and compute-time peers are the r
 replica group where it is big enough (shards of different sizes compute and reduce
 different amounts), else every rank. The three run together on one metrics x ranks
 matrix, so a step costs a few dozen numpy calls whatever its size. Each alarm has
-hysteresis, so a score hovering at the threshold does not flap.
+hysteresis, so a score hovering at the threshold does not flap. The per-rank memory is
+indexed by the assembler's rank slots (:attr:`ClosedStep.slots`), so it costs memory for
+the ranks that report, not for the largest rank number.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ PeerFaults = tuple[list[Fault] | None, list[Fault] | None, list[Fault] | None]
 
 
 class PeerChecks:
-    """Per-rank memory of one job for the three peer-relative checks (arrays by rank)."""
+    """Per-rank memory of one job for the three peer-relative checks (arrays by rank slot)."""
 
     def __init__(self, config: ConsistencyConfig) -> None:
         self.config = config
@@ -70,9 +72,8 @@ class PeerChecks:
         n = len(cols)
         if n == 0:
             return None, None, None
-        self._grow(cols)
+        rows = self._rows(cs, cols)
         values = cols.peer_values
-        rows = cols.ranks
         with np.errstate(invalid="ignore", divide="ignore"):
             center, scale = self._centers(cols, values)
             # loss_outlier: clipped robust z into an EWMA. Started from 0 and not bias-
@@ -256,11 +257,17 @@ class PeerChecks:
                       "hw_slowdown": "yes" if hardware else "no"},
         )
 
-    def _grow(self, cols: StepColumns) -> None:
-        n = int(cols.ranks[-1]) + 1  # ranks come sorted
+    def _rows(self, cs: ClosedStep, cols: StepColumns) -> IntArray:
+        """The rows of the step's ranks in the per-rank arrays (their slots), grown to fit."""
+        rows = np.asarray(cs.slots, dtype=np.int64)
+        self._grow(int(rows.max()) + 1)
+        return rows
+
+    def _grow(self, n: int) -> None:
         if n <= len(self.loss_ewma):
             return
-        extra = n - len(self.loss_ewma)
+        # Doubling: ranks that join a few at a time do not copy the arrays each time.
+        extra = max(n, 2 * len(self.loss_ewma)) - len(self.loss_ewma)
         self.loss_ewma = np.concatenate([self.loss_ewma, np.zeros(extra)])
         self.loss_steps = np.concatenate([self.loss_steps, np.zeros(extra, dtype=np.int64)])
         self.slow_ratio = np.concatenate([self.slow_ratio, np.ones(extra)])

@@ -34,7 +34,20 @@ def _absent(cs: ClosedStep, cols: StepColumns) -> IntArray:
 
 def _alive(asm: StepAssembler, rank: int, since: float) -> bool:
     """The rank sent a record (of any step) at or after event time ``since``."""
-    return rank < len(asm.last_ts) and asm.last_ts[rank] >= since
+    s = asm.slot(rank)
+    return s is not None and asm.last_ts[s] >= since
+
+
+def _absent_known(cs: ClosedStep, cols: StepColumns, asm: StepAssembler) -> list[int]:
+    """Ranks of the world size that reported before but not this step, in rank order.
+
+    Only ranks the assembler knows can be alive: scanning them, not ``range(world_size)``,
+    keeps a forged world size from costing a step a million iterations.
+    """
+    if cs.complete:
+        return []
+    known = np.fromiter(asm.slot_of, dtype=np.int64, count=len(asm.slot_of))
+    return np.setdiff1d(known[known < cs.world_size], cols.ranks).tolist()
 
 
 def rank_missing(
@@ -50,9 +63,9 @@ def rank_missing(
     silent = [int(r) for r in _absent(cs, cols) if not _alive(asm, int(r), cs.first_ts)]
     if not silent:
         return []
-    known = [r for r in silent if r < len(asm.rank_node) and asm.rank_node[r]]
-    nodes = sorted({asm.rank_node[r] for r in known})
-    last = [asm.last_ts[r] for r in known]
+    slots = [s for r in silent if (s := asm.slot(r)) is not None and asm.rank_node[s]]
+    nodes = sorted({asm.rank_node[s] for s in slots})
+    last = [asm.last_ts[s] for s in slots]
     shown = ", ".join(str(r) for r in silent[:8]) + (", …" if len(silent) > 8 else "")
     who = f"rank {shown}" if len(silent) == 1 else f"{len(silent)} ranks ({shown})"
     where = f" (last seen on {', '.join(nodes[:4])}{', …' if len(nodes) > 4 else ''})" \
@@ -85,12 +98,12 @@ def step_skew(
         for i in np.flatnonzero(lag >= k):
             found.append((int(cols.ranks[i]), cols.nodes[i], cs.step,
                           cs.step + int(lag[i]), float(ts[i])))
-    for rank in _absent(cs, cols).tolist():
-        last = asm.last_step[rank] if rank < len(asm.last_step) else -1
+    for rank in _absent_known(cs, cols, asm):
+        s = asm.slot_of[rank]
+        last = asm.last_step[s]
         # last < 0: it loaded a checkpoint and has not stepped yet, nothing to compare.
-        if last >= 0 and _alive(asm, rank, cs.first_ts) and cs.step - last >= k:
-            found.append((rank, asm.rank_node[rank], asm.last_step[rank], cs.step,
-                          asm.last_ts[rank]))
+        if last >= 0 and asm.last_ts[s] >= cs.first_ts and cs.step - last >= k:
+            found.append((rank, asm.rank_node[s], last, cs.step, asm.last_ts[s]))
     return [Fault(
         check="step_skew", category="availability", entities=(rank,),
         summary=(f"rank {rank} on {node}: reports step {mine} while the job is at step "

@@ -7,12 +7,14 @@ each job's watermark is the largest event time seen for it (steps, checkpoint ev
 its GPU sample batches), so a replay gives the same findings, with the same ids.
 
 Memory is bounded: per job, only open steps, a few numbers per rank and per node, the
-last ``max_checkpoints`` saves and the open findings; at most ``max_jobs`` jobs, and a job
-silent for ``job_idle_s`` of event time is forgotten.
+last ``max_checkpoints`` saves and the open findings; at most ``max_jobs`` jobs (past it
+the least recently seen is evicted and counted, ``evicted_jobs``), and a job silent for
+``job_idle_s`` of event time is forgotten.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 
@@ -29,6 +31,8 @@ from trainguard.schemas.records import (
 
 __all__ = ["ConsistencyStage"]
 
+log = logging.getLogger(__name__)
+
 _COUNTERS = ("late_records", "malformed_records", "forced_closes", "restarts",
              "steps_closed", "loads_checked", "unknown_loads")
 
@@ -38,6 +42,7 @@ class ConsistencyStage:
 
     def __init__(self, config: ConsistencyConfig | None = None) -> None:
         self.config = config or ConsistencyConfig()
+        #: Every tracked job, least recently seen first (a dict keeps insertion order).
         self.jobs: dict[str, JobState] = {}
         #: The largest event time seen in any job's records.
         self.watermark = -math.inf
@@ -139,24 +144,31 @@ class ConsistencyStage:
     def _touch(self, job_id: str, cluster: str | None, touched: dict[str, JobState]) -> JobState:
         job = touched.get(job_id)
         if job is None:
-            job = self.jobs.get(job_id)
+            job = self.jobs.pop(job_id, None)  # re-inserted last: the most recently seen
             if job is None:
                 if len(self.jobs) >= self.config.max_jobs:
                     self._evict(touched)
-                job = self.jobs[job_id] = JobState(job_id, cluster, self.config)
+                job = JobState(job_id, cluster, self.config)
+            self.jobs[job_id] = job
             touched[job_id] = job
         if cluster is not None:
             job.name_cluster(cluster)
         return job
 
     def _evict(self, touched: dict[str, JobState]) -> None:
-        """Forget the job silent for longest to make room for a new one."""
-        idle = [j for j in self.jobs.values() if j.job_id not in touched] or \
-            list(self.jobs.values())
-        oldest = min(idle, key=lambda j: j.asm.watermark)
+        """Forget the least recently seen job to make room for a new one.
+
+        The first job in :attr:`jobs` not fed by the current batch (they sit last), else
+        the first: O(1), so a flood of forged job ids costs each one the same.
+        """
+        oldest = next((j for j in self.jobs.values() if j.job_id not in touched),
+                      next(iter(self.jobs.values())))
         self._retire(oldest)
         touched.pop(oldest.job_id, None)
         self.evicted_jobs += 1
+        if _worth_logging(self.evicted_jobs):
+            log.warning("consistency job evicted job=%s max_jobs=%d evicted_jobs=%d",
+                        oldest.job_id, self.config.max_jobs, self.evicted_jobs)
 
     def _expire(self) -> None:
         # A scan of every job: cheap once a minute of event time, too dear per batch.
@@ -181,3 +193,8 @@ def _job_counters(job: JobState) -> dict[str, int]:
             "steps_closed": job.steps_closed, "loads_checked": job.checkpoints.loads_checked,
             "unknown_loads": job.checkpoints.unknown_loads}
 
+
+
+def _worth_logging(count: int) -> bool:
+    """Log the first few of a counted event, then one in a thousand: a flood stays quiet."""
+    return count <= 10 or count % 1000 == 0

@@ -103,3 +103,31 @@ def test_an_unreported_metric_is_skipped_not_a_crash_and_the_others_still_learn(
             gpus=[GpuSample(index=0, util_gpu_pct=util, power_w=power)])])
     assert [a.metric for a in found] == ["util_gpu_pct"]
     assert found[0].entity == "n1/0" and found[0].first_seen >= T0 + 100
+
+
+def _ranks(ranks, ts, job="j"):
+    steps = [StepRecord(job_id=job, rank=r, world_size=1 << 20, node="n", step=int(ts - T0),
+                        ts=ts, loss=2.0) for r in ranks]
+    return StepBatch(cluster="c", node="n", job_id=job, ts=ts, seq=0, agent_id="a", steps=steps)
+
+
+def test_past_max_entities_the_least_recently_seen_are_evicted_and_counted():
+    stage = BaselineStage(BaselineConfig(max_entities=4))
+    stage.observe([_ranks([0, 1, 2, 3], T0)])
+    stage.observe([_ranks([0, 1], T0 + 1)])
+    stage.observe([_ranks([4, 5], T0 + 2)])
+    assert sorted(stage.ranks.meta) == ["j/0", "j/1", "j/4", "j/5"]
+    assert len(stage.ranks.registry) == 4 and stage.evicted == 2
+    assert stage.ranks.registry.get("j/2") is None
+
+
+def test_forged_ranks_cannot_grow_the_baselines_past_the_cap():
+    stage = BaselineStage(BaselineConfig(max_entities=64))
+    for i in range(50):
+        stage.observe([_ranks(range(i * 100, i * 100 + 100), T0 + i, job=f"forged-{i}")])
+    assert len(stage.ranks.registry) <= 100 and stage.ranks.registry.n_rows <= 164
+    bank = next(iter(stage.ranks.banks.values()))
+    assert bank.capacity <= 1024  # rows are reused, not grown per forged rank
+    assert stage.evicted == 50 * 100 - 100
+    assert stage.snapshot_rows() == [] or all(r["entity"].startswith("forged-49/")
+                                              for r in stage.snapshot_rows())

@@ -151,3 +151,64 @@ def test_deep_nesting_in_an_undecodable_message_is_classified_without_recursion_
     with pytest.raises(RecordError) as err:
         RecordDecoder(GpuSampleBatch).decode(b'{"kind":' + deep + b"}")
     assert err.value.reason in ("invalid", "wrong_kind")
+
+
+_STEP = dict(job_id="job-7", rank=0, world_size=8, node="node-01", step=1, ts=1.0)
+
+
+@pytest.mark.parametrize("name", [
+    "node-01", "gpu-a100.rack3.example.com", "slurm:12345_7", "k8s/ns/pod-0", "a", "user@host",
+    "v1+exp", "A" * 256,
+])
+def test_names_of_hosts_jobs_and_clusters_are_accepted(name):
+    step = StepRecord(**{**_STEP, "job_id": name, "node": name})
+    batch = StepBatch(cluster=name, node=name, job_id=name, ts=1.0, seq=0, agent_id="a",
+                      steps=[step])
+    assert RecordDecoder(StepBatch).decode(encode(batch)) == batch
+
+
+@pytest.mark.parametrize("name", [
+    "", "-leading-dash", ".hidden", "has space", "semi;colon", "quote'd", "new\nline",
+    "näme", "x" * 257, "a\x00b", "<script>",
+])
+@pytest.mark.parametrize("field", ["job_id", "node"])
+def test_names_outside_the_strict_charset_are_invalid(name, field):
+    wire = encode(StepRecord(**{**_STEP, field: name}))
+    with pytest.raises(RecordError) as err:
+        RecordDecoder(StepRecord).decode(wire)
+    assert err.value.reason == "invalid" and field in err.value.message
+
+
+def test_a_sample_batch_names_its_cluster_node_and_job_in_the_strict_charset():
+    for field in ("cluster", "node", "job_id"):
+        with pytest.raises(RecordError, match=field):
+            RecordDecoder(GpuSampleBatch).decode(encode(_batch(**{field: "bad name"})))
+
+
+@pytest.mark.parametrize("field", ["param_checksum", "env_fingerprint", "seed_fingerprint"])
+def test_hashes_longer_than_128_characters_are_invalid(field):
+    ok = StepRecord(**{**_STEP, field: "f" * 128})
+    assert RecordDecoder(StepRecord).decode(encode(ok)) == ok
+    with pytest.raises(RecordError) as err:
+        RecordDecoder(StepRecord).decode(encode(StepRecord(**{**_STEP, field: "f" * 129})))
+    assert err.value.reason == "invalid" and field in err.value.message
+
+
+def test_a_60_kb_checksum_cannot_reach_the_pipeline():
+    wire = encode(StepRecord(**{**_STEP, "param_checksum": "0" * 60_000}))
+    with pytest.raises(RecordError, match="param_checksum"):
+        RecordDecoder(StepRecord).decode(wire)
+
+
+def test_a_sample_batch_holds_at_most_64_gpus():
+    gpus = [GpuSample(index=i) for i in range(65)]
+    assert len(RecordDecoder(GpuSampleBatch).decode(encode(_batch(gpus=gpus[:64]))).gpus) == 64
+    with pytest.raises(RecordError) as err:
+        RecordDecoder(GpuSampleBatch).decode(encode(_batch(gpus=gpus)))
+    assert err.value.reason == "invalid" and "gpus" in err.value.message
+
+
+def test_the_nonfinite_list_is_bounded():
+    wire = encode(StepRecord(**{**_STEP, "nonfinite": ["loss"] * 17}))
+    with pytest.raises(RecordError, match="nonfinite"):
+        RecordDecoder(StepRecord).decode(wire)

@@ -61,3 +61,13 @@ def test_state_round_trip_keeps_rows_free_list_and_times():
 def test_an_empty_key_is_rejected():
     with pytest.raises(ValueError, match="empty"):
         EntityRegistry().rows_for([""], ts(0))
+
+
+def test_least_recent_picks_the_entities_seen_longest_ago_sparing_some():
+    reg = EntityRegistry()
+    reg.rows_for(["a", "b", "c", "d"], ts(40, 10, 30, 20))
+    assert reg.least_recent(2).tolist() == [1, 3]
+    assert reg.least_recent(2, spare=["b"]).tolist() == [3, 2]
+    reg.release([3])
+    assert reg.least_recent(10).tolist() == [1, 2, 0]  # free rows are never picked
+    assert reg.least_recent(0).tolist() == []
