@@ -7,6 +7,12 @@ rank is decided within ``wait_s`` of event time. Steps close in order, so the pe
 windows of the checks see steps in order whatever the arrival order. A record for a step
 that already closed is counted (``late``) and left out of per-step checks.
 
+Duplicates: a rank's record for a step that already holds one is compared with it. The
+same record again (at-least-once delivery) is dropped silently; a *different* one is
+kept out of the step and remembered as a :class:`~trainguard.pipeline.consistency.conflicts.Conflict`
+(``conflicting_report``): the first record stays, so a forged later copy cannot erase
+evidence such as a diverged checksum.
+
 Restarts: a rank whose step number goes back in its own event time, or that loads a
 checkpoint, restarted. Once ``restart_quorum`` of the world did, the job enters a new *epoch*;
 steps are keyed by ``(epoch, step)``, so a step number seen again is a new occurrence.
@@ -19,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from trainguard.pipeline.consistency.config import ConsistencyConfig
+from trainguard.pipeline.consistency.conflicts import Conflict, differing_fields, shown
 from trainguard.schemas.records import StepRecord
 
 __all__ = ["MAX_WORLD_SIZE", "ClosedStep", "StepAssembler"]
@@ -35,6 +42,10 @@ class _OpenStep:
     last_ts: float
     world_size: int
     records: dict[int, StepRecord] = field(default_factory=dict)
+    #: Per rank, the node that sent its record when not the node the record names.
+    via: dict[int, str] = field(default_factory=dict)
+    #: Per rank, the first different second report of its record (the first one stays).
+    conflicts: dict[int, Conflict] = field(default_factory=dict)
     #: Records disagree on the world size (a resize around this step).
     mixed: bool = False
 
@@ -75,6 +86,8 @@ class ClosedStep:
     #: else when its bounded wait ran out. Findings carry it as their ``ts``, so time to
     #: detect counts the wait and does not depend on how records were batched.
     decided_ts: float = 0.0
+    #: Ranks that reported this step twice, differently (``conflicting_report``).
+    conflicts: tuple[Conflict, ...] = ()
 
 
 class StepAssembler:
@@ -91,6 +104,8 @@ class StepAssembler:
         self.malformed = 0
         self.forced = 0
         self.restarts = 0
+        #: Records that differ from the rank's record already in their step (kept out).
+        self.conflicting = 0
         # Per rank, indexed by rank: its latest record (by event time) and its epoch.
         self.last_ts: list[float] = []
         self.last_step: list[int] = []
@@ -136,12 +151,15 @@ class StepAssembler:
         # Its step count starts over: its next record is no further step back.
         self.last_ts[rank], self.last_step[rank] = ts, -1
 
-    def add(self, rec: StepRecord) -> None:
+    def add(self, rec: StepRecord, source: str | None = None) -> None:
         """Take one record (see :meth:`add_many`)."""
-        self.add_many((rec,))
+        self.add_many((rec,), source)
 
-    def add_many(self, records: Sequence[StepRecord]) -> None:
+    def add_many(self, records: Sequence[StepRecord], source: str | None = None) -> None:
         """Take records in arrival order; late and malformed ones are only counted.
+
+        ``source`` is the node that sent them (a step batch's ``node``); ``None``: each
+        record's own ``node``. A conflict names the sender of each version.
 
         The hot loop of the stage (once per rank and step), hence the local names and the
         step of the previous record kept at hand: a node's batch is mostly one step.
@@ -187,8 +205,14 @@ class StepAssembler:
                     if step > self._max_step.get(epoch, -1):
                         self._max_step[epoch] = step
                 st_epoch, st_step = epoch, step
-            # A duplicate (at-least-once delivery) replaces the earlier copy.
-            st.records[r] = rec
+            prev = st.records.get(r)
+            if prev is None:
+                st.records[r] = rec
+                if source is not None and source != rec.node:
+                    st.via[r] = source
+            elif prev != rec:  # the same record again is at-least-once delivery: silent
+                self._conflict(st, prev, rec, source)
+                continue
             if ts < st.first_ts:
                 st.first_ts = ts
             elif ts > st.last_ts:
@@ -196,6 +220,21 @@ class StepAssembler:
             if ws != st.world_size:
                 st.mixed = True
         self.watermark = wm
+
+    def _conflict(self, st: _OpenStep, prev: StepRecord, rec: StepRecord,
+                  source: str | None) -> None:
+        """Keep ``prev`` in the step; remember the rank's first different second report."""
+        self.conflicting += 1
+        r = rec.rank
+        if r in st.conflicts:
+            return  # one conflict per rank and step is the evidence; the rest are counted
+        fields = differing_fields(prev, rec)
+        shown_field = fields[0] if fields else "node"
+        st.conflicts[r] = Conflict(
+            rank=r, step=st.step, first_source=st.via.get(r, prev.node),
+            second_source=source or rec.node, first_ts=prev.ts, second_ts=rec.ts,
+            fields=fields, first_value=shown(getattr(prev, shown_field)),
+            second_value=shown(getattr(rec, shown_field)))
 
     def close_due(self, now: float) -> list[ClosedStep]:
         """Close, in step order, every step that is complete or whose wait expired at ``now``."""
@@ -230,6 +269,7 @@ class StepAssembler:
             progressed=self._max_step.get(epoch, -1) > step, later_first_ts=later,
             decided_ts=st.last_ts if st.complete() else max(st.last_ts,
                                                             st.first_ts + self.config.wait_s),
+            conflicts=tuple(st.conflicts[r] for r in sorted(st.conflicts)),
         )
 
     def _went_back(self, r: int, ts: float) -> int:

@@ -30,7 +30,8 @@ from trainguard.schemas.records import (
 __all__ = ["ConsistencyStage"]
 
 _COUNTERS = ("late_records", "malformed_records", "forced_closes", "restarts",
-             "steps_closed", "loads_checked", "unknown_loads")
+             "steps_closed", "loads_checked", "unknown_loads", "conflicting_records",
+             "conflicting_saves", "refused_saves")
 
 
 class ConsistencyStage:
@@ -59,10 +60,10 @@ class ConsistencyStage:
                 job = touched.get(rec.job_id) or self._touch(rec.job_id, rec.cluster, touched)
                 job_id = rec.job_id
                 if all(step.job_id == job_id for step in rec.steps):
-                    job.asm.add_many(rec.steps)
+                    job.asm.add_many(rec.steps, rec.node)
                 else:  # an agent mixing jobs in one batch: route each record
                     for step in rec.steps:
-                        self._touch(step.job_id, rec.cluster, touched).asm.add(step)
+                        self._touch(step.job_id, rec.cluster, touched).asm.add(step, rec.node)
             elif isinstance(rec, StepRecord):
                 self._touch(rec.job_id, None, touched).asm.add(rec)
             elif isinstance(rec, CheckpointEvent):
@@ -159,5 +160,8 @@ def _job_counters(job: JobState) -> dict[str, int]:
     return {"late_records": asm.late, "malformed_records": asm.malformed,
             "forced_closes": asm.forced, "restarts": asm.restarts,
             "steps_closed": job.steps_closed, "loads_checked": job.checkpoints.loads_checked,
-            "unknown_loads": job.checkpoints.unknown_loads}
+            "unknown_loads": job.checkpoints.unknown_loads,
+            "conflicting_records": asm.conflicting,
+            "conflicting_saves": job.checkpoints.conflicting_saves,
+            "refused_saves": job.checkpoints.refused_saves}
 
