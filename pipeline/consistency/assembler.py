@@ -229,7 +229,8 @@ class StepAssembler:
         if r in st.conflicts:
             return  # one conflict per rank and step is the evidence; the rest are counted
         fields = differing_fields(prev, rec)
-        shown_field = fields[0] if fields else "node"
+        # The event time of a copy differs anyway: show a field that says more, if any.
+        shown_field = next((f for f in fields if f != "ts"), "ts")
         st.conflicts[r] = Conflict(
             rank=r, step=st.step, first_source=st.via.get(r, prev.node),
             second_source=source or rec.node, first_ts=prev.ts, second_ts=rec.ts,
