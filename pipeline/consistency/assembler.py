@@ -9,9 +9,10 @@ that already closed is counted (``late``) and left out of per-step checks.
 
 Duplicates: a rank's record for a step that already holds one is compared with it. The
 same record again (at-least-once delivery) is dropped silently; a *different* one is
-kept out of the step and remembered as a :class:`~trainguard.pipeline.consistency.conflicts.Conflict`
-(``conflicting_report``): the first record stays, so a forged later copy cannot erase
-evidence such as a diverged checksum.
+kept out of the step and remembered as a
+:class:`~trainguard.pipeline.consistency.conflicts.Conflict` (``conflicting_report``): the
+first record stays, so a forged later copy cannot erase evidence such as a diverged
+checksum.
 
 Restarts: a rank whose step number goes back in its own event time, or that loads a
 checkpoint, restarted. Once ``restart_quorum`` of the world did, the job enters a new *epoch*;

@@ -15,6 +15,7 @@ rank)`` with another digest or step does not replace the first: it is a
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ from trainguard.pipeline.consistency.findings import Fault
 from trainguard.schemas.records import CheckpointEvent
 
 __all__ = ["CheckpointWatch", "Save"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +95,7 @@ class CheckpointWatch:
     def _remember(self, ev: CheckpointEvent, now: float) -> Conflict | None:
         """Remember a save unless its rank's memory is full; a different second save clashes."""
         if ev.rank >= MAX_WORLD_SIZE:
-            self.refused_saves += 1
+            self._refuse(ev, "rank out of range")
             return None
         shards = self.saves.setdefault(ev.rank, {})
         digest = ev.digest.lower()
@@ -112,11 +115,19 @@ class CheckpointWatch:
         if len(shards) >= self.max_checkpoints:
             oldest = min(shards, key=lambda k: shards[k].ts)
             if now - shards[oldest].ts < self.keep_s:
-                self.refused_saves += 1
+                self._refuse(ev, "rank's saves all younger than checkpoint_keep_s")
                 return None
             del shards[oldest]
         shards[ev.checkpoint_id] = Save(digest, ev.step, ev.ts, ev.node)
         return None
+
+    def _refuse(self, ev: CheckpointEvent, why: str) -> None:
+        self.refused_saves += 1
+        n = self.refused_saves
+        if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood costs a few lines
+            log.warning("checkpoint save refused (%s) job=%r rank=%d checkpoint_id=%r node=%r "
+                        "max_checkpoints=%d refused_saves=%d", why, ev.job_id, ev.rank,
+                        ev.checkpoint_id, ev.node, self.max_checkpoints, n)
 
     def _fault(self, checkpoint_id: str, rows: list[tuple[CheckpointEvent, Save]]) -> Fault:
         rows.sort(key=lambda row: row[0].rank)

@@ -101,8 +101,8 @@ def conflict_fault(
     return Fault(
         check="conflicting_report", category="integrity",
         entities=tuple(entity(c) for c in rows), summary=summary,
-        first_seen=min(ts, *(min(c.first_ts, c.second_ts) for c in rows)), ts=ts, step=first.step, ranks=ranks,
-        nodes=nodes, observed=first.second_value if len(rows) == 1 else f"{len(rows)} conflicts",
+        first_seen=min(ts, *(min(c.first_ts, c.second_ts) for c in rows)), ts=ts,
+        step=first.step, ranks=ranks, nodes=nodes, observed=first.second_value if len(rows) == 1 else f"{len(rows)} conflicts",
         expected=first.first_value if len(rows) == 1 else None, score=float(len(rows)),
         evidence=ev,
     )

@@ -6,9 +6,9 @@ that the steps of a job whose records stopped still close. Everything runs in ev
 each job's watermark is the largest event time seen for it (steps, checkpoint events and
 its GPU sample batches), so a replay gives the same findings, with the same ids.
 
-Memory is bounded: per job, only open steps, a few numbers per rank and per node, the
-last ``max_checkpoints`` saves and the open findings; at most ``max_jobs`` jobs, and a job
-silent for ``job_idle_s`` of event time is forgotten.
+Memory is bounded: per job, only open steps, a few numbers per rank and per node, each
+rank's last ``max_checkpoints`` saves and the open findings; at most ``max_jobs`` jobs, and
+a job silent for ``job_idle_s`` of event time is forgotten.
 """
 
 from __future__ import annotations
