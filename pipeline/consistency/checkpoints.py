@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from functools import partial
 
 from trainguard.pipeline.consistency.agreement import short
 from trainguard.pipeline.consistency.assembler import MAX_WORLD_SIZE
@@ -38,6 +39,11 @@ class Save:
     step: int
     ts: float
     node: str
+
+
+def _shard(checkpoint_id: str, conflict: Conflict) -> tuple[str, int]:
+    """The entity a save conflict blames: the shard ``(checkpoint_id, rank)``."""
+    return checkpoint_id, conflict.rank
 
 
 class CheckpointWatch:
@@ -86,7 +92,7 @@ class CheckpointWatch:
             self.loads_checked += 1
             if ev.digest.lower() != saved.digest:
                 bad.setdefault(key, []).append((ev, saved))
-        conflicts = [conflict_fault(f"checkpoint {key}", rows, lambda c, k=key: (k, c.rank),
+        conflicts = [conflict_fault(f"checkpoint {key}", rows, partial(_shard, key),
                                     ts=max(c.second_ts for c in rows),
                                     evidence={"checkpoint_id": key})
                      for key, rows in clashes.items()]

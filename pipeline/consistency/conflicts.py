@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import msgspec
 
-from trainguard.pipeline.consistency.agreement import short
 from trainguard.pipeline.consistency.findings import Entity, Fault
 
 __all__ = ["Conflict", "conflict_fault", "differing_fields", "shown", "step_conflicts"]
@@ -50,11 +49,13 @@ def differing_fields(a: msgspec.Struct, b: msgspec.Struct) -> tuple[str, ...]:
 
 
 def shown(value: object) -> str:
-    """A field's value as a sentence shows it: hashes shortened, floats to 6 digits."""
-    if value is None or isinstance(value, str):
-        return short(value)
+    """A field's value as a sentence shows it (hashes shortened as ``agreement.short`` does)."""
+    if value is None:
+        return "none"
     if isinstance(value, float):
         return f"{value:.6g}"
+    if isinstance(value, str):
+        return value if len(value) <= 10 else value[:8] + "…"
     text = str(value)
     return text if len(text) <= 24 else text[:23] + "…"
 
@@ -102,7 +103,8 @@ def conflict_fault(
         check="conflicting_report", category="integrity",
         entities=tuple(entity(c) for c in rows), summary=summary,
         first_seen=min(ts, *(min(c.first_ts, c.second_ts) for c in rows)), ts=ts,
-        step=first.step, ranks=ranks, nodes=nodes, observed=first.second_value if len(rows) == 1 else f"{len(rows)} conflicts",
+        step=first.step, ranks=ranks, nodes=nodes,
+        observed=first.second_value if len(rows) == 1 else f"{len(rows)} conflicts",
         expected=first.first_value if len(rows) == 1 else None, score=float(len(rows)),
         evidence=ev,
     )
