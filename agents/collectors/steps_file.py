@@ -200,6 +200,8 @@ class StepFileTail:
             obj = msgspec.json.decode(line)
         except UnicodeError as exc:
             raise RecordError("not_json", f"invalid UTF-8: {exc}") from None
+        except RecursionError:
+            raise RecordError("invalid", "JSON nested too deep") from None
         except msgspec.DecodeError:
             try:
                 obj = json.loads(line)  # accepts NaN/Infinity, as Python writes them

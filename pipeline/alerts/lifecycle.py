@@ -18,6 +18,10 @@ Noise control, in the order applied to a new episode:
 * rate limit: beyond ``job_rate_limit`` new pages per job per ``job_rate_window_s`` an
   episode is created as a ``ticket`` labelled ``rate_limited="true"``.
 
+Integrity findings page on their own: the last two never apply to them and they do not
+count towards the rate limit (only availability and hardware pages do), so no page raised
+first, by a fault or on purpose, can turn the evidence of sabotage into a ticket.
+
 Every time is taken from the records (event time), never from a clock, so a replay of
 the same input gives the same alerts with the same ids.
 """
@@ -202,7 +206,9 @@ class AlertLifecycle:
         silence = self._silence_for(obs, start)
         if held:
             labels["flapping"] = "true"
-        lead = self._paging_for(obs) if severity == "page" and not held else None
+        # Integrity pages stand alone: neither demoted by a related page nor rate limited.
+        limited = severity == "page" and not held and not obs.pages_alone
+        lead = self._paging_for(obs) if limited else None
         if silence is not None:
             severity = "info"
             labels["silenced"] = silence.silence_id
@@ -213,7 +219,7 @@ class AlertLifecycle:
             labels["related_to"] = lead.alert_id
         elif held:
             severity = "ticket" if severity == "page" else severity
-        elif severity == "page" and self._over_rate(obs, start):
+        elif limited and self._over_rate(obs, start):
             severity = "ticket"
             labels["rate_limited"] = "true"
         labels["severity"] = severity

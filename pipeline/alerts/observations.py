@@ -3,7 +3,8 @@
 The *fingerprint* is the stable identity of an alert (cluster, job or node, check,
 blamed entity): receivers such as Alertmanager and PagerDuty dedup on it. Severity
 is decided here from the finding's category and scope; the lifecycle may lower it
-(silences, rate limit) but never raises it.
+(silences, rate limit) but never raises it, and never lowers an integrity page for
+another alert's sake (:attr:`Observation.pages_alone`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,16 @@ class Observation:
     seen: float
     #: Set when this is a finding's notice that it cleared (at this event time).
     cleared: bool = False
+
+    @property
+    def pages_alone(self) -> bool:
+        """An integrity finding: it pages on its own, whatever else pages.
+
+        Neither ``related_to`` nor the job's page rate limit may turn it into a ticket
+        (nor does it count towards that limit): otherwise whoever can raise a lesser page
+        on the culprit's node first, or five anywhere in the job, could mute the evidence.
+        """
+        return self.labels.get("category") == "integrity"
 
 
 def _finding_severity(finding: Finding) -> Severity:

@@ -11,6 +11,13 @@ Per-rank memory: each rank that reports gets a *slot*, a compact index into the 
 lists, so a job costs memory for the ranks that report, never for its world size or its
 largest rank number (a record claiming rank 2^20 - 1 costs one slot, not a million).
 
+Duplicates: a rank's record for a step that already holds one is compared with it. The
+same record again (at-least-once delivery) is dropped silently; a *different* one is
+kept out of the step and remembered as a
+:class:`~trainguard.pipeline.consistency.conflicts.Conflict` (``conflicting_report``): the
+first record stays, so a forged later copy cannot erase evidence such as a diverged
+checksum.
+
 Restarts: a rank whose step number goes back in its own event time, or that loads a
 checkpoint, restarted. Once ``restart_quorum`` of the world did, the job enters a new *epoch*;
 steps are keyed by ``(epoch, step)``, so a step number seen again is a new occurrence.
@@ -23,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from trainguard.pipeline.consistency.config import ConsistencyConfig
+from trainguard.pipeline.consistency.conflicts import Conflict, differing_fields, shown
 from trainguard.schemas.records import StepRecord
 
 __all__ = ["ClosedStep", "StepAssembler"]
@@ -36,6 +44,10 @@ class _OpenStep:
     last_ts: float
     world_size: int
     records: dict[int, StepRecord] = field(default_factory=dict)
+    #: Per rank, the node that sent its record when not the node the record names.
+    via: dict[int, str] = field(default_factory=dict)
+    #: Per rank, the first different second report of its record (the first one stays).
+    conflicts: dict[int, Conflict] = field(default_factory=dict)
     #: Records disagree on the world size (a resize around this step).
     mixed: bool = False
 
@@ -79,6 +91,8 @@ class ClosedStep:
     #: Each record's rank slot in the assembler (same order as ``records``): where the
     #: per-rank state of the checks lives, compact whatever the rank numbers.
     slots: list[int] = field(default_factory=list)
+    #: Ranks that reported this step twice, differently (``conflicting_report``).
+    conflicts: tuple[Conflict, ...] = ()
 
 
 class StepAssembler:
@@ -98,6 +112,8 @@ class StepAssembler:
         #: Slot of each rank that reported (see the module docstring), and back.
         self.slot_of: dict[int, int] = {}
         self.slot_rank: list[int] = []
+        #: Records that differ from the rank's record already in their step (kept out).
+        self.conflicting = 0
         # Per rank, indexed by its slot: its latest record (by event time) and its epoch.
         self.last_ts: list[float] = []
         self.last_step: list[int] = []
@@ -149,12 +165,15 @@ class StepAssembler:
         # Its step count starts over: its next record is no further step back.
         self.last_ts[s], self.last_step[s] = ts, -1
 
-    def add(self, rec: StepRecord) -> None:
+    def add(self, rec: StepRecord, source: str | None = None) -> None:
         """Take one record (see :meth:`add_many`)."""
-        self.add_many((rec,))
+        self.add_many((rec,), source)
 
-    def add_many(self, records: Sequence[StepRecord]) -> None:
+    def add_many(self, records: Sequence[StepRecord], source: str | None = None) -> None:
         """Take records in arrival order; late and malformed ones are only counted.
+
+        ``source`` is the node that sent them (a step batch's ``node``); ``None``: each
+        record's own ``node``. A conflict names the sender of each version.
 
         The hot loop of the stage (once per rank and step), hence the local names and the
         step of the previous record kept at hand: a node's batch is mostly one step.
@@ -200,8 +219,14 @@ class StepAssembler:
                     if step > self._max_step.get(epoch, -1):
                         self._max_step[epoch] = step
                 st_epoch, st_step = epoch, step
-            # A duplicate (at-least-once delivery) replaces the earlier copy.
-            st.records[r] = rec
+            prev = st.records.get(r)
+            if prev is None:
+                st.records[r] = rec
+                if source is not None and source != rec.node:
+                    st.via[r] = source
+            elif prev != rec:  # the same record again is at-least-once delivery: silent
+                self._conflict(st, prev, rec, source)
+                continue
             if ts < st.first_ts:
                 st.first_ts = ts
             elif ts > st.last_ts:
@@ -209,6 +234,22 @@ class StepAssembler:
             if ws != st.world_size:
                 st.mixed = True
         self.watermark = wm
+
+    def _conflict(self, st: _OpenStep, prev: StepRecord, rec: StepRecord,
+                  source: str | None) -> None:
+        """Keep ``prev`` in the step; remember the rank's first different second report."""
+        self.conflicting += 1
+        r = rec.rank
+        if r in st.conflicts:
+            return  # one conflict per rank and step is the evidence; the rest are counted
+        fields = differing_fields(prev, rec)
+        # The event time of a copy differs anyway: show a field that says more, if any.
+        shown_field = next((f for f in fields if f != "ts"), "ts")
+        st.conflicts[r] = Conflict(
+            rank=r, step=st.step, first_source=st.via.get(r, prev.node),
+            second_source=source or rec.node, first_ts=prev.ts, second_ts=rec.ts,
+            fields=fields, first_value=shown(getattr(prev, shown_field)),
+            second_value=shown(getattr(rec, shown_field)))
 
     def close_due(self, now: float) -> list[ClosedStep]:
         """Close, in step order, every step that is complete or whose wait expired at ``now``."""
@@ -246,6 +287,7 @@ class StepAssembler:
             decided_ts=st.last_ts if st.complete() else max(st.last_ts,
                                                             st.first_ts + self.config.wait_s),
             slots=[slot_of[r] for r in order],
+            conflicts=tuple(st.conflicts[r] for r in sorted(st.conflicts)),
         )
 
     def _went_back(self, s: int, ts: float) -> int:

@@ -141,8 +141,14 @@ class ConsistencyConfig:
     exit_wait_s: float = 2.0
     #: gpu_throttled: thermal / HW slowdown bits on ``throttle_k`` samples in a row.
     throttle_k: int = 5
-    #: Checkpoint saves remembered per job (the loads of the last few matter).
+    #: Checkpoint saves remembered per rank (the loads of the last few matter). A rank's
+    #: new save beyond it evicts its oldest only when that is ``checkpoint_keep_s`` old;
+    #: otherwise the new one is refused and counted: forged saves with new ids cannot
+    #: push a real save out before its restart could load it.
     max_checkpoints: int = 16
+    #: A save is kept at least this long (event time). 16 saves per 30 min covers jobs
+    #: checkpointing every 2 minutes or less often without refusing any.
+    checkpoint_keep_s: float = 1800.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -157,6 +163,8 @@ class ConsistencyConfig:
                   "grad_k", "grad_n", "loss_span", "scale_span", "loss_min_steps", "straggler_k",
                   "straggler_n", "skew_steps", "idle_k", "throttle_k", "max_checkpoints")
         _at_least(self, 2, "min_peers")
+        if self.checkpoint_keep_s < 0:
+            raise ConfigError(f"checkpoint_keep_s must be >= 0, got {self.checkpoint_keep_s}")
         if self.repeat_s < 0:
             raise ConfigError(f"repeat_s must be >= 0 (0 disables), got {self.repeat_s}")
         for name in ("grad_norm_rtol", "lr_rtol", "grad_rel_floor", "loss_rel_floor"):

@@ -18,6 +18,7 @@ from trainguard.pipeline.consistency.assembler import ClosedStep, StepAssembler
 from trainguard.pipeline.consistency.checkpoints import CheckpointWatch
 from trainguard.pipeline.consistency.columns import StepColumns, step_columns
 from trainguard.pipeline.consistency.config import ConsistencyConfig
+from trainguard.pipeline.consistency.conflicts import step_conflicts
 from trainguard.pipeline.consistency.devices import DeviceWatch
 from trainguard.pipeline.consistency.findings import Entity, Fault, FindingTracker
 from trainguard.pipeline.consistency.fingerprints import FingerprintWatch
@@ -76,7 +77,8 @@ class JobState:
         self.env = FingerprintWatch("code_fingerprint", "env fingerprint", grouped=False)
         self.seeds = FingerprintWatch("seed_mismatch", "seed fingerprint", grouped=True)
         self.devices = DeviceWatch(config)
-        self.checkpoints = CheckpointWatch(config.max_checkpoints)
+        self.checkpoints = CheckpointWatch(config.max_checkpoints, config.checkpoint_keep_s,
+                                           config.max_world_size)
         self.pending_events: list[CheckpointEvent] = []
         self.steps_closed = 0
         self.last_step = -1
@@ -115,8 +117,10 @@ class JobState:
             out += self.tracker.update("node_idle", held, None, self._samples_ts)
         if self.pending_events:
             events, self.pending_events = self.pending_events, []
-            out += self.tracker.update("checkpoint_digest", self.checkpoints.observe(events),
-                                       None)
+            digest, clashes = self.checkpoints.observe(events, self.asm.watermark)
+            out += self.tracker.update("checkpoint_digest", digest, None)
+            # Evidence does not clear: a conflict stays blamed until the job is forgotten.
+            out += self.tracker.update("conflicting_report", clashes, None)
         out += self.close(now)
         if self._samples_seen:
             self._samples_seen = False
@@ -143,7 +147,8 @@ class JobState:
         if cs.last_ts >= self.last_step_ts:
             self.last_step, self.last_step_ts = cs.step, cs.last_ts
         now = cs.decided_ts
-        out = t.update("param_divergence", param_divergence(cs, cols), scope, now)
+        out = t.update("conflicting_report", step_conflicts(cs.step, cs.conflicts, now), None)
+        out += t.update("param_divergence", param_divergence(cs, cols), scope, now)
         out += t.update("grad_norm_mismatch", value_mismatch(
             "grad_norm_mismatch", "grad norm", cols.grad_norm, c.grad_norm_rtol, cs, cols), scope,
             now)

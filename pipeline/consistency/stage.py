@@ -6,8 +6,8 @@ that the steps of a job whose records stopped still close. Everything runs in ev
 each job's watermark is the largest event time seen for it (steps, checkpoint events and
 its GPU sample batches), so a replay gives the same findings, with the same ids.
 
-Memory is bounded: per job, only open steps, a few numbers per rank and per node, the
-last ``max_checkpoints`` saves and the open findings; at most ``max_jobs`` jobs (past it
+Memory is bounded: per job, only open steps, a few numbers per rank and per node, each
+rank's last ``max_checkpoints`` saves and the open findings; at most ``max_jobs`` jobs (past it
 the least recently seen is evicted and counted, ``evicted_jobs``), and a job silent for
 ``job_idle_s`` of event time is forgotten.
 """
@@ -34,7 +34,8 @@ __all__ = ["ConsistencyStage"]
 log = logging.getLogger(__name__)
 
 _COUNTERS = ("late_records", "malformed_records", "forced_closes", "restarts",
-             "steps_closed", "loads_checked", "unknown_loads")
+             "steps_closed", "loads_checked", "unknown_loads", "conflicting_records",
+             "conflicting_saves", "refused_saves")
 
 
 class ConsistencyStage:
@@ -64,10 +65,10 @@ class ConsistencyStage:
                 job = touched.get(rec.job_id) or self._touch(rec.job_id, rec.cluster, touched)
                 job_id = rec.job_id
                 if all(step.job_id == job_id for step in rec.steps):
-                    job.asm.add_many(rec.steps)
+                    job.asm.add_many(rec.steps, rec.node)
                 else:  # an agent mixing jobs in one batch: route each record
                     for step in rec.steps:
-                        self._touch(step.job_id, rec.cluster, touched).asm.add(step)
+                        self._touch(step.job_id, rec.cluster, touched).asm.add(step, rec.node)
             elif isinstance(rec, StepRecord):
                 self._touch(rec.job_id, None, touched).asm.add(rec)
             elif isinstance(rec, CheckpointEvent):
@@ -191,7 +192,10 @@ def _job_counters(job: JobState) -> dict[str, int]:
     return {"late_records": asm.late, "malformed_records": asm.malformed,
             "forced_closes": asm.forced, "restarts": asm.restarts,
             "steps_closed": job.steps_closed, "loads_checked": job.checkpoints.loads_checked,
-            "unknown_loads": job.checkpoints.unknown_loads}
+            "unknown_loads": job.checkpoints.unknown_loads,
+            "conflicting_records": asm.conflicting,
+            "conflicting_saves": job.checkpoints.conflicting_saves,
+            "refused_saves": job.checkpoints.refused_saves}
 
 
 

@@ -195,7 +195,7 @@ def datagram(draw: st.DrawFn) -> bytes:
 def test_intake_datagrams_are_queued_or_counted_never_raised(
         intake: StepIntake, data: bytes, truncated: bool) -> None:
     before = intake.steps_received + intake.steps_malformed + intake.checkpoints_received
-    intake._handle(memoryview(data), truncated=truncated)
+    intake._handle_safely(memoryview(data), truncated=truncated)
     after = intake.steps_received + intake.steps_malformed + intake.checkpoints_received
     assert after == before + 1
     intake.drain()
@@ -234,11 +234,7 @@ def step_line(draw: st.DrawFn) -> bytes:
     return line.replace(b"\n", b" ").strip()
 
 
-# Known (#13 item 1): StepFileTail._decode lets UnicodeDecodeError (an invalid UTF-8 line)
-# and RecursionError (deep nesting) escape; agents/ is fixed on the agent engineer's branch,
-# after which this passes (XPASS) and the marker goes. Any other exception still fails.
-@pytest.mark.xfail(reason="steps-file parser raises on invalid UTF-8 / deep nesting (agents/)",
-                   raises=(UnicodeDecodeError, RecursionError), strict=False)
+# Regression (#13 item 1): invalid UTF-8 and deep nesting once escaped the parser.
 @settings(FUZZ, report_multiple_bugs=False)
 @given(step_line())
 def test_steps_file_lines_parse_or_raise_record_error(tail: StepFileTail, line: bytes) -> None:

@@ -87,22 +87,60 @@ def test_flapping_finding_pages_at_most_max_flaps_times(max_flaps: int) -> None:
     assert final.status == "resolved" and final.labels["flapping"] == "true"
 
 
+def missing(t: float, rank: int, **kw: Any) -> Finding:
+    """An availability finding: ``rank`` (alone on its node) stopped reporting."""
+    fields: dict[str, Any] = dict(check="rank_missing", category="availability",
+                                  finding_id=f"f-miss-{rank}", ranks=[rank], nodes=[f"node-{rank}"])
+    fields.update(kw)
+    return finding(t, **fields)
+
+
 def test_job_rate_limit_turns_sixth_page_into_ticket() -> None:
     lc = AlertLifecycle()
     out: list[Alert] = []
     for r in range(6):
-        out += lc.observe_findings(
-            [finding(T0 + r, finding_id=f"f-{r}", ranks=[r], nodes=[f"node-{r}"])]
-        )
+        out += lc.observe_findings([missing(T0 + r, r)])
     assert [a.severity for a in out] == ["page"] * 5 + ["ticket"]
     assert out[-1].labels["rate_limited"] == "true"
     assert all("rate_limited" not in a.labels for a in out[:5])
     # Another job has its own budget, and the window moves on.
-    [other] = lc.observe_findings([finding(T0 + 10, job_id="job-2")])
+    [other] = lc.observe_findings([missing(T0 + 10, 1, job_id="job-2")])
     assert other.severity == "page"
     lc.tick(T0 + 400)
-    [later] = lc.observe_findings([finding(T0 + 400, ranks=[7], nodes=["node-7"])])
+    [later] = lc.observe_findings([missing(T0 + 400, 7)])
     assert later.severity == "page"
+
+
+def test_an_integrity_finding_pages_even_past_the_jobs_rate_limit() -> None:
+    lc = AlertLifecycle()
+    for r in range(5):
+        lc.observe_findings([missing(T0 + r, r)])
+    [tamper] = lc.observe_findings([finding(T0 + 6, ranks=[9], nodes=["node-9"])])
+    assert tamper.severity == "page" and "rate_limited" not in tamper.labels
+
+
+def test_integrity_pages_do_not_use_up_the_jobs_rate_limit() -> None:
+    lc = AlertLifecycle()
+    pages = []
+    for r in range(6):
+        pages += lc.observe_findings([finding(T0 + r, finding_id=f"f-{r}", ranks=[r],
+                                              nodes=[f"node-{r}"])])
+    [lost] = lc.observe_findings([missing(T0 + 7, 20)])
+    assert [a.severity for a in pages] == ["page"] * 6
+    assert lost.severity == "page" and "rate_limited" not in lost.labels
+
+
+def test_an_integrity_finding_on_a_node_already_paged_for_is_a_page_of_its_own() -> None:
+    # Whoever can make the culprit's node look idle first must not mute the tampering.
+    lc = AlertLifecycle()
+    [idle] = lc.observe_findings([finding(check="node_idle", category="availability",
+                                          finding_id="f-idle")])
+    [tamper] = lc.observe_findings([finding(T0 + 3, finding_id="f-div")])
+    [clash] = lc.observe_findings([finding(T0 + 4, check="conflicting_report",
+                                           finding_id="f-clash", nodes=["node-00", "node-01"])])
+    assert idle.severity == "page"
+    assert tamper.severity == "page" and "related_to" not in tamper.labels
+    assert clash.severity == "page" and "related_to" not in clash.labels
 
 
 def test_silence_for_the_job_turns_alert_into_info() -> None:
