@@ -64,8 +64,8 @@ class BatchHandler:
             if self._baselines.snapshot_due():
                 result.rows["baselines"] = self._baselines.snapshot_rows()
         if self._consistency is not None:
-            await self._publisher.findings(self._consistency.observe(result.decoded),
-                                           result.rows)
+            await self._publisher.findings(
+                self._consistency.observe(result.decoded, result.broker_ts), result.rows)
         # Pipelined: the store writes this batch while the next one is decoded and
         # judged. Writes run one at a time, in order, on the store thread.
         self._offsets.add(self._write(result.rows, result.lines), events)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from kafka.partitioner.default import murmur2
 
 from trainguard.pipeline.alerts.config import AlertLifecycleConfig, Silence
 from trainguard.pipeline.alerts.lifecycle import AlertLifecycle
+from trainguard.pipeline.clocks import EventClocks
 from trainguard.pipeline.dead_letters import DeadLetter, RawMessage
 from trainguard.pipeline.publish import Publisher
 from trainguard.pipeline.sinks.rows import Row
@@ -53,9 +55,12 @@ async def reject(publisher: Publisher, write: RowWrite, message: Any, error: Rec
 class AlertJob:
     """Alert lifecycles per findings partition, with their restore, ticks and silences.
 
-    ``read_open(since)`` and ``read_silences(now)`` read the store (off the event loop);
-    ``event_now()`` is the newest record time seen, so that a replayed or accelerated
-    stream resolves on its own clock.
+    ``read_open(since)`` and ``read_silences(now)`` read the store (off the event loop).
+    Each job's alerts run on that job's own time (:meth:`job_now`): the newer of the
+    consistency stage's time for it (``event_now(job)``) and its latest finding's time,
+    moved on by the wall clock since. A replayed or accelerated stream resolves on its
+    own clock, a quiet job's alerts expire in wall-clock time, and no record of another
+    job can resolve them.
     """
 
     def __init__(
@@ -63,13 +68,15 @@ class AlertJob:
         findings_topic: str, partitions: int,
         read_open: Callable[[float], Awaitable[Sequence[Alert]]],
         read_silences: Callable[[float], Awaitable[Sequence[Silence]]],
-        event_now: Callable[[], float] = lambda: -float("inf"),
+        event_now: Callable[[str], float] = lambda _job: -float("inf"),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config, self._publisher, self._write = config, publisher, write
         self._topic, self._partitions = findings_topic, partitions
         self._read_open, self._read_silences = read_open, read_silences
         self._event_now, self._clock = event_now, clock
+        #: Each job's time as its findings tell it.
+        self._times = EventClocks(clock)
         self._decoder: RecordDecoder[Finding] = RecordDecoder(Finding)
         self.lifecycles: dict[int, AlertLifecycle] = {}
         self._silences: list[Silence] = []
@@ -120,15 +127,21 @@ class AlertJob:
             except RecordError as exc:
                 await reject(self._publisher, self._write, e.message, exc)
                 continue
+            self._times.advance(finding.job_id or finding.cluster, finding.ts)
             by_part.setdefault(e.message.partition, []).append(finding)
         changes: list[Alert] = []
         for part, found in by_part.items():
             changes += self.lifecycle(part).observe_findings(found)
         await self._publish(changes)
 
+    def job_now(self, job: str) -> float:
+        """``job``'s time now (see the class docstring); the wall clock for a job unseen."""
+        now = max(self._times.now(job), self._event_now(job))
+        return now if now > -math.inf else self._clock()
+
     async def tick(self) -> None:
-        """Advance every lifecycle to now (event time, or the wall clock if later)."""
-        now = max(self._clock(), self._event_now())
+        """Advance every lifecycle, each alert to its own job's time."""
+        now = self.job_now
         await self._publish([a for lc in list(self.lifecycles.values()) for a in lc.tick(now)])
 
     async def refresh_silences(self) -> None:

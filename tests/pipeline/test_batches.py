@@ -163,7 +163,7 @@ class _Consistency:
     def __init__(self) -> None:
         self.pending = [finding()]
 
-    def observe(self, decoded: Sequence[Any]) -> list[Any]:
+    def observe(self, decoded: Sequence[Any], broker_ts: Sequence[Any] = ()) -> list[Any]:
         return []
 
     def flush(self) -> list[Any]:
