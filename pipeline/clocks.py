@@ -30,6 +30,8 @@ class EventClocks:
         self._max_keys = max_keys
         #: key → (newest event time, wall time it was seen).
         self._seen: dict[str, tuple[float, float]] = {}
+        #: key → the newest event time its data carried (what counts as news).
+        self._newest: dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -42,12 +44,15 @@ class EventClocks:
         if not math.isfinite(ts):
             return
         seen = self._seen.get(key)
-        if seen is not None and ts <= self._at(seen):
+        if seen is not None and ts <= self._newest[key]:
             return
+        self._newest[key] = ts
+        # Newer data: the key is alive now; its time never goes back.
+        at = ts if seen is None else max(ts, self._at(seen))
         self._seen.pop(key, None)  # most recently advanced last, for eviction
-        self._seen[key] = (ts, self._clock())
+        self._seen[key] = (at, self._clock())
         while len(self._seen) > self._max_keys:
-            del self._seen[next(iter(self._seen))]
+            self.forget(next(iter(self._seen)))
 
     def now(self, key: str) -> float:
         """``key``'s event time now; ``-inf`` for a key never seen."""
@@ -55,13 +60,14 @@ class EventClocks:
         return -math.inf if seen is None else self._at(seen)
 
     def idle_for(self, key: str) -> float:
-        """Wall-clock seconds since ``key``'s event time last advanced (``inf`` if never)."""
+        """Wall-clock seconds since ``key``'s data last carried a newer time (``inf``: never)."""
         seen = self._seen.get(key)
         return math.inf if seen is None else max(0.0, self._clock() - seen[1])
 
     def forget(self, key: str) -> None:
         """Drop ``key`` (its job was forgotten)."""
         self._seen.pop(key, None)
+        self._newest.pop(key, None)
 
     def _at(self, seen: tuple[float, float]) -> float:
         ts, wall = seen

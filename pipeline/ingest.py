@@ -4,8 +4,9 @@ Plain Python over plain tuples (no Faust), bytewax-style: every message ends up 
 as rows (``oks``) or as a :class:`~trainguard.pipeline.dead_letters.DeadLetter` with the
 reason (``errs``); nothing is dropped without a trace. A record whose event time (``ts``)
 lies outside a window around its Kafka timestamp and the worker's wall clock is a dead
-letter with reason ``clock``: one record from 2096 must not move anybody's time. ``DeadLetter`` and ``RawMessage``
-live in :mod:`trainguard.pipeline.dead_letters` and are re-exported here.
+letter with reason ``clock``: one record from 2096 must not move anybody's time.
+``DeadLetter`` and ``RawMessage`` live in :mod:`trainguard.pipeline.dead_letters` and are
+re-exported here.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from trainguard.pipeline.consistency.config import ConsistencyConfig
 from trainguard.pipeline.consistency.findings import Fault
@@ -41,7 +42,6 @@ class _NodeClock:
     #: Sample batches in a row with the skew beyond the bound.
     over: int = 0
     first_over: float = math.nan
-    ranks: tuple[int, ...] = field(default_factory=tuple)
 
 
 class ClockWatch:
@@ -96,7 +96,9 @@ class ClockWatch:
             return ts
         return ts - self.nodes[node].skew
 
-    def judge(self, node: str, ts: float, ranks: tuple[int, ...]) -> list[Fault]:
+    def judge(
+        self, node: str, ts: float, ranks_on: Callable[[str, int | None], tuple[int, ...]]
+    ) -> list[Fault]:
         """``clock_skew`` for ``node`` after its sample batch at ``ts`` (empty when fine)."""
         st = self.nodes.get(node)
         c = self.config
@@ -116,7 +118,7 @@ class ClockWatch:
                      f"nodes (median of its last {len(st.diffs)} samples against Kafka's "
                      f"timestamps); more than the {c.clock_skew_s:g} s the same-tick checks "
                      "tolerate, so its samples are realigned and its NTP needs a look"),
-            first_seen=st.first_over, ts=ts, ranks=ranks, nodes=(node,),
+            first_seen=st.first_over, ts=ts, ranks=ranks_on(node, None), nodes=(node,),
             observed=round(st.skew, 3), expected=0.0, score=abs(st.skew) / c.clock_skew_s,
             evidence={"skew_s": round(st.skew, 3), "offset_s": round(st.offset, 3),
                       "job_offset_s": round(self._reference, 3), "samples": len(st.diffs),

@@ -127,9 +127,9 @@ class JobState:
         if broker_ts is not None:
             node = batch.node
             self.clocks.observe(node, batch.ts, broker_ts)
-            skewed = self.clocks.judge(node, batch.ts, self.asm.ranks_on(node, None))
-            out += self.tracker.update("clock_skew", skewed, {node}, batch.ts)
             aligned = self.clocks.aligned(node, batch.ts)
+            skewed = self.clocks.judge(node, aligned, self.asm.ranks_on)
+            out += self.tracker.update("clock_skew", skewed, {node}, aligned)
             if aligned != batch.ts:
                 batch = replace(batch, ts=aligned)
         self.asm.advance(batch.ts)

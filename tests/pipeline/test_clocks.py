@@ -17,6 +17,9 @@ def test_a_key_runs_on_its_own_event_time_then_at_wall_clock_speed():
     assert clocks.now("a") == T0 + 30 and clocks.idle_for("a") == 30
     clocks.advance("a", T0 + 100)  # data ahead of the extrapolation wins
     assert clocks.now("a") == T0 + 100 and clocks.idle_for("a") == 0
+    wall.advance(10)
+    clocks.advance("a", T0 + 105)  # newer data behind the extrapolation: alive, no going back
+    assert clocks.now("a") == T0 + 110 and clocks.idle_for("a") == 0
 
 
 def test_another_keys_future_time_moves_nothing_of_this_key():
