@@ -96,7 +96,7 @@ def build_app(
         from trainguard.pipeline.alerts.stream import add_alerting
 
         def event_now(job: str) -> float:
-            return consistency.job_now(job) if consistency is not None else -math.inf
+            return consistency.job_watermark(job) if consistency is not None else -math.inf
 
         alerting_health = add_alerting(app, config, sink=sink, store=store, executor=executor,
                                        publisher=publisher, event_now=event_now)

@@ -59,6 +59,10 @@ class EventClocks:
         seen = self._seen.get(key)
         return -math.inf if seen is None else self._at(seen)
 
+    def newest(self, key: str) -> float:
+        """The newest event time ``key``'s data carried; ``-inf`` for a key never seen."""
+        return self._newest.get(key, -math.inf)
+
     def idle_for(self, key: str) -> float:
         """Wall-clock seconds since ``key``'s data last carried a newer time (``inf``: never)."""
         seen = self._seen.get(key)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
@@ -56,11 +55,11 @@ class AlertJob:
     """Alert lifecycles per findings partition, with their restore, ticks and silences.
 
     ``read_open(since)`` and ``read_silences(now)`` read the store (off the event loop).
-    Each job's alerts run on that job's own time (:meth:`job_now`): the newer of the
-    consistency stage's time for it (``event_now(job)``) and its latest finding's time,
-    moved on by the wall clock since. A replayed or accelerated stream resolves on its
-    own clock, a quiet job's alerts expire in wall-clock time, and no record of another
-    job can resolve them.
+    Each job's alerts run on that job's own time (:meth:`job_now`): the wall clock, or
+    the job's own event time where that runs ahead (the newest of its findings, and
+    ``event_now(job)``: the consistency stage's newest record of it). A replayed or
+    accelerated stream resolves on its own clock, a quiet job's alerts expire in
+    wall-clock time, and no record of another job can resolve them.
     """
 
     def __init__(
@@ -135,9 +134,8 @@ class AlertJob:
         await self._publish(changes)
 
     def job_now(self, job: str) -> float:
-        """``job``'s time now (see the class docstring); the wall clock for a job unseen."""
-        now = max(self._times.now(job), self._event_now(job))
-        return now if now > -math.inf else self._clock()
+        """``job``'s time now (see the class docstring): never behind the wall clock."""
+        return max(self._clock(), self._times.newest(job), self._event_now(job))
 
     async def tick(self) -> None:
         """Advance every lifecycle, each alert to its own job's time."""

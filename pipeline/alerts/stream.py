@@ -13,9 +13,9 @@
   delivery ledger goes to the ``alert_deliveries`` table, and is read back at start, so a
   replay sends nothing twice.
 
-Lifecycle "now" is per job: that job's event time, moved on by the wall clock once its
-records stop (see :class:`~trainguard.pipeline.alerts.alert_job.AlertJob`), so a replayed
-or accelerated stream resolves on its own clock and no job's records resolve another's. This
+Lifecycle "now" is per job: the later of the wall clock and that job's newest record
+time (see :class:`~trainguard.pipeline.alerts.alert_job.AlertJob`), so a replayed or
+accelerated stream resolves on its own clock and no job's records resolve another's. This
 module only wires the jobs to Faust agents, timers and signals.
 """
 

@@ -61,6 +61,10 @@ class ConsistencyStage:
         """The newest event time of any job: for tests and metrics, it decides nothing."""
         return max((j.asm.watermark for j in self.jobs.values()), default=-math.inf)
 
+    def job_watermark(self, job_id: str) -> float:
+        """The newest event time of the job's records (``-inf`` for a job unknown)."""
+        return self._clocks.newest(job_id)
+
     def job_now(self, job_id: str) -> float:
         """The job's event time now: its watermark, then the wall clock once it went quiet."""
         return self._clocks.now(job_id)

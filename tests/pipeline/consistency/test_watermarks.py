@@ -44,3 +44,4 @@ def test_the_stage_watermark_is_only_the_newest_of_the_jobs():
     stage.observe(FakeJob(8, job_id="b").step(1, T0 + 50))
     assert stage.watermark == T0 + 50
     assert stage.job_now("a") == T0 and stage.job_now("b") == T0 + 50
+    assert stage.job_watermark("a") == T0 and stage.job_watermark("zz") == float("-inf")
