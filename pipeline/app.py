@@ -96,8 +96,8 @@ def build_app(
     if store is not None and config.alerting.enabled:
         from trainguard.pipeline.alerts.stream import add_alerting
 
-        def event_now() -> float:
-            return consistency.watermark if consistency is not None else -math.inf
+        def event_now(job: str) -> float:
+            return consistency.job_watermark(job) if consistency is not None else -math.inf
 
         alerting_health = add_alerting(app, config, sink=sink, store=store, executor=executor,
                                        publisher=publisher, event_now=event_now)

@@ -91,6 +91,15 @@ class WorkerConfig:
     #: Jobs the consistency stage tracks at once; past it the least recently seen is
     #: evicted (counted).
     max_jobs: int = DEFAULT_MAX_JOBS
+    #: A record's ``ts`` may run this far ahead of its Kafka timestamp (the producer's or
+    #: broker's clock), and that timestamp this far ahead of the worker's clock; beyond,
+    #: the record is a dead letter (reason ``clock``). Agents stamp both from one clock, so
+    #: 10 minutes only forgives a badly skewed node; replays of simulated time (eval, the
+    #: accelerated demo) raise it.
+    max_future_s: float = 600.0
+    #: ...and this far behind it: a node's spool holds records for days while Kafka is
+    #: unreachable, and sends them late with their own time.
+    max_past_s: float = 7 * 86400.0
 
     def __post_init__(self) -> None:
         if not self.bootstrap.strip():
@@ -111,6 +120,10 @@ class WorkerConfig:
             raise ConfigError(
                 f"session_timeout_s must be within 3..300, got {self.session_timeout_s}"
             )
+        for name in ("max_future_s", "max_past_s"):
+            value = getattr(self, name)
+            if not 1 <= value <= 100 * 365 * 86400:
+                raise ConfigError(f"{name} must be within 1..3153600000 seconds, got {value!r}")
         if not 0.01 <= self.batch_within_s <= 60:
             raise ConfigError(f"batch_within_s must be within 0.01..60, got {self.batch_within_s}")
         IngestCaps(max_world_size=self.max_world_size)  # validates it

@@ -2,13 +2,19 @@
 
 Plain Python over plain tuples (no Faust), bytewax-style: every message ends up either
 as rows (``oks``) or as a :class:`~trainguard.pipeline.dead_letters.DeadLetter` with the
-reason (``errs``); nothing is dropped without a trace. ``DeadLetter`` and ``RawMessage``
-live in :mod:`trainguard.pipeline.dead_letters` and are re-exported here.
+reason (``errs``); nothing is dropped without a trace. A record whose event time (``ts``)
+lies outside a window around its Kafka timestamp and the worker's wall clock is a dead
+letter with reason ``clock``: one record from 2096 must not move anybody's time.
+``DeadLetter`` and ``RawMessage`` live in :mod:`trainguard.pipeline.dead_letters` and are
+re-exported here.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +34,7 @@ from trainguard.schemas.records import (
 )
 from trainguard.schemas.topics import Topics
 
-__all__ = ["DeadLetter", "IngestResult", "Ingestor", "RawMessage"]
+__all__ = ["DeadLetter", "IngestResult", "Ingestor", "RawMessage", "TimeWindow"]
 
 
 @dataclass
@@ -45,6 +51,9 @@ class IngestResult:
     sources: list[str] = field(default_factory=list)
     #: The message each decoded record came from (what a later stage dead-letters).
     messages: list[RawMessage] = field(default_factory=list)
+    #: Each decoded record's Kafka timestamp (seconds; ``None`` when the message had none),
+    #: for the per-node clock skew.
+    broker_ts: list[float | None] = field(default_factory=list)
 
     @property
     def records(self) -> int:
@@ -52,12 +61,55 @@ class IngestResult:
         return len(self.decoded)
 
 
-class Ingestor:
-    """Decodes messages of the input topics with one strict decoder per topic."""
+@dataclass(frozen=True)
+class TimeWindow:
+    """How far a record's ``ts`` may lie from its Kafka timestamp (and the worker's clock).
 
-    def __init__(self, topics: Topics, caps: IngestCaps | None = None) -> None:
+    ``ts`` must be within ``[kafka_ts - max_past_s, kafka_ts + max_future_s]``, and the
+    Kafka timestamp itself no more than ``max_future_s`` ahead of the worker's wall clock
+    (a producer may set it). Without a Kafka timestamp the wall clock stands in for it.
+    """
+
+    max_future_s: float = 600.0
+    max_past_s: float = 7 * 86400.0
+
+    def why_not(self, ts: float, broker_ts: float | None, now: float) -> str | None:
+        """Why ``ts`` is outside the window, in words; ``None`` when it is inside."""
+        ref = now if broker_ts is None else broker_ts
+        if broker_ts is not None and not broker_ts <= now + self.max_future_s:
+            return (f"Kafka timestamp {broker_ts!r} is {broker_ts - now:.0f} s ahead of the "
+                    f"worker's clock; at most {self.max_future_s:g} s allowed")
+        if not ref - self.max_past_s <= ts <= ref + self.max_future_s:
+            side = "ahead of" if not ts < ref else "behind"
+            gap = abs(ts - ref) if math.isfinite(ts) else math.inf
+            return (f"ts {ts!r} is {gap:.0f} s {side} its Kafka timestamp {ref!r}; expected "
+                    f"within -{self.max_past_s:g} s .. +{self.max_future_s:g} s")
+        return None
+
+
+def _times(record: Record) -> tuple[float, float]:
+    """The earliest and latest event time a record carries."""
+    if isinstance(record, StepBatch) and record.steps:
+        times = [record.ts, *(s.ts for s in record.steps)]
+        return min(times), max(times)
+    return record.ts, record.ts
+
+
+class Ingestor:
+    """Decodes messages of the input topics with one strict decoder per topic.
+
+    ``caps`` bounds what the schema cannot (world size, unique GPU indices: see
+    :mod:`.caps`); ``window`` bounds each record's event time (see :class:`TimeWindow`);
+    ``clock`` is the worker's wall clock.
+    """
+
+    def __init__(self, topics: Topics, caps: IngestCaps | None = None, *,
+                 window: TimeWindow | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         #: Bounds beyond the schema's (world size, unique GPU indices): see :mod:`.caps`.
         self.caps = caps or IngestCaps()
+        self.window = window or TimeWindow()
+        self._clock = clock
         self._decoders: dict[str, RecordDecoder[Any]] = {
             topics.samples: RecordDecoder(GpuSampleBatch),
             topics.steps: RecordDecoder(StepBatch | StepRecord | CheckpointEvent),
@@ -70,6 +122,7 @@ class Ingestor:
     def ingest(self, messages: list[RawMessage]) -> IngestResult:
         """Decode ``messages``; every one lands in ``rows`` or ``dead``."""
         result = IngestResult()
+        now = self._clock()
         for msg in messages:
             decoder = self._decoders.get(msg.topic)
             if decoder is None:
@@ -84,6 +137,12 @@ class Ingestor:
             if broken is not None:
                 self._reject(result, msg, *broken)
                 continue
+            first, last = _times(record)
+            why = self.window.why_not(last, msg.timestamp, now) or \
+                self.window.why_not(first, msg.timestamp, now)
+            if why is not None:
+                self._reject(result, msg, "clock", why)
+                continue
             line = intake_line(record, msg.partition, msg.offset)
             if line is not None:
                 result.lines[line[0]].append(line[1])
@@ -93,6 +152,7 @@ class Ingestor:
             result.decoded.append(record)
             result.sources.append(partition_key(msg.topic, msg.partition))
             result.messages.append(msg)
+            result.broker_ts.append(msg.timestamp)
         self.accepted += result.records
         return result
 

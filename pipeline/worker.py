@@ -13,7 +13,7 @@ from pathlib import Path
 
 from trainguard.pipeline.caps import IngestCaps
 from trainguard.pipeline.config import WorkerConfig
-from trainguard.pipeline.ingest import Ingestor
+from trainguard.pipeline.ingest import Ingestor, TimeWindow
 from trainguard.pipeline.kafka_admin import ensure_topics, wait_for_broker
 from trainguard.pipeline.sinks.store_sink import StoreSink
 from trainguard.pipeline.store import migrate, open_store, serve_reads
@@ -53,7 +53,9 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
             log.info("store migrated applied=%s", ",".join(applied))
         if config.store.path is not None:  # embedded: this process owns the directory
             reads = serve_reads(store, config.store.path)
-        ingestor = Ingestor(config.topics, IngestCaps(max_world_size=config.max_world_size))
+        ingestor = Ingestor(
+            config.topics, IngestCaps(max_world_size=config.max_world_size),
+            window=TimeWindow(max_future_s=config.max_future_s, max_past_s=config.max_past_s))
         sink = StoreSink(store, retry_for_s=config.store_retry_s)
         from trainguard.pipeline.baselines import BaselineConfig, BaselineStage
         from trainguard.pipeline.consistency import ConsistencyConfig, ConsistencyStage

@@ -78,8 +78,8 @@ Version = Annotated[int, Meta(ge=1, description="wire contract version")]
 #: names from here. On the wire ``Finding.check`` stays a plain name, so that an older worker
 #: still reads the findings of a newer one that has gained a check.
 CheckName = Literal[
-    "checkpoint_digest", "code_fingerprint", "conflicting_report", "gpu_throttled",
-    "grad_norm_mismatch",
+    "checkpoint_digest", "clock_skew", "code_fingerprint", "conflicting_report",
+    "gpu_throttled", "grad_norm_mismatch",
     "job_stalled", "local_grad_outlier", "loss_outlier", "lr_mismatch", "node_idle",
     "param_divergence", "rank_missing", "seed_mismatch", "step_skew", "straggler",
 ]

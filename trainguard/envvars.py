@@ -31,6 +31,8 @@ __all__ = [
     "REPLICATION_FACTOR",
     "BATCH_MAX",
     "BATCH_WITHIN_S",
+    "MAX_FUTURE_S",
+    "MAX_PAST_S",
     "WORKER_DATA_DIR",
     "WORKER_CONFIG",
     "GRAFANA_URL",
@@ -77,6 +79,9 @@ PARTITIONS = "TRAINGUARD_PARTITIONS"
 REPLICATION_FACTOR = "TRAINGUARD_REPLICATION_FACTOR"
 BATCH_MAX = "TRAINGUARD_BATCH_MAX"
 BATCH_WITHIN_S = "TRAINGUARD_BATCH_WITHIN_S"
+#: The worker's event-time window around a record's Kafka timestamp (seconds ahead, behind).
+MAX_FUTURE_S = "TRAINGUARD_MAX_FUTURE_S"
+MAX_PAST_S = "TRAINGUARD_MAX_PAST_S"
 WORKER_DATA_DIR = "TRAINGUARD_WORKER_DATA_DIR"
 WORKER_CONFIG = "TRAINGUARD_WORKER_CONFIG"
 #: ``trainguard grafana push``: Grafana's base URL and its service account token (a secret).

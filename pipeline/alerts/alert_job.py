@@ -22,6 +22,7 @@ from kafka.partitioner.default import murmur2
 
 from trainguard.pipeline.alerts.config import AlertLifecycleConfig, Silence
 from trainguard.pipeline.alerts.lifecycle import AlertLifecycle
+from trainguard.pipeline.clocks import EventClocks
 from trainguard.pipeline.dead_letters import DeadLetter, RawMessage
 from trainguard.pipeline.publish import Publisher
 from trainguard.pipeline.quarantine import Quarantine
@@ -56,9 +57,12 @@ async def reject(publisher: Publisher, write: RowWrite, message: Any, error: Rec
 class AlertJob:
     """Alert lifecycles per findings partition, with their restore, ticks and silences.
 
-    ``read_open(since)`` and ``read_silences(now)`` read the store (off the event loop);
-    ``event_now()`` is the newest record time seen, so that a replayed or accelerated
-    stream resolves on its own clock.
+    ``read_open(since)`` and ``read_silences(now)`` read the store (off the event loop).
+    Each job's alerts run on that job's own time (:meth:`job_now`): the wall clock, or
+    the job's own event time where that runs ahead (the newest of its findings, and
+    ``event_now(job)``: the consistency stage's newest record of it). A replayed or
+    accelerated stream resolves on its own clock, a quiet job's alerts expire in
+    wall-clock time, and no record of another job can resolve them.
     """
 
     def __init__(
@@ -66,13 +70,15 @@ class AlertJob:
         findings_topic: str, partitions: int,
         read_open: Callable[[float], Awaitable[Sequence[Alert]]],
         read_silences: Callable[[float], Awaitable[Sequence[Silence]]],
-        event_now: Callable[[], float] = lambda: -float("inf"),
+        event_now: Callable[[str], float] = lambda _job: -float("inf"),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config, self._publisher, self._write = config, publisher, write
         self._topic, self._partitions = findings_topic, partitions
         self._read_open, self._read_silences = read_open, read_silences
         self._event_now, self._clock = event_now, clock
+        #: Each job's time as its findings tell it.
+        self._times = EventClocks(clock)
         self._decoder: RecordDecoder[Finding] = RecordDecoder(Finding)
         self.lifecycles: dict[int, AlertLifecycle] = {}
         self._silences: list[Silence] = []
@@ -125,6 +131,7 @@ class AlertJob:
             except RecordError as exc:
                 await reject(self._publisher, self._write, e.message, exc)
                 continue
+            self._times.advance(finding.job_id or finding.cluster, finding.ts)
             by_part.setdefault(e.message.partition, []).append((e.message, finding))
         changes: list[Alert] = []
         dead: list[DeadLetter] = []
@@ -144,9 +151,13 @@ class AlertJob:
             await self._write(rows)
         await self._publish(changes)
 
+    def job_now(self, job: str) -> float:
+        """``job``'s time now (see the class docstring): never behind the wall clock."""
+        return max(self._clock(), self._times.newest(job), self._event_now(job))
+
     async def tick(self) -> None:
-        """Advance every lifecycle to now (event time, or the wall clock if later)."""
-        now = max(self._clock(), self._event_now())
+        """Advance every lifecycle, each alert to its own job's time."""
+        now = self.job_now
         changes: list[Alert] = []
         for part, lc in list(self.lifecycles.items()):
             try:

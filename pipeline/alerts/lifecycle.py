@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote
@@ -99,22 +99,29 @@ class AlertLifecycle:
             out.extend(self._observe(from_finding(finding)))
         return out
 
-    def tick(self, now: float) -> list[Alert]:
-        """Advance event time to ``now``: resolve what went quiet, forget what is old."""
+    def tick(self, now: float | Callable[[str], float]) -> list[Alert]:
+        """Advance event time to ``now``: resolve what went quiet, forget what is old.
+
+        ``now`` may be a function of the job (``job_id``, else the cluster): each job's
+        alerts then run on that job's own time, which no other job's records can move.
+        """
+        at: Callable[[str], float] = now if callable(now) else _constant(now)
         out: list[Alert] = []
         for fp, state in list(self._alerts.items()):
-            if state.status == "firing" and self._over(state, now):
+            t = at(state.obs.job_id or state.obs.cluster)
+            if state.status == "firing" and self._over(state, t):
                 out.append(self._resolve(state))
             elif (
                 state.status == "resolved" and state.ends_at is not None
-                and now - state.ends_at >= self.config.flap_window_s
+                and t - state.ends_at >= self.config.flap_window_s
             ):
                 # Past the flap window a resolved alert can no longer count as flapping;
                 # its fingerprint is a hash, so a later episode gets the same one anyway.
                 del self._alerts[fp]
         window = self.config.job_rate_window_s
         for key, starts in list(self._pages.items()):
-            while starts and now - starts[0] >= window:
+            t = at(key[1])
+            while starts and t - starts[0] >= window:
                 starts.popleft()
             if not starts:
                 del self._pages[key]
@@ -331,3 +338,8 @@ class AlertLifecycle:
 def _millis(t: float) -> str:
     """Epoch milliseconds as digits; ``inf`` rather than an OverflowError for absurd times."""
     return f"{t * 1000:.0f}"
+
+
+def _constant(value: float) -> Callable[[str], float]:
+    """The same time for every job."""
+    return lambda _key: value

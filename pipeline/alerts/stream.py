@@ -13,8 +13,9 @@
   delivery ledger goes to the ``alert_deliveries`` table, and is read back at start, so a
   replay sends nothing twice.
 
-Lifecycle "now" is event time: the later of the wall clock and the newest record time
-the worker saw, so a replayed or accelerated stream resolves on its own clock. This
+Lifecycle "now" is per job: the later of the wall clock and that job's newest record
+time (see :class:`~trainguard.pipeline.alerts.alert_job.AlertJob`), so a replayed or
+accelerated stream resolves on its own clock and no job's records resolve another's. This
 module only wires the jobs to Faust agents, timers and signals.
 """
 
@@ -54,7 +55,7 @@ def add_alerting(
     store: Store,
     executor: Executor,
     publisher: Publisher,
-    event_now: Callable[[], float],
+    event_now: Callable[[str], float],
 ) -> Callable[[], dict[str, float]]:
     """Register the alert agents and timers on ``app`` (see the module docstring).
 

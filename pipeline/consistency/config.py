@@ -150,18 +150,32 @@ class ConsistencyConfig:
     #: checkpointing every 2 minutes or less often without refusing any.
     checkpoint_keep_s: float = 1800.0
 
+    # -- clocks --------------------------------------------------------------------------
+    #: clock_skew: a node's clock (its samples' ts against Kafka's timestamps) more than
+    #: this far from its job's other nodes. Below it the same-tick checks' own slack (a
+    #: tick of waiting) absorbs the skew; beyond it they realign the node's samples. Above
+    #: a simulation's drift between two ticks (< 1 s), so replays never raise it.
+    clock_skew_s: float = 2.0
+    #: A node's offset is the median of its last ``skew_window`` sample batches, measured
+    #: once it has ``skew_min_samples``...
+    skew_window: int = 31
+    skew_min_samples: int = 5
+    #: ...and clock_skew fires after ``skew_k`` batches in a row beyond the bound.
+    skew_k: int = 10
+
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name} must be a finite number, got {value}")
         _positive(self, "wait_s", "job_idle_s", "stall_s", "fresh_s", "hw_recent_s",
-                  "exit_align_s", "exit_wait_s",
+                  "exit_align_s", "exit_wait_s", "clock_skew_s",
                   "grad_z", "loss_z", "loss_z_clip", "straggler_ratio")
         _at_least(self, 1, "max_open_steps", "max_jobs", "max_world_size", "clear_steps",
                   "max_open_findings",
                   "grad_k", "grad_n", "loss_span", "scale_span", "loss_min_steps", "straggler_k",
-                  "straggler_n", "skew_steps", "idle_k", "throttle_k", "max_checkpoints")
+                  "straggler_n", "skew_steps", "idle_k", "throttle_k", "max_checkpoints",
+                  "skew_window", "skew_min_samples", "skew_k")
         _at_least(self, 2, "min_peers")
         if self.checkpoint_keep_s < 0:
             raise ConfigError(f"checkpoint_keep_s must be >= 0, got {self.checkpoint_keep_s}")

@@ -9,13 +9,15 @@ of a step when the step closes, and the device checks on every sample batch.
 from __future__ import annotations
 
 import math
-from collections.abc import Container
+from collections.abc import Container, Sequence
+from typing import TypeVar
 
 from msgspec.structs import replace
 
 from trainguard.pipeline.consistency.agreement import param_divergence, value_mismatch
 from trainguard.pipeline.consistency.assembler import ClosedStep, StepAssembler
 from trainguard.pipeline.consistency.checkpoints import CheckpointWatch
+from trainguard.pipeline.consistency.clock import ClockWatch
 from trainguard.pipeline.consistency.columns import StepColumns, step_columns
 from trainguard.pipeline.consistency.config import ConsistencyConfig
 from trainguard.pipeline.consistency.conflicts import step_conflicts
@@ -24,12 +26,20 @@ from trainguard.pipeline.consistency.findings import Entity, Fault, FindingTrack
 from trainguard.pipeline.consistency.fingerprints import FingerprintWatch
 from trainguard.pipeline.consistency.peers import PeerChecks
 from trainguard.pipeline.consistency.presence import job_stalled, rank_missing, step_skew
-from trainguard.schemas.records import CheckName, CheckpointEvent, Finding, GpuSampleBatch
+from trainguard.schemas.records import (
+    CheckName,
+    CheckpointEvent,
+    Finding,
+    GpuSampleBatch,
+    StepRecord,
+)
 
 __all__ = ["JobState"]
 
 #: Cluster name of a job known only from bare step records (they carry none).
 UNKNOWN_CLUSTER = "unknown"
+
+_Timed = TypeVar("_Timed", StepRecord, CheckpointEvent)
 
 
 class _StepScope(Container[Entity]):
@@ -77,6 +87,7 @@ class JobState:
         self.env = FingerprintWatch("code_fingerprint", "env fingerprint", grouped=False)
         self.seeds = FingerprintWatch("seed_mismatch", "seed fingerprint", grouped=True)
         self.devices = DeviceWatch(config)
+        self.clocks = ClockWatch(config)
         self.checkpoints = CheckpointWatch(config.max_checkpoints, config.checkpoint_keep_s,
                                            config.max_world_size)
         self.pending_events: list[CheckpointEvent] = []
@@ -96,14 +107,39 @@ class JobState:
         if self.tracker.cluster == UNKNOWN_CLUSTER:
             self.tracker.cluster = cluster
 
-    def add_samples(self, batch: GpuSampleBatch) -> list[Finding]:
-        """Run the device checks on one of the job's sample batches."""
+    def aligned(self, records: Sequence[_Timed]) -> Sequence[_Timed]:
+        """``records`` (steps, checkpoint events) with the times of skewed nodes realigned.
+
+        A node whose clock runs behind would otherwise open every step early and close it
+        before its peers' records arrive; one ahead would look steps behind.
+        """
+        clocks = self.clocks
+        if not clocks.skewed:
+            return records
+        return [r if (ts := clocks.aligned(r.node, r.ts)) == r.ts else replace(r, ts=ts)
+                for r in records]
+
+    def add_samples(self, batch: GpuSampleBatch, broker_ts: float | None = None) -> list[Finding]:
+        """Run the device checks on one of the job's sample batches.
+
+        ``broker_ts`` (its Kafka timestamp) measures the node's clock; a node skewed beyond
+        the bound is reported (``clock_skew``) and its samples realigned for the checks.
+        """
+        out: list[Finding] = []
+        if broker_ts is not None:
+            node = batch.node
+            self.clocks.observe(node, batch.ts, broker_ts)
+            aligned = self.clocks.aligned(node, batch.ts)
+            skewed = self.clocks.judge(node, aligned, self.asm.ranks_on)
+            out += self.tracker.update("clock_skew", skewed, {node}, aligned)
+            if aligned != batch.ts:
+                batch = replace(batch, ts=aligned)
         self.asm.advance(batch.ts)
         self._samples_ts = max(self._samples_ts, batch.ts)
         self._samples_seen = True
         idle, throttled, idle_scope, throttle_scope = self.devices.observe(
             batch, self.asm.ranks_on)
-        out = self.tracker.update("node_idle", idle, idle_scope, batch.ts)
+        out += self.tracker.update("node_idle", idle, idle_scope, batch.ts)
         out += self.tracker.update("gpu_throttled", throttled, throttle_scope, batch.ts)
         return out
 

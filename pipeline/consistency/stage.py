@@ -2,22 +2,27 @@
 
 Plain Python and numpy, no Faust: the worker feeds :meth:`ConsistencyStage.observe` with
 each batch of decoded records and calls :meth:`ConsistencyStage.flush` periodically so
-that the steps of a job whose records stopped still close. Everything runs in event time:
-each job's watermark is the largest event time seen for it (steps, checkpoint events and
-its GPU sample batches), so a replay gives the same findings, with the same ids.
+that the steps of a job whose records stopped still close. Everything runs in event time,
+*per job*: each job's watermark is the largest event time seen for it (steps, checkpoint
+events and its GPU sample batches), so a replay gives the same findings, with the same
+ids, and no job's records can move another job's time. Once a job's records stop, its
+time goes on at wall-clock speed (:class:`~trainguard.pipeline.clocks.EventClocks`), so
+its last steps still close.
 
 Memory is bounded: per job, only open steps, a few numbers per rank and per node, each
 rank's last ``max_checkpoints`` saves and the open findings; at most ``max_jobs`` jobs (past it
 the least recently seen is evicted and counted, ``evicted_jobs``), and a job silent for
-``job_idle_s`` of event time is forgotten.
+``job_idle_s`` of wall-clock time is forgotten.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 
+from trainguard.pipeline.clocks import EventClocks
 from trainguard.pipeline.consistency.config import ConsistencyConfig
 from trainguard.pipeline.consistency.job import JobState
 from trainguard.schemas.records import (
@@ -39,51 +44,75 @@ _COUNTERS = ("late_records", "malformed_records", "forced_closes", "restarts",
 
 
 class ConsistencyStage:
-    """Cross-rank and cross-node consistency checks over every job in the input."""
+    """Cross-rank and cross-node consistency checks over every job in the input.
 
-    def __init__(self, config: ConsistencyConfig | None = None) -> None:
+    ``clock`` is the wall clock: it moves a job's time on once its records stop, and
+    decides when a silent job is forgotten.
+    """
+
+    def __init__(self, config: ConsistencyConfig | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config or ConsistencyConfig()
         #: Every tracked job, least recently seen first (a dict keeps insertion order).
         self.jobs: dict[str, JobState] = {}
-        #: The largest event time seen in any job's records.
-        self.watermark = -math.inf
+        self._clock = clock
+        self._clocks = EventClocks(clock, max_keys=self.config.max_jobs)
         self.expired_jobs = 0
         self.evicted_jobs = 0
         self._retired = dict.fromkeys(_COUNTERS, 0)
         self._next_expiry = -math.inf
 
-    def observe(self, records: Sequence[Record]) -> list[Finding]:
+    @property
+    def watermark(self) -> float:
+        """The newest event time of any job: for tests and metrics, it decides nothing."""
+        return max((j.asm.watermark for j in self.jobs.values()), default=-math.inf)
+
+    def job_watermark(self, job_id: str) -> float:
+        """The newest event time of the job's records (``-inf`` for a job unknown)."""
+        return self._clocks.newest(job_id)
+
+    def job_now(self, job_id: str) -> float:
+        """The job's event time now: its watermark, then the wall clock once it went quiet."""
+        return self._clocks.now(job_id)
+
+    def observe(
+        self, records: Sequence[Record], broker_ts: Sequence[float | None] | None = None
+    ) -> list[Finding]:
         """Take a batch of records; return the findings they completed.
 
         Step batches and records, checkpoint events and sample batches that name their
-        job are used; anything else is ignored.
+        job are used; anything else is ignored. ``broker_ts`` is each record's Kafka
+        timestamp, for the nodes' clock skew.
         """
         out: list[Finding] = []
         touched: dict[str, JobState] = {}
-        for rec in records:
+        for i, rec in enumerate(records):
             if isinstance(rec, StepBatch):
                 job = touched.get(rec.job_id) or self._touch(rec.job_id, rec.cluster, touched)
                 job_id = rec.job_id
                 if all(step.job_id == job_id for step in rec.steps):
-                    job.asm.add_many(rec.steps, rec.node)
+                    job.asm.add_many(job.aligned(rec.steps), rec.node)
                 else:  # an agent mixing jobs in one batch: route each record
                     for step in rec.steps:
-                        self._touch(step.job_id, rec.cluster, touched).asm.add(step, rec.node)
+                        other = self._touch(step.job_id, rec.cluster, touched)
+                        other.asm.add(other.aligned([step])[0], rec.node)
             elif isinstance(rec, StepRecord):
-                self._touch(rec.job_id, None, touched).asm.add(rec)
+                job = self._touch(rec.job_id, None, touched)
+                job.asm.add(job.aligned([rec])[0])
             elif isinstance(rec, CheckpointEvent):
                 job = self._touch(rec.job_id, rec.cluster, touched)
+                rec = job.aligned([rec])[0]
                 if rec.action == "load":
                     job.asm.loaded(rec.rank, rec.ts)
                 else:
                     job.asm.advance(rec.ts)
                 job.pending_events.append(rec)
             elif isinstance(rec, GpuSampleBatch) and rec.job_id is not None:
-                out += self._touch(rec.job_id, rec.cluster, touched).add_samples(rec)
+                out += self._touch(rec.job_id, rec.cluster, touched).add_samples(
+                    rec, broker_ts[i] if broker_ts is not None else None)
         for job in touched.values():
             out += job.finish(job.asm.watermark)
-            if job.asm.watermark > self.watermark:
-                self.watermark = job.asm.watermark
+            self._clocks.advance(job.job_id, job.asm.watermark)
         self._expire()
         return out
 
@@ -91,15 +120,16 @@ class ConsistencyStage:
               on_error: Callable[[str, Exception], None] | None = None) -> list[Finding]:
         """Close every open step whose wait expired at event time ``now``.
 
-        ``now`` defaults to the stage's watermark (the largest event time of any job). Pass
-        an *event* time: a wall clock ahead of replayed data would close steps before
-        their ranks' records arrive. With ``on_error``, a job whose checks raise is
-        forgotten and reported to ``on_error(job_id, exc)``; the other jobs still close.
+        ``now`` defaults to each job's own time (:meth:`job_now`: its watermark, moved on
+        by the wall clock since its last record), never another job's. An explicit ``now``
+        is an *event* time applied to every job (tests, a replay's end). With ``on_error``,
+        a job whose checks raise is forgotten and reported to ``on_error(job_id, exc)``;
+        the other jobs still close.
         """
-        at = self.watermark if now is None else now
         out: list[Finding] = []
         for job in list(self.jobs.values()):
             if job.asm.open_steps:
+                at = self.job_now(job.job_id) if now is None else now
                 try:
                     out += job.close(max(at, job.asm.watermark))
                 except Exception as exc:
@@ -172,12 +202,14 @@ class ConsistencyStage:
                         oldest.job_id, self.config.max_jobs, self.evicted_jobs)
 
     def _expire(self) -> None:
-        # A scan of every job: cheap once a minute of event time, too dear per batch.
-        if self.watermark < self._next_expiry:
+        # A scan of every job: cheap once a minute, too dear per batch. Wall-clock time:
+        # one job's records must not make the others look silent.
+        now = self._clock()
+        if now < self._next_expiry:
             return
-        self._next_expiry = self.watermark + min(60.0, self.config.job_idle_s / 4)
-        horizon = self.watermark - self.config.job_idle_s
-        for job in [j for j in self.jobs.values() if j.asm.watermark < horizon]:
+        self._next_expiry = now + min(60.0, self.config.job_idle_s / 4)
+        idle_s = self.config.job_idle_s
+        for job in [j for j in self.jobs.values() if self._clocks.idle_for(j.job_id) > idle_s]:
             self._retire(job)
             self.expired_jobs += 1
 
@@ -185,6 +217,7 @@ class ConsistencyStage:
         for name, value in _job_counters(job).items():
             self._retired[name] += value
         del self.jobs[job.job_id]
+        self._clocks.forget(job.job_id)
 
 
 def _job_counters(job: JobState) -> dict[str, int]:

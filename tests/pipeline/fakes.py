@@ -18,7 +18,7 @@ class FakeMessage:
     offset: int
     key: bytes | None = b"k"
     value: bytes | None = b"{}"
-    timestamp: float | None = 1_700_000_000.0
+    timestamp: float | None = None  # no Kafka timestamp: the window uses the wall clock
     refcount: int = 1  # Faust's own reference, dropped when take_events acks the batch
     acked: bool = False
 

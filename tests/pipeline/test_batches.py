@@ -48,7 +48,8 @@ def _handler(topics: Topics, writes: Writes, **kw: Any) -> tuple[BatchHandler, l
     out: list[int] = []
     held = HeldOffsets(lambda e: out.append(e.message.offset))
     kw.setdefault("offsets", held)
-    return BatchHandler(Ingestor(TOPICS), topics.publisher(), write=writes, **kw), out
+    ingestor = kw.pop("ingestor", None) or Ingestor(TOPICS)
+    return BatchHandler(ingestor, topics.publisher(), write=writes, **kw), out
 
 
 def _good(offsets: range) -> list[FakeEvent]:
@@ -169,7 +170,7 @@ class _Consistency:
     def __init__(self) -> None:
         self.pending = [finding()]
 
-    def observe(self, decoded: Sequence[Any]) -> list[Any]:
+    def observe(self, decoded: Sequence[Any], broker_ts: Sequence[Any] = ()) -> list[Any]:
         return []
 
     def flush(self, on_error: Any = None) -> list[Any]:
@@ -258,7 +259,7 @@ def _poisoned_check(monkeypatch: Any) -> None:
 
 def test_a_consistency_bug_costs_the_record_that_triggers_it_and_not_other_jobs(
         monkeypatch: Any) -> None:
-    from tests.pipeline.consistency.helpers import FakeJob
+    from tests.pipeline.consistency.helpers import T0, FakeJob
     from trainguard.pipeline.consistency import ConsistencyStage
 
     _poisoned_check(monkeypatch)
@@ -277,7 +278,9 @@ def test_a_consistency_bug_costs_the_record_that_triggers_it_and_not_other_jobs(
     async def main() -> tuple[BatchHandler, Topics]:
         topics, writes = Topics(), Writes()
         stage = ConsistencyStage()
-        handler, _ = _handler(topics, writes, consistency=stage)
+        # The simulated job runs at T0, ahead of today: the ingest window follows it.
+        ingestor = Ingestor(TOPICS, clock=lambda: T0 + 60)
+        handler, _ = _handler(topics, writes, consistency=stage, ingestor=ingestor)
         values = [encode(r) for r in records]
         task = asyncio.create_task(_handle(handler, events(TOPICS.steps, range(len(values)),
                                                            values=values)))

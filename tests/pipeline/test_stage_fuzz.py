@@ -47,6 +47,13 @@ def _simulated() -> list[tuple[str, bytes]]:
 
 
 BASE = _simulated()
+#: The simulated time at the end of BASE: the ingest window is checked against it (the
+#: simulator runs ahead of today's wall clock), and stages run on a fixed wall clock.
+SIM_NOW = max(msgspec.json.decode(blob)["ts"] for _, blob in BASE)
+
+
+def _sim_clock() -> float:
+    return SIM_NOW
 
 #: Field values worth trying anywhere: bounds of the wire types and beyond, odd floats.
 EDGE = st.sampled_from([
@@ -132,8 +139,9 @@ def hostile_stream(draw: st.DrawFn) -> list[list[RawMessage]]:
 @FUZZ
 @given(hostile_stream())
 def test_no_mutated_simulator_stream_makes_a_stage_raise(batches: list[list[RawMessage]]) -> None:
-    ingestor = Ingestor(TOPICS)
-    baselines, consistency, lifecycle = BaselineStage(), ConsistencyStage(), AlertLifecycle()
+    ingestor = Ingestor(TOPICS, clock=_sim_clock)
+    baselines, lifecycle = BaselineStage(), AlertLifecycle()
+    consistency = ConsistencyStage(clock=_sim_clock)
     latest = -math.inf
     for batch in batches:
         result = ingestor.ingest(batch)
@@ -145,16 +153,16 @@ def test_no_mutated_simulator_stream_makes_a_stage_raise(batches: list[list[RawM
         lifecycle.observe_findings(found)
         latest = max([latest, *(f.ts for f in found)])
         consistency.stats()
-    found = consistency.flush(consistency.watermark + 3600.0)
+    found = consistency.flush(SIM_NOW + 3600.0)
     lifecycle.observe_findings(found)
-    lifecycle.tick(max(latest, consistency.watermark) + 7 * 86400.0)
+    lifecycle.tick(max(latest, SIM_NOW) + 7 * 86400.0)
 
 
 def _findings() -> list[bytes]:
-    stage = ConsistencyStage()
-    decoded = Ingestor(TOPICS).ingest([RawMessage(t, 0, i, None, b, None)
+    stage = ConsistencyStage(clock=_sim_clock)
+    decoded = Ingestor(TOPICS, clock=_sim_clock).ingest([RawMessage(t, 0, i, None, b, None)
                                        for i, (t, b) in enumerate(BASE)]).decoded
-    found = stage.observe(decoded) + stage.flush(stage.watermark + 3600.0)
+    found = stage.observe(decoded) + stage.flush(SIM_NOW + 3600.0)
     assert found, "the sabotage must produce findings to mutate"
     return [encode(f) for f in found]
 

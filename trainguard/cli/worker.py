@@ -52,6 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
     )
     add_env_option(
+        p, "--max-future-s", envvars.MAX_FUTURE_S, 600.0,
+        "seconds a record's ts may run ahead of its Kafka timestamp (else a 'clock' dead "
+        "letter); raise it to replay simulated time", type=float)
+    add_env_option(
+        p, "--max-past-s", envvars.MAX_PAST_S, 7 * 86400.0,
+        "seconds a record's ts may lag its Kafka timestamp (else a 'clock' dead letter)",
+        type=float)
+    add_env_option(
         p,
         "--data-dir",
         envvars.WORKER_DATA_DIR,
@@ -91,6 +99,8 @@ def worker_config(args: argparse.Namespace) -> object:
         batch_max=args.batch_max,
         batch_within_s=args.batch_within,
         data_dir=args.data_dir,
+        max_future_s=args.max_future_s,
+        max_past_s=args.max_past_s,
         detect=args.detect,
         consistency=args.consistency,
         alerting=alerting,

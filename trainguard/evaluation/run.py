@@ -99,6 +99,13 @@ def _runs(opts: EvalOptions, prefix: str) -> list[_Run]:
     return runs
 
 
+def _clock_window(ticks: int) -> list[str]:
+    """Worker flags that let simulated event time (from ``_T0``) pass its ingest window."""
+    ahead = max(0.0, _T0 + ticks - time.time())
+    behind = max(0.0, time.time() - _T0)
+    return ["--max-future-s", f"{ahead + 600:.0f}", "--max-past-s", f"{behind + 7 * 86400:.0f}"]
+
+
 def run_eval(opts: EvalOptions, out: Callable[[str], None] = print) -> EvalReport:
     """Run every (scenario, seed) through the pipeline and score what it found."""
     from trainguard.agents.config import KafkaProducerSettings
@@ -108,7 +115,8 @@ def run_eval(opts: EvalOptions, out: Callable[[str], None] = print) -> EvalRepor
     run_id = uuid.uuid4().hex[:6]
     stack = LocalStack(opts.data_dir / f"eval-{run_id}", bootstrap=opts.bootstrap or "",
                        kafka_port=opts.kafka_port, topic_prefix=f"eval{run_id}",
-                       batch_within=0.2, out=lambda line: out(f"[eval] {line}"))
+                       batch_within=0.2, worker_args=_clock_window(opts.ticks),
+                       out=lambda line: out(f"[eval] {line}"))
     transport: KafkaTransport | None = None
     try:
         stack.start()

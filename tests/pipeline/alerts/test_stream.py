@@ -91,7 +91,7 @@ def test_tick_resolves_on_event_time_when_it_runs_ahead_of_the_wall_clock() -> N
         job = AlertJob(AlertLifecycleConfig(), pub, store.write, findings_topic="findings",
                        partitions=3,
                        read_open=store.read_open, read_silences=store.read_silences,
-                       event_now=lambda: T0 + 1000, clock=Clock(T0))
+                       event_now=lambda _job: T0 + 1000, clock=Clock(T0))
         await job.handle(events("findings", [0], values=[encode(finding())]))
         await job.tick()
         statuses = [RecordDecoder(Alert).decode(s.value).status for s in alerts.sent]

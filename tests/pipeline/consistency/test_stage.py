@@ -3,6 +3,7 @@ import random
 import pytest
 
 from tests.pipeline.consistency.helpers import T0, FakeJob, checks, feed, first
+from tests.pipeline.fakes import Clock
 from trainguard.errors import ConfigError
 from trainguard.pipeline.consistency import ConsistencyConfig, ConsistencyStage
 from trainguard.schemas.codec import RecordDecoder, encode
@@ -148,13 +149,19 @@ def test_open_steps_per_job_are_bounded():
     assert stage.stats()["forced_closes"] > 0
 
 
-def test_jobs_are_bounded_and_silent_ones_expire():
-    stage = ConsistencyStage(ConsistencyConfig(max_jobs=2, job_idle_s=100))
+def test_jobs_are_bounded_and_silent_ones_expire_in_wall_clock_time():
+    wall = Clock()
+    stage = ConsistencyStage(ConsistencyConfig(max_jobs=2, job_idle_s=100), clock=wall)
     for name in ("a", "b", "c"):
         stage.observe(FakeJob(4, job_id=name).step(1))
+        wall.advance(1)
     assert sorted(stage.jobs) == ["b", "c"] and stage.evicted_jobs == 1
     live = FakeJob(4, job_id="c")
-    for s in range(2, 300):
+    for s in range(2, 300):  # c's event time races ahead: b stays, it is not silent yet
+        stage.observe(live.step(s))
+    assert sorted(stage.jobs) == ["b", "c"] and stage.expired_jobs == 0
+    for s in range(300, 450):  # 150 s of wall clock: b is silent for longer than 100 s
+        wall.advance(1)
         stage.observe(live.step(s))
     assert sorted(stage.jobs) == ["c"] and stage.expired_jobs == 1
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
 
 from trainguard.pipeline.dead_letters import RawMessage
-from trainguard.pipeline.ingest import Ingestor
+from trainguard.pipeline.ingest import Ingestor, TimeWindow
 from trainguard.pipeline.sinks.intake import intake_line
 from trainguard.pipeline.sinks.rows import rows_for
 from trainguard.pipeline.sinks.sources import IngestSources
@@ -20,6 +21,8 @@ from trainguard.schemas.topics import Topics
 NOW = time.time()
 MONTH = 32 * 86400.0
 TOPICS = Topics("t")
+#: Times are the store's guard to check here, not the ingest window's (which comes first).
+NO_WINDOW = TimeWindow(max_future_s=math.inf, max_past_s=math.inf)
 
 
 @pytest.fixture
@@ -110,7 +113,7 @@ def test_out_of_range_times_are_clock_dead_letters_and_never_stored(store: ChdbS
     far = _batch([_step(1, NOW, "k"), _step(2, 1e308, "k"), _step(3, NOW, "k")], job="k")
     msgs = [RawMessage(topic=TOPICS.steps, partition=1, offset=9, key=b"k", value=encode(far),
                        timestamp=NOW)]
-    result = Ingestor(TOPICS).ingest(msgs)
+    result = Ingestor(TOPICS, window=NO_WINDOW).ingest(msgs)
     assert "step_batches_in" not in result.lines  # no intake line for it: the row path
     sink = StoreSink(store)
     written = sink.write(result.rows, result.lines, IngestSources(msgs, result))
