@@ -118,7 +118,7 @@ def _with_caps(
     extra: Callable[[], dict[str, float]] | None, baselines: BaselineStage | None,
     consistency: ConsistencyStage | None,
 ) -> Callable[[], dict[str, float]]:
-    """Health metrics of ``extra`` plus the stages' cap counters (entities and jobs evicted)."""
+    """Health metrics of ``extra`` plus the stages' cap and evidence counters."""
 
     def metrics() -> dict[str, float]:
         out = dict(extra()) if extra is not None else {}
@@ -126,8 +126,11 @@ def _with_caps(
             out["baseline_entities_evicted"] = float(baselines.evicted)
         if consistency is not None:
             out["consistency_jobs_evicted"] = float(consistency.evicted_jobs)
-            out["consistency_records_malformed"] = float(
-                consistency.stats()["malformed_records"])
+            stats = consistency.stats()
+            out["consistency_records_malformed"] = float(stats["malformed_records"])
+            # Evidence the checks kept out (the first report stays; see conflicting_report).
+            for name in ("conflicting_records", "conflicting_saves", "refused_saves"):
+                out[f"consistency_{name}"] = float(stats[name])
         return out
 
     return metrics

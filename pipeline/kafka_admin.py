@@ -1,4 +1,10 @@
-"""Small Kafka admin helpers: wait until a broker answers, create topics idempotently."""
+"""Small Kafka admin helpers: wait until a broker answers, create topics idempotently.
+
+The input topics (what node agents write) are created with ``LogAppendTime``: the broker,
+not the producer, stamps each record. The worker checks a record's ``ts`` against that
+stamp (the ``clock`` window) and measures each node's clock skew from it, so a stamp the
+sender chose would let a node with a forged clock vouch for itself.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,17 @@ from collections.abc import Iterable
 from typing import Any
 
 from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from trainguard.errors import BrokerError
+from trainguard.schemas.topics import Topics
 
-__all__ = ["ensure_topics", "wait_for_broker"]
+__all__ = ["INPUT_TOPIC_CONFIGS", "ensure_pipeline_topics", "ensure_topics",
+           "timestamp_types", "wait_for_broker"]
+
+#: Topic configs of the input topics: the broker stamps each record's Kafka timestamp.
+INPUT_TOPIC_CONFIGS = {"message.timestamp.type": "LogAppendTime"}
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +114,62 @@ def ensure_topics(
         log.info("topics created topics=%s partitions=%d bootstrap=%s",
                  ",".join(created), partitions, bootstrap)
     return created
+
+
+def ensure_pipeline_topics(bootstrap: str, topics: Topics, *, partitions: int = 3,
+                           replication_factor: int = 1, timeout: float = 30) -> list[str]:
+    """Create every topic of a deployment that does not exist yet; return those created.
+
+    Inputs get :data:`INPUT_TOPIC_CONFIGS` (broker timestamps); an input topic that exists
+    with producer timestamps (``CreateTime``) is logged as a warning, since its records'
+    Kafka timestamps are then whatever the sender wrote.
+    """
+    created = ensure_topics(bootstrap, topics.inputs(), partitions=partitions,
+                            replication_factor=replication_factor, timeout=timeout,
+                            configs=INPUT_TOPIC_CONFIGS)
+    outputs = [t for t in topics.all() if t not in topics.inputs()]
+    created += ensure_topics(bootstrap, outputs, partitions=partitions,
+                             replication_factor=replication_factor, timeout=timeout)
+    created += ensure_topics(bootstrap, [topics.baseline_state], partitions=1,
+                             replication_factor=replication_factor, timeout=timeout,
+                             configs={"cleanup.policy": "compact"})
+    old = [t for t in topics.inputs() if t not in created]
+    if old:
+        for name, kind in timestamp_types(bootstrap, old, timeout=timeout).items():
+            if kind != INPUT_TOPIC_CONFIGS["message.timestamp.type"]:
+                log.warning(
+                    "input topic keeps producer timestamps topic=%s message.timestamp.type=%s: "
+                    "a node can then choose the Kafka timestamp its records are checked "
+                    "against; set it with kafka-configs.sh --alter --entity-type topics "
+                    "--entity-name %s --add-config message.timestamp.type=LogAppendTime",
+                    name, kind, name)
+    return created
+
+
+def timestamp_types(bootstrap: str, topics: Iterable[str], *,
+                    timeout: float = 30) -> dict[str, str]:
+    """Each topic's ``message.timestamp.type`` (``CreateTime`` or ``LogAppendTime``)."""
+    names = list(topics)
+    try:
+        admin = _admin(bootstrap, timeout)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot reach Kafka at '{bootstrap}': {exc}") from exc
+    try:
+        result = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, n, configs=None) for n in names],
+            config_filter="all")
+    except KafkaError as exc:
+        raise BrokerError(f"cannot describe topics {names} at '{bootstrap}': "
+                          f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        admin.close()
+    out: dict[str, str] = {}
+    for by_name in result.values():
+        for name, configs in by_name.items():
+            entry = configs.get("message.timestamp.type")
+            if entry is not None:
+                out[name] = entry["value"] if isinstance(entry, dict) else str(entry)
+    return out
 
 
 def _split_results(bootstrap: str, result: dict[str, Any]) -> tuple[list[str], list[str]]:

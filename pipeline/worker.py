@@ -14,7 +14,7 @@ from pathlib import Path
 from trainguard.pipeline.caps import IngestCaps
 from trainguard.pipeline.config import WorkerConfig
 from trainguard.pipeline.ingest import Ingestor, TimeWindow
-from trainguard.pipeline.kafka_admin import ensure_topics, wait_for_broker
+from trainguard.pipeline.kafka_admin import ensure_pipeline_topics, wait_for_broker
 from trainguard.pipeline.sinks.store_sink import StoreSink
 from trainguard.pipeline.store import migrate, open_store, serve_reads
 
@@ -30,19 +30,8 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
     from trainguard.pipeline.app import build_app
 
     wait_for_broker(config.bootstrap, timeout=30)
-    ensure_topics(
-        config.bootstrap,
-        config.topics.all(),
-        partitions=config.partitions,
-        replication_factor=config.replication_factor,
-    )
-    ensure_topics(
-        config.bootstrap,
-        [config.topics.baseline_state],
-        partitions=1,
-        replication_factor=config.replication_factor,
-        configs={"cleanup.policy": "compact"},
-    )
+    ensure_pipeline_topics(config.bootstrap, config.topics, partitions=config.partitions,
+                           replication_factor=config.replication_factor)
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     store = open_store(config.store)
     reads = None

@@ -33,6 +33,9 @@ __all__ = [
     "BATCH_WITHIN_S",
     "MAX_FUTURE_S",
     "MAX_PAST_S",
+    "MAX_WORLD_SIZE",
+    "MAX_BASELINE_ENTITIES",
+    "MAX_JOBS",
     "WORKER_DATA_DIR",
     "WORKER_CONFIG",
     "GRAFANA_URL",
@@ -82,6 +85,11 @@ BATCH_WITHIN_S = "TRAINGUARD_BATCH_WITHIN_S"
 #: The worker's event-time window around a record's Kafka timestamp (seconds ahead, behind).
 MAX_FUTURE_S = "TRAINGUARD_MAX_FUTURE_S"
 MAX_PAST_S = "TRAINGUARD_MAX_PAST_S"
+#: The worker's caps on what input can grow (see ``pipeline/caps.py``): the world size a
+#: step record may claim, GPUs/ranks in the baselines, jobs in the consistency checks.
+MAX_WORLD_SIZE = "TRAINGUARD_MAX_WORLD_SIZE"
+MAX_BASELINE_ENTITIES = "TRAINGUARD_MAX_BASELINE_ENTITIES"
+MAX_JOBS = "TRAINGUARD_MAX_JOBS"
 WORKER_DATA_DIR = "TRAINGUARD_WORKER_DATA_DIR"
 WORKER_CONFIG = "TRAINGUARD_WORKER_CONFIG"
 #: ``trainguard grafana push``: Grafana's base URL and its service account token (a secret).

@@ -120,4 +120,20 @@ def test_evictions_at_the_caps_are_exported_with_the_worker_health():
         checks.observe(batches)
     metrics = _with_caps(lambda: {"alerts_queued": 3.0}, baselines, checks)()
     assert metrics == {"alerts_queued": 3.0, "baseline_entities_evicted": 4.0,
-                       "consistency_jobs_evicted": 2.0, "consistency_records_malformed": 0.0}
+                       "consistency_jobs_evicted": 2.0, "consistency_records_malformed": 0.0,
+                       "consistency_conflicting_records": 0.0,
+                       "consistency_conflicting_saves": 0.0, "consistency_refused_saves": 0.0}
+
+
+def test_conflicting_reports_are_exported_with_the_worker_health():
+    from tests.pipeline.consistency.helpers import T0, FakeJob
+    from trainguard.pipeline.app import _with_caps
+    from trainguard.pipeline.consistency import ConsistencyStage
+
+    job, checks = FakeJob(4, gpus=2, noise=False), ConsistencyStage()
+    node0, node1 = job.step(1)
+    forged = job._batch("node-01", [job.record(0, 1, T0 + 1.2, param_checksum="forged")])
+    checks.observe([node0, forged, node1])
+    metrics = _with_caps(None, None, checks)()
+    assert metrics["consistency_conflicting_records"] == 1.0
+    assert metrics["consistency_conflicting_saves"] == 0.0

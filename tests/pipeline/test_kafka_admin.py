@@ -3,6 +3,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from kafka import KafkaConsumer
@@ -53,3 +54,32 @@ def test_wait_for_broker_on_a_closed_port_fails_fast() -> None:
 def test_wait_for_broker_rejects_a_malformed_bootstrap() -> None:
     with pytest.raises(BrokerError, match="'localhost'"):
         wait_for_broker("localhost", timeout=0.1)
+
+
+def test_pipeline_topics_stamp_inputs_with_the_brokers_time(bootstrap: str) -> None:
+    from trainguard.pipeline.kafka_admin import ensure_pipeline_topics, timestamp_types
+    from trainguard.schemas.topics import Topics
+
+    topics = Topics(f"ts{uuid.uuid4().hex[:8]}")
+    created = ensure_pipeline_topics(bootstrap, topics, partitions=2)
+    assert sorted(created) == sorted([*topics.all(), topics.baseline_state])
+    kinds = timestamp_types(bootstrap, [*topics.inputs(), topics.findings])
+    assert kinds == {**dict.fromkeys(topics.inputs(), "LogAppendTime"),
+                     topics.findings: "CreateTime"}
+    assert ensure_pipeline_topics(bootstrap, topics) == []
+
+
+def test_a_record_on_an_input_topic_carries_the_brokers_time_not_the_senders(
+        bootstrap: str, make_producer: Callable[..., Any],
+        make_consumer: Callable[..., KafkaConsumer]) -> None:
+    from trainguard.pipeline.kafka_admin import ensure_pipeline_topics
+    from trainguard.schemas.topics import Topics
+
+    topics = Topics(f"ts{uuid.uuid4().hex[:8]}")
+    ensure_pipeline_topics(bootstrap, topics, partitions=1)
+    forged_ms = int((time.time() + 3600) * 1000)  # a sender claiming to be an hour ahead
+    make_producer().send(topics.steps, b"{}", timestamp_ms=forged_ms).get(timeout=30)
+    consumer = make_consumer(topics.steps)
+    [record] = [r for r, _ in zip(consumer, range(1), strict=False)]
+    assert abs(record.timestamp / 1000 - time.time()) < 60
+    assert record.timestamp_type == 1  # LogAppendTime

@@ -60,6 +60,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "seconds a record's ts may lag its Kafka timestamp (else a 'clock' dead letter)",
         type=float)
     add_env_option(
+        p, "--max-world-size", envvars.MAX_WORLD_SIZE, 1 << 20,
+        "largest world size a step record may claim (else a 'cap_world_size' dead letter)",
+        type=int)
+    add_env_option(
+        p, "--max-baseline-entities", envvars.MAX_BASELINE_ENTITIES, 131_072,
+        "GPUs (and as many ranks) whose baselines are kept; past it the least recently "
+        "seen is evicted (counted)", type=int)
+    add_env_option(
+        p, "--max-jobs", envvars.MAX_JOBS, 4096,
+        "jobs the consistency checks track at once; past it the least recently seen is "
+        "evicted (counted)", type=int)
+    add_env_option(
         p,
         "--data-dir",
         envvars.WORKER_DATA_DIR,
@@ -101,6 +113,9 @@ def worker_config(args: argparse.Namespace) -> object:
         data_dir=args.data_dir,
         max_future_s=args.max_future_s,
         max_past_s=args.max_past_s,
+        max_world_size=args.max_world_size,
+        max_baseline_entities=args.max_baseline_entities,
+        max_jobs=args.max_jobs,
         detect=args.detect,
         consistency=args.consistency,
         alerting=alerting,

@@ -30,7 +30,7 @@ from trainguard.local.alertmanager import (
 from trainguard.local.broker import LocalBroker, free_port, free_ports, port_free
 from trainguard.local.webhook_server import RecordingWebhookServer
 from trainguard.local.worker import WorkerProcess
-from trainguard.pipeline.kafka_admin import ensure_topics
+from trainguard.pipeline.kafka_admin import ensure_pipeline_topics
 from trainguard.pipeline.store import Secret, Store
 from trainguard.schemas.topics import Topics
 
@@ -127,8 +127,7 @@ class LocalStack:
                       f"(data in {self.broker.data_dir})")
             self._started.append("broker")
             self.broker.start()
-        ensure_topics(self.bootstrap, self.topics.all(), partitions=self.partitions,
-                      replication_factor=1)
+        ensure_pipeline_topics(self.bootstrap, self.topics, partitions=self.partitions)
         if self.autostart_worker:
             self.start_worker()
         return self

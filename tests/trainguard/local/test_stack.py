@@ -1,6 +1,6 @@
 """LocalStack without a broker: its layout, its pager fallbacks, and what it stops.
 
-``ensure_topics`` is replaced by a recorder, the worker's interpreter by a stand-in
+``ensure_pipeline_topics`` is replaced by a recorder, the worker's interpreter by a stand-in
 script, and Alertmanager by fakes; the real services run in the integration tests.
 """
 
@@ -22,8 +22,9 @@ from trainguard.local.worker import WorkerError
 @pytest.fixture
 def topics_made(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str]]]:
     made: list[tuple[str, list[str]]] = []
-    monkeypatch.setattr(stack_mod, "ensure_topics",
-                        lambda bootstrap, topics, **kw: made.append((bootstrap, list(topics))))
+    monkeypatch.setattr(
+        stack_mod, "ensure_pipeline_topics",
+        lambda bootstrap, topics, **kw: made.append((bootstrap, list(topics.all()))))
     return made
 
 

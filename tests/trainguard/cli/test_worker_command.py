@@ -1,0 +1,41 @@
+"""``trainguard worker`` flags: parsed into one validated WorkerConfig, defaults the config's."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainguard.cli.main import build_parser
+from trainguard.cli.worker import worker_config
+from trainguard.errors import ConfigError
+from trainguard.pipeline.config import WorkerConfig
+
+
+def _config(*flags: str) -> WorkerConfig:
+    config = worker_config(build_parser().parse_args(["worker", *flags]))
+    assert isinstance(config, WorkerConfig)
+    return config
+
+
+def test_the_flags_default_to_the_worker_configs_own_defaults() -> None:
+    config = _config()
+    default = WorkerConfig(bootstrap="127.0.0.1:9092", store=config.store)
+    for name in ("max_future_s", "max_past_s", "max_world_size", "max_baseline_entities",
+                 "max_jobs", "batch_max", "batch_within_s", "partitions"):
+        assert getattr(config, name) == getattr(default, name), name
+
+
+def test_the_caps_are_set_by_flags() -> None:
+    config = _config("--max-world-size", "4096", "--max-baseline-entities", "1000",
+                     "--max-jobs", "16", "--max-future-s", "60")
+    assert (config.max_world_size, config.max_baseline_entities, config.max_jobs,
+            config.max_future_s) == (4096, 1000, 16, 60.0)
+
+
+def test_the_caps_are_set_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAINGUARD_MAX_JOBS", "7")
+    assert _config().max_jobs == 7
+
+
+def test_a_cap_below_one_is_a_config_error_naming_it() -> None:
+    with pytest.raises(ConfigError, match="max_jobs"):
+        _config("--max-jobs", "0")
