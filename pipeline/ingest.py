@@ -22,6 +22,7 @@ from trainguard.pipeline.caps import IngestCaps
 from trainguard.pipeline.dead_letters import DeadLetter, RawMessage
 from trainguard.pipeline.sinks.intake import intake_line
 from trainguard.pipeline.sinks.rows import Row, rows_for
+from trainguard.pipeline.sinks.times import STORE_TS_MAX, STORE_TS_MIN
 from trainguard.pipeline.state import partition_key
 from trainguard.schemas.codec import RecordDecoder, RecordError
 from trainguard.schemas.records import (
@@ -90,7 +91,8 @@ class TimeWindow:
 def _times(record: Record) -> tuple[float, float]:
     """The earliest and latest event time a record carries."""
     if isinstance(record, StepBatch) and record.steps:
-        times = [record.ts, *(s.ts for s in record.steps)]
+        times = [s.ts for s in record.steps]
+        times.append(record.ts)
         return min(times), max(times)
     return record.ts, record.ts
 
@@ -143,7 +145,9 @@ class Ingestor:
             if why is not None:
                 self._reject(result, msg, "clock", why)
                 continue
-            line = intake_line(record, msg.partition, msg.offset)
+            # The same times the intake path would check again: decided here once.
+            line = intake_line(record, msg.partition, msg.offset,
+                               storable=STORE_TS_MIN <= first and last <= STORE_TS_MAX)
             if line is not None:
                 result.lines[line[0]].append(line[1])
             else:

@@ -33,13 +33,18 @@ INTAKE_TABLES: dict[type, str] = {GpuSampleBatch: "sample_batches_in", StepBatch
 _encoder = msgspec.json.Encoder()
 
 
-def intake_line(record: Record, partition: int = -1, offset: int = -1) -> tuple[str, bytes] | None:
+def intake_line(record: Record, partition: int = -1, offset: int = -1, *,
+                storable: bool | None = None) -> tuple[str, bytes] | None:
     """Return ``(intake table, JSON line)`` for a high-volume record, else ``None``.
 
-    ``None`` too for an intake record with a time out of the store's range (see above).
+    ``None`` too for an intake record with a time out of the store's range (see above);
+    ``storable`` is that verdict when the caller has already checked the record's times
+    (:func:`~trainguard.pipeline.sinks.times.record_times_storable`, same answer).
     """
     table = INTAKE_TABLES.get(type(record))
-    if table is None or not record_times_storable(record):
+    if table is None:
+        return None
+    if not (record_times_storable(record) if storable is None else storable):
         return None
     body = _encoder.encode(record)  # always starts with '{"kind":' for a tagged Struct
     return table, b'{"_tg_partition":%d,"_tg_offset":%d,%s' % (partition, offset, body[1:])
