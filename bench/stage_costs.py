@@ -1,0 +1,105 @@
+"""The worker's per-batch stages timed in-process, comparable across code versions.
+
+Times, on 2,000-message batches of :class:`bench.loadgen.FleetLoad` (10,000 nodes, medians
+after the first tick): decode + validate (``Ingestor``), the baselines, the consistency
+checks (one call per job, as ``BatchHandler`` runs them since #13), the sink's source map
+and the store insert into chdb. It runs against whatever ``trainguard`` is on the path, so
+older code (before the per-job split and the source map existed) is measured the way it ran
+then::
+
+    python -m bench.stage_costs                                   # this checkout
+    PYTHONPATH=/path/to/old/checkout python bench/stage_costs.py  # another version
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import FleetLoad
+from trainguard.pipeline import batches as batches_module
+from trainguard.pipeline.baselines import BaselineStage
+from trainguard.pipeline.consistency import ConsistencyStage
+from trainguard.pipeline.ingest import Ingestor, RawMessage
+from trainguard.pipeline.sinks.store_sink import StoreSink
+from trainguard.pipeline.store import StoreUrl, migrate, open_store
+from trainguard.schemas.topics import Topics
+
+_BATCH = 2000
+#: Since #13 the handler checks job by job and maps stored rows back to their messages.
+_PER_JOB = hasattr(batches_module, "_by_job")
+
+
+def _batches(topics: Topics, nodes: int, ticks: int) -> list[list[RawMessage]]:
+    load = FleetLoad(topics, nodes)
+    t0 = time.time() - ticks
+    out: list[list[RawMessage]] = []
+    for k in range(ticks):
+        msgs = [RawMessage(t, i % 3, k * 2 * nodes + i, key, value, time.time())
+                for i, (t, key, value) in enumerate(load.tick(k, t0 + k))]
+        out += [msgs[j:j + _BATCH] for j in range(0, len(msgs), _BATCH)]
+    return out
+
+
+def _consistency(stage: ConsistencyStage, result: Any) -> None:
+    if not _PER_JOB:
+        stage.observe(result.decoded)
+        return
+    for idx in batches_module._by_job(result.decoded).values():
+        stage.observe([result.decoded[i] for i in idx], [result.broker_ts[i] for i in idx])
+
+
+def stage_costs(nodes: int = 10_000, ticks: int = 6) -> dict[str, float]:
+    """Median milliseconds per 2,000-message batch of each stage."""
+    topics = Topics("stages")
+    batches = _batches(topics, nodes, ticks)
+    ingestor, baselines, checks = Ingestor(topics), BaselineStage(), ConsistencyStage()
+    store = open_store(StoreUrl.parse(f"chdb://{Path(tempfile.mkdtemp()) / 'store'}"))
+    migrate(store)
+    sink = StoreSink(store)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)  # as trainguard.pipeline.worker does
+    times: dict[str, list[float]] = {k: [] for k in
+                                     ("decode", "baselines", "consistency", "sources", "write")}
+    for msgs in batches:
+        t = [time.perf_counter()]
+        result = ingestor.ingest(msgs)
+        t.append(time.perf_counter())
+        baselines.observe(result.decoded, result.sources)
+        t.append(time.perf_counter())
+        _consistency(checks, result)
+        t.append(time.perf_counter())
+        if _PER_JOB:
+            from trainguard.pipeline.sinks.sources import IngestSources
+            sources = IngestSources(msgs, result)
+            t.append(time.perf_counter())
+            sink.write(result.rows, result.lines, sources)
+        else:
+            t.append(time.perf_counter())
+            sink.write(result.rows, result.lines)
+        t.append(time.perf_counter())
+        for name, a, b in zip(times, t, t[1:], strict=False):
+            times[name].append(b - a)
+    store.close()
+    skip = len(batches) // ticks  # the first tick pays one-off costs (entity registration)
+    return {k: 1000 * statistics.median(v[skip:]) for k, v in times.items()}
+
+
+def main() -> None:
+    """Print the medians, and the event loop's share (everything but the store write)."""
+    costs = stage_costs()
+    loop = sum(v for k, v in costs.items() if k != "write")
+    print("code:", "per-job checks + source map (#13)" if _PER_JOB else "before #13")
+    for name, ms in costs.items():
+        print(f"  {name:<12} {ms:8.2f} ms per {_BATCH} messages")
+    print(f"  event loop   {loop:8.2f} ms per {_BATCH} messages = "
+          f"{1000 * loop / _BATCH:.1f} µs per message")
+
+
+if __name__ == "__main__":
+    main()
