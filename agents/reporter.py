@@ -1,8 +1,9 @@
 """The step reporter: a training process hands each step's metrics to the node agent.
 
 Imported inside training scripts, so it is deliberately tiny: the standard library,
-msgspec and the wire schema, nothing else. A report is one small JSON datagram sent
-over a non-blocking Unix datagram socket to the agent's
+msgspec and the wire schema, nothing else. ``StepReporter.from_env()`` reads the job and
+rank from torchrun, SLURM or MPI (:mod:`~trainguard.agents.job_env`). A report is one small
+JSON datagram sent over a non-blocking Unix datagram socket to the agent's
 :class:`trainguard.agents.intake.StepIntake`.
 
 The one promise: **a slow or dead agent never stalls a training step.** ``report()``
@@ -10,7 +11,7 @@ never blocks and never raises. When the agent is not running, or its queue is fu
 the datagram is dropped and counted; the cumulative drop count rides along in every
 later datagram, so the agent (and the pipeline) learns how much it missed.
 
-    reporter = StepReporter("llama-70b-run3", rank=rank, world_size=world_size)
+    reporter = StepReporter.from_env()  # or StepReporter("run3", rank=r, world_size=n)
     for step in range(steps):
         loss = train_step()
         reporter.report(step, loss=loss, lr=sched.get_last_lr()[0])
@@ -25,13 +26,15 @@ import os
 import socket
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from msgspec import Meta
 
+from trainguard import envvars
+from trainguard.agents.job_env import job_identity
 from trainguard.schemas.records import STEP_FLOAT_FIELDS, StepRecord
 
 __all__ = [
@@ -173,6 +176,25 @@ class StepReporter:
         self._closed = False
         self._warned: set[str] = set()
         _live.add(self)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 **options: Any) -> StepReporter:
+        """A reporter for this process, its place read from the launcher's environment.
+
+        Job, rank, world size, local rank and node come from torchrun, SLURM or MPI (see
+        :mod:`~trainguard.agents.job_env` for the precedence). ``options`` are the
+        constructor's keyword arguments (``env_fingerprint``, ``dp_rank``, ...); an
+        explicit ``node`` or ``local_rank`` wins over the environment's. The socket is
+        ``TRAINGUARD_STEPS_SOCKET`` when set. Raises :class:`~trainguard.errors.ConfigError`
+        with one line when nothing identifies the job.
+        """
+        env = os.environ if environ is None else environ
+        who = job_identity(env)
+        options.setdefault("node", who.node)
+        options.setdefault("local_rank", who.local_rank)
+        options.setdefault("socket_path", env.get(envvars.STEPS_SOCKET) or DEFAULT_SOCKET)
+        return cls(who.job_id, who.rank, who.world_size, **options)
 
     def report(
         self,

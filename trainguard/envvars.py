@@ -15,6 +15,7 @@ __all__ = [
     "SPOOL_DIR",
     "SPOOL_MAX_MB",
     "STEPS_SOCKET",
+    "JOB_ID",
     "BOOTSTRAP",
     "CLICKHOUSE_PASSWORD",
     "CLUSTER",
@@ -62,6 +63,8 @@ INTERVAL_S = "TRAINGUARD_INTERVAL_S"
 SPOOL_DIR = "TRAINGUARD_SPOOL_DIR"
 SPOOL_MAX_MB = "TRAINGUARD_SPOOL_MAX_MB"
 STEPS_SOCKET = "TRAINGUARD_STEPS_SOCKET"
+#: A training process's job id for ``StepReporter.from_env()``, over the launcher's.
+JOB_ID = "TRAINGUARD_JOB_ID"
 SIM_GPUS = "TRAINGUARD_SIM_GPUS"
 #: Where the Kafka broker jars fetched from Maven Central are cached.
 KAFKA_CACHE = "TRAINGUARD_KAFKA_CACHE"
