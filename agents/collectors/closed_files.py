@@ -4,8 +4,9 @@ Two ways to tell, the same answer:
 
 * **inotify** (Linux): a file closed after writing (``IN_CLOSE_WRITE``) or renamed into a
   watched directory (``IN_MOVED_TO``, the write-then-rename pattern) is ready at once. New
-  directories are watched as they appear; files that were there before their directory's
-  watch (and everything after an event-queue overflow) go through the scan rule below.
+  directories are watched as they appear (a configured one that does not exist yet, from
+  the first scan that finds it); files that were there before their directory's watch
+  (and everything after an event-queue overflow) go through the scan rule below.
 * **scan** (elsewhere, or when a watch cannot be added): every ``scan_interval_s``, a file
   whose ``(size, mtime, ctime, inode)`` is the same in two scans in a row and differs from
   the version last handed out is ready.
@@ -73,6 +74,8 @@ class ClosedFiles:
         self._unsettled: dict[str, Identity | None] = {}
         self._full_scan = True
         self._next_scan = -float("inf")
+        #: Directories to watch once they exist (inotify needs them to).
+        self._missing: list[str] = []
         self.untracked = 0
 
     @property
@@ -82,11 +85,14 @@ class ClosedFiles:
 
     def start(self) -> None:
         """Watch the directories (inotify where it works) and take the baseline."""
-        if self._want_inotify and inotify_available():
+        if self._want_inotify and self._dirs and inotify_available():
             try:
                 self._notify = Inotify()
                 for d in self._dirs:
-                    self._watch_tree(d, settle=False)
+                    if os.path.isdir(d):
+                        self._watch_tree(d, settle=False)
+                    else:
+                        self._missing.append(d)
             except OSError as exc:
                 log.warning("inotify unavailable, scanning every %.1f s instead: %s",
                             self._scan_interval_s, exc)
@@ -112,7 +118,7 @@ class ClosedFiles:
             out += self._scan()
         if self._notify is None and not out:
             self._wait(timeout_s)
-        return out
+        return list(dict.fromkeys(out))  # a file closed twice in one read is hashed once
 
     def hashed(self, path: Path, ident: Identity) -> None:
         """Record the version of ``path`` that was hashed (it is not handed out again)."""
@@ -125,7 +131,9 @@ class ClosedFiles:
             return []
         parent = self._watched.get(wd)
         if mask & IN_IGNORED:
-            self._watched.pop(wd, None)
+            gone = self._watched.pop(wd, None)
+            if gone in self._dirs and gone not in self._missing:
+                self._missing.append(gone)  # a configured directory removed: watch it anew
             return []
         if parent is None or not name or self._excluded(name):
             return []
@@ -169,6 +177,11 @@ class ClosedFiles:
 
     def _scan(self) -> list[Path]:
         """Hand out the files whose new version was the same in two scans in a row."""
+        if self._notify is not None and self._missing:
+            found = [d for d in self._missing if os.path.isdir(d)]
+            self._missing = [d for d in self._missing if d not in found]
+            for d in found:
+                self._watch_tree(d, settle=True)
         if self._full_scan:
             current = dict(self._walk(self._dirs))
             for gone in [p for p in (*self._known, *self._unsettled) if p not in current]:

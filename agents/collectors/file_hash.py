@@ -56,6 +56,11 @@ class FileHash:
         return max(self.ident[1], self.ident[2]) / 1e9
 
 
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
+
+
 class Hasher:
     """Streams files through SHA-256 within a byte budget; counts what it could not hash.
 
@@ -68,13 +73,13 @@ class Hasher:
         *,
         mb_per_s: float,
         max_file_bytes: int,
-        wait: Callable[[float], bool] = lambda s: bool(time.sleep(s)),
+        wait: Callable[[float], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
         chunk_bytes: int = _CHUNK,
     ) -> None:
         self._rate = mb_per_s * 1e6
         self.max_file_bytes = max_file_bytes
-        self._wait = wait
+        self._wait = wait if wait is not None else _sleep
         self._clock = clock
         self._buf = bytearray(chunk_bytes)
         self._ready_at = -float("inf")
@@ -83,6 +88,8 @@ class Hasher:
         #: Files not hashed, by reason: too_large, vanished, unreadable, not_a_file,
         #: changed_while_hashing, stopped.
         self.skipped: Counter[str] = Counter()
+        #: Their sum, readable from another thread while the counter grows.
+        self.skipped_total = 0
 
     def hash_file(self, path: Path) -> FileHash | None:
         """The file's SHA-256; a skipped file's reason (``too_large`` is returned, the
@@ -99,6 +106,7 @@ class Hasher:
                 return self._skip("not_a_file")
             if before.st_size > self.max_file_bytes:
                 self.skipped["too_large"] += 1
+                self.skipped_total += 1
                 return FileHash(path, None, before.st_size, identity(before), skipped="too_large")
             digest, read = self._stream(fd)
             if digest is None:
@@ -139,4 +147,5 @@ class Hasher:
 
     def _skip(self, reason: str) -> None:
         self.skipped[reason] += 1
+        self.skipped_total += 1
         return None

@@ -72,6 +72,7 @@ class Witness:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._limiter = LogLimiter()
+        self._skip_limiter = LogLimiter()
         #: Reports dropped (oldest first) because ``max_pending`` waited for the agent.
         self.dropped = 0
         self.errors = 0
@@ -84,7 +85,7 @@ class Witness:
     @property
     def skipped(self) -> int:
         """Files not hashed (every reason) or left out, and reports dropped, since start."""
-        return sum(self.hasher.skipped.values()) + self.files.untracked + self.dropped
+        return self.hasher.skipped_total + self.files.untracked + self.dropped
 
     def start(self) -> None:
         """Take the checkpoint directories' baseline and start the witness thread."""
@@ -126,13 +127,21 @@ class Witness:
                 self._fingerprint(subject, tree, job, announce=announce)
         for path in self.files.ready(timeout_s):
             got = self.hasher.hash_file(path)
+            if got is None or got.skipped is not None:
+                self._skipped(path)
             if got is None or self._stop.is_set():
                 continue
             self.files.hashed(path, got.ident)
             self._report(WitnessReport(
                 cluster=self._cluster, node=self._node, ts=self._clock(), subject="checkpoint",
-                path=str(path), digest=got.digest, size=got.size, changed_at=max(0.0, got.changed_at),
-                skipped=got.skipped, job_id=self.job))
+                path=str(path), digest=got.digest, size=got.size,
+                changed_at=max(0.0, got.changed_at), skipped=got.skipped, job_id=self.job))
+
+    def _skipped(self, path: object) -> None:
+        if self._skip_limiter.allow() is not None:
+            log.warning("witness could not hash a file node=%s path=%s skipped_by_reason=%s "
+                        "untracked=%d", self._node, path, dict(self.hasher.skipped),
+                        self.files.untracked)
 
     def _fingerprint(self, subject: Subject, tree: CodeTree, job: str | None, *,
                      announce: bool) -> None:

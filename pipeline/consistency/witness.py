@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeVar
@@ -52,8 +53,8 @@ _V = TypeVar("_V")
 def shard_path(ev: CheckpointEvent) -> str | None:
     """The file a save names: its ``path``, or its ``checkpoint_id`` when that is a path."""
     if ev.path is not None:
-        return ev.path
-    return ev.checkpoint_id if ev.checkpoint_id.startswith("/") else None
+        return posixpath.normpath(ev.path)
+    return posixpath.normpath(ev.checkpoint_id) if ev.checkpoint_id.startswith("/") else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,12 +128,13 @@ class WitnessWatch:
                 if fault is not None:
                     faults.append(fault)
                 continue
-            entry = self._entry(rep.path, rep.ts)
+            path = posixpath.normpath(rep.path)
+            entry = self._entry(path, rep.ts)
             if entry is None or digest in entry.seen:
                 continue
             changed = rep.changed_at if rep.changed_at is not None else rep.ts
             _put(entry.seen, digest, _Seen(rep.node, rep.ts, changed))
-            self._wait("seen", rep.path, digest, rep.ts)
+            self._wait("seen", path, digest, rep.ts)
         return faults
 
     def due(self, now: float) -> list[Fault]:
@@ -169,11 +171,13 @@ class WitnessWatch:
         if seen is None or digest in entry.saves or not entry.saves:
             return None
         saved, save = next(reversed(entry.saves.items()))
-        if saved not in entry.seen:
-            # The file never had the digest the trainer reported.
-            return _not_witnessed(path, save, saved, seen, digest)
         if seen.changed_at < save.ts:
-            return None  # a version written before the save: the file was still being written
+            # A version written before the save: the file was still being written (a save
+            # whose digest is never witnessed is judged on its own).
+            return None
+        if saved not in entry.seen:
+            # Changed after the save, which the witness never saw with the saved digest.
+            return _not_witnessed(path, save, saved, seen, digest)
         summary = (f"the agent on {seen.node} hashed {path} as {short(digest)}, a digest no "
                    f"rank reported saving; rank {save.rank} on {save.node} saved it (step "
                    f"{save.step}) as {short(saved)}: the file changed after it was saved")
@@ -188,11 +192,12 @@ class WitnessWatch:
         self._trees[key] = digest
         if baseline is None or baseline == digest:
             return None
-        named = ", ".join(rep.changed_files[:_NAMED_FILES])
+        # An agent restarted between two passes has no previous pass to name files from.
+        named = ", ".join(rep.changed_files[:_NAMED_FILES]) or "files not named (agent restarted)"
         more = rep.changed_count - min(len(rep.changed_files), _NAMED_FILES)
         what = "framework source" if rep.subject == "framework" else "job code"
-        summary = (f"{what} {rep.path} on {rep.node} changed while the job ran: "
-                   f"{rep.changed_count} files ({named}{f', +{more} more' if more > 0 else ''})")
+        summary = (f"{what} {rep.path} on {rep.node} changed while the job ran: {named}"
+                   f"{f' and {more} more files' if more > 0 else ''}")
         return Fault(
             check="witness_mismatch", category="integrity",
             entities=(("witness", rep.node, rep.path, digest),), summary=summary,

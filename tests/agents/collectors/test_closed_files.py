@@ -105,3 +105,19 @@ def test_files_beyond_the_cap_are_counted(tmp_path):
         (tmp_path / f"{i}.pt").write_bytes(b"x")
     files = _watch(tmp_path, inotify=False, max_files=2)
     assert files.untracked == 1
+
+
+@needs_inotify
+def test_a_checkpoint_directory_created_after_the_start_is_watched_from_the_next_scan(tmp_path):
+    clock = Clock()
+    ckpt = tmp_path / "ckpt"
+    files = ClosedFiles([ckpt], use_inotify=True, scan_interval_s=5.0, wait=lambda s: None,
+                        clock=clock)
+    files.start()
+    assert files.mode == "inotify"
+    ckpt.mkdir()
+    clock.now = 5.0
+    assert files.ready(0) == []  # the scan finds the directory and watches it
+    (ckpt / "rank-0.pt").write_bytes(b"w")
+    assert files.ready(1.0) == [ckpt / "rank-0.pt"]
+    files.stop()

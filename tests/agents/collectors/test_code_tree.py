@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import time
 
 from trainguard.agents.collectors.code_tree import CodeTree
 from trainguard.agents.collectors.file_hash import Hasher
@@ -41,8 +42,10 @@ def test_a_modified_file_is_named_even_with_its_old_mtime_put_back(tmp_path):
     first = tree.fingerprint()
     target = root / "nn" / "functional.py"
     st = os.stat(target)
-    target.write_text("def relu(x): return x\n")  # the same size class, a new behaviour
+    time.sleep(0.05)  # past the file system's timestamp granularity (a kernel tick)
+    target.write_text("def relu(x): return min(x, 0)\n")  # the same size, a new behaviour
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # touch -d: the old mtime
+    assert os.stat(target).st_size == st.st_size
     second = tree.fingerprint()
     assert second.digest != first.digest
     assert second.changed == ("nn/functional.py",)
