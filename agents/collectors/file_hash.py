@@ -92,8 +92,11 @@ class Hasher:
         self.skipped_total = 0
 
     def hash_file(self, path: Path) -> FileHash | None:
-        """The file's SHA-256; a skipped file's reason (``too_large`` is returned, the
-        others only counted); ``None`` when it could not be hashed this time."""
+        """The file's SHA-256, or why it was skipped.
+
+        ``too_large`` is returned (``digest`` ``None``); the other reasons are only counted
+        and give ``None``: the file could not be hashed this time.
+        """
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
@@ -145,7 +148,7 @@ class Hasher:
         ahead = self._ready_at - now
         return ahead > 0 and self._wait(ahead)
 
-    def _skip(self, reason: str) -> None:
+    def _skip(self, reason: str) -> FileHash | None:
         self.skipped[reason] += 1
         self.skipped_total += 1
         return None

@@ -89,8 +89,10 @@ class Inotify:
         self._poll.register(fd, select.POLLIN)
 
     def add(self, path: str) -> int:
-        """Watch directory ``path``; its watch descriptor. ``OSError`` names the reason
-        (``ENOSPC``: the user's ``fs.inotify.max_user_watches`` is used up)."""
+        """Watch directory ``path``; return its watch descriptor.
+
+        ``OSError`` names the reason (``ENOSPC``: ``fs.inotify.max_user_watches`` is used up).
+        """
         wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), WATCH_MASK)
         if wd < 0:
             err = ctypes.get_errno()
