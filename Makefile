@@ -73,6 +73,7 @@ bench: install kafka-jars  ## run the benchmarks and print their figures
 	$(PY) -m bench.skeleton
 	$(PY) -m bench.agent
 	$(PY) -m bench.reporter
+	$(PY) -m bench.witness --budget 200
 	$(PY) -m bench.detectors
 	$(PY) -m bench.pipeline stages
 	$(PY) -m bench.pipeline capacity --nodes 10000 --ticks 12

@@ -15,7 +15,7 @@ from trainguard.agents.reporter import MAX_REPORTED_DROPS
 from trainguard.errors import ConfigError
 from trainguard.schemas.topics import DEFAULT_PREFIX, Topics
 
-__all__ = ["AgentConfig", "KafkaProducerSettings"]
+__all__ = ["AgentConfig", "KafkaProducerSettings", "WitnessSettings"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,255}$")
 Compression = Literal["none", "gzip", "lz4", "zstd"]
@@ -72,6 +72,58 @@ class KafkaProducerSettings:
 
 
 @dataclass(frozen=True)
+class WitnessSettings:
+    """The agent as a witness: what it hashes itself, and how much CPU it may spend on it."""
+
+    #: Checkpoint files in these directories (and below) are hashed once closed after writing.
+    checkpoint_dirs: tuple[Path, ...] = ()
+    #: Code trees fingerprinted at start, at each new job and every ``code_interval_s``:
+    #: the jobs' code, and installed frameworks' sources (e.g. ``.../site-packages/torch``).
+    code_paths: tuple[Path, ...] = ()
+    framework_paths: tuple[Path, ...] = ()
+    #: Hashing budget in MB/s (0: unlimited); it bounds the witness's CPU.
+    mb_per_s: float = 200.0
+    #: Files larger than this are not hashed (reported as skipped, ``too_large``).
+    max_file_bytes: int = 64 * 1024**3
+    code_interval_s: float = 300.0
+    #: How often checkpoint directories are rescanned where inotify is not used (or for
+    #: files that appeared before a directory's watch): a file is hashed once its size and
+    #: times are the same in two scans.
+    scan_interval_s: float = 5.0
+    #: Use inotify (close-after-write events) on Linux; else scan.
+    inotify: bool = True
+    #: Names (glob) left out of code fingerprints and checkpoint scans: Python writes
+    #: bytecode caches beside sources at import.
+    exclude: tuple[str, ...] = ("__pycache__", "*.pyc", ".git")
+    #: Files one code tree may hold, and files the checkpoint directories may hold, before
+    #: the rest are left out (counted).
+    max_files: int = 200_000
+    #: Reports waiting for the agent's tick; the oldest go (counted) beyond it.
+    max_pending: int = 10_000
+
+    @property
+    def enabled(self) -> bool:
+        """True when anything is configured to witness."""
+        return bool(self.checkpoint_dirs or self.code_paths or self.framework_paths)
+
+    def __post_init__(self) -> None:
+        for path in (*self.checkpoint_dirs, *self.code_paths, *self.framework_paths):
+            if not path.is_absolute():
+                raise ConfigError(f"witness path {str(path)!r} must be absolute")
+        if not 0 <= self.mb_per_s <= 100_000:
+            raise ConfigError(f"witness mb_per_s must be within 0..100000, got {self.mb_per_s}")
+        if self.max_file_bytes < 1:
+            raise ConfigError(f"witness max_file_bytes must be >= 1, got {self.max_file_bytes}")
+        for name in ("code_interval_s", "scan_interval_s"):
+            if not 0.05 <= getattr(self, name) <= 86_400:
+                raise ConfigError(f"witness {name} must be within 0.05..86400, "
+                                  f"got {getattr(self, name)}")
+        if self.max_files < 1 or self.max_pending < 1:
+            raise ConfigError(f"witness max_files ({self.max_files}) and max_pending "
+                              f"({self.max_pending}) must be >= 1")
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Everything one node agent needs; validated on construction."""
 
@@ -101,6 +153,8 @@ class AgentConfig:
     intake_max_reported_drops: int = MAX_REPORTED_DROPS
     #: JSON-lines files written by trainers that only log, tailed every tick.
     steps_files: tuple[Path, ...] = ()
+    #: What the agent hashes itself (checkpoint files, code trees): off until configured.
+    witness: WitnessSettings = field(default_factory=WitnessSettings)
 
     def __post_init__(self) -> None:
         for name in ("cluster", "node"):

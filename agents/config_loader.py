@@ -21,6 +21,12 @@ Example ``/etc/trainguard/agent.toml``::
     socket = "/run/trainguard/steps.sock"
     socket_mode = "0660"
     files = ["/var/log/train/steps.jsonl"]
+
+    [witness]
+    checkpoint_dirs = ["/scratch/checkpoints"]
+    code_paths = ["/home/alice/llama-train"]
+    framework_paths = ["/opt/venv/lib/python3.12/site-packages/torch"]
+    mb_per_s = 200
 """
 
 from __future__ import annotations
@@ -32,7 +38,12 @@ from typing import Any
 import msgspec
 
 from trainguard import envvars
-from trainguard.agents.config import AgentConfig, Compression, KafkaProducerSettings
+from trainguard.agents.config import (
+    AgentConfig,
+    Compression,
+    KafkaProducerSettings,
+    WitnessSettings,
+)
 from trainguard.errors import ConfigError
 from trainguard.schemas.topics import Topics
 
@@ -57,6 +68,18 @@ class _Steps(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     files: list[str] = []
 
 
+class _Witness(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    checkpoint_dirs: list[str] = []
+    code_paths: list[str] = []
+    framework_paths: list[str] = []
+    mb_per_s: float | None = None
+    max_file_mb: int | None = None
+    code_interval_s: float | None = None
+    scan_interval_s: float | None = None
+    inotify: bool | None = None
+    exclude: list[str] | None = None
+
+
 class _Simulated(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     gpus: int | None = None
 
@@ -71,6 +94,7 @@ class _File(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     spool: _Spool = _Spool()
     steps: _Steps = _Steps()
     simulated: _Simulated = _Simulated()
+    witness: _Witness = _Witness()
 
 
 #: Environment variable → dotted setting it overrides.
@@ -164,8 +188,28 @@ def _build(s: Mapping[str, Any]) -> AgentConfig:
         "steps_socket": Path(str(socket_path)) if socket_path else None,
         "steps_socket_mode": mode,
         "steps_files": tuple(Path(str(f)) for f in files),
+        "witness": _witness(s),
     }
     for key in ("cluster", "node"):
         if key in s:
             fields[key] = str(s[key])
     return AgentConfig(**fields)
+
+
+def _witness(s: Mapping[str, Any]) -> WitnessSettings:
+    """The ``[witness]`` settings; unset ones keep :class:`WitnessSettings`' defaults."""
+    defaults = WitnessSettings()
+    fields: dict[str, Any] = {
+        name: tuple(Path(str(p)) for p in s.get(f"witness.{name}", []))
+        for name in ("checkpoint_dirs", "code_paths", "framework_paths")
+    }
+    for name, kind in (("mb_per_s", float), ("code_interval_s", float),
+                       ("scan_interval_s", float)):
+        fields[name] = _num(s, f"witness.{name}", kind, getattr(defaults, name))
+    if "witness.max_file_mb" in s:
+        fields["max_file_bytes"] = _num(s, "witness.max_file_mb", int, 0) * 1024 * 1024
+    if "witness.inotify" in s:
+        fields["inotify"] = bool(s["witness.inotify"])
+    if "witness.exclude" in s:
+        fields["exclude"] = tuple(str(p) for p in s["witness.exclude"])
+    return WitnessSettings(**fields)

@@ -9,6 +9,10 @@ faster than real time. Timestamps are UTC epoch seconds from the wall clock; the
 schedule runs on the monotonic clock, and a tick that overruns its interval is counted
 and logged, not silently skipped.
 
+The agent's witness (:mod:`trainguard.agents.collectors.witness`) hashes checkpoint files
+and code trees on its own thread; each tick its reports go out on the steps topic, keyed
+by the node's job (so they meet the job's checkpoint events in one partition), else by node.
+
 Nothing one input can do stops the loop or wedges delivery: a step source that fails is
 counted (``collect_errors``) and skipped for that tick; a job's step batch is split so
 that every message stays below the producer's ``max_request_size``, and a message that
@@ -23,6 +27,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any, Final
 
 import msgspec
@@ -42,9 +47,10 @@ from trainguard.schemas.records import (
     Heartbeat,
     StepBatch,
     StepRecord,
+    WitnessReport,
 )
 
-__all__ = ["NodeAgent", "StepPoll"]
+__all__ = ["NodeAgent", "StepPoll", "WitnessPoll"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,8 @@ _COUNTER_MAX: Final = 2**63 - 1
 
 #: A source of step records: returns what arrived since the previous call.
 StepPoll = Callable[[], Sequence[StepRecord]]
+#: A source of witness reports: told the node's job, returns what it hashed since.
+WitnessPoll = Callable[[str | None], Sequence[WitnessReport]]
 
 
 class NodeAgent:
@@ -73,6 +81,7 @@ class NodeAgent:
         *,
         step_sources: Sequence[StepPoll] = (),
         checkpoint_sources: Sequence[Callable[[], list[CheckpointReport]]] = (),
+        witness_sources: Sequence[WitnessPoll] = (),
         gauges: Callable[[], Mapping[str, Any]] | None = None,
         dead_letters: LocalDeadLetters | None = None,
         clock: Callable[[], float] = time.time,
@@ -82,6 +91,7 @@ class NodeAgent:
         self._transport = transport
         self._step_sources = step_sources
         self._checkpoint_sources = checkpoint_sources
+        self._witness_sources = witness_sources
         self._gauges = gauges
         self._dead_letters = dead_letters
         self._clock = clock
@@ -136,6 +146,7 @@ class NodeAgent:
                 self.batches_sent += 1
         self._send_steps(now, steps)
         self._send_checkpoints()
+        self._send_witness(job)
         last = self._last_heartbeat
         if last is None or now - last >= self.config.heartbeat_interval_s:
             self.heartbeat(now)
@@ -227,6 +238,13 @@ class NodeAgent:
                                         **msgspec.structs.asdict(report))
                 # On the steps topic, keyed by job: a job's loads meet its saves.
                 self._send(self.config.topics.steps, report.job_id.encode(), encode(event))
+
+    def _send_witness(self, job: str | None) -> None:
+        for poll in self._witness_sources:
+            for report in self._poll(partial(poll, job)):
+                # With the job's checkpoint events when the node runs one, else by node.
+                key = report.job_id.encode() if report.job_id is not None else self._key
+                self._send(self.config.topics.steps, key, encode(report))
 
     def heartbeat(self, ts: float) -> Heartbeat:
         """Send the agent's liveness and counters."""

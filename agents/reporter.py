@@ -73,6 +73,8 @@ class CheckpointReport(msgspec.Struct, kw_only=True, frozen=True):
     action: Literal["save", "load"]
     checkpoint_id: Annotated[str, Meta(min_length=1, max_length=256)]
     digest: Annotated[str, Meta(min_length=8, max_length=128, pattern="^[0-9a-fA-F]+$")]
+    #: The shard's file (absolute path), when it is one file the agent's witness can hash.
+    path: Annotated[str, Meta(min_length=1, max_length=4096)] | None = None
 
 
 class StepDatagram(msgspec.Struct, kw_only=True, frozen=True):
@@ -285,14 +287,17 @@ class StepReporter:
 
     def checkpoint(
         self, action: Literal["save", "load"], checkpoint_id: str, digest: str, *, step: int,
-        ts: float | None = None,
+        ts: float | None = None, path: str | None = None,
     ) -> bool:
         """Report that this rank saved or loaded its shard of a checkpoint, with its digest.
 
         Call it after writing the shard (``"save"``) and after reading it back
         (``"load"``), with a digest of the bytes (e.g. ``hashlib.sha256(...).hexdigest()``):
         a shard whose digest at load differs from its digest at save was modified in
-        between. Never raises; ``False`` means dropped (and counted).
+        between. ``path``: the shard's file, absolute, when it is one file; with the
+        SHA-256 of its bytes as ``digest``, the node agent's witness (which hashes the files
+        of its checkpoint directories itself) confirms the save. Never raises; ``False``
+        means dropped (and counted).
         """
         sock = self._sock if self._sock is not None else self._connect()
         if sock is None:
@@ -302,7 +307,7 @@ class StepReporter:
             report = CheckpointReport(
                 job_id=self.job_id, rank=self.rank, node=self.node, step=step,
                 ts=time.time() if ts is None else ts, action=action,
-                checkpoint_id=checkpoint_id, digest=digest,
+                checkpoint_id=checkpoint_id, digest=digest, path=path,
             )
             data = self._encoder.encode(
                 StepDatagram(pid=self._pid, dropped=min(self.dropped, MAX_REPORTED_DROPS),

@@ -17,7 +17,7 @@ from typing import Any
 from trainguard.agents.collectors.base import GpuCollector
 from trainguard.agents.collectors.process import ProcessStats
 from trainguard.agents.config import AgentConfig
-from trainguard.agents.daemon import NodeAgent, StepPoll
+from trainguard.agents.daemon import NodeAgent, StepPoll, WitnessPoll
 from trainguard.agents.dead_letter_file import LocalDeadLetters
 from trainguard.agents.reporter import CheckpointReport
 from trainguard.agents.sender import SpoolSender
@@ -51,6 +51,7 @@ def run_agent(
 ) -> NodeAgent:
     """Run the agent until ``stop`` is set (or ``max_ticks``); return it for its counters."""
     from trainguard.agents.collectors.steps_file import StepFileTail
+    from trainguard.agents.collectors.witness import Witness
     from trainguard.agents.intake import StepIntake
 
     collector = collector or make_collector(config)
@@ -64,6 +65,8 @@ def run_agent(
     sources: list[StepPoll] = []
     checkpoint_sources: list[Callable[[], list[CheckpointReport]]] = []
     tails = []
+    witness = None
+    witness_sources: list[WitnessPoll] = []
     try:
         if config.steps_socket is not None:
             # 20 ms between socket sweeps: ~0.1% of a core idle; 8 ranks x 10 Hz still leave the
@@ -79,6 +82,10 @@ def run_agent(
             tail = StepFileTail(path, node=config.node)
             tails.append(tail)
             sources.append(tail.poll)
+        if config.witness.enabled:
+            witness = Witness(config.witness, cluster=config.cluster, node=config.node)
+            witness.start()
+            witness_sources.append(witness.poll)
         sender.start()
         stats = ProcessStats()
 
@@ -98,6 +105,8 @@ def run_agent(
                 "spool_memory_depth": spool.memory_depth,
                 "dead_lettered": dead_letters.count,
                 "reporters_evicted": getattr(intake, "reporters_evicted", 0),
+                "witness_hashed": witness.hashed if witness is not None else 0,
+                "witness_skipped": witness.skipped if witness is not None else 0,
                 "send_latency_ms_p50": p50,
                 "send_latency_ms_max": worst,
                 "cpu_pct": stats.cpu_pct(),
@@ -105,7 +114,8 @@ def run_agent(
             }
 
         agent = NodeAgent(config, collector, transport, step_sources=sources,
-                          checkpoint_sources=checkpoint_sources, gauges=gauges,
+                          checkpoint_sources=checkpoint_sources,
+                          witness_sources=witness_sources, gauges=gauges,
                           dead_letters=dead_letters)
         log.info(
             "agent started node=%s backend=%s gpus=%d interval_s=%s spool=%s spooled=%d "
@@ -121,6 +131,8 @@ def run_agent(
     finally:
         if intake is not None:
             intake.stop()
+        if witness is not None:
+            witness.stop()
         transport.close(timeout=drain_timeout)
         collector.close()
         log.info("agent stopped node=%s spooled=%d", config.node, spool.depth)

@@ -38,6 +38,7 @@ from trainguard.schemas.records import (
     Record,
     StepBatch,
     StepRecord,
+    WitnessReport,
 )
 
 __all__ = ["WRITES_IN_FLIGHT", "BatchHandler", "StoreWrite"]
@@ -210,7 +211,7 @@ def _by_job(records: Sequence[Record]) -> dict[str, list[int]]:
     for i, rec in enumerate(records):
         if isinstance(rec, StepBatch | StepRecord | CheckpointEvent):
             out.setdefault(rec.job_id, []).append(i)
-        elif isinstance(rec, GpuSampleBatch) and rec.job_id is not None:
+        elif isinstance(rec, GpuSampleBatch | WitnessReport) and rec.job_id is not None:
             out.setdefault(rec.job_id, []).append(i)
     return out
 

@@ -32,6 +32,7 @@ from trainguard.schemas.records import (
     Record,
     StepBatch,
     StepRecord,
+    WitnessReport,
 )
 from trainguard.schemas.topics import Topics
 
@@ -114,7 +115,8 @@ class Ingestor:
         self._clock = clock
         self._decoders: dict[str, RecordDecoder[Any]] = {
             topics.samples: RecordDecoder(GpuSampleBatch),
-            topics.steps: RecordDecoder(StepBatch | StepRecord | CheckpointEvent),
+            topics.steps: RecordDecoder(
+                StepBatch | StepRecord | CheckpointEvent | WitnessReport),
             topics.heartbeats: RecordDecoder(Heartbeat),
         }
         #: Rejections since start, by reason: the visible count of what was dropped.

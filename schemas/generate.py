@@ -20,6 +20,7 @@ from trainguard.schemas.records import (
     Heartbeat,
     StepBatch,
     StepRecord,
+    WitnessReport,
 )
 
 __all__ = ["JSON_DIR", "render_all", "write_all"]
@@ -35,6 +36,7 @@ _RECORDS: dict[str, type] = {
     "anomaly": Anomaly,
     "finding": Finding,
     "alert": Alert,
+    "witness": WitnessReport,
 }
 
 

@@ -25,6 +25,7 @@ from msgspec import Meta
 __all__ = [
     "CHECK_NAMES",
     "MAX_GPUS_PER_BATCH",
+    "MAX_CHANGED_FILES",
     "MAX_HASH_CHARS",
     "NAME_PATTERN",
     "SCHEMA_VERSION",
@@ -42,6 +43,7 @@ __all__ = [
     "Record",
     "StepBatch",
     "StepRecord",
+    "WitnessReport",
     "XidEvent",
     "check_name",
 ]
@@ -67,6 +69,12 @@ StrictName = Annotated[str, Meta(min_length=1, max_length=256, pattern=NAME_PATT
 #: A hash as hex or base64 text (checksums, fingerprints): SHA-512 hex is 128 characters.
 MAX_HASH_CHARS: Final = 128
 Hash = Annotated[str, Meta(max_length=MAX_HASH_CHARS)]
+#: A hex digest a trainer reports or the agent's witness computes.
+HexDigest = Annotated[str, Meta(min_length=8, max_length=128, pattern="^[0-9a-fA-F]+$")]
+#: A file or directory path (Linux allows 4096 bytes).
+FilePath = Annotated[str, Meta(min_length=1, max_length=4096)]
+#: Changed files one witness report names (it counts them all).
+MAX_CHANGED_FILES: Final = 64
 #: GPUs one node reports in one sample batch (8 on most nodes, 16 on the largest).
 MAX_GPUS_PER_BATCH: Final = 64
 #: Free text a device or agent reports (model, UUID, driver version).
@@ -82,6 +90,7 @@ CheckName = Literal[
     "gpu_throttled", "grad_norm_mismatch",
     "job_stalled", "local_grad_outlier", "loss_outlier", "lr_mismatch", "node_idle",
     "param_divergence", "rank_missing", "seed_mismatch", "step_skew", "straggler",
+    "witness_mismatch",
 ]
 #: The registry's names, sorted.
 CHECK_NAMES: Final[tuple[CheckName, ...]] = get_args(CheckName)
@@ -282,6 +291,10 @@ class AgentCounters(msgspec.Struct, kw_only=True, frozen=True):
     dead_lettered: NonNegInt = 0
     #: Step reporters the agent's intake forgot because it tracked its maximum of them.
     reporters_evicted: NonNegInt = 0
+    #: Files the agent's witness hashed, and files it could not (too large, vanished,
+    #: unreadable, changed while hashed); the reasons are in its log and witness reports.
+    witness_hashed: NonNegInt = 0
+    witness_skipped: NonNegInt = 0
 
 
 class Heartbeat(_Base, tag="heartbeat", frozen=True, kw_only=True):
@@ -375,7 +388,47 @@ class CheckpointEvent(_Base, tag="checkpoint", frozen=True, kw_only=True):
     #: The checkpoint's identity (a path or a run-unique name), the same at save and load.
     checkpoint_id: Name
     #: Hex digest (e.g. SHA-256) of this rank's shard as written or as read.
-    digest: Annotated[str, Meta(min_length=8, max_length=128, pattern="^[0-9a-fA-F]+$")]
+    digest: HexDigest
+    #: The shard's file, when it is one file: the node agent's witness hashes it too
+    #: (SHA-256 of the bytes) and a save whose digest differs is ``witness_mismatch``.
+    path: FilePath | None = None
+
+
+class WitnessReport(_Base, tag="witness", frozen=True, kw_only=True):
+    """What the node agent hashed itself, beside what the trainers report.
+
+    ``checkpoint``: one file in a checkpoint directory, hashed (SHA-256 of its bytes) once
+    it was closed after writing. ``code`` / ``framework``: a Merkle digest over the
+    ``(relative path, SHA-256)`` pairs of a code tree (the job's code, an installed
+    framework's source), with the files that changed since the agent's previous pass.
+    Travels on the steps topic, keyed by the node's job while it runs one.
+    """
+
+    schema_version: Version = SCHEMA_VERSION
+    cluster: StrictName
+    node: StrictName
+    #: When the hash was taken.
+    ts: EpochSeconds
+    subject: Literal["checkpoint", "code", "framework"]
+    #: The file or tree root, absolute, as configured on the agent.
+    path: FilePath
+    #: SHA-256 hex; ``None`` when the file was not hashed (``skipped`` says why).
+    digest: HexDigest | None = None
+    #: Bytes hashed (a tree: the sum over its files).
+    size: NonNegInt = 0
+    #: When the file last changed: the later of its modification and status-change times
+    #: (a user can set the first back, not the second).
+    changed_at: EpochSeconds | None = None
+    #: A tree's file count.
+    files: NonNegInt | None = None
+    #: Tree files added, removed or modified since the previous pass (relative paths, the
+    #: first ``MAX_CHANGED_FILES``), and how many there were in all.
+    changed_files: Annotated[list[FilePath], Meta(max_length=MAX_CHANGED_FILES)] = []
+    changed_count: NonNegInt = 0
+    #: Why the file was not hashed (``too_large``).
+    skipped: Annotated[str, Meta(max_length=64)] | None = None
+    #: The job the node's GPUs ran when the hash was taken, where the agent knows it.
+    job_id: StrictName | None = None
 
 
 class Finding(_Base, tag="finding", frozen=True, kw_only=True):
@@ -420,5 +473,5 @@ class Finding(_Base, tag="finding", frozen=True, kw_only=True):
 #: Any record that can appear on a trainguard topic.
 Record = (
     GpuSampleBatch | StepBatch | StepRecord | CheckpointEvent | Heartbeat | Anomaly | Finding
-    | Alert
+    | Alert | WitnessReport
 )

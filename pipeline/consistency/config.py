@@ -149,6 +149,13 @@ class ConsistencyConfig:
     #: A save is kept at least this long (event time). 16 saves per 30 min covers jobs
     #: checkpointing every 2 minutes or less often without refusing any.
     checkpoint_keep_s: float = 1800.0
+    #: witness_mismatch: how long (event time) a save waits for the node agent's hash of
+    #: its file, and a witnessed file for the save that names its digest. The witness
+    #: hashes within a MB/s budget: 300 s covers a 60 GB shard at 200 MB/s.
+    witness_wait_s: float = 300.0
+    #: Checkpoint files (and code trees) whose digests one job remembers; a new one beyond
+    #: it evicts the least recently seen only once that is ``checkpoint_keep_s`` old.
+    max_witness_paths: int = 4096
 
     # -- clocks --------------------------------------------------------------------------
     #: clock_skew: a node's clock (its samples' ts against Kafka's timestamps) more than
@@ -169,12 +176,13 @@ class ConsistencyConfig:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name} must be a finite number, got {value}")
         _positive(self, "wait_s", "job_idle_s", "stall_s", "fresh_s", "hw_recent_s",
-                  "exit_align_s", "exit_wait_s", "clock_skew_s",
+                  "exit_align_s", "exit_wait_s", "clock_skew_s", "witness_wait_s",
                   "grad_z", "loss_z", "loss_z_clip", "straggler_ratio")
         _at_least(self, 1, "max_open_steps", "max_jobs", "max_world_size", "clear_steps",
                   "max_open_findings",
                   "grad_k", "grad_n", "loss_span", "scale_span", "loss_min_steps", "straggler_k",
                   "straggler_n", "skew_steps", "idle_k", "throttle_k", "max_checkpoints",
+                  "max_witness_paths",
                   "skew_window", "skew_min_samples", "skew_k")
         _at_least(self, 2, "min_peers")
         if self.checkpoint_keep_s < 0:

@@ -26,12 +26,14 @@ from trainguard.pipeline.consistency.findings import Entity, Fault, FindingTrack
 from trainguard.pipeline.consistency.fingerprints import FingerprintWatch
 from trainguard.pipeline.consistency.peers import PeerChecks
 from trainguard.pipeline.consistency.presence import job_stalled, rank_missing, step_skew
+from trainguard.pipeline.consistency.witness import WitnessWatch
 from trainguard.schemas.records import (
     CheckName,
     CheckpointEvent,
     Finding,
     GpuSampleBatch,
     StepRecord,
+    WitnessReport,
 )
 
 __all__ = ["JobState"]
@@ -39,7 +41,7 @@ __all__ = ["JobState"]
 #: Cluster name of a job known only from bare step records (they carry none).
 UNKNOWN_CLUSTER = "unknown"
 
-_Timed = TypeVar("_Timed", StepRecord, CheckpointEvent)
+_Timed = TypeVar("_Timed", StepRecord, CheckpointEvent, WitnessReport)
 
 
 class _StepScope(Container[Entity]):
@@ -91,6 +93,9 @@ class JobState:
         self.checkpoints = CheckpointWatch(config.max_checkpoints, config.checkpoint_keep_s,
                                            config.max_world_size)
         self.pending_events: list[CheckpointEvent] = []
+        self.witness = WitnessWatch(config.witness_wait_s, config.max_witness_paths,
+                                    config.checkpoint_keep_s)
+        self.pending_witness: list[WitnessReport] = []
         self.steps_closed = 0
         self.last_step = -1
         self.last_step_ts = -math.inf
@@ -157,6 +162,10 @@ class JobState:
             out += self.tracker.update("checkpoint_digest", digest, None)
             # Evidence does not clear: a conflict stays blamed until the job is forgotten.
             out += self.tracker.update("conflicting_report", clashes, None)
+            self.witness.saves(events)
+        if self.pending_witness:
+            reports, self.pending_witness = self.pending_witness, []
+            out += self.tracker.update("witness_mismatch", self.witness.reports(reports), None)
         out += self.close(now)
         if self._samples_seen:
             self._samples_seen = False
@@ -168,10 +177,13 @@ class JobState:
         return out
 
     def close(self, now: float) -> list[Finding]:
-        """Close the steps due at event time ``now`` and run their checks."""
+        """Close the steps due at event time ``now`` and run their checks (and the witness's)."""
         out: list[Finding] = []
         for cs in self.asm.close_due(now):
             out += self.check(cs)
+        if self.witness.pending:
+            # Evidence does not clear: a mismatch stays blamed until the job is forgotten.
+            out += self.tracker.update("witness_mismatch", self.witness.due(now), None)
         return out
 
     def check(self, cs: ClosedStep) -> list[Finding]:

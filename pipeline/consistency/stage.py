@@ -32,6 +32,7 @@ from trainguard.schemas.records import (
     Record,
     StepBatch,
     StepRecord,
+    WitnessReport,
 )
 
 __all__ = ["ConsistencyStage"]
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 _COUNTERS = ("late_records", "malformed_records", "forced_closes", "restarts",
              "steps_closed", "loads_checked", "unknown_loads", "conflicting_records",
-             "conflicting_saves", "refused_saves")
+             "conflicting_saves", "refused_saves", "unwitnessed_saves", "witness_refused")
 
 
 class ConsistencyStage:
@@ -81,7 +82,8 @@ class ConsistencyStage:
         """Take a batch of records; return the findings they completed.
 
         Step batches and records, checkpoint events and sample batches that name their
-        job are used; anything else is ignored. ``broker_ts`` is each record's Kafka
+        job are used, and the agents' witness reports that name one; anything else is
+        ignored. ``broker_ts`` is each record's Kafka
         timestamp, for the nodes' clock skew.
         """
         out: list[Finding] = []
@@ -107,6 +109,11 @@ class ConsistencyStage:
                 else:
                     job.asm.advance(rec.ts)
                 job.pending_events.append(rec)
+            elif isinstance(rec, WitnessReport) and rec.job_id is not None:
+                job = self._touch(rec.job_id, rec.cluster, touched)
+                rec = job.aligned([rec])[0]
+                job.asm.advance(rec.ts)
+                job.pending_witness.append(rec)
             elif isinstance(rec, GpuSampleBatch) and rec.job_id is not None:
                 out += self._touch(rec.job_id, rec.cluster, touched).add_samples(
                     rec, broker_ts[i] if broker_ts is not None else None)
@@ -128,7 +135,7 @@ class ConsistencyStage:
         """
         out: list[Finding] = []
         for job in list(self.jobs.values()):
-            if job.asm.open_steps:
+            if job.asm.open_steps or job.witness.pending:
                 at = self.job_now(job.job_id) if now is None else now
                 try:
                     out += job.close(max(at, job.asm.watermark))
@@ -228,7 +235,9 @@ def _job_counters(job: JobState) -> dict[str, int]:
             "unknown_loads": job.checkpoints.unknown_loads,
             "conflicting_records": asm.conflicting,
             "conflicting_saves": job.checkpoints.conflicting_saves,
-            "refused_saves": job.checkpoints.refused_saves}
+            "refused_saves": job.checkpoints.refused_saves,
+            "unwitnessed_saves": job.witness.unwitnessed_saves,
+            "witness_refused": job.witness.refused}
 
 
 

@@ -20,6 +20,7 @@ from trainguard.schemas.records import (
     Record,
     StepBatch,
     StepRecord,
+    WitnessReport,
 )
 
 __all__ = ["Row", "rows_for"]
@@ -101,6 +102,23 @@ def rows_for(record: Record, partition: int = -1, offset: int = -1) -> Iterator[
             "step": record.step,
             "ts": record.ts,
             "digest": record.digest,
+            "path": record.path or "",
+        }
+    elif isinstance(record, WitnessReport):
+        yield "witness", {
+            "cluster": record.cluster,
+            "node": record.node,
+            "job_id": record.job_id or "",
+            "ts": record.ts,
+            "subject": record.subject,
+            "path": record.path,
+            "digest": record.digest or "",
+            "size": record.size,
+            "changed_at": record.changed_at,
+            "files": record.files,
+            "changed_files": record.changed_files,
+            "changed_count": record.changed_count,
+            "skipped": record.skipped or "",
         }
     elif isinstance(record, Finding):
         yield "findings", {

@@ -36,7 +36,7 @@ STORE_TS_MAX = 10413791999.999
 #: Row keys stored in ``DateTime64`` columns (schemas/sql), in any table.
 TIME_COLUMNS = (
     "ts", "first_seen", "last_seen", "cleared_at", "starts_at", "ends_at", "alert_ts",
-    "created_at", "updated_at",
+    "created_at", "updated_at", "changed_at",
 )
 _YEAR_MIN, _YEAR_MAX = 1900, 2299
 

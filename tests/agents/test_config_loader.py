@@ -84,3 +84,25 @@ def test_bad_environment_value_names_the_setting():
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read agent config"):
         load_agent_config(tmp_path / "nope.toml", {})
+
+
+def test_the_witness_settings_reach_the_config(tmp_path):
+    text = """
+[witness]
+checkpoint_dirs = ["/scratch/ckpt"]
+code_paths = ["/home/a/train"]
+framework_paths = ["/venv/lib/python3.12/site-packages/torch"]
+mb_per_s = 50
+max_file_mb = 1024
+inotify = false
+"""
+    w = load_agent_config(_write(tmp_path, text), {}).witness
+    assert w.enabled and w.checkpoint_dirs == (Path("/scratch/ckpt"),)
+    assert w.framework_paths == (Path("/venv/lib/python3.12/site-packages/torch"),)
+    assert (w.mb_per_s, w.max_file_bytes, w.inotify) == (50.0, 1024 * 1024 * 1024, False)
+
+
+def test_the_witness_is_off_by_default_and_refuses_relative_paths(tmp_path):
+    assert not load_agent_config(None, {}).witness.enabled
+    with pytest.raises(ConfigError, match="witness path 'ckpt' must be absolute"):
+        load_agent_config(_write(tmp_path, '[witness]\ncheckpoint_dirs = ["ckpt"]\n'), {})

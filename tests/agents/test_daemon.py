@@ -258,3 +258,39 @@ def test_heartbeat_counters_stay_within_the_wire_bound_whatever_a_gauge_says():
 def test_a_too_small_max_request_size_is_rejected():
     with pytest.raises(ConfigError, match="max_request_size"):
         KafkaProducerSettings(bootstrap="h:1", max_request_size=1000)
+
+
+def test_the_witness_reports_reach_the_transport_keyed_by_the_nodes_job(tmp_path):
+    import hashlib
+
+    from trainguard.agents.collectors.witness import Witness
+    from trainguard.agents.config import WitnessSettings
+    from trainguard.schemas.records import WitnessReport
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    witness = Witness(WitnessSettings(checkpoint_dirs=(ckpt,), mb_per_s=0, scan_interval_s=0.05),
+                      cluster="c1", node="node-a")
+    witness.start()
+    try:
+        transport = RecordingTransport()
+        step = StepRecord(job_id="job-7", rank=0, world_size=1, node="node-a", step=1,
+                          ts=1_795_000_100.0)
+        agent = NodeAgent(_config(), SimulatedGpus("node-a", 1), transport,
+                          step_sources=[lambda: [step]], witness_sources=[witness.poll])
+        agent.tick(1_795_000_100.0)  # the node's job is now job-7
+        (ckpt / "rank-0.pt").write_bytes(b"weights")
+        decoder = RecordDecoder(WitnessReport)
+        deadline = time.monotonic() + 30
+        reports = []
+        while not reports and time.monotonic() < deadline:
+            time.sleep(0.05)
+            agent.tick(1_795_000_101.0)
+            reports = [(k, decoder.decode(v)) for t, k, v in transport.sent
+                       if t == "tg.steps.v1" and b'"kind":"witness"' in v]
+    finally:
+        witness.stop()
+    [(key, report)] = reports
+    assert key == b"job-7" and report.job_id == "job-7"
+    assert report.digest == hashlib.sha256(b"weights").hexdigest()
+    assert report.path == str(ckpt / "rank-0.pt")

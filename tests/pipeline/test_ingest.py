@@ -109,3 +109,16 @@ def test_dead_letter_keeps_source_coordinates_in_headers_and_row():
 def test_message_from_an_unknown_topic_is_rejected_not_dropped():
     result = Ingestor(TOPICS).ingest([_msg("elsewhere", encode(_batch()))])
     assert [d.reason for d in result.dead] == ["wrong_topic"]
+
+
+def test_a_witness_report_on_the_steps_topic_lands_in_the_witness_table():
+    from trainguard.schemas.records import WitnessReport
+
+    report = WitnessReport(cluster="c", node="n1", ts=NOW, subject="framework",
+                           path="/venv/torch", digest="ab" * 32, size=10, files=2,
+                           changed_files=["nn/functional.py"], changed_count=1, job_id="j")
+    result = Ingestor(TOPICS).ingest([_msg(TOPICS.steps, encode(report))])
+    assert result.decoded == [report] and not result.dead
+    (row,) = result.rows["witness"]
+    assert row["path"] == "/venv/torch" and row["changed_files"] == ["nn/functional.py"]
+    assert row["job_id"] == "j" and row["digest"] == "ab" * 32 and row["changed_at"] is None

@@ -124,3 +124,39 @@ def test_out_of_range_times_are_clock_dead_letters_and_never_stored(store: ChdbS
     assert dead.reason == "clock" and dead.source is msgs[0]
     assert "steps.ts=1e+308" in dead.message
     assert _count(store, "dead_letters", "reason = 'clock' AND offset = 9") == 1
+
+
+def test_witness_reports_and_what_they_add_to_checkpoints_and_heartbeats_land(
+        store: ChdbStore) -> None:
+    from trainguard.schemas.records import (
+        AgentCounters,
+        CheckpointEvent,
+        Heartbeat,
+        WitnessReport,
+    )
+
+    records = [
+        WitnessReport(cluster="c", node="n", ts=NOW, subject="checkpoint", path="/ckpt/r0.pt",
+                      digest="ab" * 32, size=7, changed_at=NOW - 1, job_id="j"),
+        WitnessReport(cluster="c", node="n", ts=NOW, subject="framework", path="/venv/torch",
+                      digest="cd" * 32, size=70, files=3, changed_files=["nn/functional.py"],
+                      changed_count=1),
+        CheckpointEvent(cluster="c", job_id="j", node="n", rank=0, step=1, ts=NOW,
+                        action="save", checkpoint_id="c/1", digest="ab" * 32,
+                        path="/ckpt/r0.pt"),
+        Heartbeat(cluster="c", node="n", ts=NOW, seq=0, agent_id="a", agent_version="1",
+                  uptime_s=1.0, backend="nvml", gpu_count=8,
+                  counters=AgentCounters(witness_hashed=5, witness_skipped=2)),
+    ]
+    messages = [RawMessage(topic=TOPICS.heartbeats if isinstance(r, Heartbeat) else TOPICS.steps,
+                           partition=0, offset=i, key=b"j", value=encode(r), timestamp=NOW)
+                for i, r in enumerate(records)]
+    ingested = Ingestor(TOPICS).ingest(messages)
+    assert ingested.dead == []
+    result = StoreSink(store).write(ingested.rows, ingested.lines, lambda t, i: None)
+    assert result.dead == []
+    assert store.query("SELECT subject, changed_files FROM {database}.witness ORDER BY subject"
+                       ).rows == [("checkpoint", []), ("framework", ["nn/functional.py"])]
+    assert store.query("SELECT path FROM {database}.checkpoints").scalar() == "/ckpt/r0.pt"
+    assert store.query("SELECT witness_hashed, witness_skipped FROM {database}.agent_heartbeats"
+                       ).rows == [(5, 2)]
