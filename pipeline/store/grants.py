@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 ACCOUNTS = ("admin", "worker", "ro", "operator")
 DEFAULT_PREFIX = "trainguard"
 #: A placeholder left in rendered SQL, e.g. ``{worker_sha256}``.
-_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+_PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 
 
 @dataclass(frozen=True)

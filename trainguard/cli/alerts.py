@@ -19,10 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from trainguard.cli._common import add_store, os_user, parse_instant, store_url
 from trainguard.errors import ConfigError, StoreError
-from trainguard.pipeline.alerts.config import DEFAULT_MAX_INTEGRITY_SILENCE_S
+from trainguard.pipeline.alerts.config import (
+    DEFAULT_MAX_INTEGRITY_SILENCE_S,
+    Silence,
+    integrity_silence_violation,
+)
 
 if TYPE_CHECKING:
-    from trainguard.pipeline.alerts.config import Silence
     from trainguard.pipeline.store import Store, StoreUrl
     from trainguard.schemas.records import Alert
 
@@ -154,7 +157,6 @@ def _alert_table(alerts: Sequence[Alert], *, resolved: bool) -> str:
 
 
 def _silence_add(args: argparse.Namespace) -> int:
-    from trainguard.pipeline.alerts.config import Silence, integrity_silence_violation
     from trainguard.pipeline.alerts.silences import add_silence
 
     if not (args.job or args.node):

@@ -47,7 +47,7 @@ def test_a_short_password_is_refused() -> None:
 def test_rendered_for_a_database_every_placeholder_is_filled_and_no_password_shows() -> None:
     creds = credentials()
     sql = render_grants("tg_prod", creds, prefix="tgp")
-    assert not re.search(r"\{[a-z_]+\}", sql)
+    assert not re.search(r"\{[a-z0-9_]+\}", sql)
     assert "trainguard." not in sql and "{database}" not in sql
     for account, password in PASSWORDS.items():
         assert password not in sql
@@ -79,7 +79,7 @@ def test_the_grants_give_each_role_only_its_share() -> None:
 def test_print_without_every_password_leaves_only_the_missing_placeholders() -> None:
     creds = {"worker": credentials()["worker"]}
     sql = render_grants("tg", creds, partial=True)
-    left = set(re.findall(r"\{([a-z_]+)\}", sql))
+    left = set(re.findall(r"\{([a-z0-9_]+)\}", sql))
     assert left == {f"{a}_{k}" for a in ("admin", "ro", "operator") for k in ("sha256", "salt")}
     with pytest.raises(ConfigError, match="no password for account.s. admin, ro, operator"):
         render_grants("tg", creds)
