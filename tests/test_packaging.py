@@ -49,7 +49,8 @@ def test_the_wheel_holds_one_top_level_package(wheel):
     # The repository's top-level folders are inside the namespace, with their data files.
     for path in ("trainguard/agents/reporter.py", "trainguard/pipeline/worker.py",
                  "trainguard/schemas/records.py", "trainguard/schemas/sql/001_sample_batches.sql",
-                 "trainguard/_infra/kafka/pom.xml", "trainguard/py.typed"):
+                 "trainguard/_infra/kafka/pom.xml", "trainguard/_infra/clickhouse/grants.sql",
+                 "trainguard/py.typed"):
         assert path in names
 
 

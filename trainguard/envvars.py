@@ -42,6 +42,9 @@ __all__ = [
     "GRAFANA_URL",
     "GRAFANA_TOKEN",
     "GRAFANA_RO_PASSWORD",
+    "CLICKHOUSE_ADMIN_PASSWORD",
+    "CLICKHOUSE_WORKER_PASSWORD",
+    "CLICKHOUSE_OPERATOR_PASSWORD",
 ]
 
 #: Kafka bootstrap servers, ``host:port[,host:port]``; empty means "start a local broker" (demo).
@@ -101,3 +104,8 @@ GRAFANA_TOKEN = "TRAINGUARD_GRAFANA_TOKEN"
 #: The default variable holding the read-only ClickHouse user's password for Grafana's data
 #: source (``--ro-password-env`` names another).
 GRAFANA_RO_PASSWORD = "CLICKHOUSE_RO_PASSWORD"
+#: ``trainguard db grants``: the passwords of the server users it creates (the read-only
+#: one's is :data:`GRAFANA_RO_PASSWORD`, as Grafana's data source reads it).
+CLICKHOUSE_ADMIN_PASSWORD = "TRAINGUARD_CLICKHOUSE_ADMIN_PASSWORD"
+CLICKHOUSE_WORKER_PASSWORD = "TRAINGUARD_CLICKHOUSE_WORKER_PASSWORD"
+CLICKHOUSE_OPERATOR_PASSWORD = "TRAINGUARD_CLICKHOUSE_OPERATOR_PASSWORD"

@@ -1,8 +1,8 @@
 """Where the shipped ``infra/`` files are: in the source checkout, or inside the wheel.
 
-The wheel carries ``infra/kafka``, ``infra/alertmanager`` and ``infra/grafana`` as
-``trainguard/_infra/…`` (see ``pyproject.toml``); a source checkout has them at the
-repository root. Bottom layer: standard library only.
+The wheel carries ``infra/kafka``, ``infra/alertmanager``, ``infra/grafana`` and
+``infra/clickhouse`` as ``trainguard/_infra/…`` (see ``pyproject.toml``); a source checkout
+has them at the repository root. Bottom layer: standard library only.
 """
 
 from __future__ import annotations

@@ -16,11 +16,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from kafka.partitioner.default import murmur2
 
-from trainguard.pipeline.alerts.config import AlertLifecycleConfig, Silence
+from trainguard.pipeline.alerts.config import (
+    AlertLifecycleConfig,
+    Silence,
+    integrity_silence_violation,
+)
 from trainguard.pipeline.alerts.lifecycle import AlertLifecycle
 from trainguard.pipeline.clocks import EventClocks
 from trainguard.pipeline.dead_letters import DeadLetter, RawMessage
@@ -82,6 +87,9 @@ class AlertJob:
         self._decoder: RecordDecoder[Finding] = RecordDecoder(Finding)
         self.lifecycles: dict[int, AlertLifecycle] = {}
         self._silences: list[Silence] = []
+        #: Active silences marked ``integrity`` that break the rule (muting the rest only).
+        self.silences_refused = 0
+        self._refused: set[str] = set()
         # Cleared while an assignment's open alerts load: a finding judged before that
         # would page again for an alert the previous owner already sent.
         self._ready = asyncio.Event()
@@ -167,15 +175,41 @@ class AlertJob:
         await self._publish(changes)
 
     async def refresh_silences(self) -> None:
-        """Re-read the active silences; on a store error the old set stays."""
+        """Re-read the active silences; on a store error the old set stays.
+
+        A silence marked ``integrity`` that breaks the integrity silence rule (no reason,
+        no creator, or too long: someone wrote the row by hand) keeps muting the other
+        categories only; it is logged once and counted in :attr:`silences_refused`.
+        """
         try:
-            active = list(await self._read_silences(self._clock()))
+            read = list(await self._read_silences(self._clock()))
         except Exception as exc:  # a store hiccup must not stop paging
             log.warning("silences not refreshed error=%s", exc)
             return
+        active = self._screen(read)
         self._silences[:] = active
         for lc in self.lifecycles.values():
             lc.set_silences(active)
+
+    def _screen(self, silences: Sequence[Silence]) -> list[Silence]:
+        limit = self._config.max_integrity_silence_s
+        out: list[Silence] = []
+        refused: set[str] = set()
+        for silence in silences:
+            why = integrity_silence_violation(silence, limit)
+            if why is None:
+                out.append(silence)
+                continue
+            refused.add(silence.silence_id)
+            if silence.silence_id not in self._refused:
+                log.warning("silence ignored for integrity findings silence_id=%s job=%s "
+                            "node=%s created_by=%r reason=%r why=%s", silence.silence_id,
+                            silence.job_id, silence.node, silence.created_by, silence.reason,
+                            why)
+            out.append(replace(silence, integrity=False))
+        self._refused = refused
+        self.silences_refused = len(refused)
+        return out
 
     async def _publish(self, changes: Sequence[Alert]) -> None:
         """Alert state changes to the topic (delivery starts) and then to the table."""

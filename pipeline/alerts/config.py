@@ -11,7 +11,17 @@ from dataclasses import dataclass
 
 from trainguard.errors import ConfigError
 
-__all__ = ["AlertLifecycleConfig", "Silence"]
+__all__ = [
+    "DEFAULT_MAX_INTEGRITY_SILENCE_S",
+    "AlertLifecycleConfig",
+    "Silence",
+    "integrity_silence_violation",
+]
+
+#: The longest an integrity silence may last (start to end). A day covers a planned
+#: change of the training code or of its checkpoints; evidence of sabotage must not
+#: be muted for longer than someone is accountable for watching it by hand.
+DEFAULT_MAX_INTEGRITY_SILENCE_S = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -46,10 +56,15 @@ class AlertLifecycleConfig:
     #: least recently active is forgotten and counted. Only a cluster failing everywhere
     #: reaches it; the bound keeps a worker's memory finite then.
     max_alerts: int = 100_000
+    #: A silence may mute integrity findings only with a reason, a creator and an end at
+    #: most this long after its start (:func:`integrity_silence_violation`); otherwise it
+    #: mutes the other categories only, and the worker logs and counts it.
+    max_integrity_silence_s: float = DEFAULT_MAX_INTEGRITY_SILENCE_S
 
     def __post_init__(self) -> None:
         """Reject values that would make the lifecycle misbehave, naming the field."""
-        for name in ("resolve_after_s", "job_rate_window_s", "clear_hold_s"):
+        for name in ("resolve_after_s", "job_rate_window_s", "clear_hold_s",
+                     "max_integrity_silence_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name}={value!r}; expected a finite number of seconds > 0")
@@ -74,7 +89,11 @@ class Silence:
     """Planned work: alerts of a job and/or node starting in ``[starts_at, ends_at)``.
 
     ``None`` for ``job_id`` or ``node`` matches any; at least one must be set, so a
-    silence cannot quietly mute a whole cluster.
+    silence cannot quietly mute a whole cluster. Integrity findings (category
+    ``integrity``: evidence of sabotage or corruption) are muted only by a silence with
+    ``integrity`` set that also passes :func:`integrity_silence_violation`.
+    ``created_by`` is who added it and ``updated_by`` who wrote this version (an expiry),
+    both the operating-system user the CLI ran as.
     """
 
     silence_id: str
@@ -84,6 +103,8 @@ class Silence:
     ends_at: float
     reason: str
     created_by: str
+    integrity: bool = False
+    updated_by: str = ""
 
     def __post_init__(self) -> None:
         """Reject a silence that matches everything or no time at all."""
@@ -106,3 +127,24 @@ class Silence:
         if self.job_id is not None and self.job_id != job_id:
             return False
         return self.node is None or self.node == node
+
+
+def integrity_silence_violation(silence: Silence, max_window_s: float) -> str | None:
+    """Why ``silence`` may not mute integrity findings, or None if it may (or need not).
+
+    The rule: a silence of integrity findings records why (``reason``) and who
+    (``created_by``), and ends at most ``max_window_s`` after it starts.
+    """
+    if not silence.integrity:
+        return None
+    rule = (f"integrity silence rule: a silence of integrity findings needs a reason, a "
+            f"creator and an end at most {max_window_s:g} s after its start "
+            f"(max_integrity_silence_s)")
+    if not silence.reason.strip():
+        return f"{rule}; silence {silence.silence_id!r} has no reason"
+    if not silence.created_by.strip():
+        return f"{rule}; silence {silence.silence_id!r} has no creator"
+    window = silence.ends_at - silence.starts_at
+    if window > max_window_s:
+        return f"{rule}; silence {silence.silence_id!r} lasts {window:g} s"
+    return None

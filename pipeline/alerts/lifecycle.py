@@ -12,7 +12,9 @@ Noise control, in the order applied to a new episode:
   fires again as a ``ticket`` labelled ``flapping="true"`` (on-call learns it came back,
   nobody is woken again) and is *held* firing until quiet for ``flap_window_s``;
 * silences: planned work turns the episode into severity ``info`` with
-  ``silenced=<silence_id>``; it is still emitted so that the store keeps the record;
+  ``silenced=<silence_id>``; it is still emitted so that the store keeps the record.
+  Integrity findings are muted only by a silence marked ``integrity`` that has a reason,
+  a creator and lasts at most ``max_integrity_silence_s``;
 * one page per incident: a page-worthy episode blaming a node that a firing page of the
   same job already blames becomes a ``ticket`` labelled ``related_to=<that alert_id>``;
 * rate limit: beyond ``job_rate_limit`` new pages per job per ``job_rate_window_s`` an
@@ -35,7 +37,11 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote
 
-from trainguard.pipeline.alerts.config import AlertLifecycleConfig, Silence
+from trainguard.pipeline.alerts.config import (
+    AlertLifecycleConfig,
+    Silence,
+    integrity_silence_violation,
+)
 from trainguard.pipeline.alerts.observations import (
     Observation,
     Severity,
@@ -260,9 +266,20 @@ class AlertLifecycle:
     def _silence_for(self, obs: Observation, ts: float) -> Silence | None:
         nodes: tuple[str | None, ...] = obs.nodes or (None,)
         for silence in self._silences:
+            if obs.pages_alone and not self._mutes_integrity(silence):
+                continue
             if any(silence.matches(obs.job_id, node, ts) for node in nodes):
                 return silence
         return None
+
+    def _mutes_integrity(self, silence: Silence) -> bool:
+        """Only an integrity silence that keeps the rule mutes integrity findings.
+
+        :class:`~trainguard.pipeline.alerts.alert_job.AlertJob` logs and counts the ones
+        that break it; this check stands even for silences set by other callers.
+        """
+        limit = self.config.max_integrity_silence_s
+        return silence.integrity and integrity_silence_violation(silence, limit) is None
 
     def _paging_for(self, obs: Observation) -> _State | None:
         """A firing page of the same job (or node) that blames one of ``obs``'s nodes."""

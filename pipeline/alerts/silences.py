@@ -1,4 +1,4 @@
-"""Silences in the store: add, expire and list them (``silences`` table, migration 012).
+"""Silences in the store: add, expire and list them (``silences`` table, migrations 012, 016).
 
 Every change is a new version of the same ``silence_id`` in a ReplacingMergeTree keyed
 by ``updated_at``, so expiring is an insert, never an UPDATE, and the same code works on
@@ -8,6 +8,10 @@ before the background merge has run.
 Times are Unix epoch seconds (UTC). The clock is never read here: every function that
 needs the time takes ``now``, so tests and replays decide it. Times are rounded to the
 millisecond the table stores, so a :class:`Silence` returned here equals the one read back.
+
+A silence that also mutes integrity findings (``integrity``) is refused here unless it
+passes :func:`~trainguard.pipeline.alerts.config.integrity_silence_violation`; the worker
+checks the same rule again on what it reads, since rows can be inserted by hand.
 """
 
 from __future__ import annotations
@@ -18,7 +22,11 @@ import secrets
 from dataclasses import dataclass, replace
 
 from trainguard.errors import ConfigError, StoreError
-from trainguard.pipeline.alerts.config import Silence
+from trainguard.pipeline.alerts.config import (
+    DEFAULT_MAX_INTEGRITY_SILENCE_S,
+    Silence,
+    integrity_silence_violation,
+)
 from trainguard.pipeline.store.base import Store
 
 __all__ = ["active_silences", "add_silence", "expire_silence", "list_silences"]
@@ -28,7 +36,7 @@ _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 #: The table stores milliseconds; this is the smallest window a silence can keep.
 _MS = 0.001
 _COLUMNS = (
-    "silence_id, job_id, node, reason, created_by, "
+    "silence_id, job_id, node, integrity, reason, created_by, updated_by, "
     "toUnixTimestamp64Milli(starts_at) AS starts_ms, toUnixTimestamp64Milli(ends_at) AS ends_ms, "
     "toUnixTimestamp64Milli(created_at) AS created_ms, "
     "toUnixTimestamp64Milli(updated_at) AS updated_ms"
@@ -54,12 +62,16 @@ def add_silence(
     reason: str,
     created_by: str,
     now: float,
+    integrity: bool = False,
+    max_integrity_s: float = DEFAULT_MAX_INTEGRITY_SILENCE_S,
 ) -> Silence:
     """Store a new silence of ``job_id`` and/or ``node`` over ``[starts_at, ends_at)``.
 
-    An empty ``job_id`` or ``node`` means any, like None. Raises :class:`ConfigError`
-    naming the bad value when the silence matches everything, its window is empty or
-    already over at ``now``, or ``reason`` or ``created_by`` is blank.
+    An empty ``job_id`` or ``node`` means any, like None. With ``integrity`` it mutes
+    integrity findings too. Raises :class:`ConfigError` naming the bad value when the
+    silence matches everything, its window is empty or already over at ``now``,
+    ``reason`` or ``created_by`` is blank, or it breaks the integrity silence rule
+    (longer than ``max_integrity_s``).
     """
     for name, value in (("starts_at", starts_at), ("ends_at", ends_at), ("now", now)):
         _check_time(name, value)
@@ -75,7 +87,12 @@ def add_silence(
         ends_at=_ms(ends_at),
         reason=reason.strip(),
         created_by=created_by.strip(),
+        integrity=integrity,
+        updated_by=created_by.strip(),
     )
+    refused = integrity_silence_violation(silence, max_integrity_s)
+    if refused is not None:
+        raise ConfigError(f"refused by the {refused}")
     if silence.ends_at <= now:
         raise ConfigError(
             f"silence ends_at={silence.ends_at!r} is not after now={now!r}; it would mute nothing"
@@ -84,14 +101,16 @@ def add_silence(
     return silence
 
 
-def expire_silence(store: Store, silence_id: str, now: float) -> Silence:
-    """End silence ``silence_id`` at ``now``; return its new version.
+def expire_silence(store: Store, silence_id: str, now: float, by: str) -> Silence:
+    """End silence ``silence_id`` at ``now`` as user ``by``; return its new version.
 
     One that has not begun yet is cancelled: it keeps a 1 ms window ending at ``now``, so
     it stays a valid :class:`Silence` on the record and matches nothing from ``now`` on.
     Raises :class:`ConfigError` if the id is unknown or the silence is already over.
     """
     _check_time("now", now)
+    if not by.strip():
+        raise ConfigError("silence expiry by is empty; expected who ends it")
     if not _ID.fullmatch(silence_id):
         raise ConfigError(f"invalid silence id {silence_id!r}; expected e.g. sil-1a2b3c4d")
     found = _versions(store, f"silence_id = '{silence_id}'")
@@ -105,7 +124,7 @@ def expire_silence(store: Store, silence_id: str, now: float) -> Silence:
         raise ConfigError(f"silence {silence_id!r} is already over (ends_at={old.ends_at!r})")
     ends_at = _ms(now)
     starts_at = old.starts_at if old.starts_at < ends_at else ends_at - _MS
-    new = replace(old, starts_at=_ms(starts_at), ends_at=ends_at)
+    new = replace(old, starts_at=_ms(starts_at), ends_at=ends_at, updated_by=by.strip())
     # The version must exceed the stored one even if ``now`` is behind it (a clock step
     # back, or two changes in one millisecond), or FINAL would keep the old version.
     updated_at = max(_ms(now), _ms(current.updated_at + _MS))
@@ -151,6 +170,8 @@ def _version(row: dict[str, object]) -> _Version:
             ends_at=_from_ms(row["ends_ms"]),
             reason=str(row["reason"]),
             created_by=str(row["created_by"]),
+            integrity=bool(int(str(row["integrity"]))),
+            updated_by=str(row["updated_by"]),
         )
     except ConfigError as exc:
         raise StoreError(f"stored silence {row.get('silence_id')!r} is invalid: {exc}") from None
@@ -162,10 +183,12 @@ def _row(silence: Silence, *, created_at: float, updated_at: float) -> dict[str,
         "silence_id": silence.silence_id,
         "job_id": silence.job_id or "",
         "node": silence.node or "",
+        "integrity": int(silence.integrity),
         "starts_at": silence.starts_at,
         "ends_at": silence.ends_at,
         "reason": silence.reason,
         "created_by": silence.created_by,
+        "updated_by": silence.updated_by,
         "created_at": created_at,
         "updated_at": updated_at,
     }

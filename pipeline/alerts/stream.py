@@ -83,7 +83,8 @@ def add_alerting(
         _add_delivery(app, alerts_topic, delivery)
 
     def health() -> dict[str, float]:
-        out = {"alerts_firing": float(job.firing())}
+        out = {"alerts_firing": float(job.firing()),
+               "alert_silences_refused": float(job.silences_refused)}
         out.update({f"alert_{k}": v for k, v in job.quarantine.health().items()
                     if k.startswith("stage_errors_")})
         if delivery is not None:

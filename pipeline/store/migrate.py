@@ -5,6 +5,10 @@ text. A file already applied is skipped; one whose text changed afterwards stops
 migration, because editing history would leave stores built before and after the edit
 with different schemas. Statements use ``CREATE ... IF NOT EXISTS``, so a run that
 dies between a statement and its record is safely repeated.
+
+A store that is up to date gets no DDL at all, so a server user without DDL rights (the
+worker's, see ``infra/clickhouse/grants.sql``) passes; one with migrations pending gets a
+:class:`StoreError` saying to run ``trainguard db migrate`` as the admin user.
 """
 
 from __future__ import annotations
@@ -47,7 +51,11 @@ def migrate(store: Store, sql_dir: Path | None = None) -> list[str]:
     files = sorted(directory.glob("*.sql"), key=lambda p: p.name)
     if not files:
         raise StoreError(f"no migrations (*.sql) found in {directory}")
-    store.command(_CREATE_MIGRATIONS)
+    if not _has_migrations_table(store):
+        try:
+            store.command(_CREATE_MIGRATIONS)
+        except StoreError as exc:
+            raise _explained(exc, files[0].name) from None
     applied = {
         str(name): str(checksum)
         for name, checksum in store.query(
@@ -68,7 +76,10 @@ def migrate(store: Store, sql_dir: Path | None = None) -> list[str]:
                 )
             continue
         for statement in split_statements(text):
-            store.command(statement)
+            try:
+                store.command(statement)
+            except StoreError as exc:
+                raise _explained(exc, path.name) from None
         store.insert_rows(
             MIGRATIONS_TABLE,
             [
@@ -82,6 +93,26 @@ def migrate(store: Store, sql_dir: Path | None = None) -> list[str]:
         log.info("applied migration name=%s database=%s", path.name, store.database)
         done.append(path.name)
     return done
+
+
+def _has_migrations_table(store: Store) -> bool:
+    found = store.query(
+        "SELECT count() FROM system.tables WHERE database = '{database}' "
+        f"AND name = '{MIGRATIONS_TABLE}'"
+    ).scalar()
+    return int(found) > 0
+
+
+def _explained(exc: StoreError, name: str) -> StoreError:
+    """A refused migration statement; a missing privilege says who may migrate."""
+    text = str(exc)
+    if "ACCESS_DENIED" in text or "Not enough privileges" in text:
+        return StoreError(
+            f"migration {name} is pending but this store user may not change the schema; "
+            "run `trainguard db migrate --store URL` as the admin user (see "
+            f"infra/clickhouse/grants.sql), then start again: {text}"
+        )
+    return exc
 
 
 def tables(store: Store) -> list[str]:

@@ -147,7 +147,11 @@ def _handler(store: Store, token: str) -> type[BaseHTTPRequestHandler]:
             except (ValueError, msgspec.DecodeError, StoreError) as exc:
                 self._reply(400, {"error": str(exc)})
                 return
-            log.info("operator rows inserted table=%s rows=%d", table, len(rows))
+            # Who and why, on the owner's own record too (rows may skip the CLI's checks).
+            log.info("operator rows inserted table=%s rows=%d ids=%s by=%s", table, len(rows),
+                     ",".join(str(r.get("silence_id", "")) for r in rows),
+                     ",".join(sorted({str(r.get("updated_by") or r.get("created_by", ""))
+                                      for r in rows})))
             self._reply(200, {"inserted": len(rows)})
 
     return _ReadHandler

@@ -48,9 +48,17 @@ class ServerStore(Store):
             except ClickHouseError as exc:
                 raise self._error(exc, "connect") from None
         self._client: Any = client
-        self.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+        # Only when missing: users without DDL rights (worker, read-only, operator) may
+        # not run CREATE DATABASE even with IF NOT EXISTS.
+        if not self._database_exists():
+            self.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
         self._client.database = self.database
         log.info("opened server store url=%s", url)
+
+    def _database_exists(self) -> bool:
+        # system.databases lists only the databases this user has some grant on.
+        found = self.query(f"SELECT count() FROM system.databases WHERE name = '{self.database}'")
+        return int(found.scalar()) > 0
 
     def _error(self, exc: Exception, sql: str) -> StoreError:
         """Classify a driver error: unreachable, data refused (StoreDataError), or other."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import pwd
 from typing import Any
 
 from trainguard import envvars
 
 __all__ = [
-    "add_bootstrap", "add_env_option", "add_store", "add_topic_prefix", "parse_instant",
-    "store_url",
+    "add_bootstrap", "add_env_option", "add_store", "add_topic_prefix", "os_user",
+    "parse_instant", "store_url",
 ]
 
 
@@ -81,3 +82,16 @@ def parse_instant(flag: str, text: str) -> float:
             f"{flag} {text!r} has no timezone; add Z or an offset, e.g. {text.strip()}Z"
         )
     return when.timestamp()
+
+
+def os_user() -> str:
+    """The login name of the real user id running this process, for the record of who acted.
+
+    Not ``$USER`` or ``$LOGNAME`` (what :func:`getpass.getuser` reads first): anyone can set
+    those. A uid without a passwd entry (a container) is recorded as ``uid:<n>``.
+    """
+    uid = os.getuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid:{uid}"

@@ -11,18 +11,21 @@ store is opened; a bad one is a :class:`~trainguard.errors.ConfigError` naming i
 from __future__ import annotations
 
 import argparse
-import getpass
 import re
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from trainguard.cli._common import add_store, parse_instant, store_url
+from trainguard.cli._common import add_store, os_user, parse_instant, store_url
 from trainguard.errors import ConfigError, StoreError
+from trainguard.pipeline.alerts.config import (
+    DEFAULT_MAX_INTEGRITY_SILENCE_S,
+    Silence,
+    integrity_silence_violation,
+)
 
 if TYPE_CHECKING:
-    from trainguard.pipeline.alerts.config import Silence
     from trainguard.pipeline.store import Store, StoreUrl
     from trainguard.schemas.records import Alert
 
@@ -54,13 +57,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     silence = subparsers.add_parser(
         "silence", help="mute alerts of a job or node during planned work",
         description="Add, list or expire silences. An alert episode that starts inside a "
-                    "silence is still recorded, as severity info, but pages no one.")
+                    "silence is still recorded, as severity info, but pages no one. Each "
+                    "silence records who (the operating-system user) and why (--reason).")
     sub = silence.add_subparsers(dest="silence_command", metavar="COMMAND", required=True)
     store = argparse.ArgumentParser(add_help=False)
     add_store(store)
 
     p = sub.add_parser("add", parents=[store], help="silence a job, a node, or a job on a node",
-                       description="Silence alerts of --job, --node or both (at least one).")
+                       description="Silence alerts of --job, --node or both (at least one). "
+                                   "Integrity findings stay loud unless --integrity is given. "
+                                   "Who adds it is the operating-system user running this "
+                                   "command.")
     p.add_argument("--job", help="the job to silence (default: any job)")
     p.add_argument("--node", help="the node to silence (default: any node)")
     until = p.add_mutually_exclusive_group(required=True)
@@ -68,7 +75,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     until.add_argument("--until", help="end time, ISO 8601 with timezone, e.g. 2025-01-31T18:00Z")
     p.add_argument("--start", help="start time, ISO 8601 with timezone (default: now)")
     p.add_argument("--reason", required=True, help="why, e.g. a maintenance ticket")
-    p.add_argument("--by", help="who adds it (default: the login name, $USER)")
+    p.add_argument("--integrity", action="store_true",
+                   help="also mute integrity findings (checksums, digests, fingerprints, "
+                        "conflicting reports: evidence of sabotage); such a silence must end "
+                        f"within {DEFAULT_MAX_INTEGRITY_SILENCE_S / 3600:g}h of its start")
     p.set_defaults(func=_silence_add)
 
     p = sub.add_parser("list", parents=[store], help="silences active now or planned")
@@ -159,13 +169,21 @@ def _silence_add(args: argparse.Namespace) -> int:
         end = start + _duration("--duration", args.duration)
     else:
         end = parse_instant("--until", args.until)
-    created_by = args.by if args.by is not None else _login()
+    created_by = os_user()
+    if args.integrity:
+        # Checked before the store is opened, so the refusal does not depend on it.
+        draft = Silence(
+            silence_id="new", job_id=args.job, node=args.node, starts_at=start,
+            ends_at=end, reason=args.reason, created_by=created_by, integrity=True)
+        refused = integrity_silence_violation(draft, DEFAULT_MAX_INTEGRITY_SILENCE_S)
+        if refused is not None:
+            raise ConfigError(f"refused by the {refused}")
     url = store_url(args.store)
     with _open_for_writing(url, "silence add") as store:
         _require(store, "silences")
         silence = add_silence(
             store, job_id=args.job, node=args.node, starts_at=start, ends_at=end,
-            reason=args.reason, created_by=created_by, now=now,
+            reason=args.reason, created_by=created_by, now=now, integrity=args.integrity,
         )
     print(f"added {silence.silence_id}: {_scope(silence)} from {_clock(silence.starts_at)} "
           f"until {_clock(silence.ends_at)} ({silence.reason}; by {silence.created_by})")
@@ -186,11 +204,12 @@ def _silence_list(args: argparse.Namespace) -> int:
         return 0
     rows = [
         (s.silence_id, _state(s, now), s.job_id or "any", s.node or "any",
-         _clock(s.starts_at), _clock(s.ends_at), s.created_by, _cut(s.reason))
+         _clock(s.starts_at), _clock(s.ends_at), _by(s), "yes" if s.integrity else "no",
+         _cut(s.reason))
         for s in silences
     ]
-    print(format_table(
-        ["silence_id", "state", "job", "node", "starts", "ends", "by", "reason"], rows))
+    print(format_table(["silence_id", "state", "job", "node", "starts", "ends", "by",
+                        "integrity", "reason"], rows))
     return 0
 
 
@@ -200,7 +219,7 @@ def _silence_expire(args: argparse.Namespace) -> int:
     url = store_url(args.store)
     with _open_for_writing(url, "silence expire") as store:
         _require(store, "silences")
-        silence = expire_silence(store, args.silence_id, time.time())
+        silence = expire_silence(store, args.silence_id, time.time(), by=os_user())
     print(f"expired {silence.silence_id} ({_scope(silence)}) at {_clock(silence.ends_at)}")
     return 0
 
@@ -250,11 +269,10 @@ def _duration(flag: str, text: str) -> float:
     return float(match.group(1)) * _UNIT_S[match.group(2)]
 
 
-def _login() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        raise ConfigError("cannot tell who you are from $USER; pass --by NAME") from None
+def _by(s: Silence) -> str:
+    if s.updated_by and s.updated_by != s.created_by:
+        return f"{s.created_by} (ended by {s.updated_by})"
+    return s.created_by
 
 
 def _state(s: Silence, now: float) -> str:
@@ -264,7 +282,8 @@ def _state(s: Silence, now: float) -> str:
 
 
 def _scope(s: Silence) -> str:
-    return f"job={s.job_id or 'any'} node={s.node or 'any'}"
+    scope = f"job={s.job_id or 'any'} node={s.node or 'any'}"
+    return scope + (" including integrity findings" if s.integrity else "")
 
 
 def _clock(t: float) -> str:

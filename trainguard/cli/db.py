@@ -1,4 +1,4 @@
-"""``trainguard db migrate|counts|query``: create the tables, count rows, run a read query.
+"""``trainguard db migrate|counts|query|grants``: tables, row counts, a read query, users.
 
 ``counts`` and ``query`` open the store read-only, so on an embedded store that a worker
 owns they read through the worker's loopback endpoint instead of failing on chdb's
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from trainguard.cli._common import add_store, store_url
+from trainguard.cli.grants import add_grants_parser
 from trainguard.errors import StoreError
 
 __all__ = ["register"]
@@ -25,8 +26,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add the ``db`` command and its ``migrate``/``counts``/``query`` subcommands."""
     db = subparsers.add_parser(
         "db", help="create, count and query the store's tables",
-        description="Apply the schema migrations, count rows per table, or run one read "
-                    "query against the store (embedded chdb directory or ClickHouse server). "
+        description="Apply the schema migrations, count rows per table, run one read "
+                    "query, or set up a server's least-privilege users (grants), against "
+                    "the store (embedded chdb directory or ClickHouse server). "
                     "The server password is read from the environment only.")
     sub = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
 
@@ -45,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                             "EXPLAIN); {database} names the store's database")
     p.add_argument("sql", metavar="SQL", help="e.g. 'SELECT count() FROM {database}.steps'")
     p.set_defaults(func=_query)
+    add_grants_parser(sub, store)
 
 
 def _migrate(args: argparse.Namespace) -> int:

@@ -146,7 +146,7 @@ def test_an_integrity_finding_on_a_node_already_paged_for_is_a_page_of_its_own()
 def test_silence_for_the_job_turns_alert_into_info() -> None:
     lc = AlertLifecycle()
     lc.set_silences([Silence("s-42", "job-1", None, T0 - 60, T0 + 3600, "rebalance", "sre")])
-    [alert] = lc.observe_findings([finding()])
+    [alert] = lc.observe_findings([finding(check="node_idle", category="hardware")])
     assert alert.severity == "info" and alert.labels["silenced"] == "s-42"
     [resolved] = lc.tick(T0 + 200)  # still recorded through its lifecycle
     assert resolved.labels["silenced"] == "s-42"

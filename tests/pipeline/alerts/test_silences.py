@@ -82,7 +82,7 @@ def test_active_silences_are_those_covering_now_or_starting_later(store: ChdbSto
 
 def test_expiring_ends_a_silence_now_and_keeps_its_history(store: ChdbStore) -> None:
     silence = add(store)
-    expired = expire_silence(store, silence.silence_id, T0 + 600)
+    expired = expire_silence(store, silence.silence_id, T0 + 600, by="bob")
     assert (expired.starts_at, expired.ends_at) == (T0, T0 + 600)
     assert active_silences(store, T0 + 601) == []
     assert list_silences(store, T0 + 601, include_expired=True) == [expired]
@@ -94,14 +94,14 @@ def test_expiring_wins_even_when_the_clock_is_behind_the_stored_version(
     store: ChdbStore,
 ) -> None:
     silence = add(store, now=T0 + 100)  # stored with updated_at = T0 + 100
-    expired = expire_silence(store, silence.silence_id, T0 + 50)
+    expired = expire_silence(store, silence.silence_id, T0 + 50, by="bob")
     assert list_silences(store, T0 + 60, include_expired=True) == [expired]
     assert expired.ends_at == T0 + 50
 
 
 def test_expiring_a_planned_silence_cancels_it(store: ChdbStore) -> None:
     planned = add(store, starts_at=T0 + HOUR, ends_at=T0 + 2 * HOUR)
-    cancelled = expire_silence(store, planned.silence_id, T0)
+    cancelled = expire_silence(store, planned.silence_id, T0, by="bob")
     assert (cancelled.starts_at, cancelled.ends_at) == (T0 - 0.001, T0)
     assert not cancelled.matches("job-1", None, T0 + HOUR)
     assert active_silences(store, T0) == []
@@ -109,10 +109,36 @@ def test_expiring_a_planned_silence_cancels_it(store: ChdbStore) -> None:
 
 def test_expiring_an_unknown_or_ended_silence_is_an_error(store: ChdbStore) -> None:
     with pytest.raises(ConfigError, match="unknown silence 'sil-00000000'"):
-        expire_silence(store, "sil-00000000", T0)
+        expire_silence(store, "sil-00000000", T0, by="bob")
     with pytest.raises(ConfigError, match="invalid silence id"):
-        expire_silence(store, "x' OR 1=1 --", T0)
+        expire_silence(store, "x' OR 1=1 --", T0, by="bob")
     silence = add(store)
-    expire_silence(store, silence.silence_id, T0 + 10)
+    expire_silence(store, silence.silence_id, T0 + 10, by="bob")
     with pytest.raises(ConfigError, match="already over"):
-        expire_silence(store, silence.silence_id, T0 + 20)
+        expire_silence(store, silence.silence_id, T0 + 20, by="bob")
+
+
+def test_an_integrity_silence_reads_back_with_who_added_it(store: ChdbStore) -> None:
+    silence = add(store, integrity=True, ends_at=T0 + 24 * HOUR)
+    assert silence.integrity and silence.updated_by == "alice"
+    assert list_silences(store, T0) == [silence]
+
+
+def test_an_integrity_silence_longer_than_the_limit_is_refused_naming_the_rule(
+    store: ChdbStore,
+) -> None:
+    with pytest.raises(ConfigError, match=r"integrity silence rule.*lasts 86400\.5 s"):
+        add(store, integrity=True, ends_at=T0 + 24 * HOUR + 0.5)
+    with pytest.raises(ConfigError, match="integrity silence rule.*lasts 7200 s"):
+        add(store, integrity=True, ends_at=T0 + 2 * HOUR, max_integrity_s=HOUR)
+    assert list_silences(store, T0, include_expired=True) == []
+    assert not add(store, ends_at=T0 + 30 * 24 * HOUR).integrity  # the rest: no limit
+
+
+def test_expiring_records_who_ended_it_beside_who_added_it(store: ChdbStore) -> None:
+    silence = add(store)
+    expired = expire_silence(store, silence.silence_id, T0 + 60, by="bob")
+    assert (expired.created_by, expired.updated_by) == ("alice", "bob")
+    assert list_silences(store, T0 + 61, include_expired=True) == [expired]
+    with pytest.raises(ConfigError, match="expected who ends it"):
+        expire_silence(store, add(store).silence_id, T0 + 60, by=" ")

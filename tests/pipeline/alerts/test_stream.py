@@ -130,7 +130,8 @@ def test_silences_refresh_reaches_every_lifecycle_and_a_store_error_keeps_the_ol
         await job.refresh_silences()
         store.fail_silences = True
         await job.refresh_silences()  # logged, not raised
-        [alert] = job.lifecycle(0).observe_findings([finding()])
+        [alert] = job.lifecycle(0).observe_findings([finding(check="node_idle",
+                                                              category="hardware")])
         assert alert.labels["silenced"] == "s-1"
 
     run(main())

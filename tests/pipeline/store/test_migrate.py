@@ -1,3 +1,4 @@
+import shutil
 import time
 
 import pytest
@@ -81,3 +82,39 @@ def test_a_rerun_step_after_a_restart_keeps_both_rows_and_the_rollup_still_fires
     sql = ("SELECT sorting_key FROM system.tables WHERE database = '{database}' "
            "AND name = 'steps'")
     assert chdb_store.query(sql).scalar() == "job_id, step, rank, ts"
+
+
+class _NoSchemaRights:
+    """A store user without DDL rights (the worker's on a server): reads and inserts only."""
+
+    def __init__(self, inner):
+        self.inner, self.database, self.commands = inner, inner.database, []
+
+    def command(self, sql):
+        self.commands.append(sql)
+        raise StoreError("ClickHouse at db:8123: Code: 497. DB::Exception: trainguard_worker: "
+                         "Not enough privileges. (ACCESS_DENIED)")
+
+    def query(self, sql):
+        return self.inner.query(sql)
+
+    def insert_rows(self, table, rows):
+        self.inner.insert_rows(table, rows)
+
+
+def test_an_up_to_date_store_is_migrated_without_any_ddl(chdb_store):
+    migrate(chdb_store)
+    worker = _NoSchemaRights(chdb_store)
+    assert migrate(worker) == [] and worker.commands == []
+
+
+def test_a_pending_migration_without_ddl_rights_says_who_may_migrate(chdb_store, tmp_path):
+    with pytest.raises(StoreError, match=r"migration 001_sample_batches\.sql is pending but "
+                                         r"this store user may not change the schema; run "
+                                         r"`trainguard db migrate"):
+        migrate(_NoSchemaRights(chdb_store))
+    for path in sorted(default_sql_dir().glob("*.sql"))[:2]:
+        shutil.copy(path, tmp_path / path.name)
+    migrate(chdb_store, tmp_path)
+    with pytest.raises(StoreError, match=r"migration 003_steps\.sql is pending.*ACCESS_DENIED"):
+        migrate(_NoSchemaRights(chdb_store))

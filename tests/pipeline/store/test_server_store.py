@@ -14,7 +14,7 @@ import pytest
 
 from trainguard import envvars
 from trainguard.errors import StoreError
-from trainguard.pipeline.store import Secret, StoreUrl, migrate, row_counts
+from trainguard.pipeline.store import Secret, StoreUrl, default_sql_dir, migrate, row_counts
 from trainguard.pipeline.store.server_store import ServerStore
 
 _STEP = {"cluster": "c", "job_id": "j", "step": 1, "rank": 0, "world_size": 1, "node": "n",
@@ -65,7 +65,7 @@ def server_store():
 
 
 def test_migrate_insert_and_count_on_a_server(server_store):
-    assert len(migrate(server_store)) == 6
+    assert len(migrate(server_store)) == len(list(default_sql_dir().glob("*.sql")))
     assert migrate(server_store) == []
     server_store.insert_rows("steps", [_STEP])
     server_store.insert_rows("steps", [_STEP])
@@ -80,6 +80,9 @@ class _RefusingClient:
 
     def command(self, sql):
         return None
+
+    def raw_query(self, sql, fmt=None):
+        return b'{"meta": [{"name": "count()"}], "data": [["1"]]}'  # the database exists
 
     def raw_insert(self, *args, **kwargs):
         raise self.error
@@ -108,3 +111,25 @@ def test_a_server_that_cannot_be_reached_is_not_a_data_error():
     with pytest.raises(StoreError, match="cannot reach ClickHouse") as caught:
         store.insert_rows("steps", [_STEP])
     assert not isinstance(caught.value, StoreDataError)
+
+
+class _Recording:
+    """A client that answers whether the database exists and records the statements."""
+
+    def __init__(self, exists: bool) -> None:
+        self.exists, self.commands, self.database = exists, [], None
+
+    def command(self, sql):
+        self.commands.append(sql)
+
+    def raw_query(self, sql, fmt=None):
+        return b'{"meta": [{"name": "c"}], "data": [["%d"]]}' % self.exists
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_the_database_is_created_only_when_missing(exists):
+    # A least-privilege user may not run CREATE DATABASE, not even with IF NOT EXISTS.
+    client = _Recording(exists)
+    ServerStore(StoreUrl.parse("http://db.example:8123/tg"), client=client)
+    assert client.commands == ([] if exists else ["CREATE DATABASE IF NOT EXISTS tg"])
+    assert client.database == "tg"

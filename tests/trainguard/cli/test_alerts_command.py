@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 import sys
 import time
@@ -26,7 +27,9 @@ from trainguard.schemas.records import Alert
 pytestmark = pytest.mark.integration
 
 NOW = time.time()
-_ENV = {**os.environ, "TRAINGUARD_LOG_LEVEL": "WARNING"}
+#: $USER and $LOGNAME name someone else: who adds a silence is the process's real user.
+_ENV = {**os.environ, "TRAINGUARD_LOG_LEVEL": "WARNING", "USER": "mallory", "LOGNAME": "mallory"}
+ME = pwd.getpwuid(os.getuid()).pw_name
 
 _SEED = """
 import sys
@@ -141,7 +144,7 @@ def test_alerts_on_an_empty_store_says_so(empty_store: Path) -> None:
 
 def test_silences_are_added_listed_and_expired(empty_store: Path) -> None:
     added = cli(empty_store, "silence", "add", "--job", "job-7", "--duration", "2h",
-                "--reason", "OPS-42 driver upgrade", "--by", "alice")
+                "--reason", "OPS-42 driver upgrade")
     assert added.returncode == 0, added.stderr
     assert added.stdout.startswith("added sil-") and "job=job-7 node=any" in added.stdout
     first = added.stdout.split()[1].rstrip(":")
@@ -154,6 +157,8 @@ def test_silences_are_added_listed_and_expired(empty_store: Path) -> None:
     assert [line.split()[:4] for line in listed[1:]] == [
         [first, "active", "job-7", "any"], [second, "planned", "any", "node-03"],
     ]
+    assert f"by {ME})" in added.stdout and "mallory" not in "".join(listed)
+    assert [line.split()[8:10] for line in listed[1:]] == [[ME, "no"], [ME, "no"]]
     expired = cli(empty_store, "silence", "expire", first)
     assert expired.returncode == 0 and expired.stdout.startswith(f"expired {first} ")
     assert first not in cli(empty_store, "silence", "list").stdout
@@ -161,6 +166,19 @@ def test_silences_are_added_listed_and_expired(empty_store: Path) -> None:
     assert f"{first}  expired" in everything and second in everything
     again = cli(empty_store, "silence", "expire", first)
     assert again.returncode == 2 and "already over" in again.stderr
+
+
+def test_an_integrity_silence_is_added_only_within_the_limit(empty_store: Path) -> None:
+    added = cli(empty_store, "silence", "add", "--job", "job-7", "--duration", "4h",
+                "--integrity", "--reason", "OPS-43 new checkpoint writer")
+    assert added.returncode == 0, added.stderr
+    assert "including integrity findings" in added.stdout
+    sid = added.stdout.split()[1].rstrip(":")
+    too_long = cli(empty_store, "silence", "add", "--job", "job-7", "--duration", "25h",
+                   "--integrity", "--reason", "OPS-44")
+    assert too_long.returncode == 2 and "integrity silence rule" in too_long.stderr
+    [header, row] = cli(empty_store, "silence", "list", "--all").stdout.splitlines()
+    assert row.split()[:1] + row.split()[8:10] == [sid, ME, "yes"]
 
 
 @pytest.mark.parametrize(

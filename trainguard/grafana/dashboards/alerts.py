@@ -76,13 +76,15 @@ ALERTS = Dashboard(
                 FROM {database}.alert_deliveries WHERE $__timeFilter(ts) GROUP BY time) AS d
             USING (time) ORDER BY time""")),
         Panel("Silences", "table", format="table", allow_empty=True, width=24,
-              description="Silences in force at some point of the range ('' = any).",
-              columns=("silence_id", "state", "job_id", "node", "starts_at", "ends_at", "reason",
-                       "created_by"), sql=sql("""
+              description="Silences in force at some point of the range ('' = any; "
+                          "integrity = 1: also mutes integrity findings; created_by and "
+                          "updated_by: the OS users who added and last changed it).",
+              columns=("silence_id", "state", "job_id", "node", "integrity", "starts_at",
+                       "ends_at", "reason", "created_by", "updated_by"), sql=sql("""
             SELECT silence_id,
                 multiIf(ends_at <= now64(3), 'expired', starts_at > now64(3), 'planned', 'active')
                     AS state,
-                job_id, node, starts_at, ends_at, reason, created_by
+                job_id, node, integrity, starts_at, ends_at, reason, created_by, updated_by
             FROM {database}.silences FINAL
             WHERE starts_at <= ($__toTime) AND ends_at >= ($__fromTime)
                 AND $__conditionalAll(job_id IN ('', ${job:singlequote}), $job)
