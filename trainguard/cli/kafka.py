@@ -42,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="start the broker in the background and wait until it is ready")
     p.add_argument("--timeout", type=float, default=90.0,
                    help="seconds to wait for the broker to be ready (default: %(default)s)")
+    p.add_argument("--secure", action="store_true",
+                   help="SASL_SSL (SCRAM-SHA-512 users admin, worker, agent), TLS with a CA "
+                        "made in <data-dir>/security, and ACLs (StandardAuthorizer); needs a "
+                        "data dir formatted in secure mode")
     p.set_defaults(func=_start)
     p = sub.add_parser("stop", parents=[broker], help="stop the broker (no-op if not running)")
     p.set_defaults(func=_stop)
@@ -58,11 +62,15 @@ def _fetch(args: argparse.Namespace) -> int:
 
 def _start(args: argparse.Namespace) -> int:
     libs = fetch_jars(args.cache_dir)
-    broker = LocalBroker(args.data_dir, args.port, libs_dir=libs)
+    broker = LocalBroker(args.data_dir, args.port, libs_dir=libs, secure=args.secure)
     broker.start(timeout=args.timeout)
     status = broker.status()
     print(f"kafka running pid={status.pid} bootstrap={status.bootstrap} "
           f"data_dir={status.data_dir}")
+    if args.secure:
+        creds = broker.credentials
+        print(f"kafka security=SASL_SSL mechanism=SCRAM-SHA-512 ca_file={creds.ca_file} "
+              f"password files: {creds.directory}/<{'|'.join(creds.users)}>.password")
     return 0
 
 
