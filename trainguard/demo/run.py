@@ -7,10 +7,10 @@ it injects a sabotage scenario (``--scenario``, default ``weight_tamper``: one r
 weights modified after a checkpoint load), so a newcomer watches trainguard flag it and
 name the rank. The local broker is secured by default (SASL_SSL with SCRAM users, TLS
 and ACLs: the simulated agents may only write telemetry, the worker alone writes
-verdicts); ``--plain`` runs it without. It shows progress, waits until every batch is stored, prints row counts
-and the findings, and stops everything it started, also on Ctrl-C. Each run stamps its
-records with its own cluster name (``demo-<run id>``), so its counts are exact even when
-the store already holds earlier runs.
+verdicts); ``--plain`` runs it without. It shows progress, waits until every batch is
+stored, prints row counts and the findings, and stops everything it started, also on
+Ctrl-C. Each run stamps its records with its own cluster name (``demo-<run id>``), so its
+counts are exact even when the store already holds earlier runs.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
         except ValueError as exc:
             raise ConfigError(f"scenario {opts.scenario}: {exc}") from None
     stack = LocalStack(data_dir, bootstrap=opts.bootstrap, kafka_port=opts.kafka_port,
-                       secure=opts.secure and not opts.bootstrap, topic_prefix=opts.topic_prefix, store=store_raw,
+                       secure=opts.secure and not opts.bootstrap,
+                       topic_prefix=opts.topic_prefix, store=store_raw,
                        store_password=url.password, pager="auto",
                        worker_config=lambda s: DemoPager.of(s).worker_config(),
                        batch_within=0.2, out=lambda line: out(f"[demo] {line}"),

@@ -18,7 +18,6 @@ from pathlib import Path
 from types import TracebackType
 
 from trainguard.errors import TrainguardError
-from trainguard.schemas.kafka_security import PLAINTEXT, KafkaSecurity
 from trainguard.pipeline.store import (
     QueryResult,
     Secret,
@@ -27,6 +26,7 @@ from trainguard.pipeline.store import (
     open_store,
     owner_reader,
 )
+from trainguard.schemas.kafka_security import PLAINTEXT, KafkaSecurity
 
 __all__ = ["WorkerError", "WorkerProcess"]
 

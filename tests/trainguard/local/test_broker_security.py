@@ -21,6 +21,7 @@ from trainguard.local.broker_security import (
 from trainguard.local.worker import WorkerProcess
 from trainguard.pipeline.config import WorkerConfig
 
+
 @pytest.fixture(scope="module")
 def creds(tmp_path_factory: pytest.TempPathFactory):
     if shutil.which("openssl") is None:
