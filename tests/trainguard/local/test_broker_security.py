@@ -20,6 +20,8 @@ from trainguard.local.broker_security import (
 )
 from trainguard.local.worker import WorkerProcess
 from trainguard.pipeline.config import WorkerConfig
+from trainguard.pipeline.kafka_acls import kafka_acls_commands, pipeline_acls
+from trainguard.schemas.topics import Topics
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +102,18 @@ def test_the_worker_process_gets_its_password_as_a_file_and_parses_it_back(creds
 def test_the_worker_command_has_no_password_flag() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["worker", "--kafka-password", "x"])
+
+
+def test_kafka_acls_prints_the_grants_for_a_production_cluster(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["kafka", "acls", "--topic-prefix", "prod",
+                                      "--agent", "agent-n1", "--agent", "agent-n2"])
+    assert args.func(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == kafka_acls_commands(pipeline_acls(
+        Topics("prod"), agents=["agent-n1", "agent-n2"], workers=["worker"],
+        app_id="trainguard-worker"))
+    assert any(line.endswith("--allow-principal User:agent-n2 --operation Write "
+                             "--topic prod.steps.v1") for line in lines)
+    assert not any("User:agent-n1 --operation Write --topic prod.findings" in line
+                   for line in lines)
