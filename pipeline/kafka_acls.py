@@ -18,9 +18,10 @@ user); :func:`kafka_acls_commands` prints the same grants as ``kafka-acls.sh`` l
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from kafka.errors import KafkaError
 
@@ -84,7 +85,36 @@ def pipeline_acls(
 
 def apply_acls(bootstrap: str, security: KafkaSecurity, rules: Sequence[AclRule], *,
                timeout: float = 30) -> int:
-    """Create ``rules`` (existing ones are kept; Kafka dedupes); return how many were sent."""
+    """Create ``rules`` and wait until the broker enforces them; return how many were sent.
+
+    Rules that exist already are kept (Kafka dedupes them). The broker learns ACLs from
+    the metadata log after the controller committed them, so this waits until it lists
+    every one: a client started right after is not refused by a grant still in flight.
+    """
+    acls = _kafka_acls(rules)
+    deadline = time.monotonic() + timeout
+    try:
+        admin = admin_client(bootstrap, timeout, security)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot reach Kafka at '{bootstrap}' as {security.describe()}: "
+                          f"{exc}") from exc
+    try:
+        result = admin.create_acls(acls)
+        if result["failed"]:
+            raise BrokerError(f"Kafka at '{bootstrap}' refused {len(result['failed'])} of "
+                              f"{len(acls)} ACLs: {result['failed'][0]!r}")
+        _wait_enforced(admin, acls, deadline, bootstrap)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot create ACLs at '{bootstrap}' as {security.describe()}: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        admin.close()
+    log.info("kafka acls created count=%d bootstrap=%s", len(acls), bootstrap)
+    return len(acls)
+
+
+def _kafka_acls(rules: Sequence[AclRule]) -> list[Any]:
+    """kafka-python ``ACL`` objects of ``rules`` (ALLOW, any host)."""
     from kafka.admin import (
         ACL,
         ACLOperation,
@@ -94,30 +124,39 @@ def apply_acls(bootstrap: str, security: KafkaSecurity, rules: Sequence[AclRule]
         ResourceType,
     )
 
-    acls = [ACL(principal=r.principal, host="*", operation=ACLOperation[r.operation],
+    return [ACL(principal=r.principal, host="*", operation=ACLOperation[r.operation],
                 permission_type=ACLPermissionType.ALLOW,
                 resource_pattern=ResourcePattern(
                     ResourceType[r.resource.upper()], r.name,
                     ACLResourcePatternType.PREFIXED if r.prefixed
                     else ACLResourcePatternType.LITERAL))
             for r in rules]
-    try:
-        admin = admin_client(bootstrap, timeout, security)
-    except KafkaError as exc:
-        raise BrokerError(f"cannot reach Kafka at '{bootstrap}' as {security.describe()}: "
-                          f"{exc}") from exc
-    try:
-        result = admin.create_acls(acls)
-    except KafkaError as exc:
-        raise BrokerError(f"cannot create ACLs at '{bootstrap}' as {security.describe()}: "
-                          f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        admin.close()
-    if result["failed"]:
-        raise BrokerError(f"Kafka at '{bootstrap}' refused {len(result['failed'])} of "
-                          f"{len(acls)} ACLs: {result['failed'][0]!r}")
-    log.info("kafka acls created count=%d bootstrap=%s", len(acls), bootstrap)
-    return len(acls)
+
+
+def _wait_enforced(admin: Any, acls: list[Any], deadline: float, bootstrap: str) -> None:
+    """Poll the broker's ACLs until it lists all of ``acls``."""
+    from kafka.admin import (
+        ACLFilter,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        ResourcePatternFilter,
+        ResourceType,
+    )
+
+    everything = ACLFilter(principal=None, host=None, operation=ACLOperation.ANY,
+                           permission_type=ACLPermissionType.ANY,
+                           resource_pattern=ResourcePatternFilter(
+                               ResourceType.ANY, None, ACLResourcePatternType.ANY))
+    while True:
+        seen, _error = admin.describe_acls(everything)
+        missing = set(acls) - set(seen)
+        if not missing:
+            return
+        if time.monotonic() >= deadline:
+            raise BrokerError(f"Kafka at '{bootstrap}' does not enforce {len(missing)} of the "
+                              f"ACLs just created, e.g. {next(iter(missing))!r}")
+        time.sleep(0.05)
 
 
 def kafka_acls_commands(rules: Iterable[AclRule], bootstrap: str = "BROKER:9093",
