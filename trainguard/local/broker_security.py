@@ -43,6 +43,21 @@ DEFAULT_USERS = (ADMIN, "worker", "agent")
 BROKER_CN = "trainguard-broker"
 _MECHANISM = "SCRAM-SHA-512"
 _OPENSSL_TIMEOUT_S = 60.0
+#: ``openssl req`` settings of the CA, so that the host's openssl.cnf plays no part.
+_CA_CONFIG = "\n".join([
+    "[req]",
+    "distinguished_name = dn",
+    "x509_extensions = v3_ca",
+    "prompt = no",
+    "[dn]",
+    "CN = trainguard local CA",
+    "[v3_ca]",
+    "basicConstraints = critical,CA:TRUE",
+    "keyUsage = critical,keyCertSign,cRLSign",
+    "subjectKeyIdentifier = hash",
+    "authorityKeyIdentifier = keyid:always",
+    "",
+])
 _CERT_EXTENSIONS = "\n".join([
     "basicConstraints=critical,CA:FALSE",
     "keyUsage=critical,digitalSignature",
@@ -121,14 +136,15 @@ def ensure_credentials(directory: Path, users: Sequence[str] = DEFAULT_USERS,
         _write_secret(creds.password_file(user), secrets.token_urlsafe(24))
     _write_secret(creds.keystore_password_file, secrets.token_urlsafe(24))
     _write_secret(d / "broker.ext", _CERT_EXTENSIONS)
+    _write_secret(d / "ca.cnf", _CA_CONFIG)
     ec = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]
     steps = [
         ["genpkey", *ec, "-out", "ca.key"],
         ["req", "-x509", "-new", "-key", "ca.key", "-sha256", "-days", "3650",
-         "-subj", "/CN=trainguard local CA", "-addext", "basicConstraints=critical,CA:TRUE",
-         "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", "ca.pem"],
+         "-config", "ca.cnf", "-out", "ca.pem"],
         ["genpkey", *ec, "-out", "broker.key"],
-        ["req", "-new", "-key", "broker.key", "-subj", f"/CN={BROKER_CN}", "-out", "broker.csr"],
+        ["req", "-new", "-key", "broker.key", "-config", "ca.cnf", "-subj", f"/CN={BROKER_CN}",
+         "-out", "broker.csr"],
         ["x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
          "-set_serial", str(secrets.randbits(63)), "-days", "825", "-sha256",
          "-extfile", "broker.ext", "-out", "broker.pem"],
