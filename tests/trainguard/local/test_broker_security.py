@@ -11,6 +11,7 @@ import pytest
 
 from trainguard.cli.main import build_parser
 from trainguard.cli.worker import worker_config
+from trainguard.errors import ConfigError
 from trainguard.local.broker import LocalBroker
 from trainguard.local.broker_security import (
     DEFAULT_USERS,
@@ -99,9 +100,13 @@ def test_the_worker_process_gets_its_password_as_a_file_and_parses_it_back(creds
     assert config.security.password == creds.password("worker")
 
 
-def test_the_worker_command_has_no_password_flag() -> None:
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["worker", "--kafka-password", "x"])
+def test_no_worker_flag_takes_a_password_only_a_password_files_path() -> None:
+    # argparse reads --kafka-password as an abbreviation of --kafka-password-file.
+    args = build_parser().parse_args(["worker", "--kafka-security-protocol", "SASL_SSL",
+                                      "--kafka-username", "w", "--kafka-password", "hunter2"])
+    assert args.kafka_password_file == "hunter2"
+    with pytest.raises(ConfigError, match="cannot read the Kafka password file 'hunter2'"):
+        worker_config(args)
 
 
 def test_kafka_acls_prints_the_grants_for_a_production_cluster(
