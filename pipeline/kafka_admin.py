@@ -63,7 +63,10 @@ def wait_for_broker(bootstrap: str, timeout: float,
             last = "connection refused or timed out"
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise BrokerError(f"cannot reach Kafka at '{bootstrap}' within {timeout:g}s: {last}")
+            hint = (f" (as {security.describe()}: a refused SASL login looks the same; check "
+                    "the user and its password)") if security.sasl else ""
+            raise BrokerError(f"cannot reach Kafka at '{bootstrap}' within {timeout:g}s: "
+                              f"{last}{hint}")
         time.sleep(min(0.2, remaining))
 
 
