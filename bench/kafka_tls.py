@@ -7,7 +7,7 @@ an agent-configured kafka-python producer (acks=all, idempotent, linger 20 ms) t
 broker in turn, from the first send until every message is acknowledged; the rounds
 alternate so both see the same machine load. Medians over the rounds are printed.
 
-    python -m bench.kafka_tls --messages 20000 --rounds 5
+    python -m bench.kafka_tls --messages 10000 --rounds 5
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _round(settings: KafkaProducerSettings, messages: list[tuple[bytes, bytes]])
 def main() -> None:
     """Run the rounds and print the medians."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--messages", type=int, default=20_000, help="messages per round")
+    p.add_argument("--messages", type=int, default=10_000, help="messages per round")
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
     messages = _messages(args.messages)
