@@ -72,6 +72,7 @@ lint: install  ## ruff and mypy
 bench: install kafka-jars  ## run the benchmarks and print their figures
 	$(PY) -m bench.skeleton
 	$(PY) -m bench.agent
+	$(PY) -m bench.kafka_tls
 	$(PY) -m bench.reporter
 	$(PY) -m bench.witness --budget 200
 	$(PY) -m bench.detectors

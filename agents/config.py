@@ -13,6 +13,7 @@ from typing import Literal
 
 from trainguard.agents.reporter import MAX_REPORTED_DROPS
 from trainguard.errors import ConfigError
+from trainguard.schemas.kafka_security import PLAINTEXT, KafkaSecurity
 from trainguard.schemas.topics import DEFAULT_PREFIX, Topics
 
 __all__ = ["AgentConfig", "KafkaProducerSettings", "WitnessSettings"]
@@ -36,6 +37,8 @@ class KafkaProducerSettings:
     #: The largest message the producer sends (kafka-python's default; the broker's
     #: ``message.max.bytes`` is about the same). Step batches are split below it.
     max_request_size: int = 1024 * 1024
+    #: TLS and SASL settings (e.g. SASL_SSL as this node's agent user); default plain.
+    security: KafkaSecurity = PLAINTEXT
 
     def __post_init__(self) -> None:
         if not self.bootstrap.strip():
@@ -68,6 +71,7 @@ class KafkaProducerSettings:
             "delivery_timeout_ms": self.delivery_timeout_ms,
             "max_request_size": self.max_request_size,
             "client_id": "trainguard-agent",
+            **self.security.kafka_python_kwargs(),
         }
 
 

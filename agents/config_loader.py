@@ -12,6 +12,11 @@ Example ``/etc/trainguard/agent.toml``::
     bootstrap = "kafka-1:9092,kafka-2:9092"
     compression = "zstd"
     topic_prefix = "tg"
+    security_protocol = "SASL_SSL"      # default PLAINTEXT
+    sasl_mechanism = "SCRAM-SHA-512"
+    username = "agent-gpu-17"
+    password_file = "/etc/trainguard/kafka.password"   # or TRAINGUARD_KAFKA_PASSWORD
+    ca_file = "/etc/trainguard/kafka-ca.pem"
 
     [spool]
     dir = "/var/lib/trainguard-agent/spool"
@@ -45,6 +50,7 @@ from trainguard.agents.config import (
     WitnessSettings,
 )
 from trainguard.errors import ConfigError
+from trainguard.schemas.kafka_security import KafkaSecurity
 from trainguard.schemas.topics import Topics
 
 __all__ = ["ENV_OVERRIDES", "load_agent_config"]
@@ -55,6 +61,13 @@ class _Kafka(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     compression: Compression | None = None
     linger_ms: int | None = None
     topic_prefix: str | None = None
+    security_protocol: str | None = None
+    sasl_mechanism: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
 
 class _Spool(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -109,6 +122,13 @@ ENV_OVERRIDES: dict[str, str] = {
     envvars.SPOOL_MAX_MB: "spool.max_mb",
     envvars.STEPS_SOCKET: "steps.socket",
     envvars.SIM_GPUS: "simulated.gpus",
+    envvars.KAFKA_SECURITY_PROTOCOL: "kafka.security_protocol",
+    envvars.KAFKA_SASL_MECHANISM: "kafka.sasl_mechanism",
+    envvars.KAFKA_USERNAME: "kafka.username",
+    envvars.KAFKA_PASSWORD_FILE: "kafka.password_file",
+    envvars.KAFKA_CA_FILE: "kafka.ca_file",
+    envvars.KAFKA_CERT_FILE: "kafka.cert_file",
+    envvars.KAFKA_KEY_FILE: "kafka.key_file",
 }
 
 
@@ -117,7 +137,11 @@ def load_agent_config(
     env: Mapping[str, str],
     overrides: Mapping[str, Any] | None = None,
 ) -> AgentConfig:
-    """Build the agent's validated configuration from file, environment and flags."""
+    """Build the agent's validated configuration from file, environment and flags.
+
+    The Kafka password is read from ``kafka.password_file`` or, without one, taken from
+    the password variable in ``env``; no flag carries it.
+    """
     settings: dict[str, Any] = {}
     if path is not None:
         _flatten(_read_file(path), "", settings)
@@ -127,7 +151,7 @@ def load_agent_config(
     for key, value in (overrides or {}).items():
         if value is not None:
             settings[key] = value
-    return _build(settings)
+    return _build(settings, env.get(envvars.KAFKA_PASSWORD))
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -160,7 +184,17 @@ def _num(settings: Mapping[str, Any], key: str, kind: type, default: Any) -> Any
         raise ConfigError(f"{key} must be a {kind.__name__}, got {value!r}") from None
 
 
-def _build(s: Mapping[str, Any]) -> AgentConfig:
+def _security(s: Mapping[str, Any], password_env: str | None) -> KafkaSecurity:
+    return KafkaSecurity.load(
+        str(s.get("kafka.security_protocol", "PLAINTEXT")),
+        mechanism=str(s.get("kafka.sasl_mechanism", "SCRAM-SHA-512")),
+        username=str(s.get("kafka.username", "")),
+        password_file=s.get("kafka.password_file"), password_env=password_env,
+        ca_file=s.get("kafka.ca_file"), cert_file=s.get("kafka.cert_file"),
+        key_file=s.get("kafka.key_file"))
+
+
+def _build(s: Mapping[str, Any], password_env: str | None = None) -> AgentConfig:
     bootstrap = str(s.get("kafka.bootstrap", "127.0.0.1:9092"))
     mode_raw = str(s.get("steps.socket_mode", "0660"))
     try:
@@ -175,6 +209,7 @@ def _build(s: Mapping[str, Any]) -> AgentConfig:
         bootstrap=bootstrap,
         compression=s.get("kafka.compression", "zstd"),
         linger_ms=_num(s, "kafka.linger_ms", int, 20),
+        security=_security(s, password_env),
     )
     fields: dict[str, Any] = {
         "kafka": kafka,

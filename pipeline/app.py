@@ -32,6 +32,7 @@ from typing import Any
 
 import faust
 import mode
+from faust.types.auth import CredentialsT
 
 from trainguard.pipeline.baselines import BaselineStage
 from trainguard.pipeline.batches import BatchHandler, StoreWrite
@@ -47,8 +48,9 @@ from trainguard.pipeline.sinks.store_sink import StoreSink, WriteResult
 from trainguard.pipeline.snapshots import StateSnapshots
 from trainguard.pipeline.state import read_snapshots
 from trainguard.pipeline.store import Store
+from trainguard.schemas.kafka_security import KafkaSecurity
 
-__all__ = ["build_app"]
+__all__ = ["build_app", "faust_credentials"]
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,7 @@ def build_app(
             baselines, app.topic(config.topics.baseline_state, partitions=1, **_RAW),
             inputs=config.topics.inputs(), every_s=config.state_every_s,
             read=functools.partial(read_snapshots, config.bootstrap,
-                                   config.topics.baseline_state))
+                                   config.topics.baseline_state, security=config.security))
         app.on_partitions_assigned.connect(_on_assigned(snapshots.on_assigned))
     # One thread owns all store calls: chdb is synchronous and must not block the event loop.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-sink")
@@ -141,6 +143,7 @@ def _new_app(config: WorkerConfig) -> faust.App:
     return faust.App(
         config.app_id,
         broker=config.broker_urls,
+        broker_credentials=faust_credentials(config.security),
         store="memory://",
         datadir=config.data_dir,
         autodiscover=False,
@@ -160,6 +163,17 @@ def _new_app(config: WorkerConfig) -> faust.App:
         # rebalance. Not waiting is at-least-once: what was not acked is consumed again.
         stream_wait_empty=False,
     )
+
+
+def faust_credentials(security: KafkaSecurity) -> CredentialsT | None:
+    """Faust's credentials for ``security`` (aiokafka underneath); ``None`` when plain."""
+    context = security.ssl_context()
+    if security.sasl:
+        return faust.SASLCredentials(username=security.username, password=security.password,
+                                     ssl_context=context, mechanism=security.mechanism)
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
 
 
 def _on_assigned(handle: Callable[[Any], Any]) -> Callable[..., Any]:

@@ -15,9 +15,13 @@ from trainguard.pipeline.caps import DEFAULT_MAX_WORLD_SIZE, IngestCaps
 from trainguard.pipeline.consistency.config import DEFAULT_MAX_JOBS
 from trainguard.pipeline.detect.registry import DEFAULT_MAX_ENTITIES
 from trainguard.pipeline.store.url import StoreUrl
+from trainguard.schemas.kafka_security import PLAINTEXT, KafkaSecurity
 from trainguard.schemas.topics import DEFAULT_PREFIX, Topics
 
-__all__ = ["AlertingConfig", "WorkerConfig"]
+__all__ = ["DEFAULT_APP_ID", "AlertingConfig", "WorkerConfig"]
+
+#: The Faust app id (and Kafka consumer group) of workers that are not told another.
+DEFAULT_APP_ID = "trainguard-worker"
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,10 @@ class WorkerConfig:
     bootstrap: str
     store: StoreUrl
     topics: Topics = field(default_factory=lambda: Topics(DEFAULT_PREFIX))
+    #: How the worker's Kafka clients (Faust, admin, state reader) authenticate.
+    security: KafkaSecurity = PLAINTEXT
     #: Faust application id: also the Kafka consumer group of the workers sharing the work.
-    app_id: str = "trainguard-worker"
+    app_id: str = DEFAULT_APP_ID
     partitions: int = 3
     replication_factor: int = 1
     #: A store write happens when this many messages are buffered or ``batch_within_s`` passed.

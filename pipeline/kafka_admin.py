@@ -17,12 +17,13 @@ from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, SaslAuthenticationFailedError, TopicAlreadyExistsError
 
 from trainguard.errors import BrokerError
+from trainguard.schemas.kafka_security import PLAINTEXT, KafkaSecurity
 from trainguard.schemas.topics import Topics
 
-__all__ = ["INPUT_TOPIC_CONFIGS", "ensure_pipeline_topics", "ensure_topics",
+__all__ = ["INPUT_TOPIC_CONFIGS", "admin_client", "ensure_pipeline_topics", "ensure_topics",
            "timestamp_types", "wait_for_broker"]
 
 #: Topic configs of the input topics: the broker stamps each record's Kafka timestamp.
@@ -33,8 +34,12 @@ log = logging.getLogger(__name__)
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
-def wait_for_broker(bootstrap: str, timeout: float) -> None:
-    """Block until a broker in ``bootstrap`` answers a metadata request, or raise BrokerError."""
+def wait_for_broker(bootstrap: str, timeout: float,
+                    security: KafkaSecurity = PLAINTEXT) -> None:
+    """Block until a broker in ``bootstrap`` answers a metadata request, or raise BrokerError.
+
+    With SASL, a refused login fails at once (retrying a wrong password does not help).
+    """
     addresses = _parse_bootstrap(bootstrap)
     deadline = time.monotonic() + timeout
     last = "no attempt made"
@@ -43,19 +48,25 @@ def wait_for_broker(bootstrap: str, timeout: float) -> None:
         # A plain TCP probe first: it fails fast and quietly while the port is closed.
         if any(_tcp_ok(host, port, max(0.05, min(1.0, remaining))) for host, port in addresses):
             try:
-                admin = _admin(bootstrap, remaining)
+                admin = admin_client(bootstrap, remaining, security)
                 try:
                     admin.list_topics()
                     return
                 finally:
                     admin.close()
+            except SaslAuthenticationFailedError as exc:
+                raise BrokerError(f"Kafka at '{bootstrap}' refused the login of "
+                                  f"{security.describe()}: {exc}") from exc
             except KafkaError as exc:
                 last = f"{type(exc).__name__}: {exc}"
         else:
             last = "connection refused or timed out"
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise BrokerError(f"cannot reach Kafka at '{bootstrap}' within {timeout:g}s: {last}")
+            hint = (f" (as {security.describe()}: a refused SASL login looks the same; check "
+                    "the user and its password)") if security.sasl else ""
+            raise BrokerError(f"cannot reach Kafka at '{bootstrap}' within {timeout:g}s: "
+                              f"{last}{hint}")
         time.sleep(min(0.2, remaining))
 
 
@@ -67,6 +78,7 @@ def ensure_topics(
     replication_factor: int = 1,
     timeout: float = 30,
     configs: dict[str, str] | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> list[str]:
     """Create the topics that do not exist yet and wait until all have partition leaders.
 
@@ -87,7 +99,7 @@ def ensure_topics(
         return []
     deadline = time.monotonic() + timeout
     try:
-        admin = _admin(bootstrap, timeout)
+        admin = admin_client(bootstrap, timeout, security)
     except KafkaError as exc:
         raise BrokerError(f"cannot reach Kafka at '{bootstrap}': {exc}") from exc
     try:
@@ -117,7 +129,8 @@ def ensure_topics(
 
 
 def ensure_pipeline_topics(bootstrap: str, topics: Topics, *, partitions: int = 3,
-                           replication_factor: int = 1, timeout: float = 30) -> list[str]:
+                           replication_factor: int = 1, timeout: float = 30,
+                           security: KafkaSecurity = PLAINTEXT) -> list[str]:
     """Create every topic of a deployment that does not exist yet; return those created.
 
     Inputs get :data:`INPUT_TOPIC_CONFIGS` (broker timestamps); an input topic that exists
@@ -126,16 +139,18 @@ def ensure_pipeline_topics(bootstrap: str, topics: Topics, *, partitions: int = 
     """
     created = ensure_topics(bootstrap, topics.inputs(), partitions=partitions,
                             replication_factor=replication_factor, timeout=timeout,
-                            configs=INPUT_TOPIC_CONFIGS)
+                            configs=INPUT_TOPIC_CONFIGS, security=security)
     outputs = [t for t in topics.all() if t not in topics.inputs()]
     created += ensure_topics(bootstrap, outputs, partitions=partitions,
-                             replication_factor=replication_factor, timeout=timeout)
+                             replication_factor=replication_factor, timeout=timeout,
+                             security=security)
     created += ensure_topics(bootstrap, [topics.baseline_state], partitions=1,
                              replication_factor=replication_factor, timeout=timeout,
-                             configs={"cleanup.policy": "compact"})
+                             configs={"cleanup.policy": "compact"}, security=security)
     old = [t for t in topics.inputs() if t not in created]
     if old:
-        for name, kind in timestamp_types(bootstrap, old, timeout=timeout).items():
+        for name, kind in timestamp_types(bootstrap, old, timeout=timeout,
+                                          security=security).items():
             if kind != INPUT_TOPIC_CONFIGS["message.timestamp.type"]:
                 log.warning(
                     "input topic keeps producer timestamps topic=%s message.timestamp.type=%s: "
@@ -146,12 +161,12 @@ def ensure_pipeline_topics(bootstrap: str, topics: Topics, *, partitions: int = 
     return created
 
 
-def timestamp_types(bootstrap: str, topics: Iterable[str], *,
-                    timeout: float = 30) -> dict[str, str]:
+def timestamp_types(bootstrap: str, topics: Iterable[str], *, timeout: float = 30,
+                    security: KafkaSecurity = PLAINTEXT) -> dict[str, str]:
     """Each topic's ``message.timestamp.type`` (``CreateTime`` or ``LogAppendTime``)."""
     names = list(topics)
     try:
-        admin = _admin(bootstrap, timeout)
+        admin = admin_client(bootstrap, timeout, security)
     except KafkaError as exc:
         raise BrokerError(f"cannot reach Kafka at '{bootstrap}': {exc}") from exc
     try:
@@ -188,10 +203,12 @@ def _split_results(bootstrap: str, result: dict[str, Any]) -> tuple[list[str], l
     return created, existing
 
 
-def _admin(bootstrap: str, timeout: float) -> Any:
+def admin_client(bootstrap: str, timeout: float, security: KafkaSecurity = PLAINTEXT) -> Any:
+    """A kafka-python admin client with ``security``'s settings; the caller closes it."""
     ms = max(100, int(timeout * 1000))
     return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="trainguard-admin",
-                            bootstrap_timeout_ms=ms, request_timeout_ms=max(ms, 1000))
+                            bootstrap_timeout_ms=ms, request_timeout_ms=max(ms, 1000),
+                            **security.kafka_python_kwargs())
 
 
 def _parse_bootstrap(bootstrap: str) -> list[tuple[str, int]]:

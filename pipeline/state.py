@@ -28,6 +28,8 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from trainguard.schemas.kafka_security import PLAINTEXT, KafkaSecurity
+
 __all__ = [
     "CHUNK_BYTES",
     "chunk_snapshot",
@@ -130,7 +132,8 @@ def partition_key(topic: str, partition: int) -> str:
 
 
 def read_snapshots(bootstrap: str, topic: str, keys: Iterable[str],
-                   timeout_s: float = 30.0) -> dict[str, bytes]:
+                   timeout_s: float = 30.0,
+                   security: KafkaSecurity = PLAINTEXT) -> dict[str, bytes]:
     """The latest snapshot of each of ``keys`` in the compacted state topic."""
     from kafka import KafkaConsumer, TopicPartition
 
@@ -138,7 +141,8 @@ def read_snapshots(bootstrap: str, topic: str, keys: Iterable[str],
     if not wanted:
         return {}
     consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False,
-                             group_id=None, client_id=f"tg-state-{uuid.uuid4().hex[:6]}")
+                             group_id=None, client_id=f"tg-state-{uuid.uuid4().hex[:6]}",
+                             **security.kafka_python_kwargs())
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in parts]

@@ -29,9 +29,10 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
 
     from trainguard.pipeline.app import build_app
 
-    wait_for_broker(config.bootstrap, timeout=30)
+    wait_for_broker(config.bootstrap, timeout=30, security=config.security)
     ensure_pipeline_topics(config.bootstrap, config.topics, partitions=config.partitions,
-                           replication_factor=config.replication_factor)
+                           replication_factor=config.replication_factor,
+                           security=config.security)
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     store = open_store(config.store)
     reads = None
@@ -56,9 +57,10 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
             if config.consistency else None
         app = build_app(config, ingestor, sink, stage, checks, store)
         log.info(
-            "worker starting app_id=%s bootstrap=%s store=%s topics=%s",
+            "worker starting app_id=%s bootstrap=%s kafka_security=%s store=%s topics=%s",
             config.app_id,
             config.bootstrap,
+            config.security.describe(),
             config.store,
             ",".join(config.topics.inputs()),
         )

@@ -22,6 +22,17 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBrok
         yield broker
 
 
+@pytest.fixture(scope="session")
+def secure_kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    """A second local broker in secure mode: SASL_SSL (SCRAM users admin, worker, agent),
+    TLS with its own CA, and ACLs; started on first use, stopped after the session."""
+    port, controller_port = free_ports(2)
+    broker = LocalBroker(tmp_path_factory.mktemp("kafka-secure"), port, controller_port,
+                         secure=True)
+    with broker:
+        yield broker
+
+
 @pytest.fixture
 def bootstrap(kafka_broker: LocalBroker) -> str:
     return kafka_broker.bootstrap

@@ -22,6 +22,14 @@ __all__ = [
     "KAFKA_CACHE",
     "KAFKA_DATA_DIR",
     "KAFKA_PORT",
+    "KAFKA_SECURITY_PROTOCOL",
+    "KAFKA_SASL_MECHANISM",
+    "KAFKA_USERNAME",
+    "KAFKA_PASSWORD",
+    "KAFKA_PASSWORD_FILE",
+    "KAFKA_CA_FILE",
+    "KAFKA_CERT_FILE",
+    "KAFKA_KEY_FILE",
     "LOG_FORMAT",
     "LOG_LEVEL",
     "STORE_URL",
@@ -69,6 +77,17 @@ STEPS_SOCKET = "TRAINGUARD_STEPS_SOCKET"
 #: A training process's job id for ``StepReporter.from_env()``, over the launcher's.
 JOB_ID = "TRAINGUARD_JOB_ID"
 SIM_GPUS = "TRAINGUARD_SIM_GPUS"
+#: How agents and workers authenticate to Kafka: security protocol (``PLAINTEXT``, ``SSL``,
+#: ``SASL_SSL``), SASL mechanism and user, the password (this variable or a file: never
+#: a flag), the CA that signed the brokers' certificates, a client certificate and key.
+KAFKA_SECURITY_PROTOCOL = "TRAINGUARD_KAFKA_SECURITY_PROTOCOL"
+KAFKA_SASL_MECHANISM = "TRAINGUARD_KAFKA_SASL_MECHANISM"
+KAFKA_USERNAME = "TRAINGUARD_KAFKA_USERNAME"
+KAFKA_PASSWORD = "TRAINGUARD_KAFKA_PASSWORD"
+KAFKA_PASSWORD_FILE = "TRAINGUARD_KAFKA_PASSWORD_FILE"
+KAFKA_CA_FILE = "TRAINGUARD_KAFKA_CA_FILE"
+KAFKA_CERT_FILE = "TRAINGUARD_KAFKA_CERT_FILE"
+KAFKA_KEY_FILE = "TRAINGUARD_KAFKA_KEY_FILE"
 #: Where the Kafka broker jars fetched from Maven Central are cached.
 KAFKA_CACHE = "TRAINGUARD_KAFKA_CACHE"
 #: Data directory (config, pid file, logs, partitions) of the ``trainguard kafka`` local broker.

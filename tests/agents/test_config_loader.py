@@ -106,3 +106,33 @@ def test_the_witness_is_off_by_default_and_refuses_relative_paths(tmp_path):
     assert not load_agent_config(None, {}).witness.enabled
     with pytest.raises(ConfigError, match="witness path 'ckpt' must be absolute"):
         load_agent_config(_write(tmp_path, '[witness]\ncheckpoint_dirs = ["ckpt"]\n'), {})
+
+
+def test_kafka_security_comes_from_the_file_and_the_password_from_its_file(tmp_path):
+    pw = tmp_path / "kafka.password"
+    pw.write_text("agent-pw\n")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    text = TOML.replace('topic_prefix = "prod"\n', 'topic_prefix = "prod"\n'
+                        'security_protocol = "SASL_SSL"\nusername = "agent-gpu-17"\n'
+                        f'password_file = "{pw}"\nca_file = "{ca}"\n')
+    config = load_agent_config(_write(tmp_path, text), {})
+    kwargs = config.kafka.producer_kwargs()
+    assert (kwargs["security_protocol"], kwargs["sasl_mechanism"],
+            kwargs["sasl_plain_username"], kwargs["sasl_plain_password"],
+            kwargs["ssl_cafile"]) == ("SASL_SSL", "SCRAM-SHA-512", "agent-gpu-17", "agent-pw",
+                                      str(ca))
+
+
+def test_the_kafka_password_may_come_from_the_environment(tmp_path):
+    config = load_agent_config(None, {"TRAINGUARD_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                                      "TRAINGUARD_KAFKA_USERNAME": "agent",
+                                      "TRAINGUARD_KAFKA_PASSWORD": "env-pw"})
+    assert config.kafka.security.password == "env-pw"
+    assert "env-pw" not in repr(config)
+
+
+def test_sasl_without_a_password_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="no password"):
+        load_agent_config(None, {"TRAINGUARD_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                                 "TRAINGUARD_KAFKA_USERNAME": "agent"})

@@ -78,7 +78,7 @@ def test_a_trainer_digest_the_file_never_had_is_a_witness_mismatch_naming_the_ra
             "SELECT count() FROM {database}.findings FINAL WHERE check = 'witness_mismatch' "
             f"AND job_id = '{job}'", 1, timeout=90)
         debug = {t: worker_process.query(q).rows for t, q in {
-            "witness": "SELECT node, job_id, subject, path, digest, skipped FROM {database}.witness",
+            "witness": "SELECT node, job_id, subject, path, skipped FROM {database}.witness",
             "ckpt": "SELECT * FROM {database}.checkpoints",
             "dead": "SELECT topic, reason, message FROM {database}.dead_letters",
             "steps": "SELECT count(), max(step) FROM {database}.steps",

@@ -10,8 +10,8 @@ from typing import Any
 from trainguard import envvars
 
 __all__ = [
-    "add_bootstrap", "add_env_option", "add_store", "add_topic_prefix", "os_user",
-    "parse_instant", "store_url",
+    "add_bootstrap", "add_env_option", "add_kafka_security", "add_store", "add_topic_prefix",
+    "kafka_security", "os_user", "parse_instant", "store_url",
 ]
 
 
@@ -37,6 +37,39 @@ def add_bootstrap(parser: argparse.ArgumentParser, default: str = "") -> None:
         default,
         "Kafka bootstrap servers, host:port[,host:port]",
     )
+
+
+def add_kafka_security(parser: argparse.ArgumentParser) -> None:
+    """``--kafka-*``: how to authenticate to Kafka; the password comes from a file or the env."""
+    add_env_option(parser, "--kafka-security-protocol", envvars.KAFKA_SECURITY_PROTOCOL,
+                   "PLAINTEXT", "Kafka security protocol: PLAINTEXT, SSL or SASL_SSL",
+                   type=str.upper, choices=["PLAINTEXT", "SSL", "SASL_SSL"])
+    add_env_option(parser, "--kafka-sasl-mechanism", envvars.KAFKA_SASL_MECHANISM,
+                   "SCRAM-SHA-512", "SASL mechanism with SASL_SSL", type=str.upper,
+                   choices=["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"])
+    add_env_option(parser, "--kafka-username", envvars.KAFKA_USERNAME, "",
+                   "SASL user name")
+    add_env_option(parser, "--kafka-password-file", envvars.KAFKA_PASSWORD_FILE, None,
+                   f"file holding the SASL password (or set {envvars.KAFKA_PASSWORD}; "
+                   "never a flag)")
+    add_env_option(parser, "--kafka-ca-file", envvars.KAFKA_CA_FILE, None,
+                   "CA certificate(s) (PEM) that signed the brokers' certificates; default: "
+                   "the system CAs")
+    add_env_option(parser, "--kafka-cert-file", envvars.KAFKA_CERT_FILE, None,
+                   "client certificate (PEM) for mutual TLS")
+    add_env_option(parser, "--kafka-key-file", envvars.KAFKA_KEY_FILE, None,
+                   "client key (PEM) for mutual TLS")
+
+
+def kafka_security(args: argparse.Namespace) -> Any:
+    """The validated :class:`~trainguard.schemas.kafka_security.KafkaSecurity` of the flags."""
+    from trainguard.schemas.kafka_security import KafkaSecurity
+
+    return KafkaSecurity.load(
+        args.kafka_security_protocol, mechanism=args.kafka_sasl_mechanism,
+        username=args.kafka_username, password_file=args.kafka_password_file,
+        password_env=os.environ.get(envvars.KAFKA_PASSWORD), ca_file=args.kafka_ca_file,
+        cert_file=args.kafka_cert_file, key_file=args.kafka_key_file)
 
 
 def add_store(

@@ -13,7 +13,13 @@ import threading
 from pathlib import Path
 
 from trainguard import envvars
-from trainguard.cli._common import add_bootstrap, add_env_option, add_topic_prefix
+from trainguard.cli._common import (
+    add_bootstrap,
+    add_env_option,
+    add_kafka_security,
+    add_topic_prefix,
+    kafka_security,
+)
 
 __all__ = ["register"]
 
@@ -31,6 +37,19 @@ _FLAGS = [
     ("--steps-socket", "steps.socket", envvars.STEPS_SOCKET, str,
      "Unix datagram socket where trainers report steps"),
     ("--sim-gpus", "simulated.gpus", envvars.SIM_GPUS, int, "GPUs of the simulated backend"),
+    ("--kafka-security-protocol", "kafka.security_protocol", envvars.KAFKA_SECURITY_PROTOCOL,
+     str, "PLAINTEXT (default), SSL or SASL_SSL"),
+    ("--kafka-sasl-mechanism", "kafka.sasl_mechanism", envvars.KAFKA_SASL_MECHANISM, str,
+     "SASL mechanism (default SCRAM-SHA-512)"),
+    ("--kafka-username", "kafka.username", envvars.KAFKA_USERNAME, str, "SASL user name"),
+    ("--kafka-password-file", "kafka.password_file", envvars.KAFKA_PASSWORD_FILE, str,
+     f"file holding the SASL password (or set {envvars.KAFKA_PASSWORD}; never a flag)"),
+    ("--kafka-ca-file", "kafka.ca_file", envvars.KAFKA_CA_FILE, str,
+     "CA certificate(s) (PEM) of the brokers"),
+    ("--kafka-cert-file", "kafka.cert_file", envvars.KAFKA_CERT_FILE, str,
+     "client certificate (PEM) for mutual TLS"),
+    ("--kafka-key-file", "kafka.key_file", envvars.KAFKA_KEY_FILE, str,
+     "client key (PEM) for mutual TLS"),
 ]
 #: Settings that flags override, beyond those in _FLAGS.
 _OTHER_KEYS = ("backend", "steps.files")
@@ -60,6 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     s = subparsers.add_parser("simulate", help="send telemetry from many simulated nodes (load)")
     add_bootstrap(s, default="127.0.0.1:9092")
+    add_kafka_security(s)
     add_topic_prefix(s)
     add_env_option(s, "--cluster", envvars.CLUSTER, "sim", "cluster name stamped on records")
     s.add_argument("--nodes", type=int, default=10, help="simulated nodes (default: %(default)s)")
@@ -88,7 +108,8 @@ def _run_simulate(args: argparse.Namespace) -> int:
     from trainguard.agents.transport import KafkaTransport
     from trainguard.schemas.topics import Topics
 
-    config = AgentConfig(kafka=KafkaProducerSettings(bootstrap=args.bootstrap),
+    config = AgentConfig(kafka=KafkaProducerSettings(bootstrap=args.bootstrap,
+                                                     security=kafka_security(args)),
                          cluster=args.cluster, node="sim", topics=Topics(args.topic_prefix),
                          sim_gpus=args.gpus)
     stop = _stop_on_signals()

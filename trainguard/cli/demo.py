@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p, "--store", envvars.STORE_URL, "", "store URL; empty means chdb://<data-dir>/store"
     )
     add_topic_prefix(p)
+    p.add_argument("--plain", dest="secure", action="store_false",
+                   help="run the local broker without TLS, SASL users and ACLs (default: "
+                        "secured; agents may only write telemetry, the worker verdicts)")
     p.set_defaults(func=_run)
 
 
@@ -67,5 +70,6 @@ def _run(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         store=args.store,
         topic_prefix=args.topic_prefix,
+        secure=args.secure,
     )
     return run_demo(opts)

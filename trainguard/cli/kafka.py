@@ -1,5 +1,8 @@
 """``trainguard kafka fetch|start|stop|status``: run the local single-node Kafka broker.
 
+``trainguard kafka acls`` prints the ``kafka-acls.sh`` commands that secure a deployment
+on any cluster (agents write telemetry only; workers alone write verdicts).
+
 Every option also reads an environment variable (named in ``--help``). Errors are raised
 as :class:`trainguard.errors.BrokerError` for the root CLI to print.
 """
@@ -10,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from trainguard import envvars
-from trainguard.cli._common import add_env_option
+from trainguard.cli._common import add_env_option, add_topic_prefix
 from trainguard.local.broker import KAFKA_VERSION, LocalBroker, default_cache_dir, fetch_jars
 
 __all__ = ["register"]
@@ -42,12 +45,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="start the broker in the background and wait until it is ready")
     p.add_argument("--timeout", type=float, default=90.0,
                    help="seconds to wait for the broker to be ready (default: %(default)s)")
+    p.add_argument("--secure", action="store_true",
+                   help="SASL_SSL (SCRAM-SHA-512 users admin, worker, agent), TLS with a CA "
+                        "made in <data-dir>/security, and ACLs (StandardAuthorizer); needs a "
+                        "data dir formatted in secure mode")
     p.set_defaults(func=_start)
     p = sub.add_parser("stop", parents=[broker], help="stop the broker (no-op if not running)")
     p.set_defaults(func=_stop)
     p = sub.add_parser("status", parents=[broker],
                        help="show whether the broker is running (exit 0) or not (exit 1)")
     p.set_defaults(func=_status)
+    p = sub.add_parser("acls", help="print the kafka-acls.sh commands that grant agents and "
+                                    "workers what they need on a secured cluster, and no more")
+    add_topic_prefix(p)
+    p.add_argument("--app-id", default="trainguard-worker",
+                   help="the workers' app id = consumer group (default: %(default)s)")
+    p.add_argument("--agent", dest="agents", action="append", metavar="USER",
+                   help="an agent's SASL user (repeatable; default: agent)")
+    p.add_argument("--worker", dest="workers", action="append", metavar="USER",
+                   help="a worker's SASL user (repeatable; default: worker)")
+    p.add_argument("--bootstrap-server", default="BROKER:9093",
+                   help="written into the commands (default: %(default)s)")
+    p.add_argument("--command-config", default="admin.properties",
+                   help="kafka-acls.sh client properties of a super user (default: "
+                        "%(default)s)")
+    p.set_defaults(func=_acls)
 
 
 def _fetch(args: argparse.Namespace) -> int:
@@ -58,11 +80,15 @@ def _fetch(args: argparse.Namespace) -> int:
 
 def _start(args: argparse.Namespace) -> int:
     libs = fetch_jars(args.cache_dir)
-    broker = LocalBroker(args.data_dir, args.port, libs_dir=libs)
+    broker = LocalBroker(args.data_dir, args.port, libs_dir=libs, secure=args.secure)
     broker.start(timeout=args.timeout)
     status = broker.status()
     print(f"kafka running pid={status.pid} bootstrap={status.bootstrap} "
           f"data_dir={status.data_dir}")
+    if args.secure:
+        creds = broker.credentials
+        print(f"kafka security=SASL_SSL mechanism=SCRAM-SHA-512 ca_file={creds.ca_file} "
+              f"password files: {creds.directory}/<{'|'.join(creds.users)}>.password")
     return 0
 
 
@@ -89,6 +115,17 @@ def _status(args: argparse.Namespace) -> int:
     else:
         print(f"kafka not running data_dir={status.data_dir}")
     return 1
+
+
+def _acls(args: argparse.Namespace) -> int:
+    from trainguard.pipeline.kafka_acls import kafka_acls_commands, pipeline_acls
+    from trainguard.schemas.topics import Topics
+
+    rules = pipeline_acls(Topics(args.topic_prefix), agents=args.agents or ["agent"],
+                          workers=args.workers or ["worker"], app_id=args.app_id)
+    for line in kafka_acls_commands(rules, args.bootstrap_server, args.command_config):
+        print(line)
+    return 0
 
 
 def _port(text: str) -> int:

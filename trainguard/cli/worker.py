@@ -8,8 +8,10 @@ from trainguard import envvars
 from trainguard.cli._common import (
     add_bootstrap,
     add_env_option,
+    add_kafka_security,
     add_store,
     add_topic_prefix,
+    kafka_security,
     store_url,
 )
 
@@ -20,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``worker`` command."""
     p = subparsers.add_parser("worker", help="run a stream worker (Faust): Kafka → checks → store")
     add_bootstrap(p, default="127.0.0.1:9092")
+    add_kafka_security(p)
     add_store(p)
     add_topic_prefix(p)
     add_env_option(
@@ -103,6 +106,7 @@ def worker_config(args: argparse.Namespace) -> object:
         alerting = replace(alerting, enabled=False)
     return WorkerConfig(
         bootstrap=args.bootstrap,
+        security=kafka_security(args),
         store=store_url(args.store),
         topics=Topics(args.topic_prefix),
         app_id=args.app_id,

@@ -5,10 +5,12 @@ stream worker that owns the embedded store, and one simulated data-parallel trai
 (``--nodes`` × ``--gpus`` ranks) running ``--speed`` times faster than real time. Half-way
 it injects a sabotage scenario (``--scenario``, default ``weight_tamper``: one rank's
 weights modified after a checkpoint load), so a newcomer watches trainguard flag it and
-name the rank. It shows progress, waits until every batch is stored, prints row counts
-and the findings, and stops everything it started, also on Ctrl-C. Each run stamps its
-records with its own cluster name (``demo-<run id>``), so its counts are exact even when
-the store already holds earlier runs.
+name the rank. The local broker is secured by default (SASL_SSL with SCRAM users, TLS
+and ACLs: the simulated agents may only write telemetry, the worker alone writes
+verdicts); ``--plain`` runs it without. It shows progress, waits until every batch is
+stored, prints row counts and the findings, and stops everything it started, also on
+Ctrl-C. Each run stamps its records with its own cluster name (``demo-<run id>``), so its
+counts are exact even when the store already holds earlier runs.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class DemoOptions:
     store: str = ""
     topic_prefix: str = "tg"
     kafka_port: int = 9092
+    #: Secure the local broker (SASL_SSL + ACLs); ignored with ``bootstrap`` (not ours).
+    secure: bool = True
 
     def __post_init__(self) -> None:
         from trainguard.agents.sim import list_scenarios
@@ -102,6 +106,7 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
         except ValueError as exc:
             raise ConfigError(f"scenario {opts.scenario}: {exc}") from None
     stack = LocalStack(data_dir, bootstrap=opts.bootstrap, kafka_port=opts.kafka_port,
+                       secure=opts.secure and not opts.bootstrap,
                        topic_prefix=opts.topic_prefix, store=store_raw,
                        store_password=url.password, pager="auto",
                        worker_config=lambda s: DemoPager.of(s).worker_config(),
@@ -114,7 +119,8 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
         pager, store, worker, topics = DemoPager.of(stack), stack.store, stack.worker, stack.topics
         _plan_maintenance(store, spec, out)
         sim = JobSimulator(spec, scenario, seed=int(run_id, 16) % 1000, start_ts=time.time())
-        transport = KafkaTransport(KafkaProducerSettings(bootstrap=stack.bootstrap))
+        transport = KafkaTransport(KafkaProducerSettings(bootstrap=stack.bootstrap,
+                                                         security=stack.agent_security))
         story = (f"injecting {scenario.name} at t={scenario.at}s ({scenario.description})"
                  if scenario else "no scenario (a clean run)")
         out(f"[demo] run {run_id}: job {spec.job_id} on {opts.nodes} nodes × {opts.gpus} GPUs "

@@ -4,6 +4,11 @@ The broker jars are fetched once from Maven Central with ``mvn`` (see
 ``infra/kafka/pom.xml``) into a cache directory, and the broker runs as a ``java``
 child in its own session so it outlives the command that started it. Everything the
 broker writes (configuration, pid file, data, logs) lives under one data directory.
+
+With ``secure=True`` clients connect over SASL_SSL (SCRAM-SHA-512 users created when the
+storage is formatted, TLS with a certificate made for this data directory) and Kafka's
+standard authorizer refuses what no ACL allows; see :mod:`trainguard.local.broker_security`.
+:meth:`LocalBroker.client_security` gives each user's client settings.
 """
 
 from __future__ import annotations
@@ -24,8 +29,16 @@ from pathlib import Path
 from types import TracebackType
 
 from trainguard.errors import BrokerError
+from trainguard.local.broker_security import (
+    ADMIN,
+    LocalCredentials,
+    ensure_credentials,
+    scram_format_args,
+    secure_listener_properties,
+)
 from trainguard.pipeline.kafka_admin import wait_for_broker
 from trainguard.resources import infra_candidates
+from trainguard.schemas.kafka_security import PLAINTEXT, KafkaSecurity
 
 __all__ = [
     "KAFKA_VERSION",
@@ -44,6 +57,8 @@ log = logging.getLogger(__name__)
 KAFKA_VERSION = "4.4.0"
 
 _MARKER = ".fetched"
+#: Written beside the formatted storage of a secure broker: its SCRAM users exist.
+_SCRAM_MARKER = "scram.formatted"
 _MVN_TIMEOUT_S = 900.0
 _FORMAT_TIMEOUT_S = 120.0
 _HEAP_RE = re.compile(r"^[1-9][0-9]*[kKmMgG]?$")
@@ -148,6 +163,7 @@ class LocalBroker:
         libs_dir: Path | None = None,
         java: str = "java",
         heap: str = "512m",
+        secure: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.port = port
@@ -162,12 +178,28 @@ class LocalBroker:
         self.libs_dir = libs_dir
         self.java = java
         self.heap = heap
+        self.secure = secure
         self._proc: subprocess.Popen[bytes] | None = None
+        self._credentials: LocalCredentials | None = None
 
     @property
     def bootstrap(self) -> str:
         """Bootstrap servers string for clients, ``127.0.0.1:<port>``."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def credentials(self) -> LocalCredentials:
+        """The secure broker's CA, keystore and passwords (written on first use)."""
+        if not self.secure:
+            raise BrokerError(f"the broker in '{self.data_dir}' runs in plain mode; it has "
+                              "no credentials (start it with secure=True)")
+        if self._credentials is None:
+            self._credentials = ensure_credentials(self.data_dir / "security")
+        return self._credentials
+
+    def client_security(self, user: str = ADMIN) -> KafkaSecurity:
+        """Client settings for ``user`` (``admin``, ``worker``, ``agent``); plain: PLAINTEXT."""
+        return self.credentials.client(user) if self.secure else PLAINTEXT
 
     @property
     def pid_file(self) -> Path:
@@ -203,6 +235,8 @@ class LocalBroker:
         if not any(libs.glob("*.jar")):
             raise BrokerError(f"no Kafka jars in '{libs}'; run 'trainguard kafka fetch' first")
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.secure:
+            self._check_secure_storage()
         props = self._write_properties()
         base = [java, "-cp", str(libs / "*"),
                 f"-Dlog4j2.configurationFile={kafka_home() / 'log4j2.yaml'}",
@@ -273,16 +307,22 @@ class LocalBroker:
         """Write ``server.properties`` for the current ports; rewritten on every start."""
         path = self.data_dir / "server.properties"
         c = self.controller_port
+        listeners = secure_listener_properties(self.credentials, self.port, c) \
+            if self.secure else [
+                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{c}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            ]
+        path.touch(mode=0o600)  # secure mode: it holds the admin and keystore passwords
+        os.chmod(path, 0o600)
         path.write_text("\n".join([
             "# Written by trainguard.local.broker.LocalBroker on every start; edits are lost.",
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{c}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{c}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            *listeners,
             f"log.dirs={self.data_dir / 'kafka-logs'}",
             "num.partitions=1",
             # One node: nothing to replicate, and a small offsets topic starts groups faster.
@@ -309,7 +349,9 @@ class LocalBroker:
             id_file.write_text(cluster_id + "\n", encoding="utf-8")
         cmd = [base_cmd[0], "-Xmx256m", *base_cmd[1:], "kafka.tools.StorageTool", "format",
                # "=" form: a urlsafe id may start with "-", which argparse reads as a flag.
-               f"--cluster-id={cluster_id}", "-c", str(props)]
+               f"--cluster-id={cluster_id}", "-c", str(props),
+               # SCRAM users exist from the start: the broker logs in to itself as admin.
+               *(scram_format_args(self.credentials) if self.secure else [])]
         try:
             proc = subprocess.run(cmd, cwd=self.data_dir, stdin=subprocess.DEVNULL,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -320,7 +362,21 @@ class LocalBroker:
         if proc.returncode != 0:
             raise BrokerError(f"formatting Kafka storage in '{self.data_dir}' failed "
                               f"(exit {proc.returncode}):\n{_last_lines(proc.stdout)}")
-        log.info("kafka storage formatted cluster_id=%s data_dir=%s", cluster_id, self.data_dir)
+        if self.secure:
+            (self.data_dir / _SCRAM_MARKER).write_text("\n", encoding="utf-8")
+        log.info("kafka storage formatted cluster_id=%s data_dir=%s secure=%s", cluster_id,
+                 self.data_dir, self.secure)
+
+    def _check_secure_storage(self) -> None:
+        """Refuse storage formatted in plain mode, or whose passwords were lost: no SCRAM."""
+        formatted = (self.data_dir / "kafka-logs" / "meta.properties").is_file()
+        if not formatted:
+            return
+        creds = LocalCredentials(self.data_dir / "security")
+        if not (self.data_dir / _SCRAM_MARKER).is_file() or not creds.complete():
+            raise BrokerError(f"the Kafka storage in '{self.data_dir}' was formatted without "
+                              "this secure mode's SCRAM users (plain mode, or its security/ "
+                              "files are gone); use a fresh data directory")
 
     def _wait_ready(self, pid: int, deadline: float, timeout: float) -> None:
         """Poll until the broker answers a metadata request, it dies, or time runs out."""
@@ -339,7 +395,8 @@ class LocalBroker:
                 raise BrokerError(f"kafka on port {self.port} not ready within {timeout:g}s "
                                   f"({last}); stopped it:\n{tail}")
             try:
-                wait_for_broker(self.bootstrap, timeout=min(2.0, remaining))
+                wait_for_broker(self.bootstrap, timeout=min(2.0, remaining),
+                                security=self.client_security())
             except BrokerError as exc:
                 last = str(exc)
                 continue

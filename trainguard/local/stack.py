@@ -7,10 +7,17 @@ the run's topics, and one stream worker process owning its store. All files live
 one data directory::
 
     <data_dir>/kafka/            the broker's data and logs (when the stack starts one)
+    <data_dir>/kafka-secure/     ...or with ``secure=True``, and security/ in it: the
+                                 CA, broker certificate and SCRAM passwords
     <data_dir>/alertmanager/     Alertmanager's config, state and log
     <data_dir>/store/            the embedded store (unless a store URL is given)
     <data_dir>/worker/           the worker's local state
     <data_dir>/logs/worker.log   the worker's output
+
+With ``secure=True`` (or a secure ``broker``) clients use SASL_SSL: the stack creates the
+topics as ``admin``, grants the deployment's ACLs
+(:func:`~trainguard.pipeline.kafka_acls.pipeline_acls`), runs the worker as ``worker`` and
+hands :attr:`LocalStack.agent_security` to whatever plays the agents.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from trainguard.errors import TrainguardError
+from trainguard.errors import ConfigError, TrainguardError
 from trainguard.local.alertmanager import (
     AlertmanagerError,
     AlertmanagerNotFoundError,
@@ -30,8 +37,11 @@ from trainguard.local.alertmanager import (
 from trainguard.local.broker import LocalBroker, free_port, free_ports, port_free
 from trainguard.local.webhook_server import RecordingWebhookServer
 from trainguard.local.worker import WorkerProcess
+from trainguard.pipeline.config import DEFAULT_APP_ID
+from trainguard.pipeline.kafka_acls import apply_acls, pipeline_acls
 from trainguard.pipeline.kafka_admin import ensure_pipeline_topics
 from trainguard.pipeline.store import Secret, Store
+from trainguard.schemas.kafka_security import PLAINTEXT, KafkaSecurity
 from trainguard.schemas.topics import Topics
 
 __all__ = ["LocalStack", "PagerMode", "WorkerConfigSource"]
@@ -56,7 +66,8 @@ class LocalStack:
 
     ``out`` receives one line per service started or stopped (the demo prints them).
     With ``start_worker=False`` the worker waits for :meth:`start_worker`, e.g. until a
-    backlog has been produced.
+    backlog has been produced. ``broker``: a local broker started elsewhere (a test
+    session's), used and left running.
     """
 
     def __init__(
@@ -65,6 +76,8 @@ class LocalStack:
         *,
         bootstrap: str = "",
         kafka_port: int | None = None,
+        secure: bool = False,
+        broker: LocalBroker | None = None,
         topic_prefix: str = "tg",
         partitions: int = 3,
         store: str = "",
@@ -85,7 +98,17 @@ class LocalStack:
         self.autostart_worker = start_worker
         self._worker_config = worker_config
         self._out = out
-        self.broker = None if bootstrap else _broker(self.data_dir / "kafka", kafka_port)
+        if broker is not None and bootstrap:
+            raise ConfigError("give the local stack a broker or bootstrap servers, not both")
+        if secure and bootstrap:
+            raise ConfigError("secure mode makes its own credentials for a local broker; "
+                              f"it cannot secure the given bootstrap servers {bootstrap!r}")
+        self._own_broker = broker is None and not bootstrap
+        self.broker = broker if broker is not None else (
+            # Apart from a plain broker's: its storage holds no SCRAM users.
+            _broker(self.data_dir / ("kafka-secure" if secure else "kafka"), kafka_port,
+                    secure) if not bootstrap else None)
+        self.secure = self.broker is not None and self.broker.secure
         self.bootstrap = bootstrap or (self.broker.bootstrap if self.broker else "")
         self.receiver: RecordingWebhookServer | None = None
         self.alertmanager: LocalAlertmanager | None = None
@@ -103,6 +126,15 @@ class LocalStack:
         if self.worker.reader is None:
             raise TrainguardError("the local stack's worker is not serving its store")
         return self.worker.reader
+
+    def security(self, user: str) -> KafkaSecurity:
+        """Client settings of a local broker's user (``admin``, ``worker``, ``agent``)."""
+        return self.broker.client_security(user) if self.secure and self.broker else PLAINTEXT
+
+    @property
+    def agent_security(self) -> KafkaSecurity:
+        """What simulated agents produce with: the ``agent`` user when secure."""
+        return self.security("agent")
 
     @property
     def pager_route(self) -> str:
@@ -122,12 +154,20 @@ class LocalStack:
         if self.pager_mode != "off":
             self._start_pager()
             self._out(f"pages go to {self.pager_route}")
-        if self.broker is not None:
-            self._out(f"starting local Kafka {self.broker.bootstrap} "
+        if self.broker is not None and self._own_broker:
+            mode = "SASL_SSL + ACLs" if self.secure else "plaintext"
+            self._out(f"starting local Kafka {self.broker.bootstrap}, {mode} "
                       f"(data in {self.broker.data_dir})")
             self._started.append("broker")
             self.broker.start()
-        ensure_pipeline_topics(self.bootstrap, self.topics, partitions=self.partitions)
+        admin = self.security("admin")
+        ensure_pipeline_topics(self.bootstrap, self.topics, partitions=self.partitions,
+                               security=admin)
+        if self.secure:
+            rules = pipeline_acls(self.topics, agents=["agent"], workers=["worker"],
+                                  app_id=self.worker.app_id or DEFAULT_APP_ID)
+            apply_acls(self.bootstrap, admin, rules)
+            self.worker.security = self.security("worker")
         if self.autostart_worker:
             self.start_worker()
         return self
@@ -202,9 +242,9 @@ class LocalStack:
         self.close()
 
 
-def _broker(data_dir: Path, port: int | None) -> LocalBroker:
+def _broker(data_dir: Path, port: int | None, secure: bool) -> LocalBroker:
     """A broker on ``port`` when it is free (else any free port), or on two free ports."""
     if port is None:
         port, controller_port = free_ports(2)
-        return LocalBroker(data_dir, port, controller_port)
-    return LocalBroker(data_dir, port if port_free(port) else free_port())
+        return LocalBroker(data_dir, port, controller_port, secure=secure)
+    return LocalBroker(data_dir, port if port_free(port) else free_port(), secure=secure)

@@ -26,6 +26,7 @@ from trainguard.pipeline.store import (
     open_store,
     owner_reader,
 )
+from trainguard.schemas.kafka_security import PLAINTEXT, KafkaSecurity
 
 __all__ = ["WorkerError", "WorkerProcess"]
 
@@ -58,6 +59,7 @@ class WorkerProcess:
         extra_args: Sequence[str] = (),
         log_level: str = "INFO",
         password: Secret | None = None,
+        security: KafkaSecurity = PLAINTEXT,
         python: str = sys.executable,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -74,6 +76,8 @@ class WorkerProcess:
         self.config = config
         self.extra_args = tuple(extra_args)
         self.log_level = log_level
+        #: How the worker authenticates to Kafka; its password travels as a file path.
+        self.security = security
         self.python = python
         self._clock = clock
         self._sleep = sleep
@@ -90,7 +94,8 @@ class WorkerProcess:
         ]
         return [
             self.python, "-m", "trainguard.cli", "--log-level", self.log_level, "worker",
-            "--bootstrap", self.bootstrap, "--store", self.store_arg,
+            "--bootstrap", self.bootstrap, *self.security.cli_args(),
+            "--store", self.store_arg,
             "--topic-prefix", self.prefix, "--data-dir", str(self.data_dir),
             *optional, *self.extra_args, *extra_args,
         ]

@@ -15,6 +15,7 @@ import pytest
 from trainguard.errors import TrainguardError
 from trainguard.local import stack as stack_mod
 from trainguard.local.alertmanager import AlertmanagerError, AlertmanagerNotFoundError
+from trainguard.local.broker import LocalBroker
 from trainguard.local.stack import LocalStack
 from trainguard.local.worker import WorkerError
 
@@ -143,3 +144,34 @@ def test_a_worker_the_caller_started_itself_is_stopped_with_the_stack(tmp_path, 
         assert s.worker.alive()
     assert s.worker.proc.poll() is not None
     assert lines == ["stream worker stopped"]
+
+
+def test_secure_mode_cannot_secure_bootstrap_servers_it_did_not_start(tmp_path):
+    with pytest.raises(TrainguardError, match="cannot secure the given bootstrap servers"):
+        LocalStack(tmp_path, bootstrap="b:9092", secure=True)
+
+
+def test_a_secure_stack_grants_the_acls_and_runs_the_worker_as_the_worker_user(
+        tmp_path, topics_made, monkeypatch):
+    granted: list[tuple[str, str, list]] = []
+    monkeypatch.setattr(stack_mod, "apply_acls", lambda bootstrap, security, rules, **kw:
+                        granted.append((bootstrap, security.username, list(rules))))
+    broker = LocalBroker(tmp_path / "kafka", 19092, 19093, secure=True)
+    with LocalStack(tmp_path, broker=broker, topic_prefix="p3", app_id="w3",
+                    start_worker=False) as s:
+        assert s.secure and s.agent_security.username == "agent"
+        [(bootstrap, user, rules)] = granted
+        assert (bootstrap, user) == ("127.0.0.1:19092", "admin")
+        assert {r.principal for r in rules} == {"User:agent", "User:worker"}
+        assert any(r.resource == "group" and r.name == "w3" for r in rules)
+        cmd = s.worker.command()
+        assert cmd[cmd.index("--kafka-username") + 1] == "worker"
+        assert broker.credentials.password("worker") not in " ".join(cmd)
+    assert topics_made == [("127.0.0.1:19092", list(s.topics.all()))]
+
+
+def test_a_secure_stack_keeps_its_broker_apart_from_a_plain_one(tmp_path):
+    s = LocalStack(tmp_path, secure=True)
+    assert s.broker is not None and s.broker.secure
+    assert s.broker.data_dir == tmp_path.resolve() / "kafka-secure"
+    assert LocalStack(tmp_path).agent_security.protocol == "PLAINTEXT"
