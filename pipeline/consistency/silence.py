@@ -2,11 +2,17 @@
 
 Stopping the agent on one's own node used to raise nothing but ``rank_missing``, and only
 while the other ranks kept stepping. Here the silence itself is the signal. Per node,
-:class:`SilenceWatch` keeps the event time of its newest heartbeat and the job its GPUs
-belong to (the job its agent names on its sample batches, or sends steps of). A node with
-a job whose newest heartbeat is more than ``agent_silent_s`` behind the node's *now* is
-silent: an ``availability`` finding blaming the node, which pages. The finding clears
-as soon as a heartbeat is back.
+:class:`SilenceWatch` keeps when its agent was last heard and the job its GPUs belong to
+(the job its agent names on its heartbeats and sample batches, or sends steps of). A
+node with a job whose agent was last heard more than ``agent_silent_s`` before the node's
+*now* is silent: an ``availability`` finding blaming the node, which pages. It clears as
+soon as the agent is heard again.
+
+*Heard* is the agent's newest heartbeat, sample batch or step batch (all stamped by the
+agent itself): a dead agent stops all three, and a node's sample batches travel in the
+same partition as its job's other nodes' (keyed by job), so a worker whose heartbeat topic
+is read behind its samples topic (a backlog after a restart) does not page. Only nodes
+whose agent sent a heartbeat are judged.
 
 A node is judged on event time, never on the wall clock alone. Its *now* is the later of
 
@@ -52,6 +58,8 @@ class _Node:
     cluster: str
     #: Event time of its newest heartbeat (``-inf``: none yet, never judged).
     last_hb: float = -math.inf
+    #: Event time of the newest record its agent sent (heartbeat, samples, steps).
+    heard: float = -math.inf
     agent_id: str = ""
     uptime_s: float = 0.0
     #: The job its GPUs belong to, as of its newest record saying so (``None``: idle).
@@ -104,17 +112,19 @@ class SilenceWatch:
                         self.restarts)
         node.last_hb, node.agent_id, node.uptime_s = hb.ts, hb.agent_id, hb.uptime_s
         node.hb_job = hb.job_id or node.job
-        self._advance(hb.node, hb.ts)
+        self._advance(node, hb.node, hb.ts)
 
     def working(self, node_name: str, cluster: str, job: str | None, ts: float) -> None:
         """The node's record at ``ts`` says its GPUs run ``job`` (``None``: no job)."""
         node = self._node(node_name, cluster)
         if ts >= node.job_ts:
             node.job, node.job_ts = job, ts
-        self._advance(node_name, ts)
+        self._advance(node, node_name, ts)
 
-    def _advance(self, node: str, ts: float) -> None:
-        self._clocks.advance(node, ts)
+    def _advance(self, node: _Node, name: str, ts: float) -> None:
+        if ts > node.heard:
+            node.heard = ts
+        self._clocks.advance(name, ts)
         if ts > self._newest and math.isfinite(ts):
             self._newest = ts
 
@@ -140,11 +150,11 @@ class SilenceWatch:
             at = now if now is not None else max(
                 job_newest(job), min(self._clocks.now(name), self._newest))
             scope.setdefault(job, set()).add(name)
-            if at - node.last_hb > silence:
+            if at - node.heard > silence:
                 ranks = tuple(ranks_on(job, name)) if ranks_on is not None else ()
                 faults.setdefault(job, []).append(self._fault(name, node, job, ranks, at))
             else:
-                back[job] = max(back.get(job, -math.inf), node.last_hb)
+                back[job] = max(back.get(job, -math.inf), node.heard)
         return self._update(faults, scope, back)
 
     def _update(self, faults: dict[str, list[Fault]], scope: dict[str, set[str]],
@@ -171,7 +181,7 @@ class SilenceWatch:
     def _fault(self, name: str, node: _Node, job: str, ranks: tuple[int, ...],
                at: float) -> Fault:
         silence, repeat = self.config.agent_silent_s, self.config.repeat_s
-        decided = node.last_hb + silence
+        decided = node.heard + silence
         # Decided at last heartbeat + silence; later evaluations on a ``repeat_s`` grid from
         # there, so a persisting silence is re-emitted and a replay gives the same times.
         ts = decided + (math.floor((at - decided) / repeat) * repeat if repeat > 0 else 0.0)
@@ -179,13 +189,13 @@ class SilenceWatch:
             if ranks else ""
         return Fault(
             check="agent_silent", category="availability", entities=(name,),
-            summary=(f"node {name}: its agent {node.agent_id} sent no heartbeat for over "
-                     f"{silence:g} s while its GPUs run job {job}{on}: the agent stopped, "
-                     "was stopped, or its node is cut off"),
-            first_seen=node.last_hb, ts=max(decided, ts), ranks=ranks, nodes=(name,),
-            observed=at - node.last_hb, expected=silence, score=at - node.last_hb,
-            evidence={"last_heartbeat_ts": node.last_hb, "agent_id": node.agent_id,
-                      "agent_silent_s": silence},
+            summary=(f"node {name}: its agent {node.agent_id} sent nothing (no heartbeat, no "
+                     f"samples) for over {silence:g} s while its GPUs run job {job}{on}: the "
+                     "agent stopped, was stopped, or its node is cut off"),
+            first_seen=node.heard, ts=max(decided, ts), ranks=ranks, nodes=(name,),
+            observed=at - node.heard, expected=silence, score=at - node.heard,
+            evidence={"last_heartbeat_ts": node.last_hb, "last_heard_ts": node.heard,
+                      "agent_id": node.agent_id, "agent_silent_s": silence},
         )
 
     def _node(self, name: str, cluster: str) -> _Node:
