@@ -189,15 +189,15 @@ class JobSimulator:
             if t % HEARTBEAT_EVERY == 0:
                 # As the node agents do: liveness and their own counters (nothing spooled
                 # or dropped in a simulation), keyed by the job while in it, else by node.
-                out.append(Emit("heartbeats", self._key if in_job else self._node_keys[i],
-                                Heartbeat(
+                beat = Heartbeat(
                     cluster=spec.cluster, node=node, ts=ts, seq=t // HEARTBEAT_EVERY,
                     agent_id=self._agent_ids[i], agent_version=__version__,
                     uptime_s=float(t), backend="simulated", gpu_count=g,
                     counters=AgentCounters(batches_sent=self._sample_seq[i] + self._step_seq[i],
                                            steps_received=self._step_seq[i] * g),
                     job_id=spec.job_id if in_job else None,
-                )))
+                )
+                out.append(Emit("heartbeats", self._key if in_job else self._node_keys[i], beat))
         out.extend(Emit("steps", self._key, e) for e in events
                    if e.rank // g not in knobs.agent_down)
         self._t += 1
