@@ -41,6 +41,9 @@ _log = logging.getLogger(__name__)
 _UCRED: Final = struct.Struct("iII")  # struct ucred: pid_t pid; uid_t uid; gid_t gid
 #: Ancillary buffer that holds one ``SCM_CREDENTIALS`` message.
 CREDENTIALS_SPACE: Final = socket.CMSG_SPACE(_UCRED.size)
+#: Claims waiting for the agent's next tick, over every job: what a flood of forged job ids
+#: can make the agent hold and send per tick (the rest is counted in ``refused``).
+MAX_PENDING_CLAIMS: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,7 @@ class RankBindings:
         # Claimants already reported: (job, rank, holder pid, claimant pid).
         self._reported: OrderedDict[tuple[str, int, int, int], None] = OrderedDict()
         self._pending: dict[str, list[RankClaim]] = {}
+        self._pending_total = 0
         #: Datagrams refused because another live process holds their (job, rank).
         self.refused = 0
         #: Distinct claimants reported (each one refused, first time).
@@ -155,7 +159,7 @@ class RankBindings:
 
     def drain(self) -> dict[str, list[RankClaim]]:
         """Claims refused since the last call, per job."""
-        out, self._pending = self._pending, {}
+        out, self._pending, self._pending_total = self._pending, {}, 0
         return out
 
     def _bind(self, key: tuple[str, int], peer: Peer) -> None:
@@ -168,9 +172,11 @@ class RankBindings:
         seen = (job, rank, holder.pid, peer.pid)
         if seen in self._reported:
             return
-        pending = self._pending.setdefault(job, [])
-        if len(pending) >= MAX_CLAIMS_PER_BATCH:
+        pending = self._pending.get(job, [])
+        if len(pending) >= MAX_CLAIMS_PER_BATCH or self._pending_total >= MAX_PENDING_CLAIMS:
             return  # reported on a later datagram of the claimant, after the next drain
+        self._pending[job] = pending
+        self._pending_total += 1
         self._reported[seen] = None
         while len(self._reported) > self._max:
             self._reported.popitem(last=False)
