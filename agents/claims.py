@@ -34,7 +34,8 @@ from typing import Final
 
 from trainguard.schemas.records import MAX_CLAIMS_PER_BATCH, RankClaim
 
-__all__ = ["CREDENTIALS_SPACE", "Peer", "RankBindings", "peer_credentials", "process_start"]
+__all__ = ["CREDENTIALS_SPACE", "MAX_PENDING_CLAIMS", "Peer", "RankBindings", "peer_credentials",
+           "process_start"]
 
 _log = logging.getLogger(__name__)
 
