@@ -340,6 +340,9 @@ class StepIntake:
 
     def _handle_safely(self, data: memoryview, *, truncated: bool, peer: Peer | None) -> None:
         """:meth:`_handle`, with any failure counted as a malformed datagram."""
+        if peer is None:  # SO_PASSCRED makes the kernel attach them: never expected
+            self._malformed("no_credentials", "datagram arrived without sender credentials")
+            return
         try:
             self._handle(data, truncated=truncated, peer=peer)
         except RecordError as exc:
@@ -349,10 +352,8 @@ class StepIntake:
         except Exception as exc:  # RecursionError on deep nesting, or a bug: this datagram only
             self._malformed("error", f"{type(exc).__name__}: {exc}")
 
-    def _handle(self, data: memoryview, *, truncated: bool, peer: Peer | None) -> None:
+    def _handle(self, data: memoryview, *, truncated: bool, peer: Peer) -> None:
         """Validate one datagram and queue its record; raise :class:`RecordError` if bad."""
-        if peer is None:  # SO_PASSCRED makes the kernel attach them: never expected
-            raise RecordError("no_credentials", "datagram arrived without sender credentials")
         if truncated:
             raise RecordError(
                 "too_large", f"datagram exceeds {MAX_DATAGRAM_BYTES} bytes (truncated)"

@@ -156,3 +156,9 @@ def test_a_group_that_does_not_exist_is_a_clear_error_naming_it(sock_path):
     with pytest.raises(CollectorError, match="group 'tg-no-such-group' does not exist"):
         StepIntake(sock_path, group="tg-no-such-group").start()
     assert not sock_path.exists()
+
+
+def test_a_datagram_without_credentials_is_malformed_not_queued(sock_path):
+    intake = StepIntake(sock_path)
+    intake._handle_safely(memoryview(step(1)), truncated=False, peer=None)
+    assert intake.malformed_by_reason == {"no_credentials": 1} and intake.queued == 0

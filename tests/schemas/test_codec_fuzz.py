@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trainguard.agents.collectors.steps_file import StepFileTail
 from trainguard.agents.claims import Peer
+from trainguard.agents.collectors.steps_file import StepFileTail
 from trainguard.agents.intake import StepIntake
 from trainguard.agents.reporter import CheckpointReport, StepDatagram
 from trainguard.agents.sim import JobSimulator, JobSpec
