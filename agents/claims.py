@@ -8,10 +8,12 @@ sockets have no per-datagram ``SO_PEERCRED``; with ``SO_PASSCRED`` on the receiv
 socket the kernel attaches the real sender's credentials whether it sent any or not).
 
 :class:`RankBindings` binds a ``(job, rank)`` to the first process that reports for it.
-Reports from that process are admitted; so are those of a new process once the holder is
-gone (a restart). While the holder lives, a second process claiming the rank is refused
-and reported once as a :class:`~trainguard.schemas.records.RankClaim`, which the agent
-sends with the job's steps and the worker turns into a ``conflicting_report`` finding.
+Reports from that process are admitted, and from its own children with its uid (a
+trainer that forks: its code speaks for the rank either way); so are those of a new
+process once the holder is gone (a restart). While the holder lives, a second process
+claiming the rank is refused and reported once as a
+:class:`~trainguard.schemas.records.RankClaim`, which the agent sends with the job's
+steps and the worker turns into a ``conflicting_report`` finding.
 "Lives" means ``/proc/<pid>`` exists *with the start time it had when it bound*, so a pid
 the kernel recycled for another process does not hold the rank.
 
@@ -28,14 +30,14 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from trainguard.schemas.records import MAX_CLAIMS_PER_BATCH, RankClaim
 
-__all__ = ["CREDENTIALS_SPACE", "MAX_PENDING_CLAIMS", "Peer", "RankBindings", "peer_credentials",
-           "process_start"]
+__all__ = ["CREDENTIALS_SPACE", "MAX_PENDING_CLAIMS", "Peer", "RankBindings", "parent_pid",
+           "peer_credentials", "process_start"]
 
 _log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ CREDENTIALS_SPACE: Final = socket.CMSG_SPACE(_UCRED.size)
 #: Claims waiting for the agent's next tick, over every job: what a flood of forged job ids
 #: can make the agent hold and send per tick (the rest is counted in ``refused``).
 MAX_PENDING_CLAIMS: Final = 1024
+# Children of one holder remembered as speaking for its rank (data-loader workers, ...).
+_MAX_CHILDREN: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,18 +70,28 @@ def peer_credentials(ancdata: Sequence[tuple[int, int, bytes]]) -> Peer | None:
     return None
 
 
-def process_start(pid: int, proc: Path = Path("/proc")) -> int | None:
-    """The start time of process ``pid`` (clock ticks after boot); ``None`` if it is gone."""
+def _stat_field(pid: int, field: int, proc: Path) -> int | None:
+    """Field ``field`` (1-based, ``man 5 proc``) of ``/proc/<pid>/stat``; ``None`` if gone."""
     try:
         stat = (proc / str(pid) / "stat").read_bytes()
     except OSError:
         return None
-    # Field 22; the command name (field 2) may hold spaces and parentheses: split after it.
+    # The command name (field 2) may hold spaces and parentheses: split after it.
     fields = stat[stat.rfind(b")") + 2:].split()
     try:
-        return int(fields[19])
+        return int(fields[field - 3])
     except (IndexError, ValueError):
         return None
+
+
+def process_start(pid: int, proc: Path = Path("/proc")) -> int | None:
+    """The start time of process ``pid`` (clock ticks after boot); ``None`` if it is gone."""
+    return _stat_field(pid, 22, proc)
+
+
+def parent_pid(pid: int, proc: Path = Path("/proc")) -> int | None:
+    """The parent of process ``pid``; ``None`` if it is gone."""
+    return _stat_field(pid, 4, proc)
 
 
 def _alive(pid: int, start: int | None) -> bool:
@@ -102,13 +116,16 @@ class _Holder:
     uid: int
     start: int | None
     since: float
+    #: Its children (same uid) that reported for the rank too.
+    children: set[int] = field(default_factory=set)
 
 
 class RankBindings:
     """Binds each (job, rank) to the first live process that claims it (not thread-safe).
 
-    ``alive(pid, start)`` tells whether the holder still runs; ``start(pid)`` reads a
-    process's start time; ``wall`` is the agent's clock for a claim's ``ts``. At most
+    ``alive(pid, start)`` tells whether the holder still runs; ``start(pid)`` and
+    ``parent(pid)`` read a process's start time and parent; ``wall`` is the agent's clock
+    for a claim's ``ts``. At most
     ``max_bindings`` ranks are remembered (least recently heard forgotten first, counted
     in ``evicted``) and each refused claimant is reported once.
     """
@@ -119,12 +136,14 @@ class RankBindings:
         max_bindings: int = 4096,
         alive: Callable[[int, int | None], bool] = _alive,
         start: Callable[[int], int | None] = process_start,
+        parent: Callable[[int], int | None] = parent_pid,
         wall: Callable[[], float] = time.time,
     ) -> None:
         if max_bindings < 1:
             raise ValueError(f"max_bindings {max_bindings}: expected >= 1")
         self._max = max_bindings
         self._alive, self._start, self._wall = alive, start, wall
+        self._parent = parent
         self._holders: OrderedDict[tuple[str, int], _Holder] = OrderedDict()
         # Claimants already reported: (job, rank, holder pid, claimant pid).
         self._reported: OrderedDict[tuple[str, int, int, int], None] = OrderedDict()
@@ -143,10 +162,13 @@ class RankBindings:
         """True if ``peer`` may report for ``(job, rank)``; a refusal is counted and reported."""
         key = (job, rank)
         holder = self._holders.get(key)
-        if holder is not None and holder.pid == peer.pid:
+        if holder is not None and (holder.pid == peer.pid or peer.pid in holder.children):
             self._holders.move_to_end(key)
             return True
-        if holder is None or not self._alive(holder.pid, holder.start):
+        alive = holder is not None and self._alive(holder.pid, holder.start)
+        if holder is not None and alive and self._child(holder, peer):
+            return True
+        if holder is None or not alive:
             if holder is not None:
                 self.rebound += 1
                 _log.info("step socket rank rebound job=%s rank=%d old_pid=%d new_pid=%d uid=%d",
@@ -157,6 +179,14 @@ class RankBindings:
         self.refused += 1
         self._report(job, rank, holder, peer, step)
         return False
+
+    def _child(self, holder: _Holder, peer: Peer) -> bool:
+        """``peer`` is the holder's own child with its uid: remembered, admitted."""
+        if peer.uid != holder.uid or len(holder.children) >= _MAX_CHILDREN or \
+                self._parent(peer.pid) != holder.pid:
+            return False
+        holder.children.add(peer.pid)
+        return True
 
     def drain(self) -> dict[str, list[RankClaim]]:
         """Claims refused since the last call, per job."""

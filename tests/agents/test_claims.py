@@ -11,6 +11,7 @@ from trainguard.agents.claims import (
     CREDENTIALS_SPACE,
     Peer,
     RankBindings,
+    parent_pid,
     peer_credentials,
     process_start,
 )
@@ -19,9 +20,9 @@ from trainguard.schemas.records import MAX_CLAIMS_PER_BATCH
 A, B, C = Peer(100, 1000, 1000), Peer(200, 1001, 1000), Peer(300, 1002, 1000)
 
 
-def _bindings(alive: set[int], **kw) -> RankBindings:
+def _bindings(alive: set[int], parents: dict[int, int] | None = None, **kw) -> RankBindings:
     return RankBindings(alive=lambda pid, _start: pid in alive, start=lambda _pid: 7,
-                        wall=lambda: 1_800_000_000.0, **kw)
+                        parent=(parents or {}).get, wall=lambda: 1_800_000_000.0, **kw)
 
 
 def test_the_first_process_binds_the_rank_and_keeps_reporting():
@@ -50,6 +51,15 @@ def test_another_claimant_of_the_same_rank_is_its_own_report():
     b.admit("job", 0, B)
     b.admit("job", 0, C)
     assert [c.pid for c in b.drain()["job"]] == [200, 300]
+
+
+def test_the_holders_own_child_with_its_uid_speaks_for_the_rank_too():
+    child, stranger = Peer(101, 1000, 1000), Peer(102, 1001, 1000)
+    b = _bindings({100, 101, 102}, parents={101: 100, 102: 100})
+    b.admit("job", 0, A)
+    assert b.admit("job", 0, child) and b.admit("job", 0, child)
+    assert not b.admit("job", 0, stranger)  # a child of the holder, but another user
+    assert (b.refused, b.conflicts) == (1, 1)
 
 
 def test_other_ranks_and_jobs_are_bound_independently():
@@ -91,6 +101,7 @@ def test_pending_claims_per_job_are_capped_at_what_one_batch_carries():
 
 def test_process_start_reads_a_live_process_and_none_for_a_dead_one():
     assert isinstance(process_start(os.getpid()), int)
+    assert parent_pid(os.getpid()) == os.getppid()
     child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                            capture_output=True, text=True, check=True)
     assert process_start(int(child.stdout)) is None

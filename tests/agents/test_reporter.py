@@ -111,6 +111,8 @@ def test_every_field_survives_the_round_trip_to_the_intake(sock_path):
                 local_grad_norm=0.75,
                 compute_time_s=0.6,
                 seed_fingerprint="seed-7",
+                pid=os.getpid(),  # stamped by the agent from the kernel's credentials
+                uid=os.getuid(),
             )
         ]
         assert reporter.sent == 1 and reporter.dropped == 0
