@@ -17,6 +17,10 @@ steps and the worker turns into a ``conflicting_report`` finding.
 "Lives" means ``/proc/<pid>`` exists *with the start time it had when it bound*, so a pid
 the kernel recycled for another process does not hold the rank.
 
+A claimant with the holder's uid that is already gone when its datagram is read (a child
+that reported and exited at once looks the same) is refused but not reported
+(``unverified``): its reports never pass, and no finding accuses a trainer's own worker.
+
 Limits worth knowing: a sender in a pid namespace the agent cannot see arrives as pid 0
 (run the agent in the host's pid namespace); all pid-0 senders look like one process.
 """
@@ -157,6 +161,9 @@ class RankBindings:
         self.rebound = 0
         #: Bindings forgotten because ``max_bindings`` ranks were held.
         self.evicted = 0
+        #: Refused claims not reported: the claimant (the holder's uid) was gone before
+        #: it could be told from the holder's own child.
+        self.unverified = 0
 
     def admit(self, job: str, rank: int, peer: Peer, step: int | None = None) -> bool:
         """True if ``peer`` may report for ``(job, rank)``; a refusal is counted and reported."""
@@ -177,6 +184,11 @@ class RankBindings:
             self._bind(key, peer)
             return True
         self.refused += 1
+        if peer.uid == holder.uid and self._parent(peer.pid) is None:
+            # Gone before we read it, same user: a child that exited at once or another
+            # process, no telling. Its report is refused all the same; no finding.
+            self.unverified += 1
+            return False
         self._report(job, rank, holder, peer, step)
         return False
 

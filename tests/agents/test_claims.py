@@ -62,6 +62,17 @@ def test_the_holders_own_child_with_its_uid_speaks_for_the_rank_too():
     assert (b.refused, b.conflicts) == (1, 1)
 
 
+def test_a_claimant_of_the_holders_uid_gone_before_it_was_read_is_refused_unreported():
+    b = _bindings({100, 200}, parents={200: 1})
+    b.admit("job", 0, A)
+    gone = Peer(300, A.uid, A.gid)  # no parent to read: it exited
+    assert not b.admit("job", 0, gone)
+    assert (b.refused, b.unverified, b.conflicts) == (1, 1, 0) and b.drain() == {}
+    other_user = Peer(301, 1009, 1000)
+    assert not b.admit("job", 0, other_user)  # another user: reported, gone or not
+    assert b.conflicts == 1
+
+
 def test_other_ranks_and_jobs_are_bound_independently():
     b = _bindings({100, 200})
     assert b.admit("job", 0, A) and b.admit("job", 1, B) and b.admit("other", 0, B)
