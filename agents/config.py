@@ -19,6 +19,8 @@ from trainguard.schemas.topics import DEFAULT_PREFIX, Topics
 __all__ = ["AgentConfig", "KafkaProducerSettings", "WitnessSettings"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,255}$")
+#: A POSIX group name (useradd's rule, with the trailing ``$`` of machine accounts).
+_GROUP = re.compile(r"^[A-Za-z_][A-Za-z0-9._-]{0,31}\$?$")
 Compression = Literal["none", "gzip", "lz4", "zstd"]
 _COMPRESSIONS = ("none", "gzip", "lz4", "zstd")
 
@@ -149,7 +151,10 @@ class AgentConfig:
     dead_letter_max_bytes: int = 64 * 1024 * 1024
     #: Unix datagram socket where trainers' ``trainguard.agents.reporter`` hands step records.
     steps_socket: Path | None = None
+    #: Permission bits of the step socket: owner and group may send, nobody else.
     steps_socket_mode: int = 0o660
+    #: Group given the step socket (trainers' users join it); ``None`` keeps the agent's.
+    steps_socket_group: str | None = None
     #: Reporters (pid, job, rank) whose drop counts the step intake remembers; beyond it
     #: the least recently heard is forgotten (counted as ``reporters_evicted``).
     intake_max_reporters: int = 4096
@@ -188,6 +193,16 @@ class AgentConfig:
             raise ConfigError(
                 f"intake_max_reporters ({self.intake_max_reporters}) and "
                 f"intake_max_reported_drops ({self.intake_max_reported_drops}) must be >= 1"
+            )
+        if not 0 <= self.steps_socket_mode <= 0o777:
+            raise ConfigError(
+                f"steps_socket_mode {self.steps_socket_mode:o} is not a permission mode; "
+                "expected octal 0..777 like 0660"
+            )
+        if self.steps_socket_group is not None and not _GROUP.match(self.steps_socket_group):
+            raise ConfigError(
+                f"bad steps_socket_group {self.steps_socket_group!r}; expected a group name "
+                "(letters, digits, '.', '_', '-'; at most 32)"
             )
         if self.steps_socket is not None and len(str(self.steps_socket)) > 100:
             raise ConfigError(

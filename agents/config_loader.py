@@ -25,6 +25,7 @@ Example ``/etc/trainguard/agent.toml``::
     [steps]
     socket = "/run/trainguard/steps.sock"
     socket_mode = "0660"
+    socket_group = "trainguard"
     files = ["/var/log/train/steps.jsonl"]
 
     [witness]
@@ -78,6 +79,7 @@ class _Spool(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
 class _Steps(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     socket: str | None = None
     socket_mode: str | None = None
+    socket_group: str | None = None
     files: list[str] = []
 
 
@@ -222,6 +224,7 @@ def _build(s: Mapping[str, Any], password_env: str | None = None) -> AgentConfig
         "spool_max_bytes": _num(s, "spool.max_mb", int, 256) * 1024 * 1024,
         "steps_socket": Path(str(socket_path)) if socket_path else None,
         "steps_socket_mode": mode,
+        "steps_socket_group": str(s["steps.socket_group"]) if s.get("steps.socket_group") else None,
         "steps_files": tuple(Path(str(f)) for f in files),
         "witness": _witness(s),
     }

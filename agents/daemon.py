@@ -21,6 +21,7 @@ cannot fit alone goes to the node's dead-letter file instead of the spool.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -45,12 +46,13 @@ from trainguard.schemas.records import (
     CheckpointEvent,
     GpuSampleBatch,
     Heartbeat,
+    RankClaim,
     StepBatch,
     StepRecord,
     WitnessReport,
 )
 
-__all__ = ["NodeAgent", "StepPoll", "WitnessPoll"]
+__all__ = ["ClaimPoll", "NodeAgent", "StepPoll", "WitnessPoll"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,9 @@ _COUNTER_MAX: Final = 2**63 - 1
 StepPoll = Callable[[], Sequence[StepRecord]]
 #: A source of witness reports: told the node's job, returns what it hashed since.
 WitnessPoll = Callable[[str | None], Sequence[WitnessReport]]
+#: A source of refused rank claims (:mod:`trainguard.agents.claims`), per job, since the
+#: previous call.
+ClaimPoll = Callable[[], Mapping[str, list[RankClaim]]]
 
 
 class NodeAgent:
@@ -82,6 +87,7 @@ class NodeAgent:
         step_sources: Sequence[StepPoll] = (),
         checkpoint_sources: Sequence[Callable[[], list[CheckpointReport]]] = (),
         witness_sources: Sequence[WitnessPoll] = (),
+        claim_sources: Sequence[ClaimPoll] = (),
         gauges: Callable[[], Mapping[str, Any]] | None = None,
         dead_letters: LocalDeadLetters | None = None,
         clock: Callable[[], float] = time.time,
@@ -92,6 +98,7 @@ class NodeAgent:
         self._step_sources = step_sources
         self._checkpoint_sources = checkpoint_sources
         self._witness_sources = witness_sources
+        self._claim_sources = claim_sources
         self._gauges = gauges
         self._dead_letters = dead_letters
         self._clock = clock
@@ -121,7 +128,7 @@ class NodeAgent:
         steps = self._poll_steps()
         if len(steps) == 1:  # a node that runs one job: its GPUs belong to that job
             self._job, self._job_seen = next(iter(steps)), now
-        job = self._job if self._job is not None and now - self._job_seen <= _JOB_MEMORY_S else None
+        job = self._current_job(now)
         try:
             gpus = self._collector.collect(now)
         except Exception:  # a collector bug must not kill the daemon; it is counted
@@ -147,10 +154,17 @@ class NodeAgent:
         self._send_steps(now, steps)
         self._send_checkpoints()
         self._send_witness(job)
+        self._send_claims(now)
         last = self._last_heartbeat
         if last is None or now - last >= self.config.heartbeat_interval_s:
             self.heartbeat(now)
         return batch
+
+    def _current_job(self, now: float) -> str | None:
+        """The job the node's GPUs run at ``now``, as far as its ranks' reports tell."""
+        if self._job is not None and now - self._job_seen <= _JOB_MEMORY_S:
+            return self._job
+        return None
 
     def _poll_steps(self) -> dict[str, list[StepRecord]]:
         by_job: dict[str, list[StepRecord]] = defaultdict(list)
@@ -246,8 +260,21 @@ class NodeAgent:
                 key = report.job_id.encode() if report.job_id is not None else self._key
                 self._send(self.config.topics.steps, key, encode(report))
 
+    def _send_claims(self, now: float) -> None:
+        """Refused rank claims: a step batch without steps per job, keyed like its steps."""
+        for poll in self._claim_sources:
+            for job_id, claims in self._poll(functools.partial(_claim_items, poll)):
+                if not claims:
+                    continue
+                batch = StepBatch(cluster=self.config.cluster, node=self.config.node,
+                                  job_id=job_id, ts=now, seq=self._step_seq,
+                                  agent_id=self.agent_id, steps=[], claims=claims)
+                if self._send(self.config.topics.steps, job_id.encode(), encode(batch)):
+                    self._step_seq += 1
+
     def heartbeat(self, ts: float) -> Heartbeat:
-        """Send the agent's liveness and counters."""
+        """Send the agent's liveness, counters and the job its node runs."""
+        job = self._current_job(ts)
         extra = dict(self._gauges()) if self._gauges is not None else {}
         # A gauge fed by a hostile input must not push the heartbeat off the wire.
         extra = {k: min(v, _COUNTER_MAX) if isinstance(v, int) else v for k, v in extra.items()}
@@ -268,8 +295,12 @@ class NodeAgent:
             backend="simulated" if self._collector.backend == "simulated" else "nvml",
             gpu_count=self._collector.gpu_count,
             counters=counters,
+            job_id=job,
         )
-        self._transport.send(self.config.topics.heartbeats, self._key, encode(hb))
+        # Keyed like the sample batches: by the job while the node runs one, so the worker
+        # judging the job sees this node's heartbeats (and their silence).
+        key = job.encode() if job is not None else self._key
+        self._transport.send(self.config.topics.heartbeats, key, encode(hb))
         self._hb_seq += 1
         self._last_heartbeat = ts
         return hb
@@ -295,6 +326,10 @@ class NodeAgent:
                 next_at = time.monotonic() + _to_boundary(time.time(), interval)
             stop.wait(max(0.0, next_at - time.monotonic()))
         return ticks
+
+
+def _claim_items(poll: ClaimPoll) -> list[tuple[str, list[RankClaim]]]:
+    return list(poll().items())
 
 
 def _to_boundary(wall: float, interval: float) -> float:

@@ -16,6 +16,14 @@ The thread empties the socket every ``poll_interval_s`` (5 ms) and sleeps in bet
 rather than blocking in ``recv``: a sender's ``send`` then never has to wake a sleeping
 reader, which costs the trainer ~15-20 µs per step on a VM instead of ~3 µs.
 
+Who speaks: the socket file is ``mode`` (``0660`` by default) and, with ``group``, owned
+by that group (trainers' users join it). Each datagram is read with the kernel's
+credentials of its sender (``SCM_CREDENTIALS``): the agent stamps the sender's real pid
+and uid on the step records it forwards, overriding what the trainer wrote, and each
+(job, rank) belongs to the first live process claiming it (:mod:`.claims`); another
+process's reports for it are refused (``claims_refused``) and reported once per
+claimant (``claim_conflicts``, :meth:`StepIntake.drain_claims`).
+
 Kernel limit worth knowing: on Linux a Unix datagram socket queues at most
 ``net.unix.max_dgram_qlen`` + 1 datagrams, whatever ``SO_RCVBUF`` says (10 is the kernel
 default and what containers get; systemd hosts set 512). Beyond that, trainers' reports
@@ -26,6 +34,7 @@ ranks that step in lock-step, a node with more than ~10 ranks needs it raised, e
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
 import socket
@@ -40,6 +49,7 @@ from typing import Final
 
 import msgspec
 
+from trainguard.agents.claims import CREDENTIALS_SPACE, Peer, RankBindings, peer_credentials
 from trainguard.agents.ratelimit import LogLimiter
 from trainguard.agents.reporter import (
     DATAGRAM_VERSION,
@@ -49,7 +59,7 @@ from trainguard.agents.reporter import (
 )
 from trainguard.errors import CollectorError
 from trainguard.schemas.codec import RecordDecoder, RecordError
-from trainguard.schemas.records import SCHEMA_VERSION, STEP_FLOAT_FIELDS, StepRecord
+from trainguard.schemas.records import SCHEMA_VERSION, STEP_FLOAT_FIELDS, RankClaim, StepRecord
 
 __all__ = ["MAX_DATAGRAM_BYTES", "StepIntake", "kernel_dgram_qlen"]
 
@@ -77,8 +87,9 @@ def kernel_dgram_qlen(path: Path = Path("/proc/sys/net/unix/max_dgram_qlen")) ->
 class StepIntake:
     """Receives step datagrams on a Unix socket into a bounded queue (thread-safe).
 
-    ``mode`` is the socket file's permission bits: trainers running as other users need
-    write access (``0o666``, or ``0o660`` with a shared group). ``rcvbuf_bytes`` sets
+    ``mode`` is the socket file's permission bits and ``group`` the group it is given:
+    trainers running as other users need write access (``0o660`` with a group they are
+    in; ``0o666`` opens it to every local user). ``rcvbuf_bytes`` sets
     ``SO_RCVBUF``, which Linux ignores for Unix datagram queues (see the module notes).
     ``steps_received`` counts valid datagrams, including the ``steps_dropped`` that
     did not fit the queue.
@@ -91,6 +102,8 @@ class StepIntake:
         max_queue: int = 100_000,
         rcvbuf_bytes: int | None = None,
         mode: int = 0o660,
+        group: str | None = None,
+        bindings: RankBindings | None = None,
         poll_interval_s: float = 0.005,
         warn_interval_s: float = 10.0,
         read_error_backoff_s: float = 1.0,
@@ -107,6 +120,10 @@ class StepIntake:
         self.max_queue = max_queue
         self._rcvbuf_bytes = rcvbuf_bytes
         self._mode = mode
+        self._group = group
+        #: Which process holds each (job, rank); the second live claimant is refused.
+        self.bindings = bindings if bindings is not None else RankBindings(
+            max_bindings=max_reporters)
         self._poll_s = poll_interval_s
         self._read_error_backoff_s = read_error_backoff_s
         self._max_reporters = max_reporters
@@ -149,19 +166,30 @@ class StepIntake:
         try:
             if self._rcvbuf_bytes is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf_bytes)
+            # Before bind: every datagram that can reach us carries its sender's credentials.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             sock.bind(str(path))
             os.chmod(path, self._mode)
+            if self._group is not None:
+                self._chown(path)
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
+            path.unlink(missing_ok=True)
             raise CollectorError(f"cannot listen for steps on {path}: {exc}") from exc
+        except CollectorError:
+            sock.close()
+            path.unlink(missing_ok=True)
+            raise
         self._sock = sock
         self._inode = path.stat().st_ino
         qlen = kernel_dgram_qlen()
         _log.info(
-            "step intake listening socket=%s mode=%o max_queue=%d net.unix.max_dgram_qlen=%s",
+            "step intake listening socket=%s mode=%o group=%s max_queue=%d "
+            "net.unix.max_dgram_qlen=%s",
             path,
             self._mode,
+            self._group,
             self.max_queue,
             qlen,
         )
@@ -213,8 +241,15 @@ class StepIntake:
                 "steps_dropped": self.steps_dropped,
                 "datagrams_dropped": self.datagrams_dropped,
                 "nonfinite": self.nonfinite,
-                "reporters_evicted": self.reporters_evicted,
+                "reporters_evicted": self.reporters_evicted + self.bindings.evicted,
+                "claims_refused": self.bindings.refused,
+                "claim_conflicts": self.bindings.conflicts,
             }
+
+    def drain_claims(self) -> dict[str, list[RankClaim]]:
+        """Claims of a rank refused since the last call (another live process holds it), per job."""
+        with self._lock:
+            return self.bindings.drain()
 
     @property
     def queued(self) -> int:
@@ -232,6 +267,23 @@ class StepIntake:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def _chown(self, path: Path) -> None:
+        """Give the socket file to the configured group; a clear error if that cannot be."""
+        try:
+            gid = grp.getgrnam(self._group or "").gr_gid
+        except KeyError:
+            raise CollectorError(
+                f"steps socket group {self._group!r} does not exist; create it (groupadd "
+                f"{self._group}) and add the trainers' users, or set steps.socket_group"
+            ) from None
+        try:
+            os.chown(path, -1, gid)
+        except PermissionError as exc:
+            raise CollectorError(
+                f"cannot give steps socket {path} to group {self._group!r}: {exc.strerror}; "
+                "the agent's user must be root or a member of the group"
+            ) from None
 
     def _remove_stale(self, path: Path) -> None:
         """Unlink a socket left by a dead agent; refuse to steal a live one or a file."""
@@ -261,11 +313,12 @@ class StepIntake:
             try:
                 for _ in range(_BURST):
                     try:
-                        n, _, flags, _ = sock.recvmsg_into([buf])
+                        n, anc, flags, _ = sock.recvmsg_into([buf], CREDENTIALS_SPACE)
                     except BlockingIOError:
                         break
                     # Never raises: a datagram costs itself, not the thread's time.
-                    self._handle_safely(view[:n], truncated=bool(flags & socket.MSG_TRUNC))
+                    self._handle_safely(view[:n], truncated=bool(flags & socket.MSG_TRUNC),
+                                        peer=peer_credentials(anc))
                 else:
                     if self._stop.is_set():
                         return
@@ -285,10 +338,13 @@ class StepIntake:
             if self._wait(self._poll_s):
                 return
 
-    def _handle_safely(self, data: memoryview, *, truncated: bool) -> None:
+    def _handle_safely(self, data: memoryview, *, truncated: bool, peer: Peer | None) -> None:
         """:meth:`_handle`, with any failure counted as a malformed datagram."""
+        if peer is None:  # SO_PASSCRED makes the kernel attach them: never expected
+            self._malformed("no_credentials", "datagram arrived without sender credentials")
+            return
         try:
-            self._handle(data, truncated=truncated)
+            self._handle(data, truncated=truncated, peer=peer)
         except RecordError as exc:
             self._malformed(exc.reason, exc.message)
         except UnicodeError as exc:  # invalid UTF-8 inside a JSON string
@@ -296,7 +352,7 @@ class StepIntake:
         except Exception as exc:  # RecursionError on deep nesting, or a bug: this datagram only
             self._malformed("error", f"{type(exc).__name__}: {exc}")
 
-    def _handle(self, data: memoryview, *, truncated: bool) -> None:
+    def _handle(self, data: memoryview, *, truncated: bool, peer: Peer) -> None:
         """Validate one datagram and queue its record; raise :class:`RecordError` if bad."""
         if truncated:
             raise RecordError(
@@ -314,7 +370,7 @@ class StepIntake:
                 f"dropped {dg.dropped} from pid {dg.pid} exceeds {self._max_reported_drops}",
             )
         if dg.checkpoint is not None:
-            self._checkpoint(dg.checkpoint)
+            self._checkpoint(dg.checkpoint, peer)
             return
         if dg.step is None:
             raise RecordError("invalid", "datagram carries neither a step nor a checkpoint")
@@ -326,12 +382,15 @@ class StepIntake:
         step = dg.step
         # Only the step's own float fields: names a sender makes up grow no dictionary.
         nonfinite = sorted(set(dg.nonfinite) & _FLOAT_FIELDS)
-        if nonfinite:
-            step = msgspec.structs.replace(step, nonfinite=nonfinite)
+        # Who sent it is the kernel's word, never the trainer's.
+        step = msgspec.structs.replace(step, nonfinite=nonfinite or step.nonfinite,
+                                       pid=peer.pid, uid=peer.uid)
         with self._lock:
+            if not self.bindings.admit(step.job_id, step.rank, peer, step.step):
+                return
             self.steps_received += 1
             if dg.dropped:
-                self._count_drops((dg.pid, step.job_id, step.rank), dg.dropped)
+                self._count_drops((peer.pid, step.job_id, step.rank), dg.dropped)
             if dg.nonfinite:
                 self.nonfinite += 1
                 for name in nonfinite or ["unknown"]:
@@ -354,8 +413,10 @@ class StepIntake:
             drops.popitem(last=False)
             self.reporters_evicted += 1
 
-    def _checkpoint(self, report: CheckpointReport) -> None:
+    def _checkpoint(self, report: CheckpointReport, peer: Peer) -> None:
         with self._lock:
+            if not self.bindings.admit(report.job_id, report.rank, peer, report.step):
+                return
             self.checkpoints_received += 1
             if len(self._checkpoints) >= self.max_queue:
                 self.steps_dropped += 1

@@ -17,7 +17,7 @@ from typing import Any
 from trainguard.agents.collectors.base import GpuCollector
 from trainguard.agents.collectors.process import ProcessStats
 from trainguard.agents.config import AgentConfig
-from trainguard.agents.daemon import NodeAgent, StepPoll, WitnessPoll
+from trainguard.agents.daemon import ClaimPoll, NodeAgent, StepPoll, WitnessPoll
 from trainguard.agents.dead_letter_file import LocalDeadLetters
 from trainguard.agents.reporter import CheckpointReport
 from trainguard.agents.sender import SpoolSender
@@ -64,6 +64,7 @@ def run_agent(
     intake = None
     sources: list[StepPoll] = []
     checkpoint_sources: list[Callable[[], list[CheckpointReport]]] = []
+    claim_sources: list[ClaimPoll] = []
     tails = []
     witness = None
     witness_sources: list[WitnessPoll] = []
@@ -72,12 +73,13 @@ def run_agent(
             # 20 ms between socket sweeps: ~0.1% of a core idle; 8 ranks x 10 Hz still leave the
             # kernel queue (net.unix.max_dgram_qlen) far from full between sweeps.
             intake = StepIntake(config.steps_socket, mode=config.steps_socket_mode,
-                                poll_interval_s=0.02,
+                                group=config.steps_socket_group, poll_interval_s=0.02,
                                 max_reporters=config.intake_max_reporters,
                                 max_reported_drops=config.intake_max_reported_drops)
             intake.start()
             sources.append(intake.drain)
             checkpoint_sources.append(intake.drain_checkpoints)
+            claim_sources.append(intake.drain_claims)
         for path in config.steps_files:
             tail = StepFileTail(path, node=config.node)
             tails.append(tail)
@@ -92,6 +94,7 @@ def run_agent(
         def gauges() -> dict[str, Any]:
             p50, worst = sender.take_latencies()
             step_counters = [c for c in (intake, *tails) if c is not None]
+            claims = intake.counts() if intake is not None else {}
             return {
                 "steps_received": sum(getattr(c, "steps_received", 0) for c in step_counters),
                 "steps_malformed": sum(getattr(c, "steps_malformed", 0) for c in step_counters),
@@ -104,7 +107,9 @@ def run_agent(
                 "spool_write_errors": spool.write_errors,
                 "spool_memory_depth": spool.memory_depth,
                 "dead_lettered": dead_letters.count,
-                "reporters_evicted": getattr(intake, "reporters_evicted", 0),
+                "reporters_evicted": claims.get("reporters_evicted", 0),
+                "claims_refused": claims.get("claims_refused", 0),
+                "claim_conflicts": claims.get("claim_conflicts", 0),
                 "witness_hashed": witness.hashed if witness is not None else 0,
                 "witness_skipped": witness.skipped if witness is not None else 0,
                 "send_latency_ms_p50": p50,
@@ -115,7 +120,8 @@ def run_agent(
 
         agent = NodeAgent(config, collector, transport, step_sources=sources,
                           checkpoint_sources=checkpoint_sources,
-                          witness_sources=witness_sources, gauges=gauges,
+                          witness_sources=witness_sources, claim_sources=claim_sources,
+                          gauges=gauges,
                           dead_letters=dead_letters)
         log.info(
             "agent started node=%s backend=%s gpus=%d interval_s=%s spool=%s spooled=%d "

@@ -132,7 +132,8 @@ def _with_caps(
             out["consistency_records_malformed"] = float(stats["malformed_records"])
             # Evidence the checks kept out (the first report stays; see conflicting_report).
             for name in ("conflicting_records", "conflicting_saves", "refused_saves",
-                         "unwitnessed_saves", "witness_refused"):
+                         "unwitnessed_saves", "witness_refused", "rank_claims",
+                         "agent_restarts", "nodes_evicted"):
                 out[f"consistency_{name}"] = float(stats[name])
         return out
 

@@ -35,6 +35,7 @@ from trainguard.schemas.records import (
     CheckpointEvent,
     Finding,
     GpuSampleBatch,
+    Heartbeat,
     Record,
     StepBatch,
     StepRecord,
@@ -206,12 +207,18 @@ class BatchHandler:
 
 
 def _by_job(records: Sequence[Record]) -> dict[str, list[int]]:
-    """Indices of the records the consistency stage reads, per job (in order)."""
+    """Indices of the records the consistency stage reads, per job (in order).
+
+    Heartbeats and sample batches of nodes without a job go under ``""`` (no job id is
+    empty): they only tell the stage which agents are alive and which nodes are idle.
+    """
     out: dict[str, list[int]] = {}
     for i, rec in enumerate(records):
         if isinstance(rec, StepBatch | StepRecord | CheckpointEvent):
             out.setdefault(rec.job_id, []).append(i)
-        elif isinstance(rec, GpuSampleBatch | WitnessReport) and rec.job_id is not None:
+        elif isinstance(rec, GpuSampleBatch | Heartbeat):
+            out.setdefault(rec.job_id or "", []).append(i)
+        elif isinstance(rec, WitnessReport) and rec.job_id is not None:
             out.setdefault(rec.job_id, []).append(i)
     return out
 

@@ -97,6 +97,9 @@ class WorkerConfig:
     #: Jobs the consistency stage tracks at once; past it the least recently seen is
     #: evicted (counted).
     max_jobs: int = DEFAULT_MAX_JOBS
+    #: A node running a job whose agent sent no heartbeat for this long (event time) pages
+    #: (``agent_silent``): agents heartbeat every 5 s, so 8 s pages within 10 s.
+    agent_silent_s: float = 8.0
     #: A record's ``ts`` may run this far ahead of its Kafka timestamp (the producer's or
     #: broker's clock), and that timestamp this far ahead of the worker's clock; beyond,
     #: the record is a dead letter (reason ``clock``). Agents stamp both from one clock, so
@@ -133,6 +136,10 @@ class WorkerConfig:
         if not 0.01 <= self.batch_within_s <= 60:
             raise ConfigError(f"batch_within_s must be within 0.01..60, got {self.batch_within_s}")
         IngestCaps(max_world_size=self.max_world_size)  # validates it
+        if not 0.5 <= self.agent_silent_s <= 86400:
+            raise ConfigError(
+                f"agent_silent_s must be within 0.5..86400 seconds, got {self.agent_silent_s!r}"
+            )
         for name in ("max_baseline_entities", "max_jobs"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -53,7 +53,8 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
         stage = BaselineStage(BaselineConfig(max_entities=config.max_baseline_entities)) \
             if config.detect else None
         checks = ConsistencyStage(ConsistencyConfig(
-            max_jobs=config.max_jobs, max_world_size=config.max_world_size)) \
+            max_jobs=config.max_jobs, max_world_size=config.max_world_size,
+            agent_silent_s=config.agent_silent_s)) \
             if config.consistency else None
         app = build_app(config, ingestor, sink, stage, checks, store)
         log.info(

@@ -24,6 +24,7 @@ from msgspec import Meta
 
 __all__ = [
     "CHECK_NAMES",
+    "MAX_CLAIMS_PER_BATCH",
     "MAX_GPUS_PER_BATCH",
     "MAX_CHANGED_FILES",
     "MAX_HASH_CHARS",
@@ -40,6 +41,7 @@ __all__ = [
     "GpuSample",
     "GpuSampleBatch",
     "Heartbeat",
+    "RankClaim",
     "Record",
     "StepBatch",
     "StepRecord",
@@ -86,7 +88,7 @@ Version = Annotated[int, Meta(ge=1, description="wire contract version")]
 #: names from here. On the wire ``Finding.check`` stays a plain name, so that an older worker
 #: still reads the findings of a newer one that has gained a check.
 CheckName = Literal[
-    "checkpoint_digest", "clock_skew", "code_fingerprint", "conflicting_report",
+    "agent_silent", "checkpoint_digest", "clock_skew", "code_fingerprint", "conflicting_report",
     "gpu_throttled", "grad_norm_mismatch",
     "job_stalled", "local_grad_outlier", "loss_outlier", "lr_mismatch", "node_idle",
     "param_divergence", "rank_missing", "seed_mismatch", "step_skew", "straggler",
@@ -224,6 +226,11 @@ class StepRecord(_Base, tag="step", frozen=True, kw_only=True):
     #: Hash of the seeds this rank draws data order and dropout from; replicas agree on it
     #: and it stays put for the run.
     seed_fingerprint: Hash | None = None
+    #: The sending process as the node's kernel saw it (``SCM_CREDENTIALS`` on the step
+    #: socket): set by the agent, overriding whatever the trainer wrote; ``None`` for steps
+    #: that came another way (a tailed file).
+    pid: UInt32 | None = None
+    uid: UInt32 | None = None
 
 
 #: The float measurements of a step, in the order ``StepReporter.report`` takes them; these
@@ -241,6 +248,31 @@ STEP_FLOAT_FIELDS = (
 )
 
 
+class RankClaim(msgspec.Struct, kw_only=True, frozen=True):
+    """A second live process claimed a job's rank that the agent had bound to another.
+
+    Written by the node agent from the kernel's credentials of both senders, never from
+    what they say; the claimant's reports were refused. The worker turns it into a
+    ``conflicting_report`` finding naming both processes.
+    """
+
+    rank: UInt32
+    #: When the agent refused the claim (its own clock).
+    ts: EpochSeconds
+    #: The step (or checkpoint step) the refused report named.
+    step: NonNegInt | None = None
+    #: The refused claimant, and the process holding the rank since ``holder_since``.
+    pid: UInt32
+    uid: UInt32
+    holder_pid: UInt32
+    holder_uid: UInt32
+    holder_since: EpochSeconds | None = None
+
+
+#: Rank claims one step batch carries at most (the agent reports each claimant once).
+MAX_CLAIMS_PER_BATCH: Final = 256
+
+
 class StepBatch(_Base, tag="step_batch", frozen=True, kw_only=True):
     """Step records of one job's ranks on one node, sent together (keyed by job)."""
 
@@ -252,6 +284,8 @@ class StepBatch(_Base, tag="step_batch", frozen=True, kw_only=True):
     seq: NonNegInt
     agent_id: Name
     steps: list[StepRecord]
+    #: Processes refused because another live process holds the rank they claimed.
+    claims: Annotated[list[RankClaim], Meta(max_length=MAX_CLAIMS_PER_BATCH)] = []
 
 
 class AgentCounters(msgspec.Struct, kw_only=True, frozen=True):
@@ -295,6 +329,11 @@ class AgentCounters(msgspec.Struct, kw_only=True, frozen=True):
     #: unreadable, changed while hashed); the reasons are in its log and witness reports.
     witness_hashed: NonNegInt = 0
     witness_skipped: NonNegInt = 0
+    #: Step socket datagrams refused: another live process holds the (job, rank) they
+    #: claim, or the kernel attached no credentials. ``claim_conflicts``: distinct
+    #: claimants reported (as ``StepBatch.claims``).
+    claims_refused: NonNegInt = 0
+    claim_conflicts: NonNegInt = 0
 
 
 class Heartbeat(_Base, tag="heartbeat", frozen=True, kw_only=True):
@@ -311,6 +350,10 @@ class Heartbeat(_Base, tag="heartbeat", frozen=True, kw_only=True):
     backend: Literal["nvml", "simulated"]
     gpu_count: UInt16
     counters: AgentCounters = AgentCounters()
+    #: The training job the node's GPUs run, when the agent knows it (as on its sample
+    #: batches). The heartbeat is then keyed by the job, so the worker judging the job
+    #: sees its nodes' heartbeats stop (``agent_silent``).
+    job_id: StrictName | None = None
 
 
 class Anomaly(_Base, tag="anomaly", frozen=True, kw_only=True):

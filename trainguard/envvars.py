@@ -45,6 +45,7 @@ __all__ = [
     "MAX_WORLD_SIZE",
     "MAX_BASELINE_ENTITIES",
     "MAX_JOBS",
+    "AGENT_SILENT_S",
     "WORKER_DATA_DIR",
     "WORKER_CONFIG",
     "GRAFANA_URL",
@@ -115,6 +116,8 @@ MAX_PAST_S = "TRAINGUARD_MAX_PAST_S"
 MAX_WORLD_SIZE = "TRAINGUARD_MAX_WORLD_SIZE"
 MAX_BASELINE_ENTITIES = "TRAINGUARD_MAX_BASELINE_ENTITIES"
 MAX_JOBS = "TRAINGUARD_MAX_JOBS"
+#: Seconds without a heartbeat before a node running a job pages (``agent_silent``).
+AGENT_SILENT_S = "TRAINGUARD_AGENT_SILENT_S"
 WORKER_DATA_DIR = "TRAINGUARD_WORKER_DATA_DIR"
 WORKER_CONFIG = "TRAINGUARD_WORKER_CONFIG"
 #: ``trainguard grafana push``: Grafana's base URL and its service account token (a secret).

@@ -231,6 +231,10 @@ class StepFileTail:
                 nonfinite.append(name)
         if nonfinite:
             obj["nonfinite"] = nonfinite
+        # Only the step socket's kernel credentials say who sent a step: a log line's word
+        # for its pid and uid is none.
+        obj.pop("pid", None)
+        obj.pop("uid", None)
         try:
             record = msgspec.convert(obj, StepRecord, strict=True)
         except msgspec.ValidationError as exc:

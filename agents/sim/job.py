@@ -159,6 +159,10 @@ class JobSimulator:
         out: list[Emit] = []
         k = 0
         for i, node in enumerate(self._nodes):
+            if i in knobs.agent_down:  # its agent is stopped: its ranks' steps go nowhere
+                while k < len(steps) and steps[k].rank < (i + 1) * g:
+                    k += 1
+                continue
             in_job = knobs.in_job[i] and not self.finished
             acts: list[Activity] = [
                 activity if in_job and knobs.alive[i * g + j] else "free" for j in range(g)
@@ -184,15 +188,18 @@ class JobSimulator:
                 self._step_seq[i] += 1
             if t % HEARTBEAT_EVERY == 0:
                 # As the node agents do: liveness and their own counters (nothing spooled
-                # or dropped in a simulation), keyed by node.
-                out.append(Emit("heartbeats", self._node_keys[i], Heartbeat(
+                # or dropped in a simulation), keyed by the job while in it, else by node.
+                beat = Heartbeat(
                     cluster=spec.cluster, node=node, ts=ts, seq=t // HEARTBEAT_EVERY,
                     agent_id=self._agent_ids[i], agent_version=__version__,
                     uptime_s=float(t), backend="simulated", gpu_count=g,
                     counters=AgentCounters(batches_sent=self._sample_seq[i] + self._step_seq[i],
                                            steps_received=self._step_seq[i] * g),
-                )))
-        out.extend(Emit("steps", self._key, e) for e in events)
+                    job_id=spec.job_id if in_job else None,
+                )
+                out.append(Emit("heartbeats", self._key if in_job else self._node_keys[i], beat))
+        out.extend(Emit("steps", self._key, e) for e in events
+                   if e.rank // g not in knobs.agent_down)
         self._t += 1
         return out
 

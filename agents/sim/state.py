@@ -48,6 +48,9 @@ class Knobs:
     gpu: dict[tuple[int, int], GpuOverride] = field(default_factory=dict)
     #: Live ranks are blocked in a collective (a peer is gone): no steps, GPUs spin.
     hung: bool = False
+    #: Nodes whose agent is stopped: they send nothing (samples, steps, heartbeats), while
+    #: their ranks train on.
+    agent_down: set[int] = field(default_factory=set)
 
     @classmethod
     def initial(cls, spec: JobSpec, seed: int) -> Knobs:

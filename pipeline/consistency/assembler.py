@@ -249,7 +249,8 @@ class StepAssembler:
             rank=r, step=st.step, first_source=st.via.get(r, prev.node),
             second_source=source or rec.node, first_ts=prev.ts, second_ts=rec.ts,
             fields=fields, first_value=shown(getattr(prev, shown_field)),
-            second_value=shown(getattr(rec, shown_field)))
+            second_value=shown(getattr(rec, shown_field)), first_pid=prev.pid,
+            first_uid=prev.uid, second_pid=rec.pid, second_uid=rec.uid)
 
     def close_due(self, now: float) -> list[ClosedStep]:
         """Close, in step order, every step that is complete or whose wait expired at ``now``."""

@@ -120,6 +120,19 @@ class ConsistencyConfig:
     #: than a checkpoint save or an eval phase.
     stall_s: float = 60.0
 
+    # -- agents --------------------------------------------------------------------------
+    #: agent_silent: a node whose GPUs run a job and whose agent sent no heartbeat for
+    #: this long (event time) pages. Agents heartbeat every 5 s (``heartbeat_interval_s``):
+    #: 8 s forgives a heartbeat 3 s late and still pages within 10 s of the agent stopping
+    #: (it stopped after its last heartbeat). Keep it above the agents' interval.
+    agent_silent_s: float = 8.0
+    #: A node not heard for this long (wall clock) is forgotten, and a silence page with
+    #: it stops being refreshed (the alert then resolves).
+    agent_forget_s: float = 3600.0
+    #: Nodes whose heartbeats are tracked at once; past it the least recently heard is
+    #: forgotten (counted). 10,000 nodes, with headroom.
+    max_nodes: int = 65536
+
     # -- devices -------------------------------------------------------------------------
     #: node_idle: a node (or GPU) below ``idle_pct`` utilization while its peers' median is
     #: above ``busy_pct`` for ``idle_k`` samples in a row. A checkpoint save or an eval
@@ -177,8 +190,10 @@ class ConsistencyConfig:
                 raise ConfigError(f"{f.name} must be a finite number, got {value}")
         _positive(self, "wait_s", "job_idle_s", "stall_s", "fresh_s", "hw_recent_s",
                   "exit_align_s", "exit_wait_s", "clock_skew_s", "witness_wait_s",
+                  "agent_silent_s", "agent_forget_s",
                   "grad_z", "loss_z", "loss_z_clip", "straggler_ratio")
-        _at_least(self, 1, "max_open_steps", "max_jobs", "max_world_size", "clear_steps",
+        _at_least(self, 1, "max_open_steps", "max_jobs", "max_nodes", "max_world_size",
+                  "clear_steps",
                   "max_open_findings",
                   "grad_k", "grad_n", "loss_span", "scale_span", "loss_min_steps", "straggler_k",
                   "straggler_n", "skew_steps", "idle_k", "throttle_k", "max_checkpoints",

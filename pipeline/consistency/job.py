@@ -20,7 +20,7 @@ from trainguard.pipeline.consistency.checkpoints import CheckpointWatch
 from trainguard.pipeline.consistency.clock import ClockWatch
 from trainguard.pipeline.consistency.columns import StepColumns, step_columns
 from trainguard.pipeline.consistency.config import ConsistencyConfig
-from trainguard.pipeline.consistency.conflicts import step_conflicts
+from trainguard.pipeline.consistency.conflicts import claim_fault, step_conflicts
 from trainguard.pipeline.consistency.devices import DeviceWatch
 from trainguard.pipeline.consistency.findings import Entity, Fault, FindingTracker
 from trainguard.pipeline.consistency.fingerprints import FingerprintWatch
@@ -32,6 +32,7 @@ from trainguard.schemas.records import (
     CheckpointEvent,
     Finding,
     GpuSampleBatch,
+    RankClaim,
     StepRecord,
     WitnessReport,
 )
@@ -96,6 +97,10 @@ class JobState:
         self.witness = WitnessWatch(config.witness_wait_s, config.max_witness_paths,
                                     config.checkpoint_keep_s)
         self.pending_witness: list[WitnessReport] = []
+        #: Refused rank claims reported by agents, until the batch's checks ran.
+        self.pending_claims: list[Fault] = []
+        #: Rank claims agents reported (a second live process on their node).
+        self.claims = 0
         self.steps_closed = 0
         self.last_step = -1
         self.last_step_ts = -math.inf
@@ -148,9 +153,18 @@ class JobState:
         out += self.tracker.update("gpu_throttled", throttled, throttle_scope, batch.ts)
         return out
 
+    def claimed(self, claims: Sequence[RankClaim], node: str) -> None:
+        """An agent refused these processes: each claimed a rank another live one holds."""
+        self.claims += len(claims)
+        self.pending_claims += [claim_fault(c, node) for c in claims]
+
     def finish(self, now: float) -> list[Finding]:
         """After a batch of records: check loads, close due steps, look for a stall."""
         out: list[Finding] = []
+        if self.pending_claims:
+            claims, self.pending_claims = self.pending_claims, []
+            # Evidence does not clear: the claimant stays blamed until the job is forgotten.
+            out += self.tracker.update("conflicting_report", claims, None)
         # A released GPU sampled last in the batch: its peers' samples of the tick came
         # before it, so decide now rather than on the job's next sample batch.
         held = self.devices.judge(self._samples_ts, self.asm.ranks_on)

@@ -13,6 +13,11 @@ Memory is bounded: per job, only open steps, a few numbers per rank and per node
 rank's last ``max_checkpoints`` saves and the open findings; at most ``max_jobs`` jobs (past it
 the least recently seen is evicted and counted, ``evicted_jobs``), and a job silent for
 ``job_idle_s`` of wall-clock time is forgotten.
+
+Heartbeats (and every sample batch, with a job or without) feed the
+:class:`~trainguard.pipeline.consistency.silence.SilenceWatch`: a node whose GPUs run a job
+and whose agent stopped heartbeating is an ``agent_silent`` finding, judged on every
+:meth:`ConsistencyStage.flush`.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from collections.abc import Callable, Sequence
 from trainguard.pipeline.clocks import EventClocks
 from trainguard.pipeline.consistency.config import ConsistencyConfig
 from trainguard.pipeline.consistency.job import JobState
+from trainguard.pipeline.consistency.silence import SilenceWatch
 from trainguard.schemas.records import (
     CheckpointEvent,
     Finding,
     GpuSampleBatch,
+    Heartbeat,
     Record,
     StepBatch,
     StepRecord,
@@ -41,7 +48,8 @@ log = logging.getLogger(__name__)
 
 _COUNTERS = ("late_records", "malformed_records", "forced_closes", "restarts",
              "steps_closed", "loads_checked", "unknown_loads", "conflicting_records",
-             "conflicting_saves", "refused_saves", "unwitnessed_saves", "witness_refused")
+             "conflicting_saves", "refused_saves", "unwitnessed_saves", "witness_refused",
+             "rank_claims")
 
 
 class ConsistencyStage:
@@ -58,6 +66,8 @@ class ConsistencyStage:
         self.jobs: dict[str, JobState] = {}
         self._clock = clock
         self._clocks = EventClocks(clock, max_keys=self.config.max_jobs)
+        #: Nodes' heartbeats and jobs: which agents went silent (``agent_silent``).
+        self.silence = SilenceWatch(self.config, clock)
         self.expired_jobs = 0
         self.evicted_jobs = 0
         self._retired = dict.fromkeys(_COUNTERS, 0)
@@ -92,6 +102,10 @@ class ConsistencyStage:
             if isinstance(rec, StepBatch):
                 job = touched.get(rec.job_id) or self._touch(rec.job_id, rec.cluster, touched)
                 job_id = rec.job_id
+                if rec.claims:
+                    job.claimed(rec.claims, rec.node)
+                if rec.steps:
+                    self.silence.working(rec.node, rec.cluster, job_id, rec.ts)
                 if all(step.job_id == job_id for step in rec.steps):
                     job.asm.add_many(job.aligned(rec.steps), rec.node)
                 else:  # an agent mixing jobs in one batch: route each record
@@ -114,9 +128,15 @@ class ConsistencyStage:
                 rec = job.aligned([rec])[0]
                 job.asm.advance(rec.ts)
                 job.pending_witness.append(rec)
-            elif isinstance(rec, GpuSampleBatch) and rec.job_id is not None:
-                out += self._touch(rec.job_id, rec.cluster, touched).add_samples(
-                    rec, broker_ts[i] if broker_ts is not None else None)
+            elif isinstance(rec, GpuSampleBatch):
+                self.silence.working(rec.node, rec.cluster, rec.job_id, rec.ts)
+                if rec.job_id is not None:
+                    out += self._touch(rec.job_id, rec.cluster, touched).add_samples(
+                        rec, broker_ts[i] if broker_ts is not None else None)
+            elif isinstance(rec, Heartbeat):
+                self.silence.heartbeat(rec)
+                if rec.job_id is not None:
+                    self.silence.working(rec.node, rec.cluster, rec.job_id, rec.ts)
         for job in touched.values():
             out += job.finish(job.asm.watermark)
             self._clocks.advance(job.job_id, job.asm.watermark)
@@ -144,8 +164,13 @@ class ConsistencyStage:
                         raise
                     self.forget(job.job_id)
                     on_error(job.job_id, exc)
+        out += self.silence.judge(self.job_watermark, now, self._ranks_on)
         self._expire()
         return out
+
+    def _ranks_on(self, job_id: str, node: str) -> tuple[int, ...]:
+        job = self.jobs.get(job_id)
+        return job.asm.ranks_on(node) if job is not None else ()
 
     def forget(self, job_id: str) -> bool:
         """Drop one job's state (its counters are kept); False if it was not known.
@@ -177,6 +202,9 @@ class ConsistencyStage:
         totals["open_steps"] = sum(job.asm.open_steps for job in self.jobs.values())
         totals["expired_jobs"] = self.expired_jobs
         totals["evicted_jobs"] = self.evicted_jobs
+        totals["agent_restarts"] = self.silence.restarts
+        totals["nodes_tracked"] = self.silence.nodes
+        totals["nodes_evicted"] = self.silence.evicted
         return totals
 
     def _touch(self, job_id: str, cluster: str | None, touched: dict[str, JobState]) -> JobState:
@@ -237,7 +265,7 @@ def _job_counters(job: JobState) -> dict[str, int]:
             "conflicting_saves": job.checkpoints.conflicting_saves,
             "refused_saves": job.checkpoints.refused_saves,
             "unwitnessed_saves": job.witness.unwitnessed_saves,
-            "witness_refused": job.witness.refused}
+            "witness_refused": job.witness.refused, "rank_claims": job.claims}
 
 
 

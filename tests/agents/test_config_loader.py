@@ -58,6 +58,13 @@ def test_environment_overrides_the_file_and_flags_override_both(tmp_path):
 def test_defaults_without_a_file_use_the_nvml_backend():
     config = load_agent_config(None, {})
     assert config.backend == "nvml" and config.interval_s == 1.0
+    assert config.steps_socket_mode == 0o660 and config.steps_socket_group is None
+
+
+def test_the_steps_socket_group_reaches_the_config(tmp_path):
+    text = TOML.replace('socket_mode = "0666"', 'socket_mode = "0660"\nsocket_group = "trainers"')
+    config = load_agent_config(_write(tmp_path, text), {})
+    assert (config.steps_socket_mode, config.steps_socket_group) == (0o660, "trainers")
 
 
 @pytest.mark.parametrize(
@@ -68,6 +75,8 @@ def test_defaults_without_a_file_use_the_nvml_backend():
         ("interval_s = 0.01\n", "interval_s must be within 0.1..3600, got 0.01"),
         ("backend = 'cuda'\n", "unknown backend 'cuda'"),
         ("[steps]\nsocket_mode = 'rw'\n", "octal"),
+        ("[steps]\nsocket_mode = '7777'\n", "steps_socket_mode 7777 is not a permission mode"),
+        ("[steps]\nsocket_group = 'a b'\n", "bad steps_socket_group 'a b'"),
         ("interval_s = \n", "not valid TOML"),
     ],
 )

@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from trainguard.agents.claims import RankBindings
 from trainguard.agents.intake import MAX_DATAGRAM_BYTES, StepIntake
 from trainguard.agents.reporter import StepDatagram
 from trainguard.errors import CollectorError
@@ -205,7 +206,7 @@ def test_bad_datagrams_between_good_ones_cost_no_sleep_and_every_good_one_arrive
 
 def test_a_datagram_that_makes_handling_fail_is_counted_as_an_error(sock_path, sender):
     class Exploding(StepIntake):
-        def _checkpoint(self, report):
+        def _checkpoint(self, report, peer):
             raise ZeroDivisionError("a bug in one path")
 
     from trainguard.agents.reporter import CheckpointReport
@@ -237,9 +238,11 @@ def test_a_forged_drop_count_is_malformed_and_the_heartbeat_stays_valid(sock_pat
 
 
 def test_the_per_reporter_drop_memory_is_capped_and_evictions_are_counted(sock_path, sender):
-    with StepIntake(sock_path, max_reporters=2) as intake:
-        for i, pid in enumerate([1, 2, 3, 3]):
-            sender.sendto(datagram(i, pid=pid, dropped=1), str(sock_path))
+    # A reporter is (the kernel's pid, job, rank): one process, three ranks here.
+    with StepIntake(sock_path, max_reporters=2,
+                    bindings=RankBindings(max_bindings=100)) as intake:
+        for i, rank in enumerate([1, 2, 3, 3]):
+            sender.sendto(datagram(i, rank=rank, dropped=1), str(sock_path))
             wait_for(lambda i=i: intake.steps_received == i + 1)
         assert intake.counts()["reporters_evicted"] == 1
         assert intake.datagrams_dropped == 3

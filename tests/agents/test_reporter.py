@@ -111,6 +111,8 @@ def test_every_field_survives_the_round_trip_to_the_intake(sock_path):
                 local_grad_norm=0.75,
                 compute_time_s=0.6,
                 seed_fingerprint="seed-7",
+                pid=os.getpid(),  # stamped by the agent from the kernel's credentials
+                uid=os.getuid(),
             )
         ]
         assert reporter.sent == 1 and reporter.dropped == 0
@@ -247,13 +249,18 @@ def test_a_forked_child_reports_as_its_own_sender(sock_path):
         reporter = StepReporter("job-1", 0, 1, socket_path=str(sock_path), node="n")
         reporter.dropped = 7  # pretend the parent lost some
         assert reporter.report(0) is True
+        done_r, done_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # child: its counts start from zero
+            os.close(done_w)
             ok = reporter.report(1) and reporter.dropped == 0 and reporter.sent == 1
+            os.read(done_r, 1)  # alive until the agent read it: the parent's child may speak
             os._exit(0 if ok else 1)
+        os.close(done_r)
+        wait_for(lambda: intake.steps_received == 2)
+        os.close(done_w)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
-        wait_for(lambda: intake.steps_received == 2)
         assert intake.datagrams_dropped == 7
 
 

@@ -9,7 +9,7 @@ def test_the_shipped_example_agent_config_is_valid():
     config = load_agent_config(INFRA / "agent" / "agent.toml", {})
     assert config.backend == "nvml"
     assert config.steps_socket == Path("/run/trainguard/steps.sock")
-    assert config.steps_socket_mode == 0o666
+    assert config.steps_socket_mode == 0o660 and config.steps_socket_group == "trainguard"
     assert config.kafka.bootstrap.count(",") == 2
 
 

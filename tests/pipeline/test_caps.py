@@ -123,7 +123,9 @@ def test_evictions_at_the_caps_are_exported_with_the_worker_health():
                        "consistency_jobs_evicted": 2.0, "consistency_records_malformed": 0.0,
                        "consistency_conflicting_records": 0.0,
                        "consistency_conflicting_saves": 0.0, "consistency_refused_saves": 0.0,
-                       "consistency_unwitnessed_saves": 0.0, "consistency_witness_refused": 0.0}
+                       "consistency_unwitnessed_saves": 0.0, "consistency_witness_refused": 0.0,
+                       "consistency_rank_claims": 0.0, "consistency_agent_restarts": 0.0,
+                       "consistency_nodes_evicted": 0.0}
 
 
 def test_conflicting_reports_are_exported_with_the_worker_health():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from trainguard.agents.claims import Peer
 from trainguard.agents.collectors.steps_file import StepFileTail
 from trainguard.agents.intake import StepIntake
 from trainguard.agents.reporter import CheckpointReport, StepDatagram
@@ -190,13 +192,21 @@ def datagram(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+#: The kernel's credentials of every fuzzed datagram's sender: one process.
+_ME = Peer(os.getpid(), os.getuid(), os.getgid())
+
+
 @FUZZ
 @given(datagram(), st.booleans())
 def test_intake_datagrams_are_queued_or_counted_never_raised(
         intake: StepIntake, data: bytes, truncated: bool) -> None:
-    before = intake.steps_received + intake.steps_malformed + intake.checkpoints_received
-    intake._handle_safely(memoryview(data), truncated=truncated)
-    after = intake.steps_received + intake.steps_malformed + intake.checkpoints_received
+    def seen() -> int:
+        return (intake.steps_received + intake.steps_malformed + intake.checkpoints_received
+                + intake.bindings.refused)
+
+    before = seen()
+    intake._handle_safely(memoryview(data), truncated=truncated, peer=_ME)
+    after = seen()
     assert after == before + 1
     intake.drain()
     intake.drain_checkpoints()

@@ -75,6 +75,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "jobs the consistency checks track at once; past it the least recently seen is "
         "evicted (counted)", type=int)
     add_env_option(
+        p, "--agent-silent-s", envvars.AGENT_SILENT_S, 8.0,
+        "seconds without a heartbeat before a node running a job pages (agent_silent); "
+        "above the agents' heartbeat interval (5 s)", type=float)
+    add_env_option(
         p,
         "--data-dir",
         envvars.WORKER_DATA_DIR,
@@ -120,6 +124,7 @@ def worker_config(args: argparse.Namespace) -> object:
         max_world_size=args.max_world_size,
         max_baseline_entities=args.max_baseline_entities,
         max_jobs=args.max_jobs,
+        agent_silent_s=args.agent_silent_s,
         detect=args.detect,
         consistency=args.consistency,
         alerting=alerting,

@@ -155,3 +155,11 @@ def test_an_invalid_utf8_line_is_counted_and_skipped_not_fatal(log):
     assert tail.malformed_by_reason.get("not_json", 0) >= 1
     append(log, line(4))
     assert [r.step for r in tail.poll()] == [4]
+
+
+def test_a_log_lines_own_pid_and_uid_are_not_believed(log):
+    log.write_text("")
+    tail = tail_of(log)
+    append(log, line(0, loss=2.5, pid=1, uid=0))
+    [record] = tail.poll()
+    assert (record.pid, record.uid, record.loss) == (None, None, 2.5)

@@ -34,10 +34,12 @@ def test_every_node_sends_one_sample_batch_per_tick_keyed_and_tagged_by_job(clea
             if not isinstance(e.record, GpuSampleBatch | Heartbeat)} == {"steps"}
 
 
-def test_every_node_agent_sends_a_heartbeat_every_five_ticks_keyed_by_node(clean):
+def test_every_node_agent_sends_a_heartbeat_every_five_ticks_keyed_and_tagged_by_job(clean):
     beats = [e for e in clean if e.topic == "heartbeats"]
     assert len(beats) == 3 * 150 // 5
-    assert {e.key for e in beats} == {b"node-00", b"node-01", b"node-02"}
+    assert {e.key for e in beats} == {b"job-0"}
+    assert {e.record.node for e in beats} == {"node-00", "node-01", "node-02"}
+    assert {getattr(e.record, "job_id", None) for e in beats} == {"job-0"}
     assert all(isinstance(e.record, Heartbeat) and e.record.backend == "simulated"
                for e in beats)
     last = [e.record for e in beats if e.record.node == "node-01"][-1]

@@ -39,3 +39,12 @@ def test_the_caps_are_set_by_environment(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_a_cap_below_one_is_a_config_error_naming_it() -> None:
     with pytest.raises(ConfigError, match="max_jobs"):
         _config("--max-jobs", "0")
+
+
+def test_the_silence_threshold_is_a_flag_and_an_environment_variable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _config().agent_silent_s == WorkerConfig(
+        bootstrap="127.0.0.1:9092", store=_config().store).agent_silent_s == 8.0
+    assert _config("--agent-silent-s", "12").agent_silent_s == 12.0
+    monkeypatch.setenv("TRAINGUARD_AGENT_SILENT_S", "6")
+    assert _config().agent_silent_s == 6.0
