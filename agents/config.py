@@ -101,6 +101,9 @@ class AgentConfig:
     intake_max_reported_drops: int = MAX_REPORTED_DROPS
     #: JSON-lines files written by trainers that only log, tailed every tick.
     steps_files: tuple[Path, ...] = ()
+    #: This node's key (``trainguard keys enrol``, mode 0600): every message the agent
+    #: sends carries a MAC made with it. ``None``: messages go unsigned.
+    node_key_file: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("cluster", "node"):

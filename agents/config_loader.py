@@ -7,6 +7,7 @@ Example ``/etc/trainguard/agent.toml``::
     cluster = "research-a"
     backend = "nvml"            # or "simulated"
     interval_s = 1.0
+    node_key_file = "/etc/trainguard/node.key"   # `trainguard keys enrol`; mode 0600
 
     [kafka]
     bootstrap = "kafka-1:9092,kafka-2:9092"
@@ -67,6 +68,7 @@ class _File(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     backend: str | None = None
     interval_s: float | None = None
     heartbeat_interval_s: float | None = None
+    node_key_file: str | None = None
     kafka: _Kafka = _Kafka()
     spool: _Spool = _Spool()
     steps: _Steps = _Steps()
@@ -85,6 +87,7 @@ ENV_OVERRIDES: dict[str, str] = {
     envvars.SPOOL_MAX_MB: "spool.max_mb",
     envvars.STEPS_SOCKET: "steps.socket",
     envvars.SIM_GPUS: "simulated.gpus",
+    envvars.NODE_KEY_FILE: "node_key_file",
 }
 
 
@@ -168,4 +171,6 @@ def _build(s: Mapping[str, Any]) -> AgentConfig:
     for key in ("cluster", "node"):
         if key in s:
             fields[key] = str(s[key])
+    if s.get("node_key_file"):
+        fields["node_key_file"] = Path(str(s["node_key_file"]))
     return AgentConfig(**fields)

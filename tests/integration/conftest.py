@@ -3,7 +3,7 @@
 ``local_stack`` is a :class:`~trainguard.local.stack.LocalStack` on the session's broker:
 a unique topic prefix, its own chdb directory, and a worker the test starts itself
 (``worker_process.start(extra_args=...)``, again after ``kill()`` for a restart). A test
-module overrides ``stack_pager`` to add a pager. The test process never opens the chdb
+module overrides ``stack_pager`` to add a pager, ``stack_auth`` to require signed input. The test process never opens the chdb
 directory itself, since chdb binds a process to one directory for its lifetime and the
 in-process store tests need theirs: it reads through the worker.
 """
@@ -27,11 +27,19 @@ def stack_pager() -> PagerMode:
 
 
 @pytest.fixture
-def local_stack(bootstrap: str, tmp_path: Path, stack_pager: PagerMode) -> Iterator[LocalStack]:
+def stack_auth() -> bool:
+    """Whether the worker of ``local_stack`` requires signed input; a test module overrides it."""
+    return False
+
+
+@pytest.fixture
+def local_stack(bootstrap: str, tmp_path: Path, stack_pager: PagerMode,
+                stack_auth: bool) -> Iterator[LocalStack]:
     """Topics (and a pager) on the session's broker, and a worker the test starts."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
     with LocalStack(tmp_path, bootstrap=bootstrap, topic_prefix=prefix, pager=stack_pager,
-                    start_worker=False, app_id=f"tg-test-{prefix}", batch_within=0.3) as stack:
+                    start_worker=False, app_id=f"tg-test-{prefix}", batch_within=0.3,
+                    auth=stack_auth) as stack:
         yield stack
 
 
