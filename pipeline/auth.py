@@ -69,7 +69,7 @@ class _Pair:
 
 
 class ForgeryTracker:
-    """One ``forged_telemetry`` finding per (claimed, real) pair, repeated at most every ``repeat_s``.
+    """One ``forged_telemetry`` finding per (claimed, real) pair, repeated every ``repeat_s``.
 
     A source claiming more than ``max_claims`` different nodes has the rest aggregated
     under the claim ``*``; at most ``max_pairs`` pairs are remembered (the oldest goes).

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from tests.agents.test_daemon import RecordingTransport, _config
-from tests.agents.test_sender import FakeFuture
 from trainguard.agents.collectors import SimulatedGpus
 from trainguard.agents.config import KafkaProducerSettings
 from trainguard.agents.config_loader import load_agent_config
@@ -28,6 +27,26 @@ FLEET = FleetSecret(b"q" * 32)
 KEY = derive_node_key(FLEET, "node-a")
 
 
+class AckedFuture:
+    """A delivery that succeeded at once (what both senders ask of kafka-python's futures)."""
+
+    is_done = True
+    exception = None
+
+    def succeeded(self) -> bool:
+        return True
+
+    def failed(self) -> bool:
+        return False
+
+    def add_callback(self, fn, *args):
+        fn(*args, None)
+        return self
+
+    def add_errback(self, fn, *args):
+        return self
+
+
 class HeaderProducer:
     """Records what it was asked to send, headers included; acknowledges at once."""
 
@@ -36,7 +55,7 @@ class HeaderProducer:
 
     def send(self, topic, key=None, value=None, headers=None):
         self.sent.append((topic, key, value, headers))
-        return FakeFuture()
+        return AckedFuture()
 
     def flush(self, timeout=None):
         pass

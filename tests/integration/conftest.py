@@ -3,9 +3,10 @@
 ``local_stack`` is a :class:`~trainguard.local.stack.LocalStack` on the session's broker:
 a unique topic prefix, its own chdb directory, and a worker the test starts itself
 (``worker_process.start(extra_args=...)``, again after ``kill()`` for a restart). A test
-module overrides ``stack_pager`` to add a pager, ``stack_auth`` to require signed input. The test process never opens the chdb
-directory itself, since chdb binds a process to one directory for its lifetime and the
-in-process store tests need theirs: it reads through the worker.
+module overrides ``stack_pager`` to add a pager, ``stack_auth`` to require signed input.
+The test process never opens the chdb directory itself, since chdb binds a process to one
+directory for its lifetime and the in-process store tests need theirs: it reads through
+the worker.
 """
 
 from __future__ import annotations
