@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+
 import pytest
 
 from trainguard.schemas.auth import (
@@ -11,6 +13,7 @@ from trainguard.schemas.auth import (
     MAC_BYTES,
     FleetSecret,
     FleetSigner,
+    Hmac,
     Verifier,
     derive_node_key,
     header_map,
@@ -105,8 +108,21 @@ def test_the_fleet_signer_signs_as_the_enrolled_key_would() -> None:
         derive_node_key(FLEET, "node-a"), TOPIC, b"k", VALUE)
 
 
-def test_header_map_takes_lists_and_dicts_and_keeps_the_first_of_each_name() -> None:
+def test_header_map_takes_lists_and_dicts() -> None:
     pairs = [("other", b"x"), (HEADER_NODE, b"a"), (HEADER_NODE, b"b"), (HEADER_KID, None)]
-    assert header_map(pairs) == {HEADER_NODE: b"a"}  # type: ignore[arg-type]
+    assert header_map(pairs) == {"other": b"x", HEADER_NODE: b"b", HEADER_KID: None}
     assert header_map({HEADER_MAC: b"m"}) == {HEADER_MAC: b"m"}
-    assert header_map(None) == {}
+    assert header_map(None) == {} and header_map(()) == {}
+
+
+def test_a_header_with_a_null_value_counts_as_missing() -> None:
+    headers = sign(derive_node_key(FLEET, "node-a"), TOPIC, b"job-1", VALUE)
+    assert _verify(Verifier([FLEET]), [*headers[:2], (HEADER_MAC, None)]).why == "no_mac"
+
+
+@pytest.mark.parametrize("key_len", [0, 16, 32, 64, 65, 200])
+@pytest.mark.parametrize("size", [0, 1, 63, 64, 1000, 5000])
+def test_the_precomputed_hmac_equals_the_standard_library(key_len: int, size: int) -> None:
+    key, data = bytes(range(key_len % 256)) * (key_len // 256 + 1), b"\xa5" * size
+    key = key[:key_len]
+    assert Hmac(key).digest(data) == hmac.digest(key, data, "sha256")
