@@ -14,6 +14,10 @@ the range of sizes. Each figure is the time per message over ``--messages`` mess
 Each figure is printed as the median of the rounds and the best round (the machine's
 floor when other processes share it).
 
+Then the worker's ingest stage (decode, validate, intake lines: ``Ingestor.ingest``) on
+2,000-message batches of the same load, with and without verification, in alternating
+rounds: what turning authentication on costs the stage, in µs per message and percent.
+
     python -m bench.auth [--messages 5000] [--rounds 7]
 """
 
@@ -28,6 +32,7 @@ from collections.abc import Callable
 from bench.loadgen import FleetLoad
 from trainguard.pipeline.auth import MessageAuth
 from trainguard.pipeline.dead_letters import RawMessage
+from trainguard.pipeline.ingest import Ingestor
 from trainguard.schemas.auth import FleetSecret, FleetSigner, sign
 from trainguard.schemas.topics import Topics
 
@@ -91,10 +96,37 @@ def bench_kind(name: str, msgs: list[tuple[str, bytes, bytes, str]], rounds: int
     return v_us
 
 
+def bench_ingest(nodes: int, rounds: int) -> None:
+    """Print the ingest stage's µs per message with and without MAC verification."""
+    topics, fleet = Topics("bench"), FleetSecret(b"i" * 32)
+    signer = FleetSigner(fleet)
+    load = FleetLoad(topics, nodes)
+    names = [n for n in load.names for _ in range(2)]
+    now = time.time()
+    msgs = [RawMessage(t, i % 3, i, k, v, now, tuple(signer.headers(node, t, k, v)))
+            for i, ((t, k, v), node) in enumerate(zip(load.tick(1, now), names, strict=True))]
+    batches = [msgs[j:j + 2000] for j in range(0, len(msgs), 2000)]
+    plain, signed = Ingestor(topics), Ingestor(topics, auth=MessageAuth([fleet]))
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(rounds):
+        for name, ingestor in (("off", plain), ("on", signed)):
+            start = time.perf_counter()
+            accepted = sum(ingestor.ingest(b).records for b in batches)
+            times[name].append((time.perf_counter() - start) / len(msgs) * 1e6)
+            assert accepted == len(msgs), f"{name}: {accepted} of {len(msgs)} accepted"
+    off, on = statistics.median(times["off"]), statistics.median(times["on"])
+    print(f"auth ingest stage, {len(msgs)} messages in 2,000-message batches: "
+          f"{off:.1f} µs per message without verification, {on:.1f} µs with "
+          f"(+{on - off:.1f} µs, +{100 * (on - off) / off:.1f} %), median of {rounds} rounds",
+          flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--messages", type=int, default=5000, help="messages per round")
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--ingest-nodes", type=int, default=5000,
+                   help="nodes of the ingest comparison (two messages each)")
     args = p.parse_args()
     worst = 0.0
     for ranks in (8, 2, 32):
@@ -105,6 +137,7 @@ def main() -> None:
     verdict = "meets" if worst < TARGET_VERIFY_US else "MISSES"
     print(f"auth verify worst {worst:.2f} µs per message {verdict} the {TARGET_VERIFY_US:g} µs "
           "target", flush=True)
+    bench_ingest(args.ingest_nodes, args.rounds)
 
 
 if __name__ == "__main__":
