@@ -76,6 +76,7 @@ bench: install kafka-jars  ## run the benchmarks and print their figures
 	$(PY) -m bench.reporter
 	$(PY) -m bench.witness --budget 200
 	$(PY) -m bench.detectors
+	$(PY) -m bench.auth
 	$(PY) -m bench.pipeline stages
 	$(PY) -m bench.pipeline capacity --nodes 10000 --ticks 12
 	$(PY) -m bench.pipeline realtime --nodes 500 --seconds 90

@@ -164,6 +164,9 @@ class AgentConfig:
     steps_files: tuple[Path, ...] = ()
     #: What the agent hashes itself (checkpoint files, code trees): off until configured.
     witness: WitnessSettings = field(default_factory=WitnessSettings)
+    #: This node's key (``trainguard keys enrol``, mode 0600): every message the agent
+    #: sends carries a MAC made with it. ``None``: messages go unsigned.
+    node_key_file: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("cluster", "node"):

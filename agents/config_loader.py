@@ -7,6 +7,7 @@ Example ``/etc/trainguard/agent.toml``::
     cluster = "research-a"
     backend = "nvml"            # or "simulated"
     interval_s = 1.0
+    node_key_file = "/etc/trainguard/node.key"   # `trainguard keys enrol`; mode 0600
 
     [kafka]
     bootstrap = "kafka-1:9092,kafka-2:9092"
@@ -105,6 +106,7 @@ class _File(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     backend: str | None = None
     interval_s: float | None = None
     heartbeat_interval_s: float | None = None
+    node_key_file: str | None = None
     kafka: _Kafka = _Kafka()
     spool: _Spool = _Spool()
     steps: _Steps = _Steps()
@@ -131,6 +133,7 @@ ENV_OVERRIDES: dict[str, str] = {
     envvars.KAFKA_CA_FILE: "kafka.ca_file",
     envvars.KAFKA_CERT_FILE: "kafka.cert_file",
     envvars.KAFKA_KEY_FILE: "kafka.key_file",
+    envvars.NODE_KEY_FILE: "node_key_file",
 }
 
 
@@ -231,6 +234,8 @@ def _build(s: Mapping[str, Any], password_env: str | None = None) -> AgentConfig
     for key in ("cluster", "node"):
         if key in s:
             fields[key] = str(s[key])
+    if s.get("node_key_file"):
+        fields["node_key_file"] = Path(str(s["node_key_file"]))
     return AgentConfig(**fields)
 
 

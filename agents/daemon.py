@@ -186,7 +186,12 @@ class NodeAgent:
             return ()
 
     def _send_steps(self, now: float, by_job: dict[str, list[StepRecord]]) -> None:
+        node = self.config.node
         for job_id, steps in by_job.items():
+            # The agent vouches for the node: a trainer's own idea of its host name (or a
+            # claim of another node) is replaced by the node this agent runs on and signs as.
+            steps = [s if s.node == node else msgspec.structs.replace(s, node=node)
+                     for s in steps]
             # Keyed by job: all of a job's ranks, from every node, meet in one partition.
             for chunk, data in self._step_batches(job_id, steps, now):
                 self._transport.send(self.config.topics.steps, job_id.encode(), data)
@@ -248,8 +253,9 @@ class NodeAgent:
     def _send_checkpoints(self) -> None:
         for poll in self._checkpoint_sources:
             for report in self._poll(poll):
-                event = CheckpointEvent(cluster=self.config.cluster,
-                                        **msgspec.structs.asdict(report))
+                fields = msgspec.structs.asdict(report)
+                fields["node"] = self.config.node  # as for steps: the node this agent is
+                event = CheckpointEvent(cluster=self.config.cluster, **fields)
                 # On the steps topic, keyed by job: a job's loads meet its saves.
                 self._send(self.config.topics.steps, report.job_id.encode(), encode(event))
 

@@ -3,7 +3,9 @@
 Each node has its own :class:`NodeAgent` and :class:`SimulatedGpus`; they share one
 transport (one Kafka producer), as a load generator should. ``realtime=False`` sends
 ticks back to back with event timestamps ``interval_s`` apart: faster than real time,
-same results downstream (the pipeline works in event time).
+same results downstream (the pipeline works in event time). With a ``signer`` each node's
+messages are signed as that node (a load tool holds the fleet secret; a real node only
+its own key).
 """
 
 from __future__ import annotations
@@ -12,13 +14,40 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Protocol
 
 from trainguard.agents.collectors.simulated import SimulatedGpus
 from trainguard.agents.config import AgentConfig
 from trainguard.agents.daemon import NodeAgent
 from trainguard.agents.transport import Transport
+from trainguard.schemas.auth import FleetSigner, Headers
 
-__all__ = ["SimulatedFleet"]
+__all__ = ["SignedAs", "SimulatedFleet"]
+
+
+class _SendsHeaders(Transport, Protocol):
+    def send(self, topic: str, key: bytes, value: bytes, headers: Headers | None = None) -> None:
+        """Queue one message with these headers."""
+        ...
+
+
+class SignedAs:
+    """A view of a shared transport that signs every message as one node."""
+
+    def __init__(self, transport: _SendsHeaders, node: str, signer: FleetSigner) -> None:
+        self._transport, self._node, self._signer = transport, node, signer
+
+    def send(self, topic: str, key: bytes, value: bytes) -> None:
+        """Sign and queue one message."""
+        self._transport.send(topic, key, value,
+                             self._signer.headers(self._node, topic, key, value))
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Flush the shared transport."""
+        self._transport.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Closing a view closes nothing: the shared transport's owner closes it."""
 
 
 class SimulatedFleet:
@@ -32,6 +61,7 @@ class SimulatedFleet:
         nodes: int,
         node_prefix: str = "sim-node",
         seed: int = 0,
+        signer: FleetSigner | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be >= 1, got {nodes}")
@@ -42,7 +72,10 @@ class SimulatedFleet:
             name = f"{node_prefix}-{i:03d}"
             collector = SimulatedGpus(name, config.sim_gpus, seed=seed)
             self.collectors[name] = collector
-            self.agents.append(NodeAgent(replace(config, node=name), collector, transport))
+            own: Transport = transport
+            if signer is not None:  # the transport must take headers (KafkaTransport does)
+                own = SignedAs(transport, name, signer)  # type: ignore[arg-type]
+            self.agents.append(NodeAgent(replace(config, node=name), collector, own))
         self.interval_s = config.interval_s
 
     def tick(self, ts: float) -> int:

@@ -23,8 +23,11 @@ from trainguard.agents.reporter import CheckpointReport
 from trainguard.agents.sender import SpoolSender
 from trainguard.agents.spool import Spool
 from trainguard.agents.transport import SpoolTransport
+from trainguard.errors import ConfigError
+from trainguard.schemas.auth import NodeKey
+from trainguard.schemas.keyfiles import read_node_key
 
-__all__ = ["make_collector", "run_agent"]
+__all__ = ["load_node_key", "make_collector", "run_agent"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,21 @@ def make_collector(config: AgentConfig) -> GpuCollector:
     from trainguard.agents.collectors.simulated import SimulatedGpus
 
     return SimulatedGpus(config.node, config.sim_gpus)
+
+
+def load_node_key(config: AgentConfig) -> NodeKey | None:
+    """The node's key from ``config.node_key_file`` (checked: private, this node's), if set."""
+    if config.node_key_file is None:
+        log.warning("no node key file: messages go unsigned node=%s (workers that require "
+                    "authentication refuse them; `trainguard keys enrol`)", config.node)
+        return None
+    key = read_node_key(config.node_key_file)
+    if key.node != config.node:
+        raise ConfigError(f"node key file {config.node_key_file} is for node {key.node!r}, "
+                          f"but this agent is node {config.node!r}; enrol this node "
+                          f"(`trainguard keys enrol --node {config.node}`) or set --node")
+    log.info("messages are signed node=%s kid=%s", key.node, key.kid)
+    return key
 
 
 def run_agent(
@@ -54,12 +72,13 @@ def run_agent(
     from trainguard.agents.collectors.witness import Witness
     from trainguard.agents.intake import StepIntake
 
+    node_key = load_node_key(config)  # before anything is opened: a bad key stops here
     collector = collector or make_collector(config)
     spool = Spool(config.spool_dir, max_bytes=config.spool_max_bytes,
                   memory_max_bytes=config.spool_memory_max_bytes)
     dead_letters = LocalDeadLetters(config.spool_dir / "dead-letters.jsonl",
                                     max_bytes=config.dead_letter_max_bytes)
-    sender = SpoolSender(spool, config.kafka, dead_letters=dead_letters)
+    sender = SpoolSender(spool, config.kafka, dead_letters=dead_letters, node_key=node_key)
     transport = SpoolTransport(spool, sender)
     intake = None
     sources: list[StepPoll] = []

@@ -5,6 +5,8 @@ each attempt fails after ``delivery_timeout_ms``; the sender backs off (up to 30
 tries again, while the spool absorbs new records. Entries acknowledged after a failed
 one are remembered and not re-sent, so a retry does not duplicate them.
 
+With a node key each message is signed as it is sent (:mod:`trainguard.schemas.auth`).
+
 A message Kafka refuses for good (too large, an invalid record: errors that no retry can
 fix) is not retried: it goes to the node's dead-letter file
 (:class:`~trainguard.agents.dead_letter_file.LocalDeadLetters`) with the error as its
@@ -24,6 +26,7 @@ from typing import Any
 from trainguard.agents.config import KafkaProducerSettings
 from trainguard.agents.dead_letter_file import LocalDeadLetters
 from trainguard.agents.spool import Spool, SpoolEntry
+from trainguard.schemas.auth import NodeKey, sign
 
 __all__ = ["PERMANENT_ERRORS", "SpoolSender"]
 
@@ -62,10 +65,13 @@ class SpoolSender:
         dead_letters: LocalDeadLetters | None = None,
         producer_factory: Callable[..., Any] | None = None,
         clock: Callable[[], float] = time.time,
+        node_key: NodeKey | None = None,
     ) -> None:
         from kafka import KafkaProducer  # only the sending process needs kafka-python
 
         self._spool = spool
+        #: Signs each message as it leaves (the spool holds them unsigned, on this node).
+        self._node_key = node_key
         self._settings = settings
         self._batch_max = batch_max
         self._clock = clock
@@ -176,7 +182,7 @@ class SpoolSender:
         futures: list[Any] = []
         for entry in batch:
             try:
-                futures.append(self._producer.send(entry.topic, key=entry.key, value=entry.value))
+                futures.append(self._send_one(entry))
             except self._permanent as exc:  # e.g. larger than max_request_size
                 futures.append(exc)
             except Exception as exc:  # metadata timeout while the broker is down, mostly
@@ -219,6 +225,14 @@ class SpoolSender:
             log.warning("kafka delivery incomplete delivered=%d failed=%d depth=%d",
                         acked, failed, self._spool.depth)
         return failed == 0
+
+    def _send_one(self, entry: SpoolEntry) -> Any:
+        """Hand one entry to the producer, signed when this node has a key."""
+        if self._node_key is None:
+            return self._producer.send(entry.topic, key=entry.key, value=entry.value)
+        return self._producer.send(entry.topic, key=entry.key, value=entry.value,
+                                   headers=sign(self._node_key, entry.topic, entry.key,
+                                                entry.value))
 
     def _commit_through(self, seq: int) -> None:
         """Commit through ``seq`` and the entries right after it already done out of order."""

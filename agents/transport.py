@@ -4,7 +4,8 @@
 on-disk spool and a sender thread moves it to Kafka, so outages and restarts lose
 nothing. :class:`KafkaTransport` sends straight to Kafka; the simulated fleet uses it
 to generate load without a spool per simulated node. Both are durable on the Kafka
-side: acks=all and an idempotent producer, zstd compression, a short linger.
+side: acks=all and an idempotent producer, zstd compression, a short linger. With a node
+key every message carries its MAC headers (:mod:`trainguard.schemas.auth`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from trainguard.agents.config import KafkaProducerSettings
 from trainguard.agents.sender import SpoolSender
 from trainguard.agents.spool import Spool
 from trainguard.errors import BrokerError
+from trainguard.schemas.auth import Headers, NodeKey, sign
 
 __all__ = ["DeliveryCounters", "KafkaTransport", "SpoolTransport", "Transport"]
 
@@ -52,12 +54,17 @@ class DeliveryCounters:
 
 
 class KafkaTransport:
-    """A kafka-python producer tuned for small, frequent, must-not-lose messages."""
+    """A kafka-python producer tuned for small, frequent, must-not-lose messages.
+
+    With ``node_key`` each message is signed as that node unless ``send`` is given
+    headers (a load tool signing as many nodes, see ``FleetSigner``).
+    """
 
     def __init__(
         self,
         settings: KafkaProducerSettings,
         *,
+        node_key: NodeKey | None = None,
         producer_factory: Callable[..., Any] | None = None,
     ) -> None:
         from kafka import KafkaProducer  # imported here so schemas-only users need no kafka
@@ -65,16 +72,22 @@ class KafkaTransport:
 
         factory = producer_factory or KafkaProducer
         self.counters = DeliveryCounters()
+        self._node_key = node_key
         self._lock = threading.Lock()
         try:
             self._producer = factory(**settings.producer_kwargs())
         except KafkaError as exc:
             raise BrokerError(f"cannot connect to Kafka at {settings.bootstrap!r}: {exc}") from exc
 
-    def send(self, topic: str, key: bytes, value: bytes) -> None:
+    def send(self, topic: str, key: bytes, value: bytes, headers: Headers | None = None) -> None:
         """Queue one message; the outcome is counted by callbacks."""
+        if headers is None and self._node_key is not None:
+            headers = sign(self._node_key, topic, key, value)
         try:
-            future = self._producer.send(topic, key=key, value=value)
+            if headers is None:
+                future = self._producer.send(topic, key=key, value=value)
+            else:
+                future = self._producer.send(topic, key=key, value=value, headers=headers)
         except Exception as exc:  # e.g. larger than max_request_size: this message only
             self._failed(topic, key, value, exc)
             return

@@ -19,7 +19,7 @@ sampled every tick, worker CPU, and sample → anomaly latency: an anomaly row's
 intake lines, detectors, store insert), and a bare Faust agent's ceiling
 (``take_events`` over the same messages, no work), to say why the capacity is what it is.
 
-    python -m bench.pipeline capacity --nodes 10000 --ticks 12
+    python -m bench.pipeline capacity --nodes 10000 --ticks 12 [--auth]
     python -m bench.pipeline realtime --nodes 1000 2000 --seconds 90
     python -m bench.pipeline stages
 """
@@ -36,11 +36,14 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+import msgspec
+
 from bench.loadgen import FleetLoad
 from bench.stages import run_stages
 from trainguard.local.broker import LocalBroker, free_ports
 from trainguard.local.stack import LocalStack
 from trainguard.local.worker import WorkerProcess
+from trainguard.schemas.auth import FleetSigner
 
 _TICK = __import__("os").sysconf("SC_CLK_TCK")
 _WARMUP_TICKS = 40  # the detectors give no verdict before 30 values
@@ -68,9 +71,14 @@ class _Producer:
         self._loop = asyncio.new_event_loop()
         self._p = self._loop.run_until_complete(start())
 
-    def send_all(self, messages: Iterable[tuple[str, bytes, bytes]]) -> int:
+    def send_all(self, messages: Iterable[tuple[str, bytes, bytes]],
+                 signer: FleetSigner | None = None) -> int:
         async def go() -> int:
-            futures = [await self._p.send(t, v, key=k) for t, k, v in messages]
+            if signer is None:
+                futures = [await self._p.send(t, v, key=k) for t, k, v in messages]
+            else:  # each signed as the node its record names, as its agent would
+                futures = [await self._p.send(t, v, key=k, headers=signer.headers(
+                    msgspec.json.decode(v, type=_Node).node, t, k, v)) for t, k, v in messages]
             await asyncio.gather(*futures)
             return len(futures)
 
@@ -81,12 +89,19 @@ class _Producer:
         self._loop.close()
 
 
+class _Node(msgspec.Struct):
+    node: str
+
+
 def bench_stack(bootstrap: str, work: Path, prefix: str, *,
-                start_worker: bool = True) -> LocalStack:
-    """Topics ``prefix`` and one worker (app ``bench-<prefix>``, embedded store) on a broker."""
+                start_worker: bool = True, auth: bool = False) -> LocalStack:
+    """Topics ``prefix`` and one worker (app ``bench-<prefix>``, embedded store) on a broker.
+
+    With ``auth`` the worker verifies every message's MAC (``stack.signer`` signs).
+    """
     return LocalStack(work / prefix, bootstrap=bootstrap, topic_prefix=prefix,
                       app_id=f"bench-{prefix}", batch_within=0.2, log_level="WARNING",
-                      start_worker=start_worker)
+                      start_worker=start_worker, auth=auth)
 
 
 def stored(worker: WorkerProcess) -> int:
@@ -100,15 +115,19 @@ def _pid(worker: WorkerProcess) -> int:
     return worker.pid
 
 
-def capacity(bootstrap: str, work: Path, nodes: int, ticks: int) -> dict[str, float]:
-    """Drain ``ticks`` × ``nodes`` pre-produced ticks with one worker; return its figures."""
+def capacity(bootstrap: str, work: Path, nodes: int, ticks: int,
+             auth: bool = False) -> dict[str, float]:
+    """Drain ``ticks`` × ``nodes`` pre-produced ticks with one worker; return its figures.
+
+    With ``auth`` every message is signed and the worker verifies it.
+    """
     prefix = f"c{uuid.uuid4().hex[:8]}"
-    with bench_stack(bootstrap, work, prefix, start_worker=False) as stack:
+    with bench_stack(bootstrap, work, prefix, start_worker=False, auth=auth) as stack:
         load = FleetLoad(stack.topics, nodes)
         producer = _Producer(bootstrap)
         t0 = time.time() - ticks
         started = time.perf_counter()
-        sent = sum(producer.send_all(load.tick(k, t0 + k)) for k in range(ticks))
+        sent = sum(producer.send_all(load.tick(k, t0 + k), stack.signer) for k in range(ticks))
         produce_s = time.perf_counter() - started
         producer.close()
         gpus = load.gpus
@@ -131,7 +150,8 @@ def capacity(bootstrap: str, work: Path, nodes: int, ticks: int) -> dict[str, fl
             "{database}.steps)").scalar())
         rows = stored(worker)
     messages = 2 * nodes * ticks
-    return {"nodes": nodes, "ticks": ticks, "produced": sent, "produce_s": produce_s,
+    return {"nodes": nodes, "ticks": ticks, "auth": float(auth), "produced": sent,
+            "produce_s": produce_s,
             "stored_rows": rows, "want_rows": want, "span_s": span,
             "msgs_per_s": messages / span, "gpu_samples_per_s": nodes * ticks * gpus / span,
             "cpu_s": cpu1 - cpu0, "wall_s": wall1 - wall0,
@@ -197,7 +217,8 @@ def _realtime(stack: LocalStack, nodes: int, seconds: int) -> dict[str, float]:
 
 def _print_capacity(r: dict[str, float]) -> None:
     workers = math.ceil(2 * CLUSTER_NODES / r["msgs_per_s"])
-    print(f"capacity {r['nodes']:.0f} nodes x {r['ticks']:.0f} ticks: produced "
+    signed = " (signed, verified)" if r.get("auth") else ""
+    print(f"capacity{signed} {r['nodes']:.0f} nodes x {r['ticks']:.0f} ticks: produced "
           f"{r['produced']:.0f} messages in {r['produce_s']:.1f} s; one worker stored "
           f"{r['stored_rows']:.0f}/{r['want_rows']:.0f} rows in {r['span_s']:.1f} s = "
           f"{r['msgs_per_s']:,.0f} messages/s = {r['gpu_samples_per_s']:,.0f} GPU samples/s + "
@@ -226,6 +247,8 @@ def main() -> None:
     c.add_argument("--nodes", type=int, nargs="+", default=[CLUSTER_NODES])
     c.add_argument("--ticks", type=int, default=12)
     c.add_argument("--rounds", type=int, default=1)
+    c.add_argument("--auth", action="store_true",
+                   help="sign every message; the worker verifies the MACs")
     r = sub.add_parser("realtime", help="feed the worker at 1 Hz in wall time")
     r.add_argument("--nodes", type=int, nargs="+", default=[1000])
     r.add_argument("--seconds", type=int, default=90)
@@ -238,7 +261,7 @@ def main() -> None:
         with LocalBroker(work / "kafka", port, cport) as broker:
             if args.mode == "capacity":
                 for n in args.nodes:
-                    results = [capacity(broker.bootstrap, work, n, args.ticks)
+                    results = [capacity(broker.bootstrap, work, n, args.ticks, args.auth)
                                for _ in range(args.rounds)]
                     for res in results:
                         _print_capacity(res)

@@ -106,6 +106,8 @@ def build_app(
 
     def health() -> dict[str, float]:
         out = handler.quarantine.health()
+        if ingestor.auth is not None:  # MACs verified and refused, forgeries folded
+            out.update(ingestor.auth.health())
         if alerting_health is not None:
             out.update(alerting_health())
         return out

@@ -1,7 +1,8 @@
 """One ``take_events`` batch through the stages, with its store write pipelined.
 
 :class:`BatchHandler` is the body of the worker's ingest agent, free of Faust: decode and
-validate (:class:`~trainguard.pipeline.ingest.Ingestor`), publish dead letters, judge
+validate (:class:`~trainguard.pipeline.ingest.Ingestor`), publish dead letters (and the
+``forged_telemetry`` findings of refused messages), judge
 baselines and consistency, publish what they found, then start the batch's store write
 and hand its events to :class:`~trainguard.pipeline.offsets.HeldOffsets`. The order is
 what makes it at-least-once: everything published for a batch is acknowledged by Kafka
@@ -82,6 +83,8 @@ class BatchHandler:
         result = self._ingestor.ingest(messages)
         sources = IngestSources(messages, result)  # store refusals: see _store
         await self._publisher.dead_letters(result.dead, result.rows)
+        if result.findings:  # forged telemetry, found at ingest
+            await self._publisher.findings(result.findings, result.rows)
         dead: list[DeadLetter] = []
         if self._baselines is not None:
             if self._snapshots is not None:

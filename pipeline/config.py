@@ -109,8 +109,24 @@ class WorkerConfig:
     #: ...and this far behind it: a node's spool holds records for days while Kafka is
     #: unreachable, and sends them late with their own time.
     max_past_s: float = 7 * 86400.0
+    #: The fleet secrets file (``trainguard keys init``): every input message's MAC is
+    #: verified against keys derived from it (see ``schemas/auth.py``).
+    fleet_secret_file: str | None = None
+    #: Refuse (dead letter ``unauthenticated``, ``forged_telemetry`` finding) what does not
+    #: verify. ``None``: required when ``fleet_secret_file`` is set; ``False`` with a file
+    #: only counts failures (a rollout while agents are being enrolled).
+    require_auth: bool | None = None
+    #: A ``forged_telemetry`` finding for the same (claimed, real) source pair is repeated,
+    #: with the running count, at most this often (wall-clock seconds).
+    forged_repeat_s: float = 300.0
 
     def __post_init__(self) -> None:
+        if self.require_auth and not self.fleet_secret_file:
+            raise ConfigError("require_auth needs a fleet secret file (--fleet-secret-file); "
+                              "none is set")
+        if not 1 <= self.forged_repeat_s <= 86400:
+            raise ConfigError(
+                f"forged_repeat_s must be within 1..86400 seconds, got {self.forged_repeat_s!r}")
         if not self.bootstrap.strip():
             raise ConfigError("Kafka bootstrap servers are empty; expected host:port[,host:port]")
         if not _APP_ID.match(self.app_id):
@@ -144,6 +160,13 @@ class WorkerConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+
+    @property
+    def auth_required(self) -> bool:
+        """Whether unauthenticated input is refused."""
+        if self.require_auth is None:
+            return self.fleet_secret_file is not None
+        return self.require_auth
 
     @property
     def broker_urls(self) -> list[str]:

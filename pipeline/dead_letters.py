@@ -10,7 +10,7 @@ header names, which is what the README promises and what tooling reads.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,12 +44,17 @@ class RawMessage:
     key: bytes | None
     value: bytes | None
     timestamp: float | None = None
+    #: The message's Kafka headers (name, value), in order (the MAC travels in them).
+    headers: tuple[tuple[str, bytes], ...] = ()
 
     @classmethod
     def of(cls, message: Any) -> RawMessage:
         """The plain copy of a Faust (or any look-alike) message."""
+        raw = getattr(message, "headers", None) or ()
+        headers = tuple(raw.items()) if isinstance(raw, Mapping) else tuple(raw)
         return cls(topic=message.topic, partition=message.partition, offset=message.offset,
-                   key=message.key, value=message.value, timestamp=message.timestamp)
+                   key=message.key, value=message.value, timestamp=message.timestamp,
+                   headers=headers)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,11 @@ Plain Python over plain tuples (no Faust), bytewax-style: every message ends up 
 as rows (``oks``) or as a :class:`~trainguard.pipeline.dead_letters.DeadLetter` with the
 reason (``errs``); nothing is dropped without a trace. A record whose event time (``ts``)
 lies outside a window around its Kafka timestamp and the worker's wall clock is a dead
-letter with reason ``clock``: one record from 2096 must not move anybody's time.
+letter with reason ``clock``: one record from 2096 must not move anybody's time. With
+:class:`~trainguard.pipeline.auth.MessageAuth` every message's MAC is checked first (the
+cheap part), and a message that is not authenticated, or whose records name another node
+than the one that signed it, is a dead letter with reason ``unauthenticated`` and feeds a
+``forged_telemetry`` finding (in ``IngestResult.findings``).
 ``DeadLetter`` and ``RawMessage`` live in :mod:`trainguard.pipeline.dead_letters` and are
 re-exported here.
 """
@@ -18,6 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
+from trainguard.pipeline.auth import MessageAuth, foreign_node
 from trainguard.pipeline.caps import IngestCaps
 from trainguard.pipeline.dead_letters import DeadLetter, RawMessage
 from trainguard.pipeline.sinks.intake import intake_line
@@ -27,6 +34,7 @@ from trainguard.pipeline.state import partition_key
 from trainguard.schemas.codec import RecordDecoder, RecordError
 from trainguard.schemas.records import (
     CheckpointEvent,
+    Finding,
     GpuSampleBatch,
     Heartbeat,
     Record,
@@ -56,6 +64,8 @@ class IngestResult:
     #: Each decoded record's Kafka timestamp (seconds; ``None`` when the message had none),
     #: for the per-node clock skew.
     broker_ts: list[float | None] = field(default_factory=list)
+    #: ``forged_telemetry`` findings raised by refused messages (aggregated per source).
+    findings: list[Finding] = field(default_factory=list)
 
     @property
     def records(self) -> int:
@@ -103,15 +113,17 @@ class Ingestor:
 
     ``caps`` bounds what the schema cannot (world size, unique GPU indices: see
     :mod:`.caps`); ``window`` bounds each record's event time (see :class:`TimeWindow`);
-    ``clock`` is the worker's wall clock.
+    ``clock`` is the worker's wall clock; ``auth`` checks who sent each message (none:
+    nobody is asked).
     """
 
     def __init__(self, topics: Topics, caps: IngestCaps | None = None, *,
-                 window: TimeWindow | None = None,
+                 window: TimeWindow | None = None, auth: MessageAuth | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         #: Bounds beyond the schema's (world size, unique GPU indices): see :mod:`.caps`.
         self.caps = caps or IngestCaps()
         self.window = window or TimeWindow()
+        self.auth = auth
         self._clock = clock
         self._decoders: dict[str, RecordDecoder[Any]] = {
             topics.samples: RecordDecoder(GpuSampleBatch),
@@ -132,11 +144,25 @@ class Ingestor:
             if decoder is None:
                 self._reject(result, msg, "wrong_topic", f"no decoder for topic {msg.topic!r}")
                 continue
+            signer: str | None = None
+            if self.auth is not None:
+                verdict = self.auth.verify(msg)
+                signer = verdict.node
+                if signer is None and self.auth.required:
+                    claim = _claim(msg)
+                    self._forged(result, msg, verdict.claimed or claim.node, None,
+                                 verdict.why or "no_mac", now, cluster=claim.cluster)
+                    continue
             try:
                 record = decoder.decode(msg.value)
             except RecordError as exc:
                 self._reject(result, msg, exc.reason, exc.message)
                 continue
+            if signer is not None:
+                other = foreign_node(record, signer)
+                if other is not None and self._wrong_node(result, msg, other, signer, record,
+                                                          now):
+                    continue
             broken = self.caps.check(record)
             if broken is not None:
                 self._reject(result, msg, *broken)
@@ -165,3 +191,42 @@ class Ingestor:
     def _reject(self, result: IngestResult, msg: RawMessage, reason: str, message: str) -> None:
         self.rejected[reason] += 1
         result.dead.append(DeadLetter(msg, reason, message))
+
+    def _wrong_node(self, result: IngestResult, msg: RawMessage, claimed: str, signer: str,
+                    record: Record, now: float) -> bool:
+        """A good MAC from ``signer`` on records of ``claimed``: True when it is refused."""
+        assert self.auth is not None
+        self.auth.wrong_node()
+        if not self.auth.required:
+            return False
+        self._forged(result, msg, claimed, signer, "wrong_node", now,
+                     cluster=getattr(record, "cluster", None))
+        return True
+
+    def _forged(self, result: IngestResult, msg: RawMessage, claimed: str | None,
+                signer: str | None, why: str, now: float, *, cluster: str | None = None) -> None:
+        """Refuse a message as ``unauthenticated`` and tell the forgery tracker."""
+        assert self.auth is not None
+        source = f"signed by node {signer!r}" if signer is not None else "no valid MAC"
+        self._reject(result, msg, "unauthenticated",
+                     f"{why}: claims node {claimed!r}, {source}")
+        found = self.auth.tracker.observe(
+            claimed, signer, cluster=cluster, why=why, topic=msg.topic,
+            ts=msg.timestamp if msg.timestamp is not None else now, now=now)
+        if found is not None:
+            result.findings.append(found)
+
+
+class _Claim(msgspec.Struct):
+    """What a refused message says about its origin (all other fields are skipped)."""
+
+    node: str | None = None
+    cluster: str | None = None
+
+
+def _claim(msg: RawMessage) -> _Claim:
+    """The node and cluster an unauthenticated message names, when it says."""
+    try:
+        return msgspec.json.decode(msg.value or b"", type=_Claim)
+    except (msgspec.MsgspecError, RecursionError, ValueError):
+        return _Claim()

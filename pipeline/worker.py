@@ -11,14 +11,16 @@ import gc
 import logging
 from pathlib import Path
 
+from trainguard.pipeline.auth import ForgeryTracker, MessageAuth
 from trainguard.pipeline.caps import IngestCaps
 from trainguard.pipeline.config import WorkerConfig
 from trainguard.pipeline.ingest import Ingestor, TimeWindow
 from trainguard.pipeline.kafka_admin import ensure_pipeline_topics, wait_for_broker
 from trainguard.pipeline.sinks.store_sink import StoreSink
 from trainguard.pipeline.store import migrate, open_store, serve_reads
+from trainguard.schemas.keyfiles import read_fleet_secrets
 
-__all__ = ["run_worker"]
+__all__ = ["message_auth", "run_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
 
     from trainguard.pipeline.app import build_app
 
+    auth = message_auth(config)  # a bad key file stops the start before anything else
     wait_for_broker(config.bootstrap, timeout=30, security=config.security)
     ensure_pipeline_topics(config.bootstrap, config.topics, partitions=config.partitions,
                            replication_factor=config.replication_factor,
@@ -45,7 +48,8 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
             reads = serve_reads(store, config.store.path)
         ingestor = Ingestor(
             config.topics, IngestCaps(max_world_size=config.max_world_size),
-            window=TimeWindow(max_future_s=config.max_future_s, max_past_s=config.max_past_s))
+            window=TimeWindow(max_future_s=config.max_future_s, max_past_s=config.max_past_s),
+            auth=auth)
         sink = StoreSink(store, retry_for_s=config.store_retry_s)
         from trainguard.pipeline.baselines import BaselineConfig, BaselineStage
         from trainguard.pipeline.consistency import ConsistencyConfig, ConsistencyStage
@@ -79,6 +83,17 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
         if reads is not None:
             reads.close()
         store.close()
+
+
+def message_auth(config: WorkerConfig) -> MessageAuth | None:
+    """The input's MAC check, when a fleet secret file is configured (read it now: fail fast)."""
+    if config.fleet_secret_file is None:
+        return None
+    secrets = read_fleet_secrets(Path(config.fleet_secret_file))
+    log.info("input authentication required=%s kids=%s", config.auth_required,
+             ",".join(s.kid for s in secrets))
+    return MessageAuth(secrets, required=config.auth_required,
+                       tracker=ForgeryTracker(repeat_s=config.forged_repeat_s))
 
 
 def _tune_gc() -> None:

@@ -89,7 +89,7 @@ Version = Annotated[int, Meta(ge=1, description="wire contract version")]
 #: still reads the findings of a newer one that has gained a check.
 CheckName = Literal[
     "agent_silent", "checkpoint_digest", "clock_skew", "code_fingerprint", "conflicting_report",
-    "gpu_throttled", "grad_norm_mismatch",
+    "forged_telemetry", "gpu_throttled", "grad_norm_mismatch",
     "job_stalled", "local_grad_outlier", "loss_outlier", "lr_mismatch", "node_idle",
     "param_divergence", "rank_missing", "seed_mismatch", "step_skew", "straggler",
     "witness_mismatch",

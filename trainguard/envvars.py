@@ -48,6 +48,8 @@ __all__ = [
     "AGENT_SILENT_S",
     "WORKER_DATA_DIR",
     "WORKER_CONFIG",
+    "FLEET_SECRET_FILE",
+    "NODE_KEY_FILE",
     "GRAFANA_URL",
     "GRAFANA_TOKEN",
     "GRAFANA_RO_PASSWORD",
@@ -120,6 +122,10 @@ MAX_JOBS = "TRAINGUARD_MAX_JOBS"
 AGENT_SILENT_S = "TRAINGUARD_AGENT_SILENT_S"
 WORKER_DATA_DIR = "TRAINGUARD_WORKER_DATA_DIR"
 WORKER_CONFIG = "TRAINGUARD_WORKER_CONFIG"
+#: Message authentication: the fleet secrets file (workers, ``trainguard keys``) and one
+#: node's key file (its agent); both mode 0600, never on the command line.
+FLEET_SECRET_FILE = "TRAINGUARD_FLEET_SECRET_FILE"
+NODE_KEY_FILE = "TRAINGUARD_NODE_KEY_FILE"
 #: ``trainguard grafana push``: Grafana's base URL and its service account token (a secret).
 GRAFANA_URL = "TRAINGUARD_GRAFANA_URL"
 GRAFANA_TOKEN = "TRAINGUARD_GRAFANA_TOKEN"

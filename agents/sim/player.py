@@ -4,7 +4,8 @@ Tick ``t`` of every job (``t`` from 0, as the simulator counts) is sent at wall 
 ``start + t / speed``; at ``speed=1`` with
 the jobs' ``start_ts`` set to the wall clock, a record's event time is the moment it is
 sent, which is what a latency measurement from a fault to a page needs. Used by the
-alert end-to-end tests and the fault-to-page benchmark.
+alert end-to-end tests and the fault-to-page benchmark. With a ``signer`` each message is
+signed as the node its record names, as that node's agent would sign it.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import time
 from collections.abc import Callable, Sequence
 
 from trainguard.agents.sim.job import JobSimulator
+from trainguard.schemas.auth import FleetSigner
 from trainguard.schemas.codec import encode
 from trainguard.schemas.topics import Topics
 
 __all__ = ["play"]
 
-Send = Callable[[str, bytes, bytes], object]
+#: ``send(topic, key, value)``; with a signer also the headers: ``send(..., headers)``.
+Send = Callable[..., object]
 
 
 def play(
@@ -32,6 +35,7 @@ def play(
     on_tick: Callable[[int], bool | None] | None = None,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
+    signer: FleetSigner | None = None,
 ) -> int:
     """Tick every job ``ticks`` times and send its records; return the messages sent.
 
@@ -51,7 +55,12 @@ def play(
             sleep(delay)
         for sim in sims:
             for emit in sim.tick():
-                send(names[emit.topic], emit.key, encode(emit.record))
+                topic, value = names[emit.topic], encode(emit.record)
+                if signer is None:
+                    send(topic, emit.key, value)
+                else:
+                    send(topic, emit.key, value,
+                         signer.headers(emit.record.node, topic, emit.key, value))
                 sent += 1
         if on_tick is not None and on_tick(t):
             break

@@ -1,6 +1,7 @@
 """A stopped agent pages end to end: simulated jobs → real Kafka → worker → alerts table.
 
-The job simulator plays two jobs into the session's broker: a one-node job whose agent
+The job simulator plays two jobs into the session's secure broker (SASL_SSL, ACLs; the
+agents as the ``agent`` user): a one-node job whose agent
 stops at a known tick (its node sends nothing more, its ranks train on) and a two-node job
 that carries on. The worker must raise ``agent_silent`` for the stopped node as a page,
 decided within 10 s of event time of the node's last heartbeat. (In a job with peers on
@@ -29,9 +30,16 @@ SPEED = 4.0  # event seconds per wall second
 STOP_AT = 20  # the tick after which the one-node job's agent sends nothing
 
 
+@pytest.fixture
+def stack_secure() -> bool:
+    """In secure mode: SASL_SSL with the broker's ACLs, the agents as the ``agent`` user."""
+    return True
+
+
 def test_a_stopped_agent_pages_within_ten_seconds_of_its_last_heartbeat(
-        bootstrap, worker_process):
+        local_stack, worker_process):
     worker_process.start()
+    assert local_stack.secure
     prefix = worker_process.prefix
     job_id = f"job-{uuid.uuid4().hex[:6]}"
     start = time.time()
@@ -47,7 +55,8 @@ def test_a_stopped_agent_pages_within_ten_seconds_of_its_last_heartbeat(
         if t == STOP_AT:
             alone.knobs.agent_down.add(0)
 
-    transport = KafkaTransport(KafkaProducerSettings(bootstrap=bootstrap))
+    transport = KafkaTransport(KafkaProducerSettings(bootstrap=local_stack.bootstrap,
+                                                     security=local_stack.agent_security))
     try:
         play([alone, other], transport.send, Topics(prefix), STOP_AT + 30, speed=SPEED,
              on_tick=stop_agent)

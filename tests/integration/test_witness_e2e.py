@@ -1,11 +1,11 @@
 """The agent as a witness, end to end: a real agent hashes a real checkpoint file, and a
 trainer reporting another digest for it raises ``witness_mismatch`` in the worker.
 
-Real broker, real worker process (its own chdb), a real node agent (simulated GPUs, its
-witness watching a checkpoint directory with inotify) and the trainers' real client over
-the agent's step socket. Rank 1 writes its shard and reports the digest of different bytes
-(what trainer code controlled by an insider could send to cover a modified shard); rank 0
-reports its own honestly. Only rank 1 is named.
+Real broker in secure mode (SASL_SSL, SCRAM users, ACLs), real worker process (its own
+chdb), a real node agent (simulated GPUs, its witness watching a checkpoint directory with
+inotify) and the trainers' real client over the agent's step socket. Rank 1 writes its shard
+and reports the digest of different bytes (what trainer code controlled by an insider could
+send to cover a modified shard); rank 0 reports its own honestly. Only rank 1 is named.
 """
 
 from __future__ import annotations
@@ -22,26 +22,34 @@ import pytest
 from trainguard.agents.config import AgentConfig, KafkaProducerSettings, WitnessSettings
 from trainguard.agents.reporter import StepReporter
 from trainguard.agents.runtime import run_agent
-from trainguard.schemas.topics import Topics
+from trainguard.local.stack import LocalStack
 
 pytestmark = pytest.mark.integration
 
 
-def _agent(bootstrap: str, topics: Topics, ckpt: Path, spool: Path) -> AgentConfig:
+@pytest.fixture
+def stack_secure() -> bool:
+    """In secure mode: SASL_SSL with the broker's ACLs, the agent as the ``agent`` user."""
+    return True
+
+
+def _agent(stack: LocalStack, ckpt: Path, spool: Path) -> AgentConfig:
     sock_dir = Path(tempfile.mkdtemp(prefix="tg-", dir="/tmp"))  # AF_UNIX paths are short
     return AgentConfig(
-        kafka=KafkaProducerSettings(bootstrap=bootstrap), cluster="wit", node="wit-node",
-        topics=topics, interval_s=0.2, heartbeat_interval_s=1.0, backend="simulated",
+        kafka=KafkaProducerSettings(bootstrap=stack.bootstrap, security=stack.agent_security),
+        cluster="wit", node="wit-node", topics=stack.topics,
+        interval_s=0.2, heartbeat_interval_s=1.0, backend="simulated",
         sim_gpus=2, spool_dir=spool, steps_socket=sock_dir / "steps.sock",
         witness=WitnessSettings(checkpoint_dirs=(ckpt,), mb_per_s=0.0))
 
 
 def test_a_trainer_digest_the_file_never_had_is_a_witness_mismatch_naming_the_rank(
-        bootstrap, worker_process, tmp_path):
+        local_stack, worker_process, tmp_path):
     worker_process.start()
+    assert local_stack.secure
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    config = _agent(bootstrap, Topics(worker_process.prefix), ckpt, tmp_path / "spool")
+    config = _agent(local_stack, ckpt, tmp_path / "spool")
     stop, ready = threading.Event(), threading.Event()
     thread = threading.Thread(target=run_agent, args=(config, stop),
                               kwargs={"on_ready": lambda _a: ready.set()}, daemon=True)

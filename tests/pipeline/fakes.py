@@ -21,6 +21,7 @@ class FakeMessage:
     timestamp: float | None = None  # no Kafka timestamp: the window uses the wall clock
     refcount: int = 1  # Faust's own reference, dropped when take_events acks the batch
     acked: bool = False
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
     @property
     def tp(self) -> tuple[str, int]:

@@ -50,6 +50,8 @@ _FLAGS = [
      "client certificate (PEM) for mutual TLS"),
     ("--kafka-key-file", "kafka.key_file", envvars.KAFKA_KEY_FILE, str,
      "client key (PEM) for mutual TLS"),
+    ("--node-key-file", "node_key_file", envvars.NODE_KEY_FILE, str,
+     "this node's key file (`trainguard keys enrol`, mode 0600); messages carry its MAC"),
 ]
 #: Settings that flags override, beyond those in _FLAGS.
 _OTHER_KEYS = ("backend", "steps.files")
@@ -87,6 +89,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--ticks", type=int, default=60, help="ticks to send (default: %(default)s)")
     s.add_argument("--fast", action="store_true",
                    help="send ticks back to back in event time instead of once per second")
+    add_env_option(s, "--fleet-secret-file", envvars.FLEET_SECRET_FILE, None,
+                   "sign each simulated node's messages with its key derived from these "
+                   "fleet secrets (for workers that require authentication)")
     s.set_defaults(func=_run_simulate)
 
 
@@ -112,10 +117,17 @@ def _run_simulate(args: argparse.Namespace) -> int:
                                                      security=kafka_security(args)),
                          cluster=args.cluster, node="sim", topics=Topics(args.topic_prefix),
                          sim_gpus=args.gpus)
+    signer = None
+    if args.fleet_secret_file:
+        from trainguard.schemas.auth import FleetSigner
+        from trainguard.schemas.keyfiles import read_fleet_secrets
+
+        signer = FleetSigner(read_fleet_secrets(Path(args.fleet_secret_file))[0])
     stop = _stop_on_signals()
     transport = KafkaTransport(config.kafka)
     try:
-        fleet = SimulatedFleet(config, transport, nodes=args.nodes, node_prefix=args.cluster)
+        fleet = SimulatedFleet(config, transport, nodes=args.nodes, node_prefix=args.cluster,
+                               signer=signer)
         sent = fleet.run(args.ticks, realtime=not args.fast, stop=stop)
     finally:
         transport.close(timeout=30)

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from trainguard import __version__, envvars
-from trainguard.cli import agent, alerts, db, demo, kafka, report, worker
+from trainguard.cli import agent, alerts, db, demo, kafka, keys, report, worker
 from trainguard.cli import eval as eval_cmd
 from trainguard.cli import grafana as grafana_cmd
 from trainguard.cli._common import add_env_option
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # agent also adds `simulate`
-    for module in (demo, eval_cmd, agent, worker, kafka, db, alerts, grafana_cmd, report):
+    for module in (demo, eval_cmd, agent, worker, kafka, keys, db, alerts, grafana_cmd,
+                   report):
         module.register(sub)
     return parser
 

@@ -94,6 +94,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(example: infra/worker/worker.toml); none: alerts are only recorded")
     p.add_argument("--no-alerts", dest="alerts", action="store_false",
                    help="record findings only; run no alert stream jobs")
+    add_env_option(p, "--fleet-secret-file", envvars.FLEET_SECRET_FILE, None,
+                   "fleet secrets file (`trainguard keys init`, mode 0600): every input "
+                   "message's MAC is verified; unauthenticated input is refused")
+    p.add_argument("--no-require-auth", dest="require_auth", action="store_const", const=False,
+                   default=None, help="with a fleet secret file, only count messages that do "
+                   "not verify instead of refusing them (while agents are being enrolled)")
     p.set_defaults(func=_run)
 
 
@@ -128,6 +134,8 @@ def worker_config(args: argparse.Namespace) -> object:
         detect=args.detect,
         consistency=args.consistency,
         alerting=alerting,
+        fleet_secret_file=args.fleet_secret_file,
+        require_auth=args.require_auth,
     )
 
 

@@ -30,12 +30,17 @@ from trainguard.errors import ConfigError, TrainguardError
 from trainguard.local.stack import LocalStack
 from trainguard.local.worker import WorkerProcess
 from trainguard.pipeline.store import Store, StoreUrl
+from trainguard.schemas.auth import FleetSigner
 from trainguard.schemas.codec import encode
+from trainguard.schemas.records import Record
 from trainguard.schemas.topics import Topics
 
 __all__ = ["DEFAULT_SCENARIO", "DemoOptions", "run_demo"]
 
 log = logging.getLogger(__name__)
+
+#: Sends one record: (topic, key, record).
+_Send = Callable[[str, bytes, Record], None]
 
 
 #: Tables that carry the demo run's cluster name, and what each row is.
@@ -65,6 +70,8 @@ class DemoOptions:
     kafka_port: int = 9092
     #: Secure the local broker (SASL_SSL + ACLs); ignored with ``bootstrap`` (not ours).
     secure: bool = True
+    #: Agents sign every message with their node's key; the worker refuses unsigned input.
+    auth: bool = True
 
     def __post_init__(self) -> None:
         from trainguard.agents.sim import list_scenarios
@@ -112,7 +119,8 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
                        worker_config=lambda s: DemoPager.of(s).worker_config(),
                        batch_within=0.2, out=lambda line: out(f"[demo] {line}"),
                        # Accelerated: event time runs up to ``ticks`` s ahead of Kafka's.
-                       worker_args=["--max-future-s", str(opts.ticks + 600)])
+                       worker_args=["--max-future-s", str(opts.ticks + 600)],
+                       auth=opts.auth)
     transport: KafkaTransport | None = None
     try:
         stack.start()
@@ -126,7 +134,8 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
         out(f"[demo] run {run_id}: job {spec.job_id} on {opts.nodes} nodes × {opts.gpus} GPUs "
             f"= {spec.world_size} ranks, {opts.ticks} s of training at {opts.speed:g}× real "
             f"time; {story}")
-        batches = _produce(sim, transport, topics, opts, store, cluster, worker, out)
+        batches = _produce(sim, _sender(transport, stack.signer), topics, opts, store,
+                           cluster, worker, out)
         transport.close(timeout=30)
         failed = transport.counters.failed
         transport = None
@@ -156,7 +165,19 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
         stack.close()
 
 
-def _produce(sim: JobSimulator, transport: KafkaTransport, topics: Topics, opts: DemoOptions,
+def _sender(transport: KafkaTransport, signer: FleetSigner | None) -> _Send:
+    """Send a record's message, signed as its node when the stack requires it."""
+
+    def send(topic: str, key: bytes, record: Record) -> None:
+        value = encode(record)
+        headers = (None if signer is None
+                   else signer.headers(getattr(record, "node", ""), topic, key, value))
+        transport.send(topic, key, value, headers)
+
+    return send
+
+
+def _produce(sim: JobSimulator, send: _Send, topics: Topics, opts: DemoOptions,
              store: Store, cluster: str, worker: WorkerProcess,
              out: Callable[[str], None]) -> int:
     """Tick the job at ``opts.speed`` ticks per second; return sample batches sent."""
@@ -167,7 +188,7 @@ def _produce(sim: JobSimulator, transport: KafkaTransport, topics: Topics, opts:
     every = max(1, round(5 * opts.speed))
     for t in range(1, opts.ticks + 1):
         for emit in sim.tick():
-            transport.send(names[emit.topic], emit.key, encode(emit.record))
+            send(names[emit.topic], emit.key, emit.record)
             batches += emit.topic == "samples"
         if t % every == 0 or t == opts.ticks:
             worker.check_alive()

@@ -13,11 +13,15 @@ one data directory::
     <data_dir>/store/            the embedded store (unless a store URL is given)
     <data_dir>/worker/           the worker's local state
     <data_dir>/logs/worker.log   the worker's output
+    <data_dir>/keys/             the fleet secret (with ``auth=True``), mode 0600
 
 With ``secure=True`` (or a secure ``broker``) clients use SASL_SSL: the stack creates the
 topics as ``admin``, grants the deployment's ACLs
 (:func:`~trainguard.pipeline.kafka_acls.pipeline_acls`), runs the worker as ``worker`` and
 hands :attr:`LocalStack.agent_security` to whatever plays the agents.
+
+With ``auth=True`` the worker requires authenticated input (``--fleet-secret-file``) and
+:attr:`LocalStack.signer` signs as any node, for the simulated agents of the run.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ from trainguard.pipeline.config import DEFAULT_APP_ID
 from trainguard.pipeline.kafka_acls import apply_acls, pipeline_acls
 from trainguard.pipeline.kafka_admin import ensure_pipeline_topics
 from trainguard.pipeline.store import Secret, Store
+from trainguard.schemas.auth import FleetSigner
 from trainguard.schemas.kafka_security import PLAINTEXT, KafkaSecurity
+from trainguard.schemas.keyfiles import init_fleet_secrets, read_fleet_secrets
 from trainguard.schemas.topics import Topics
 
 __all__ = ["LocalStack", "PagerMode", "WorkerConfigSource"]
@@ -89,9 +95,16 @@ class LocalStack:
         batch_within: float | None = 0.2,
         log_level: str = "INFO",
         worker_args: Sequence[str] = (),
+        auth: bool = False,
         out: Callable[[str], None] = _quiet,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        #: The fleet secrets file when the worker requires authenticated input.
+        self.fleet_secret_file = self.data_dir / "keys" / "fleet-secrets.json" if auth else None
+        #: Signs as any node of the run (set by :meth:`start` with ``auth``).
+        self.signer: FleetSigner | None = None
+        if self.fleet_secret_file is not None:
+            worker_args = [*worker_args, "--fleet-secret-file", str(self.fleet_secret_file)]
         self.topics = Topics(topic_prefix)
         self.partitions = partitions
         self.pager_mode: PagerMode = pager
@@ -151,6 +164,12 @@ class LocalStack:
     def start(self) -> LocalStack:
         """Start the pager, the broker, the topics and (unless deferred) the worker."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.fleet_secret_file is not None:
+            if not self.fleet_secret_file.exists():
+                init_fleet_secrets(self.fleet_secret_file)
+            self.signer = FleetSigner(read_fleet_secrets(self.fleet_secret_file)[0])
+            self._out(f"agents sign their messages; the worker refuses unsigned ones "
+                      f"(fleet secret {self.fleet_secret_file})")
         if self.pager_mode != "off":
             self._start_pager()
             self._out(f"pages go to {self.pager_route}")

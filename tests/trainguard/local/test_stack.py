@@ -175,3 +175,30 @@ def test_a_secure_stack_keeps_its_broker_apart_from_a_plain_one(tmp_path):
     assert s.broker is not None and s.broker.secure
     assert s.broker.data_dir == tmp_path.resolve() / "kafka-secure"
     assert LocalStack(tmp_path).agent_security.protocol == "PLAINTEXT"
+
+
+def test_an_authenticated_stack_makes_a_private_fleet_secret_and_hands_it_to_the_worker(
+        tmp_path, topics_made):
+    import os
+
+    from trainguard.schemas.auth import Verifier, header_map
+    from trainguard.schemas.keyfiles import read_fleet_secrets
+
+    s = LocalStack(tmp_path / "run", bootstrap="b:9092", start_worker=False, auth=True)
+    cmd = s.worker.command()
+    assert cmd[cmd.index("--fleet-secret-file") + 1] == str(s.fleet_secret_file)
+    s.start()
+    try:
+        assert s.fleet_secret_file is not None and s.signer is not None
+        assert os.stat(s.fleet_secret_file).st_mode & 0o777 == 0o600
+        headers = s.signer.headers("n1", "t", b"k", b"v")
+        verdict = Verifier(read_fleet_secrets(s.fleet_secret_file)).verify(
+            "t", b"k", b"v", header_map(headers))
+        assert verdict.node == "n1"
+    finally:
+        s.close()
+
+
+def test_a_plain_stack_has_no_fleet_secret(tmp_path):
+    s = LocalStack(tmp_path / "run", bootstrap="b:9092", start_worker=False)
+    assert s.fleet_secret_file is None and "--fleet-secret-file" not in s.worker.command()
