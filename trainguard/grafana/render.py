@@ -207,7 +207,7 @@ def _panel(n: int, panel: Panel, grid: dict[str, int], database: str) -> dict[st
 
 
 def _link_override(link: ColumnLink) -> dict[str, Any]:
-    # A data link on the column: the cell's own value is the URL (empty cells link nowhere).
+    # A data link on the column: each cell's own value is the URL it opens.
     return {"matcher": {"id": "byName", "options": link.column}, "properties": [
         {"id": "links", "value": [{"title": link.title, "url": "${__value.raw}",
                                    "targetBlank": link.new_tab}]}]}

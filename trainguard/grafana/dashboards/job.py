@@ -32,7 +32,7 @@ _ALERTS = Annotation("Alerts", sql=sql(f"""
     SELECT starts_at AS time, ifNull(ends_at, toDateTime64(($__toTime), 3, 'UTC')) AS timeEnd,
         concat(severity, ': ', check) AS title,
         concat(summary, if(status = 'firing', ' (firing)', ' (resolved)')) AS text,
-        arrayStringConcat(arrayFilter(t -> t != '', [severity, check, node]), ',') AS tags
+        concat(severity, ',', check, if(node = '', '', concat(',', node))) AS tags
     FROM (
         SELECT * FROM {{database}}.alerts WHERE ts <= ($__toTime) AND @cluster AND @job AND @node
         ORDER BY alert_id, {LATEST_FIRST} LIMIT 1 BY alert_id)
