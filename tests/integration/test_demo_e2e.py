@@ -23,7 +23,7 @@ def test_the_demo_names_the_tampered_rank_or_stays_quiet_on_a_clean_run(
     assert run_demo(opts, out=lines.append) == 0, "\n".join(lines)
     text = "\n".join(lines)
     assert "sample_batches" in text and "stream worker stopped" in text
-    # Every panel and variable query of the four dashboards returns data for this run.
+    # Every panel, variable and annotation query of the four dashboards passes for this run.
     [views] = [line for line in lines if line.startswith("[demo] dashboards: 4 written to")]
     done, total = views.split("(")[1].split()[0].split("/")
     assert done == total and int(total) > 40, views

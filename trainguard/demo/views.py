@@ -25,7 +25,10 @@ _MARGIN_S = 120.0
 
 def write_views(store: Store, data_dir: Path, *, cluster: str, job_id: str, start: float,
                 end: float, out: Callable[[str], None]) -> bool:
-    """Write dashboards and reports under ``data_dir``; True when every panel has data."""
+    """Write dashboards and reports under ``data_dir``; True when every query passes.
+
+    A panel passes with data (or empty, where it may be); an annotation passes empty.
+    """
     from trainguard.grafana.dashboards import all_dashboards
     from trainguard.grafana.render import write_all
     from trainguard.grafana.verify import failures, verify
@@ -38,8 +41,8 @@ def write_views(store: Store, data_dir: Path, *, cluster: str, job_id: str, star
                     variables={"cluster": cluster, "job": job_id})
     bad = failures(checks)
     out(f"[demo] dashboards: {len(paths)} written to {paths[0].parent} "
-        f"({len(checks) - len(bad)}/{len(checks)} panel and variable queries return data "
-        "for this run)")
+        f"({len(checks) - len(bad)}/{len(checks)} panel, variable and annotation queries "
+        "pass for this run)")
     for check in bad:
         out(f"[demo]   panel {check.dashboard} / {check.panel}: {check.status}")
     rows = store.query(

@@ -15,11 +15,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["Dashboard", "Panel", "PanelKind", "QueryFormat", "Variable"]
+__all__ = ["Annotation", "ColumnLink", "Dashboard", "Panel", "PanelKind", "QueryFormat",
+           "Variable"]
 
 PanelKind = Literal["timeseries", "heatmap", "table", "stat", "state-timeline", "barchart"]
 #: How the plugin shapes the result: ``time_series`` wants a time column first.
 QueryFormat = Literal["time_series", "table", "logs"]
+
+
+@dataclass(frozen=True)
+class ColumnLink:
+    """A table column whose values are URLs: each cell links to its own value."""
+
+    column: str
+    title: str
+    #: Open in a new tab (a runbook); a Grafana dashboard opens in place.
+    new_tab: bool = True
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,25 @@ class Panel:
     #: A table of events (open alerts, silences) may rightly be empty; verification
     #: then passes it on zero rows. Time series never are: they bucket onto every interval.
     allow_empty: bool = False
+    #: Columns drawn as links (tables): each must be one of ``columns``.
+    links: tuple[ColumnLink, ...] = ()
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """Events drawn over a dashboard's panels: one SQL query returning ``columns``.
+
+    Grafana reads ``time`` (and ``timeEnd``, which makes a region), ``title``, ``text``
+    and ``tags`` (comma-separated) by name.
+    """
+
+    name: str
+    sql: str
+    columns: tuple[str, ...] = ("time", "timeEnd", "title", "text", "tags")
+    #: Grafana colour name or CSS colour of the marks.
+    color: str = "red"
+    #: Drawn on the panels of these kinds only (the charts with a time axis).
+    panel_kinds: tuple[PanelKind, ...] = ("timeseries",)
 
 
 @dataclass(frozen=True)
@@ -72,3 +102,5 @@ class Dashboard:
     refresh: str = "10s"
     #: Links to other dashboards (by uid), carrying the variables and time range.
     links: tuple[str, ...] = field(default=())
+    #: Drawn over the panels (alerts on the job charts); their SQL is verified too.
+    annotations: tuple[Annotation, ...] = ()

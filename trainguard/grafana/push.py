@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from trainguard import __version__
 from trainguard.errors import ConfigError, TrainguardError
-from trainguard.grafana.render import DATASOURCE_TYPE, DATASOURCE_UID
+from trainguard.grafana.plugin import DATASOURCE_NAME, DATASOURCE_TYPE, DATASOURCE_UID
 from trainguard.resources import infra_candidates
 
 if TYPE_CHECKING:
@@ -42,10 +42,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: The data source's display name; its uid and type are the ones the rendered panels
-#: point at (:mod:`trainguard.grafana.render`).
-DATASOURCE_NAME = "trainguard ClickHouse"
 
 #: Grafana's rule for folder, dashboard and data source uids.
 _UID_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")

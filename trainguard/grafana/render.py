@@ -1,11 +1,12 @@
 """Grafana dashboard JSON from the model: the files under ``infra/grafana/dashboards/``.
 
-The JSON is Grafana's dashboard model (``schemaVersion`` 39, Grafana 10.4 and later) with
-panels laid out left to right on the 24-column grid, and targets in the shape the
-ClickHouse plugin (4.x) saves from its SQL editor: ``editorType: "sql"``, ``rawSql``, and
-``format`` as the plugin's number (0 time series, 1 table, 2 logs) with the matching
-``queryType``. Every panel and target names the data source by uid, so the same files
-work in any Grafana that provisions ``infra/grafana/provisioning/datasources``.
+The JSON is Grafana's dashboard model at ``schemaVersion`` 42, the last version of the v1
+dashboard API (``DASHBOARD_SCHEMA_VERSION`` in grafana/grafana's
+``public/app/features/dashboard/state/DashboardMigrator.ts``; Grafana 12 writes it, and
+no Grafana migrates a dashboard at or above its own version), with panels laid out left
+to right on the 24-column grid. Targets, variables and annotations are the ClickHouse
+plugin's queries (:mod:`trainguard.grafana.plugin`) and name the data source through the
+``datasource`` variable, so the same files work provisioned or imported in any Grafana.
 Output is deterministic: the same model renders the same bytes (keys sorted).
 """
 
@@ -16,21 +17,24 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from trainguard.grafana.model import Dashboard, Panel, PanelKind, QueryFormat, Variable
+from trainguard.grafana.model import Annotation, ColumnLink, Dashboard, Panel, PanelKind, Variable
+from trainguard.grafana.plugin import (
+    DATASOURCE_REF,
+    DATASOURCE_TYPE,
+    DATASOURCE_UID,
+    datasource_variable,
+    target,
+)
 
 __all__ = [
     "DATASOURCE_TYPE", "DATASOURCE_UID", "SCHEMA_VERSION", "dumps", "render", "write_all",
 ]
 
-DATASOURCE_TYPE = "grafana-clickhouse-datasource"
-#: The provisioned data source (``infra/grafana/provisioning/datasources/trainguard.yaml``).
-DATASOURCE_UID = "trainguard-clickhouse"
-SCHEMA_VERSION = 39
+#: grafana/grafana ``DashboardMigrator.ts``: ``DASHBOARD_SCHEMA_VERSION = 42``, final for
+#: the v1 API. The migrations 40 (string ``refresh``), 41 (no ``timepicker.time_options``)
+#: and 42 (``hideFrom`` overrides) change nothing these dashboards hold.
+SCHEMA_VERSION = 42
 _GRID_WIDTH = 24
-#: The plugin's ``Format`` enum and its ``QueryType`` for each.
-_FORMATS: dict[QueryFormat, tuple[int, str]] = {
-    "time_series": (0, "timeSeries"), "table": (1, "table"), "logs": (2, "logs"),
-}
 _LEGEND = {"displayMode": "list", "placement": "bottom", "showLegend": True, "calcs": []}
 #: Per visualization: panel ``options`` and ``fieldConfig.defaults`` beyond the unit.
 _STYLE: dict[PanelKind, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -80,10 +84,12 @@ def render(
 ) -> dict[str, Any]:
     """Return ``dashboard`` as Grafana dashboard JSON, ``{database}`` filled in.
 
+    ``datasource_uid`` is the ``datasource`` variable's default selection.
     ``link_titles`` names the linked dashboards by uid (else a link shows the uid).
     """
-    datasource = {"type": DATASOURCE_TYPE, "uid": datasource_uid}
     titles = link_titles or {}
+    panels = _panels(dashboard.panels, database)
+    variables = [_variable(v, database) for v in dashboard.variables]
     return {
         "uid": dashboard.uid,
         "title": dashboard.title,
@@ -99,10 +105,11 @@ def render(
         "timepicker": {},
         "fiscalYearStartMonth": 0,
         "liveNow": False,
-        "annotations": {"list": [_BUILTIN_ANNOTATIONS]},
+        "annotations": {"list": [_BUILTIN_ANNOTATIONS, *(
+            _annotation(a, panels, database) for a in dashboard.annotations)]},
         "links": [_link(uid, titles.get(uid, uid)) for uid in dashboard.links],
-        "templating": {"list": [_variable(v, datasource, database) for v in dashboard.variables]},
-        "panels": _panels(dashboard.panels, datasource, database),
+        "templating": {"list": [datasource_variable(datasource_uid), *variables]},
+        "panels": panels,
     }
 
 
@@ -150,10 +157,21 @@ def _link(uid: str, title: str) -> dict[str, Any]:
             "tags": [], "tooltip": ""}
 
 
-def _variable(var: Variable, datasource: dict[str, str], database: str) -> dict[str, Any]:
+def _annotation(ann: Annotation, panels: list[dict[str, Any]], database: str) -> dict[str, Any]:
+    ids = [p["id"] for p in panels if p["type"] in ann.panel_kinds]
+    return {
+        "name": ann.name, "datasource": dict(DATASOURCE_REF), "enable": True, "hide": False,
+        "iconColor": ann.color, "filter": {"exclude": False, "ids": ids},
+        # The plugin's annotation editor keeps its SQL under target (refId "annotation").
+        "target": target("annotation", ann.sql.replace("{database}", database), "table"),
+    }
+
+
+def _variable(var: Variable, database: str) -> dict[str, Any]:
     sql = var.sql.replace("{database}", database)
     return {
-        "name": var.name, "label": var.label, "type": "query", "datasource": datasource,
+        "name": var.name, "label": var.label, "type": "query",
+        "datasource": dict(DATASOURCE_REF),
         "definition": sql, "query": {"editorType": "sql", "rawSql": sql},
         # On time range change: a job or node appears in the picker once it reports.
         "refresh": 2, "multi": var.multi, "includeAll": var.include_all,
@@ -162,33 +180,34 @@ def _variable(var: Variable, datasource: dict[str, str], database: str) -> dict[
     }
 
 
-def _panels(
-    panels: Iterable[Panel], datasource: dict[str, str], database: str
-) -> list[dict[str, Any]]:
+def _panels(panels: Iterable[Panel], database: str) -> list[dict[str, Any]]:
     out, x, y, row_height = [], 0, 0, 0
     for n, panel in enumerate(panels, 1):
         width = min(max(panel.width, 1), _GRID_WIDTH)
         if x + width > _GRID_WIDTH:  # wrap below the tallest panel of the row
             x, y, row_height = 0, y + row_height, 0
         out.append(_panel(n, panel, {"x": x, "y": y, "w": width, "h": panel.height},
-                          datasource, database))
+                          database))
         x, row_height = x + width, max(row_height, panel.height)
     return out
 
 
-def _panel(n: int, panel: Panel, grid: dict[str, int], datasource: dict[str, str],
-           database: str) -> dict[str, Any]:
+def _panel(n: int, panel: Panel, grid: dict[str, int], database: str) -> dict[str, Any]:
     options, defaults = _STYLE[panel.kind]
-    fmt, query_type = _FORMATS[panel.format]
     if panel.kind == "heatmap":
         options = {**options, "cellValues": {"unit": panel.unit}}
     return {
         "id": n, "type": panel.kind, "title": panel.title, "description": panel.description,
-        "datasource": datasource, "gridPos": grid,
-        "fieldConfig": {"defaults": {**defaults, "unit": panel.unit}, "overrides": []},
+        "datasource": dict(DATASOURCE_REF), "gridPos": grid,
+        "fieldConfig": {"defaults": {**defaults, "unit": panel.unit},
+                        "overrides": [_link_override(link) for link in panel.links]},
         "options": options,
-        "targets": [{
-            "refId": "A", "datasource": datasource, "editorType": "sql", "format": fmt,
-            "queryType": query_type, "rawSql": panel.sql.replace("{database}", database),
-        }],
+        "targets": [target("A", panel.sql.replace("{database}", database), panel.format)],
     }
+
+
+def _link_override(link: ColumnLink) -> dict[str, Any]:
+    # A data link on the column: each cell's own value is the URL it opens.
+    return {"matcher": {"id": "byName", "options": link.column}, "properties": [
+        {"id": "links", "value": [{"title": link.title, "url": "${__value.raw}",
+                                   "targetBlank": link.new_tab}]}]}

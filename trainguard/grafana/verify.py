@@ -7,7 +7,8 @@ expands differently or a table that stayed empty only shows in Grafana as "No da
 their values), runs it, and reports per query: ok, or the error, the row count, and the
 columns against the panel's declared ``columns``. A query that errors, returns no rows
 (unless its panel ``allow_empty``), returns other columns, or (time series) returns no
-``time`` column first, fails.
+``time`` column first, fails. Annotation queries run the same way; they may return no
+rows (a range without alerts), never other columns.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Literal
 
 from trainguard.errors import ConfigError, TrainguardError
 from trainguard.grafana.macros import ALL, Value, expand, is_all
-from trainguard.grafana.model import Dashboard, Panel, Variable
+from trainguard.grafana.model import Annotation, Dashboard, Panel, Variable
 
 if TYPE_CHECKING:
     from trainguard.pipeline.store.base import Store
@@ -35,9 +36,9 @@ class PanelCheck:
     """The outcome of one panel's (or variable's) query."""
 
     dashboard: str
-    #: The panel title, or ``$name`` for a variable's query.
+    #: The panel title, ``$name`` for a variable's query, ``@name`` for an annotation's.
     panel: str
-    kind: Literal["panel", "variable"]
+    kind: Literal["panel", "variable", "annotation"]
     ok: bool
     rows: int
     columns: tuple[str, ...]
@@ -68,7 +69,7 @@ def verify(
     variables: Mapping[str, Value],
     interval_s: float | None = None,
 ) -> list[PanelCheck]:
-    """Run every variable and panel query of ``dashboards`` on ``store``; one check each.
+    """Run every variable, panel and annotation query of ``dashboards``; one check each.
 
     ``variables`` pins selections by name (``$__all`` for All); a variable not named is
     All when it offers All, else its first value, as a freshly opened dashboard. Naming
@@ -92,6 +93,8 @@ def verify(
             values[var.name] = _selection(var, variables, found)
         for panel in board.panels:
             checks.append(_run_panel(store, board, panel, start, end, step, values, options))
+        for ann in board.annotations:
+            checks.append(_run_annotation(store, board, ann, start, end, step, values, options))
     return checks
 
 
@@ -135,6 +138,18 @@ def _run_panel(
         error = _judge(panel, columns, len(rows))
     return PanelCheck(board.uid, panel.title, "panel", not error, len(rows), columns,
                       panel.columns, error, sql)
+
+
+def _run_annotation(
+    store: Store, board: Dashboard, ann: Annotation, start: float, end: float, step: float,
+    values: Mapping[str, Value], options: Mapping[str, Sequence[str]],
+) -> PanelCheck:
+    sql, columns, rows, error = _run(store, ann.sql, start, end, step, values, options,
+                                     store.database)
+    if not error and columns != ann.columns:
+        error = f"columns {list(columns)} != expected {list(ann.columns)}"
+    return PanelCheck(board.uid, f"@{ann.name}", "annotation", not error, len(rows), columns,
+                      ann.columns, error, sql)
 
 
 def _run(

@@ -1,9 +1,10 @@
-"""The rendered dashboard JSON: uids, layout, units, targets, variables, links, and the SQL."""
+"""The rendered dashboard JSON: uids, layout, units, targets, variables, links, annotations, SQL."""
 
 from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,8 @@ from trainguard.grafana.dashboards import UIDS, all_dashboards
 from trainguard.grafana.macros import ALL, MACROS, expand
 from trainguard.grafana.model import Dashboard, Panel
 from trainguard.grafana.render import DATASOURCE_TYPE, dumps, render
+
+DS_REF = {"type": DATASOURCE_TYPE, "uid": "${datasource}"}
 
 BOARDS = all_dashboards()
 DOCS = {d.uid: render(d, link_titles={b.uid: b.title for b in BOARDS}) for d in BOARDS}
@@ -21,30 +24,99 @@ IDS = [f"{uid}/{p.title}" for uid, p in PANELS]
 def test_the_four_dashboards_keep_their_stable_uids():
     assert tuple(d.uid for d in BOARDS) == UIDS == (
         "trainguard-fleet", "trainguard-job", "trainguard-alerts", "trainguard-pipeline")
-    assert all(DOCS[uid]["uid"] == uid and DOCS[uid]["schemaVersion"] == 39 for uid in UIDS)
+    assert all(DOCS[uid]["uid"] == uid and DOCS[uid]["schemaVersion"] == 42 for uid in UIDS)
 
 
 def test_the_job_dashboard_keeps_the_variables_alert_links_and_reports_use():
     job = DOCS["trainguard-job"]["templating"]["list"]
-    assert [v["name"] for v in job] == ["cluster", "job", "node", "rank"]
+    assert [v["name"] for v in job] == ["datasource", "cluster", "job", "node", "rank"]
 
 
-def test_every_panel_and_target_names_the_clickhouse_data_source():
+def test_the_job_variable_is_one_job_by_default_never_all():
+    (job,) = [v for v in DOCS["trainguard-job"]["templating"]["list"] if v["name"] == "job"]
+    assert job["includeAll"] is False and job["multi"] is False and job["current"] == {}
+
+
+def test_every_dashboard_picks_its_clickhouse_data_source_through_a_variable():
+    for doc in DOCS.values():
+        ds_var = doc["templating"]["list"][0]
+        assert (ds_var["name"], ds_var["type"], ds_var["query"]) == (
+            "datasource", "datasource", "grafana-clickhouse-datasource")
+        assert ds_var["current"]["value"] == "trainguard-clickhouse"  # the provisioned uid
+        assert not ds_var["includeAll"] and not ds_var["multi"]
+
+
+def test_the_variables_default_is_the_provisioned_data_source():
+    path = Path(__file__).resolve().parents[3] / "infra/grafana/provisioning/datasources"
+    text = (path / "trainguard.yaml").read_text(encoding="utf-8")
+    uid = re.search(r"^\s+uid:\s*(\S+)", text, re.M)
+    kind = re.search(r"^\s+type:\s*(\S+)", text, re.M)
+    assert uid and kind
+    for doc in DOCS.values():
+        ds_var = doc["templating"]["list"][0]
+        assert (ds_var["current"]["value"], ds_var["query"]) == (uid.group(1), kind.group(1))
+
+
+def test_another_default_data_source_uid_changes_only_the_variables_selection():
+    doc = render(BOARDS[0], datasource_uid="ch-prod")
+    assert doc["templating"]["list"][0]["current"]["value"] == "ch-prod"
+    assert "ch-prod" not in dumps({k: v for k, v in doc.items() if k != "templating"})
+
+
+def test_every_panel_target_variable_and_annotation_names_the_data_source_variable():
     for doc in DOCS.values():
         for panel in doc["panels"]:
-            ds = {"type": DATASOURCE_TYPE, "uid": "trainguard-clickhouse"}
-            assert panel["datasource"] == ds
+            assert panel["datasource"] == DS_REF
             (target,) = panel["targets"]
-            assert target["datasource"] == ds and target["refId"] == "A"
+            assert target["datasource"] == DS_REF and target["refId"] == "A"
             assert target["editorType"] == "sql" and target["rawSql"]
+        queries = [v for v in doc["templating"]["list"] if v["type"] == "query"]
+        assert all(v["datasource"] == DS_REF for v in queries)
+        extra = [a for a in doc["annotations"]["list"] if not a.get("builtIn")]
+        assert all(a["datasource"] == DS_REF == a["target"]["datasource"] for a in extra)
+        assert "trainguard-clickhouse" not in dumps(
+            {k: v for k, v in doc.items() if k != "templating"})
 
 
 def test_the_target_format_is_the_plugins_number_with_its_query_type():
     for doc in DOCS.values():
         for panel in doc["panels"]:
             target = panel["targets"][0]
-            want = (1, "table") if panel["type"] == "table" else (0, "timeSeries")
+            want = (1, "table") if panel["type"] == "table" else (0, "timeseries")
             assert (target["format"], target["queryType"]) == want, panel["title"]
+            assert target["pluginVersion"].startswith("4.")
+
+
+def test_runbook_and_dashboard_urls_of_open_alerts_are_links_to_their_own_value():
+    [panel] = [p for p in DOCS["trainguard-alerts"]["panels"] if p["title"] == "Open alerts"]
+    links = {o["matcher"]["options"]: o["properties"] for o in panel["fieldConfig"]["overrides"]}
+    assert set(links) == {"runbook_url", "dashboard_url"}
+    for column, props in links.items():
+        [(prop_id, [link])] = [(p["id"], p["value"]) for p in props]
+        assert prop_id == "links" and link["url"] == "${__value.raw}"
+        assert link["targetBlank"] is (column == "runbook_url")
+
+
+def test_link_columns_are_columns_their_panel_returns():
+    for _, panel in PANELS:
+        assert {link.column for link in panel.links} <= set(panel.columns), panel.title
+
+
+def test_the_job_dashboard_draws_alerts_over_its_time_series_only():
+    doc = DOCS["trainguard-job"]
+    builtin, alerts = doc["annotations"]["list"]
+    assert builtin["builtIn"] == 1 and alerts["name"] == "Alerts" and alerts["enable"]
+    series = [p["id"] for p in doc["panels"] if p["type"] == "timeseries"]
+    assert alerts["filter"] == {"exclude": False, "ids": series} and len(series) >= 6
+    target = alerts["target"]
+    assert (target["refId"], target["queryType"], target["format"]) == ("annotation", "table", 1)
+    assert "trainguard.alerts" in target["rawSql"] and "$__conditionalAll(job_id" in (
+        target["rawSql"])
+
+
+def test_only_the_job_dashboard_has_alert_annotations():
+    others = [len(DOCS[uid]["annotations"]["list"]) for uid in UIDS if uid != "trainguard-job"]
+    assert others == [1, 1, 1]
 
 
 def test_units_reach_the_field_config():
@@ -80,7 +152,7 @@ def test_links_carry_time_and_variables_to_the_other_dashboards():
 
 def test_variables_are_plugin_sql_queries_refreshed_with_the_time_range():
     for doc in DOCS.values():
-        for var in doc["templating"]["list"]:
+        for var in doc["templating"]["list"][1:]:
             assert var["type"] == "query" and var["refresh"] == 2
             assert var["query"] == {"editorType": "sql", "rawSql": var["definition"]}
 
@@ -126,11 +198,11 @@ def test_every_variable_use_sits_in_conditional_all_so_all_needs_no_value_list(u
     assert "$" not in sql
 
 
-def test_variable_queries_also_expand_with_every_variable_all():
+def test_variable_and_annotation_queries_also_expand_with_every_variable_all():
     every = {"cluster": ALL, "job": ALL, "node": ALL, "rank": ALL, "worker": ALL}
     for board in BOARDS:
-        for var in board.variables:
-            assert "$" not in expand(var.sql, start=0, end=1, variables=every, database="d",
+        for query in [v.sql for v in board.variables] + [a.sql for a in board.annotations]:
+            assert "$" not in expand(query, start=0, end=1, variables=every, database="d",
                                      interval_s=1)
 
 

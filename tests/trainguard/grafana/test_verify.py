@@ -24,7 +24,7 @@ from trainguard.cli import main
 from trainguard.cli.grafana import parse_time
 from trainguard.errors import ConfigError, StoreError
 from trainguard.grafana.dashboards import UIDS, all_dashboards
-from trainguard.grafana.model import Dashboard, Panel, Variable
+from trainguard.grafana.model import Annotation, Dashboard, Panel, Variable
 from trainguard.grafana.verify import PanelCheck, failures, verify
 from trainguard.pipeline.store.base import QueryResult, Store
 
@@ -176,6 +176,13 @@ def test_every_panel_and_variable_query_passes_on_the_synthetic_store(checks):
 
 
 @pytest.mark.integration
+def test_the_job_dashboards_alert_annotation_runs_and_finds_the_jobs_alerts(checks):
+    (ann,) = [c for c in checks if c.kind == "annotation"]
+    assert (ann.dashboard, ann.panel, ann.ok) == ("trainguard-job", "@Alerts", True), ann.error
+    assert ann.rows == 2 and ann.columns == ("time", "timeEnd", "title", "text", "tags")
+
+
+@pytest.mark.integration
 def test_every_panel_returns_rows_when_its_tables_have_data(checks):
     empty = [f"{c.dashboard} / {c.panel}" for c in checks if c.dashboard != "broken" and not c.rows]
     assert empty == []
@@ -252,8 +259,10 @@ class FakeStore(Store):
         pass
 
 
-def board(*panels: Panel, variables: tuple[Variable, ...] = ()) -> Dashboard:
-    return Dashboard(uid="b", title="b", description="", panels=panels, variables=variables)
+def board(*panels: Panel, variables: tuple[Variable, ...] = (),
+          annotations: tuple[Annotation, ...] = ()) -> Dashboard:
+    return Dashboard(uid="b", title="b", description="", panels=panels, variables=variables,
+                     annotations=annotations)
 
 
 TS = Panel("ts", "timeseries", sql="SELECT $__timeInterval(ts) AS time, 1 AS v "
@@ -262,8 +271,9 @@ ROWS = QueryResult(columns=["time", "v"], rows=[("2026-01-01 00:00:00", 1)])
 
 
 def run(store: Store, *panels: Panel, **kw: Any) -> list[PanelCheck]:
-    return verify(store, [board(*panels, variables=kw.pop("variables", ()))], start=0.0,
-                  end=HOUR, variables=kw.pop("given", {}), **kw)
+    boards = [board(*panels, variables=kw.pop("variables", ()),
+                    annotations=kw.pop("annotations", ()))]
+    return verify(store, boards, start=0.0, end=HOUR, variables=kw.pop("given", {}), **kw)
 
 
 def test_a_query_error_fails_the_panel_with_the_error_text():
@@ -333,3 +343,29 @@ def test_a_variable_without_values_fails():
     var_check, _ = run(store, TS, variables=(Variable("y", "Y", sql="SELECT 1"),))
     assert (var_check.kind, var_check.ok) == ("variable", False)
     assert var_check.error == "no rows: the variable offers no values"
+
+
+ANNOTATION = Annotation("Events", sql="SELECT t AS time, t AS timeEnd, 'a' AS title, "
+                        "'b' AS text, 'c' AS tags FROM {database}.e WHERE $__timeFilter(t)")
+
+
+def test_an_annotation_query_runs_after_the_panels_and_may_return_no_rows():
+    store = FakeStore(QueryResult(columns=list(ANNOTATION.columns), rows=[]))
+    table = Panel("t", "table", sql="SELECT 1", format="table", allow_empty=True)
+    _, check = run(store, table, annotations=(ANNOTATION,))
+    assert (check.kind, check.panel, check.ok, check.status) == (
+        "annotation", "@Events", True, "empty")
+    assert check.sql == ("SELECT t AS time, t AS timeEnd, 'a' AS title, 'b' AS text, "
+                         "'c' AS tags FROM db.e WHERE t >= toDateTime(0) AND t <= toDateTime(3600)")
+
+
+def test_an_annotation_returning_other_columns_fails():
+    store = FakeStore(QueryResult(columns=["time", "text"], rows=[(1, "x")]))
+    (check,) = run(store, annotations=(ANNOTATION,))
+    assert not check.ok and check.error == (
+        "columns ['time', 'text'] != expected ['time', 'timeEnd', 'title', 'text', 'tags']")
+
+
+def test_an_annotation_query_error_fails_with_the_error_text():
+    (check,) = run(FakeStore(StoreError("UNKNOWN_TABLE e")), annotations=(ANNOTATION,))
+    assert (check.kind, check.error) == ("annotation", "query: UNKNOWN_TABLE e")

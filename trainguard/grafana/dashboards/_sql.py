@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import textwrap
 
-__all__ = ["FAR_FUTURE", "HB_WHERE", "increase", "open_counts", "sql", "window"]
+__all__ = ["FAR_FUTURE", "HB_WHERE", "LATEST_FIRST", "increase", "open_counts", "sql", "window"]
 
 #: Stands in for "not cleared / not resolved yet" in interval overlaps.
 FAR_FUTURE = "toDateTime64('2100-01-01 00:00:00', 3, 'UTC')"
+#: Alert rows, the latest state change of each alert first, as
+#: trainguard.pipeline.alerts.history orders them (``LIMIT 1 BY`` keeps that one).
+LATEST_FIRST = "ts DESC, starts_at DESC, status = 'resolved' DESC"
 
 
 def _in(column: str, var: str) -> str:

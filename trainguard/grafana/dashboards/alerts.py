@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from trainguard.grafana.dashboards._sql import FAR_FUTURE, open_counts, sql
-from trainguard.grafana.model import Dashboard, Panel, Variable
+from trainguard.grafana.dashboards._sql import FAR_FUTURE, LATEST_FIRST, open_counts, sql
+from trainguard.grafana.model import ColumnLink, Dashboard, Panel, Variable
 
 __all__ = ["ALERTS"]
 
 _ALERT_FILTERS = "@cluster AND @job AND @node"
-# The latest state change of each alert first, as trainguard.pipeline.alerts.history orders them.
-_LATEST_FIRST = "ts DESC, starts_at DESC, status = 'resolved' DESC"
 _SEVERITIES = ("page", "ticket", "info")
 
 ALERTS = Dashboard(
@@ -39,21 +37,23 @@ ALERTS = Dashboard(
                 FROM (
                     SELECT severity, starts_at, ends_at FROM {{database}}.alerts
                     WHERE ts <= ($__toTime) AND {_ALERT_FILTERS}
-                    ORDER BY alert_id, {_LATEST_FIRST} LIMIT 1 BY alert_id)
+                    ORDER BY alert_id, {LATEST_FIRST} LIMIT 1 BY alert_id)
             ) AS episodes
             SELECT time,
                 @counts
             FROM (@grid) ORDER BY time""", counts=open_counts("episodes", _SEVERITIES))),
         Panel("Open alerts", "table", format="table", allow_empty=True, width=24, height=10,
               description="Alerts whose latest state at the end of the range is firing, "
-                          "with their evidence.",
+                          "with their evidence; runbook and dashboard open from their links.",
+              links=(ColumnLink("runbook_url", "Runbook"),
+                     ColumnLink("dashboard_url", "Dashboard", new_tab=False)),
               columns=("starts_at", "severity", "check", "job_id", "node", "rank", "summary",
                        "evidence", "runbook_url", "dashboard_url"), sql=sql(f"""
             SELECT starts_at, severity, check, job_id, node, rank, summary, evidence,
                 runbook_url, dashboard_url
             FROM (
                 SELECT * FROM {{database}}.alerts WHERE ts <= ($__toTime) AND {_ALERT_FILTERS}
-                ORDER BY fingerprint, {_LATEST_FIRST} LIMIT 1 BY fingerprint)
+                ORDER BY fingerprint, {LATEST_FIRST} LIMIT 1 BY fingerprint)
             WHERE status = 'firing' ORDER BY severity = 'page' DESC, starts_at DESC""")),
         Panel("Alert state changes", "timeseries", unit="short",
               columns=("time", "fired", "resolved"), sql=sql(f"""

@@ -2,13 +2,15 @@
 
 The alerts link here as ``/d/trainguard-job?var-job=...&var-node=...``, and
 ``trainguard report`` draws its timeseries panels with variables ``cluster``, ``job``,
-``node`` and ``rank``: keep those names.
+``node`` and ``rank``: keep those names. ``job`` is one job, never All: the per-rank
+charts would average rank N over every job. The alerts of the job are drawn over the
+time series as regions from firing to resolve.
 """
 
 from __future__ import annotations
 
-from trainguard.grafana.dashboards._sql import FAR_FUTURE, open_counts, sql
-from trainguard.grafana.model import Dashboard, Panel, Variable
+from trainguard.grafana.dashboards._sql import FAR_FUTURE, LATEST_FIRST, open_counts, sql
+from trainguard.grafana.model import Annotation, Dashboard, Panel, Variable
 from trainguard.schemas.records import CHECK_NAMES
 
 __all__ = ["JOB"]
@@ -24,6 +26,19 @@ def _per_rank(title: str, column: str, unit: str, description: str) -> Panel:
         GROUP BY time, rank ORDER BY time, rank"""))
 
 
+#: Each alert of the job (its latest state) from firing to resolve, or to the range's end
+#: while it fires; tags: severity, check, node.
+_ALERTS = Annotation("Alerts", sql=sql(f"""
+    SELECT starts_at AS time, ifNull(ends_at, toDateTime64(($__toTime), 3, 'UTC')) AS timeEnd,
+        concat(severity, ': ', check) AS title,
+        concat(summary, if(status = 'firing', ' (firing)', ' (resolved)')) AS text,
+        concat(severity, ',', check, if(node = '', '', concat(',', node))) AS tags
+    FROM (
+        SELECT * FROM {{database}}.alerts WHERE ts <= ($__toTime) AND @cluster AND @job AND @node
+        ORDER BY alert_id, {LATEST_FIRST} LIMIT 1 BY alert_id)
+    WHERE starts_at <= ($__toTime) AND (ends_at IS NULL OR ends_at >= ($__fromTime))
+    ORDER BY time"""))
+
 JOB = Dashboard(
     uid="trainguard-job", title="trainguard / Job",
     description="One training job rank by rank: loss, gradient norm, learning rate, step "
@@ -32,7 +47,7 @@ JOB = Dashboard(
         Variable("cluster", "Cluster", multi=True, sql=sql("""
             SELECT DISTINCT cluster FROM {database}.steps
             WHERE $__timeFilter(ts) ORDER BY cluster""")),
-        Variable("job", "Job", sql=sql("""
+        Variable("job", "Job", include_all=False, sql=sql("""
             SELECT DISTINCT job_id FROM {database}.steps
             WHERE $__timeFilter(ts) AND @cluster ORDER BY job_id""")),
         Variable("node", "Node", multi=True, sql=sql("""
@@ -43,6 +58,7 @@ JOB = Dashboard(
             WHERE $__timeFilter(ts) AND @cluster AND @job AND @node ORDER BY rank""")),
     ),
     links=("trainguard-fleet", "trainguard-alerts", "trainguard-pipeline"),
+    annotations=(_ALERTS,),
     panels=(
         _per_rank("Loss per rank", "loss", "short", "Mean training loss per interval."),
         _per_rank("Gradient norm per rank", "grad_norm", "short",
