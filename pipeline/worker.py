@@ -13,6 +13,7 @@ import os
 import socket
 from pathlib import Path
 
+from trainguard.metrics_http import MetricsServer, serve_metrics
 from trainguard.pipeline.auth import ForgeryTracker, MessageAuth
 from trainguard.pipeline.caps import IngestCaps
 from trainguard.pipeline.config import WorkerConfig
@@ -20,7 +21,6 @@ from trainguard.pipeline.ingest import Ingestor, TimeWindow
 from trainguard.pipeline.kafka_admin import ensure_pipeline_topics, wait_for_broker
 from trainguard.pipeline.sinks.store_sink import StoreSink
 from trainguard.pipeline.store import migrate, open_store, serve_reads
-from trainguard.metrics_http import MetricsServer, serve_metrics
 from trainguard.schemas.keyfiles import read_fleet_secrets
 
 __all__ = ["message_auth", "run_worker"]

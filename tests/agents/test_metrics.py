@@ -25,7 +25,7 @@ _GAUGE_NAMES = {"send_latency_ms_p50": "send_latency_p50_seconds",
 def _heartbeat(**counters: object) -> Heartbeat:
     return Heartbeat(cluster="c1", node="node-a", ts=1_795_000_100.0, seq=3, agent_id="a1",
                      agent_version="0.1.0", uptime_s=15.0, backend="nvml", gpu_count=8,
-                     counters=AgentCounters(**counters))  # type: ignore[arg-type]
+                     counters=AgentCounters(**counters))
 
 
 def _parse(text: str) -> dict[str, tuple[dict[str, str], float, str]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from trainguard import envvars
-from trainguard.metrics_http import DEFAULT_METRICS_ADDR
 from trainguard.cli._common import (
     add_bootstrap,
     add_env_option,
@@ -15,6 +14,7 @@ from trainguard.cli._common import (
     kafka_security,
     store_url,
 )
+from trainguard.metrics_http import DEFAULT_METRICS_ADDR
 
 __all__ = ["register", "worker_config"]
 
