@@ -146,15 +146,6 @@ def test_metrics_are_served_over_http_on_the_port_asked_for() -> None:
     assert "process_start_time_seconds" in body  # the process collector is registered
 
 
-def test_a_port_that_is_taken_is_a_config_error_naming_it() -> None:
-    first = serve_metrics(WorkerMetrics("a", process=False).registry, 0, "127.0.0.1")
-    try:
-        with pytest.raises(ConfigError, match=f"127.0.0.1:{first.port}"):
-            serve_metrics(WorkerMetrics("b", process=False).registry, first.port, "127.0.0.1")
-    finally:
-        first.close()
-
-
 def test_worker_config_refuses_a_metrics_port_out_of_range() -> None:
     with pytest.raises(ConfigError, match="metrics_port=70000"):
         WorkerConfig(bootstrap="k:9092", store=StoreUrl.parse("chdb:///tmp/x"),
