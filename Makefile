@@ -7,9 +7,12 @@ PYTEST_ARGS ?=
 # Prometheus Alertmanager comes from Debian (package prometheus-alertmanager, 0.25), not pip.
 AM_BIN  := /usr/bin/prometheus-alertmanager
 AM_PKG  := prometheus-alertmanager
+# promtool (checks and unit-tests infra/prometheus/) comes from Debian's prometheus package.
+PROMTOOL := /usr/bin/promtool
+PROM_PKG := prometheus
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install kafka-jars alertmanager demo eval test test-unit lint bench schemas clean
+.PHONY: help install kafka-jars alertmanager prometheus demo eval test test-unit lint bench schemas clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -53,13 +56,36 @@ alertmanager:  ## install Prometheus Alertmanager + amtool (Debian package) if m
 	done; \
 	echo "alertmanager: installed $$($(AM_BIN) --version 2>&1 | head -n 1)"
 
+# Same dance as `alertmanager`: the package's postinst would start Prometheus on :9090;
+# only promtool is wanted, so the service is kept from starting (or stopped) and disabled.
+prometheus:  ## install promtool (Debian package prometheus) if missing
+	@if [ -x $(PROMTOOL) ]; then echo "prometheus: $(PROMTOOL) already installed"; exit 0; fi; \
+	set -e; \
+	apt_install() { $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -q --no-install-recommends $(PROM_PKG); }; \
+	if [ ! -e /usr/sbin/policy-rc.d ]; then \
+		trap '$(SUDO) rm -f /usr/sbin/policy-rc.d' EXIT; \
+		printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null; \
+		$(SUDO) chmod 755 /usr/sbin/policy-rc.d; \
+	fi; \
+	apt_install || { $(SUDO) apt-get update -q && apt_install; }; \
+	if [ -d /run/systemd/system ]; then \
+		$(SUDO) systemctl disable --now $(PROM_PKG).service >/dev/null 2>&1 || true; \
+	else \
+		$(SUDO) update-rc.d $(PROM_PKG) disable >/dev/null 2>&1 || true; \
+		$(SUDO) systemctl disable $(PROM_PKG).service >/dev/null 2>&1 || true; \
+		$(SUDO) /etc/init.d/$(PROM_PKG) stop >/dev/null 2>&1 || true; \
+	fi; \
+	[ -x $(PROMTOOL) ] || { echo "prometheus: $(PROMTOOL) missing after install" >&2; exit 1; }; \
+	echo "prometheus: installed $$($(PROMTOOL) --version 2>&1 | head -n 1)"
+
 demo: install kafka-jars  ## run the end-to-end demo (local Kafka + chdb + simulated cluster)
 	$(TG) demo --nodes 4 --duration 30
 
 eval: install kafka-jars  ## detection scorecard: every scenario x 5 seeds through the pipeline
 	$(TG) eval --seeds 5 --speed 1.5
 
-test: install kafka-jars alertmanager  ## run the whole test suite (real Kafka broker, real chdb, real Alertmanager)
+test: install kafka-jars alertmanager prometheus  ## run the whole test suite (real Kafka broker, real chdb, real Alertmanager, promtool)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install  ## run only the tests that need no broker

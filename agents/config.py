@@ -13,6 +13,7 @@ from typing import Literal
 
 from trainguard.agents.reporter import MAX_REPORTED_DROPS
 from trainguard.errors import ConfigError
+from trainguard.metrics_http import DEFAULT_METRICS_ADDR, check_metrics_port
 from trainguard.schemas.kafka_security import PLAINTEXT, KafkaSecurity
 from trainguard.schemas.topics import DEFAULT_PREFIX, Topics
 
@@ -167,8 +168,15 @@ class AgentConfig:
     #: This node's key (``trainguard keys enrol``, mode 0600): every message the agent
     #: sends carries a MAC made with it. ``None``: messages go unsigned.
     node_key_file: Path | None = None
+    #: node_exporter's textfile-collector directory: ``trainguard_agent.prom`` is rewritten
+    #: there after each heartbeat. ``None``: no file.
+    metrics_textfile_dir: Path | None = None
+    #: Serve the same metrics on ``http://metrics_addr:metrics_port/metrics``; ``None``: off.
+    metrics_port: int | None = None
+    metrics_addr: str = DEFAULT_METRICS_ADDR
 
     def __post_init__(self) -> None:
+        check_metrics_port("metrics.port", self.metrics_port)
         for name in ("cluster", "node"):
             value = getattr(self, name)
             if not _NAME.match(value):

@@ -34,6 +34,11 @@ Example ``/etc/trainguard/agent.toml``::
     code_paths = ["/home/alice/llama-train"]
     framework_paths = ["/opt/venv/lib/python3.12/site-packages/torch"]
     mb_per_s = 200
+
+    [metrics]
+    textfile_dir = "/var/lib/node_exporter/textfile_collector"   # node_exporter reads it
+    # port = 9465                      # also serve /metrics (default: off)
+    # addr = "127.0.0.1"               # default every interface
 """
 
 from __future__ import annotations
@@ -96,6 +101,12 @@ class _Witness(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     exclude: list[str] | None = None
 
 
+class _Metrics(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    textfile_dir: str | None = None
+    port: int | None = None
+    addr: str | None = None
+
+
 class _Simulated(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     gpus: int | None = None
 
@@ -112,6 +123,7 @@ class _File(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     steps: _Steps = _Steps()
     simulated: _Simulated = _Simulated()
     witness: _Witness = _Witness()
+    metrics: _Metrics = _Metrics()
 
 
 #: Environment variable → dotted setting it overrides.
@@ -134,6 +146,9 @@ ENV_OVERRIDES: dict[str, str] = {
     envvars.KAFKA_CERT_FILE: "kafka.cert_file",
     envvars.KAFKA_KEY_FILE: "kafka.key_file",
     envvars.NODE_KEY_FILE: "node_key_file",
+    envvars.AGENT_METRICS_TEXTFILE_DIR: "metrics.textfile_dir",
+    envvars.AGENT_METRICS_PORT: "metrics.port",
+    envvars.AGENT_METRICS_ADDR: "metrics.addr",
 }
 
 
@@ -236,6 +251,12 @@ def _build(s: Mapping[str, Any], password_env: str | None = None) -> AgentConfig
             fields[key] = str(s[key])
     if s.get("node_key_file"):
         fields["node_key_file"] = Path(str(s["node_key_file"]))
+    if s.get("metrics.textfile_dir"):
+        fields["metrics_textfile_dir"] = Path(str(s["metrics.textfile_dir"]))
+    if "metrics.port" in s:
+        fields["metrics_port"] = _num(s, "metrics.port", int, None)
+    if s.get("metrics.addr"):
+        fields["metrics_addr"] = str(s["metrics.addr"])
     return AgentConfig(**fields)
 
 

@@ -91,8 +91,11 @@ class NodeAgent:
         gauges: Callable[[], Mapping[str, Any]] | None = None,
         dead_letters: LocalDeadLetters | None = None,
         clock: Callable[[], float] = time.time,
+        on_heartbeat: Callable[[Heartbeat], None] | None = None,
     ) -> None:
         self.config = config
+        #: Called with each heartbeat sent (the agent's Prometheus metrics).
+        self._on_heartbeat = on_heartbeat
         self._collector = collector
         self._transport = transport
         self._step_sources = step_sources
@@ -309,6 +312,8 @@ class NodeAgent:
         self._transport.send(self.config.topics.heartbeats, key, encode(hb))
         self._hb_seq += 1
         self._last_heartbeat = ts
+        if self._on_heartbeat is not None:
+            self._on_heartbeat(hb)
         return hb
 
     def run(self, stop: threading.Event, *, max_ticks: int | None = None) -> int:

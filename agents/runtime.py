@@ -19,6 +19,7 @@ from trainguard.agents.collectors.process import ProcessStats
 from trainguard.agents.config import AgentConfig
 from trainguard.agents.daemon import ClaimPoll, NodeAgent, StepPoll, WitnessPoll
 from trainguard.agents.dead_letter_file import LocalDeadLetters
+from trainguard.agents.metrics import start_metrics
 from trainguard.agents.reporter import CheckpointReport
 from trainguard.agents.sender import SpoolSender
 from trainguard.agents.spool import Spool
@@ -73,6 +74,7 @@ def run_agent(
     from trainguard.agents.intake import StepIntake
 
     node_key = load_node_key(config)  # before anything is opened: a bad key stops here
+    metrics = start_metrics(config)  # a textfile directory or port that fails stops here
     collector = collector or make_collector(config)
     spool = Spool(config.spool_dir, max_bytes=config.spool_max_bytes,
                   memory_max_bytes=config.spool_memory_max_bytes)
@@ -140,8 +142,8 @@ def run_agent(
         agent = NodeAgent(config, collector, transport, step_sources=sources,
                           checkpoint_sources=checkpoint_sources,
                           witness_sources=witness_sources, claim_sources=claim_sources,
-                          gauges=gauges,
-                          dead_letters=dead_letters)
+                          gauges=gauges, dead_letters=dead_letters,
+                          on_heartbeat=metrics.on_heartbeat if metrics is not None else None)
         log.info(
             "agent started node=%s backend=%s gpus=%d interval_s=%s spool=%s spooled=%d "
             "steps_socket=%s",
@@ -154,6 +156,8 @@ def run_agent(
         agent.heartbeat(time.time())  # the last word: final counters
         return agent
     finally:
+        if metrics is not None:
+            metrics.close()
         if intake is not None:
             intake.stop()
         if witness is not None:

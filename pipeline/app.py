@@ -40,6 +40,7 @@ from trainguard.pipeline.config import WorkerConfig
 from trainguard.pipeline.consistency import ConsistencyStage
 from trainguard.pipeline.health import HealthProbe, add_health
 from trainguard.pipeline.ingest import Ingestor
+from trainguard.pipeline.metrics import WorkerMetrics
 from trainguard.pipeline.offsets import HeldOffsets, message_out
 from trainguard.pipeline.publish import Publisher
 from trainguard.pipeline.sinks.rows import Row
@@ -66,11 +67,13 @@ def build_app(
     baselines: BaselineStage | None = None,
     consistency: ConsistencyStage | None = None,
     store: Store | None = None,
+    metrics: WorkerMetrics | None = None,
 ) -> faust.App:
     """Create the worker's Faust app with its agents and timers.
 
     With ``store`` and alerting enabled, the alert stream jobs run in it too
-    (:mod:`trainguard.pipeline.alerts.stream`).
+    (:mod:`trainguard.pipeline.alerts.stream`). With ``metrics``, each health probe is
+    also the sample ``/metrics`` serves.
     """
     app = _new_app(config)
     dead_letters = app.topic(config.topics.dead_letters, partitions=config.partitions, **_RAW)
@@ -113,7 +116,8 @@ def build_app(
         return out
 
     add_health(app, config.health_every_s, HealthProbe(publisher.worker), ingestor, sink,
-               executor, _with_caps(health, baselines, consistency))
+               executor, _with_caps(health, baselines, consistency), metrics=metrics,
+               published=publisher.counts)
     _add_report(app, ingestor, sink, handler)
     return app
 

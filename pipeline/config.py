@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 
 from trainguard.errors import ConfigError
+from trainguard.metrics_http import DEFAULT_METRICS_ADDR, check_metrics_port
 from trainguard.pipeline.alerts.config import AlertLifecycleConfig
 from trainguard.pipeline.alerts.receivers import ReceiverConfig
 from trainguard.pipeline.caps import DEFAULT_MAX_WORLD_SIZE, IngestCaps
@@ -119,8 +120,13 @@ class WorkerConfig:
     #: A ``forged_telemetry`` finding for the same (claimed, real) source pair is repeated,
     #: with the running count, at most this often (wall-clock seconds).
     forged_repeat_s: float = 300.0
+    #: Serve Prometheus metrics on ``http://metrics_addr:metrics_port/metrics``; ``None``:
+    #: off (several workers may share a host). 9464 is the documented choice; 0: any port.
+    metrics_port: int | None = None
+    metrics_addr: str = DEFAULT_METRICS_ADDR
 
     def __post_init__(self) -> None:
+        check_metrics_port("metrics_port", self.metrics_port)
         if self.require_auth and not self.fleet_secret_file:
             raise ConfigError("require_auth needs a fleet secret file (--fleet-secret-file); "
                               "none is set")

@@ -4,7 +4,8 @@ What an SRE needs to trust the pipeline: is it reading (ingest rate), keeping up
 (consumer lag per partition: messages on the broker not yet read), rejecting input (dead
 letters, the store's refusals included), writing (sink batch latency, ``store_down``),
 paging (alerts queued for delivery, deliveries given up). Rates are computed from the
-counters between two probes, on the wall clock.
+counters between two probes, on the wall clock. The same figures, as counters, are what
+the worker serves on ``/metrics`` (:mod:`trainguard.pipeline.metrics`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 import faust
 
 from trainguard.pipeline.ingest import Ingestor
+from trainguard.pipeline.metrics import WorkerMetrics, WorkerSample
+from trainguard.pipeline.publish import PublishCounts
 from trainguard.pipeline.sinks.rows import Row
 from trainguard.pipeline.sinks.store_sink import SinkCounters, StoreSink
 
@@ -81,24 +84,40 @@ class HealthProbe:
 
 def add_health(
     app: faust.App, every_s: float, probe: HealthProbe, ingestor: Ingestor, sink: StoreSink,
-    executor: Executor, extra: Callable[[], dict[str, float]] | None = None,
+    executor: Executor, extra: Callable[[], dict[str, float]] | None = None, *,
+    metrics: WorkerMetrics | None = None, published: PublishCounts | None = None,
 ) -> None:
-    """Write a probe to ``pipeline_health`` every ``every_s`` (on the store's thread)."""
+    """Write a probe to ``pipeline_health`` every ``every_s`` (on the store's thread).
+
+    With ``metrics``, the same figures (and ``published``, the dead letters and findings
+    the worker published) also become the next sample ``/metrics`` shows.
+    """
 
     @app.timer(every_s)
     async def write_health() -> None:
-        # Messages on the broker not yet read, per partition this worker consumes.
-        lag: dict[tuple[str, int], int] = {}
-        for tp in app.consumer.assignment():
-            try:
-                end, read = app.consumer.highwater(tp), await app.consumer.position(tp)
-            except Exception:  # a partition mid-rebalance: no figure this round
-                continue
-            if end is not None and read is not None:
-                lag[tp.topic, tp.partition] = end - read
+        lag = await _lag(app)
         # The store's refusals are dead letters too (times out of range, refused rows).
         rejected = sum(ingestor.rejected.values()) + sum(sink.counters.rejected.values())
+        figures = extra() if extra else {}
         rows = probe.rows(consumed=ingestor.accepted + rejected, rejected=rejected,
-                          sink=sink.counters, lag=lag, extra=extra() if extra else None)
+                          sink=sink.counters, lag=lag, extra=figures)
+        if metrics is not None:
+            metrics.update(WorkerSample.of(
+                float(rows[0]["ts"]), accepted=ingestor.accepted, rejected=ingestor.rejected,
+                sink=sink.counters, lag=lag, extra=figures, published=published))
         await asyncio.get_running_loop().run_in_executor(
             executor, sink.write, {"pipeline_health": rows})
+
+
+async def _lag(app: faust.App) -> dict[tuple[str, int], int]:
+    """Messages on the broker not yet read, per partition this worker consumes."""
+    lag: dict[tuple[str, int], int] = {}
+    for tp in app.consumer.assignment():
+        try:
+            end, read = app.consumer.highwater(tp), await app.consumer.position(tp)
+        except Exception:  # a partition mid-rebalance: no figure this round
+            continue
+        if end is not None and read is not None:
+            lag[tp.topic, tp.partition] = end - read
+    return lag
+

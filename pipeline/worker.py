@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import socket
 from pathlib import Path
 
+from trainguard.metrics_http import MetricsServer, serve_metrics
 from trainguard.pipeline.auth import ForgeryTracker, MessageAuth
 from trainguard.pipeline.caps import IngestCaps
 from trainguard.pipeline.config import WorkerConfig
@@ -40,6 +43,7 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
     store = open_store(config.store)
     reads = None
     sink: StoreSink | None = None
+    served: MetricsServer | None = None
     try:
         applied = migrate(store)
         if applied:
@@ -60,7 +64,13 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
             max_jobs=config.max_jobs, max_world_size=config.max_world_size,
             agent_silent_s=config.agent_silent_s)) \
             if config.consistency else None
-        app = build_app(config, ingestor, sink, stage, checks, store)
+        metrics = None
+        if config.metrics_port is not None:
+            from trainguard.pipeline.metrics import WorkerMetrics
+
+            metrics = WorkerMetrics(f"{socket.gethostname()}:{os.getpid()}")
+            served = serve_metrics(metrics.registry, config.metrics_port, config.metrics_addr)
+        app = build_app(config, ingestor, sink, stage, checks, store, metrics=metrics)
         log.info(
             "worker starting app_id=%s bootstrap=%s kafka_security=%s store=%s topics=%s",
             config.app_id,
@@ -78,6 +88,8 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
             return code
         return 0
     finally:
+        if served is not None:
+            served.close()
         if sink is not None:
             sink.close()  # a write still waiting for a down store gives up: replayed later
         if reads is not None:

@@ -1,7 +1,8 @@
 """Layers point down: every import edge inside ``trainguard`` is checked against the layers.
 
-- base: ``trainguard`` itself, ``errors``, ``envvars``, ``logs``, ``resources`` and the
-  wire contract ``trainguard.schemas``; imports nothing of trainguard above it;
+- base: ``trainguard`` itself, ``errors``, ``envvars``, ``logs``, ``resources``,
+  ``metrics_http`` and the wire contract ``trainguard.schemas``; imports nothing of
+  trainguard above it;
 - middle: ``trainguard.agents`` (node side) and ``trainguard.pipeline`` (stream side);
   each imports the base and itself, never the other, never the top;
 - top: the CLI, local services, demo, eval, Grafana and reports.
@@ -14,7 +15,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "trainguard"
 BASE = {"trainguard", "trainguard.errors", "trainguard.envvars", "trainguard.logs",
-        "trainguard.resources"}
+        "trainguard.resources", "trainguard.metrics_http"}
 OLD_TOP_LEVEL = {"agents", "pipeline", "schemas"}
 
 

@@ -56,6 +56,11 @@ __all__ = [
     "CLICKHOUSE_ADMIN_PASSWORD",
     "CLICKHOUSE_WORKER_PASSWORD",
     "CLICKHOUSE_OPERATOR_PASSWORD",
+    "METRICS_PORT",
+    "METRICS_ADDR",
+    "AGENT_METRICS_PORT",
+    "AGENT_METRICS_ADDR",
+    "AGENT_METRICS_TEXTFILE_DIR",
 ]
 
 #: Kafka bootstrap servers, ``host:port[,host:port]``; empty means "start a local broker" (demo).
@@ -137,3 +142,11 @@ GRAFANA_RO_PASSWORD = "CLICKHOUSE_RO_PASSWORD"
 CLICKHOUSE_ADMIN_PASSWORD = "TRAINGUARD_CLICKHOUSE_ADMIN_PASSWORD"
 CLICKHOUSE_WORKER_PASSWORD = "TRAINGUARD_CLICKHOUSE_WORKER_PASSWORD"
 CLICKHOUSE_OPERATOR_PASSWORD = "TRAINGUARD_CLICKHOUSE_OPERATOR_PASSWORD"
+#: Prometheus ``/metrics`` of the worker (port; unset: off) and of the agent (port, and
+#: the node_exporter textfile-collector directory it writes ``trainguard_agent.prom`` to),
+#: and the address each binds (default every interface, like node_exporter).
+METRICS_PORT = "TRAINGUARD_METRICS_PORT"
+METRICS_ADDR = "TRAINGUARD_METRICS_ADDR"
+AGENT_METRICS_PORT = "TRAINGUARD_AGENT_METRICS_PORT"
+AGENT_METRICS_ADDR = "TRAINGUARD_AGENT_METRICS_ADDR"
+AGENT_METRICS_TEXTFILE_DIR = "TRAINGUARD_AGENT_METRICS_TEXTFILE_DIR"

@@ -36,6 +36,7 @@ import msgspec
 
 from trainguard.errors import StoreError
 from trainguard.pipeline.dead_letters import DeadLetter, RawMessage
+from trainguard.pipeline.sinks.latency import LatencyHistogram
 from trainguard.pipeline.sinks.rows import Row
 from trainguard.pipeline.sinks.sources import SourceOf
 from trainguard.pipeline.sinks.times import CLOCK_REASON, row_time_error
@@ -67,6 +68,8 @@ class SinkCounters:
     lines: int = 0
     retries: int = 0
     last_batch_s: float = 0.0
+    #: Every batch write's duration (the ``last_batch_s`` of each), for ``/metrics``.
+    batch_seconds: LatencyHistogram = field(default_factory=LatencyHistogram)
     #: Dead letters the sink made (refused by the store, times out of range), by reason.
     rejected: dict[str, int] = field(default_factory=dict)
     #: True while the store has failed for longer than the sink's ``retry_for_s``.
@@ -160,6 +163,7 @@ class StoreSink:
         self.counters.rows += n_rows
         self.counters.lines += n_lines
         self.counters.last_batch_s = self._clock() - started
+        self.counters.batch_seconds.observe(self.counters.last_batch_s)
         return WriteResult(written=n_rows + n_lines, dead=dead)
 
     def _dated(self, row: Row) -> Row:

@@ -145,3 +145,22 @@ def test_sasl_without_a_password_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="no password"):
         load_agent_config(None, {"TRAINGUARD_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
                                  "TRAINGUARD_KAFKA_USERNAME": "agent"})
+
+
+def test_the_metrics_section_reaches_the_config_and_the_environment_overrides_it(tmp_path):
+    path = _write(tmp_path, '[metrics]\ntextfile_dir = "/var/lib/node_exporter/tf"\n'
+                            'port = 9465\naddr = "127.0.0.1"\n')
+    config = load_agent_config(path, {})
+    assert config.metrics_textfile_dir == Path("/var/lib/node_exporter/tf")
+    assert (config.metrics_port, config.metrics_addr) == (9465, "127.0.0.1")
+    env = {"TRAINGUARD_AGENT_METRICS_PORT": "9500",
+           "TRAINGUARD_AGENT_METRICS_TEXTFILE_DIR": "/tmp/tf"}
+    config = load_agent_config(path, env)
+    assert (config.metrics_port, config.metrics_textfile_dir) == (9500, Path("/tmp/tf"))
+
+
+def test_metrics_are_off_by_default_and_a_bad_port_is_named(tmp_path):
+    config = load_agent_config(None, {})
+    assert (config.metrics_textfile_dir, config.metrics_port) == (None, None)
+    with pytest.raises(ConfigError, match="metrics.port=70000"):
+        load_agent_config(_write(tmp_path, "[metrics]\nport = 70000\n"), {})

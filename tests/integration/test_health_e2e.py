@@ -1,14 +1,28 @@
-"""The worker writes its own health to ``pipeline_health`` (the pipeline dashboard's data)."""
+"""The worker writes its own health to ``pipeline_health`` (the pipeline dashboard's data)
+and serves the same figures on ``/metrics`` for Prometheus."""
 
 from __future__ import annotations
 
+import socket
+import urllib.request
+
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.integration
 
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
 
 def test_a_running_worker_reports_rates_lag_and_sink_latency(worker_process):
-    worker_process.start()
+    port = _free_port()
+    worker_process.start(extra_args=["--metrics-port", str(port), "--metrics-addr", "127.0.0.1"])
     got = worker_process.wait_for(
         "SELECT uniqExact(metric) FROM {database}.pipeline_health WHERE metric IN "
         "('ingest_msgs_per_s', 'records_per_s', 'consumer_lag', 'sink_batch_ms', "
@@ -19,3 +33,14 @@ def test_a_running_worker_reports_rates_lag_and_sink_latency(worker_process):
     ).rows
     # One row per partition of every topic the worker reads, the inputs among them.
     assert any(str(t[0]).endswith(".steps.v1") for t in lag), lag
+
+    # The probes that wrote those rows are also the samples /metrics serves.
+    with _OPENER.open(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    names = {s.name for s in samples}
+    assert {"trainguard_worker_last_probe_timestamp_seconds", "trainguard_alerts_firing",
+            "trainguard_store_batch_seconds_count", "trainguard_records_accepted_total",
+            "process_start_time_seconds"} <= names, text
+    topics = {s.labels["topic"] for s in samples if s.name == "trainguard_consumer_lag"}
+    assert any(t.endswith(".steps.v1") for t in topics), text

@@ -93,3 +93,25 @@ def test_nothing_to_publish_sends_nothing_and_adds_no_rows() -> None:
 def test_publishing_to_a_topic_not_given_names_it() -> None:
     with pytest.raises(RuntimeError, match="no findings topic"):
         run(_publisher().findings([finding()], {}))
+
+
+def test_counts_dead_letters_by_reason_and_findings_by_check_shared_with_alerts() -> None:
+    async def main() -> None:
+        publisher = _publisher(findings=FakeTopic())
+        dead = [DeadLetter(RawMessage("in", 1, o, b"k", b"bad", None), reason, "boom")
+                for o, reason in ((1, "not_json"), (2, "not_json"), (3, "clock"))]
+        await publisher.dead_letters(dead, {})
+        raised = finding(check="agent_silent")
+        cleared = finding(finding_id="f-2", check="agent_silent", cleared_at=raised.ts + 5)
+        await publisher.findings([raised, finding(), cleared], {})
+        with_alerts = publisher.with_alerts(FakeTopic())
+        await with_alerts.dead_letters(
+            [DeadLetter(RawMessage("tg.alerts.v1", 0, 9, b"k", b"a", None), "delivery_failed",
+                        "receiver=pd: 500")], {})
+        assert with_alerts.counts is publisher.counts
+        counts = publisher.counts
+        assert counts.dead_letters == {"not_json": 2, "clock": 1, "delivery_failed": 1}
+        assert counts.findings == {"agent_silent": 1, "param_divergence": 1}
+        assert counts.findings_cleared == {"agent_silent": 1}
+
+    run(main())

@@ -52,6 +52,12 @@ _FLAGS = [
      "client key (PEM) for mutual TLS"),
     ("--node-key-file", "node_key_file", envvars.NODE_KEY_FILE, str,
      "this node's key file (`trainguard keys enrol`, mode 0600); messages carry its MAC"),
+    ("--metrics-textfile-dir", "metrics.textfile_dir", envvars.AGENT_METRICS_TEXTFILE_DIR, str,
+     "node_exporter textfile-collector directory; trainguard_agent.prom is written there"),
+    ("--metrics-port", "metrics.port", envvars.AGENT_METRICS_PORT, int,
+     "also serve Prometheus metrics on this port at /metrics (default: off)"),
+    ("--metrics-addr", "metrics.addr", envvars.AGENT_METRICS_ADDR, str,
+     "address /metrics binds (default 0.0.0.0; 127.0.0.1: local scrapers only)"),
 ]
 #: Settings that flags override, beyond those in _FLAGS.
 _OTHER_KEYS = ("backend", "steps.files")

@@ -14,6 +14,7 @@ from trainguard.cli._common import (
     kafka_security,
     store_url,
 )
+from trainguard.metrics_http import DEFAULT_METRICS_ADDR
 
 __all__ = ["register", "worker_config"]
 
@@ -100,6 +101,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-require-auth", dest="require_auth", action="store_const", const=False,
                    default=None, help="with a fleet secret file, only count messages that do "
                    "not verify instead of refusing them (while agents are being enrolled)")
+    add_env_option(p, "--metrics-port", envvars.METRICS_PORT, None,
+                   "serve Prometheus metrics on this port at /metrics (9464 is the usual "
+                   "choice); unset: off", type=int)
+    add_env_option(p, "--metrics-addr", envvars.METRICS_ADDR, DEFAULT_METRICS_ADDR,
+                   "address /metrics binds (127.0.0.1: local scrapers only)")
     p.set_defaults(func=_run)
 
 
@@ -136,6 +142,8 @@ def worker_config(args: argparse.Namespace) -> object:
         alerting=alerting,
         fleet_secret_file=args.fleet_secret_file,
         require_auth=args.require_auth,
+        metrics_port=args.metrics_port,
+        metrics_addr=args.metrics_addr,
     )
 
 
