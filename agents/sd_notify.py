@@ -39,7 +39,9 @@ class SdNotifier:
         self._address = _socket_address(address) if address else None
         #: Seconds between watchdog pings: half of ``WatchdogSec=``, as sd_watchdog_enabled(3)
         #: advises; ``None`` when no watchdog is asked for.
-        self.interval_s = watchdog_usec / 2e6 if watchdog_usec and self._address is not None else None
+        self.interval_s: float | None = None
+        if watchdog_usec and self._address is not None:
+            self.interval_s = watchdog_usec / 2e6
         self._clock = clock
         self._last_ping: float | None = None
         self.sent = 0
@@ -69,7 +71,8 @@ class SdNotifier:
         data = "\n".join(lines).encode()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto(data, self._address)
+                # Never block the tick loop: a full queue fails this send (counted).
+                sock.sendto(data, socket.MSG_DONTWAIT, self._address)
         except OSError as exc:
             self.failed += 1
             log.warning("systemd notification failed socket=%r lines=%s error=%s",

@@ -24,10 +24,10 @@ class NullTransport:
         pass
 
 
-class StoppingNotifier(SdNotifier):
-    """Counts watchdog pings and sets ``stop`` at the ``limit``-th one."""
+class RecordingNotifier(SdNotifier):
+    """Counts watchdog pings; sets ``stop`` at the ``limit``-th one, if given."""
 
-    def __init__(self, stop, limit):
+    def __init__(self, stop=None, limit=None):
         super().__init__(None)
         self.interval_s = 0.01
         self.pings = 0
@@ -57,19 +57,27 @@ def _config(tmp_path=None, **kw):
     return AgentConfig(**{**fields, **kw})
 
 
-def test_the_tick_loop_pings_the_watchdog(listener):
-    address, sock = listener
-    notifier = SdNotifier(address, watchdog_usec=2_000)  # a ping at most every millisecond
+def test_the_tick_loop_pings_the_watchdog_before_every_wait():
+    notifier = RecordingNotifier()
     agent = NodeAgent(_config(interval_s=0.1, heartbeat_interval_s=1.0),
                       SimulatedGpus("node-a", 1), NullTransport(), notifier=notifier)
     assert agent.run(threading.Event(), max_ticks=3) == 3
-    assert notifier.sent >= 3 and notifier.failed == 0
+    assert notifier.pings >= 4  # the wait for the first boundary, and one after each tick
+
+
+def test_the_pings_reach_the_notify_socket(listener):
+    address, sock = listener
+    notifier = SdNotifier(address, watchdog_usec=1_000_000)
+    agent = NodeAgent(_config(interval_s=0.1, heartbeat_interval_s=1.0),
+                      SimulatedGpus("node-a", 1), NullTransport(), notifier=notifier)
+    agent.run(threading.Event(), max_ticks=2)
+    assert notifier.sent >= 1 and notifier.failed == 0
     assert sock.recv(4096) == b"WATCHDOG=1"
 
 
 def test_a_wait_longer_than_the_watchdog_period_keeps_pinging():
     stop = threading.Event()
-    notifier = StoppingNotifier(stop, limit=3)
+    notifier = RecordingNotifier(stop, limit=3)
     agent = NodeAgent(_config(interval_s=3600, heartbeat_interval_s=3600),
                       SimulatedGpus("node-a", 1), NullTransport(), notifier=notifier)
     # An hour-long interval is cut into watchdog periods: the pings go on until stopped.
@@ -79,7 +87,7 @@ def test_a_wait_longer_than_the_watchdog_period_keeps_pinging():
 
 def test_run_agent_says_ready_pings_and_says_stopping(tmp_path, listener):
     address, sock = listener
-    notifier = SdNotifier(address, watchdog_usec=2_000)
+    notifier = SdNotifier(address, watchdog_usec=200_000)  # a ping every 0.1 s at most
     # Nothing listens on port 1: the sender spools; the loop does not depend on Kafka.
     config = _config(tmp_path, kafka=KafkaProducerSettings(bootstrap="127.0.0.1:1"),
                      interval_s=0.1, heartbeat_interval_s=1.0)
