@@ -7,6 +7,7 @@ import pytest
 
 from trainguard.agents.backoff import JitteredBackoff
 from trainguard.agents.config import KafkaProducerSettings
+from trainguard.agents.config_loader import load_agent_config
 from trainguard.agents.sender import SpoolSender
 from trainguard.agents.spool import Spool
 from trainguard.errors import ConfigError
@@ -62,6 +63,14 @@ def test_a_base_outside_zero_to_cap_is_rejected(base, cap):
 def test_producer_settings_reject_a_bad_retry_backoff(base, cap):
     with pytest.raises(ConfigError, match="retry_backoff_s"):
         KafkaProducerSettings(bootstrap="h:1", retry_backoff_s=base, retry_backoff_max_s=cap)
+
+
+def test_the_backoff_is_read_from_the_agent_config_file(tmp_path):
+    path = tmp_path / "agent.toml"
+    path.write_text('[kafka]\nbootstrap = "k:9092"\nretry_backoff_s = 0.2\n'
+                    'retry_backoff_max_s = 10\n')
+    kafka = load_agent_config(path, {}).kafka
+    assert (kafka.retry_backoff_s, kafka.retry_backoff_max_s) == (0.2, 10.0)
 
 
 def test_the_sender_waits_jittered_delays_while_kafka_is_unreachable(tmp_path):
