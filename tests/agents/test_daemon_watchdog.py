@@ -85,14 +85,16 @@ def test_a_wait_longer_than_the_watchdog_period_keeps_pinging():
     assert notifier.pings == 3 and stop.is_set()
 
 
-def test_run_agent_says_ready_pings_and_says_stopping(tmp_path, listener):
+def test_run_agent_says_ready_pings_and_says_stopping(tmp_path, listener, monkeypatch):
     address, sock = listener
     notifier = SdNotifier(address, watchdog_usec=200_000)  # a ping every 0.1 s at most
-    # Nothing listens on port 1: the sender spools (and gives up within half a second when
-    # told to stop); the loop does not depend on Kafka.
-    unreachable = KafkaProducerSettings(bootstrap="127.0.0.1:1", request_timeout_ms=500)
-    config = _config(tmp_path, kafka=unreachable,
-                     interval_s=0.1, heartbeat_interval_s=1.0)
+
+    def unreachable(**_settings):
+        raise OSError("connection refused")
+
+    # Kafka is down: the sender spools; the loop and its notifications do not wait on it.
+    monkeypatch.setattr("kafka.KafkaProducer", unreachable)
+    config = _config(tmp_path, interval_s=0.1, heartbeat_interval_s=1.0)
     run_agent(config, threading.Event(), max_ticks=2, drain_timeout=0, notifier=notifier)
     sock.settimeout(0)
     received = []
