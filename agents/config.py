@@ -42,6 +42,10 @@ class KafkaProducerSettings:
     max_request_size: int = 1024 * 1024
     #: TLS and SASL settings (e.g. SASL_SSL as this node's agent user); default plain.
     security: KafkaSecurity = PLAINTEXT
+    #: The sender's retry delays after a failed connect or delivery: full jitter, drawn
+    #: from 0 up to ``retry_backoff_s * 2**failures``, at most ``retry_backoff_max_s``.
+    retry_backoff_s: float = 0.5
+    retry_backoff_max_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.bootstrap.strip():
@@ -60,6 +64,11 @@ class KafkaProducerSettings:
         if not 64 * 1024 <= self.max_request_size <= 64 * 1024 * 1024:
             raise ConfigError(
                 f"max_request_size must be within 64 KiB..64 MiB, got {self.max_request_size}"
+            )
+        if not 0.01 <= self.retry_backoff_s <= self.retry_backoff_max_s <= 3600:
+            raise ConfigError(
+                f"retry backoff must satisfy 0.01 <= retry_backoff_s ({self.retry_backoff_s}) "
+                f"<= retry_backoff_max_s ({self.retry_backoff_max_s}) <= 3600"
             )
 
     def producer_kwargs(self) -> dict[str, object]:

@@ -67,6 +67,8 @@ class _Kafka(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     bootstrap: str | None = None
     compression: Compression | None = None
     linger_ms: int | None = None
+    retry_backoff_s: float | None = None
+    retry_backoff_max_s: float | None = None
     topic_prefix: str | None = None
     security_protocol: str | None = None
     sasl_mechanism: str | None = None
@@ -229,6 +231,8 @@ def _build(s: Mapping[str, Any], password_env: str | None = None) -> AgentConfig
         bootstrap=bootstrap,
         compression=s.get("kafka.compression", "zstd"),
         linger_ms=_num(s, "kafka.linger_ms", int, 20),
+        retry_backoff_s=_num(s, "kafka.retry_backoff_s", float, 0.5),
+        retry_backoff_max_s=_num(s, "kafka.retry_backoff_max_s", float, 30.0),
         security=_security(s, password_env),
     )
     fields: dict[str, Any] = {

@@ -39,6 +39,7 @@ from trainguard.agents.config import AgentConfig
 from trainguard.agents.dead_letter_file import LocalDeadLetters
 from trainguard.agents.ratelimit import LogLimiter
 from trainguard.agents.reporter import CheckpointReport
+from trainguard.agents.sd_notify import SdNotifier
 from trainguard.agents.transport import Transport
 from trainguard.schemas.codec import encode
 from trainguard.schemas.records import (
@@ -90,6 +91,7 @@ class NodeAgent:
         claim_sources: Sequence[ClaimPoll] = (),
         gauges: Callable[[], Mapping[str, Any]] | None = None,
         dead_letters: LocalDeadLetters | None = None,
+        notifier: SdNotifier | None = None,
         clock: Callable[[], float] = time.time,
         on_heartbeat: Callable[[Heartbeat], None] | None = None,
     ) -> None:
@@ -104,6 +106,9 @@ class NodeAgent:
         self._claim_sources = claim_sources
         self._gauges = gauges
         self._dead_letters = dead_letters
+        #: systemd's watchdog, pinged from this loop: a tick that hangs (in NVML, say)
+        #: stops the pings, and systemd restarts the agent.
+        self._notifier = notifier
         self._clock = clock
         #: The largest message this agent hands to its transport.
         self.max_message_bytes = config.kafka.max_request_size - _KAFKA_OVERHEAD_BYTES
@@ -320,7 +325,7 @@ class NodeAgent:
         """Tick every ``interval_s`` (monotonic schedule) until ``stop`` is set; return ticks."""
         interval = self.config.interval_s
         next_at = time.monotonic() + _to_boundary(time.time(), interval)
-        stop.wait(max(0.0, next_at - time.monotonic()))
+        self._wait(stop, next_at)
         ticks = 0
         while not stop.is_set() and (max_ticks is None or ticks < max_ticks):
             self.tick()
@@ -335,8 +340,24 @@ class NodeAgent:
                     self.config.node, interval, late, self.tick_overruns,
                 )
                 next_at = time.monotonic() + _to_boundary(time.time(), interval)
-            stop.wait(max(0.0, next_at - time.monotonic()))
+            self._wait(stop, next_at)
         return ticks
+
+    def _wait(self, stop: threading.Event, until: float) -> None:
+        """Wait for the monotonic time ``until`` (or ``stop``), pinging the watchdog meanwhile.
+
+        The wait is cut into slices of the watchdog's period, so an interval longer than
+        ``WatchdogSec`` does not read as a hang; a hung tick never reaches this ping.
+        """
+        notifier = self._notifier
+        if notifier is None or notifier.interval_s is None:
+            stop.wait(max(0.0, until - time.monotonic()))
+            return
+        while True:
+            notifier.watchdog()
+            left = until - time.monotonic()
+            if left <= 0 or stop.wait(min(left, notifier.interval_s)):
+                return
 
 
 def _claim_items(poll: ClaimPoll) -> list[tuple[str, list[RankClaim]]]:

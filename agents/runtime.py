@@ -21,6 +21,7 @@ from trainguard.agents.daemon import ClaimPoll, NodeAgent, StepPoll, WitnessPoll
 from trainguard.agents.dead_letter_file import LocalDeadLetters
 from trainguard.agents.metrics import start_metrics
 from trainguard.agents.reporter import CheckpointReport
+from trainguard.agents.sd_notify import SdNotifier
 from trainguard.agents.sender import SpoolSender
 from trainguard.agents.spool import Spool
 from trainguard.agents.transport import SpoolTransport
@@ -67,8 +68,13 @@ def run_agent(
     max_ticks: int | None = None,
     drain_timeout: float = 10.0,
     on_ready: Callable[[NodeAgent], None] | None = None,
+    notifier: SdNotifier | None = None,
 ) -> NodeAgent:
-    """Run the agent until ``stop`` is set (or ``max_ticks``); return it for its counters."""
+    """Run the agent until ``stop`` is set (or ``max_ticks``); return it for its counters.
+
+    Under a ``Type=notify`` unit, ``notifier`` tells systemd when the agent is up
+    (``READY=1``), pings its watchdog from the tick loop, and says ``STOPPING=1``.
+    """
     from trainguard.agents.collectors.steps_file import StepFileTail
     from trainguard.agents.collectors.witness import Witness
     from trainguard.agents.intake import StepIntake
@@ -142,7 +148,7 @@ def run_agent(
         agent = NodeAgent(config, collector, transport, step_sources=sources,
                           checkpoint_sources=checkpoint_sources,
                           witness_sources=witness_sources, claim_sources=claim_sources,
-                          gauges=gauges, dead_letters=dead_letters,
+                          gauges=gauges, dead_letters=dead_letters, notifier=notifier,
                           on_heartbeat=metrics.on_heartbeat if metrics is not None else None)
         log.info(
             "agent started node=%s backend=%s gpus=%d interval_s=%s spool=%s spooled=%d "
@@ -152,7 +158,11 @@ def run_agent(
         )
         if on_ready is not None:
             on_ready(agent)
+        if notifier is not None:
+            notifier.ready(f"node={config.node} gpus={collector.gpu_count}")
         agent.run(stop, max_ticks=max_ticks)
+        if notifier is not None:
+            notifier.stopping()
         agent.heartbeat(time.time())  # the last word: final counters
         return agent
     finally:

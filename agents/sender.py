@@ -1,9 +1,11 @@
 """The sender: drains the spool into Kafka, in order, committing only what Kafka acknowledged.
 
 Runs in its own thread so the tick loop never waits on the network. During an outage
-each attempt fails after ``delivery_timeout_ms``; the sender backs off (up to 30 s) and
-tries again, while the spool absorbs new records. Entries acknowledged after a failed
-one are remembered and not re-sent, so a retry does not duplicate them.
+each attempt fails after ``delivery_timeout_ms``; the sender backs off (full jitter,
+:mod:`trainguard.agents.backoff`: a random delay up to 0.5 s doubling to 30 s, so a
+fleet's agents do not retry in lockstep) and tries again, while the spool absorbs new
+records. Entries acknowledged after a failed one are remembered and not re-sent, so a
+retry does not duplicate them.
 
 With a node key each message is signed as it is sent (:mod:`trainguard.schemas.auth`).
 
@@ -16,6 +18,7 @@ reason, counts as done, and the messages behind it go on.
 from __future__ import annotations
 
 import logging
+import random
 import re
 import statistics
 import threading
@@ -23,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from trainguard.agents.backoff import JitteredBackoff
 from trainguard.agents.config import KafkaProducerSettings
 from trainguard.agents.dead_letter_file import LocalDeadLetters
 from trainguard.agents.spool import Spool, SpoolEntry
@@ -66,6 +70,8 @@ class SpoolSender:
         producer_factory: Callable[..., Any] | None = None,
         clock: Callable[[], float] = time.time,
         node_key: NodeKey | None = None,
+        rng: random.Random | None = None,
+        wait: Callable[[float], object] | None = None,
     ) -> None:
         from kafka import KafkaProducer  # only the sending process needs kafka-python
 
@@ -76,6 +82,10 @@ class SpoolSender:
         self._batch_max = batch_max
         self._clock = clock
         self._stop = threading.Event()
+        self._backoff = JitteredBackoff(settings.retry_backoff_s, settings.retry_backoff_max_s,
+                                        rng=rng)
+        #: Sleeps between retries; returns early on stop() (injectable for tests).
+        self._wait = wait or self._stop.wait
         self._skip: set[int] = set()
         self._lat_lock = threading.Lock()
         self._latencies_ms: list[float] = []
@@ -139,7 +149,6 @@ class SpoolSender:
         return statistics.median(values), max(values)
 
     def _run(self) -> None:
-        backoff = 0.5
         while not self._stop.is_set():
             if self._producer is None:
                 self._producer = self._connect()
@@ -147,10 +156,10 @@ class SpoolSender:
                     self._close_producer()
                     break  # connecting outlived stop(): send nothing, the next start will
                 if self._producer is None:
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, 30.0)
+                    self._back_off()
                     continue
-                backoff = 0.5
+                # Not reset here: brokers that accept connections may still fail every
+                # delivery; only a delivered batch shows that they are back.
             try:
                 entries = self._spool.read(self._batch_max, timeout=0.2)
                 batch = [e for e in entries if e.seq not in self._skip]
@@ -164,15 +173,20 @@ class SpoolSender:
                 log.exception("spool sender step failed; retrying error=%r", exc)
                 sent = False
             if sent:
-                backoff = 0.5
+                self._backoff.reset()
             else:
                 # Start over with a fresh producer: after an outage kafka-python's idempotent
                 # producer can stay wedged (every send times out), and a new producer id is
                 # cheap next to records that never leave the spool.
                 self._close_producer()
                 self._spool.rewind()
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                self._back_off()
+
+    def _back_off(self) -> None:
+        """Wait a jittered delay before the next attempt (cut short by stop())."""
+        delay = self._backoff.next_delay()
+        log.debug("sender backing off delay_s=%.3f attempt=%d", delay, self._backoff.attempt)
+        self._wait(delay)
 
     def _send(self, batch: list[SpoolEntry]) -> bool:
         """Send one batch; commit the done prefix; True if all of it is done.

@@ -15,6 +15,9 @@ __all__ = [
     "SPOOL_DIR",
     "SPOOL_MAX_MB",
     "STEPS_SOCKET",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
     "JOB_ID",
     "BOOTSTRAP",
     "CLICKHOUSE_PASSWORD",
@@ -82,6 +85,11 @@ INTERVAL_S = "TRAINGUARD_INTERVAL_S"
 SPOOL_DIR = "TRAINGUARD_SPOOL_DIR"
 SPOOL_MAX_MB = "TRAINGUARD_SPOOL_MAX_MB"
 STEPS_SOCKET = "TRAINGUARD_STEPS_SOCKET"
+#: Set by systemd for ``Type=notify`` units (sd_notify(3)): where the agent sends READY=1
+#: and watchdog pings, the watchdog's period in microseconds, and the pid it is meant for.
+NOTIFY_SOCKET = "NOTIFY_SOCKET"
+WATCHDOG_USEC = "WATCHDOG_USEC"
+WATCHDOG_PID = "WATCHDOG_PID"
 #: A training process's job id for ``StepReporter.from_env()``, over the launcher's.
 JOB_ID = "TRAINGUARD_JOB_ID"
 SIM_GPUS = "TRAINGUARD_SIM_GPUS"

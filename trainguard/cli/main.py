@@ -15,7 +15,7 @@ from trainguard.cli import agent, alerts, db, demo, kafka, keys, report, worker
 from trainguard.cli import eval as eval_cmd
 from trainguard.cli import grafana as grafana_cmd
 from trainguard.cli._common import add_env_option
-from trainguard.errors import TrainguardError
+from trainguard.errors import ConfigError, TrainguardError
 from trainguard.logs import configure_logging
 
 __all__ = ["build_parser", "main"]
@@ -59,9 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level, args.log_format)
     try:
         code: int = args.func(args)
-    except TrainguardError as exc:
+    except ConfigError as exc:  # the invocation or its configuration: retrying cannot help
         print(f"trainguard {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except TrainguardError as exc:  # at run time (broker, store, ...): a restart may help
+        print(f"trainguard {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return code
