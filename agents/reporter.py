@@ -35,11 +35,12 @@ from msgspec import Meta
 
 from trainguard import envvars
 from trainguard.agents.job_env import job_identity
+from trainguard.schemas.ranks import ByeReason
 from trainguard.schemas.records import STEP_FLOAT_FIELDS, StepRecord
 
 __all__ = [
-    "CheckpointReport", "DATAGRAM_VERSION", "DEFAULT_SOCKET", "MAX_REPORTED_DROPS", "StepDatagram",
-    "StepReporter",
+    "CheckpointReport", "DATAGRAM_VERSION", "DEFAULT_SOCKET", "MAX_REPORTED_DROPS",
+    "ManifestReport", "StepDatagram", "StepReporter", "TrainerEvent",
 ]
 
 _log = logging.getLogger(__name__)
@@ -77,6 +78,33 @@ class CheckpointReport(msgspec.Struct, kw_only=True, frozen=True):
     path: Annotated[str, Meta(min_length=1, max_length=4096)] | None = None
 
 
+class TrainerEvent(msgspec.Struct, kw_only=True, frozen=True):
+    """The trainer kit says something about its process: ``bye`` or ``waiting``.
+
+    The agent stamps the pid the kernel reports and sends it on as a
+    :class:`~trainguard.schemas.ranks.RankEvent` in the job's step batch.
+    """
+
+    job_id: Annotated[str, Meta(min_length=1, max_length=256)]
+    rank: Annotated[int, Meta(ge=0, le=2**32 - 1)]
+    ts: Annotated[float, Meta(ge=0)]
+    event: Literal["bye", "waiting"]
+    reason: ByeReason | None = None
+    step: Annotated[int, Meta(ge=0, le=2**63 - 1)] | None = None
+    since: Annotated[float, Meta(ge=0)] | None = None
+    collective: Annotated[int, Meta(ge=0, le=2**63 - 1)] | None = None
+
+
+class ManifestReport(msgspec.Struct, kw_only=True, frozen=True):
+    """The manifest behind this rank's ``env_fingerprint`` (sent when it changes)."""
+
+    job_id: Annotated[str, Meta(min_length=1, max_length=256)]
+    rank: Annotated[int, Meta(ge=0, le=2**32 - 1)]
+    ts: Annotated[float, Meta(ge=0)]
+    fingerprint: Annotated[str, Meta(min_length=1, max_length=128)]
+    entries: dict[str, str]
+
+
 class StepDatagram(msgspec.Struct, kw_only=True, frozen=True):
     """The envelope around one :class:`StepRecord` on the reporter → agent socket."""
 
@@ -88,6 +116,10 @@ class StepDatagram(msgspec.Struct, kw_only=True, frozen=True):
     #: One step's record, or (``checkpoint``) one checkpoint shard saved or loaded.
     step: StepRecord | None = None
     checkpoint: CheckpointReport | None = None
+    #: (``event``) the trainer kit's ``bye`` or ``waiting``; (``manifest``) the files and
+    #: versions behind the rank's ``env_fingerprint``.
+    event: TrainerEvent | None = None
+    manifest: ManifestReport | None = None
     #: Fields whose value was NaN or ±inf; JSON cannot carry them, so they are ``None``
     #: in ``step`` and named here for the agent to count and flag.
     nonfinite: list[str] = []
@@ -145,6 +177,8 @@ class StepReporter:
         dp_rank: int | None = None,
         tp_rank: int | None = None,
         pp_rank: int | None = None,
+        shard: int | None = None,
+        ep_rank: int | None = None,
         reconnect_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -165,6 +199,7 @@ class StepReporter:
         self.env_fingerprint = env_fingerprint
         self.seed_fingerprint = seed_fingerprint
         self.dp_rank, self.tp_rank, self.pp_rank = dp_rank, tp_rank, pp_rank
+        self.shard, self.ep_rank = shard, ep_rank
         self.socket_path = socket_path
         #: Datagrams handed to the agent, and those that could not be.
         self.sent = 0
@@ -213,6 +248,8 @@ class StepReporter:
         local_grad_norm: float | None = None,
         compute_time_s: float | None = None,
         ts: float | None = None,
+        data_epoch: int | None = None,
+        checksum_step: int | None = None,
     ) -> bool:
         """Hand one step's record to the agent; ``True`` if it was, ``False`` if dropped.
 
@@ -261,6 +298,10 @@ class StepReporter:
                 dp_rank=self.dp_rank,
                 tp_rank=self.tp_rank,
                 pp_rank=self.pp_rank,
+                shard=self.shard,
+                ep_rank=self.ep_rank,
+                data_epoch=data_epoch,
+                checksum_step=checksum_step,
             )
             data = self._encoder.encode(
                 StepDatagram(pid=self._pid, dropped=min(self.dropped, MAX_REPORTED_DROPS),
@@ -312,6 +353,44 @@ class StepReporter:
             data = self._encoder.encode(
                 StepDatagram(pid=self._pid, dropped=min(self.dropped, MAX_REPORTED_DROPS),
                              checkpoint=report))
+        except Exception as exc:
+            return self._drop("unencodable", exc)
+        return self._send(sock, data)
+
+    def event(
+        self, event: Literal["bye", "waiting"], *, reason: ByeReason | None = None,
+        step: int | None = None, since: float | None = None, collective: int | None = None,
+        ts: float | None = None,
+    ) -> bool:
+        """Tell the agent this process says ``bye`` (and why) or waits in a collective.
+
+        Never raises; ``False`` means dropped (and counted).
+        """
+        payload = TrainerEvent(
+            job_id=self.job_id, rank=self.rank, ts=time.time() if ts is None else ts,
+            event=event, reason=reason, step=step, since=since, collective=collective)
+        return self._send_payload(event=payload)
+
+    def manifest(self, fingerprint: str, entries: Mapping[str, str],
+                 ts: float | None = None) -> bool:
+        """Send the manifest behind ``env_fingerprint`` (files and versions → digests).
+
+        Never raises; ``False`` means dropped (too large for one datagram, say).
+        """
+        payload = ManifestReport(
+            job_id=self.job_id, rank=self.rank, ts=time.time() if ts is None else ts,
+            fingerprint=fingerprint, entries=dict(entries))
+        return self._send_payload(manifest=payload)
+
+    def _send_payload(self, **payload: Any) -> bool:
+        sock = self._sock if self._sock is not None else self._connect()
+        if sock is None:
+            self.dropped += 1
+            return False
+        try:
+            data = self._encoder.encode(
+                StepDatagram(pid=self._pid, dropped=min(self.dropped, MAX_REPORTED_DROPS),
+                             **payload))
         except Exception as exc:
             return self._drop("unencodable", exc)
         return self._send(sock, data)

@@ -50,38 +50,33 @@ __all__ = [
     "check_name",
 ]
 
-#: The version of the wire contract this code writes and reads.
-SCHEMA_VERSION = 1
-
-# Reusable constrained types. Their bounds appear in the generated JSON Schema too.
-EpochSeconds = Annotated[float, Meta(ge=0, description="Unix epoch seconds, UTC, event time")]
-Percent = Annotated[float, Meta(ge=0, le=100)]
-# Integers are bounded by the ClickHouse column that stores them, so a value the store
-# would reject is a dead letter at decode time instead of a poisoned insert.
-NonNegInt = Annotated[int, Meta(ge=0, le=2**63 - 1)]  # msgspec bounds stop at int64
-UInt32 = Annotated[int, Meta(ge=0, le=2**32 - 1)]
-UInt16 = Annotated[int, Meta(ge=0, le=2**16 - 1)]
-UInt8 = Annotated[int, Meta(ge=0, le=255)]
-NonNegFloat = Annotated[float, Meta(ge=0)]
-Name = Annotated[str, Meta(min_length=1, max_length=256)]
-#: The names an attacker could pick to grow state or smuggle text into queries, pages and
-#: dashboards: nodes, jobs and clusters. Host names, Slurm/Kubernetes job ids and paths fit.
-NAME_PATTERN: Final = "^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}$"
-StrictName = Annotated[str, Meta(min_length=1, max_length=256, pattern=NAME_PATTERN)]
-#: A hash as hex or base64 text (checksums, fingerprints): SHA-512 hex is 128 characters.
-MAX_HASH_CHARS: Final = 128
-Hash = Annotated[str, Meta(max_length=MAX_HASH_CHARS)]
-#: A hex digest a trainer reports or the agent's witness computes.
-HexDigest = Annotated[str, Meta(min_length=8, max_length=128, pattern="^[0-9a-fA-F]+$")]
-#: A file or directory path (Linux allows 4096 bytes).
-FilePath = Annotated[str, Meta(min_length=1, max_length=4096)]
-#: Changed files one witness report names (it counts them all).
-MAX_CHANGED_FILES: Final = 64
-#: GPUs one node reports in one sample batch (8 on most nodes, 16 on the largest).
-MAX_GPUS_PER_BATCH: Final = 64
-#: Free text a device or agent reports (model, UUID, driver version).
-ShortText = Annotated[str, Meta(max_length=256)]
-Version = Annotated[int, Meta(ge=1, description="wire contract version")]
+from trainguard.schemas.ranks import (
+    MAX_EVENTS_PER_BATCH,
+    MAX_MANIFESTS_PER_BATCH,
+    EnvManifest,
+    RankEvent,
+)
+from trainguard.schemas.types import (  # noqa: F401  (re-exported)
+    MAX_CHANGED_FILES,
+    MAX_GPUS_PER_BATCH,
+    MAX_HASH_CHARS,
+    NAME_PATTERN,
+    SCHEMA_VERSION,
+    EpochSeconds,
+    FilePath,
+    Hash,
+    HexDigest,
+    Name,
+    NonNegFloat,
+    NonNegInt,
+    Percent,
+    ShortText,
+    StrictName,
+    UInt8,
+    UInt16,
+    UInt32,
+    Version,
+)
 
 #: The registry of consistency checks: every name a :class:`Finding` can carry in ``check``.
 #: The checks, the simulator's ground truth, the dashboards and the scorecard all take their
@@ -91,8 +86,8 @@ CheckName = Literal[
     "agent_silent", "checkpoint_digest", "clock_skew", "code_fingerprint", "conflicting_report",
     "forged_telemetry", "gpu_throttled", "grad_norm_mismatch",
     "job_stalled", "local_grad_outlier", "loss_outlier", "lr_mismatch", "node_idle",
-    "param_divergence", "rank_missing", "seed_mismatch", "step_skew", "straggler",
-    "witness_mismatch",
+    "param_divergence", "rank_exited", "rank_hung", "rank_missing", "seed_mismatch", "step_skew",
+    "straggler", "witness_mismatch",
 ]
 #: The registry's names, sorted.
 CHECK_NAMES: Final[tuple[CheckName, ...]] = get_args(CheckName)
@@ -231,6 +226,18 @@ class StepRecord(_Base, tag="step", frozen=True, kw_only=True):
     #: that came another way (a tailed file).
     pid: UInt32 | None = None
     uid: UInt32 | None = None
+    #: Which parameter shard this rank holds (FSDP/ZeRO-3/HSDP: its index in the shard
+    #: group) and its expert-parallel rank: with ``tp_rank`` and ``pp_rank`` they define the
+    #: replica group, the ranks that must hold identical parameters. ``None``: unsharded.
+    shard: UInt32 | None = None
+    ep_rank: UInt32 | None = None
+    #: The data epoch the step drew from. It travels on its own so that a seed fingerprint
+    #: that includes it (a sampler's ``set_epoch``) changing at an epoch boundary is not a
+    #: changed seed.
+    data_epoch: NonNegInt | None = None
+    #: The step whose parameters ``param_checksum`` hashes, when not this one (the trainer
+    #: kit computes it on the device and reports it with a later step, to avoid a sync).
+    checksum_step: NonNegInt | None = None
 
 
 #: The float measurements of a step, in the order ``StepReporter.report`` takes them; these
@@ -286,6 +293,10 @@ class StepBatch(_Base, tag="step_batch", frozen=True, kw_only=True):
     steps: list[StepRecord]
     #: Processes refused because another live process holds the rank they claimed.
     claims: Annotated[list[RankClaim], Meta(max_length=MAX_CLAIMS_PER_BATCH)] = []
+    #: Rank processes that exited, stopped, resumed, said goodbye or wait in a collective.
+    events: Annotated[list[RankEvent], Meta(max_length=MAX_EVENTS_PER_BATCH)] = []
+    #: The manifests behind ranks' ``env_fingerprint`` (sent when they change).
+    manifests: Annotated[list[EnvManifest], Meta(max_length=MAX_MANIFESTS_PER_BATCH)] = []
 
 
 class AgentCounters(msgspec.Struct, kw_only=True, frozen=True):
