@@ -12,7 +12,7 @@ PROMTOOL := /usr/bin/promtool
 PROM_PKG := prometheus
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install kafka-jars alertmanager prometheus demo eval test test-unit lint bench schemas clean
+.PHONY: help install install-torch kafka-jars alertmanager prometheus demo eval test test-unit lint bench schemas clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -24,6 +24,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 install: $(VENV)/.installed  ## create .venv and install trainguard with every extra
+
+$(VENV)/.installed-torch: $(VENV)/.installed pyproject.toml constraints.txt
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,torch-test]'
+	touch $@
+
+install-torch: $(VENV)/.installed-torch  ## add torch, transformers and lightning (trainer tests; ~5 GB)
 
 kafka-jars: install  ## fetch the pinned Kafka broker jars from Maven Central (cached)
 	$(TG) kafka fetch
@@ -85,7 +91,7 @@ demo: install kafka-jars  ## run the end-to-end demo (local Kafka + chdb + simul
 eval: install kafka-jars  ## detection scorecard: every scenario x 5 seeds through the pipeline
 	$(TG) eval --seeds 5 --speed 1.5
 
-test: install kafka-jars alertmanager prometheus  ## run the whole test suite (real Kafka broker, real chdb, real Alertmanager, promtool)
+test: install install-torch kafka-jars alertmanager prometheus  ## run the whole test suite (real Kafka broker, real chdb, real Alertmanager, promtool, real torchrun jobs)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install  ## run only the tests that need no broker

@@ -7,7 +7,9 @@
 model (as the strategy wrapped it: DDP, FSDP) and first optimizer, its step index set to
 the resumed ``global_step``; ``on_train_batch_end`` reports each optimizer step (once per
 ``global_step``, so gradient accumulation reports one step per optimizer update) with the
-batch's loss; ``on_train_end`` says ``bye``. Subclasses ``lightning.pytorch.Callback``, or
+step's loss: the mean over its micro-batches (Lightning hands each micro-batch's loss
+divided by ``accumulate_grad_batches``; their sum is that mean); ``on_train_end`` says
+``bye``. Subclasses ``lightning.pytorch.Callback``, or
 ``pytorch_lightning.Callback`` where only the older package is installed. Imported only
 by users of Lightning: the kit never imports it.
 """
@@ -48,6 +50,7 @@ class TrainGuardCallback(Callback):
         self.attach_options = attach_options
         self.guard: TrainGuard | None = None
         self._last_step = -1
+        self._loss: Any = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Attach the kit to the (wrapped) model and the first optimizer."""
@@ -57,17 +60,24 @@ class TrainGuardCallback(Callback):
             self.reporter = StepReporter.from_env()
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         model = trainer.model if trainer.model is not None else pl_module
-        self._last_step = trainer.global_step
+        self._last_step, self._loss = trainer.global_step, None
         self.guard = TrainGuard.attach(model, optimizer, reporter=self.reporter,
                                        start_step=trainer.global_step, **self.attach_options)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         """Report the optimizer step this batch completed (if it completed one)."""
-        if self.guard is None or trainer.global_step == self._last_step:
+        if self.guard is None:
             return
+        loss = _loss_of(outputs)
+        if loss is not None:
+            loss = loss.detach() if hasattr(loss, "detach") else loss
+            self._loss = loss if self._loss is None else self._loss + loss
+        if trainer.global_step == self._last_step:
+            return  # a micro-batch of a step still accumulating
         self._last_step = trainer.global_step
-        self.guard.step(_loss_of(outputs), step=trainer.global_step)
+        loss, self._loss = self._loss, None
+        self.guard.step(loss, step=trainer.global_step)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Training finished: ``bye`` (finished)."""
