@@ -17,7 +17,7 @@ from typing import Any
 from trainguard.agents.collectors.base import GpuCollector
 from trainguard.agents.collectors.process import ProcessStats
 from trainguard.agents.config import AgentConfig
-from trainguard.agents.daemon import ClaimPoll, NodeAgent, StepPoll, WitnessPoll
+from trainguard.agents.daemon import ClaimPoll, NodeAgent, RankPoll, StepPoll, WitnessPoll
 from trainguard.agents.dead_letter_file import LocalDeadLetters
 from trainguard.agents.metrics import start_metrics
 from trainguard.agents.reporter import CheckpointReport
@@ -78,6 +78,7 @@ def run_agent(
     from trainguard.agents.collectors.steps_file import StepFileTail
     from trainguard.agents.collectors.witness import Witness
     from trainguard.agents.intake import StepIntake
+    from trainguard.agents.rank_watch import RankWatch
 
     node_key = load_node_key(config)  # before anything is opened: a bad key stops here
     metrics = start_metrics(config)  # a textfile directory or port that fails stops here
@@ -92,6 +93,8 @@ def run_agent(
     sources: list[StepPoll] = []
     checkpoint_sources: list[Callable[[], list[CheckpointReport]]] = []
     claim_sources: list[ClaimPoll] = []
+    rank_sources: list[RankPoll] = []
+    watch = None
     tails = []
     witness = None
     witness_sources: list[WitnessPoll] = []
@@ -107,6 +110,11 @@ def run_agent(
             sources.append(intake.drain)
             checkpoint_sources.append(intake.drain_checkpoints)
             claim_sources.append(intake.drain_claims)
+            rank_sources.append(intake.rank_reports.drain)
+            if config.rank_watch_interval_s > 0:
+                watch = RankWatch(intake.bindings, intake.rank_reports.add_event,
+                                  interval_s=config.rank_watch_interval_s)
+                watch.start()
         for path in config.steps_files:
             tail = StepFileTail(path, node=config.node)
             tails.append(tail)
@@ -148,6 +156,7 @@ def run_agent(
         agent = NodeAgent(config, collector, transport, step_sources=sources,
                           checkpoint_sources=checkpoint_sources,
                           witness_sources=witness_sources, claim_sources=claim_sources,
+                          rank_sources=rank_sources,
                           gauges=gauges, dead_letters=dead_letters, notifier=notifier,
                           on_heartbeat=metrics.on_heartbeat if metrics is not None else None)
         log.info(
@@ -168,6 +177,8 @@ def run_agent(
     finally:
         if metrics is not None:
             metrics.close()
+        if watch is not None:
+            watch.stop()
         if intake is not None:
             intake.stop()
         if witness is not None:
