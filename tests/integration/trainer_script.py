@@ -107,6 +107,7 @@ class Job:
         self.fault = Fault.parse(args.fault)
         self.mine = self.fault is not None and self.fault.rank == self.rank
         self.run_dir: Path = args.run_dir
+        self.step = 0
         _write(self.run_dir / "ranks" / f"rank{self.rank}.json", json.dumps({
             "rank": self.rank, "pid": os.getpid(), "world": self.world,
             "node": os.environ.get("TRAINGUARD_NODE", ""),
@@ -130,7 +131,6 @@ class Job:
         self.model = DistributedDataParallel(build_model())
         self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=0.9)
         self.sched = LambdaLR(self.opt, self._lr_factor)
-        self.step = 0
         self.guard = TrainGuard.attach(self.model, self.opt, sampler=self.sampler)
         if args.resume is not None:
             self._load(args.resume)
