@@ -26,6 +26,7 @@ from trainguard.agents.trainer import TrainGuard  # trainguard
 
 
 def main() -> None:
+    """Train for --steps steps, reporting each one."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=64)

@@ -44,6 +44,7 @@ from tests.integration.trainer_harness import (
     make_data,
     mirror_torch,
     pick_rank,
+    tamper_shard,
 )
 from trainguard.local.stack import LocalStack
 
@@ -52,8 +53,6 @@ pytestmark = pytest.mark.integration
 HARD_S = 10.0
 SUBTLE_S = 120.0
 NODES = ("node-a", "node-b")
-#: The first run of a restart scenario saves after this step and ends a few steps later.
-SAVE_AT, FIRST_RUN_STEPS = 8, 11
 
 
 @dataclass
@@ -70,11 +69,12 @@ class Harness:
         return f"{name}-{uuid.uuid4().hex[:6]}"
 
     def launch(self, job: str, run: int, args: Sequence[str] = (), *,
-               nprocs: tuple[int, int] = (2, 2), pythonpath_b: Sequence[Path] = ()) -> Launch:
+               nprocs: tuple[int, int] = (2, 2), pythonpath_b: Sequence[Path] = (),
+               ckpt: Path | None = None) -> Launch:
         placements = [Placement(self.agents["node-a"], nprocs[0]),
                       Placement(self.agents["node-b"], nprocs[1], pythonpath_b)]
-        script_args = ["--data", str(self.data), "--ckpt-dir", str(self.root / job / "ckpt"),
-                       *args]
+        ckpt = ckpt if ckpt is not None else self.root / job / "ckpt"
+        script_args = ["--data", str(self.data), "--ckpt-dir", str(ckpt), *args]
         launch = Launch(job, self.root / job / f"run{run}", placements, script_args).start()
         self.launches.append(launch)
         return launch
@@ -158,76 +158,75 @@ def _live_fault(h: Harness, name: str, check: str, kind: str, step: int,
     run.finish()
 
 
-def _first_run(h: Harness, job: str, **kw) -> Launch:
-    """The run before a restart: saves a checkpoint after ``SAVE_AT`` and ends cleanly."""
-    run = h.launch(job, 1, ["--save-at", str(SAVE_AT), "--steps", str(FIRST_RUN_STEPS)], **kw)
-    assert run.wait() == [0, 0], run.log_tail()
-    return run
+@dataclass(frozen=True)
+class Saved:
+    """A job's first run, ended cleanly after saving checkpoints."""
+
+    job: str
+    ckpt: Path
 
 
-def _restarted(h: Harness, job: str, args: Sequence[str] = (), **kw) -> Launch:
-    return h.launch(job, 2, ["--resume", str(SAVE_AT), *args], **kw)
+@pytest.fixture(scope="module")
+def saved(harness: Harness) -> Saved:
+    """The first run of the ``shard`` job: checkpoints after steps 8 and 10, then it ends.
+
+    The shard test restarts this job from step 10; the weights, seed and code tests start
+    jobs of their own from its step 8 (a job resubmitted from another's checkpoint: to the
+    checks a restart is a new epoch either way, so what they see is the same).
+    """
+    job = harness.job("shard")
+    run = harness.launch(job, 1, ["--save-at", "8", "--save-at", "10", "--steps", "11"])
+    try:
+        codes = run.wait()
+    finally:
+        run.kill()
+    assert codes == [0, 0], run.log_tail()
+    return Saved(job, harness.root / job / "ckpt")
+
+
+def _restarted_fault(h: Harness, saved: Saved, name: str, check: str, fault: str,
+                     rank: int, **kw) -> Finding:
+    """A job restarted from the saved checkpoint of step 8, sabotaged by ``fault``."""
+    started = time.monotonic()
+    job = h.job(name.split()[0])
+    run = h.launch(job, 1, ["--resume", "8", "--fault", f"{fault}:{rank}"], ckpt=saved.ckpt,
+                   **kw)
+    ranks = run.ranks()
+    found = _expect(h, job, check, rank, ranks, run.fault()["ts"], SUBTLE_S, name, started)
+    run.finish()
+    return found
 
 
 # -- sabotage ---------------------------------------------------------------------------
 
 
-def test_weights_changed_in_memory_after_a_checkpoint_load_are_param_divergence(e2e):
-    started = time.monotonic()
-    job = e2e.job("weights")
-    _first_run(e2e, job)
-    run = _restarted(e2e, job, ["--fault", "weights:2"])
-    ranks = run.ranks()
-    injected = run.fault()["ts"]
-    _expect(e2e, job, "param_divergence", 2, ranks, injected, SUBTLE_S, "weights after load",
-            started)
-    run.finish()
+def test_weights_changed_in_memory_after_a_checkpoint_load_are_param_divergence(e2e, saved):
+    _restarted_fault(e2e, saved, "weights after load", "param_divergence", "weights", 2)
 
 
-def test_a_checkpoint_shard_modified_on_disk_is_a_checkpoint_digest_finding(e2e):
+def test_a_rank_reseeded_after_a_restart_is_a_seed_mismatch(e2e, saved):
+    _restarted_fault(e2e, saved, "reseeded rank", "seed_mismatch", "seed", 1)
+
+
+def test_a_checkpoint_shard_modified_on_disk_is_a_checkpoint_digest_finding(e2e, saved):
     started = time.monotonic()
-    job = e2e.job("shard")
-    _first_run(e2e, job)
-    shard = e2e.root / job / "ckpt" / f"step{SAVE_AT}" / "rank3.pt"
-    injected = _tamper_shard(shard)
-    run = _restarted(e2e, job)
-    _expect(e2e, job, "checkpoint_digest", 3, run.ranks(), injected, SUBTLE_S,
+    injected = tamper_shard(saved.ckpt / "step10" / "rank3.pt")
+    run = e2e.launch(saved.job, 2, ["--resume", "10"])
+    _expect(e2e, saved.job, "checkpoint_digest", 3, run.ranks(), injected, SUBTLE_S,
             "shard edited on disk", started)
     run.finish()
 
 
-def _tamper_shard(path: Path) -> float:
-    """Rewrite a checkpoint shard with one weight changed (as an insider would); when."""
-    import subprocess
-    import sys
-
-    code = ("import sys, torch; p = sys.argv[1]; s = torch.load(p, weights_only=True); "
-            "w = next(iter(s['model'].values())); w.view(-1)[0] += 1e-3; torch.save(s, p)")
-    subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=120)
-    return time.time()
-
-
-def test_a_rank_reseeded_after_a_restart_is_a_seed_mismatch(e2e):
-    started = time.monotonic()
-    job = e2e.job("seed")
-    _first_run(e2e, job)
-    run = _restarted(e2e, job, ["--fault", "seed:1"])
-    ranks = run.ranks()
-    injected = run.fault()["ts"]
-    _expect(e2e, job, "seed_mismatch", 1, ranks, injected, SUBTLE_S, "reseeded rank", started)
-    run.finish()
-
-
-def test_a_framework_file_edited_on_one_node_is_a_code_fingerprint_naming_the_file(e2e):
+def test_a_framework_file_edited_on_one_node_is_a_code_fingerprint_naming_the_file(e2e, saved):
     started = time.monotonic()
     job = e2e.job("code")
-    # Node B gets its own torch tree (its files links to the shared install's) and one
-    # rank, so the three ranks of node A are the majority after the restart.
+    # Node B gets a torch tree of its own (its files links to the shared install's) and
+    # one rank, so that node A's three ranks are the majority of the restarted job.
     own_torch = mirror_torch(e2e.root / job / "node-b-site")
-    _first_run(e2e, job, nprocs=(3, 1), pythonpath_b=[own_torch])
     edited = edit_framework_file(own_torch, "optim/sgd.py")
     injected = os.stat(edited).st_mtime
-    run = _restarted(e2e, job, nprocs=(3, 1), pythonpath_b=[own_torch])
+    run = e2e.launch(job, 1, ["--resume", "8"], ckpt=saved.ckpt, nprocs=(3, 1),
+                     pythonpath_b=[own_torch])
     ranks = run.ranks()
     [rank_b] = [r for r, info in ranks.items() if info.node == "node-b"]
     found = _expect(e2e, job, "code_fingerprint", rank_b, ranks, injected, SUBTLE_S,

@@ -15,10 +15,12 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.util import find_spec
@@ -276,6 +278,21 @@ class Launch:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
+
+
+def tamper_shard(path: Path, factor: float = 1.001) -> float:
+    """Scale the first value of the first tensor stored in a ``torch.save`` file, in place
+    (its zip entry ``*/data/0``: stored uncompressed, and ``torch.load`` checks no CRC), as an
+    insider editing a checkpoint shard would; the time it was done."""
+    with zipfile.ZipFile(path) as archive:
+        [entry] = [i for i in archive.infolist() if i.filename.endswith("/data/0")]
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack_from("<HH", data, entry.header_offset + 26)
+    start = entry.header_offset + 30 + name_len + extra_len
+    (value,) = struct.unpack_from("<f", data, start)
+    struct.pack_into("<f", data, start, value * factor if value else 1e-3)
+    path.write_bytes(bytes(data))
+    return time.time()
 
 
 def mirror_torch(dest: Path) -> Path:
