@@ -175,8 +175,12 @@ class NodeAgent:
             if self._send(self.config.topics.samples, key, encode(batch)):
                 self._seq += 1
                 self.batches_sent += 1
+        reports = self._take_rank_reports()
+        # Manifests before the steps of the same tick: a code_fingerprint finding names the
+        # files that differ only if the manifest behind the fingerprint is there already.
+        self._send_rank_reports(now, reports, manifests=True)
         self._send_steps(now, steps)
-        self._send_rank_reports(now)
+        self._send_rank_reports(now, reports, manifests=False)
         self._send_checkpoints()
         self._send_witness(job)
         self._send_claims(now)
@@ -303,27 +307,35 @@ class NodeAgent:
                 if self._send(self.config.topics.steps, job_id.encode(), encode(batch)):
                     self._step_seq += 1
 
-    def _send_rank_reports(self, now: float) -> None:
-        """Rank events and manifests: step batches without steps per job, keyed like its steps."""
-        topic = self.config.topics.steps
+    def _take_rank_reports(self) -> list[tuple[str, JobRankReports]]:
+        """Every source's rank events and manifests queued since the last tick, per job."""
+        taken: list[tuple[str, JobRankReports]] = []
         for poll in self._rank_sources:
-            for job_id, reports in self._poll(functools.partial(_rank_items, poll)):
-                key = job_id.encode()
+            taken += self._poll(functools.partial(_rank_items, poll))
+        return taken
 
-                def batch(events: list[RankEvent], manifests: list[EnvManifest],
-                          job_id: str = job_id) -> bytes:
-                    return encode(StepBatch(
-                        cluster=self.config.cluster, node=self.config.node, job_id=job_id,
-                        ts=now, seq=self._step_seq, agent_id=self.agent_id, steps=[],
-                        events=events, manifests=manifests))
+    def _send_rank_reports(self, now: float, reports: Sequence[tuple[str, JobRankReports]],
+                           *, manifests: bool) -> None:
+        """Rank events, or manifests: step batches without steps per job, keyed like its steps."""
+        topic = self.config.topics.steps
+        for job_id, job_reports in reports:
+            key = job_id.encode()
+            events = [] if manifests else job_reports.events
+            found = job_reports.manifests if manifests else []
 
-                for data in rank_batches(batch, reports.events, reports.manifests,
-                                         self.max_message_bytes,
-                                         functools.partial(self._oversized, topic, key)):
-                    self._transport.send(topic, key, data)
-                    self._step_seq += 1
-                self.rank_events_sent += len(reports.events)
-                self.manifests_sent += len(reports.manifests)
+            def batch(events: list[RankEvent], manifests: list[EnvManifest],
+                      job_id: str = job_id) -> bytes:
+                return encode(StepBatch(
+                    cluster=self.config.cluster, node=self.config.node, job_id=job_id,
+                    ts=now, seq=self._step_seq, agent_id=self.agent_id, steps=[],
+                    events=events, manifests=manifests))
+
+            for data in rank_batches(batch, events, found, self.max_message_bytes,
+                                     functools.partial(self._oversized, topic, key)):
+                self._transport.send(topic, key, data)
+                self._step_seq += 1
+            self.rank_events_sent += len(events)
+            self.manifests_sent += len(found)
 
     def heartbeat(self, ts: float) -> Heartbeat:
         """Send the agent's liveness, counters and the job its node runs."""

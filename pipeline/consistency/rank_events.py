@@ -169,9 +169,10 @@ class RankEventWatch:
         if not due:
             return []
         self.pending = [d for d in self.pending if all(d is not x for x in due)]
+        # All of them before any verdict: peers judged in the same call count as left.
+        self.recent.extend(due)
         faults: list[Fault] = []
         for d in sorted(due, key=self._order):
-            self.recent.append(d)
             if d.kind == "finished":
                 continue
             lead = self.lead

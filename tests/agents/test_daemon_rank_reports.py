@@ -33,7 +33,7 @@ def _step_batches(transport):
             if t == "tg.steps.v1"]
 
 
-def test_events_and_a_manifest_are_sent_keyed_by_job_in_one_step_batch():
+def test_events_and_a_manifest_are_sent_keyed_by_job_in_step_batches():
     transport = RecordingTransport()
     reports = {"job-1": JobRankReports(
         events=[_event(0, signal=9), _event(1, "bye", reason="finished", step=7)],
@@ -42,12 +42,13 @@ def test_events_and_a_manifest_are_sent_keyed_by_job_in_one_step_batch():
                       rank_sources=[_once(reports)])
     agent.tick(T0)
     agent.tick(T0 + 1)
-    [(key, batch)] = _step_batches(transport)
-    assert key == b"job-1" and batch.job_id == "job-1" and batch.node == "node-a"
+    # The manifest first (it must precede the steps of its tick), then the events.
+    [(key, first), (key2, batch)] = _step_batches(transport)
+    assert key == key2 == b"job-1" and batch.job_id == "job-1" and batch.node == "node-a"
+    assert first.manifests == [_manifest()] and first.events == [] and first.steps == []
     assert batch.steps == [] and batch.ts == T0
     assert [(e.rank, e.event, e.signal, e.reason) for e in batch.events] == [
         (0, "exited", 9, None), (1, "bye", None, "finished")]
-    assert batch.manifests == [_manifest()]
     assert agent.rank_events_sent == 2 and agent.manifests_sent == 1
 
 
@@ -83,7 +84,7 @@ def test_more_manifests_than_a_batch_holds_are_split():
                           events=[_event()], manifests=manifests)})])
     agent.tick(T0)
     batches = [b for _, b in _step_batches(transport)]
-    assert [(len(b.events), len(b.manifests)) for b in batches] == [(1, 0), (0, 16), (0, 4)]
+    assert [(len(b.events), len(b.manifests)) for b in batches] == [(0, 16), (0, 4), (1, 0)]
     assert [m.rank for b in batches for m in b.manifests] == list(range(20))
 
 

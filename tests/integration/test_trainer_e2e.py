@@ -83,8 +83,14 @@ class Harness:
         found = "\n".join(f"  {f.check} {f.category} ranks={f.ranks} nodes={f.nodes} "
                           f"ts={f.ts:.2f}: {f.summary}" for f in self.findings.of(job))
         logs = "\n".join(launch.log_tail(15) for launch in self.launches if launch.job == job)
-        return (f"findings of {job}:\n{found or '  none'}\nworker log:\n"
-                f"{self.stack.worker.log_tail(15)}\n{logs}")
+        events = self.stack.worker.query(
+            "SELECT rank, node, event, reason, toFloat64(ts) AS t, pid, signal, step, "
+            "toFloat64(ingested_at) AS at FROM "
+            f"{{database}}.rank_events WHERE job_id = '{job}' ORDER BY ts").rows
+        dead = self.stack.worker.query(
+            "SELECT reason, count() FROM {database}.dead_letters GROUP BY reason").rows
+        return (f"findings of {job}:\n{found or '  none'}\nrank events: {events}\n"
+                f"dead letters: {dead}\nworker log:\n{self.stack.worker.log_tail(15)}\n{logs}")
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +156,7 @@ def _live_fault(h: Harness, name: str, check: str, kind: str, step: int,
                 limit: float = SUBTLE_S, rank: int = 2) -> None:
     """One run whose rank ``rank`` is sabotaged by the training script from ``step`` on."""
     started = time.monotonic()
-    job = h.job(name)
+    job = h.job(kind)
     run = h.launch(job, 1, ["--fault", f"{kind}:{rank}:{step}"])
     ranks = run.ranks()
     injected = run.fault()["ts"]
