@@ -9,19 +9,16 @@ the resumed ``global_step``; ``on_train_batch_end`` reports each optimizer step 
 ``global_step``, so gradient accumulation reports one step per optimizer update) with the
 step's loss: the mean over its micro-batches (Lightning hands each micro-batch's loss
 divided by ``accumulate_grad_batches``; their sum is that mean); ``on_train_end`` says
-``bye``. Subclasses ``lightning.pytorch.Callback``, or
-``pytorch_lightning.Callback`` where only the older package is installed. Imported only
-by users of Lightning: the kit never imports it.
+``bye``. Subclasses ``lightning.pytorch.Callback`` (the ``lightning`` package; a
+``pytorch_lightning.Trainer`` wants its own package's callbacks). Imported only by users
+of Lightning: the kit never imports it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-try:
-    from lightning.pytorch import Callback, LightningModule, Trainer
-except ImportError:  # only the standalone package
-    from pytorch_lightning import Callback, LightningModule, Trainer  # type: ignore[no-redef]
+from lightning.pytorch import Callback, LightningModule, Trainer
 
 from trainguard.agents.reporter import StepReporter
 from trainguard.agents.trainer import TrainGuard

@@ -64,6 +64,15 @@ def _drain(intake, count, timeout=10.0):
     return got
 
 
+def _drain_checkpoints(intake, count, timeout=10.0):
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        got += intake.drain_checkpoints()
+        time.sleep(0.02)
+    return got
+
+
 def _trainer(tmp_path, callback, max_steps):
     args = TrainingArguments(
         output_dir=str(tmp_path / "out"), max_steps=max_steps, per_device_train_batch_size=8,
@@ -90,7 +99,7 @@ def test_saves_and_the_resume_report_the_checkpoints_digest(tmp_path, intake):
     reporter = StepReporter("hf-ckpt", 0, 1, socket_path=str(intake.socket_path), node="n1")
     _trainer(tmp_path, TrainGuardCallback(reporter=reporter), max_steps=6).train()
     folder = tmp_path / "out" / "checkpoint-3"
-    saved = {c.checkpoint_id: c for c in intake.drain_checkpoints() if c.action == "save"}
+    saved = {c.checkpoint_id: c for c in _drain_checkpoints(intake, 2) if c.action == "save"}
     assert set(saved) == {"checkpoint-3", "checkpoint-6"}
     assert saved["checkpoint-3"].digest == checkpoint_digest(folder)
     assert saved["checkpoint-3"].step == 3
@@ -99,7 +108,7 @@ def test_saves_and_the_resume_report_the_checkpoints_digest(tmp_path, intake):
     intake.drain()
     trainer = _trainer(tmp_path, TrainGuardCallback(reporter=resumed), max_steps=6)
     trainer.train(resume_from_checkpoint=str(folder))
-    loads = [c for c in intake.drain_checkpoints() if c.action == "load"]
+    loads = [c for c in _drain_checkpoints(intake, 2) if c.action == "load"]
     assert [(c.checkpoint_id, c.digest) for c in loads] == [
         ("checkpoint-3", saved["checkpoint-3"].digest)]
     assert [s.step for s in sorted(_drain(intake, 3), key=lambda s: s.step)] == [4, 5, 6]
