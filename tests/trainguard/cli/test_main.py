@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from trainguard.cli.main import main
+from trainguard.cli.main import error_text, main
+from trainguard.errors import TrainguardError
 from trainguard.local.broker import free_port
 
 
@@ -24,3 +25,30 @@ def test_a_usage_error_exits_2() -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["worker", "--no-such-flag"])
     assert exit_.value.code == 2
+
+
+def test_an_unreachable_store_is_one_clean_error_line(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}/trainguard"
+
+    assert main(["db", "counts", "--store", url]) == 1
+
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err  # no library WARNING lines before it
+    assert lines[0].startswith("trainguard db: error: cannot reach ClickHouse")
+    assert "WARNING" not in captured.err and " at 0x" not in captured.err
+    assert captured.out == ""
+
+
+class _Conn:
+    pass
+
+
+def test_error_text_names_objects_by_their_class_instead_of_their_address() -> None:
+    conn = _Conn()
+    exc = TrainguardError(f"Max retries exceeded (Caused by NewConnectionError('{conn!r}: "
+                          "Failed to establish a new connection: [Errno 111] Connection "
+                          f"refused')) via <function connect at 0x7f00beef>")
+    assert error_text(exc) == (
+        "Max retries exceeded (Caused by NewConnectionError('_Conn: Failed to establish a new "
+        "connection: [Errno 111] Connection refused')) via function connect")
