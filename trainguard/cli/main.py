@@ -68,8 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     if args.command not in _DAEMONS and args.log_level != "DEBUG":
-        for name in _LIBRARY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
+        # On the handlers, not the loggers' levels: a library may set its loggers' level
+        # when it is imported, which happens after this (clickhouse-connect does).
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_quiet_libraries)
     try:
         code: int = args.func(args)
     except ConfigError as exc:  # the invocation or its configuration: retrying cannot help
@@ -81,6 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+    """Drop a client library's record below ERROR (a logging filter)."""
+    library = record.name.split(".", 1)[0] in _LIBRARY_LOGGERS
+    return not library or record.levelno >= logging.ERROR
 
 
 def error_text(exc: BaseException) -> str:

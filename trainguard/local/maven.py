@@ -26,7 +26,7 @@ __all__ = ["DEFAULT_HEARTBEAT_S", "FetchProgress", "MavenRun", "run_maven"]
 #: Seconds without a progress line before a "still running" line.
 DEFAULT_HEARTBEAT_S = 10.0
 #: Maven 3.9 says "Downloaded from central: URL (size ...)"; Maven 3.0-3.8 "Downloaded: URL".
-_DOWNLOADED = re.compile(r"Downloaded(?: from [^:]+)?: (\S+)(?: \(([^,)]+))?")
+_DOWNLOADED = re.compile(r"Downloaded(?: from [^:]+)?: (\S+)(?: \(([^,)]+?)(?: at [^)]*)?\))?")
 #: "--- dependency:3.6.1:copy-dependencies (default-cli) @ kafka-broker ---"
 _PHASE = re.compile(r"--- (\S+?)(?::[0-9][^:]*)?:(\S+) .*---")
 _COPYING = re.compile(r"Copying (\S+\.jar) to ")

@@ -221,11 +221,12 @@ def test_grafana_push_dry_run_json_lists_what_would_change_and_writes_nothing(
 ) -> None:
     (tmp_path / "tg-fleet.json").write_text(json.dumps(_dashboard("tg-fleet", "fleet")))
     with FakeGrafana() as grafana:
-        doc = run_json(capsys, "grafana", "push", "--url", grafana.url, "--token", TOKEN,
+        url = grafana.url
+        doc = run_json(capsys, "grafana", "push", "--url", url, "--token", TOKEN,
                        "--dashboards", str(tmp_path), "--dry-run", "--json")
         assert grafana.writes == []
 
-    assert doc["dry_run"] is True and doc["url"].rstrip("/") == grafana.url.rstrip("/")
+    assert doc["dry_run"] is True and doc["url"].rstrip("/") == url.rstrip("/")
     assert doc["counts"] == {"created": 3, "updated": 0, "unchanged": 0}
     assert {(i["kind"], i["uid"], i["action"]) for i in doc["items"]} >= {
         ("dashboard", "tg-fleet", "created")}
