@@ -223,7 +223,7 @@ class RankWatch:
         if zombie is not None and (self._euid == 0 or self._euid == binding.uid):
             status = zombie.exit_status
         code, sig = _decode_status(status)
-        _log.warning("rank process exited job=%s rank=%d pid=%d exit_code=%s signal=%s",
+        _log.info("rank process exited job=%s rank=%d pid=%d exit_code=%s signal=%s",
                      binding.job, binding.rank, binding.pid, code, sig)
         return RankEvent(rank=binding.rank, ts=self._wall(), event="exited", pid=binding.pid,
                          exit_code=code, signal=sig)
