@@ -179,7 +179,11 @@ def run_agent(
             metrics.close()
         if watch is not None:
             watch.stop()
+            log.info("rank watch stopped node=%s events=%s hidden=%d errors=%d",
+                     config.node, watch.events, watch.hidden, watch.errors)
         if intake is not None:
+            log.info("rank reports node=%s %s", config.node,
+                     " ".join(f"{k}={v}" for k, v in intake.rank_reports.counts().items()))
             intake.stop()
         if witness is not None:
             witness.stop()
