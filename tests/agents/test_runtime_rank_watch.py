@@ -30,7 +30,8 @@ def _unreachable(**_settings):
 def test_run_agent_reports_a_killed_rank_of_its_step_socket(tmp_path, sock_path, monkeypatch):
     monkeypatch.setattr("kafka.KafkaProducer", _unreachable)  # Kafka down: records spool
     config = _config(tmp_path, interval_s=0.1, heartbeat_interval_s=1.0,
-                     steps_socket=sock_path, rank_watch_interval_s=0.05)
+                     steps_socket=sock_path, rank_watch_interval_s=0.05,
+                     metrics_textfile_dir=tmp_path)
     stop, ready = threading.Event(), threading.Event()
     agents = []
 
@@ -56,3 +57,7 @@ def test_run_agent_reports_a_killed_rank_of_its_step_socket(tmp_path, sock_path,
         if trainer is not None:
             trainer.reap()
     assert not thread.is_alive()
+    # The last heartbeat counts the event (Prometheus textfile written after each one).
+    metrics = (tmp_path / "trainguard_agent.prom").read_text()
+    assert 'trainguard_agent_rank_events_total{cluster="c1",node="node-a"} 1.0' in metrics
+    assert 'trainguard_agent_rank_events_dropped_total{cluster="c1",node="node-a"} 0.0' in metrics
