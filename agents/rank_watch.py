@@ -4,8 +4,9 @@ In a real job a dead or hung rank stops its peers inside the next collective, so
 keeps stepping and "a rank went missing" is never seen in the steps. The agent, though,
 knows which process holds each (job, rank) (:class:`~trainguard.agents.claims.RankBindings`,
 from the kernel's credentials on the step socket) and can look at it in ``/proc`` without
-trusting any trainer code. Every ``interval_s`` (0.25 s by default, on its own thread) it
-reads ``/proc/<pid>/stat`` of each bound process and reports, as
+trusting any trainer code. Every ``interval_s`` (0.25 s by default, on its own thread),
+and at once when one of them exits (a pidfd wakes it, :mod:`.exit_waker`), it reads
+``/proc/<pid>/stat`` of each bound process and reports, as
 :class:`~trainguard.schemas.ranks.RankEvent`:
 
 * ``exited``: the process is a zombie, or gone, or its pid now belongs to a process with
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Final
 
 from trainguard.agents.claims import Binding, RankBindings
+from trainguard.agents.exit_waker import ExitWaker
 from trainguard.agents.ratelimit import LogLimiter
 from trainguard.schemas.ranks import RankEvent
 
@@ -128,6 +130,7 @@ class RankWatch:
         euid: int | None = None,
         read: Callable[[int, Path], ProcStat | None] = read_proc_stat,
         exists: Callable[[int], bool] = pid_exists,
+        pidfd: bool = True,
         warn_interval_s: float = 10.0,
     ) -> None:
         if interval_s <= 0:
@@ -139,11 +142,15 @@ class RankWatch:
         self._limiter = LogLimiter(warn_interval_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pidfd = pidfd
+        self._waker: ExitWaker | None = None
         # Bound processes (job, rank, pid) seen stopped and not yet resumed.
         self._stopped: set[tuple[str, int, int]] = set()
         self._exited: OrderedDict[tuple[str, int, int], None] = OrderedDict()
         #: Events reported, by kind.
         self.events: dict[str, int] = {}
+        #: Looks at the bound processes so far.
+        self.polls = 0
         #: Polls that failed (logged, rate-limited); the thread goes on.
         self.errors = 0
         #: Looks at a process that exists but that ``/proc`` does not show us (``hidepid``).
@@ -152,6 +159,7 @@ class RankWatch:
     def start(self) -> None:
         """Start the polling thread."""
         self._stop.clear()
+        self._waker = ExitWaker(use_pidfd=self._pidfd)
         self._thread = threading.Thread(target=self._run, name="rank-watch", daemon=True)
         self._thread.start()
         _log.info("rank watch started interval_s=%s proc=%s", self.interval_s, self._proc)
@@ -159,12 +167,18 @@ class RankWatch:
     def stop(self) -> None:
         """Stop the polling thread."""
         self._stop.set()
+        if self._waker is not None:
+            self._waker.interrupt()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self._waker is not None:
+            self._waker.close()
+            self._waker = None
 
     def poll(self) -> list[tuple[str, RankEvent]]:
         """Look at every bound process once; report and return what changed."""
+        self.polls += 1
         out: list[tuple[str, RankEvent]] = []
         live: set[tuple[str, int, int]] = set()
         for binding in self._bindings.bound():
@@ -229,12 +243,16 @@ class RankWatch:
                          exit_code=code, signal=sig)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        waker = self._waker
+        assert waker is not None
+        while not self._stop.is_set():
             try:
                 self.poll()
+                waker.watch(b.pid for b in self._bindings.bound())
             except Exception as exc:  # a bug or an odd /proc: never let the thread die
                 self.errors += 1
                 held = self._limiter.allow()
                 if held is not None:
                     _log.error("rank watch poll failed errors=%d (%d more since last logged): "
                                "%r", self.errors, held, exc)
+            waker.wait(self.interval_s)  # the interval, or less when a bound process exits

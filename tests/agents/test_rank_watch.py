@@ -174,9 +174,10 @@ def test_ranks_of_several_jobs_are_watched_each_under_its_job(intake, trainers):
     assert [(job, e.rank, e.event) for job, e in got] == [("job-b", 1, "exited")]
 
 
-def test_the_watch_thread_reports_a_kill_on_its_own(intake, trainers):
+@pytest.mark.parametrize("pidfd", [True, False])
+def test_the_watch_thread_reports_a_kill_on_its_own(intake, trainers, pidfd):
     trainer = _bound_trainer(intake, trainers)
-    watch, got = _watch(intake, interval_s=0.02)
+    watch, got = _watch(intake, interval_s=0.02, pidfd=pidfd)
     watch.start()
     try:
         os.kill(trainer.pid, signal.SIGKILL)
@@ -185,6 +186,19 @@ def test_the_watch_thread_reports_a_kill_on_its_own(intake, trainers):
         watch.stop()
     assert got[0][1].event == "exited" and got[0][1].signal == 9
     assert watch.events == {"exited": 1}
+
+
+def test_an_exit_wakes_the_watch_long_before_its_interval(intake, trainers):
+    trainer = _bound_trainer(intake, trainers)
+    watch, got = _watch(intake, interval_s=60.0)  # only a pidfd can wake it in this test
+    watch.start()
+    try:
+        wait_for(lambda: watch.polls >= 1)
+        os.kill(trainer.pid, signal.SIGKILL)
+        wait_for(lambda: len(got) == 1, timeout=30.0)
+    finally:
+        watch.stop()
+    assert got[0][1].event == "exited" and got[0][1].signal == 9
 
 
 def test_a_failing_poll_is_counted_and_the_thread_goes_on(intake, trainers):
