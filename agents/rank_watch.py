@@ -20,8 +20,9 @@ and at once when one of them exits (a pidfd wakes it, :mod:`.exit_waker`), it re
 
 A process that said ``bye finished`` and exits still yields ``exited``: the worker decides
 what is benign. The kernel shows field 52 only to a reader allowed to trace the process:
-the agent trusts it when it runs as root or as the process's user, else reports no status
-(an unprivileged reader sees 0, which would read as a clean exit). A process that
+the agent trusts it when it has ``CAP_SYS_PTRACE`` or runs as the process's user and
+group, else reports no status (any other reader sees 0, which would read as a clean
+exit; root in a container without ``CAP_SYS_PTRACE`` is such a reader). A process that
 ``/proc`` hides (mounted with ``hidepid``) but that still exists is not reported at all
 (counted in ``hidden``, logged).
 """
@@ -43,7 +44,7 @@ from trainguard.agents.exit_waker import ExitWaker
 from trainguard.agents.ratelimit import LogLimiter
 from trainguard.schemas.ranks import RankEvent
 
-__all__ = ["ProcStat", "RankWatch", "pid_exists", "read_proc_stat"]
+__all__ = ["ProcStat", "RankWatch", "may_trace_all", "pid_exists", "read_proc_stat"]
 
 _log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ _log = logging.getLogger(__name__)
 _STATE, _START, _EXIT_CODE = 3, 22, 52
 _STOPPED: Final = frozenset("Tt")
 _DEAD: Final = frozenset("ZX")
+_CAP_SYS_PTRACE: Final = 19
 #: Exits remembered so a late datagram of a dead process, binding it again, is not a
 #: second ``exited``.
 _MAX_EXITED: Final = 4096
@@ -100,6 +102,17 @@ def pid_exists(pid: int) -> bool:
     return True
 
 
+def may_trace_all(proc: Path = Path("/proc")) -> bool:
+    """True if this process has ``CAP_SYS_PTRACE`` (it may read anyone's exit status)."""
+    try:
+        for line in (proc / "self" / "status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> _CAP_SYS_PTRACE & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
 def _decode_status(status: int | None) -> tuple[int | None, int | None]:
     """``(exit_code, signal)`` from a ``waitpid`` status."""
     if status is None:
@@ -116,7 +129,8 @@ class RankWatch:
 
     ``sink(job, event)`` receives each event (the step intake's
     :class:`~trainguard.agents.rank_events.RankReports`). ``proc``, ``wall`` (the event
-    clock), ``euid`` (whose exit statuses the kernel shows us) and ``read`` are injectable.
+    clock), who we are to the kernel (``euid``, ``egid``, ``trace_all``: whose exit statuses
+    it shows us), ``read`` and ``exists`` are injectable.
     """
 
     def __init__(
@@ -128,6 +142,8 @@ class RankWatch:
         proc: Path = Path("/proc"),
         wall: Callable[[], float] = time.time,
         euid: int | None = None,
+        egid: int | None = None,
+        trace_all: bool | None = None,
         read: Callable[[int, Path], ProcStat | None] = read_proc_stat,
         exists: Callable[[int], bool] = pid_exists,
         pidfd: bool = True,
@@ -139,6 +155,8 @@ class RankWatch:
         self.interval_s = interval_s
         self._proc, self._wall, self._read, self._exists = proc, wall, read, exists
         self._euid = os.geteuid() if euid is None else euid
+        self._egid = os.getegid() if egid is None else egid
+        self._trace_all = may_trace_all(proc) if trace_all is None else trace_all
         self._limiter = LogLimiter(warn_interval_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -234,7 +252,8 @@ class RankWatch:
             self._exited.popitem(last=False)
         status = None
         # The kernel shows the status only to who may trace the process (else 0).
-        if zombie is not None and (self._euid == 0 or self._euid == binding.uid):
+        if zombie is not None and (self._trace_all or (
+                self._euid == binding.uid and self._egid == binding.gid)):
             status = zombie.exit_status
         code, sig = _decode_status(status)
         _log.info("rank process exited job=%s rank=%d pid=%d exit_code=%s signal=%s",

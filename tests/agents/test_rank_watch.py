@@ -17,7 +17,7 @@ import pytest
 
 from tests.agents.trainer_proc import Trainer, wait_for
 from trainguard.agents.intake import StepIntake
-from trainguard.agents.rank_watch import ProcStat, RankWatch, read_proc_stat
+from trainguard.agents.rank_watch import ProcStat, RankWatch, may_trace_all, read_proc_stat
 
 
 @pytest.fixture
@@ -102,12 +102,31 @@ def test_a_status_the_kernel_hides_from_another_user_is_not_reported_as_a_clean_
         intake, trainers):
     trainer = _bound_trainer(intake, trainers)
     other_user = os.getuid() + 4242
-    watch, got = _watch(intake, euid=other_user)
+    watch, got = _watch(intake, euid=other_user, trace_all=False)
     trainer.exit(0)
     wait_for(lambda: _state(trainer.pid) == "Z")
     watch.poll()
     [(_, event)] = got
     assert event.event == "exited" and event.exit_code is None and event.signal is None
+
+
+def test_the_trainers_own_user_and_group_read_its_exit_status_without_ptrace_rights(
+        intake, trainers):
+    trainer = _bound_trainer(intake, trainers)
+    watch, got = _watch(intake, euid=os.geteuid(), egid=os.getegid(), trace_all=False)
+    trainer.exit(5)
+    wait_for(lambda: _state(trainer.pid) == "Z")
+    watch.poll()
+    assert got[0][1].exit_code == 5
+
+
+def test_ptrace_rights_are_read_from_the_effective_capabilities(tmp_path):
+    (tmp_path / "self").mkdir()
+    status = tmp_path / "self" / "status"
+    status.write_text("Name:\tx\nCapEff:\t0000000000080000\n")
+    assert may_trace_all(tmp_path)
+    status.write_text("Name:\tx\nCapEff:\t000001fffef7ffff\n")  # all but CAP_SYS_PTRACE
+    assert not may_trace_all(tmp_path)
 
 
 def test_a_stopped_rank_is_reported_once_and_resumed_when_continued(intake, trainers):
