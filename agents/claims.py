@@ -31,6 +31,7 @@ import logging
 import os
 import socket
 import struct
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -40,8 +41,8 @@ from typing import Final
 
 from trainguard.schemas.records import MAX_CLAIMS_PER_BATCH, RankClaim
 
-__all__ = ["CREDENTIALS_SPACE", "MAX_PENDING_CLAIMS", "Peer", "RankBindings", "parent_pid",
-           "peer_credentials", "process_start"]
+__all__ = ["CREDENTIALS_SPACE", "MAX_PENDING_CLAIMS", "Binding", "Peer", "RankBindings",
+           "parent_pid", "peer_credentials", "process_start"]
 
 _log = logging.getLogger(__name__)
 
@@ -61,6 +62,19 @@ class Peer:
 
     pid: int
     uid: int
+    gid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A (job, rank) and the process bound to it, as :meth:`RankBindings.bound` lists them."""
+
+    job: str
+    rank: int
+    pid: int
+    uid: int
+    #: The process's start time when it bound (``None``: unreadable then).
+    start: int | None
     gid: int
 
 
@@ -120,18 +134,21 @@ class _Holder:
     uid: int
     start: int | None
     since: float
+    gid: int = -1
     #: Its children (same uid) that reported for the rank too.
     children: set[int] = field(default_factory=set)
 
 
 class RankBindings:
-    """Binds each (job, rank) to the first live process that claims it (not thread-safe).
+    """Binds each (job, rank) to the first live process that claims it (thread-safe).
 
     ``alive(pid, start)`` tells whether the holder still runs; ``start(pid)`` and
     ``parent(pid)`` read a process's start time and parent; ``wall`` is the agent's clock
     for a claim's ``ts``. At most
     ``max_bindings`` ranks are remembered (least recently heard forgotten first, counted
-    in ``evicted``) and each refused claimant is reported once.
+    in ``evicted``) and each refused claimant is reported once. The rank watch
+    (:mod:`.rank_watch`) reads the bindings (:meth:`bound`) and frees the rank of a process
+    that exited (:meth:`release`), so a restarted rank's new process binds at once.
     """
 
     def __init__(
@@ -149,6 +166,8 @@ class RankBindings:
         self._alive, self._start, self._wall = alive, start, wall
         self._parent = parent
         self._holders: OrderedDict[tuple[str, int], _Holder] = OrderedDict()
+        # The intake's reader thread admits, the rank watch's thread lists and releases.
+        self._lock = threading.Lock()
         # Claimants already reported: (job, rank, holder pid, claimant pid).
         self._reported: OrderedDict[tuple[str, int, int, int], None] = OrderedDict()
         self._pending: dict[str, list[RankClaim]] = {}
@@ -164,9 +183,31 @@ class RankBindings:
         #: Refused claims not reported: the claimant (the holder's uid) was gone before
         #: it could be told from the holder's own child.
         self.unverified = 0
+        #: Bindings freed because their process exited (:meth:`release`).
+        self.released = 0
 
     def admit(self, job: str, rank: int, peer: Peer, step: int | None = None) -> bool:
         """True if ``peer`` may report for ``(job, rank)``; a refusal is counted and reported."""
+        with self._lock:
+            return self._admit(job, rank, peer, step)
+
+    def bound(self) -> list[Binding]:
+        """Every (job, rank) bound now and its process (a snapshot)."""
+        with self._lock:
+            return [Binding(job, rank, h.pid, h.uid, h.start, h.gid)
+                    for (job, rank), h in self._holders.items()]
+
+    def release(self, job: str, rank: int, pid: int) -> bool:
+        """Free ``(job, rank)`` if process ``pid`` still holds it (it exited); True if freed."""
+        with self._lock:
+            holder = self._holders.get((job, rank))
+            if holder is None or holder.pid != pid:
+                return False  # a newer process holds it already
+            del self._holders[(job, rank)]
+            self.released += 1
+            return True
+
+    def _admit(self, job: str, rank: int, peer: Peer, step: int | None) -> bool:
         key = (job, rank)
         holder = self._holders.get(key)
         if holder is not None and (holder.pid == peer.pid or peer.pid in holder.children):
@@ -202,11 +243,13 @@ class RankBindings:
 
     def drain(self) -> dict[str, list[RankClaim]]:
         """Claims refused since the last call, per job."""
-        out, self._pending, self._pending_total = self._pending, {}, 0
+        with self._lock:
+            out, self._pending, self._pending_total = self._pending, {}, 0
         return out
 
     def _bind(self, key: tuple[str, int], peer: Peer) -> None:
-        self._holders[key] = _Holder(peer.pid, peer.uid, self._start(peer.pid), self._wall())
+        self._holders[key] = _Holder(peer.pid, peer.uid, self._start(peer.pid), self._wall(),
+                                     peer.gid)
         while len(self._holders) > self._max:
             self._holders.popitem(last=False)
             self.evicted += 1

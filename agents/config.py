@@ -170,6 +170,9 @@ class AgentConfig:
     intake_max_reporters: int = 4096
     #: A reporter's drop count above this is not believed: the datagram is malformed.
     intake_max_reported_drops: int = MAX_REPORTED_DROPS
+    #: Seconds between the rank watch's looks at the processes bound to ranks on the step
+    #: socket (exits, stops and resumes are reported with the job's steps); 0 turns it off.
+    rank_watch_interval_s: float = 0.25
     #: JSON-lines files written by trainers that only log, tailed every tick.
     steps_files: tuple[Path, ...] = ()
     #: What the agent hashes itself (checkpoint files, code trees): off until configured.
@@ -213,6 +216,11 @@ class AgentConfig:
             raise ConfigError(
                 f"intake_max_reporters ({self.intake_max_reporters}) and "
                 f"intake_max_reported_drops ({self.intake_max_reported_drops}) must be >= 1"
+            )
+        if self.rank_watch_interval_s != 0 and not 0.01 <= self.rank_watch_interval_s <= 60:
+            raise ConfigError(
+                f"rank_watch_interval_s must be 0 (off) or within 0.01..60, "
+                f"got {self.rank_watch_interval_s}"
             )
         if not 0 <= self.steps_socket_mode <= 0o777:
             raise ConfigError(

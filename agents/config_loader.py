@@ -28,6 +28,7 @@ Example ``/etc/trainguard/agent.toml``::
     socket_mode = "0660"
     socket_group = "trainguard"
     files = ["/var/log/train/steps.jsonl"]
+    rank_watch_interval_s = 0.25    # look at ranks' processes (exits, stops); 0: off
 
     [witness]
     checkpoint_dirs = ["/scratch/checkpoints"]
@@ -89,6 +90,7 @@ class _Steps(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     socket_mode: str | None = None
     socket_group: str | None = None
     files: list[str] = []
+    rank_watch_interval_s: float | None = None
 
 
 class _Witness(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -248,6 +250,7 @@ def _build(s: Mapping[str, Any], password_env: str | None = None) -> AgentConfig
         "steps_socket_mode": mode,
         "steps_socket_group": str(s["steps.socket_group"]) if s.get("steps.socket_group") else None,
         "steps_files": tuple(Path(str(f)) for f in files),
+        "rank_watch_interval_s": _num(s, "steps.rank_watch_interval_s", float, 0.25),
         "witness": _witness(s),
     }
     for key in ("cluster", "node"):

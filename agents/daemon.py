@@ -13,6 +13,10 @@ The agent's witness (:mod:`trainguard.agents.collectors.witness`) hashes checkpo
 and code trees on its own thread; each tick its reports go out on the steps topic, keyed
 by the node's job (so they meet the job's checkpoint events in one partition), else by node.
 
+Rank lifecycle events (a rank's process exited, stopped, resumed; the trainer kit's
+``bye`` and ``waiting``) and manifests go out each tick in step batches of their job
+(:mod:`.rank_batches`), after the job's steps.
+
 Nothing one input can do stops the loop or wedges delivery: a step source that fails is
 counted (``collect_errors``) and skipped for that tick; a job's step batch is split so
 that every message stays below the producer's ``max_request_size``, and a message that
@@ -37,11 +41,14 @@ from trainguard import __version__
 from trainguard.agents.collectors.base import GpuCollector
 from trainguard.agents.config import AgentConfig
 from trainguard.agents.dead_letter_file import LocalDeadLetters
+from trainguard.agents.rank_batches import rank_batches
+from trainguard.agents.rank_events import JobRankReports
 from trainguard.agents.ratelimit import LogLimiter
 from trainguard.agents.reporter import CheckpointReport
 from trainguard.agents.sd_notify import SdNotifier
 from trainguard.agents.transport import Transport
 from trainguard.schemas.codec import encode
+from trainguard.schemas.ranks import EnvManifest, RankEvent
 from trainguard.schemas.records import (
     AgentCounters,
     CheckpointEvent,
@@ -53,7 +60,7 @@ from trainguard.schemas.records import (
     WitnessReport,
 )
 
-__all__ = ["ClaimPoll", "NodeAgent", "StepPoll", "WitnessPoll"]
+__all__ = ["ClaimPoll", "NodeAgent", "RankPoll", "StepPoll", "WitnessPoll"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,9 @@ WitnessPoll = Callable[[str | None], Sequence[WitnessReport]]
 #: A source of refused rank claims (:mod:`trainguard.agents.claims`), per job, since the
 #: previous call.
 ClaimPoll = Callable[[], Mapping[str, list[RankClaim]]]
+#: A source of rank events and manifests (:mod:`trainguard.agents.rank_events`), per job,
+#: since the previous call.
+RankPoll = Callable[[], Mapping[str, JobRankReports]]
 
 
 class NodeAgent:
@@ -89,6 +99,7 @@ class NodeAgent:
         checkpoint_sources: Sequence[Callable[[], list[CheckpointReport]]] = (),
         witness_sources: Sequence[WitnessPoll] = (),
         claim_sources: Sequence[ClaimPoll] = (),
+        rank_sources: Sequence[RankPoll] = (),
         gauges: Callable[[], Mapping[str, Any]] | None = None,
         dead_letters: LocalDeadLetters | None = None,
         notifier: SdNotifier | None = None,
@@ -104,6 +115,7 @@ class NodeAgent:
         self._checkpoint_sources = checkpoint_sources
         self._witness_sources = witness_sources
         self._claim_sources = claim_sources
+        self._rank_sources = rank_sources
         self._gauges = gauges
         self._dead_letters = dead_letters
         #: systemd's watchdog, pinged from this loop: a tick that hangs (in NVML, say)
@@ -124,6 +136,10 @@ class NodeAgent:
         self._last_heartbeat: float | None = None
         self.batches_sent = 0
         self.steps_sent = 0
+        #: Rank events and manifests taken from the sources (sent, or dead-lettered when
+        #: too large to travel).
+        self.rank_events_sent = 0
+        self.manifests_sent = 0
         self.collect_errors = 0
         self.tick_overruns = 0
         #: Messages too large to send, even alone (dead-lettered when a file is configured).
@@ -160,6 +176,7 @@ class NodeAgent:
                 self._seq += 1
                 self.batches_sent += 1
         self._send_steps(now, steps)
+        self._send_rank_reports(now)
         self._send_checkpoints()
         self._send_witness(job)
         self._send_claims(now)
@@ -286,6 +303,28 @@ class NodeAgent:
                 if self._send(self.config.topics.steps, job_id.encode(), encode(batch)):
                     self._step_seq += 1
 
+    def _send_rank_reports(self, now: float) -> None:
+        """Rank events and manifests: step batches without steps per job, keyed like its steps."""
+        topic = self.config.topics.steps
+        for poll in self._rank_sources:
+            for job_id, reports in self._poll(functools.partial(_rank_items, poll)):
+                key = job_id.encode()
+
+                def batch(events: list[RankEvent], manifests: list[EnvManifest],
+                          job_id: str = job_id) -> bytes:
+                    return encode(StepBatch(
+                        cluster=self.config.cluster, node=self.config.node, job_id=job_id,
+                        ts=now, seq=self._step_seq, agent_id=self.agent_id, steps=[],
+                        events=events, manifests=manifests))
+
+                for data in rank_batches(batch, reports.events, reports.manifests,
+                                         self.max_message_bytes,
+                                         functools.partial(self._oversized, topic, key)):
+                    self._transport.send(topic, key, data)
+                    self._step_seq += 1
+                self.rank_events_sent += len(reports.events)
+                self.manifests_sent += len(reports.manifests)
+
     def heartbeat(self, ts: float) -> Heartbeat:
         """Send the agent's liveness, counters and the job its node runs."""
         job = self._current_job(ts)
@@ -361,6 +400,10 @@ class NodeAgent:
 
 
 def _claim_items(poll: ClaimPoll) -> list[tuple[str, list[RankClaim]]]:
+    return list(poll().items())
+
+
+def _rank_items(poll: RankPoll) -> list[tuple[str, JobRankReports]]:
     return list(poll().items())
 
 

@@ -24,6 +24,11 @@ and uid on the step records it forwards, overriding what the trainer wrote, and 
 process's reports for it are refused (``claims_refused``) and reported once per
 claimant (``claim_conflicts``, :meth:`StepIntake.drain_claims`).
 
+Besides steps and checkpoint reports, the trainer kit sends lifecycle events (``bye``,
+``waiting``) and the manifest behind its ``env_fingerprint``: admitted the same way, stamped
+with the kernel's pid and queued per job in :attr:`StepIntake.rank_reports`
+(:mod:`.rank_events`), which the rank watch (:mod:`.rank_watch`) fills too.
+
 Kernel limit worth knowing: on Linux a Unix datagram socket queues at most
 ``net.unix.max_dgram_qlen`` + 1 datagrams, whatever ``SO_RCVBUF`` says (10 is the kernel
 default and what containers get; systemd hosts set 512). Beyond that, trainers' reports
@@ -50,6 +55,7 @@ from typing import Final
 import msgspec
 
 from trainguard.agents.claims import CREDENTIALS_SPACE, Peer, RankBindings, peer_credentials
+from trainguard.agents.rank_events import RankReports, env_manifest, trainer_event
 from trainguard.agents.ratelimit import LogLimiter
 from trainguard.agents.reporter import (
     DATAGRAM_VERSION,
@@ -65,8 +71,10 @@ __all__ = ["MAX_DATAGRAM_BYTES", "StepIntake", "kernel_dgram_qlen"]
 
 _log = logging.getLogger(__name__)
 
-#: Larger datagrams are rejected as ``too_large``; a step record is a few hundred bytes.
-MAX_DATAGRAM_BYTES: Final = 64 * 1024
+#: Larger datagrams are rejected as ``too_large``. A step record is a few hundred bytes; a
+#: manifest of a job's framework files can be a hundred kilobytes, and a sender's default
+#: socket buffer (``net.core.wmem_default``, 208 KiB) caps any datagram just above this.
+MAX_DATAGRAM_BYTES: Final = 192 * 1024
 # Datagrams read per wake-up before checking for stop again.
 _BURST: Final = 4096
 # Below this kernel queue length, synchronous bursts of many ranks overflow it.
@@ -104,6 +112,7 @@ class StepIntake:
         mode: int = 0o660,
         group: str | None = None,
         bindings: RankBindings | None = None,
+        rank_reports: RankReports | None = None,
         poll_interval_s: float = 0.005,
         warn_interval_s: float = 10.0,
         read_error_backoff_s: float = 1.0,
@@ -124,6 +133,8 @@ class StepIntake:
         #: Which process holds each (job, rank); the second live claimant is refused.
         self.bindings = bindings if bindings is not None else RankBindings(
             max_bindings=max_reporters)
+        #: Trainers' ``bye`` / ``waiting`` events and manifests (and the rank watch's events).
+        self.rank_reports = rank_reports if rank_reports is not None else RankReports()
         self._poll_s = poll_interval_s
         self._read_error_backoff_s = read_error_backoff_s
         self._max_reporters = max_reporters
@@ -369,6 +380,9 @@ class StepIntake:
                 "invalid",
                 f"dropped {dg.dropped} from pid {dg.pid} exceeds {self._max_reported_drops}",
             )
+        if dg.event is not None or dg.manifest is not None:
+            self._rank_report(dg, peer)
+            return
         if dg.checkpoint is not None:
             self._checkpoint(dg.checkpoint, peer)
             return
@@ -399,6 +413,20 @@ class StepIntake:
                 self.steps_dropped += 1
             else:
                 self._queue.append(step)
+
+    def _rank_report(self, dg: StepDatagram, peer: Peer) -> None:
+        """Queue a trainer's event or manifest if its sender holds the rank."""
+        if sum(x is not None for x in (dg.step, dg.checkpoint, dg.event, dg.manifest)) > 1:
+            raise RecordError("invalid", "datagram carries more than one of step, checkpoint, "
+                                         "event, manifest")
+        if dg.event is not None:
+            event = trainer_event(dg.event, peer)  # the kernel's pid, not the trainer's
+            if self.bindings.admit(dg.event.job_id, event.rank, peer, event.step):
+                self.rank_reports.add_event(dg.event.job_id, event)
+        elif dg.manifest is not None:
+            manifest = env_manifest(dg.manifest)  # RecordError if out of bounds
+            if self.bindings.admit(dg.manifest.job_id, manifest.rank, peer):
+                self.rank_reports.add_manifest(dg.manifest.job_id, manifest)
 
     def _count_drops(self, key: tuple[int, str, int], dropped: int) -> None:
         """Add a reporter's new drops to the total (caller holds the lock)."""

@@ -17,7 +17,7 @@ from typing import Any
 from trainguard.agents.collectors.base import GpuCollector
 from trainguard.agents.collectors.process import ProcessStats
 from trainguard.agents.config import AgentConfig
-from trainguard.agents.daemon import ClaimPoll, NodeAgent, StepPoll, WitnessPoll
+from trainguard.agents.daemon import ClaimPoll, NodeAgent, RankPoll, StepPoll, WitnessPoll
 from trainguard.agents.dead_letter_file import LocalDeadLetters
 from trainguard.agents.metrics import start_metrics
 from trainguard.agents.reporter import CheckpointReport
@@ -78,6 +78,7 @@ def run_agent(
     from trainguard.agents.collectors.steps_file import StepFileTail
     from trainguard.agents.collectors.witness import Witness
     from trainguard.agents.intake import StepIntake
+    from trainguard.agents.rank_watch import RankWatch
 
     node_key = load_node_key(config)  # before anything is opened: a bad key stops here
     metrics = start_metrics(config)  # a textfile directory or port that fails stops here
@@ -92,6 +93,8 @@ def run_agent(
     sources: list[StepPoll] = []
     checkpoint_sources: list[Callable[[], list[CheckpointReport]]] = []
     claim_sources: list[ClaimPoll] = []
+    rank_sources: list[RankPoll] = []
+    watch = None
     tails = []
     witness = None
     witness_sources: list[WitnessPoll] = []
@@ -107,6 +110,11 @@ def run_agent(
             sources.append(intake.drain)
             checkpoint_sources.append(intake.drain_checkpoints)
             claim_sources.append(intake.drain_claims)
+            rank_sources.append(intake.rank_reports.drain)
+            if config.rank_watch_interval_s > 0:
+                watch = RankWatch(intake.bindings, intake.rank_reports.add_event,
+                                  interval_s=config.rank_watch_interval_s)
+                watch.start()
         for path in config.steps_files:
             tail = StepFileTail(path, node=config.node)
             tails.append(tail)
@@ -122,6 +130,7 @@ def run_agent(
             p50, worst = sender.take_latencies()
             step_counters = [c for c in (intake, *tails) if c is not None]
             claims = intake.counts() if intake is not None else {}
+            ranks = intake.rank_reports.counts() if intake is not None else {}
             return {
                 "steps_received": sum(getattr(c, "steps_received", 0) for c in step_counters),
                 "steps_malformed": sum(getattr(c, "steps_malformed", 0) for c in step_counters),
@@ -137,6 +146,9 @@ def run_agent(
                 "reporters_evicted": claims.get("reporters_evicted", 0),
                 "claims_refused": claims.get("claims_refused", 0),
                 "claim_conflicts": claims.get("claim_conflicts", 0),
+                "rank_events": ranks.get("events_received", 0),
+                "rank_events_dropped": ranks.get("events_dropped", 0),
+                "manifests_dropped": ranks.get("manifests_dropped", 0),
                 "witness_hashed": witness.hashed if witness is not None else 0,
                 "witness_skipped": witness.skipped if witness is not None else 0,
                 "send_latency_ms_p50": p50,
@@ -148,6 +160,7 @@ def run_agent(
         agent = NodeAgent(config, collector, transport, step_sources=sources,
                           checkpoint_sources=checkpoint_sources,
                           witness_sources=witness_sources, claim_sources=claim_sources,
+                          rank_sources=rank_sources,
                           gauges=gauges, dead_letters=dead_letters, notifier=notifier,
                           on_heartbeat=metrics.on_heartbeat if metrics is not None else None)
         log.info(
@@ -168,7 +181,13 @@ def run_agent(
     finally:
         if metrics is not None:
             metrics.close()
+        if watch is not None:
+            watch.stop()
+            log.info("rank watch stopped node=%s events=%s hidden=%d errors=%d",
+                     config.node, watch.events, watch.hidden, watch.errors)
         if intake is not None:
+            log.info("rank reports node=%s %s", config.node,
+                     " ".join(f"{k}={v}" for k, v in intake.rank_reports.counts().items()))
             intake.stop()
         if witness is not None:
             witness.stop()

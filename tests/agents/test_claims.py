@@ -9,6 +9,7 @@ import pytest
 
 from trainguard.agents.claims import (
     CREDENTIALS_SPACE,
+    Binding,
     Peer,
     RankBindings,
     parent_pid,
@@ -155,3 +156,20 @@ def test_no_ancillary_data_means_no_credentials():
 def test_max_bindings_must_be_positive(max_bindings):
     with pytest.raises(ValueError, match="max_bindings"):
         RankBindings(max_bindings=max_bindings)
+
+
+def test_bound_lists_each_rank_and_its_process():
+    b = _bindings({100, 200})
+    b.admit("job", 0, A)
+    b.admit("other", 5, B)
+    assert b.bound() == [Binding("job", 0, 100, 1000, 7, 1000),
+                         Binding("other", 5, 200, 1001, 7, 1000)]
+
+
+def test_a_released_rank_binds_the_next_process_even_while_the_old_one_looks_alive():
+    b = _bindings({100, 200})
+    b.admit("job", 0, A)
+    assert not b.release("job", 0, 200)  # not the holder: nothing freed
+    assert b.release("job", 0, 100) and b.released == 1
+    assert b.admit("job", 0, B) and b.refused == 0
+    assert [x.pid for x in b.bound()] == [200]

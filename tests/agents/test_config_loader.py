@@ -164,3 +164,17 @@ def test_metrics_are_off_by_default_and_a_bad_port_is_named(tmp_path):
     assert (config.metrics_textfile_dir, config.metrics_port) == (None, None)
     with pytest.raises(ConfigError, match="metrics.port=70000"):
         load_agent_config(_write(tmp_path, "[metrics]\nport = 70000\n"), {})
+
+
+def test_the_rank_watch_interval_reaches_the_config_and_is_on_by_default(tmp_path):
+    assert load_agent_config(None, {}).rank_watch_interval_s == 0.25
+    text = TOML + "rank_watch_interval_s = 0.5\n"
+    assert load_agent_config(_write(tmp_path, text), {}).rank_watch_interval_s == 0.5
+    off = TOML + "rank_watch_interval_s = 0\n"
+    assert load_agent_config(_write(tmp_path, off), {}).rank_watch_interval_s == 0
+
+
+def test_a_rank_watch_interval_out_of_range_is_named(tmp_path):
+    text = TOML + "rank_watch_interval_s = 0.001\n"
+    with pytest.raises(ConfigError, match="rank_watch_interval_s must be 0 .off. or within"):
+        load_agent_config(_write(tmp_path, text), {})
