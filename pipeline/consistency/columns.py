@@ -164,13 +164,15 @@ def _groups(layout: list[list[int | None]]) -> tuple[IntArray, list[LayoutKey]]:
                             dtype=np.int64)
     coords = coords.reshape(n, 4) + 1  # 0: not reported
     widths = coords.max(axis=0) + 1
+    rows: list[list[int]]
     if float(np.prod(widths.astype(np.float64))) < 2.0**62:
         # Mixed radix: one int64 per rank, and one 1-D unique (far cheaper than axis=0).
         radix = np.concatenate([np.cumprod(widths[::-1])[::-1][1:], [1]])
         uniq, codes = np.unique(coords @ radix, return_inverse=True)
-        keys = [tuple(int(u) // int(m) % int(w) - 1 for m, w in zip(radix, widths, strict=True))
+        rows = [[int(u) // int(m) % int(w) for m, w in zip(radix, widths, strict=True)]
                 for u in uniq]
     else:  # coordinates too large to pack (only forged ones are): rows as they are
-        rows, codes = np.unique(coords, axis=0, return_inverse=True)
-        keys = [tuple(int(v) - 1 for v in row) for row in rows]
-    return codes.astype(np.int64, copy=False).reshape(n), keys  # type: ignore[return-value]
+        found, codes = np.unique(coords, axis=0, return_inverse=True)
+        rows = found.tolist()
+    keys: list[LayoutKey] = [(a - 1, b - 1, c - 1, d - 1) for a, b, c, d in rows]
+    return codes.astype(np.int64, copy=False).reshape(n), keys

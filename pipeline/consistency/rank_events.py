@@ -168,10 +168,11 @@ class RankEventWatch:
             c.terminate_window_s if d.kind == "terminated" else 0.0)]
         if not due:
             return []
-        self.pending = [d for d in self.pending if all(d is not x for x in due)]
+        taken = {id(d) for d in due}
+        self.pending = [d for d in self.pending if id(d) not in taken]
+        self.recent += due
         faults: list[Fault] = []
         for d in sorted(due, key=self._order):
-            self.recent.append(d)
             if d.kind == "finished":
                 continue
             lead = self.lead
