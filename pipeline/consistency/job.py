@@ -80,6 +80,13 @@ class _Everything(Container[Entity]):
 _EVERYTHING = _Everything()
 
 
+def _held(cols: StepColumns, ranks: Sequence[int]) -> set[str | None]:
+    """The env fingerprints ``ranks`` reported at the step of ``cols``."""
+    blamed = set(ranks)
+    return {v for r, v in zip(cols.ranks.tolist(), cols.env_fingerprint, strict=True)
+            if r in blamed}
+
+
 class JobState:
     """One job's assembler, check state and open findings."""
 
@@ -260,7 +267,7 @@ class JobState:
             "lr_mismatch", "learning rate", cols.lr, c.lr_rtol, cs, cols), scope, now)
         env = self.env.evaluate(cs, cols, cols.env_fingerprint)
         if env and len(self.manifests):
-            env = [self.manifests.explain(f) for f in env]
+            env = [self.manifests.explain(f, _held(cols, f.ranks)) for f in env]
         out += t.update("code_fingerprint", env, scope, now)
         out += t.update("seed_mismatch",
                         self.seeds.evaluate(cs, cols, cols.seed_fingerprint), scope, now)
