@@ -204,8 +204,10 @@ class JobState:
 
         exited, hung = self.ranks.judge(now, last_ts, node_of, asm.world_size)
         # An exit is evidence: it does not clear (its entity names the process).
-        out = self.tracker.update("rank_exited", exited, None)
-        return out + self.tracker.update("rank_hung", hung, _EVERYTHING, now)
+        out = self.tracker.update("rank_exited", exited, None) if exited else []
+        if hung is not None:
+            out += self.tracker.update("rank_hung", hung, _EVERYTHING, now)
+        return out
 
     def finish(self, now: float) -> list[Finding]:
         """After a batch of records: check loads, close due steps, look for a stall."""
