@@ -139,6 +139,7 @@ def _with_caps(
             # Evidence the checks kept out (the first report stays; see conflicting_report).
             for name in ("conflicting_records", "conflicting_saves", "refused_saves",
                          "unwitnessed_saves", "witness_refused", "rank_claims",
+                         "rank_events_dropped",
                          "agent_restarts", "nodes_evicted"):
                 out[f"consistency_{name}"] = float(stats[name])
         return out

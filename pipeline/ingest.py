@@ -101,8 +101,10 @@ class TimeWindow:
 
 def _times(record: Record) -> tuple[float, float]:
     """The earliest and latest event time a record carries."""
-    if isinstance(record, StepBatch) and record.steps:
+    if isinstance(record, StepBatch) and (record.steps or record.events):
+        # Rank events move the job's event time as steps do: the same window bounds them.
         times = [s.ts for s in record.steps]
+        times += [e.ts for e in record.events]
         times.append(record.ts)
         return min(times), max(times)
     return record.ts, record.ts

@@ -1,7 +1,9 @@
 """Agreement checks: what replicas (or all ranks) must hold bit-equal at every step.
 
-* ``param_divergence``: replicas (equal ``(tp_rank, pp_rank)``) disagree on the parameter
-  checksum; the minority of the replica group is blamed.
+* ``param_divergence``: replicas (equal ``(tp_rank, pp_rank, shard, ep_rank)``: a sharded
+  job compares shard by shard) disagree on the parameter checksum of the same step
+  (``checksum_step`` when the trainer reports it late); the minority of the replica group
+  is blamed.
 * ``grad_norm_mismatch`` / ``lr_mismatch``: the all-reduced grad norm or the learning rate
   differs across ranks beyond a relative tolerance; the minority is blamed.
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trainguard.pipeline.consistency.assembler import ClosedStep
-from trainguard.pipeline.consistency.columns import FloatArray, StepColumns
+from trainguard.pipeline.consistency.columns import FloatArray, StepColumns, layout_text
 from trainguard.pipeline.consistency.findings import Fault
 from trainguard.schemas.records import CheckName
 
@@ -67,10 +69,6 @@ def majority_split(values: Sequence[Hashable | None], idx: Sequence[int]) -> Spl
     return Split(None, [i for i in idx if values[i] is not None], voters, first, len(counts))
 
 
-def _layout(key: tuple[int, int]) -> str:
-    return "" if key == (-1, -1) else f" (tp {key[0]}, pp {key[1]})"
-
-
 def disagreeing_groups(cols: StepColumns, values: Sequence[str | None]) -> dict[int, list[int]]:
     """Indices of every replica group holding more than one value (usually none)."""
     if cols.n_groups <= 1:
@@ -92,18 +90,39 @@ def disagreeing_groups(cols: StepColumns, values: Sequence[str | None]) -> dict[
     return groups
 
 
+def _same_checksum_step(
+    cols: StepColumns, groups: dict[int, list[int]]
+) -> list[tuple[int, list[int]]]:
+    """Each disagreeing group split by the step its checksums hash (``checksum_step``).
+
+    A trainer kit reports a checksum a step late; ranks that hash different steps (a mix
+    of reporters, a rank's first step after a restart) are not compared with each other.
+    """
+    out: list[tuple[int, list[int]]] = []
+    recs = cols.records
+    for g, idx in groups.items():
+        by_step: dict[int, list[int]] = {}
+        for i in idx:
+            r = recs[i]
+            by_step.setdefault(r.step if r.checksum_step is None else r.checksum_step,
+                               []).append(i)
+        out += [(g, sub) for sub in by_step.values()]
+    return out
+
+
 def param_divergence(cs: ClosedStep, cols: StepColumns) -> list[Fault]:
     """Replicas whose parameter checksum differs from their replica group's majority."""
     values = cols.param_checksum
     faults: list[Fault] = []
-    for g, idx in disagreeing_groups(cols, values).items():
+    for g, idx in _same_checksum_step(cols, disagreeing_groups(cols, values)):
         split = majority_split(values, idx)
         if split is None:
             continue
         c = split.culprits
         seen = sorted({values[i] or "" for i in c})
         observed = values[c[0]] if len(seen) == 1 else f"{len(seen)} different checksums"
-        where = _layout(cols.group_keys[g])
+        key = cols.group_keys[g]
+        where = layout_text(key)
         if split.majority is not None:
             expected: str | None = str(split.majority)
             others = split.majority_count
@@ -124,8 +143,8 @@ def param_divergence(cs: ClosedStep, cols: StepColumns) -> list[Fault]:
             ranks=cols.rank_list(c), nodes=cols.node_list(c), observed=observed,
             expected=expected, score=len(c) / split.voters,
             evidence={"replicas": split.voters, "majority_count": split.majority_count,
-                      "distinct": split.distinct, "tp_rank": cols.group_keys[g][0],
-                      "pp_rank": cols.group_keys[g][1]},
+                      "distinct": split.distinct, "tp_rank": key[0], "pp_rank": key[1],
+                      "shard": key[2], "ep_rank": key[3]},
         ))
     return faults
 

@@ -2,7 +2,8 @@
 
 One list comprehension per field pulls what the checks need from the step's records;
 numbers become float arrays with ``None`` (not reported) as NaN, the parallel layout
-becomes a replica-group code per rank, hashes stay Python lists (they are compared with
+(``tp_rank``, ``pp_rank``, ``shard``, ``ep_rank``) becomes a replica-group code per rank,
+hashes stay Python lists (they are compared with
 sets and counters, which beat numpy on strings).
 """
 
@@ -17,10 +18,21 @@ import numpy as np
 
 from trainguard.schemas.records import StepRecord
 
-__all__ = ["FloatArray", "IntArray", "StepColumns", "step_columns"]
+__all__ = ["FloatArray", "IntArray", "LayoutKey", "StepColumns", "layout_text", "step_columns"]
 
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
+#: ``(tp_rank, pp_rank, shard, ep_rank)`` of a replica group, -1 for not reported.
+LayoutKey = tuple[int, int, int, int]
+#: The key of the one group of a job that reports no layout (pure data parallelism).
+NO_LAYOUT: LayoutKey = (-1, -1, -1, -1)
+_LAYOUT_NAMES = ("tp", "pp", "shard", "ep")
+
+
+def layout_text(key: LayoutKey) -> str:
+    """A replica group for a sentence: ``" (tp 0, pp 1, shard 3)"``; ``""`` without a layout."""
+    parts = [f"{name} {v}" for name, v in zip(_LAYOUT_NAMES, key, strict=True) if v >= 0]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,12 +45,13 @@ class StepColumns:
     #: Loss, local grad norm and compute time as one 3 x ranks matrix (the peer checks
     #: work on all three at once); :attr:`loss` and the others are its rows.
     peer_values: FloatArray
-    #: Replica group per rank: ranks with equal ``(tp_rank, pp_rank)`` share a code; 0 for
-    #: everyone when the layout is not reported (pure data parallelism).
+    #: Replica group per rank: ranks with equal ``(tp_rank, pp_rank, shard, ep_rank)``
+    #: share a code; 0 for everyone when the layout is not reported (pure data
+    #: parallelism). A sharded job's replicas are the ranks holding the same shard.
     group: IntArray
     n_groups: int
-    #: ``(tp_rank, pp_rank)`` of each group code (-1 for not reported): stable across steps.
-    group_keys: list[tuple[int, int]]
+    #: The layout key of each group code (-1 for not reported): stable across steps.
+    group_keys: list[LayoutKey]
     nodes: list[str]
     param_checksum: list[str | None]
     env_fingerprint: list[str | None]
@@ -99,7 +112,14 @@ def step_columns(records: Sequence[StepRecord]) -> StepColumns:
     # times, the non-finite lists), are read on demand instead.
     recs = records
     n = len(recs)
-    group, group_keys = _groups([r.tp_rank for r in recs], [r.pp_rank for r in recs], n)
+    # The usual data-parallel job reports no layout: one filtering pass says so (as cheap
+    # as the two it replaces), and only a job with a layout has its four coordinates read.
+    if [r for r in recs if r.tp_rank is not None or r.pp_rank is not None
+            or r.shard is not None or r.ep_rank is not None]:
+        group, group_keys = _groups([[r.tp_rank for r in recs], [r.pp_rank for r in recs],
+                                     [r.shard for r in recs], [r.ep_rank for r in recs]], n)
+    else:
+        group, group_keys = np.zeros(n, dtype=np.int64), [NO_LAYOUT] if n else []
     peer_values = _floats([[r.loss for r in recs], [r.local_grad_norm for r in recs],
                            [r.compute_time_s for r in recs]]).reshape(3, n)
     loss_nf = np.zeros(n, dtype=np.bool_)
@@ -134,15 +154,26 @@ def _floats(values: Sequence[Any]) -> FloatArray:
         return np.asarray([math.nan if v is None else v for v in values], dtype=np.float64)
 
 
-def _groups(
-    tp: Sequence[int | None], pp: Sequence[int | None], n: int
-) -> tuple[IntArray, list[tuple[int, int]]]:
-    """Replica-group codes from the tensor- and pipeline-parallel ranks, and their keys."""
-    if n == 0 or (tp.count(None) == n and pp.count(None) == n):
-        return np.zeros(n, dtype=np.int64), [(-1, -1)] if n else []
-    t = np.asarray([-1 if v is None else v for v in tp], dtype=np.int64)
-    p = np.asarray([-1 if v is None else v for v in pp], dtype=np.int64)
-    width = int(p.max()) + 2
-    uniq, codes = np.unique((t + 1) * width + (p + 1), return_inverse=True)
-    keys = [(int(u) // width - 1, int(u) % width - 1) for u in uniq]
+def _groups(layout: list[list[int | None]], n: int) -> tuple[IntArray, list[LayoutKey]]:
+    """Replica-group codes from the four coordinate columns (None: -1), and their keys."""
+    coords = np.zeros((4, n), dtype=np.int64)  # 0: not reported (values are shifted by 1)
+    for row, values in zip(coords, layout, strict=True):
+        if values.count(None) == n:
+            continue
+        try:
+            row[:] = np.asarray(values, dtype=np.int64) + 1
+        except TypeError:  # some ranks report it, some do not
+            row[:] = [0 if v is None else v + 1 for v in values]
+    widths = coords.max(axis=1) + 1
+    rows: list[list[int]]
+    if float(np.prod(widths.astype(np.float64))) < 2.0**62:
+        # Mixed radix: one int64 per rank, and one 1-D unique (far cheaper than axis=0).
+        radix = np.concatenate([np.cumprod(widths[::-1])[::-1][1:], [1]])
+        uniq, codes = np.unique(radix @ coords, return_inverse=True)
+        rows = [[int(u) // int(m) % int(w) for m, w in zip(radix, widths, strict=True)]
+                for u in uniq]
+    else:  # coordinates too large to pack (only forged ones are): rows as they are
+        found, codes = np.unique(coords.T, axis=0, return_inverse=True)
+        rows = found.tolist()
+    keys: list[LayoutKey] = [(a - 1, b - 1, c - 1, d - 1) for a, b, c, d in rows]
     return codes.astype(np.int64, copy=False).reshape(n), keys

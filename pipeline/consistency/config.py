@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 #: Bumped whenever a change to the checks can change what they report.
-CHECK_VERSION = "1"
+CHECK_VERSION = "2"
 
 #: NVML clock-event reasons that mean the hardware slowed the GPU down: HW slowdown (0x8),
 #: SW thermal (0x20), HW thermal (0x40). Idle (0x1), application clocks (0x2) and the SW
@@ -120,6 +120,33 @@ class ConsistencyConfig:
     #: than a checkpoint save or an eval phase.
     stall_s: float = 60.0
 
+    # -- rank processes (agents' rank watch, the trainer kit's bye and waiting) ------------
+    #: rank_exited: a departure is judged this long (event time) after it, so that the
+    #: bye explaining it and the exits of its peers, noticed by agents on other nodes
+    #: (they send once per 1 s tick), have arrived; a kill counts as this much earlier.
+    exit_grace_s: float = 1.5
+    #: rank_exited: every rank of the world leaving with ``bye terminated`` within this
+    #: window is a job stop or an elastic restart; a terminated rank whose peers keep
+    #: running past it is blamed.
+    terminate_window_s: float = 3.0
+    #: rank_exited: ranks leaving with ``bye error`` / ``bye terminated`` (or killed by a
+    #: launcher's escalation) this long after a blamed exit are its followers.
+    follow_s: float = 60.0
+    #: rank_hung: a rank's process stopped (SIGSTOP, a debugger) this long.
+    hang_stopped_s: float = 2.0
+    #: rank_hung: ranks have waited in a collective this long while live ranks of the
+    #: world report no wait (the kit reports a wait after 2 s).
+    hang_after_s: float = 5.0
+    #: Without new rank events, the rank checks of a job run at most this often (event
+    #: time): a big job's agents send thousands of batches a second.
+    rank_check_every_s: float = 0.25
+    #: Ranks one job's event memory tracks before its world size is known (and at least,
+    #: after): events for more, or for ranks past the world size, are counted and dropped.
+    max_event_ranks: int = 4096
+    #: Manifests (by env fingerprint) one job keeps to name the files behind a
+    #: ``code_fingerprint`` finding; past it the oldest is forgotten.
+    max_manifests: int = 8
+
     # -- agents --------------------------------------------------------------------------
     #: agent_silent: a node whose GPUs run a job and whose agent sent no heartbeat for
     #: this long (event time) pages. Agents heartbeat every 5 s (``heartbeat_interval_s``):
@@ -190,14 +217,15 @@ class ConsistencyConfig:
                 raise ConfigError(f"{f.name} must be a finite number, got {value}")
         _positive(self, "wait_s", "job_idle_s", "stall_s", "fresh_s", "hw_recent_s",
                   "exit_align_s", "exit_wait_s", "clock_skew_s", "witness_wait_s",
-                  "agent_silent_s", "agent_forget_s",
+                  "agent_silent_s", "agent_forget_s", "exit_grace_s", "terminate_window_s",
+                  "follow_s", "hang_stopped_s", "hang_after_s", "rank_check_every_s",
                   "grad_z", "loss_z", "loss_z_clip", "straggler_ratio")
         _at_least(self, 1, "max_open_steps", "max_jobs", "max_nodes", "max_world_size",
                   "clear_steps",
                   "max_open_findings",
                   "grad_k", "grad_n", "loss_span", "scale_span", "loss_min_steps", "straggler_k",
                   "straggler_n", "skew_steps", "idle_k", "throttle_k", "max_checkpoints",
-                  "max_witness_paths",
+                  "max_witness_paths", "max_event_ranks", "max_manifests",
                   "skew_window", "skew_min_samples", "skew_k")
         _at_least(self, 2, "min_peers")
         if self.checkpoint_keep_s < 0:

@@ -1,9 +1,10 @@
 """Everything the consistency stage knows about one job, and the order checks run in.
 
 A :class:`JobState` owns the job's step assembler, the per-rank memories of the peer
-checks, the fingerprint references, the GPU-sample state of its nodes, its recent
-checkpoint saves and its open findings. The stage feeds it records; it runs every check
-of a step when the step closes, and the device checks on every sample batch.
+checks, the fingerprint references (and the manifests behind them), the GPU-sample state
+of its nodes, its recent checkpoint saves, its ranks' process events and its open
+findings. The stage feeds it records; it runs every check of a step when the step closes,
+the device checks on every sample batch, and the rank-process checks as its time moves.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from trainguard.pipeline.consistency.conflicts import claim_fault, step_conflict
 from trainguard.pipeline.consistency.devices import DeviceWatch
 from trainguard.pipeline.consistency.findings import Entity, Fault, FindingTracker
 from trainguard.pipeline.consistency.fingerprints import FingerprintWatch
+from trainguard.pipeline.consistency.manifests import ManifestMemory
 from trainguard.pipeline.consistency.peers import PeerChecks
 from trainguard.pipeline.consistency.presence import job_stalled, rank_missing, step_skew
+from trainguard.pipeline.consistency.rank_events import RankEventWatch
 from trainguard.pipeline.consistency.witness import WitnessWatch
+from trainguard.schemas.ranks import RankEvent
 from trainguard.schemas.records import (
     CheckName,
     CheckpointEvent,
@@ -76,6 +80,13 @@ class _Everything(Container[Entity]):
 _EVERYTHING = _Everything()
 
 
+def _held(cols: StepColumns, ranks: Sequence[int]) -> set[str | None]:
+    """The env fingerprints ``ranks`` reported at the step of ``cols``."""
+    blamed = set(ranks)
+    return {v for r, v in zip(cols.ranks.tolist(), cols.env_fingerprint, strict=True)
+            if r in blamed}
+
+
 class JobState:
     """One job's assembler, check state and open findings."""
 
@@ -88,7 +99,8 @@ class JobState:
             repeat_s=config.repeat_s, max_open=config.max_open_findings)
         self.peers = PeerChecks(config)
         self.env = FingerprintWatch("code_fingerprint", "env fingerprint", grouped=False)
-        self.seeds = FingerprintWatch("seed_mismatch", "seed fingerprint", grouped=True)
+        self.seeds = FingerprintWatch("seed_mismatch", "seed fingerprint", grouped=True,
+                                      data_epochs=True)
         self.devices = DeviceWatch(config)
         self.clocks = ClockWatch(config)
         self.checkpoints = CheckpointWatch(config.max_checkpoints, config.checkpoint_keep_s,
@@ -101,6 +113,10 @@ class JobState:
         self.pending_claims: list[Fault] = []
         #: Rank claims agents reported (a second live process on their node).
         self.claims = 0
+        #: Rank processes' exits, stops, goodbyes and waits (``rank_exited``, ``rank_hung``).
+        self.ranks = RankEventWatch(config)
+        #: The files behind the env fingerprints seen (named by ``code_fingerprint``).
+        self.manifests = ManifestMemory(config.max_manifests)
         self.steps_closed = 0
         self.last_step = -1
         self.last_step_ts = -math.inf
@@ -158,6 +174,41 @@ class JobState:
         self.claims += len(claims)
         self.pending_claims += [claim_fault(c, node) for c in claims]
 
+    def rank_events(self, events: Sequence[RankEvent], node: str) -> None:
+        """Take the rank events ``node``'s agent sent; they move the job's time too."""
+        clocks = self.clocks
+        if clocks.skewed:
+            shifted = []
+            for ev in events:
+                delta = clocks.aligned(node, ev.ts) - ev.ts
+                shifted.append(ev if delta == 0 else replace(
+                    ev, ts=ev.ts + delta,
+                    since=None if ev.since is None else ev.since + delta))
+            events = shifted
+        self.asm.advance(max(ev.ts for ev in events))
+        self.ranks.observe(events, node, self.asm.world_size)
+
+    def judge_ranks(self, now: float) -> list[Finding]:
+        """``rank_exited`` and ``rank_hung`` at event time ``now`` (nothing when idle)."""
+        if not self.ranks.active:
+            return []
+        asm = self.asm
+
+        def last_ts(rank: int) -> float:
+            s = asm.slot(rank)
+            return -math.inf if s is None else asm.last_ts[s]
+
+        def node_of(rank: int) -> str:
+            s = asm.slot(rank)
+            return self.ranks.nodes.get(rank) or (asm.rank_node[s] if s is not None else "")
+
+        exited, hung = self.ranks.judge(now, last_ts, node_of, asm.world_size)
+        # An exit is evidence: it does not clear (its entity names the process).
+        out = self.tracker.update("rank_exited", exited, None) if exited else []
+        if hung is not None:
+            out += self.tracker.update("rank_hung", hung, _EVERYTHING, now)
+        return out
+
     def finish(self, now: float) -> list[Finding]:
         """After a batch of records: check loads, close due steps, look for a stall."""
         out: list[Finding] = []
@@ -191,14 +242,14 @@ class JobState:
         return out
 
     def close(self, now: float) -> list[Finding]:
-        """Close the steps due at event time ``now`` and run their checks (and the witness's)."""
+        """Close the steps due at ``now`` and run their checks, the witness's and the ranks'."""
         out: list[Finding] = []
         for cs in self.asm.close_due(now):
             out += self.check(cs)
         if self.witness.pending:
             # Evidence does not clear: a mismatch stays blamed until the job is forgotten.
             out += self.tracker.update("witness_mismatch", self.witness.due(now), None)
-        return out
+        return out + self.judge_ranks(now)
 
     def check(self, cs: ClosedStep) -> list[Finding]:
         """Every per-step check of one closed step, in a fixed order."""
@@ -216,8 +267,10 @@ class JobState:
             now)
         out += t.update("lr_mismatch", value_mismatch(
             "lr_mismatch", "learning rate", cols.lr, c.lr_rtol, cs, cols), scope, now)
-        out += t.update("code_fingerprint",
-                        self.env.evaluate(cs, cols, cols.env_fingerprint), scope, now)
+        env = self.env.evaluate(cs, cols, cols.env_fingerprint)
+        if env and len(self.manifests):
+            env = [self.manifests.explain(f, _held(cols, f.ranks)) for f in env]
+        out += t.update("code_fingerprint", env, scope, now)
         out += t.update("seed_mismatch",
                         self.seeds.evaluate(cs, cols, cols.seed_fingerprint), scope, now)
         slowed = self.devices.slowed

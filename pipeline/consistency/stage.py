@@ -14,6 +14,11 @@ rank's last ``max_checkpoints`` saves and the open findings; at most ``max_jobs`
 the least recently seen is evicted and counted, ``evicted_jobs``), and a job silent for
 ``job_idle_s`` of wall-clock time is forgotten.
 
+A step batch's rank events (processes exited, stopped, waiting in a collective, saying
+bye) feed the job's ``rank_exited`` / ``rank_hung`` checks, judged on the job's event
+clock: its GPU sample batches and its nodes' heartbeats move that clock on while no step
+flows (a hung job steps no more), and :meth:`ConsistencyStage.flush` judges them too.
+
 Heartbeats (and every sample batch, with a job or without) feed the
 :class:`~trainguard.pipeline.consistency.silence.SilenceWatch`: a node whose GPUs run a job
 and whose agent stopped heartbeating is an ``agent_silent`` finding, judged on every
@@ -49,7 +54,7 @@ log = logging.getLogger(__name__)
 _COUNTERS = ("late_records", "malformed_records", "forced_closes", "restarts",
              "steps_closed", "loads_checked", "unknown_loads", "conflicting_records",
              "conflicting_saves", "refused_saves", "unwitnessed_saves", "witness_refused",
-             "rank_claims")
+             "rank_claims", "rank_events", "rank_events_dropped", "manifests_evicted")
 
 
 class ConsistencyStage:
@@ -112,6 +117,10 @@ class ConsistencyStage:
                     for step in rec.steps:
                         other = self._touch(step.job_id, rec.cluster, touched)
                         other.asm.add(other.aligned([step])[0], rec.node)
+                if rec.events:  # after the steps: they tell the world size
+                    job.rank_events(rec.events, rec.node)
+                if rec.manifests:
+                    job.manifests.add(rec.manifests)
             elif isinstance(rec, StepRecord):
                 job = self._touch(rec.job_id, None, touched)
                 job.asm.add(job.aligned([rec])[0])
@@ -137,6 +146,9 @@ class ConsistencyStage:
                 self.silence.heartbeat(rec)
                 if rec.job_id is not None:
                     self.silence.working(rec.node, rec.cluster, rec.job_id, rec.ts)
+                    if rec.job_id in self.jobs:  # moves a known job's time (no steps flow
+                        # while its ranks hang); never makes a job of its own
+                        self._touch(rec.job_id, rec.cluster, touched).asm.advance(rec.ts)
         for job in touched.values():
             out += job.finish(job.asm.watermark)
             self._clocks.advance(job.job_id, job.asm.watermark)
@@ -155,7 +167,7 @@ class ConsistencyStage:
         """
         out: list[Finding] = []
         for job in list(self.jobs.values()):
-            if job.asm.open_steps or job.witness.pending:
+            if job.asm.open_steps or job.witness.pending or job.ranks.active:
                 at = self.job_now(job.job_id) if now is None else now
                 try:
                     out += job.close(max(at, job.asm.watermark))
@@ -265,7 +277,9 @@ def _job_counters(job: JobState) -> dict[str, int]:
             "conflicting_saves": job.checkpoints.conflicting_saves,
             "refused_saves": job.checkpoints.refused_saves,
             "unwitnessed_saves": job.witness.unwitnessed_saves,
-            "witness_refused": job.witness.refused, "rank_claims": job.claims}
+            "witness_refused": job.witness.refused, "rank_claims": job.claims,
+            "rank_events": job.ranks.events, "rank_events_dropped": job.ranks.dropped,
+            "manifests_evicted": job.manifests.evicted}
 
 
 

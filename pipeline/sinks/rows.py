@@ -76,6 +76,22 @@ def rows_for(record: Record, partition: int = -1, offset: int = -1) -> Iterator[
     elif isinstance(record, StepBatch):
         for step in record.steps:
             yield "steps", _step_row(step, record.cluster)
+        for event in record.events:
+            yield "rank_events", {
+                "cluster": record.cluster,
+                "node": record.node,
+                "job_id": record.job_id,
+                "rank": event.rank,
+                "ts": event.ts,
+                "event": event.event,
+                "pid": event.pid,
+                "exit_code": event.exit_code,
+                "signal": event.signal,
+                "reason": event.reason or "",
+                "step": event.step,
+                "since": event.since,
+                "collective": event.collective,
+            }
     elif isinstance(record, StepRecord):
         yield "steps", _step_row(record, "")
     elif isinstance(record, Heartbeat):
@@ -233,4 +249,8 @@ def _step_row(s: StepRecord, cluster: str) -> Row:
         "local_grad_norm": s.local_grad_norm,
         "compute_time_s": s.compute_time_s,
         "seed_fingerprint": s.seed_fingerprint or "",
+        "shard": s.shard,
+        "ep_rank": s.ep_rank,
+        "data_epoch": s.data_epoch,
+        "checksum_step": s.checksum_step,
     }

@@ -36,7 +36,7 @@ STORE_TS_MAX = 10413791999.999
 #: Row keys stored in ``DateTime64`` columns (schemas/sql), in any table.
 TIME_COLUMNS = (
     "ts", "first_seen", "last_seen", "cleared_at", "starts_at", "ends_at", "alert_ts",
-    "created_at", "updated_at", "changed_at",
+    "created_at", "updated_at", "changed_at", "since",
 )
 _YEAR_MIN, _YEAR_MAX = 1900, 2299
 
@@ -69,5 +69,6 @@ def record_times_storable(record: Record) -> bool:
     if not _storable(record.ts):
         return False
     if isinstance(record, StepBatch):
-        return all(_storable(step.ts) for step in record.steps)
+        return all(_storable(step.ts) for step in record.steps) and all(
+            _storable(e.ts) and (e.since is None or _storable(e.since)) for e in record.events)
     return True  # a sample batch's XID event times are not stored as DateTime64

@@ -124,7 +124,8 @@ def test_evictions_at_the_caps_are_exported_with_the_worker_health():
                        "consistency_conflicting_records": 0.0,
                        "consistency_conflicting_saves": 0.0, "consistency_refused_saves": 0.0,
                        "consistency_unwitnessed_saves": 0.0, "consistency_witness_refused": 0.0,
-                       "consistency_rank_claims": 0.0, "consistency_agent_restarts": 0.0,
+                       "consistency_rank_claims": 0.0, "consistency_rank_events_dropped": 0.0,
+                       "consistency_agent_restarts": 0.0,
                        "consistency_nodes_evicted": 0.0}
 
 

@@ -160,3 +160,55 @@ def test_witness_reports_and_what_they_add_to_checkpoints_and_heartbeats_land(
     assert store.query("SELECT path FROM {database}.checkpoints").scalar() == "/ckpt/r0.pt"
     assert store.query("SELECT witness_hashed, witness_skipped FROM {database}.agent_heartbeats"
                        ).rows == [(5, 2)]
+
+
+def _sharded_batch_with_events() -> StepBatch:
+    from trainguard.schemas.ranks import EnvManifest, RankEvent
+
+    step = StepRecord(job_id="j", rank=1, world_size=2, node="n", step=7, ts=NOW, loss=1.0,
+                      shard=1, ep_rank=0, data_epoch=3, checksum_step=6)
+    return StepBatch(cluster="c", node="n", job_id="j", ts=NOW, seq=1, agent_id="a",
+                     steps=[step], events=[
+                         RankEvent(rank=0, ts=NOW - 1, event="bye", reason="error", step=7,
+                                   pid=41),
+                         RankEvent(rank=0, ts=NOW, event="exited", pid=41, signal=9),
+                         RankEvent(rank=1, ts=NOW, event="waiting", since=NOW - 5,
+                                   collective=12, step=8)],
+                     # Manifests are not stored: the intake must skip them whole.
+                     manifests=[EnvManifest(rank=1, ts=NOW, fingerprint="ab" * 32,
+                                            entries={"torch:nn/functional.py": "cd" * 32})])
+
+
+def _stored_layout_and_events(store: ChdbStore) -> tuple[list[tuple], list[tuple]]:
+    steps = store.query("SELECT shard, ep_rank, data_epoch, checksum_step FROM "
+                        "{database}.steps").rows
+    events = store.query(
+        "SELECT rank, event, pid, exit_code, signal, reason, step, collective, "
+        "since IS NULL FROM {database}.rank_events ORDER BY rank, ts").rows
+    return steps, events
+
+
+EXPECTED_EVENTS = [(0, "bye", 41, None, None, "error", 7, None, True),
+                   (0, "exited", 41, None, 9, "", None, None, True),
+                   (1, "waiting", None, None, None, "", 8, 12, False)]
+
+
+def test_step_layout_columns_and_rank_events_land_through_the_intake(store: ChdbStore) -> None:
+    batch = _sharded_batch_with_events()
+    msgs = [RawMessage(topic=TOPICS.steps, partition=0, offset=1, key=b"j", value=encode(batch),
+                       timestamp=NOW)]
+    ingested = Ingestor(TOPICS).ingest(msgs)
+    assert ingested.dead == [] and "step_batches_in" in ingested.lines
+    result = StoreSink(store).write(ingested.rows, ingested.lines, IngestSources(msgs, ingested))
+    assert result.dead == []
+    steps, events = _stored_layout_and_events(store)
+    assert steps == [(1, 0, 3, 6)] and events == EXPECTED_EVENTS
+
+
+def test_step_layout_columns_and_rank_events_land_through_the_row_path(store: ChdbStore) -> None:
+    rows: dict[str, list[dict]] = {}
+    for table, row in rows_for(_sharded_batch_with_events()):
+        rows.setdefault(table, []).append(row)
+    assert StoreSink(store).write(rows).dead == []
+    steps, events = _stored_layout_and_events(store)
+    assert steps == [(1, 0, 3, 6)] and events == EXPECTED_EVENTS

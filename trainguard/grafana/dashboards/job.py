@@ -103,13 +103,14 @@ JOB = Dashboard(
         Panel("Parameters differing from their replicas", "timeseries", unit="short",
               series="rank",
               description="1 when a rank's parameter checksum differs from the one most of "
-                          "its replicas (same tensor and pipeline shard) report at the same "
+                          "its replicas (same tensor, pipeline and parameter shard and "
+                          "expert rank) report at the same "
                           "step: replicas must hold identical weights.",
               columns=("time", "rank", "differs"), sql=sql(f"""
             SELECT time, rank, max(d) AS differs FROM (
                 SELECT $__timeInterval(ts) AS time, toString(s.rank) AS rank,
                     toUInt8(param_checksum != arrayElement(topK(1)(param_checksum) OVER (
-                        PARTITION BY job_id, step, tp_rank, pp_rank), 1)) AS d
+                        PARTITION BY job_id, step, tp_rank, pp_rank, shard, ep_rank), 1)) AS d
                 FROM {{database}}.steps AS s
                 WHERE {_STEPS_WHERE} AND param_checksum != ''
             ) GROUP BY time, rank ORDER BY time, rank""")),
