@@ -75,6 +75,7 @@ class Binding:
     uid: int
     #: The process's start time when it bound (``None``: unreadable then).
     start: int | None
+    gid: int
 
 
 def peer_credentials(ancdata: Sequence[tuple[int, int, bytes]]) -> Peer | None:
@@ -133,6 +134,7 @@ class _Holder:
     uid: int
     start: int | None
     since: float
+    gid: int = -1
     #: Its children (same uid) that reported for the rank too.
     children: set[int] = field(default_factory=set)
 
@@ -192,7 +194,7 @@ class RankBindings:
     def bound(self) -> list[Binding]:
         """Every (job, rank) bound now and its process (a snapshot)."""
         with self._lock:
-            return [Binding(job, rank, h.pid, h.uid, h.start)
+            return [Binding(job, rank, h.pid, h.uid, h.start, h.gid)
                     for (job, rank), h in self._holders.items()]
 
     def release(self, job: str, rank: int, pid: int) -> bool:
@@ -246,7 +248,8 @@ class RankBindings:
         return out
 
     def _bind(self, key: tuple[str, int], peer: Peer) -> None:
-        self._holders[key] = _Holder(peer.pid, peer.uid, self._start(peer.pid), self._wall())
+        self._holders[key] = _Holder(peer.pid, peer.uid, self._start(peer.pid), self._wall(),
+                                     peer.gid)
         while len(self._holders) > self._max:
             self._holders.popitem(last=False)
             self.evicted += 1

@@ -65,6 +65,9 @@ _DOCS = {
     "send_errors": "Failed sends to Kafka (retried from the spool).",
     "dead_lettered": "Messages that can never be sent, written to the node's dead-letter file.",
     "tick_overruns": "Ticks whose collection took longer than the interval.",
+    "rank_events": "Rank process exits, stops, resumes and trainers' bye/waiting queued.",
+    "rank_events_dropped": "Rank events dropped because the agent's queue was full.",
+    "manifests_dropped": "Code manifests dropped because the agent's queue was full.",
 }
 
 

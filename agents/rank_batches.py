@@ -54,9 +54,9 @@ def rank_batches(
     for chunk in _chunks(events, MAX_EVENTS_PER_BATCH, base, limit,
                          lambda e: oversized(encode_batch([e], []))):
         yield encode_batch(chunk, [])
-    for chunk in _chunks(manifests, MAX_MANIFESTS_PER_BATCH, base, limit,
-                         lambda m: oversized(encode_batch([], [m]))):
-        yield encode_batch([], chunk)
+    for part in _chunks(manifests, MAX_MANIFESTS_PER_BATCH, base, limit,
+                        lambda m: oversized(encode_batch([], [m]))):
+        yield encode_batch([], part)
 
 
 def _chunks(items: Sequence[T], max_count: int, base: int, limit: int,

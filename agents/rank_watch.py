@@ -4,8 +4,9 @@ In a real job a dead or hung rank stops its peers inside the next collective, so
 keeps stepping and "a rank went missing" is never seen in the steps. The agent, though,
 knows which process holds each (job, rank) (:class:`~trainguard.agents.claims.RankBindings`,
 from the kernel's credentials on the step socket) and can look at it in ``/proc`` without
-trusting any trainer code. Every ``interval_s`` (0.25 s by default, on its own thread) it
-reads ``/proc/<pid>/stat`` of each bound process and reports, as
+trusting any trainer code. Every ``interval_s`` (0.25 s by default, on its own thread),
+and at once when one of them exits (a pidfd wakes it, :mod:`.exit_waker`), it reads
+``/proc/<pid>/stat`` of each bound process and reports, as
 :class:`~trainguard.schemas.ranks.RankEvent`:
 
 * ``exited``: the process is a zombie, or gone, or its pid now belongs to a process with
@@ -19,8 +20,9 @@ reads ``/proc/<pid>/stat`` of each bound process and reports, as
 
 A process that said ``bye finished`` and exits still yields ``exited``: the worker decides
 what is benign. The kernel shows field 52 only to a reader allowed to trace the process:
-the agent trusts it when it runs as root or as the process's user, else reports no status
-(an unprivileged reader sees 0, which would read as a clean exit). A process that
+the agent trusts it when it has ``CAP_SYS_PTRACE`` or runs as the process's user and
+group, else reports no status (any other reader sees 0, which would read as a clean
+exit; root in a container without ``CAP_SYS_PTRACE`` is such a reader). A process that
 ``/proc`` hides (mounted with ``hidepid``) but that still exists is not reported at all
 (counted in ``hidden``, logged).
 """
@@ -38,10 +40,11 @@ from pathlib import Path
 from typing import Final
 
 from trainguard.agents.claims import Binding, RankBindings
+from trainguard.agents.exit_waker import ExitWaker
 from trainguard.agents.ratelimit import LogLimiter
 from trainguard.schemas.ranks import RankEvent
 
-__all__ = ["ProcStat", "RankWatch", "pid_exists", "read_proc_stat"]
+__all__ = ["ProcStat", "RankWatch", "may_trace_all", "pid_exists", "read_proc_stat"]
 
 _log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ _log = logging.getLogger(__name__)
 _STATE, _START, _EXIT_CODE = 3, 22, 52
 _STOPPED: Final = frozenset("Tt")
 _DEAD: Final = frozenset("ZX")
+_CAP_SYS_PTRACE: Final = 19
 #: Exits remembered so a late datagram of a dead process, binding it again, is not a
 #: second ``exited``.
 _MAX_EXITED: Final = 4096
@@ -98,6 +102,17 @@ def pid_exists(pid: int) -> bool:
     return True
 
 
+def may_trace_all(proc: Path = Path("/proc")) -> bool:
+    """True if this process has ``CAP_SYS_PTRACE`` (it may read anyone's exit status)."""
+    try:
+        for line in (proc / "self" / "status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> _CAP_SYS_PTRACE & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
 def _decode_status(status: int | None) -> tuple[int | None, int | None]:
     """``(exit_code, signal)`` from a ``waitpid`` status."""
     if status is None:
@@ -114,7 +129,8 @@ class RankWatch:
 
     ``sink(job, event)`` receives each event (the step intake's
     :class:`~trainguard.agents.rank_events.RankReports`). ``proc``, ``wall`` (the event
-    clock), ``euid`` (whose exit statuses the kernel shows us) and ``read`` are injectable.
+    clock), who we are to the kernel (``euid``, ``egid``, ``trace_all``: whose exit statuses
+    it shows us), ``read`` and ``exists`` are injectable.
     """
 
     def __init__(
@@ -126,8 +142,11 @@ class RankWatch:
         proc: Path = Path("/proc"),
         wall: Callable[[], float] = time.time,
         euid: int | None = None,
+        egid: int | None = None,
+        trace_all: bool | None = None,
         read: Callable[[int, Path], ProcStat | None] = read_proc_stat,
         exists: Callable[[int], bool] = pid_exists,
+        pidfd: bool = True,
         warn_interval_s: float = 10.0,
     ) -> None:
         if interval_s <= 0:
@@ -136,14 +155,20 @@ class RankWatch:
         self.interval_s = interval_s
         self._proc, self._wall, self._read, self._exists = proc, wall, read, exists
         self._euid = os.geteuid() if euid is None else euid
+        self._egid = os.getegid() if egid is None else egid
+        self._trace_all = may_trace_all(proc) if trace_all is None else trace_all
         self._limiter = LogLimiter(warn_interval_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pidfd = pidfd
+        self._waker: ExitWaker | None = None
         # Bound processes (job, rank, pid) seen stopped and not yet resumed.
         self._stopped: set[tuple[str, int, int]] = set()
         self._exited: OrderedDict[tuple[str, int, int], None] = OrderedDict()
         #: Events reported, by kind.
         self.events: dict[str, int] = {}
+        #: Looks at the bound processes so far.
+        self.polls = 0
         #: Polls that failed (logged, rate-limited); the thread goes on.
         self.errors = 0
         #: Looks at a process that exists but that ``/proc`` does not show us (``hidepid``).
@@ -152,6 +177,7 @@ class RankWatch:
     def start(self) -> None:
         """Start the polling thread."""
         self._stop.clear()
+        self._waker = ExitWaker(use_pidfd=self._pidfd)
         self._thread = threading.Thread(target=self._run, name="rank-watch", daemon=True)
         self._thread.start()
         _log.info("rank watch started interval_s=%s proc=%s", self.interval_s, self._proc)
@@ -159,12 +185,18 @@ class RankWatch:
     def stop(self) -> None:
         """Stop the polling thread."""
         self._stop.set()
+        if self._waker is not None:
+            self._waker.interrupt()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self._waker is not None:
+            self._waker.close()
+            self._waker = None
 
     def poll(self) -> list[tuple[str, RankEvent]]:
         """Look at every bound process once; report and return what changed."""
+        self.polls += 1
         out: list[tuple[str, RankEvent]] = []
         live: set[tuple[str, int, int]] = set()
         for binding in self._bindings.bound():
@@ -220,21 +252,26 @@ class RankWatch:
             self._exited.popitem(last=False)
         status = None
         # The kernel shows the status only to who may trace the process (else 0).
-        if zombie is not None and (self._euid == 0 or self._euid == binding.uid):
+        if zombie is not None and (self._trace_all or (
+                self._euid == binding.uid and self._egid == binding.gid)):
             status = zombie.exit_status
         code, sig = _decode_status(status)
-        _log.warning("rank process exited job=%s rank=%d pid=%d exit_code=%s signal=%s",
+        _log.info("rank process exited job=%s rank=%d pid=%d exit_code=%s signal=%s",
                      binding.job, binding.rank, binding.pid, code, sig)
         return RankEvent(rank=binding.rank, ts=self._wall(), event="exited", pid=binding.pid,
                          exit_code=code, signal=sig)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        waker = self._waker
+        assert waker is not None
+        while not self._stop.is_set():
             try:
                 self.poll()
+                waker.watch(b.pid for b in self._bindings.bound())
             except Exception as exc:  # a bug or an odd /proc: never let the thread die
                 self.errors += 1
                 held = self._limiter.allow()
                 if held is not None:
                     _log.error("rank watch poll failed errors=%d (%d more since last logged): "
                                "%r", self.errors, held, exc)
+            waker.wait(self.interval_s)  # the interval, or less when a bound process exits

@@ -130,6 +130,7 @@ def run_agent(
             p50, worst = sender.take_latencies()
             step_counters = [c for c in (intake, *tails) if c is not None]
             claims = intake.counts() if intake is not None else {}
+            ranks = intake.rank_reports.counts() if intake is not None else {}
             return {
                 "steps_received": sum(getattr(c, "steps_received", 0) for c in step_counters),
                 "steps_malformed": sum(getattr(c, "steps_malformed", 0) for c in step_counters),
@@ -145,6 +146,9 @@ def run_agent(
                 "reporters_evicted": claims.get("reporters_evicted", 0),
                 "claims_refused": claims.get("claims_refused", 0),
                 "claim_conflicts": claims.get("claim_conflicts", 0),
+                "rank_events": ranks.get("events_received", 0),
+                "rank_events_dropped": ranks.get("events_dropped", 0),
+                "manifests_dropped": ranks.get("manifests_dropped", 0),
                 "witness_hashed": witness.hashed if witness is not None else 0,
                 "witness_skipped": witness.skipped if witness is not None else 0,
                 "send_latency_ms_p50": p50,
@@ -179,7 +183,11 @@ def run_agent(
             metrics.close()
         if watch is not None:
             watch.stop()
+            log.info("rank watch stopped node=%s events=%s hidden=%d errors=%d",
+                     config.node, watch.events, watch.hidden, watch.errors)
         if intake is not None:
+            log.info("rank reports node=%s %s", config.node,
+                     " ".join(f"{k}={v}" for k, v in intake.rank_reports.counts().items()))
             intake.stop()
         if witness is not None:
             witness.stop()

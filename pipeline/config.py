@@ -62,7 +62,10 @@ class WorkerConfig:
     #: Faust application id: also the Kafka consumer group of the workers sharing the work.
     app_id: str = DEFAULT_APP_ID
     partitions: int = 3
-    replication_factor: int = 1
+    #: Replicas of the topics the worker creates; ``None``: from the brokers (their
+    #: ``default.replication.factor`` if set, else min(3, brokers); see
+    #: :func:`~trainguard.pipeline.kafka_admin.choose_replication_factor`).
+    replication_factor: int | None = None
     #: A store write happens when this many messages are buffered or ``batch_within_s`` passed.
     #: Short: a fault's first sample waits this long before the checks see it, and pages
     #: are due within a second; under load batches fill to ``batch_max`` long before.
@@ -141,7 +144,7 @@ class WorkerConfig:
             )
         if not 1 <= self.partitions <= 1024:
             raise ConfigError(f"partitions must be within 1..1024, got {self.partitions}")
-        if not 1 <= self.replication_factor <= 16:
+        if self.replication_factor is not None and not 1 <= self.replication_factor <= 16:
             raise ConfigError(
                 f"replication_factor must be within 1..16, got {self.replication_factor}"
             )

@@ -12,7 +12,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kafka import KafkaAdminClient
@@ -23,11 +23,16 @@ from trainguard.errors import BrokerError
 from trainguard.schemas.kafka_security import PLAINTEXT, KafkaSecurity
 from trainguard.schemas.topics import Topics
 
-__all__ = ["INPUT_TOPIC_CONFIGS", "admin_client", "ensure_pipeline_topics", "ensure_topics",
-           "timestamp_types", "wait_for_broker"]
+__all__ = ["INPUT_TOPIC_CONFIGS", "MAX_DEFAULT_REPLICATION", "admin_client",
+           "broker_replication_factor", "choose_replication_factor", "ensure_pipeline_topics",
+           "ensure_topics", "timestamp_types", "wait_for_broker"]
 
 #: Topic configs of the input topics: the broker stamps each record's Kafka timestamp.
 INPUT_TOPIC_CONFIGS = {"message.timestamp.type": "LogAppendTime"}
+
+#: Replicas of the topics a worker creates when neither it nor the brokers say: as many
+#: as there are brokers, up to this (Kafka's usual production setting).
+MAX_DEFAULT_REPLICATION = 3
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +190,74 @@ def timestamp_types(bootstrap: str, topics: Iterable[str], *, timeout: float = 3
             if entry is not None:
                 out[name] = entry["value"] if isinstance(entry, dict) else str(entry)
     return out
+
+
+def choose_replication_factor(cluster: Mapping[str, Any],
+                              broker_configs: Mapping[str, Mapping[str, Any]]) -> int:
+    """The replication factor for new topics, from a described cluster.
+
+    ``cluster`` is what the admin client's ``describe_cluster()`` returns (its ``brokers``),
+    ``broker_configs`` one broker's configs from ``describe_configs`` (``{name: {"value",
+    "config_source"}}``). A ``default.replication.factor`` the operator set (any source
+    but Kafka's built-in default of 1) wins; else min(3, live brokers). Never more than
+    the live brokers: the topic could not be created.
+    """
+    brokers = [b for b in cluster.get("brokers") or [] if not b.get("is_fenced", False)]
+    live = max(1, len(brokers))
+    entry = broker_configs.get("default.replication.factor") or {}
+    source = str(entry.get("config_source") or "DEFAULT_CONFIG")
+    value = str(entry.get("value") or "")
+    if source != "DEFAULT_CONFIG" and value.isdigit() and int(value) >= 1:
+        wanted = int(value)
+        if wanted > live:
+            log.warning("default.replication.factor exceeds live brokers "
+                        "default.replication.factor=%d brokers=%d using=%d", wanted, live, live)
+        return min(wanted, live)
+    return min(MAX_DEFAULT_REPLICATION, live)
+
+
+def broker_replication_factor(bootstrap: str, *, timeout: float = 30,
+                              security: KafkaSecurity = PLAINTEXT) -> int:
+    """Ask the cluster at ``bootstrap`` for :func:`choose_replication_factor`'s answer.
+
+    Reading a broker's configs needs ``DescribeConfigs`` on the cluster, which a worker's
+    least-privilege user lacks (:mod:`~trainguard.pipeline.kafka_acls`): refused, the
+    answer is min(3, brokers), and ``--replication-factor`` says otherwise.
+    """
+    try:
+        admin = admin_client(bootstrap, timeout, security)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot reach Kafka at '{bootstrap}': {exc}") from exc
+    try:
+        try:
+            cluster = admin.describe_cluster()
+        except KafkaError as exc:
+            raise BrokerError(f"cannot describe the Kafka cluster at '{bootstrap}': "
+                              f"{type(exc).__name__}: {exc}") from exc
+        configs = _broker_configs(admin, cluster.get("brokers") or [])
+    finally:
+        admin.close()
+    factor = choose_replication_factor(cluster, configs)
+    log.info("replication factor from the brokers replication_factor=%d brokers=%d",
+             factor, len(cluster.get("brokers") or []))
+    return factor
+
+
+def _broker_configs(admin: Any, brokers: list[dict[str, Any]]) -> Mapping[str, Any]:
+    """One broker's configs, or ``{}`` when there is none or reading them is refused."""
+    if not brokers:
+        return {}
+    broker_id = str(brokers[0].get("broker_id", brokers[0].get("node_id")))
+    try:
+        result = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.BROKER, broker_id, configs=None)],
+            config_filter="all")
+    except KafkaError as exc:
+        log.info("cannot read the brokers' default.replication.factor error=%s: %s",
+                 type(exc).__name__, exc)
+        return {}
+    found: Mapping[str, Any] = (result.get("broker") or {}).get(broker_id) or {}
+    return found
 
 
 def _split_results(bootstrap: str, result: dict[str, Any]) -> tuple[list[str], list[str]]:

@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 from trainguard.metrics_http import MetricsServer, serve_metrics
@@ -18,7 +19,11 @@ from trainguard.pipeline.auth import ForgeryTracker, MessageAuth
 from trainguard.pipeline.caps import IngestCaps
 from trainguard.pipeline.config import WorkerConfig
 from trainguard.pipeline.ingest import Ingestor, TimeWindow
-from trainguard.pipeline.kafka_admin import ensure_pipeline_topics, wait_for_broker
+from trainguard.pipeline.kafka_admin import (
+    broker_replication_factor,
+    ensure_pipeline_topics,
+    wait_for_broker,
+)
 from trainguard.pipeline.sinks.store_sink import StoreSink
 from trainguard.pipeline.store import migrate, open_store, serve_reads
 from trainguard.schemas.keyfiles import read_fleet_secrets
@@ -36,8 +41,12 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
 
     auth = message_auth(config)  # a bad key file stops the start before anything else
     wait_for_broker(config.bootstrap, timeout=30, security=config.security)
+    # Resolved once, here: the topics created now and Faust's own topics get the same.
+    replication = config.replication_factor or broker_replication_factor(
+        config.bootstrap, security=config.security)
+    config = replace(config, replication_factor=replication)
     ensure_pipeline_topics(config.bootstrap, config.topics, partitions=config.partitions,
-                           replication_factor=config.replication_factor,
+                           replication_factor=replication,
                            security=config.security)
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     store = open_store(config.store)

@@ -345,6 +345,12 @@ class AgentCounters(msgspec.Struct, kw_only=True, frozen=True):
     #: claimants reported (as ``StepBatch.claims``).
     claims_refused: NonNegInt = 0
     claim_conflicts: NonNegInt = 0
+    #: Rank lifecycle events queued for the jobs' step batches (the rank watch's exits,
+    #: stops and resumes; trainers' ``bye`` and ``waiting``); those dropped because the
+    #: queue was full, and manifests dropped likewise.
+    rank_events: NonNegInt = 0
+    rank_events_dropped: NonNegInt = 0
+    manifests_dropped: NonNegInt = 0
 
 
 class Heartbeat(_Base, tag="heartbeat", frozen=True, kw_only=True):

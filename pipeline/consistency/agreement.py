@@ -1,8 +1,9 @@
 """Agreement checks: what replicas (or all ranks) must hold bit-equal at every step.
 
 * ``param_divergence``: replicas (equal ``(tp_rank, pp_rank, shard, ep_rank)``: a sharded
-  job compares shard by shard) disagree on the parameter checksum; the minority of the
-  replica group is blamed.
+  job compares shard by shard) disagree on the parameter checksum of the same step
+  (``checksum_step`` when the trainer reports it late); the minority of the replica group
+  is blamed.
 * ``grad_norm_mismatch`` / ``lr_mismatch``: the all-reduced grad norm or the learning rate
   differs across ranks beyond a relative tolerance; the minority is blamed.
 
@@ -89,11 +90,31 @@ def disagreeing_groups(cols: StepColumns, values: Sequence[str | None]) -> dict[
     return groups
 
 
+def _same_checksum_step(
+    cols: StepColumns, groups: dict[int, list[int]]
+) -> list[tuple[int, list[int]]]:
+    """Each disagreeing group split by the step its checksums hash (``checksum_step``).
+
+    A trainer kit reports a checksum a step late; ranks that hash different steps (a mix
+    of reporters, a rank's first step after a restart) are not compared with each other.
+    """
+    out: list[tuple[int, list[int]]] = []
+    recs = cols.records
+    for g, idx in groups.items():
+        by_step: dict[int, list[int]] = {}
+        for i in idx:
+            r = recs[i]
+            by_step.setdefault(r.step if r.checksum_step is None else r.checksum_step,
+                               []).append(i)
+        out += [(g, sub) for sub in by_step.values()]
+    return out
+
+
 def param_divergence(cs: ClosedStep, cols: StepColumns) -> list[Fault]:
     """Replicas whose parameter checksum differs from their replica group's majority."""
     values = cols.param_checksum
     faults: list[Fault] = []
-    for g, idx in disagreeing_groups(cols, values).items():
+    for g, idx in _same_checksum_step(cols, disagreeing_groups(cols, values)):
         split = majority_split(values, idx)
         if split is None:
             continue

@@ -112,12 +112,12 @@ def step_columns(records: Sequence[StepRecord]) -> StepColumns:
     # times, the non-finite lists), are read on demand instead.
     recs = records
     n = len(recs)
-    # One pass tells whether any rank reports a layout (the usual data-parallel job does
-    # not): only then are the four coordinates read.
-    laid_out = [r for r in recs if r.tp_rank is not None or r.pp_rank is not None
-                or r.shard is not None or r.ep_rank is not None]
-    if laid_out:
-        group, group_keys = _groups([[r.tp_rank, r.pp_rank, r.shard, r.ep_rank] for r in recs])
+    # The usual data-parallel job reports no layout: one filtering pass says so (as cheap
+    # as the two it replaces), and only a job with a layout has its four coordinates read.
+    if [r for r in recs if r.tp_rank is not None or r.pp_rank is not None
+            or r.shard is not None or r.ep_rank is not None]:
+        group, group_keys = _groups([[r.tp_rank for r in recs], [r.pp_rank for r in recs],
+                                     [r.shard for r in recs], [r.ep_rank for r in recs]], n)
     else:
         group, group_keys = np.zeros(n, dtype=np.int64), [NO_LAYOUT] if n else []
     peer_values = _floats([[r.loss for r in recs], [r.local_grad_norm for r in recs],
@@ -154,23 +154,26 @@ def _floats(values: Sequence[Any]) -> FloatArray:
         return np.asarray([math.nan if v is None else v for v in values], dtype=np.float64)
 
 
-def _groups(layout: list[list[int | None]]) -> tuple[IntArray, list[LayoutKey]]:
-    """Replica-group codes from each rank's ``[tp, pp, shard, ep]`` (None: -1), and their keys."""
-    n = len(layout)
-    try:
-        coords = np.asarray(layout, dtype=np.int64)
-    except TypeError:  # some coordinate not reported
-        coords = np.asarray([[-1 if v is None else v for v in row] for row in layout],
-                            dtype=np.int64)
-    coords = coords.reshape(n, 4) + 1  # 0: not reported
-    widths = coords.max(axis=0) + 1
+def _groups(layout: list[list[int | None]], n: int) -> tuple[IntArray, list[LayoutKey]]:
+    """Replica-group codes from the four coordinate columns (None: -1), and their keys."""
+    coords = np.zeros((4, n), dtype=np.int64)  # 0: not reported (values are shifted by 1)
+    for row, values in zip(coords, layout, strict=True):
+        if values.count(None) == n:
+            continue
+        try:
+            row[:] = np.asarray(values, dtype=np.int64) + 1
+        except TypeError:  # some ranks report it, some do not
+            row[:] = [0 if v is None else v + 1 for v in values]
+    widths = coords.max(axis=1) + 1
+    rows: list[list[int]]
     if float(np.prod(widths.astype(np.float64))) < 2.0**62:
         # Mixed radix: one int64 per rank, and one 1-D unique (far cheaper than axis=0).
         radix = np.concatenate([np.cumprod(widths[::-1])[::-1][1:], [1]])
-        uniq, codes = np.unique(coords @ radix, return_inverse=True)
-        keys = [tuple(int(u) // int(m) % int(w) - 1 for m, w in zip(radix, widths, strict=True))
+        uniq, codes = np.unique(radix @ coords, return_inverse=True)
+        rows = [[int(u) // int(m) % int(w) for m, w in zip(radix, widths, strict=True)]
                 for u in uniq]
     else:  # coordinates too large to pack (only forged ones are): rows as they are
-        rows, codes = np.unique(coords, axis=0, return_inverse=True)
-        keys = [tuple(int(v) - 1 for v in row) for row in rows]
-    return codes.astype(np.int64, copy=False).reshape(n), keys  # type: ignore[return-value]
+        found, codes = np.unique(coords.T, axis=0, return_inverse=True)
+        rows = found.tolist()
+    keys: list[LayoutKey] = [(a - 1, b - 1, c - 1, d - 1) for a, b, c, d in rows]
+    return codes.astype(np.int64, copy=False).reshape(n), keys

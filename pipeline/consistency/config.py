@@ -137,6 +137,9 @@ class ConsistencyConfig:
     #: rank_hung: ranks have waited in a collective this long while live ranks of the
     #: world report no wait (the kit reports a wait after 2 s).
     hang_after_s: float = 5.0
+    #: Without new rank events, the rank checks of a job run at most this often (event
+    #: time): a big job's agents send thousands of batches a second.
+    rank_check_every_s: float = 0.25
     #: Ranks one job's event memory tracks before its world size is known (and at least,
     #: after): events for more, or for ranks past the world size, are counted and dropped.
     max_event_ranks: int = 4096
@@ -215,7 +218,7 @@ class ConsistencyConfig:
         _positive(self, "wait_s", "job_idle_s", "stall_s", "fresh_s", "hw_recent_s",
                   "exit_align_s", "exit_wait_s", "clock_skew_s", "witness_wait_s",
                   "agent_silent_s", "agent_forget_s", "exit_grace_s", "terminate_window_s",
-                  "follow_s", "hang_stopped_s", "hang_after_s",
+                  "follow_s", "hang_stopped_s", "hang_after_s", "rank_check_every_s",
                   "grad_z", "loss_z", "loss_z_clip", "straggler_ratio")
         _at_least(self, 1, "max_open_steps", "max_jobs", "max_nodes", "max_world_size",
                   "clear_steps",

@@ -80,6 +80,13 @@ class _Everything(Container[Entity]):
 _EVERYTHING = _Everything()
 
 
+def _held(cols: StepColumns, ranks: Sequence[int]) -> set[str | None]:
+    """The env fingerprints ``ranks`` reported at the step of ``cols``."""
+    blamed = set(ranks)
+    return {v for r, v in zip(cols.ranks.tolist(), cols.env_fingerprint, strict=True)
+            if r in blamed}
+
+
 class JobState:
     """One job's assembler, check state and open findings."""
 
@@ -197,8 +204,10 @@ class JobState:
 
         exited, hung = self.ranks.judge(now, last_ts, node_of, asm.world_size)
         # An exit is evidence: it does not clear (its entity names the process).
-        out = self.tracker.update("rank_exited", exited, None)
-        return out + self.tracker.update("rank_hung", hung, _EVERYTHING, now)
+        out = self.tracker.update("rank_exited", exited, None) if exited else []
+        if hung is not None:
+            out += self.tracker.update("rank_hung", hung, _EVERYTHING, now)
+        return out
 
     def finish(self, now: float) -> list[Finding]:
         """After a batch of records: check loads, close due steps, look for a stall."""
@@ -260,7 +269,7 @@ class JobState:
             "lr_mismatch", "learning rate", cols.lr, c.lr_rtol, cs, cols), scope, now)
         env = self.env.evaluate(cs, cols, cols.env_fingerprint)
         if env and len(self.manifests):
-            env = [self.manifests.explain(f) for f in env]
+            env = [self.manifests.explain(f, _held(cols, f.ranks)) for f in env]
         out += t.update("code_fingerprint", env, scope, now)
         out += t.update("seed_mismatch",
                         self.seeds.evaluate(cs, cols, cols.seed_fingerprint), scope, now)

@@ -14,7 +14,7 @@ that differ: in its summary (the first few) and in evidence (``files_differ``,
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from trainguard.pipeline.consistency.findings import Fault
 from trainguard.schemas.ranks import EnvManifest
@@ -60,15 +60,22 @@ class ManifestMemory:
             return None
         return differing_entries(ma, mb)
 
-    def explain(self, fault: Fault) -> Fault:
-        """``fault`` (``code_fingerprint``) naming the entries behind its two fingerprints."""
+    def explain(self, fault: Fault, held: Collection[str | None] = ()) -> Fault:
+        """``fault`` (``code_fingerprint``) naming the entries behind its two fingerprints.
+
+        Its two fingerprints are the blamed ranks' (``observed``) and the majority's
+        (``expected``, or the value before a change); without a majority (two ranks, or a
+        tie), the two values ``held`` by the ranks it blames, when there are exactly two.
+        """
         if not self._by_fingerprint:
             return fault
         theirs = fault.observed
         ours = fault.expected if fault.expected is not None else fault.evidence.get("previous")
-        if not isinstance(theirs, str) or not isinstance(ours, str):
-            return fault
-        names = self.differ(theirs, ours)
+        names = self.differ(theirs, ours) \
+            if isinstance(theirs, str) and isinstance(ours, str) else None
+        if names is None:
+            pair = sorted({v for v in held if v is not None})
+            names = self.differ(pair[0], pair[1]) if len(pair) == 2 else None
         if not names:
             return fault
         shown = ", ".join(names[:SHOWN]) + (f" (+{len(names) - SHOWN} more)"

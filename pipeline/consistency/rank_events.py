@@ -28,6 +28,7 @@ one is known); events past that are counted (``dropped``), never stored.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -80,6 +81,11 @@ class RankEventWatch:
         self.events = 0
         self.dropped = 0
         self._quiet = 0
+        #: New events since the last verdict, and the event time of the next one without.
+        self._dirty = False
+        self._next = -math.inf
+        #: The last window in which every rank left (a job stop): its other exits are benign.
+        self._stop = (math.inf, -math.inf)
 
     @property
     def active(self) -> bool:
@@ -99,6 +105,7 @@ class RankEventWatch:
                 self.dropped += 1
                 continue
             self.events += 1
+            self._dirty = True
             self.nodes[ev.rank] = node
             self._one(ev, node, world_size)
 
@@ -139,12 +146,20 @@ class RankEventWatch:
             self.pending.append(d)
 
     def judge(self, now: float, last_step_ts: Callable[[int], float],
-              node_of: Callable[[int], str], world_size: int) -> tuple[list[Fault], list[Fault]]:
+              node_of: Callable[[int], str], world_size: int
+              ) -> tuple[list[Fault], list[Fault] | None]:
         """``(rank_exited, rank_hung)`` faults at the job's event time ``now``.
 
         ``last_step_ts(rank)`` is the event time of the rank's latest step record (a rank
         that stepped after a stop or a wait is at work again); ``node_of(rank)`` its node.
+        Without new events a verdict is due every ``rank_check_every_s`` of event time
+        only (a big job's agents send thousands of batches a second); in between ``rank_hung``
+        is ``None``: no evaluation, so nothing clears.
         """
+        if not self._dirty and now < self._next:
+            return [], None
+        self._dirty = False
+        self._next = now + self.config.rank_check_every_s
         exited = self._departures(now)
         hung = self._stopped(now, last_step_ts) + self._never_arrived(
             now, last_step_ts, node_of, world_size)
@@ -168,9 +183,9 @@ class RankEventWatch:
             c.terminate_window_s if d.kind == "terminated" else 0.0)]
         if not due:
             return []
-        self.pending = [d for d in self.pending if all(d is not x for x in due)]
-        # All of them before any verdict: peers judged in the same call count as left.
-        self.recent.extend(due)
+        taken = {id(d) for d in due}
+        self.pending = [d for d in self.pending if id(d) not in taken]
+        self.recent += due
         faults: list[Fault] = []
         for d in sorted(due, key=self._order):
             if d.kind == "finished":
@@ -180,7 +195,8 @@ class RankEventWatch:
                     lead.ts - grace <= d.ts <= lead.ts + c.follow_s:
                 if d.kind != "killed" or d.ts > lead.ts + grace:
                     continue  # a follower (listed in the lead's evidence)
-            elif d.kind == "terminated" and self._all_left(d):
+            elif d.kind == "terminated" and (self._stop[0] <= d.ts <= self._stop[1]
+                                             or self._all_left(d)):
                 continue  # the whole job stopped or restarts
             if lead is None or d.ts > lead.ts + grace or lead.rank == d.rank:
                 self.lead = d
@@ -191,7 +207,11 @@ class RankEventWatch:
         """Every rank of ``d``'s world left within ``terminate_window_s`` of it."""
         w = self.config.terminate_window_s
         left = {x.rank for x in (*self.recent, *self.pending) if abs(x.ts - d.ts) <= w}
-        return d.world_size <= 0 or all(r in left for r in range(d.world_size))
+        ws = d.world_size
+        if ws > 0 and (len(left) < ws or not all(r in left for r in range(ws))):
+            return False
+        self._stop = (d.ts - w, d.ts + w)  # the job's other exits of the stop: no rescan
+        return True
 
     def _exit_fault(self, d: _Departure, now: float) -> Fault:
         grace = self.config.exit_grace_s

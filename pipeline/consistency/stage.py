@@ -109,10 +109,6 @@ class ConsistencyStage:
                 job_id = rec.job_id
                 if rec.claims:
                     job.claimed(rec.claims, rec.node)
-                if rec.events:
-                    job.rank_events(rec.events, rec.node)
-                if rec.manifests:
-                    job.manifests.add(rec.manifests)
                 if rec.steps:
                     self.silence.working(rec.node, rec.cluster, job_id, rec.ts)
                 if all(step.job_id == job_id for step in rec.steps):
@@ -121,6 +117,10 @@ class ConsistencyStage:
                     for step in rec.steps:
                         other = self._touch(step.job_id, rec.cluster, touched)
                         other.asm.add(other.aligned([step])[0], rec.node)
+                if rec.events:  # after the steps: they tell the world size
+                    job.rank_events(rec.events, rec.node)
+                if rec.manifests:
+                    job.manifests.add(rec.manifests)
             elif isinstance(rec, StepRecord):
                 job = self._touch(rec.job_id, None, touched)
                 job.asm.add(job.aligned([rec])[0])

@@ -162,7 +162,8 @@ def test_bound_lists_each_rank_and_its_process():
     b = _bindings({100, 200})
     b.admit("job", 0, A)
     b.admit("other", 5, B)
-    assert b.bound() == [Binding("job", 0, 100, 1000, 7), Binding("other", 5, 200, 1001, 7)]
+    assert b.bound() == [Binding("job", 0, 100, 1000, 7, 1000),
+                         Binding("other", 5, 200, 1001, 7, 1000)]
 
 
 def test_a_released_rank_binds_the_next_process_even_while_the_old_one_looks_alive():

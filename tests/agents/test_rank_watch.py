@@ -17,7 +17,7 @@ import pytest
 
 from tests.agents.trainer_proc import Trainer, wait_for
 from trainguard.agents.intake import StepIntake
-from trainguard.agents.rank_watch import ProcStat, RankWatch, read_proc_stat
+from trainguard.agents.rank_watch import ProcStat, RankWatch, may_trace_all, read_proc_stat
 
 
 @pytest.fixture
@@ -102,12 +102,31 @@ def test_a_status_the_kernel_hides_from_another_user_is_not_reported_as_a_clean_
         intake, trainers):
     trainer = _bound_trainer(intake, trainers)
     other_user = os.getuid() + 4242
-    watch, got = _watch(intake, euid=other_user)
+    watch, got = _watch(intake, euid=other_user, trace_all=False)
     trainer.exit(0)
     wait_for(lambda: _state(trainer.pid) == "Z")
     watch.poll()
     [(_, event)] = got
     assert event.event == "exited" and event.exit_code is None and event.signal is None
+
+
+def test_the_trainers_own_user_and_group_read_its_exit_status_without_ptrace_rights(
+        intake, trainers):
+    trainer = _bound_trainer(intake, trainers)
+    watch, got = _watch(intake, euid=os.geteuid(), egid=os.getegid(), trace_all=False)
+    trainer.exit(5)
+    wait_for(lambda: _state(trainer.pid) == "Z")
+    watch.poll()
+    assert got[0][1].exit_code == 5
+
+
+def test_ptrace_rights_are_read_from_the_effective_capabilities(tmp_path):
+    (tmp_path / "self").mkdir()
+    status = tmp_path / "self" / "status"
+    status.write_text("Name:\tx\nCapEff:\t0000000000080000\n")
+    assert may_trace_all(tmp_path)
+    status.write_text("Name:\tx\nCapEff:\t000001fffef7ffff\n")  # all but CAP_SYS_PTRACE
+    assert not may_trace_all(tmp_path)
 
 
 def test_a_stopped_rank_is_reported_once_and_resumed_when_continued(intake, trainers):
@@ -174,9 +193,10 @@ def test_ranks_of_several_jobs_are_watched_each_under_its_job(intake, trainers):
     assert [(job, e.rank, e.event) for job, e in got] == [("job-b", 1, "exited")]
 
 
-def test_the_watch_thread_reports_a_kill_on_its_own(intake, trainers):
+@pytest.mark.parametrize("pidfd", [True, False])
+def test_the_watch_thread_reports_a_kill_on_its_own(intake, trainers, pidfd):
     trainer = _bound_trainer(intake, trainers)
-    watch, got = _watch(intake, interval_s=0.02)
+    watch, got = _watch(intake, interval_s=0.02, pidfd=pidfd)
     watch.start()
     try:
         os.kill(trainer.pid, signal.SIGKILL)
@@ -185,6 +205,19 @@ def test_the_watch_thread_reports_a_kill_on_its_own(intake, trainers):
         watch.stop()
     assert got[0][1].event == "exited" and got[0][1].signal == 9
     assert watch.events == {"exited": 1}
+
+
+def test_an_exit_wakes_the_watch_long_before_its_interval(intake, trainers):
+    trainer = _bound_trainer(intake, trainers)
+    watch, got = _watch(intake, interval_s=60.0)  # only a pidfd can wake it in this test
+    watch.start()
+    try:
+        wait_for(lambda: watch.polls >= 1)
+        os.kill(trainer.pid, signal.SIGKILL)
+        wait_for(lambda: len(got) == 1, timeout=30.0)
+    finally:
+        watch.stop()
+    assert got[0][1].event == "exited" and got[0][1].signal == 9
 
 
 def test_a_failing_poll_is_counted_and_the_thread_goes_on(intake, trainers):

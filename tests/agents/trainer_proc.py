@@ -61,10 +61,11 @@ class Trainer:
         self._write(f"exit {code}")
 
     def reap(self, timeout: float = 10.0) -> int:
-        """Collect the child's exit status (ending a zombie)."""
-        if self.proc.poll() is None and self.proc.stdin is not None:
+        """Collect the child's exit status (ending a zombie); a live one is told to exit."""
+        for pipe in (self.proc.stdin, self.proc.stdout):
             try:
-                self.proc.stdin.close()
+                if pipe is not None:
+                    pipe.close()
             except OSError:
                 pass
         return self.proc.wait(timeout=timeout)

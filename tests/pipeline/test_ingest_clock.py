@@ -73,6 +73,17 @@ def test_one_step_of_a_batch_far_in_the_future_makes_the_whole_batch_dead():
     assert [d.reason for d in _ingestor().ingest([_msg(poisoned)]).dead] == ["clock"]
 
 
+def test_a_rank_event_of_a_batch_far_in_the_future_makes_the_whole_batch_dead():
+    from trainguard.schemas.ranks import RankEvent
+
+    (batch,) = FakeJob(4, gpus=4).step(7, WALL)
+    poisoned = msgspec.structs.replace(batch, events=[
+        RankEvent(rank=1, ts=YEAR_2096, event="stopped", pid=7)])
+    assert [d.reason for d in _ingestor().ingest([_msg(poisoned)]).dead] == ["clock"]
+    fine = msgspec.structs.replace(batch, events=[RankEvent(rank=1, ts=WALL, event="stopped")])
+    assert _ingestor().ingest([_msg(fine)]).dead == []
+
+
 def test_the_2096_record_leaves_every_other_jobs_state_untouched():
     good = FakeJob(16, job_id="good", seed=1)
     stage, ingestor = ConsistencyStage(clock=lambda: WALL), _ingestor()

@@ -10,7 +10,11 @@ from kafka import KafkaConsumer
 
 from trainguard.errors import BrokerError
 from trainguard.local.broker import free_port
-from trainguard.pipeline.kafka_admin import ensure_topics, wait_for_broker
+from trainguard.pipeline.kafka_admin import (
+    broker_replication_factor,
+    ensure_topics,
+    wait_for_broker,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -83,3 +87,7 @@ def test_a_record_on_an_input_topic_carries_the_brokers_time_not_the_senders(
     [record] = [r for r, _ in zip(consumer, range(1), strict=False)]
     assert abs(record.timestamp / 1000 - time.time()) < 60
     assert record.timestamp_type == 1  # LogAppendTime
+
+
+def test_the_replication_factor_of_a_one_broker_cluster_is_one(bootstrap: str) -> None:
+    assert broker_replication_factor(bootstrap, timeout=30) == 1

@@ -10,8 +10,8 @@ from typing import Any
 from trainguard import envvars
 
 __all__ = [
-    "add_bootstrap", "add_env_option", "add_kafka_security", "add_store", "add_topic_prefix",
-    "kafka_security", "os_user", "parse_instant", "store_url",
+    "add_bootstrap", "add_env_option", "add_json_flag", "add_kafka_security", "add_store",
+    "add_topic_prefix", "kafka_security", "os_user", "parse_instant", "print_json", "store_url",
 ]
 
 
@@ -128,3 +128,28 @@ def os_user() -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return f"uid:{uid}"
+
+
+def add_json_flag(parser: argparse.ArgumentParser, what: str = "the result") -> None:
+    """``--json``: print ``what`` as one JSON document (see :func:`print_json`) instead of text."""
+    parser.add_argument("--json", action="store_true",
+                        help=f"print {what} as JSON on stdout instead of text")
+
+
+def print_json(doc: Any) -> None:
+    """Print ``doc`` as one JSON document on stdout: what every ``--json`` prints.
+
+    Dataclasses and msgspec structs become objects, tuples and sets arrays, paths and other
+    values their ``str``; non-finite floats become ``null``. Nothing else goes to stdout
+    while a command prints JSON (progress goes to stderr), so ``| jq`` always works.
+    """
+    import msgspec
+
+    raw = msgspec.json.encode(doc, enc_hook=_json_value)
+    print(msgspec.json.format(raw, indent=2).decode(), flush=True)
+
+
+def _json_value(value: Any) -> Any:
+    """The JSON form of what msgspec cannot encode itself (paths, store URLs, ...)."""
+    return str(value)
+

@@ -83,6 +83,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    metavar="PATH",
                    help="JSON-lines step log to tail (repeatable)")
     p.add_argument("--ticks", type=int, default=None, help="stop after this many ticks")
+    p.add_argument("--check-config", action="store_true",
+                   help="build the configuration as the daemon would (file, environment, "
+                        "flags; node key checked), print it as JSON with secrets redacted, "
+                        "and exit: 0 if valid, 2 if not; starts nothing")
     p.set_defaults(func=_run_agent)
 
     s = subparsers.add_parser("simulate", help="send telemetry from many simulated nodes (load)")
@@ -108,6 +112,12 @@ def _run_agent(args: argparse.Namespace) -> int:
 
     keys = [key for _, key, _, _, _ in _FLAGS] + list(_OTHER_KEYS)
     config = load_agent_config(args.config, os.environ, {k: getattr(args, k) for k in keys})
+    if args.check_config:
+        from trainguard.agents.runtime import load_node_key
+        from trainguard.cli.check_config import print_config
+
+        load_node_key(config)  # as run_agent does first: a bad key file stops the start
+        return print_config(config)
     stop = _stop_on_signals()
     agent = run_agent(config, stop, max_ticks=args.ticks,
                       notifier=SdNotifier.from_environ(os.environ))

@@ -14,10 +14,18 @@ import argparse
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from trainguard.cli._common import add_store, os_user, parse_instant, store_url
+from trainguard.cli._common import (
+    add_json_flag,
+    add_store,
+    os_user,
+    parse_instant,
+    print_json,
+    store_url,
+)
 from trainguard.errors import ConfigError, StoreError
 from trainguard.pipeline.alerts.config import (
     DEFAULT_MAX_INTEGRITY_SILENCE_S,
@@ -51,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="look back this far, e.g. 30m, 2h, 1d (default: %(default)s)")
     p.add_argument("--limit", type=int, default=50,
                    help="at most this many resolved alerts with --all (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    add_json_flag(p, 'the alerts ({"open": [...]}, with --all also "resolved")')
     p.set_defaults(func=_alerts)
 
     silence = subparsers.add_parser(
@@ -83,6 +91,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = sub.add_parser("list", parents=[store], help="silences active now or planned")
     p.add_argument("--all", action="store_true", help="also list expired silences")
+    add_json_flag(p, 'the silences ({"silences": [{..., "state"}]}, times as epoch seconds)')
     p.set_defaults(func=_silence_list)
 
     p = sub.add_parser("expire", parents=[store], help="end a silence now")
@@ -112,12 +121,10 @@ def _alerts(args: argparse.Namespace) -> int:
     # Pages first, then the longest-firing: what on-call should look at first.
     firing.sort(key=lambda a: (_SEVERITY_ORDER.get(a.severity, 9), a.starts_at))
     if args.json:
-        import msgspec
-
         doc: dict[str, Any] = {"open": firing}
         if args.all:
             doc["resolved"] = resolved
-        print(msgspec.json.encode(doc).decode())
+        print_json(doc)
         return 0
     if firing:
         print(f"open alerts ({len(firing)}), changed in the last {args.since}:")
@@ -199,6 +206,9 @@ def _silence_list(args: argparse.Namespace) -> int:
     with open_store(store_url(args.store), read_only=True) as store:
         _require(store, "silences")
         silences = list_silences(store, now, include_expired=args.all)
+    if args.json:
+        print_json({"silences": [{**asdict(s), "state": _state(s, now)} for s in silences]})
+        return 0
     if not silences:
         print("no silences" if args.all else "no active or planned silences")
         return 0

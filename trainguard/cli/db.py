@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from trainguard.cli._common import add_store, store_url
+from trainguard.cli._common import add_json_flag, add_store, print_json, store_url
 from trainguard.cli.grants import add_grants_parser
 from trainguard.errors import StoreError
 
@@ -41,11 +41,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = sub.add_parser("counts", parents=[store], help="rows per table (deduplicated: FINAL)")
     p.add_argument("--raw", action="store_true",
                    help="count stored rows without FINAL (replays not yet merged away)")
+    add_json_flag(p, 'the counts ({"store", "final", "tables": {TABLE: ROWS}})')
     p.set_defaults(func=_counts)
     p = sub.add_parser("query", parents=[store],
                        help="run one read statement (SELECT, WITH, SHOW, DESCRIBE, EXISTS, "
                             "EXPLAIN); {database} names the store's database")
     p.add_argument("sql", metavar="SQL", help="e.g. 'SELECT count() FROM {database}.steps'")
+    add_json_flag(p, 'the result ({"columns": [NAME...], "rows": [[VALUE...]...]})')
     p.set_defaults(func=_query)
     add_grants_parser(sub, store)
 
@@ -69,6 +71,9 @@ def _counts(args: argparse.Namespace) -> int:
     url = store_url(args.store)
     with open_store(url, read_only=True) as store:
         counts = row_counts(store, final=not args.raw)
+    if args.json:
+        print_json({"store": str(url), "final": not args.raw, "tables": counts})
+        return 0
     print(format_table(["table", "rows"], [(name, n) for name, n in counts.items()]))
     return 0
 
@@ -83,6 +88,9 @@ def _query(args: argparse.Namespace) -> int:
     url = store_url(args.store)
     with open_store(url, read_only=True) as store:
         result = store.query(args.sql)
+    if args.json:
+        print_json({"columns": result.columns, "rows": result.rows})
+        return 0
     if result.columns:
         print(format_table(result.columns, result.rows))
         print(f"({len(result.rows)} row{'' if len(result.rows) == 1 else 's'})")

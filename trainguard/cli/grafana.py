@@ -12,14 +12,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import re
 import time
-from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
-from trainguard.cli._common import add_store, store_url
+from trainguard.cli._common import add_json_flag, add_store, print_json, store_url
 from trainguard.errors import ConfigError
 
 __all__ = ["parse_time", "register"]
@@ -64,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "default: All, or a variable's first value)")
     p.add_argument("--interval", type=float, default=None, metavar="SECONDS",
                    help="bucket size for $__timeInterval (default: range / 1000, >= 1 s)")
-    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+    add_json_flag(p, "the checks")
     p.set_defaults(func=_verify)
 
     # `push` lives in its own module (another command's dependencies and tests).
@@ -132,7 +130,7 @@ def _verify(args: argparse.Namespace) -> int:
                         interval_s=args.interval)
     failed = failures(checks)
     if args.json:
-        print(json.dumps([asdict(c) for c in checks], indent=2))
+        print_json(checks)
     else:
         rows = [(c.dashboard, c.panel, c.status, c.rows, _cut(c.error)) for c in checks]
         print(format_table(["dashboard", "panel", "status", "rows", "detail"], rows))

@@ -10,10 +10,12 @@ as :class:`trainguard.errors.BrokerError` for the root CLI to print.
 from __future__ import annotations
 
 import argparse
+import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from trainguard import envvars
-from trainguard.cli._common import add_env_option, add_topic_prefix
+from trainguard.cli._common import add_env_option, add_json_flag, add_topic_prefix, print_json
 from trainguard.local.broker import KAFKA_VERSION, LocalBroker, default_cache_dir, fetch_jars
 
 __all__ = ["register"]
@@ -39,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_env_option(broker, "--port", envvars.KAFKA_PORT, DEFAULT_PORT,
                    "client port; the controller listens on the next one", type=_port)
 
-    p = sub.add_parser("fetch", parents=[cache], help="download the broker jars with Maven")
+    p = sub.add_parser("fetch", parents=[cache],
+                       help="download the broker jars with Maven (progress on stderr)")
     p.set_defaults(func=_fetch)
     p = sub.add_parser("start", parents=[cache, broker],
                        help="start the broker in the background and wait until it is ready")
@@ -54,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=_stop)
     p = sub.add_parser("status", parents=[broker],
                        help="show whether the broker is running (exit 0) or not (exit 1)")
+    add_json_flag(p, 'the status ({"state": running|starting|stopped, "running", "pid", '
+                     '"bootstrap", "data_dir"})')
     p.set_defaults(func=_status)
     p = sub.add_parser("acls", help="print the kafka-acls.sh commands that grant agents and "
                                     "workers what they need on a secured cluster, and no more")
@@ -72,14 +77,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=_acls)
 
 
+def _progress(text: str) -> None:
+    """A line of a running fetch, on stderr (stdout keeps the result line alone)."""
+    print(f"kafka fetch: {text}", file=sys.stderr, flush=True)
+
+
 def _fetch(args: argparse.Namespace) -> int:
-    libs = fetch_jars(args.cache_dir)
+    libs = fetch_jars(args.cache_dir, progress=_progress)
     print(f"kafka {KAFKA_VERSION} jars ready libs={libs}")
     return 0
 
 
 def _start(args: argparse.Namespace) -> int:
-    libs = fetch_jars(args.cache_dir)
+    libs = fetch_jars(args.cache_dir, progress=_progress)
     broker = LocalBroker(args.data_dir, args.port, libs_dir=libs, secure=args.secure)
     broker.start(timeout=args.timeout)
     status = broker.status()
@@ -105,6 +115,11 @@ def _stop(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     status = LocalBroker(args.data_dir, args.port).status()
+    if args.json:
+        state = ("running" if status.running
+                 else "starting" if status.pid is not None else "stopped")
+        print_json({"state": state, **asdict(status)})
+        return 0 if status.running else 1
     if status.running:
         print(f"kafka running pid={status.pid} bootstrap={status.bootstrap} "
               f"data_dir={status.data_dir}")

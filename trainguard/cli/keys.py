@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from trainguard import envvars
-from trainguard.cli._common import add_env_option
+from trainguard.cli._common import add_env_option, add_json_flag, print_json
 
 __all__ = ["DEFAULT_FLEET_SECRET_FILE", "register"]
 
@@ -49,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     show = sub.add_parser("show", help="the key ids in the fleet secrets file")
     _fleet_file(show)
+    add_json_flag(show, 'the key ids ({"file", "current", "previous"})')
     show.set_defaults(func=_show)
 
 
@@ -95,6 +96,10 @@ def _show(args: argparse.Namespace) -> int:
 
     secrets = read_fleet_secrets(Path(args.fleet_secret_file))
     names = ("current", "previous")
+    if args.json:
+        kids = dict.fromkeys(names) | {n: s.kid for n, s in zip(names, secrets, strict=False)}
+        print_json({"file": args.fleet_secret_file, **kids})
+        return 0
     for name, secret in zip(names, secrets, strict=False):
         print(f"{name} kid={secret.kid}")
     return 0

@@ -40,8 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p,
         "--replication-factor",
         envvars.REPLICATION_FACTOR,
-        1,
-        "replication factor of topics it creates",
+        None,
+        "replication factor of topics it creates; unset: the brokers' "
+        "default.replication.factor if set, else min(3, brokers)",
         type=int,
     )
     add_env_option(
@@ -106,6 +107,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "choice); unset: off", type=int)
     add_env_option(p, "--metrics-addr", envvars.METRICS_ADDR, DEFAULT_METRICS_ADDR,
                    "address /metrics binds (127.0.0.1: local scrapers only)")
+    p.add_argument("--check-config", action="store_true",
+                   help="build the configuration as the worker would (flags, environment, "
+                        "--config TOML; fleet secret file read), print it as JSON with "
+                        "secrets redacted, and exit: 0 if valid, 2 if not; connects to "
+                        "nothing")
     p.set_defaults(func=_run)
 
 
@@ -153,4 +159,10 @@ def _run(args: argparse.Namespace) -> int:
 
     config = worker_config(args)
     assert isinstance(config, WorkerConfig)
+    if args.check_config:
+        from trainguard.cli.check_config import print_config
+        from trainguard.pipeline.worker import message_auth
+
+        message_auth(config)  # as run_worker does first: a bad secret file stops the start
+        return print_config(config)
     return run_worker(config, loglevel=args.log_level.lower())

@@ -14,7 +14,7 @@ import os
 from urllib.parse import urlsplit, urlunsplit
 
 from trainguard import envvars
-from trainguard.cli._common import add_env_option
+from trainguard.cli._common import add_env_option, add_json_flag, print_json
 from trainguard.errors import ConfigError
 from trainguard.grafana.push import (
     _redact,
@@ -56,6 +56,8 @@ def register_push(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
                         "password (default: %(default)s)")
     p.add_argument("--dry-run", action="store_true",
                    help="read Grafana and print what would change; write nothing")
+    add_json_flag(p, 'what the push did or would do ({"url", "dry_run", "items": [{"kind", '
+                     '"uid", "title", "action", "version", "detail"}], "counts"})')
     p.set_defaults(func=_push_command)
 
 
@@ -73,6 +75,11 @@ def _push_command(args: argparse.Namespace) -> int:
                                        user=args.ro_user, password=password)
     api = GrafanaApi.from_url(url, credential=token, timeout=_TIMEOUT_S)
     report = push(api, dashboards=dashboards, datasource=datasource, dry_run=args.dry_run)
+    if args.json:
+        counts = {a: len(report.with_action(a)) for a in ("created", "updated", "unchanged")}
+        print_json({"url": url, "dry_run": report.dry_run, "items": report.items,
+                    "counts": counts})
+        return 0
     print(f"Grafana at {url}:")
     for line in report.lines():
         print(f"  {line}")

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +37,7 @@ from trainguard.local.broker_security import (
     scram_format_args,
     secure_listener_properties,
 )
+from trainguard.local.maven import FetchProgress, run_maven
 from trainguard.pipeline.kafka_admin import wait_for_broker
 from trainguard.resources import infra_candidates
 from trainguard.schemas.kafka_security import PLAINTEXT, KafkaSecurity
@@ -81,11 +83,14 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "trainguard" / f"kafka-{KAFKA_VERSION}"
 
 
-def fetch_jars(cache_dir: Path | None = None, mvn: str = "mvn") -> Path:
+def fetch_jars(cache_dir: Path | None = None, mvn: str = "mvn",
+               progress: Callable[[str], None] | None = None) -> Path:
     """Copy the pinned Kafka jars into ``<cache_dir>/libs`` with Maven and return that dir.
 
     Idempotent: a marker file is written after a successful copy, and later calls return
-    at once while it exists and the directory still holds jars.
+    at once while it exists and the directory still holds jars. While Maven runs,
+    ``progress`` (default: the log at INFO) gets a line per downloaded jar and phase, and
+    a "still running" line after 10 s without one (:class:`~trainguard.local.maven.FetchProgress`).
     """
     cache = (cache_dir or default_cache_dir()).expanduser().resolve()
     libs = cache / "libs"
@@ -101,22 +106,19 @@ def fetch_jars(cache_dir: Path | None = None, mvn: str = "mvn") -> Path:
         )
     libs.mkdir(parents=True, exist_ok=True)
     pom = kafka_home() / "pom.xml"
-    cmd = [mvn_path, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
+    # Batch mode without -q: one "Downloaded ..." line per file, which the progress reads.
+    cmd = [mvn_path, "-B", "-f", str(pom), "dependency:copy-dependencies",
            f"-DoutputDirectory={libs}"]
     log.info("fetching kafka jars version=%s libs=%s", KAFKA_VERSION, libs)
-    started = time.monotonic()
-    try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, timeout=_MVN_TIMEOUT_S,
-                              check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise BrokerError(f"'{mvn}' did not finish fetching Kafka jars within "
-                          f"{_MVN_TIMEOUT_S:g}s") from exc
-    if proc.returncode != 0 or not any(libs.glob("*.jar")):
+    emit = progress or (lambda text: log.info("kafka fetch: %s", text))
+    reporter = FetchProgress(emit)
+    done = run_maven(cmd, reporter, timeout_s=_MVN_TIMEOUT_S)
+    if done.returncode != 0 or not any(libs.glob("*.jar")):
         raise BrokerError(f"'{mvn}' failed to fetch Kafka {KAFKA_VERSION} jars into '{libs}' "
-                          f"(exit {proc.returncode}):\n{_last_lines(proc.stdout)}")
+                          f"(exit {done.returncode}):\n{_last_lines(done.tail)}")
     marker.write_text(f"kafka_version={KAFKA_VERSION}\n", encoding="utf-8")
-    log.info("fetched kafka jars libs=%s seconds=%.1f", libs, time.monotonic() - started)
+    log.info("fetched kafka jars libs=%s jars=%d seconds=%.1f", libs, reporter.jars,
+             reporter.elapsed_s)
     return libs
 
 

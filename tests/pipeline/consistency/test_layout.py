@@ -83,3 +83,22 @@ def test_layout_text_names_the_reported_coordinates_only():
     assert layout_text((-1, -1, -1, -1)) == ""
     assert layout_text((0, 1, -1, -1)) == " (tp 0, pp 1)"
     assert layout_text((-1, -1, 3, 2)) == " (shard 3, ep 2)"
+
+
+def test_checksums_of_different_steps_are_not_compared():
+    job = FakeJob(4, noise=False)
+    groups = []
+    for s in STEPS:
+        # Ranks 0-2 report the previous step's checksum (late, as the kit does); rank 3
+        # the current one: equal hashes of different steps, never compared.
+        over: dict[int, dict[str, Any]] = {r: {"param_checksum": f"p{s - 1}",
+                                               "checksum_step": s - 1} for r in range(3)}
+        over[3] = {"param_checksum": f"p{s}"}
+        groups.append(job.step(s, over=over))
+    assert first(feed(ConsistencyStage(), groups)) == []
+    late = FakeJob(4, noise=False)
+    tampered = [late.step(s, over={r: {"param_checksum": "x" if (r, s) == (1, 6)
+                                       else f"p{s - 1}", "checksum_step": s - 1}
+                                   for r in range(4)}) for s in STEPS]
+    found = first(feed(ConsistencyStage(), tampered))
+    assert [(f.check, f.ranks, f.step) for f in found] == [("param_divergence", [1], 6)]

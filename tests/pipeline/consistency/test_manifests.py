@@ -23,11 +23,11 @@ def _manifest(fingerprint: str, rank: int, changed: dict[str, str] | None = None
                        entries={**FILES, **(changed or {})})
 
 
-def _job(with_manifests: bool = True) -> list[list[StepBatch]]:
+def _job(with_manifests: bool = True, bad: tuple[int, ...] = (2,)) -> list[list[StepBatch]]:
     job = FakeJob(4, gpus=2, noise=False)
     groups = []
     for s in range(1, 8):
-        over = {r: {"env_fingerprint": BAD if r == 2 else GOOD} for r in range(4)}
+        over = {r: {"env_fingerprint": BAD if r in bad else GOOD} for r in range(4)}
         batches = job.step(s, over=over)
         if s == 1 and with_manifests:
             batches[0] = replace(batches[0], manifests=[_manifest(GOOD, 0)])
@@ -43,6 +43,13 @@ def test_a_differing_fingerprint_names_the_files_that_differ():
     assert f.summary.endswith("; differs: torch:optim/adamw.py")
     assert f.evidence["files_differ"] == "torch:optim/adamw.py"
     assert f.evidence["files_differ_count"] == 1
+
+
+def test_a_tie_between_two_nodes_still_names_the_files_that_differ():
+    # 4 ranks on 2 nodes, a framework file edited on one of them: 2 against 2, no majority.
+    [f] = first(feed(ConsistencyStage(), _job(bad=(2, 3))))
+    assert f.check == "code_fingerprint" and f.ranks == [0, 1, 2, 3] and f.expected is None
+    assert f.evidence["files_differ"] == "torch:optim/adamw.py"
 
 
 def test_without_manifests_the_finding_is_as_before():

@@ -173,6 +173,25 @@ def test_a_rank_that_raised_first_is_blamed_and_the_torn_down_peers_follow():
     assert found[0].evidence["followers"] == "0,1,2"
 
 
+def test_ranks_killed_together_are_each_blamed_and_a_later_kill_follows():
+    job = FakeJob(8, gpus=4, noise=False)
+    node_kill = [_ev(r, 10.5 + r / 100, "exited", signal=9) for r in (4, 5)]
+    peers = [e for r in (0, 1, 2, 3, 6) for e in (_bye(r, 11.0, "terminated"),
+                                                   _ev(r, 11.1, "exited", signal=15))]
+    # Rank 7 ignored SIGTERM: its launcher killed it 30 s later.
+    found = _run([*_steps(job, 10), _events(job, *node_kill), _events(job, *peers),
+                  *_samples(job, *range(12, 40, 2)), _events(job, _ev(7, 41.0, "exited")),
+                  *_samples(job, *range(42, 50, 2))])
+    assert [(f.check, f.ranks) for f in found] == [("rank_exited", [4]), ("rank_exited", [5])]
+    assert found[0].evidence["followers"] == "0,1,2,3,6"
+
+
+def test_a_big_job_stopping_as_a_whole_raises_nothing():
+    job = FakeJob(256, gpus=8, noise=False)
+    found = _run([*_steps(job, 3), _teardown(job, 4.0), *_samples(job, 6, 8, 10, 12, 14)])
+    assert found == []
+
+
 def test_every_rank_saying_bye_finished_then_exiting_raises_nothing():
     job = _job()
     byes = [e for r in range(RANKS) for e in (_bye(r, 10.2, "finished"),
@@ -181,8 +200,10 @@ def test_every_rank_saying_bye_finished_then_exiting_raises_nothing():
 
 
 def _teardown(job: FakeJob, at: float) -> list[StepBatch]:
+    spread = min(0.25, 2.5 / job.ranks)  # the launcher stops every rank within 2.5 s
     return _events(job, *[e for r in range(job.ranks) for e in (
-        _bye(r, at + r / 4, "terminated"), _ev(r, at + 0.1 + r / 4, "exited", signal=15))])
+        _bye(r, at + r * spread, "terminated"),
+        _ev(r, at + 0.1 + r * spread, "exited", signal=15))])
 
 
 def test_an_elastic_restart_to_a_smaller_or_larger_world_raises_nothing():

@@ -163,7 +163,7 @@ def test_witness_reports_and_what_they_add_to_checkpoints_and_heartbeats_land(
 
 
 def _sharded_batch_with_events() -> StepBatch:
-    from trainguard.schemas.ranks import RankEvent
+    from trainguard.schemas.ranks import EnvManifest, RankEvent
 
     step = StepRecord(job_id="j", rank=1, world_size=2, node="n", step=7, ts=NOW, loss=1.0,
                       shard=1, ep_rank=0, data_epoch=3, checksum_step=6)
@@ -173,7 +173,10 @@ def _sharded_batch_with_events() -> StepBatch:
                                    pid=41),
                          RankEvent(rank=0, ts=NOW, event="exited", pid=41, signal=9),
                          RankEvent(rank=1, ts=NOW, event="waiting", since=NOW - 5,
-                                   collective=12, step=8)])
+                                   collective=12, step=8)],
+                     # Manifests are not stored: the intake must skip them whole.
+                     manifests=[EnvManifest(rank=1, ts=NOW, fingerprint="ab" * 32,
+                                            entries={"torch:nn/functional.py": "cd" * 32})])
 
 
 def _stored_layout_and_events(store: ChdbStore) -> tuple[list[tuple], list[tuple]]:

@@ -10,7 +10,7 @@ from trainguard.pipeline.store.migrate import default_sql_dir
 ALL_TABLES = [
     "agent_heartbeats", "alert_deliveries", "alerts", "anomalies", "baselines", "checkpoints",
     "dead_letters", "findings", "gpu_samples", "gpu_samples_1m", "pipeline_health",
-    "sample_batches", "silences", "steps", "steps_1m", "witness",
+    "rank_events", "sample_batches", "silences", "steps", "steps_1m", "witness",
 ]
 
 

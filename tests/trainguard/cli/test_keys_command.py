@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -29,6 +30,11 @@ def test_init_enrol_rotate_show(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["keys", "show", *flag]) == 0
     printed = capsys.readouterr().out
     assert f"current kid={new.kid}" in printed and f"previous kid={first.kid}" in printed
+    assert first.secret.hex() not in printed and new.secret.hex() not in printed
+    assert main(["keys", "show", *flag, "--json"]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed) == {"file": str(fleet), "current": new.kid,
+                                   "previous": first.kid}
     assert first.secret.hex() not in printed and new.secret.hex() not in printed
 
 

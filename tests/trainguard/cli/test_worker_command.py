@@ -20,7 +20,8 @@ def test_the_flags_default_to_the_worker_configs_own_defaults() -> None:
     config = _config()
     default = WorkerConfig(bootstrap="127.0.0.1:9092", store=config.store)
     for name in ("max_future_s", "max_past_s", "max_world_size", "max_baseline_entities",
-                 "max_jobs", "batch_max", "batch_within_s", "partitions"):
+                 "max_jobs", "batch_max", "batch_within_s", "partitions",
+                 "replication_factor"):
         assert getattr(config, name) == getattr(default, name), name
 
 
@@ -48,3 +49,12 @@ def test_the_silence_threshold_is_a_flag_and_an_environment_variable(
     assert _config("--agent-silent-s", "12").agent_silent_s == 12.0
     monkeypatch.setenv("TRAINGUARD_AGENT_SILENT_S", "6")
     assert _config().agent_silent_s == 6.0
+
+
+def test_the_replication_factor_is_left_to_the_brokers_unless_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TRAINGUARD_REPLICATION_FACTOR", raising=False)
+    assert _config().replication_factor is None
+    assert _config("--replication-factor", "2").replication_factor == 2
+
