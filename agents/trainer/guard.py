@@ -145,7 +145,7 @@ class TrainGuard:
         found = layout if layout is not None else detect_layout(model)
         owns = reporter is None
         if reporter is None:
-            reporter = StepReporter.from_env(**found.reporter_options())
+            reporter = StepReporter.from_env(None, **found.reporter_options())
         else:
             for name, value in found.reporter_options().items():
                 if value is not None:

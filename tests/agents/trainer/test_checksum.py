@@ -1,8 +1,8 @@
-"""The parameter digest: exact, position-aware, identical across processes, every dtype."""
+"""The parameter digest: exact, position-aware, every dtype.
 
-import subprocess
-import sys
-from pathlib import Path
+Identical parameters giving identical digests in different processes: tests/agents/trainer/
+test_ddp.py (two DDP replicas compare digests at every step).
+"""
 
 import pytest
 import torch
@@ -15,8 +15,6 @@ from trainguard.agents.trainer.checksum import (
     row_weight,
     to_hex,
 )
-
-ROOT = Path(__file__).resolve().parents[3]
 
 
 def digest(*tensors):
@@ -83,9 +81,10 @@ def test_bool_tensors_are_covered():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_swapping_two_elements_changes_the_digest(dtype):
-    t = torch.arange(1, 2 * COLUMNS + 40, dtype=torch.float32).to(dtype)
+    t = torch.randn(2 * COLUMNS + 40, generator=torch.Generator().manual_seed(2)).to(dtype)
     before = digest(t)
     for i, j in [(0, 1), (3, 2 * COLUMNS + 5), (COLUMNS - 1, COLUMNS), (10, 30)]:
+        assert t[i] != t[j]
         s = t.clone()
         s[i], s[j] = t[j].clone(), t[i].clone()
         assert digest(s) != before, (i, j)
@@ -124,25 +123,6 @@ def test_replacing_param_data_in_place_is_seen():
 def test_to_hex_is_sixteen_digits_for_negative_int64():
     assert to_hex(-1) == "f" * 16
     assert to_hex(5) == "0000000000000005"
-
-
-def test_identical_parameters_give_identical_digests_across_processes():
-    code = (
-        "import torch\n"
-        "from trainguard.agents.trainer.checksum import ParamChecksum\n"
-        "torch.manual_seed(3)\n"
-        "m = torch.nn.Sequential(torch.nn.Linear(40, 300), torch.nn.Linear(300, 5))\n"
-        "m[0].to(torch.bfloat16)\n"
-        "print(ParamChecksum(m.parameters()).hexdigest())\n"
-    )
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-    outs = {subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                           text=True, timeout=120, check=True).stdout.strip()
-            for _ in range(2)}
-    torch.manual_seed(3)
-    m = torch.nn.Sequential(torch.nn.Linear(40, 300), torch.nn.Linear(300, 5))
-    m[0].to(torch.bfloat16)
-    assert outs == {ParamChecksum(m.parameters()).hexdigest()}
 
 
 def test_a_non_contiguous_parameter_is_hashed_by_its_values():
