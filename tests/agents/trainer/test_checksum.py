@@ -133,3 +133,12 @@ def test_a_non_contiguous_parameter_is_hashed_by_its_values():
 
 def test_no_parameters_gives_the_empty_signature():
     assert ParamChecksum([]).hexdigest() == ParamChecksum([torch.empty(0)]).hexdigest()
+
+
+def test_large_tensors_reduced_block_by_block_match_the_specification(monkeypatch):
+    from trainguard.agents.trainer import checksum
+
+    monkeypatch.setattr(checksum, "_BLOCK_WORDS", 2 * COLUMNS)
+    t = torch.randn(7 * COLUMNS + 3, generator=torch.Generator().manual_seed(9))
+    ck = ParamChecksum([t])
+    assert int(ck.digest().item()) % 2**64 == reference_digest([words(t)], ck.signature)
