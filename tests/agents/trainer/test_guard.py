@@ -243,3 +243,24 @@ def test_attach_installs_the_exit_hooks_and_close_removes_them(receiver, reporte
     assert signal.getsignal(signal.SIGTERM) != term and guard._exits.installed
     guard.close()
     assert signal.getsignal(signal.SIGTERM) == term and not guard._exits.installed
+
+
+def test_a_changed_manifest_is_sent_again_and_later_steps_carry_its_fingerprint(
+        receiver, reporter, tmp_path, monkeypatch):
+    (tmp_path / "jobmod_kit.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import jobmod_kit  # noqa: F401
+
+    model, opt = make_job()
+    guard = TrainGuard.attach(model, opt, reporter=reporter, code_roots=[tmp_path])
+    first = guard.manifest.fingerprint
+    assert "job:jobmod_kit.py" in guard.manifest.entries
+    guard.step(1.0)
+    assert not guard.refresh_manifest()
+    (tmp_path / "jobmod_kit.py").write_text("X = 2\n")
+    assert guard.refresh_manifest()
+    guard.step(1.0)
+    guard.close()
+    sys.modules.pop("jobmod_kit", None)
+    assert [m.fingerprint for m in receiver.manifests()] == [first, guard.manifest.fingerprint]
+    assert [s.env_fingerprint for s in receiver.steps()] == [first, guard.manifest.fingerprint]
