@@ -36,19 +36,25 @@ def test_weights_are_2p_plus_1_mod_2_pow_33():
             assert w % 2**33 == (2 * (r * COLUMNS + c) + 1) % 2**33
 
 
+@pytest.mark.parametrize("use_numpy", [True, False], ids=["numpy", "torch"])
 @pytest.mark.parametrize("n", [5, COLUMNS, 3 * COLUMNS + 17])
-def test_the_device_digest_equals_the_pure_python_specification(n):
+def test_the_digest_equals_the_pure_python_specification(n, use_numpy):
     g = torch.Generator().manual_seed(n)
     t = torch.randn(n, generator=g)
     ck = ParamChecksum([t])
+    ck.use_numpy = use_numpy
     assert int(ck.digest().item()) % 2**64 == reference_digest([words(t)], ck.signature)
 
 
-def test_small_tensors_form_one_chunk_in_order_and_match_the_specification():
+@pytest.mark.parametrize("use_numpy", [True, False], ids=["numpy", "torch"])
+def test_small_tensors_form_one_chunk_in_order_and_match_the_specification(use_numpy):
     g = torch.Generator().manual_seed(1)
     ts = [torch.randn(s, generator=g) for s in (3, 10, 2 * COLUMNS + 1, 4, 1)]
+    ts.append(torch.randn(5, generator=g).to(torch.bfloat16))  # widened 16-bit words
     ck = ParamChecksum(ts)
-    chunks = [words(ts[0]) + words(ts[1]), words(ts[2]), words(ts[3]) + words(ts[4])]
+    ck.use_numpy = use_numpy
+    chunks = [words(ts[0]) + words(ts[1]), words(ts[2]),
+              words(ts[3]) + words(ts[4]) + words(ts[5])]
     assert int(ck.digest().item()) % 2**64 == reference_digest(chunks, ck.signature)
 
 
@@ -141,4 +147,5 @@ def test_large_tensors_reduced_block_by_block_match_the_specification(monkeypatc
     monkeypatch.setattr(checksum, "_BLOCK_WORDS", 2 * COLUMNS)
     t = torch.randn(7 * COLUMNS + 3, generator=torch.Generator().manual_seed(9))
     ck = ParamChecksum([t])
+    ck.use_numpy = False
     assert int(ck.digest().item()) % 2**64 == reference_digest([words(t)], ck.signature)
