@@ -188,7 +188,8 @@ class ParamChecksum:
 
     def _numpy_digest(self) -> int:
         """The same digest on the CPU through numpy, whose int32 → int64 sums widen on the
-        fly (~10× torch's, which first copies the words to int64)."""
+        fly (~10× torch's, which first copies the words to int64).
+        """
         import numpy as np
 
         cols = self.columns
