@@ -51,7 +51,7 @@ class HashingWriter(io.RawIOBase):
         """Yes."""
         return True
 
-    def write(self, data: Any) -> int:  # type: ignore[override]
+    def write(self, data: Any) -> int:
         """Hash ``data`` and write it to the file."""
         view = memoryview(data).cast("B")
         self._hash.update(view)

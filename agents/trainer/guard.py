@@ -113,7 +113,8 @@ class TrainGuard:
                                                  clock=clock)
         self._probe = OptimizerProbe(optimizer, clock=clock,
                                      grad_norm=self.tracer is None and not layout.sharded)
-        self.manifest = build_manifest(code_roots)
+        self._code_roots = tuple(code_roots)
+        self.manifest = build_manifest(self._code_roots)
         reporter.env_fingerprint = self.manifest.fingerprint
         self._manifest_sent = False
         self._update_seed()
@@ -145,7 +146,7 @@ class TrainGuard:
         found = layout if layout is not None else detect_layout(model)
         owns = reporter is None
         if reporter is None:
-            reporter = StepReporter.from_env(**found.reporter_options())
+            reporter = StepReporter.from_env(None, **found.reporter_options())
         else:
             for name, value in found.reporter_options().items():
                 if value is not None:
@@ -229,6 +230,19 @@ class TrainGuard:
         if state != self._seed_state:
             self._seed_state = state
             self.reporter.seed_fingerprint = seed_fingerprint(seed, torch_seed)
+
+    def refresh_manifest(self) -> bool:
+        """Rebuild the manifest (e.g. after a late import); send it if it changed.
+
+        Returns whether the fingerprint changed. Steps carry the new fingerprint after it.
+        """
+        manifest = build_manifest(self._code_roots)
+        if manifest.fingerprint == self.manifest.fingerprint:
+            return False
+        self.manifest = manifest
+        self.reporter.env_fingerprint = manifest.fingerprint
+        self._send_manifest()
+        return True
 
     def _send_manifest(self) -> None:
         with self._lock:

@@ -68,8 +68,10 @@ class Readback:
             if _is_device_tensor(value):
                 pending.names.append(name)
                 device_values.append(value.detach().reshape(()).double())
+            elif value is None:
+                pending.host[name] = None
             else:
-                pending.host[name] = None if value is None else float(value)
+                pending.host[name] = float(value.detach() if hasattr(value, "detach") else value)
         if checksum is not None and _is_device_tensor(checksum):
             pending.checksum_at = len(device_values)
             device_values.append(checksum.reshape(()).view(_float64()))

@@ -166,20 +166,27 @@ def test_an_explicit_layout_goes_on_the_wire(receiver, reporter):
     assert s.grad_norm is None  # a shard's norm is not the model's
 
 
+# The exit paths run in a child process; it uses ExitHooks (what TrainGuard installs at
+# attach) without torch so that each child starts in well under a second.
 SCRIPT = textwrap.dedent("""
-    import os, signal, sys, time, torch
+    import os, signal, sys, time
     from trainguard.agents.reporter import StepReporter
-    from trainguard.agents.trainer import TrainGuard
+    from trainguard.agents.trainer.exits import ExitHooks
     mode = sys.argv[1]
     if mode == "user-handler":
         signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))
-    model = torch.nn.Linear(2, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     rep = StepReporter("job-x", 0, 1, socket_path=os.environ["SOCK"], node="n")
-    guard = TrainGuard.attach(model, opt, reporter=rep)
-    guard.step(1.0)
+    sent = []
+    def bye(reason):
+        if not sent:
+            sent.append(reason)
+            rep.event("bye", reason=reason, step=1)
+    ExitHooks(bye).install()
+    assert "torch" not in sys.modules
     if mode == "raise":
         raise RuntimeError("boom")
+    if mode == "interrupt":
+        raise KeyboardInterrupt
     if mode == "exit":
         sys.exit(0)
     print("ready", flush=True)
@@ -194,7 +201,7 @@ def run_script(sock, mode, *, term=False):
     if term:
         assert proc.stdout.readline().strip() == "ready"
         proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=60)
     return proc.returncode, err
 
 
@@ -202,6 +209,12 @@ def test_an_uncaught_exception_says_bye_error_and_still_prints_the_traceback(rec
     code, err = run_script(receiver.path, "raise")
     assert code == 1 and "RuntimeError: boom" in err
     assert [(e.event, e.reason) for e in receiver.events()] == [("bye", "error")]
+
+
+def test_an_uncaught_keyboard_interrupt_says_bye_terminated(receiver):
+    code, _ = run_script(receiver.path, "interrupt")
+    assert code != 0
+    assert [(e.event, e.reason) for e in receiver.events()] == [("bye", "terminated")]
 
 
 def test_leaving_without_close_says_bye_finished_at_exit(receiver):
@@ -221,3 +234,33 @@ def test_a_user_sigterm_handler_is_left_alone(receiver):
     assert code == 3
     # the user's handler exits through sys.exit: a normal exit, bye finished at exit
     assert [(e.event, e.reason) for e in receiver.events()] == [("bye", "finished")]
+
+
+def test_attach_installs_the_exit_hooks_and_close_removes_them(receiver, reporter):
+    term = signal.getsignal(signal.SIGTERM)
+    model, opt = make_job()
+    guard = TrainGuard.attach(model, opt, reporter=reporter)
+    assert signal.getsignal(signal.SIGTERM) != term and guard._exits.installed
+    guard.close()
+    assert signal.getsignal(signal.SIGTERM) == term and not guard._exits.installed
+
+
+def test_a_changed_manifest_is_sent_again_and_later_steps_carry_its_fingerprint(
+        receiver, reporter, tmp_path, monkeypatch):
+    (tmp_path / "jobmod_kit.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import jobmod_kit  # noqa: F401
+
+    model, opt = make_job()
+    guard = TrainGuard.attach(model, opt, reporter=reporter, code_roots=[tmp_path])
+    first = guard.manifest.fingerprint
+    assert "job:jobmod_kit.py" in guard.manifest.entries
+    guard.step(1.0)
+    assert not guard.refresh_manifest()
+    (tmp_path / "jobmod_kit.py").write_text("X = 2\n")
+    assert guard.refresh_manifest()
+    guard.step(1.0)
+    guard.close()
+    sys.modules.pop("jobmod_kit", None)
+    assert [m.fingerprint for m in receiver.manifests()] == [first, guard.manifest.fingerprint]
+    assert [s.env_fingerprint for s in receiver.steps()] == [first, guard.manifest.fingerprint]

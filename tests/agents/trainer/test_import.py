@@ -8,14 +8,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def test_importing_the_agents_reporter_and_trainer_package_does_not_import_torch():
+def test_importing_the_agent_side_and_the_kit_itself_does_not_import_torch():
     code = (
         "import sys\n"
         "import trainguard.agents, trainguard.agents.reporter, trainguard.agents.daemon\n"
         "import trainguard.agents.trainer as kit\n"
+        "kit.TrainGuard, kit.Layout, kit.ParamChecksum\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
-        "kit.TrainGuard\n"
-        "assert 'torch' in sys.modules\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
