@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed  ## create .venv and install trainguard with every extra
+install: $(VENV)/.installed  ## create .venv and install trainguard with its agent, pipeline and dev extras
 
 $(VENV)/.installed-torch: $(VENV)/.installed pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,torch-test]'
