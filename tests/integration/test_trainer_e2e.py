@@ -284,6 +284,24 @@ def test_a_sigstopped_rank_is_rank_hung_within_10s(e2e):
         run.kill()
 
 
+def test_a_sharded_job_agrees_shard_by_shard_until_one_replica_is_tampered(e2e):
+    started = time.monotonic()
+    job = e2e.job("hsdp")
+    # FSDP2 over a (3 replicas, 2 shards) mesh: ranks 0, 2, 4 hold shard 0, ranks 1, 3, 5
+    # shard 1. Their checksums differ across shards by design: no param_divergence until
+    # rank 3's copy of shard 1 is changed.
+    run = e2e.launch(job, 1, ["--hsdp", "3", "--fault", "tamper:3:12"], nprocs=(3, 3))
+    ranks = run.ranks()
+    injected = run.fault()["ts"]
+    _expect(e2e, job, "param_divergence", 3, ranks, injected, SUBTLE_S, "HSDP replica edited",
+            started)
+    shards = dict(e2e.stack.worker.query(
+        "SELECT rank, any(shard) FROM {database}.steps "
+        f"WHERE job_id = '{job}' GROUP BY rank ORDER BY rank").rows)
+    assert shards == {0: 0, 1: 1, 2: 0, 3: 1, 4: 0, 5: 1}
+    run.finish()
+
+
 # -- benign -----------------------------------------------------------------------------
 
 

@@ -20,7 +20,11 @@ The run talks to the test through files in ``--run-dir``:
 changed in memory right after the checkpoint load), ``seed`` (the data sampler seeded
 differently after the restart), ``lr`` (the rank's optimizer lr x1.5 from STEP),
 ``grad`` (the rank's gradients x4 from STEP: its loss scaled before backward), ``slow``
-(the rank's compute 25 % longer from STEP).
+(the rank's compute 25 % longer from STEP), ``tamper`` (one weight of the rank's copy
+changed in memory at STEP).
+
+``--hsdp R`` shards the model with FSDP2 over a ``(R, world / R)`` device mesh (HSDP: each
+shard held by R replicas) instead of DDP; such runs take no checkpoints.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from trainguard.agents.trainer import TrainGuard
 
-FAULTS = ("weights", "seed", "lr", "grad", "slow")
+FAULTS = ("weights", "seed", "lr", "grad", "slow", "tamper")
 FEATURES, CLASSES, HIDDEN = 32, 4, 64
 
 
@@ -83,6 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pad-s", type=float, default=0.04)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--fault", default=None)
+    p.add_argument("--hsdp", type=int, default=0, help="replicas per shard (FSDP2), not DDP")
     return p.parse_args(argv)
 
 
@@ -128,7 +133,16 @@ class Job:
         self.loader = DataLoader(self.train_set, batch_size=args.batch, sampler=self.sampler,
                                  drop_last=True)
         self.steps_per_epoch = len(self.loader)
-        self.model = DistributedDataParallel(build_model())
+        self.net = build_model()
+        if args.hsdp:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh("cpu", (args.hsdp, self.world // args.hsdp),
+                                    mesh_dim_names=("replicate", "shard"))
+            self.model: nn.Module = fully_shard(self.net, mesh=mesh)
+        else:
+            self.model = DistributedDataParallel(self.net)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=0.9)
         self.sched = LambdaLR(self.opt, self._lr_factor)
         self.guard = TrainGuard.attach(self.model, self.opt, sampler=self.sampler)
@@ -149,7 +163,7 @@ class Job:
         return self.args.ckpt_dir / f"step{step}" / f"rank{self.rank}.pt"
 
     def _save(self) -> None:
-        state = {"model": self.model.module.state_dict(), "opt": self.opt.state_dict(),
+        state = {"model": self.net.state_dict(), "opt": self.opt.state_dict(),
                  "sched": self.sched.state_dict(), "step": self.step}
         path = self._path(self.step)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,15 +172,21 @@ class Job:
     def _load(self, step: int) -> None:
         state = self.guard.load(self._path(step), checkpoint_id=f"step{step}",
                                 map_location="cpu", weights_only=True)
-        self.model.module.load_state_dict(state["model"])
+        self.net.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
         self.step = int(state["step"])
         if self.mine and self.fault is not None and self.fault.kind == "weights":
             # After the load and after DDP's broadcast at construction: nothing resyncs it.
-            with torch.no_grad():
-                next(self.model.module.parameters()).view(-1)[0] += 1e-3
-            self._record_fault()
+            self._tamper()
+
+    def _tamper(self) -> None:
+        """Change one weight of this rank's copy (its local shard under FSDP)."""
+        weight = next(self.net.parameters())
+        local = weight.to_local() if hasattr(weight, "to_local") else weight
+        with torch.no_grad():
+            local[(0,) * local.dim()] += 1e-3
+        self._record_fault()
 
     def _record_fault(self) -> None:
         assert self.fault is not None
@@ -193,6 +213,8 @@ class Job:
                 group["lr"] *= 1.5
             self.sched.base_lrs = [lr * 1.5 for lr in self.sched.base_lrs]
             self._record_fault()
+        if self._active("tamper") and self.step == self.fault.step:  # type: ignore[union-attr]
+            self._tamper()
         loss = F.cross_entropy(self.model(xb), yb)
         time.sleep(self.args.pad_s)  # the step's device time
         if self._active("slow"):
