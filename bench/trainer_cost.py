@@ -5,8 +5,9 @@ gloo DDP job of the same model. For each setting the kit's own time per step is 
 directly: ``guard.step`` plus its work inside the optimizer pre-hook and the DDP comm hook
 (the all-reduce itself is DDP's, with or without the kit). kit ms = median kit time of the
 steps without a digest + (median with - median without) / N; kit % = kit ms / the rest of
-the same run's median step, so other processes' load between settings skews it less. Also: attach cost
-(layout, manifest, hooks) and the parameter digest's throughput in MB/s (fp32, bf16).
+the same run's median step, so other processes' load between settings skews it less.
+Also: attach cost (layout, manifest, hooks) and the parameter digest's throughput in MB/s
+(fp32, bf16).
 
     python -m bench.trainer_cost [--model small|medium] [--batch 64] [--steps 60] [--ddp]
         [--throughput]
