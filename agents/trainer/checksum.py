@@ -173,7 +173,9 @@ class ParamChecksum:
         device = self.params[0].device
         if self.use_numpy and device.type == "cpu":
             return torch.tensor(_signed(self._numpy_digest()), dtype=torch.int64)
-        total = torch.tensor(_signed(self.signature), dtype=torch.int64, device=device)
+        # torch.full, not torch.tensor: a host-to-device copy of a new tensor would wait
+        # for the device's queue (a sync); a fill kernel is just queued.
+        total = torch.full((), _signed(self.signature), dtype=torch.int64, device=device)
         for index, chunk in enumerate(self._chunks):
             part = self._chunk_digest(self._chunk_words(chunk, device), chunk, index)
             total += part.to(device, non_blocking=True)
