@@ -105,8 +105,9 @@ class _Chunk:
 
 
 def _plan(sizes: Sequence[int], columns: int) -> list[_Chunk]:
-    """The stream's order: tensors of at least a row alone, in parameter order, then the
-    smaller ones concatenated (in parameter order) into chunks of ~``_CHUNK_WORDS``.
+    """The stream's chunks: tensors of a row or more alone, then the smaller ones.
+
+    Both in parameter order; the small ones concatenated into chunks of ~``_CHUNK_WORDS``.
     """
     chunks: list[_Chunk] = []
     offset = 0
