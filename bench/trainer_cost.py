@@ -17,9 +17,11 @@ Also: attach cost (layout, manifest, hooks) and the parameter digest's throughpu
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
-import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -207,16 +209,17 @@ HOOKS: HookTimer
 
 
 def drain_socket() -> str:
-    """A socket standing in for the agent: a thread reads and discards what arrives."""
+    """A process standing in for the agent: it reads and discards what arrives (a thread
+    here would compete with the training loop for the GIL, which the agent does not)."""
     path = str(Path(tempfile.mkdtemp(prefix="tgb", dir="/tmp")) / "steps.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-
-    def drain() -> None:
-        while True:
-            sock.recv(1 << 17)
-
-    threading.Thread(target=drain, daemon=True).start()
+    code = ("import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(sys.argv[1])\n"
+            "print('ready', flush=True)\n"
+            "while True: s.recv(1 << 17)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, path], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    atexit.register(proc.kill)
     return path
 
 
