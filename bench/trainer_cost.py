@@ -4,9 +4,11 @@ Single process on the CPU (an MLP of ~0.2M or ~4.2M parameters, AdamW), and a 2-
 gloo DDP job of the same model. For each setting the kit's own time per step is measured
 directly: ``guard.step`` plus its work inside the optimizer pre-hook and the DDP comm hook
 (the all-reduce itself is DDP's, with or without the kit). kit ms = median kit time of the
-steps without a digest + (median with - median without) / N; kit % = kit ms / the rest of
-the same run's median step, so other processes' load between settings skews it less. Also: attach cost
-(layout, manifest, hooks) and the parameter digest's throughput in MB/s (fp32, bf16).
+steps without a digest + (median with - median without) / N; kit % = kit ms /
+the plain loop's median step; the settings' jobs are stepped in turn (plain, every step,
+every 10, off, plain, ...) so that other processes' load hits them alike.
+Also: attach cost (layout, manifest, hooks) and the parameter digest's throughput in MB/s
+(fp32, bf16).
 
     python -m bench.trainer_cost [--model small|medium] [--batch 64] [--steps 60] [--ddp]
         [--throughput]
@@ -15,9 +17,11 @@ the same run's median step, so other processes' load between settings skews it l
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
-import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -89,49 +93,67 @@ class HookTimer:
         return out
 
 
-def run(model: torch.nn.Module, steps: int, guard_opts: dict[str, Any] | None,
-        sock: str, rank: int = 0, world: int = 1) -> dict[str, float]:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(rank)
-    width = WIDTHS[MODEL][0]
-    data = [(torch.randn(BATCH, width, generator=gen),
-             torch.randint(0, 10, (BATCH,), generator=gen)) for _ in range(8)]
-    guard = None
-    attach_s = 0.0
-    if guard_opts is not None:
-        reporter = StepReporter("bench", rank, world, socket_path=sock, node="bench")
-        t = time.perf_counter()
-        guard = TrainGuard.attach(model, opt, reporter=reporter, **guard_opts)
-        attach_s = time.perf_counter() - t
-    timer = HOOKS
-    step_times, kit_times = [], []
-    for i in range(steps):
+class Job:
+    """One setting's model, optimizer and (maybe) guard, stepped in turn with the others."""
+
+    def __init__(self, model: torch.nn.Module, guard_opts: dict[str, Any] | None, sock: str,
+                 rank: int, world: int) -> None:
+        self.model = model
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        gen = torch.Generator().manual_seed(rank)
+        width = WIDTHS[MODEL][0]
+        self.data = [(torch.randn(BATCH, width, generator=gen),
+                      torch.randint(0, 10, (BATCH,), generator=gen)) for _ in range(8)]
+        self.guard: TrainGuard | None = None
+        self.attach_s = 0.0
+        if guard_opts is not None:
+            reporter = StepReporter("bench", rank, world, socket_path=sock, node="bench")
+            t = time.perf_counter()
+            self.guard = TrainGuard.attach(model, self.opt, reporter=reporter, **guard_opts)
+            self.attach_s = time.perf_counter() - t
+        self.every = self.guard.checksum_every if self.guard is not None else 0
+        self.step_times: list[float] = []
+        self.kit_times: list[float] = []
+
+    def step(self, i: int) -> None:
         t0 = time.perf_counter()
-        x, y = data[i % len(data)]
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        x, y = self.data[i % len(self.data)]
+        loss = torch.nn.functional.cross_entropy(self.model(x), y)
         loss.backward()
-        opt.step()
-        opt.zero_grad()
+        self.opt.step()
+        self.opt.zero_grad()
         t1 = time.perf_counter()
-        if guard is not None:
-            guard.step(loss)
+        if self.guard is not None:
+            self.guard.step(loss)
         t2 = time.perf_counter()
-        step_times.append(t2 - t0)
-        kit_times.append(t2 - t1 + timer.take())
-    every = guard.checksum_every if guard is not None else 0
-    if guard is not None:
-        guard.close()
-    warm = steps // 5
-    # Medians (robust to other processes' load), split by whether the step digested the
-    # parameters; every-N work is then amortised over N steps.
-    with_digest = [k for i, k in enumerate(kit_times) if i >= warm and every and i % every == 0]
-    without = [k for i, k in enumerate(kit_times) if i >= warm and not (every and i % every == 0)]
-    rest = statistics.median(without) if without else 0.0
-    digest = statistics.median(with_digest) - rest if with_digest and without else (
-        statistics.median(with_digest) if with_digest else 0.0)
-    kit = rest + (digest / every if every else 0.0)
-    return {"step_ms": 1e3 * statistics.median(step_times[warm:]), "kit_ms": 1e3 * kit,
-            "attach_ms": 1e3 * attach_s}
+        self.step_times.append(t2 - t0)
+        self.kit_times.append(t2 - t1 + HOOKS.take())
+
+    def result(self, warm: int) -> dict[str, float]:
+        if self.guard is not None:
+            self.guard.close()
+        every = self.every
+        digested = [every and i % every == 0 for i in range(len(self.kit_times))]
+        with_digest = [k for i, k in enumerate(self.kit_times) if i >= warm and digested[i]]
+        without = [k for i, k in enumerate(self.kit_times) if i >= warm and not digested[i]]
+        rest = statistics.median(without) if without else 0.0
+        digest = statistics.median(with_digest) - rest if with_digest else 0.0
+        return {"step_ms": 1e3 * statistics.median(self.step_times[warm:]),
+                "kit_ms": 1e3 * (rest + (digest / every if every else 0.0)),
+                "attach_ms": 1e3 * self.attach_s}
+
+
+def run(settings: list[tuple[str, dict[str, Any] | None]], steps: int, sock: str,
+        wrap: Any = None, rank: int = 0, world: int = 1) -> list[tuple[str, dict[str, float]]]:
+    """Step every setting's job in turn, so other processes' load hits them alike."""
+    jobs = []
+    for _, opts in settings:
+        model = build()
+        jobs.append(Job(wrap(model) if wrap else model, opts, sock, rank, world))
+    for i in range(steps):
+        for job in jobs:
+            job.step(i)
+    return [(name, job.result(steps // 5)) for (name, _), job in zip(settings, jobs, strict=True)]
 
 
 SETTINGS: list[tuple[str, dict[str, Any] | None]] = [
@@ -143,11 +165,10 @@ SETTINGS: list[tuple[str, dict[str, Any] | None]] = [
 
 
 def table(results: list[tuple[str, dict[str, float]]]) -> None:
-    # kit % = the kit's time / the rest of the same run's step: each setting is its own
-    # baseline, so load from other processes between settings does not skew it.
+    base = results[0][1]["step_ms"]  # the plain loop, stepped in turn with the others
     print(f"{'setting':34} {'step ms':>8} {'kit ms':>8} {'kit %':>7} {'attach ms':>9}")
     for name, r in results:
-        pct = 100 * r["kit_ms"] / max(r["step_ms"] - r["kit_ms"], 1e-9)
+        pct = 100 * r["kit_ms"] / base
         print(f"{name:34} {r['step_ms']:8.2f} {r['kit_ms']:8.3f} {pct:6.2f}% {r['attach_ms']:9.1f}")
 
 
@@ -177,10 +198,7 @@ def _ddp_worker(rank: int, world: int, steps: int, sock: str, init: str, model: 
     HOOKS, MODEL, BATCH = HookTimer(), model, batch
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
-    results = []
-    for name, opts in SETTINGS[:3]:
-        model = DistributedDataParallel(build())
-        results.append((name, run(model, steps, opts, sock, rank, world)))
+    results = run(SETTINGS, steps, sock, DistributedDataParallel, rank, world)
     if rank == 0:
         print(f"\n2-process gloo DDP (1 thread per rank), {steps} steps per setting:")
         table(results)
@@ -191,16 +209,17 @@ HOOKS: HookTimer
 
 
 def drain_socket() -> str:
-    """A socket standing in for the agent: a thread reads and discards what arrives."""
+    """A process standing in for the agent: it reads and discards what arrives (a thread
+    here would compete with the training loop for the GIL, which the agent does not)."""
     path = str(Path(tempfile.mkdtemp(prefix="tgb", dir="/tmp")) / "steps.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-
-    def drain() -> None:
-        while True:
-            sock.recv(1 << 17)
-
-    threading.Thread(target=drain, daemon=True).start()
+    code = ("import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(sys.argv[1])\n"
+            "print('ready', flush=True)\n"
+            "while True: s.recv(1 << 17)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, path], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    atexit.register(proc.kill)
     return path
 
 
@@ -219,8 +238,7 @@ def main() -> None:
     n = sum(p.numel() for p in model.parameters())
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads,"
           f" model {MODEL} {n / 1e6:.2f}M params, batch {BATCH}, {args.steps} steps per setting")
-    results = [(name, run(build(), args.steps, opts, sock)) for name, opts in SETTINGS]
-    table(results)
+    table(run(SETTINGS, args.steps, sock))
     if args.throughput:
         throughput()
     if args.ddp:

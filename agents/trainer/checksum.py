@@ -1,8 +1,10 @@
 """Exact 64-bit digest of a model's parameters, computed on their device without a sync.
 
-The parameters are read as one stream of 32-bit words, in ``model.parameters()`` order
-(each tensor's bytes reinterpreted: 4- and 8-byte dtypes as ``int32`` words, 2-byte dtypes
-with an odd element count and 1-byte dtypes widened element by element). Word ``p`` of
+The parameters are read as one stream of 32-bit words in a fixed order (the tensors of at
+least ``COLUMNS`` words in ``model.parameters()`` order, then the smaller ones concatenated
+in that order), each tensor's bytes reinterpreted: 4- and 8-byte dtypes as ``int32``
+words, 2-byte dtypes with an odd element count and 1-byte dtypes widened element by
+element. Word ``p`` of
 the stream, with value ``x_p``, contributes ``w_p * x_p`` and the digest is the sum mod 2^64
 (int64 wraparound arithmetic, the same on every device) plus a constant derived from the
 tensors' shapes and dtypes. The weights satisfy ``w_p ≡ 2p + 1 (mod 2^33)``; their upper
@@ -102,6 +104,32 @@ class _Chunk:
     words: int
 
 
+def _plan(sizes: Sequence[int], columns: int) -> list[_Chunk]:
+    """The stream's chunks: tensors of a row or more alone, then the smaller ones.
+
+    Both in parameter order; the small ones concatenated into chunks of ~``_CHUNK_WORDS``.
+    """
+    chunks: list[_Chunk] = []
+    offset = 0
+    for i, n in enumerate(sizes):
+        if n >= columns:
+            chunks.append(_Chunk((i,), offset, n))
+            offset += n
+    group: list[int] = []
+    group_words = 0
+    for i, n in enumerate(sizes):
+        if n >= columns:
+            continue
+        group.append(i)
+        group_words += n
+        if group_words >= _CHUNK_WORDS:
+            chunks.append(_Chunk(tuple(group), offset, group_words))
+            offset, group, group_words = offset + group_words, [], 0
+    if group:
+        chunks.append(_Chunk(tuple(group), offset, group_words))
+    return chunks
+
+
 def _word_count(t: torch.Tensor) -> int:
     nbytes = t.numel() * t.element_size()
     return nbytes // 4 if nbytes % 4 == 0 else t.numel()
@@ -134,30 +162,14 @@ class ParamChecksum:
         self.columns = columns
         self._weights: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
         sig = hashlib.blake2b(digest_size=8)
-        chunks: list[_Chunk] = []
-        group: list[int] = []
-        offset = group_words = 0
-        for i, p in enumerate(self.params):
+        sizes = []
+        for p in self.params:
             local = p.to_local() if hasattr(p, "to_local") else p
             sig.update(f"{tuple(local.shape)}:{local.dtype};".encode())
-            n = _word_count(local)
-            if n >= columns:
-                if group:
-                    chunks.append(_Chunk(tuple(group), offset, group_words))
-                    offset, group, group_words = offset + group_words, [], 0
-                chunks.append(_Chunk((i,), offset, n))
-                offset += n
-                continue
-            group.append(i)
-            group_words += n
-            if group_words >= _CHUNK_WORDS:
-                chunks.append(_Chunk(tuple(group), offset, group_words))
-                offset, group, group_words = offset + group_words, [], 0
-        if group:
-            chunks.append(_Chunk(tuple(group), offset, group_words))
-        self._chunks = chunks
+            sizes.append(_word_count(local))
+        self._chunks = _plan(sizes, columns)
         #: Words in the stream; the guarantees hold below 2^32.
-        self.words = sum(c.words for c in chunks)
+        self.words = sum(c.words for c in self._chunks)
         self.signature = int.from_bytes(sig.digest(), "little")
         #: Bytes of parameters one digest reads.
         self.nbytes = sum(p.numel() * p.element_size() for p in self.params)
@@ -173,7 +185,9 @@ class ParamChecksum:
         device = self.params[0].device
         if self.use_numpy and device.type == "cpu":
             return torch.tensor(_signed(self._numpy_digest()), dtype=torch.int64)
-        total = torch.tensor(_signed(self.signature), dtype=torch.int64, device=device)
+        # torch.full, not torch.tensor: a host-to-device copy of a new tensor would wait
+        # for the device's queue (a sync); a fill kernel is just queued.
+        total = torch.full((), _signed(self.signature), dtype=torch.int64, device=device)
         for index, chunk in enumerate(self._chunks):
             part = self._chunk_digest(self._chunk_words(chunk, device), chunk, index)
             total += part.to(device, non_blocking=True)
