@@ -111,8 +111,8 @@ class TrainGuard:
                 self.tracer = tracer
                 self._watchdog = WaitingWatchdog(tracer, self._waiting, after_s=waiting_after_s,
                                                  clock=clock)
-        self._probe = OptimizerProbe(optimizer, clock=clock,
-                                     grad_norm=self.tracer is None and not layout.sharded)
+        self._probe = None if optimizer is None else OptimizerProbe(
+            optimizer, clock=clock, grad_norm=self.tracer is None and not layout.sharded)
         self._code_roots = tuple(code_roots)
         self.manifest = build_manifest(self._code_roots)
         reporter.env_fingerprint = self.manifest.fingerprint
@@ -179,7 +179,8 @@ class TrainGuard:
         now = self._clock()
         index = self.step_index if step is None else int(step)
         self.step_index = index + 1
-        lr, optimizer_at, optimizer_sumsq = self._probe.take()
+        lr, optimizer_at, optimizer_sumsq = (self._probe.take() if self._probe is not None
+                                             else (None, None, None))
         local_sumsq = global_sumsq = None
         compute_end = optimizer_at
         if self.tracer is not None:
@@ -313,7 +314,8 @@ class TrainGuard:
         try:
             self.bye(reason)
         finally:
-            self._probe.remove()
+            if self._probe is not None:
+                self._probe.remove()
             self._exits.uninstall()
             if self._owns_reporter:
                 self.reporter.close()
