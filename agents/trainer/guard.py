@@ -31,10 +31,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 from trainguard.agents.reporter import StepReporter
-from trainguard.agents.trainer import checkpoint as ckpt
+from trainguard.agents.trainer.checkpoint import CheckpointMethods
 from trainguard.agents.trainer.checksum import ParamChecksum, to_hex
 from trainguard.agents.trainer.exits import ExitHooks
 from trainguard.agents.trainer.fingerprints import (
@@ -51,7 +51,6 @@ from trainguard.schemas.ranks import ByeReason
 __all__ = ["TrainGuard"]
 
 _log = logging.getLogger(__name__)
-_MAX_ID = 256
 
 
 @dataclass(frozen=True)
@@ -69,12 +68,7 @@ def _sqrt(value: float | None) -> float | None:
     return None if value is None else math.sqrt(value) if value >= 0 else float("nan")
 
 
-def _checkpoint_id(value: str | os.PathLike[str]) -> str:
-    text = os.fspath(value)
-    return text[-_MAX_ID:] if len(text) > _MAX_ID else text
-
-
-class TrainGuard:
+class TrainGuard(CheckpointMethods):
     """The trainer kit bound to one model, optimizer and reporter (use :meth:`attach`)."""
 
     def __init__(self, model: Any, optimizer: Any, reporter: StepReporter, *,
@@ -254,40 +248,6 @@ class TrainGuard:
         with self._lock:
             self.reporter.event("waiting", since=since, collective=collective,
                                 step=self.step_index)
-
-    # -- checkpoints --------------------------------------------------------------------
-
-    def save(self, obj: object, path: str | os.PathLike[str], *,
-             checkpoint_id: str | None = None) -> str:
-        """``torch.save`` with the SHA-256 of the bytes written reported; returns it."""
-        digest = ckpt.save(obj, path)
-        self._report_checkpoint("save", checkpoint_id or digest.path or os.fspath(path), digest)
-        return digest.sha256
-
-    def load(self, path: str | os.PathLike[str], *, checkpoint_id: str | None = None,
-             **torch_load_kwargs: Any) -> Any:
-        """``torch.load`` of the bytes read once, their SHA-256 reported."""
-        obj, digest = ckpt.load(path, **torch_load_kwargs)
-        self._report_checkpoint("load", checkpoint_id or digest.path or os.fspath(path), digest)
-        return obj
-
-    def dcp_save(self, state_dict: dict[str, Any], checkpoint_id: str | os.PathLike[str]) -> str:
-        """``torch.distributed.checkpoint.save``; reports this rank's files' digest."""
-        digest = ckpt.dcp_save(state_dict, checkpoint_id)
-        self._report_checkpoint("save", os.fspath(checkpoint_id), digest)
-        return digest.sha256
-
-    def dcp_load(self, state_dict: dict[str, Any], checkpoint_id: str | os.PathLike[str]) -> str:
-        """Report the digest of this rank's files, then ``torch.distributed.checkpoint.load``."""
-        digest = ckpt.dcp_load(state_dict, checkpoint_id)
-        self._report_checkpoint("load", os.fspath(checkpoint_id), digest)
-        return digest.sha256
-
-    def _report_checkpoint(self, action: Literal["save", "load"], checkpoint_id: str,
-                           digest: ckpt.Digest) -> None:
-        with self._lock:
-            self.reporter.checkpoint(action, _checkpoint_id(checkpoint_id), digest.sha256,
-                                     step=self.step_index, path=digest.path)
 
     # -- the end ------------------------------------------------------------------------
 
