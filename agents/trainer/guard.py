@@ -13,8 +13,11 @@ sharded layouts: none, a shard's norm is not the model's); local grad norm befor
 all-reduce (DDP); step time and its compute part; tokens/s; the parameter digest every
 ``checksum_every`` steps (``checksum_step`` = the step it hashes); the data epoch; the
 seed fingerprint when it changes. Once: the layout coordinates, the env fingerprint and
-its manifest. On a GPU the device values come back asynchronously (:mod:`.readback`), so
-a step's record is sent one or two steps later, never with a device sync.
+its manifest (again after :meth:`TrainGuard.refresh_manifest` finds it changed). On a GPU
+the device values come back asynchronously (:mod:`.readback`): a step's whole record is
+sent one or two steps later (its ``checksum_step`` is its own step), never with a device
+sync. Collectives: DDP's gradient buckets are traced; a rank stuck in one for
+``waiting_after_s`` reports ``waiting`` (:mod:`.grads`). The end: ``bye`` (:mod:`.exits`).
 
 :meth:`TrainGuard.step` never raises into the training loop: a failure is counted
 (``errors``) and logged once. Checkpoint wrappers (:meth:`save`, :meth:`load`,
