@@ -1,4 +1,4 @@
-"""Silences in the store: add, expire and list them (``silences`` table, migrations 012, 016).
+"""Silences in the store: add, expire and list them (``silences`` table, migrations 012, 017, 021).
 
 Every change is a new version of the same ``silence_id`` in a ReplacingMergeTree keyed
 by ``updated_at``, so expiring is an insert, never an UPDATE, and the same code works on
@@ -27,6 +27,7 @@ from trainguard.pipeline.alerts.config import (
     Silence,
     integrity_silence_violation,
 )
+from trainguard.pipeline.alerts.matchers import Matcher, matchers_from_json, matchers_to_json
 from trainguard.pipeline.store.base import Store
 
 __all__ = ["active_silences", "add_silence", "expire_silence", "list_silences"]
@@ -36,7 +37,7 @@ _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 #: The table stores milliseconds; this is the smallest window a silence can keep.
 _MS = 0.001
 _COLUMNS = (
-    "silence_id, job_id, node, integrity, reason, created_by, updated_by, "
+    "silence_id, job_id, node, matchers, integrity, reason, created_by, updated_by, "
     "toUnixTimestamp64Milli(starts_at) AS starts_ms, toUnixTimestamp64Milli(ends_at) AS ends_ms, "
     "toUnixTimestamp64Milli(created_at) AS created_ms, "
     "toUnixTimestamp64Milli(updated_at) AS updated_ms"
@@ -64,10 +65,12 @@ def add_silence(
     now: float,
     integrity: bool = False,
     max_integrity_s: float = DEFAULT_MAX_INTEGRITY_SILENCE_S,
+    matchers: tuple[Matcher, ...] = (),
 ) -> Silence:
     """Store a new silence of ``job_id`` and/or ``node`` over ``[starts_at, ends_at)``.
 
-    An empty ``job_id`` or ``node`` means any, like None. With ``integrity`` it mutes
+    An empty ``job_id`` or ``node`` means any, like None; ``matchers`` narrow it further
+    (all must hold). With ``integrity`` it mutes
     integrity findings too. Raises :class:`ConfigError` naming the bad value when the
     silence matches everything, its window is empty or already over at ``now``,
     ``reason`` or ``created_by`` is blank, or it breaks the integrity silence rule
@@ -89,6 +92,7 @@ def add_silence(
         created_by=created_by.strip(),
         integrity=integrity,
         updated_by=created_by.strip(),
+        matchers=tuple(matchers),
     )
     refused = integrity_silence_violation(silence, max_integrity_s)
     if refused is not None:
@@ -172,6 +176,7 @@ def _version(row: dict[str, object]) -> _Version:
             created_by=str(row["created_by"]),
             integrity=bool(int(str(row["integrity"]))),
             updated_by=str(row["updated_by"]),
+            matchers=matchers_from_json(str(row.get("matchers") or "")),
         )
     except ConfigError as exc:
         raise StoreError(f"stored silence {row.get('silence_id')!r} is invalid: {exc}") from None
@@ -183,6 +188,7 @@ def _row(silence: Silence, *, created_at: float, updated_at: float) -> dict[str,
         "silence_id": silence.silence_id,
         "job_id": silence.job_id or "",
         "node": silence.node or "",
+        "matchers": matchers_to_json(silence.matchers),
         "integrity": int(silence.integrity),
         "starts_at": silence.starts_at,
         "ends_at": silence.ends_at,
