@@ -172,12 +172,31 @@ def test_rendered_config_passes_amtool_check_config(tmp_path: Path) -> None:
     assert "SUCCESS" in check_config(path, amtool=amtool)
 
 
-def _routed_to(amtool: Path, labels: dict[str, str]) -> str:
+def _routed_to(amtool: Path, labels: dict[str, str], config: Path | None = None) -> str:
     out = subprocess.run(
-        [str(amtool), "config", "routes", "test", f"--config.file={config_template()}",
+        [str(amtool), "config", "routes", "test",
+         f"--config.file={config if config is not None else config_template()}",
          *(f"{k}={v}" for k, v in labels.items())],
         capture_output=True, text=True, timeout=30, check=True)
     return out.stdout.strip()
+
+
+#: kube-prometheus's default Alertmanager routing (its alertmanager-secret.yaml): the tree
+#: most existing clusters run, which pages on severity="critical" only.
+KUBE_PROMETHEUS_ROUTES = """\
+global: {resolve_timeout: 5m}
+receivers: [{name: Default}, {name: Watchdog}, {name: Critical}, {name: "null"}]
+route:
+  group_by: [namespace]
+  group_interval: 5m
+  group_wait: 30s
+  receiver: Default
+  repeat_interval: 12h
+  routes:
+    - {matchers: [alertname = Watchdog], receiver: Watchdog}
+    - {matchers: [alertname = InfoInhibitor], receiver: "null"}
+    - {matchers: [severity = critical], receiver: Critical}
+"""
 
 
 @pytest.mark.parametrize(("severity", "receiver"),
@@ -202,6 +221,22 @@ def test_the_labels_trainguard_sends_route_its_pages_to_the_pager(
     rx = AlertmanagerReceiver(name="am", url="http://127.0.0.1:9093")
     labels = alertmanager_alert(alert, rx, now=1.7e9)["labels"]
     assert _routed_to(amtool, labels) == receiver
+
+
+@pytest.mark.parametrize(("severity", "receiver"),
+                         [("page", "Critical"), ("ticket", "Default"), ("info", "Default")])
+def test_a_trainguard_page_pages_in_an_existing_kube_prometheus_tree(
+        tmp_path: Path, severity: str, receiver: str) -> None:
+    amtool = _amtool_or_skip()
+    config = tmp_path / "kube-prometheus.yml"
+    config.write_text(KUBE_PROMETHEUS_ROUTES, "utf-8")
+    alert = Alert(
+        alert_id="fp-1-1700000000000", fingerprint="fp-1", status="firing", severity=severity,
+        check="param_divergence", summary="rank 3 differs", cluster="c1", job_id="job-7",
+        ts=1.7e9, starts_at=1.7e9, labels={"severity": severity, "category": "integrity"})
+    rx = AlertmanagerReceiver(name="am", url="http://127.0.0.1:9093")
+    labels = alertmanager_alert(alert, rx, now=1.7e9)["labels"]
+    assert _routed_to(amtool, labels, config) == receiver
 
 
 # -- the real Alertmanager --------------------------------------------------------------
