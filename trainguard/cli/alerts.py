@@ -312,16 +312,20 @@ def _state(s: Silence, now: float) -> str:
 
 
 def _scope(s: Silence) -> str:
-    scope = " ".join([f"job={s.job_id or 'any'} node={s.node or 'any'}",
-                      *(str(m) for m in s.matchers)])
+    if s.matchers:
+        parts = [f"{k}={v}" for k, v in (("job", s.job_id), ("node", s.node)) if v]
+        scope = " ".join([*parts, *(str(m) for m in s.matchers)])
+    else:
+        scope = f"job={s.job_id or 'any'} node={s.node or 'any'}"
     return scope + (" including integrity findings" if s.integrity else "")
 
 
 def _matchers(args: argparse.Namespace) -> tuple[str | None, str | None, tuple[Matcher, ...]]:
     """``--job``, ``--node`` and the matchers (``--check`` and MATCHERs), validated.
 
-    ``job=X`` and ``node=X`` go to the silence's job and node (what every worker reads),
-    unless the flag already set them; every other condition stays a matcher.
+    ``job=X`` and ``node=X`` count as ``--job``/``--node`` unless those are given; with
+    other matchers, :func:`~trainguard.pipeline.alerts.silences.fold_scope` stores them as
+    matchers (so that an older worker cannot apply half of the silence).
     """
     job, node = args.job or None, args.node or None
     found = [parse_matcher(text) for text in args.matchers]

@@ -15,7 +15,7 @@ from trainguard.pipeline.alerts.matchers import (
     matchers_to_json,
     parse_matcher,
 )
-from trainguard.pipeline.alerts.silences import add_silence, list_silences
+from trainguard.pipeline.alerts.silences import add_silence, fold_scope, list_silences
 from trainguard.pipeline.store import ChdbStore, migrate
 from trainguard.schemas.records import Finding
 
@@ -142,8 +142,16 @@ def test_matchers_are_stored_and_read_back(store: ChdbStore) -> None:
                                   parse_matcher('rank=~"[0-3]"')))
     [stored] = list_silences(store, T0)
     assert stored == added and stored.matchers == added.matchers
+    # Stored as a matcher, so that a worker before migration 021 cannot mute all of node-07.
+    assert stored.node is None and stored.matchers[0] == Matcher("node", "=", "node-07")
     assert stored.matches("job-1", "node-07", T0 + 1, {"check": "gpu_throttled", "rank": "2"})
     assert not stored.matches("job-1", "node-07", T0 + 1, {"check": "straggler", "rank": "2"})
+
+
+def test_without_matchers_job_and_node_stay_columns() -> None:
+    assert fold_scope("job-1", "node-07", ()) == ("job-1", "node-07", ())
+    assert fold_scope("job-1", None, (parse_matcher("check=straggler"),)) == (
+        None, None, (Matcher("job_id", "=", "job-1"), Matcher("check", "=", "straggler")))
 
 
 def test_a_check_only_silence_is_stored(store: ChdbStore) -> None:

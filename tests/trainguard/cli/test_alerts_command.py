@@ -173,14 +173,13 @@ def test_a_silence_of_one_check_on_one_node_is_added_and_listed_with_its_matcher
     added = cli(empty_store, "silence", "add", "--check", "gpu_throttled", "node=node-07",
                 "rank!=0", "--duration", "2h", "--reason", "fan swap OPS-7")
     assert added.returncode == 0, added.stderr
-    assert "job=any node=node-07 check=gpu_throttled rank!=0 from" in added.stdout
+    assert ": node=node-07 check=gpu_throttled rank!=0 from" in added.stdout
     [header, row] = cli(empty_store, "silence", "list").stdout.splitlines()
     assert header.split()[4] == "matchers"
-    assert row.split()[2:6] == ["any", "node-07", "check=gpu_throttled", "rank!=0"]
+    assert row.split()[2:7] == ["any", "any", "node=node-07", "check=gpu_throttled", "rank!=0"]
     listed = json.loads(cli(empty_store, "silence", "list", "--json").stdout)
     [silence] = listed["silences"]
-    assert (silence["node"], silence["matchers"]) == ("node-07", ["check=gpu_throttled",
-                                                                  "rank!=0"])
+    assert silence["matchers"] == ["node=node-07", "check=gpu_throttled", "rank!=0"]
 
 
 def test_an_integrity_silence_is_added_only_within_the_limit(empty_store: Path) -> None:
