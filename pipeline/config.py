@@ -12,6 +12,7 @@ from trainguard.errors import ConfigError
 from trainguard.metrics_http import DEFAULT_METRICS_ADDR, check_metrics_port
 from trainguard.pipeline.alerts.config import AlertLifecycleConfig
 from trainguard.pipeline.alerts.receivers import ReceiverConfig
+from trainguard.pipeline.alerts.severity import DEFAULT_SEVERITY_LABELS, SeverityLabels
 from trainguard.pipeline.caps import DEFAULT_MAX_WORLD_SIZE, IngestCaps
 from trainguard.pipeline.consistency.config import DEFAULT_MAX_JOBS
 from trainguard.pipeline.detect.registry import DEFAULT_MAX_ENTITIES
@@ -40,6 +41,9 @@ class AlertingConfig:
     receivers: tuple[ReceiverConfig, ...] = ()
     #: How often active silences are re-read from the store (wall-clock seconds).
     silences_every_s: float = 10.0
+    #: The label value receivers get for page / ticket / info (``critical`` / ``warning`` /
+    #: ``info``, what existing routing trees route on); each receiver starts from these.
+    severity_labels: SeverityLabels = DEFAULT_SEVERITY_LABELS
 
     def __post_init__(self) -> None:
         """Reject values the stream jobs cannot run with, naming the field."""

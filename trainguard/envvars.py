@@ -18,6 +18,7 @@ __all__ = [
     "NOTIFY_SOCKET",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
+    "CREDENTIALS_DIRECTORY",
     "JOB_ID",
     "BOOTSTRAP",
     "CLICKHOUSE_PASSWORD",
@@ -108,6 +109,9 @@ STEPS_SOCKET = "TRAINGUARD_STEPS_SOCKET"
 NOTIFY_SOCKET = "NOTIFY_SOCKET"
 WATCHDOG_USEC = "WATCHDOG_USEC"
 WATCHDOG_PID = "WATCHDOG_PID"
+#: Set by systemd when a unit loads credentials (``LoadCredential=``): the directory they
+#: are in. The worker looks relative receiver ``*_file`` secrets up there.
+CREDENTIALS_DIRECTORY = "CREDENTIALS_DIRECTORY"
 #: A training process's job id for ``StepReporter.from_env()``, over the launcher's.
 JOB_ID = "TRAINGUARD_JOB_ID"
 SIM_GPUS = "TRAINGUARD_SIM_GPUS"

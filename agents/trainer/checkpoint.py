@@ -19,12 +19,15 @@ import hashlib
 import io
 import os
 import re
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, Literal
 
-__all__ = ["Digest", "HashingWriter", "dcp_load", "dcp_save", "load", "rank_files",
-           "rank_files_digest", "save"]
+from trainguard.agents.reporter import StepReporter
+
+__all__ = ["CheckpointMethods", "Digest", "HashingWriter", "dcp_load", "dcp_save", "load",
+           "rank_files", "rank_files_digest", "save"]
 
 _DISTCP: Final = re.compile(r"__(\d+)_(\d+)\.distcp$")
 
@@ -148,3 +151,55 @@ def dcp_load(state_dict: dict[str, Any], checkpoint_id: str | os.PathLike[str]) 
     digest = rank_files_digest(checkpoint_id, _dist_rank())
     dcp.load(state_dict, checkpoint_id=checkpoint_id)
     return digest
+
+
+_MAX_ID: Final = 256
+
+
+def _checkpoint_id(value: str | os.PathLike[str]) -> str:
+    text = os.fspath(value)
+    return text[-_MAX_ID:] if len(text) > _MAX_ID else text
+
+
+class CheckpointMethods:
+    """:class:`~trainguard.agents.trainer.guard.TrainGuard`'s checkpoint wrappers.
+
+    They raise what ``torch.save``/``torch.load`` raise (the user's call); the report
+    itself never raises. The default ``checkpoint_id`` of a file is its absolute path.
+    """
+
+    reporter: StepReporter
+    step_index: int
+    _lock: AbstractContextManager[Any]
+
+    def save(self, obj: object, path: str | os.PathLike[str], *,
+             checkpoint_id: str | None = None) -> str:
+        """``torch.save`` with the SHA-256 of the bytes written reported; returns it."""
+        digest = save(obj, path)
+        self._report_checkpoint("save", checkpoint_id or digest.path or os.fspath(path), digest)
+        return digest.sha256
+
+    def load(self, path: str | os.PathLike[str], *, checkpoint_id: str | None = None,
+             **torch_load_kwargs: Any) -> Any:
+        """``torch.load`` of the bytes read once, their SHA-256 reported."""
+        obj, digest = load(path, **torch_load_kwargs)
+        self._report_checkpoint("load", checkpoint_id or digest.path or os.fspath(path), digest)
+        return obj
+
+    def dcp_save(self, state_dict: dict[str, Any], checkpoint_id: str | os.PathLike[str]) -> str:
+        """``torch.distributed.checkpoint.save``; reports this rank's files' digest."""
+        digest = dcp_save(state_dict, checkpoint_id)
+        self._report_checkpoint("save", os.fspath(checkpoint_id), digest)
+        return digest.sha256
+
+    def dcp_load(self, state_dict: dict[str, Any], checkpoint_id: str | os.PathLike[str]) -> str:
+        """Report the digest of this rank's files, then ``torch.distributed.checkpoint.load``."""
+        digest = dcp_load(state_dict, checkpoint_id)
+        self._report_checkpoint("load", os.fspath(checkpoint_id), digest)
+        return digest.sha256
+
+    def _report_checkpoint(self, action: Literal["save", "load"], checkpoint_id: str,
+                           digest: Digest) -> None:
+        with self._lock:
+            self.reporter.checkpoint(action, _checkpoint_id(checkpoint_id), digest.sha256,
+                                     step=self.step_index, path=digest.path)

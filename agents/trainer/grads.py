@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CommTracer", "OptimizerProbe", "StepGrads", "WaitingWatchdog"]
+__all__ = ["CommTracer", "OptimizerProbe", "StepGrads", "WaitingWatchdog", "unwrap_optimizer"]
 
 _log = logging.getLogger(__name__)
 
@@ -221,11 +221,12 @@ class OptimizerProbe:
 
     def __init__(self, optimizer: Any, *, grad_norm: bool,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._optimizer, self._grad_norm, self._clock = optimizer, grad_norm, clock
+        self._optimizer = unwrap_optimizer(optimizer)
+        self._grad_norm, self._clock = grad_norm, clock
         self.lr: Any = None
         self.at: float | None = None
         self.sumsq: Any = None
-        self._handle = optimizer.register_step_pre_hook(self._pre_step)
+        self._handle = self._optimizer.register_step_pre_hook(self._pre_step)
 
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.at = self._clock()
@@ -243,6 +244,21 @@ class OptimizerProbe:
     def remove(self) -> None:
         """Unregister the hook."""
         self._handle.remove()
+
+
+def unwrap_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer inside a framework's wrapper, if any.
+
+    accelerate's ``.optimizer``, Lightning's ``._optimizer``: the inner optimizer's
+    ``step`` is the one that runs step hooks.
+    """
+    seen = 0
+    while seen < 4:
+        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+        if inner is None or inner is optimizer or not hasattr(inner, "param_groups"):
+            return optimizer
+        optimizer, seen = inner, seen + 1
+    return optimizer
 
 
 def _grad_sumsq(groups: list[dict[str, Any]]) -> Any:

@@ -13,8 +13,11 @@ sharded layouts: none, a shard's norm is not the model's); local grad norm befor
 all-reduce (DDP); step time and its compute part; tokens/s; the parameter digest every
 ``checksum_every`` steps (``checksum_step`` = the step it hashes); the data epoch; the
 seed fingerprint when it changes. Once: the layout coordinates, the env fingerprint and
-its manifest. On a GPU the device values come back asynchronously (:mod:`.readback`), so
-a step's record is sent one or two steps later, never with a device sync.
+its manifest (again after :meth:`TrainGuard.refresh_manifest` finds it changed). On a GPU
+the device values come back asynchronously (:mod:`.readback`): a step's whole record is
+sent one or two steps later (its ``checksum_step`` is its own step), never with a device
+sync. Collectives: DDP's gradient buckets are traced; a rank stuck in one for
+``waiting_after_s`` reports ``waiting`` (:mod:`.grads`). The end: ``bye`` (:mod:`.exits`).
 
 :meth:`TrainGuard.step` never raises into the training loop: a failure is counted
 (``errors``) and logged once. Checkpoint wrappers (:meth:`save`, :meth:`load`,
@@ -31,10 +34,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 from trainguard.agents.reporter import StepReporter
-from trainguard.agents.trainer import checkpoint as ckpt
+from trainguard.agents.trainer.checkpoint import CheckpointMethods
 from trainguard.agents.trainer.checksum import ParamChecksum, to_hex
 from trainguard.agents.trainer.exits import ExitHooks
 from trainguard.agents.trainer.fingerprints import (
@@ -51,7 +54,6 @@ from trainguard.schemas.ranks import ByeReason
 __all__ = ["TrainGuard"]
 
 _log = logging.getLogger(__name__)
-_MAX_ID = 256
 
 
 @dataclass(frozen=True)
@@ -69,12 +71,7 @@ def _sqrt(value: float | None) -> float | None:
     return None if value is None else math.sqrt(value) if value >= 0 else float("nan")
 
 
-def _checkpoint_id(value: str | os.PathLike[str]) -> str:
-    text = os.fspath(value)
-    return text[-_MAX_ID:] if len(text) > _MAX_ID else text
-
-
-class TrainGuard:
+class TrainGuard(CheckpointMethods):
     """The trainer kit bound to one model, optimizer and reporter (use :meth:`attach`)."""
 
     def __init__(self, model: Any, optimizer: Any, reporter: StepReporter, *,
@@ -111,8 +108,8 @@ class TrainGuard:
                 self.tracer = tracer
                 self._watchdog = WaitingWatchdog(tracer, self._waiting, after_s=waiting_after_s,
                                                  clock=clock)
-        self._probe = OptimizerProbe(optimizer, clock=clock,
-                                     grad_norm=self.tracer is None and not layout.sharded)
+        self._probe = None if optimizer is None else OptimizerProbe(
+            optimizer, clock=clock, grad_norm=self.tracer is None and not layout.sharded)
         self._code_roots = tuple(code_roots)
         self.manifest = build_manifest(self._code_roots)
         reporter.env_fingerprint = self.manifest.fingerprint
@@ -179,7 +176,8 @@ class TrainGuard:
         now = self._clock()
         index = self.step_index if step is None else int(step)
         self.step_index = index + 1
-        lr, optimizer_at, optimizer_sumsq = self._probe.take()
+        lr, optimizer_at, optimizer_sumsq = (self._probe.take() if self._probe is not None
+                                             else (None, None, None))
         local_sumsq = global_sumsq = None
         compute_end = optimizer_at
         if self.tracer is not None:
@@ -254,40 +252,6 @@ class TrainGuard:
             self.reporter.event("waiting", since=since, collective=collective,
                                 step=self.step_index)
 
-    # -- checkpoints --------------------------------------------------------------------
-
-    def save(self, obj: object, path: str | os.PathLike[str], *,
-             checkpoint_id: str | None = None) -> str:
-        """``torch.save`` with the SHA-256 of the bytes written reported; returns it."""
-        digest = ckpt.save(obj, path)
-        self._report_checkpoint("save", checkpoint_id or digest.path or os.fspath(path), digest)
-        return digest.sha256
-
-    def load(self, path: str | os.PathLike[str], *, checkpoint_id: str | None = None,
-             **torch_load_kwargs: Any) -> Any:
-        """``torch.load`` of the bytes read once, their SHA-256 reported."""
-        obj, digest = ckpt.load(path, **torch_load_kwargs)
-        self._report_checkpoint("load", checkpoint_id or digest.path or os.fspath(path), digest)
-        return obj
-
-    def dcp_save(self, state_dict: dict[str, Any], checkpoint_id: str | os.PathLike[str]) -> str:
-        """``torch.distributed.checkpoint.save``; reports this rank's files' digest."""
-        digest = ckpt.dcp_save(state_dict, checkpoint_id)
-        self._report_checkpoint("save", os.fspath(checkpoint_id), digest)
-        return digest.sha256
-
-    def dcp_load(self, state_dict: dict[str, Any], checkpoint_id: str | os.PathLike[str]) -> str:
-        """Report the digest of this rank's files, then ``torch.distributed.checkpoint.load``."""
-        digest = ckpt.dcp_load(state_dict, checkpoint_id)
-        self._report_checkpoint("load", os.fspath(checkpoint_id), digest)
-        return digest.sha256
-
-    def _report_checkpoint(self, action: Literal["save", "load"], checkpoint_id: str,
-                           digest: ckpt.Digest) -> None:
-        with self._lock:
-            self.reporter.checkpoint(action, _checkpoint_id(checkpoint_id), digest.sha256,
-                                     step=self.step_index, path=digest.path)
-
     # -- the end ------------------------------------------------------------------------
 
     def bye(self, reason: ByeReason) -> None:
@@ -313,7 +277,8 @@ class TrainGuard:
         try:
             self.bye(reason)
         finally:
-            self._probe.remove()
+            if self._probe is not None:
+                self._probe.remove()
             self._exits.uninstall()
             if self._owns_reporter:
                 self.reporter.close()

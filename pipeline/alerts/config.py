@@ -7,9 +7,11 @@ the wire.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from trainguard.errors import ConfigError
+from trainguard.pipeline.alerts.matchers import Matcher
 
 __all__ = [
     "DEFAULT_MAX_INTEGRITY_SILENCE_S",
@@ -88,7 +90,10 @@ class AlertLifecycleConfig:
 class Silence:
     """Planned work: alerts of a job and/or node starting in ``[starts_at, ends_at)``.
 
-    ``None`` for ``job_id`` or ``node`` matches any; at least one must be set, so a
+    ``None`` for ``job_id`` or ``node`` matches any. ``matchers`` (amtool-like, see
+    :mod:`~trainguard.pipeline.alerts.matchers`) narrow it further: all must hold, e.g.
+    ``check=gpu_throttled`` with ``node="node-07"`` mutes one check on one node. A job, a
+    node or an equality matcher on ``check``, ``job_id`` or ``node`` must be set, so a
     silence cannot quietly mute a whole cluster. Integrity findings (category
     ``integrity``: evidence of sabotage or corruption) are muted only by a silence with
     ``integrity`` set that also passes :func:`integrity_silence_violation`.
@@ -105,14 +110,18 @@ class Silence:
     created_by: str
     integrity: bool = False
     updated_by: str = ""
+    matchers: tuple[Matcher, ...] = ()
 
     def __post_init__(self) -> None:
         """Reject a silence that matches everything or no time at all."""
         if not self.silence_id:
             raise ConfigError("silence_id is empty; expected a name")
-        if self.job_id is None and self.node is None:
+        object.__setattr__(self, "matchers", tuple(self.matchers))
+        scoped = any(m.scopes and m.name in ("check", "job_id", "node") for m in self.matchers)
+        if self.job_id is None and self.node is None and not scoped:
             raise ConfigError(
-                f"silence {self.silence_id!r} names neither job_id nor node; expected one or both"
+                f"silence {self.silence_id!r} names neither job_id nor node nor a check "
+                "(check=NAME); expected at least one"
             )
         if not self.ends_at > self.starts_at:
             raise ConfigError(
@@ -120,13 +129,23 @@ class Silence:
                 f"starts_at={self.starts_at!r}"
             )
 
-    def matches(self, job_id: str | None, node: str | None, ts: float) -> bool:
-        """True if this silence covers an alert of ``job_id`` on ``node`` starting at ``ts``."""
+    def matches(self, job_id: str | None, node: str | None, ts: float,
+                fields: Mapping[str, str] | None = None) -> bool:
+        """True if this silence covers an alert of ``job_id`` on ``node`` starting at ``ts``.
+
+        ``fields`` are the alert's other matcher fields (``check``, ``cluster``,
+        ``category``, ``rank``, ``gpu``); one it lacks is ''.
+        """
         if not self.starts_at <= ts < self.ends_at:
             return False
         if self.job_id is not None and self.job_id != job_id:
             return False
-        return self.node is None or self.node == node
+        if self.node is not None and self.node != node:
+            return False
+        if not self.matchers:
+            return True
+        values = {**(fields or {}), "job_id": job_id or "", "node": node or ""}
+        return all(m.matches(values) for m in self.matchers)
 
 
 def integrity_silence_violation(silence: Silence, max_window_s: float) -> str | None:

@@ -361,7 +361,7 @@ class Dispatcher:
     ) -> tuple[Literal["ok", "retry", "permanent"], str, float | None]:
         assert self._session is not None, "Dispatcher not started"
         headers = {"Content-Type": "application/json"}
-        if isinstance(rx, WebhookReceiver):
+        if isinstance(rx, WebhookReceiver | AlertmanagerReceiver):
             headers.update(rx.headers)
         try:
             async with self._session.post(

@@ -265,10 +265,16 @@ class AlertLifecycle:
 
     def _silence_for(self, obs: Observation, ts: float) -> Silence | None:
         nodes: tuple[str | None, ...] = obs.nodes or (None,)
+        fields = {
+            "check": obs.check, "cluster": obs.cluster,
+            "category": obs.labels.get("category", ""),
+            "rank": str(obs.rank) if obs.rank is not None else "",
+            "gpu": str(obs.gpu_index) if obs.gpu_index is not None else "",
+        }
         for silence in self._silences:
             if obs.pages_alone and not self._mutes_integrity(silence):
                 continue
-            if any(silence.matches(obs.job_id, node, ts) for node in nodes):
+            if any(silence.matches(obs.job_id, node, ts, fields) for node in nodes):
                 return silence
         return None
 

@@ -1,16 +1,21 @@
 """Request bodies for each receiver, built from an :class:`Alert` by pure functions.
 
-Each follows the receiver's published format:
+Each follows the receiver's published format. The alert's severity (``page``/``ticket``/
+``info``) is sent as the receiver's ``severity_labels`` value for it (``critical``/
+``warning``/``info`` by default), which is what routing trees and PagerDuty expect; the
+alert record itself keeps trainguard's value.
 
 * Alertmanager API v2 ``postableAlerts``: a list of ``{labels, annotations, startsAt,
   endsAt, generatorURL}`` with string maps and RFC 3339 times. The alert's fingerprint is
-  a label, so each trainguard alert is exactly one Alertmanager alert.
+  a label, so each trainguard alert is exactly one Alertmanager alert. ``severity`` is the
+  mapped value; ``trainguard_severity`` keeps trainguard's own.
 * PagerDuty Events API v2: ``trigger`` events with a ``payload`` (summary at most 1024
   characters, severity one of critical/error/warning/info), ``resolve`` events with just
   the routing key and ``dedup_key``; the fingerprint is the ``dedup_key``.
 * Slack incoming webhooks: fallback ``text`` plus mrkdwn ``section`` blocks (each at most
   3000 characters), with resolved messages visibly different from firing ones.
-* Generic webhook: ``{"version": "1", "alert": <the alert as JSON>}``.
+* Generic webhook: ``{"version": "1", "severity_label": <mapped>, "alert": <the alert as
+  JSON>}``.
 
 ``now`` (wall-clock epoch seconds) is passed in, never read, so the output is a function
 of the arguments alone.
@@ -46,7 +51,7 @@ __all__ = [
     "webhook_body",
 ]
 
-#: trainguard severity -> PagerDuty ``payload.severity``.
+#: trainguard severity -> PagerDuty ``payload.severity`` with the default severity labels.
 PAGERDUTY_SEVERITY: Final = {"page": "critical", "ticket": "warning", "info": "info"}
 #: Published limits: PagerDuty summary and dedup_key, Slack section text.
 PAGERDUTY_SUMMARY_MAX: Final = 1024
@@ -97,7 +102,9 @@ def alertmanager_alert(alert: Alert, receiver: AlertmanagerReceiver, now: float)
     for name, value in alert.labels.items():
         if value:  # an empty label value means "no label" to Alertmanager
             labels[_label_name(name)] = value
-    labels.setdefault("severity", alert.severity)
+    # What routing trees route on; trainguard's own value stays beside it.
+    labels["severity"] = receiver.severity_labels.label(alert.severity)
+    labels["trainguard_severity"] = alert.severity
     labels.setdefault("cluster", alert.cluster)
     labels["fingerprint"] = alert.fingerprint
     # Each episode its own Alertmanager alert: a fault that returns after its resolve
@@ -166,7 +173,7 @@ def pagerduty_event(alert: Alert, receiver: PagerDutyReceiver, now: float) -> di
     payload: dict[str, Any] = {
         "summary": _truncate(alert.summary or alert.check, PAGERDUTY_SUMMARY_MAX),
         "source": alert.node or alert.job_id or alert.cluster,
-        "severity": PAGERDUTY_SEVERITY[alert.severity],
+        "severity": receiver.severity_labels.label(alert.severity),
         "timestamp": rfc3339(alert.ts),
         "component": alert.check,
         "custom_details": {
@@ -237,8 +244,9 @@ def slack_message(alert: Alert, receiver: SlackReceiver, now: float) -> dict[str
         mark = {"page": ":red_circle:", "ticket": ":large_orange_circle:"}.get(
             alert.severity, ":large_blue_circle:"
         )
-        head = f"{mark} *FIRING* ({alert.severity}) `{_esc(alert.check)}`"
-        text = f"[FIRING {alert.severity}] {alert.check}: {alert.summary}"
+        label = receiver.severity_labels.label(alert.severity)
+        head = f"{mark} *FIRING* ({_esc(label)}) `{_esc(alert.check)}`"
+        text = f"[FIRING {label}] {alert.check}: {alert.summary}"
         body = summary
     else:
         ended = alert.ends_at if alert.ends_at is not None else now
@@ -271,8 +279,9 @@ def _section(text: str) -> dict[str, Any]:
 
 
 def webhook_body(alert: Alert, receiver: WebhookReceiver, now: float) -> dict[str, Any]:
-    """The generic format: a version and the alert exactly as on the wire."""
-    return {"version": "1", "alert": msgspec.to_builtins(alert)}
+    """The generic format: a version, the mapped severity and the alert as on the wire."""
+    return {"version": "1", "severity_label": receiver.severity_labels.label(alert.severity),
+            "alert": msgspec.to_builtins(alert)}
 
 
 def build_body(receiver: ReceiverConfig, alerts: Sequence[Alert], now: float) -> Any:

@@ -10,8 +10,14 @@ delivery worker. :func:`parse_receivers` builds them from the TOML list of table
     name = "oncall"
     routing_key = "..."
 
-Secrets (PagerDuty routing keys, Slack webhook URLs, webhook headers) are left out of
-``repr`` and of error messages, so a logged config or a traceback never leaks them.
+Secrets (PagerDuty routing keys, Slack webhook URLs, webhook and Alertmanager headers)
+are left out of ``repr`` and of error messages, so a logged config or a traceback never
+leaks them; each may come from a file or the environment instead of the TOML
+(``routing_key_file = "pd"``, see :mod:`~trainguard.pipeline.alerts.secrets`).
+
+What a receiver is sent for an alert's severity (``page``/``ticket``/``info``) is its
+``severity_labels`` (``critical``/``warning``/``info`` by default): the ``[alerts]``
+table's, with the receiver's own ``severity_labels`` table over it.
 """
 
 from __future__ import annotations
@@ -19,10 +25,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Final, Literal
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from trainguard.errors import ConfigError
+from trainguard.pipeline.alerts.secrets import SECRET_KEYS, resolve_secrets
+from trainguard.pipeline.alerts.severity import (
+    DEFAULT_SEVERITY_LABELS,
+    SEVERITY_RANK,
+    Severity,
+    SeverityLabels,
+    severity_labels_from,
+)
 
 __all__ = [
     "SEVERITY_RANK",
@@ -35,11 +49,6 @@ __all__ = [
     "parse_receivers",
 ]
 
-Severity = Literal["page", "ticket", "info"]
-
-#: Higher is more urgent; a receiver admits alerts whose rank is >= its ``min_severity``'s.
-SEVERITY_RANK: Final[Mapping[str, int]] = {"info": 0, "ticket": 1, "page": 2}
-
 #: PagerDuty integration keys are exactly this long (Events API v2 ``routing_key``).
 PAGERDUTY_KEY_LENGTH: Final = 32
 
@@ -51,6 +60,15 @@ def _check_url(receiver: str, name: str, url: str, *, secret: bool = False) -> N
         raise ConfigError(
             f"receiver {receiver!r}: {name}={shown}; expected an http:// or https:// URL"
         )
+
+
+def _check_headers(receiver: _ReceiverBase, headers: Any) -> None:
+    if not isinstance(headers, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise ConfigError(f"receiver {receiver.name!r}: headers must map strings to strings")
+    # A private copy, so that the caller mutating its dict cannot change a frozen config.
+    object.__setattr__(receiver, "headers", dict(headers))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,9 +85,13 @@ class _ReceiverBase:
     #: A page must survive a receiver outage of minutes; an hour bounds how long a
     #: receiver gone for good pins queued alerts in memory before they become dead letters.
     give_up_after_s: float = 3600.0
+    #: The label value sent for each severity (``[alerts] severity_labels`` by default).
+    severity_labels: SeverityLabels = DEFAULT_SEVERITY_LABELS
 
     def __post_init__(self) -> None:
         """Reject values that would make delivery misbehave, naming the field."""
+        if not isinstance(self.severity_labels, SeverityLabels):
+            raise ConfigError(f"receiver {self.name!r}: severity_labels must be a table")
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigError(f"receiver name={self.name!r}; expected a non-empty string")
         if self.min_severity not in SEVERITY_RANK:
@@ -108,11 +130,15 @@ class AlertmanagerReceiver(_ReceiverBase):
     resend_s: float = 30.0
     #: Alerts per POST: one request carries a burst without an unbounded body.
     batch_max: int = 64
+    #: Sent with every request: ``Authorization`` for an Alertmanager behind an
+    #: authenticating proxy (basic auth or a bearer token); kept out of repr.
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
 
     def __post_init__(self) -> None:
-        """Validate the common settings, the URL, ``resend_s`` and ``batch_max``."""
+        """Validate the common settings, the URL, ``resend_s``, ``batch_max``, headers."""
         super().__post_init__()
         _check_url(self.name, "url", self.url)
+        _check_headers(self, self.headers)
         if isinstance(self.resend_s, bool) or not isinstance(self.resend_s, int | float) or not (
             math.isfinite(self.resend_s) and self.resend_s > 0
         ):
@@ -143,9 +169,10 @@ class PagerDutyReceiver(_ReceiverBase):
     min_severity: Severity = "page"
 
     def __post_init__(self) -> None:
-        """Validate the common settings, the URL and the routing key's length."""
+        """Validate the common settings, the URL, the key's length, the severity labels."""
         super().__post_init__()
         _check_url(self.name, "url", self.url)
+        self.severity_labels.check_pagerduty(self.name)
         key = self.routing_key
         if not isinstance(key, str) or len(key) != PAGERDUTY_KEY_LENGTH:
             got = f"{len(key)} characters" if isinstance(key, str) else type(key).__name__
@@ -172,14 +199,7 @@ class WebhookReceiver(_ReceiverBase):
         """Validate the common settings, the URL and that headers are strings."""
         super().__post_init__()
         _check_url(self.name, "url", self.url)
-        if not isinstance(self.headers, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items()
-        ):
-            raise ConfigError(
-                f"receiver {self.name!r}: headers must map strings to strings"
-            )
-        # A private copy, so that the caller mutating its dict cannot change a frozen config.
-        object.__setattr__(self, "headers", dict(self.headers))
+        _check_headers(self, self.headers)
 
     @property
     def endpoint(self) -> str:
@@ -215,11 +235,18 @@ _TYPES: Final[dict[str, type[ReceiverConfig]]] = {
 }
 
 
-def parse_receivers(table: list[dict[str, Any]]) -> tuple[ReceiverConfig, ...]:
+def parse_receivers(
+    table: list[dict[str, Any]],
+    *,
+    severity_labels: SeverityLabels = DEFAULT_SEVERITY_LABELS,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[ReceiverConfig, ...]:
     """Build receivers from a list of tables, each with ``type`` and ``name``.
 
-    Unknown types or keys, missing required keys and duplicate names raise
-    :class:`ConfigError` naming the entry (by name, or by position when it has none).
+    ``severity_labels`` is every receiver's default (a receiver's own table goes over
+    it); ``environ`` is where ``*_env`` secrets and ``$CREDENTIALS_DIRECTORY`` are read.
+    Unknown types or keys, missing required keys, a secret given twice or unreadable, and
+    duplicate names raise :class:`ConfigError` naming the entry (by name, or by position).
     """
     if not isinstance(table, list):
         raise ConfigError(f"receivers={type(table).__name__}; expected a list of tables")
@@ -231,28 +258,39 @@ def parse_receivers(table: list[dict[str, Any]]) -> tuple[ReceiverConfig, ...]:
             raise ConfigError(f"{where}={type(entry).__name__}; expected a table")
         if "name" in entry:
             where = f"{where} (name={entry['name']!r})"
-        kind = entry.get("type")
-        cls = _TYPES.get(kind) if isinstance(kind, str) else None
-        if cls is None:
-            raise ConfigError(
-                f"{where}: type={kind!r}; expected one of: {', '.join(_TYPES)}"
-            )
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(entry) - allowed - {"type"})
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown key(s) {', '.join(unknown)} for type {kind!r}; "
-                f"expected some of: {', '.join(sorted(allowed))}"
-            )
-        kwargs = {k: v for k, v in entry.items() if k != "type"}
-        try:
-            receiver = cls(**kwargs)
-        except TypeError as exc:  # a required key is missing
-            raise ConfigError(f"{where}: {exc}") from None
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+        receiver = _receiver(entry, where, severity_labels, environ or {})
         if receiver.name in seen:
             raise ConfigError(f"{where}: duplicate receiver name {receiver.name!r}")
         seen.add(receiver.name)
         out.append(receiver)
     return tuple(out)
+
+
+def _receiver(entry: dict[str, Any], where: str, severity_labels: SeverityLabels,
+              environ: Mapping[str, str]) -> ReceiverConfig:
+    kind = entry.get("type")
+    cls = _TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None or not isinstance(kind, str):
+        raise ConfigError(f"{where}: type={kind!r}; expected one of: {', '.join(_TYPES)}")
+    allowed = {f.name for f in fields(cls)}
+    secret_keys = {f"{k}_{s}" for k in SECRET_KEYS[kind] for s in ("file", "env")}
+    if "headers" in allowed:
+        secret_keys |= {"header_files", "header_env"}
+    unknown = sorted(set(entry) - allowed - secret_keys - {"type"})
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)} for type {kind!r}; "
+            f"expected some of: {', '.join(sorted(allowed | secret_keys))}"
+        )
+    try:
+        kwargs = resolve_secrets({k: v for k, v in entry.items() if k != "type"}, kind,
+                                 where=where, environ=environ)
+        kwargs["severity_labels"] = severity_labels_from(
+            kwargs.get("severity_labels", {}), severity_labels,
+            where=f"{where}: severity_labels")
+        return cls(**kwargs)
+    except TypeError as exc:  # a required key is missing
+        raise ConfigError(f"{where}: {exc}") from None
+    except ConfigError as exc:
+        text = str(exc)
+        raise ConfigError(text if text.startswith(where) else f"{where}: {text}") from None

@@ -1,4 +1,4 @@
-"""Silences in the store: add, expire and list them (``silences`` table, migrations 012, 016).
+"""Silences in the store: add, expire and list them (``silences`` table, migrations 012, 017, 021).
 
 Every change is a new version of the same ``silence_id`` in a ReplacingMergeTree keyed
 by ``updated_at``, so expiring is an insert, never an UPDATE, and the same code works on
@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from trainguard.errors import ConfigError, StoreError
@@ -27,16 +28,17 @@ from trainguard.pipeline.alerts.config import (
     Silence,
     integrity_silence_violation,
 )
+from trainguard.pipeline.alerts.matchers import Matcher, matchers_from_json, matchers_to_json
 from trainguard.pipeline.store.base import Store
 
-__all__ = ["active_silences", "add_silence", "expire_silence", "list_silences"]
+__all__ = ["active_silences", "add_silence", "expire_silence", "fold_scope", "list_silences"]
 
 _TABLE = "silences"
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 #: The table stores milliseconds; this is the smallest window a silence can keep.
 _MS = 0.001
 _COLUMNS = (
-    "silence_id, job_id, node, integrity, reason, created_by, updated_by, "
+    "silence_id, job_id, node, matchers, integrity, reason, created_by, updated_by, "
     "toUnixTimestamp64Milli(starts_at) AS starts_ms, toUnixTimestamp64Milli(ends_at) AS ends_ms, "
     "toUnixTimestamp64Milli(created_at) AS created_ms, "
     "toUnixTimestamp64Milli(updated_at) AS updated_ms"
@@ -64,14 +66,16 @@ def add_silence(
     now: float,
     integrity: bool = False,
     max_integrity_s: float = DEFAULT_MAX_INTEGRITY_SILENCE_S,
+    matchers: tuple[Matcher, ...] = (),
 ) -> Silence:
     """Store a new silence of ``job_id`` and/or ``node`` over ``[starts_at, ends_at)``.
 
-    An empty ``job_id`` or ``node`` means any, like None. With ``integrity`` it mutes
-    integrity findings too. Raises :class:`ConfigError` naming the bad value when the
-    silence matches everything, its window is empty or already over at ``now``,
-    ``reason`` or ``created_by`` is blank, or it breaks the integrity silence rule
-    (longer than ``max_integrity_s``).
+    An empty ``job_id`` or ``node`` means any, like None; ``matchers`` narrow it further
+    (all must hold). With matchers, ``job_id`` and ``node`` are stored as matchers too (see
+    :func:`fold_scope`). With ``integrity`` it mutes integrity findings too. Raises
+    :class:`ConfigError` naming the bad value when the silence matches everything, its
+    window is empty or already over at ``now``, ``reason`` or ``created_by`` is blank, or
+    it breaks the integrity silence rule (longer than ``max_integrity_s``).
     """
     for name, value in (("starts_at", starts_at), ("ends_at", ends_at), ("now", now)):
         _check_time(name, value)
@@ -79,16 +83,18 @@ def add_silence(
         raise ConfigError("silence reason is empty; say why alerts are muted (e.g. a ticket)")
     if not created_by.strip():
         raise ConfigError("silence created_by is empty; expected who adds it")
+    job_id, node, matchers = fold_scope(_any_as_none(job_id), _any_as_none(node), matchers)
     silence = Silence(
         silence_id=f"sil-{secrets.token_hex(4)}",
-        job_id=_any_as_none(job_id),
-        node=_any_as_none(node),
+        job_id=job_id,
+        node=node,
         starts_at=_ms(starts_at),
         ends_at=_ms(ends_at),
         reason=reason.strip(),
         created_by=created_by.strip(),
         integrity=integrity,
         updated_by=created_by.strip(),
+        matchers=tuple(matchers),
     )
     refused = integrity_silence_violation(silence, max_integrity_s)
     if refused is not None:
@@ -99,6 +105,23 @@ def add_silence(
         )
     store.insert_rows(_TABLE, [_row(silence, created_at=_ms(now), updated_at=_ms(now))])
     return silence
+
+
+def fold_scope(job_id: str | None, node: str | None, matchers: Sequence[Matcher]
+               ) -> tuple[str | None, str | None, tuple[Matcher, ...]]:
+    """A silence with matchers keeps its job and node as matchers, its columns empty.
+
+    A worker from before migration 021 reads only the job and node columns: given a
+    ``check=gpu_throttled`` silence of ``node-07`` as the column ``node``, it would mute
+    every alert of that node. With empty columns it refuses the row (no job, no node)
+    instead and keeps the silences it had: it mutes less, never more. Without matchers
+    the columns are used, as every worker reads them.
+    """
+    if not matchers:
+        return job_id, node, ()
+    scope = [Matcher(name, "=", value) for name, value in (("job_id", job_id), ("node", node))
+             if value is not None]
+    return None, None, tuple(dict.fromkeys([*scope, *matchers]))
 
 
 def expire_silence(store: Store, silence_id: str, now: float, by: str) -> Silence:
@@ -172,6 +195,7 @@ def _version(row: dict[str, object]) -> _Version:
             created_by=str(row["created_by"]),
             integrity=bool(int(str(row["integrity"]))),
             updated_by=str(row["updated_by"]),
+            matchers=matchers_from_json(str(row.get("matchers") or "")),
         )
     except ConfigError as exc:
         raise StoreError(f"stored silence {row.get('silence_id')!r} is invalid: {exc}") from None
@@ -183,6 +207,7 @@ def _row(silence: Silence, *, created_at: float, updated_at: float) -> dict[str,
         "silence_id": silence.silence_id,
         "job_id": silence.job_id or "",
         "node": silence.node or "",
+        "matchers": matchers_to_json(silence.matchers),
         "integrity": int(silence.integrity),
         "starts_at": silence.starts_at,
         "ends_at": silence.ends_at,

@@ -111,7 +111,8 @@ def test_a_dead_gpu_pages_once_through_alertmanager_and_resolves_when_back(
     assert len(fired) == 1, [n.alerts for n in fired]
     assert len(resolved) == 1, [n.alerts for n in resolved]
     [page] = fired[0].alerts
-    assert page.labels["alertname"] == "node_idle" and page.labels["severity"] == "page"
+    assert page.labels["alertname"] == "node_idle" and page.labels["severity"] == "critical"
+    assert page.labels["trainguard_severity"] == "page"
     assert page.labels["node"] == f"{worker_process.prefix}-node-02" and page.labels["rank"] == "8"
     assert "training process exited" in page.annotations["summary"]
     assert resolved[0].alerts[0].labels["fingerprint"] == page.labels["fingerprint"]

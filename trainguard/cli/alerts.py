@@ -6,6 +6,11 @@ worker owns they read through the worker's loopback endpoint (as ``db counts`` d
 against a worker-owned embedded store they stop with a clear error instead. Durations
 (``30m``, ``2h``, ``1d``) and times (ISO 8601 with a timezone) are checked before the
 store is opened; a bad one is a :class:`~trainguard.errors.ConfigError` naming it.
+
+``silence add`` takes amtool-like matchers besides ``--job``/``--node``/``--check``
+(``trainguard silence add --check gpu_throttled --node node-07 ...`` or
+``trainguard silence add check=gpu_throttled node=node-07 ...``; ``!=``, ``=~``, ``!~``
+too); an unknown check name or a bad regular expression is a usage error (exit 2).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from trainguard.pipeline.alerts.config import (
     Silence,
     integrity_silence_violation,
 )
+from trainguard.pipeline.alerts.matchers import MATCHER_NAMES, Matcher, parse_matcher
 
 if TYPE_CHECKING:
     from trainguard.pipeline.store import Store, StoreUrl
@@ -71,13 +77,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     store = argparse.ArgumentParser(add_help=False)
     add_store(store)
 
-    p = sub.add_parser("add", parents=[store], help="silence a job, a node, or a job on a node",
-                       description="Silence alerts of --job, --node or both (at least one). "
-                                   "Integrity findings stay loud unless --integrity is given. "
-                                   "Who adds it is the operating-system user running this "
-                                   "command.")
+    p = sub.add_parser("add", parents=[store],
+                       help="silence a job, a node, a check, or any mix of them",
+                       description="Silence alerts matching --job, --node, --check and the "
+                                   "MATCHERs, all of them (at least a job, a node or a "
+                                   "check). Integrity findings stay loud unless --integrity "
+                                   "is given. Who adds it is the operating-system user "
+                                   "running this command. Example: trainguard silence add "
+                                   "--check gpu_throttled --node node-07 --duration 2h "
+                                   "--reason 'fan swap, TICKET-123'")
+    p.add_argument("matchers", nargs="*", metavar="MATCHER",
+                   help="amtool-style NAME=VALUE, NAME!=VALUE, NAME=~REGEX or NAME!~REGEX "
+                        f"(regexes match the whole value); NAME is one of "
+                        f"{', '.join(MATCHER_NAMES)}; e.g. check=gpu_throttled node=node-07")
     p.add_argument("--job", help="the job to silence (default: any job)")
     p.add_argument("--node", help="the node to silence (default: any node)")
+    p.add_argument("--check", help="the check to silence, e.g. gpu_throttled (default: any)")
     until = p.add_mutually_exclusive_group(required=True)
     until.add_argument("--duration", help="how long from --start, e.g. 30m, 2h, 1d")
     until.add_argument("--until", help="end time, ISO 8601 with timezone, e.g. 2025-01-31T18:00Z")
@@ -166,9 +181,11 @@ def _alert_table(alerts: Sequence[Alert], *, resolved: bool) -> str:
 def _silence_add(args: argparse.Namespace) -> int:
     from trainguard.pipeline.alerts.silences import add_silence
 
-    if not (args.job or args.node):
+    job, node, matchers = _matchers(args)
+    if not (job or node or any(m.scopes and m.name == "check" for m in matchers)):
         raise ConfigError(
-            "silence add needs --job, --node or both; muting a whole cluster would hide an outage"
+            "silence add needs --job, --node or --check (or job=, node=, check= matchers); "
+            "muting a whole cluster would hide an outage"
         )
     now = time.time()
     start = parse_instant("--start", args.start) if args.start else now
@@ -177,20 +194,20 @@ def _silence_add(args: argparse.Namespace) -> int:
     else:
         end = parse_instant("--until", args.until)
     created_by = os_user()
-    if args.integrity:
-        # Checked before the store is opened, so the refusal does not depend on it.
-        draft = Silence(
-            silence_id="new", job_id=args.job, node=args.node, starts_at=start,
-            ends_at=end, reason=args.reason, created_by=created_by, integrity=True)
-        refused = integrity_silence_violation(draft, DEFAULT_MAX_INTEGRITY_SILENCE_S)
-        if refused is not None:
-            raise ConfigError(f"refused by the {refused}")
+    # Checked before the store is opened, so a refusal does not depend on it.
+    draft = Silence(
+        silence_id="new", job_id=job, node=node, starts_at=start, ends_at=end,
+        reason=args.reason, created_by=created_by, integrity=args.integrity, matchers=matchers)
+    refused = integrity_silence_violation(draft, DEFAULT_MAX_INTEGRITY_SILENCE_S)
+    if refused is not None:
+        raise ConfigError(f"refused by the {refused}")
     url = store_url(args.store)
     with _open_for_writing(url, "silence add") as store:
         _require(store, "silences")
         silence = add_silence(
-            store, job_id=args.job, node=args.node, starts_at=start, ends_at=end,
+            store, job_id=job, node=node, starts_at=start, ends_at=end,
             reason=args.reason, created_by=created_by, now=now, integrity=args.integrity,
+            matchers=matchers,
         )
     print(f"added {silence.silence_id}: {_scope(silence)} from {_clock(silence.starts_at)} "
           f"until {_clock(silence.ends_at)} ({silence.reason}; by {silence.created_by})")
@@ -207,19 +224,22 @@ def _silence_list(args: argparse.Namespace) -> int:
         _require(store, "silences")
         silences = list_silences(store, now, include_expired=args.all)
     if args.json:
-        print_json({"silences": [{**asdict(s), "state": _state(s, now)} for s in silences]})
+        print_json({"silences": [
+            {**asdict(s), "matchers": [str(m) for m in s.matchers], "state": _state(s, now)}
+            for s in silences]})
         return 0
     if not silences:
         print("no silences" if args.all else "no active or planned silences")
         return 0
     rows = [
         (s.silence_id, _state(s, now), s.job_id or "any", s.node or "any",
+         " ".join(map(str, s.matchers)) or "-",
          _clock(s.starts_at), _clock(s.ends_at), _by(s), "yes" if s.integrity else "no",
          _cut(s.reason))
         for s in silences
     ]
-    print(format_table(["silence_id", "state", "job", "node", "starts", "ends", "by",
-                        "integrity", "reason"], rows))
+    print(format_table(["silence_id", "state", "job", "node", "matchers", "starts", "ends",
+                        "by", "integrity", "reason"], rows))
     return 0
 
 
@@ -292,8 +312,34 @@ def _state(s: Silence, now: float) -> str:
 
 
 def _scope(s: Silence) -> str:
-    scope = f"job={s.job_id or 'any'} node={s.node or 'any'}"
+    if s.matchers:
+        parts = [f"{k}={v}" for k, v in (("job", s.job_id), ("node", s.node)) if v]
+        scope = " ".join([*parts, *(str(m) for m in s.matchers)])
+    else:
+        scope = f"job={s.job_id or 'any'} node={s.node or 'any'}"
     return scope + (" including integrity findings" if s.integrity else "")
+
+
+def _matchers(args: argparse.Namespace) -> tuple[str | None, str | None, tuple[Matcher, ...]]:
+    """``--job``, ``--node`` and the matchers (``--check`` and MATCHERs), validated.
+
+    ``job=X`` and ``node=X`` count as ``--job``/``--node`` unless those are given; with
+    other matchers, :func:`~trainguard.pipeline.alerts.silences.fold_scope` stores them as
+    matchers (so that an older worker cannot apply half of the silence).
+    """
+    job, node = args.job or None, args.node or None
+    found = [parse_matcher(text) for text in args.matchers]
+    if args.check is not None:
+        found.insert(0, Matcher("check", "=", args.check))
+    rest: list[Matcher] = []
+    for m in found:
+        if m.scopes and m.name == "job_id" and job is None:
+            job = m.value
+        elif m.scopes and m.name == "node" and node is None:
+            node = m.value
+        else:
+            rest.append(m)
+    return job, node, tuple(dict.fromkeys(rest))
 
 
 def _clock(t: float) -> str:

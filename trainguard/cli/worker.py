@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from trainguard import envvars
 from trainguard.cli._common import (
@@ -123,7 +124,8 @@ def worker_config(args: argparse.Namespace) -> object:
     from trainguard.pipeline.config_loader import load_alerting
     from trainguard.schemas.topics import Topics
 
-    alerting = load_alerting(args.config) if args.config else AlertingConfig()
+    alerting = (load_alerting(args.config, environ=os.environ) if args.config
+                else AlertingConfig())
     if not args.alerts:
         alerting = replace(alerting, enabled=False)
     return WorkerConfig(

@@ -62,7 +62,9 @@ class DemoPager:
             if req.notification is not None:
                 for a in req.notification.alerts:
                     if a.labels.get("cluster") == cluster:
-                        out.append({"status": a.status, "severity": a.labels.get("severity"),
+                        # trainguard's own severity: ``severity`` is the mapped one.
+                        severity = a.labels.get("trainguard_severity", a.labels.get("severity"))
+                        out.append({"status": a.status, "severity": severity,
                                     "check": a.labels.get("alertname"),
                                     "summary": a.annotations.get("summary", ""),
                                     "link": a.annotations.get("dashboard_url"),

@@ -134,8 +134,9 @@ def render_config(pager_url: str, tickets_url: str | None = None, *,
                   template: Path | None = None) -> str:
     """Return the shipped configuration with its two receiver URLs filled in.
 
-    ``pager_url`` receives ``severity="page"`` alerts, ``tickets_url`` everything else
-    (defaults to ``pager_url``). Routes and timings stay exactly as shipped.
+    ``pager_url`` receives ``severity="critical"`` alerts (trainguard's pages),
+    ``tickets_url`` everything else (defaults to ``pager_url``). Routes and timings stay
+    exactly as shipped.
     """
     tickets_url = pager_url if tickets_url is None else tickets_url
     _check_receiver_url("pager", pager_url)

@@ -1,5 +1,6 @@
-"""FSDP2 on 2 CPU processes (gloo): the layout comes from the DeviceMesh, sharded ranks are
-not replicas, and HSDP replicas of a shard agree until one is tampered with."""
+"""FSDP on 2 CPU processes (gloo): FSDP2's layout comes from the DeviceMesh, sharded ranks
+are not replicas, HSDP replicas of a shard agree until one is tampered with; FSDP1's comes
+from its sharding strategy and process group."""
 
 import shutil
 import tempfile
@@ -36,7 +37,20 @@ def _train(job, mesh, rank, world, sock, tamper_rank=None):
     guard.close()
 
 
-def _worker(rank, world, sock, init):
+def _fsdp1(rank, out):
+    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+
+    from trainguard.agents.trainer.layout import detect_layout
+
+    layouts = {}
+    for strategy in (ShardingStrategy.FULL_SHARD, ShardingStrategy.NO_SHARD):
+        model = FullyShardedDataParallel(torch.nn.Linear(8, 16), sharding_strategy=strategy,
+                                         device_id=torch.device("cpu"))
+        layouts[strategy.name] = detect_layout(model)
+    Path(out, f"fsdp1-{rank}.txt").write_text(repr(layouts))
+
+
+def _worker(rank, world, sock, init, out):
     from torch.distributed.device_mesh import init_device_mesh
 
     torch.set_num_threads(1)
@@ -46,6 +60,7 @@ def _worker(rank, world, sock, init):
                rank, world, sock)
         _train("hsdp", init_device_mesh("cpu", (world, 1), mesh_dim_names=("replicate", "shard")),
                rank, world, sock, tamper_rank=1)
+        _fsdp1(rank, out)
     finally:
         dist.destroy_process_group()
 
@@ -54,8 +69,10 @@ def test_fsdp2_shards_and_hsdp_replicas_report_the_right_coordinates_and_digests
     tmp = Path(tempfile.mkdtemp(prefix="tgf", dir="/tmp"))
     receiver = Receiver(tmp / "s.sock")
     try:
-        mp.spawn(_worker, args=(2, str(receiver.path), str(tmp / "init")), nprocs=2, join=True)
+        mp.spawn(_worker, args=(2, str(receiver.path), str(tmp / "init"), str(tmp)), nprocs=2,
+                 join=True)
         steps = {(s.job_id, s.rank, s.step): s for s in receiver.steps()}
+        fsdp1 = {r: (tmp / f"fsdp1-{r}.txt").read_text() for r in (0, 1)}
     finally:
         receiver.close()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -73,3 +90,9 @@ def test_fsdp2_shards_and_hsdp_replicas_report_the_right_coordinates_and_digests
         assert a.param_checksum == b.param_checksum
     # ...until rank 1's copy of the shard is modified
     assert steps["hsdp", 0, 2].param_checksum != steps["hsdp", 1, 2].param_checksum
+    # FSDP1: FULL_SHARD gives each rank its shard, NO_SHARD is plain data parallel
+    for r in (0, 1):
+        assert f"'FULL_SHARD': Layout(tp_rank=None, pp_rank=None, shard={r}, ep_rank=None, " \
+               "dp_rank=None)" in fsdp1[r]
+        assert f"'NO_SHARD': Layout(tp_rank=None, pp_rank=None, shard=None, ep_rank=None, " \
+               f"dp_rank={r})" in fsdp1[r]

@@ -67,3 +67,21 @@ def test_the_probe_reads_lr_and_grad_norm_before_zero_grad():
     probe.remove()
     opt.step()
     assert probe.at is None
+
+
+def test_a_wrapped_optimizer_is_probed_through_its_inner_optimizer():
+    model = torch.nn.Linear(3, 2)
+    inner = torch.optim.SGD(model.parameters(), lr=0.5)
+
+    class Wrapper:  # like accelerate's AcceleratedOptimizer / Lightning's LightningOptimizer
+        def __init__(self, optimizer):
+            self.optimizer = optimizer
+            self.param_groups = optimizer.param_groups
+
+        def step(self):
+            self.optimizer.step()
+
+    probe = OptimizerProbe(Wrapper(inner), grad_norm=False, clock=lambda: 1.0)
+    model(torch.ones(1, 3)).sum().backward()
+    Wrapper(inner).step()
+    assert probe.take()[:2] == (0.5, 1.0)

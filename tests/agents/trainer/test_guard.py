@@ -264,3 +264,12 @@ def test_a_changed_manifest_is_sent_again_and_later_steps_carry_its_fingerprint(
     sys.modules.pop("jobmod_kit", None)
     assert [m.fingerprint for m in receiver.manifests()] == [first, guard.manifest.fingerprint]
     assert [s.env_fingerprint for s in receiver.steps()] == [first, guard.manifest.fingerprint]
+
+
+def test_attach_without_an_optimizer_reports_steps_without_lr(receiver, reporter):
+    model, _ = make_job()
+    guard = TrainGuard.attach(model, None, reporter=reporter)
+    guard.step(2.0)
+    guard.close()
+    [s] = receiver.steps()
+    assert s.loss == 2.0 and s.lr is None and s.param_checksum is not None

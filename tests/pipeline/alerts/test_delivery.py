@@ -437,6 +437,28 @@ def test_alertmanager_posts_batches_of_at_most_batch_max() -> None:
     run(main())
 
 
+def test_alertmanager_gets_its_headers_and_the_mapped_severity() -> None:
+    def check(request: web.Request, body: Any) -> list[str]:
+        auth = request.headers.get("Authorization")
+        return check_alertmanager(request, body) + ([] if auth == "Basic dTpw" else ["auth"])
+
+    async def main() -> None:
+        server = await Server(check).start()
+        rx = AlertmanagerReceiver(name="am", url=server.url, resend_s=3600,
+                                  headers={"Authorization": "Basic dTpw"}, **FAST)
+        d = dispatcher([rx], FakeTime(cap=1.0))
+        await d.start()
+        await (await d.submit([alert(1, severity="page"), alert(2, severity="ticket")]))
+        await d.stop(drain_s=1)
+        await server.stop()
+        assert server.problems == []
+        assert [(a["labels"]["severity"], a["labels"]["trainguard_severity"])
+                for b in server.accepted for a in b] == [("critical", "page"),
+                                                         ("warning", "ticket")]
+
+    run(main())
+
+
 def test_alertmanager_never_puts_two_states_of_one_alert_in_one_post() -> None:
     async def main() -> None:
         server = await Server(check_alertmanager).start()
@@ -507,7 +529,7 @@ def test_routing_by_severity_and_resolved_follows_its_firing() -> None:
         assert [(b["dedup_key"], b["event_action"]) for b in pd_s.accepted] == [
             ("fp1", "trigger"), ("fp1", "resolve")]
         assert [b["text"].split("]")[0] for b in slack_s.accepted] == [
-            "[FIRING page", "[FIRING ticket", "[RESOLVED", "[RESOLVED"]
+            "[FIRING critical", "[FIRING warning", "[RESOLVED", "[RESOLVED"]
         assert [(b["alert"]["alert_id"], b["alert"]["status"]) for b in hook_s.accepted] == [
             ("fp1-1", "firing"), ("fp2-1", "firing"), ("fp3-1", "firing"),
             ("fp1-1", "resolved"), ("fp2-1", "resolved")]

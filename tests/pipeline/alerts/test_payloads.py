@@ -66,8 +66,9 @@ def test_alertmanager_labels_identify_one_trainguard_alert() -> None:
     body = alertmanager_alert(alert(), AM, NOW)
     assert body["labels"] == {
         "alertname": "param_divergence", "check": "param_divergence", "category": "integrity",
-        "cluster": "c1", "job_id": "job-1", "node": "node-00", "severity": "page",
-        "fingerprint": "fp1", "alert_id": "fp1-1700000000000", "rank": "6", "gpu": "3",
+        "cluster": "c1", "job_id": "job-1", "node": "node-00", "severity": "critical",
+        "trainguard_severity": "page", "fingerprint": "fp1", "alert_id": "fp1-1700000000000",
+        "rank": "6", "gpu": "3",
     }
     assert set(body) == {"labels", "annotations", "startsAt", "endsAt", "generatorURL"}
     assert body["generatorURL"] == alert().dashboard_url
@@ -109,7 +110,7 @@ def test_alertmanager_sanitizes_label_names_and_drops_empty_values() -> None:
                                     rank=None, gpu_index=None, dashboard_url=None), AM, NOW)
     assert body["labels"]["gpu_model"] == "h100" and body["labels"]["_1x"] == "y"
     assert "empty" not in body["labels"] and "rank" not in body["labels"]
-    assert body["labels"]["severity"] == "page" and body["labels"]["cluster"] == "c1"
+    assert body["labels"]["severity"] == "critical" and body["labels"]["cluster"] == "c1"
     assert "generatorURL" not in body and "dashboard_url" not in body["annotations"]
 
 
@@ -168,7 +169,7 @@ def test_pagerduty_dedup_key_stays_within_255_chars() -> None:
 def test_slack_firing_and_resolved_messages_look_different() -> None:
     firing = slack_message(alert(), SLACK, NOW)
     done = slack_message(resolved(), SLACK, NOW)
-    assert firing["text"].startswith("[FIRING page]") and done["text"].startswith("[RESOLVED]")
+    assert firing["text"].startswith("[FIRING critical]") and done["text"].startswith("[RESOLVED]")
     first = firing["blocks"][0]["text"]["text"]
     assert ":red_circle:" in first and "*FIRING*" in first
     first_done = done["blocks"][0]["text"]["text"]

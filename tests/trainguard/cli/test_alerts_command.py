@@ -158,7 +158,7 @@ def test_silences_are_added_listed_and_expired(empty_store: Path) -> None:
         [first, "active", "job-7", "any"], [second, "planned", "any", "node-03"],
     ]
     assert f"by {ME})" in added.stdout and "mallory" not in "".join(listed)
-    assert [line.split()[8:10] for line in listed[1:]] == [[ME, "no"], [ME, "no"]]
+    assert [line.split()[9:11] for line in listed[1:]] == [[ME, "no"], [ME, "no"]]
     expired = cli(empty_store, "silence", "expire", first)
     assert expired.returncode == 0 and expired.stdout.startswith(f"expired {first} ")
     assert first not in cli(empty_store, "silence", "list").stdout
@@ -166,6 +166,20 @@ def test_silences_are_added_listed_and_expired(empty_store: Path) -> None:
     assert f"{first}  expired" in everything and second in everything
     again = cli(empty_store, "silence", "expire", first)
     assert again.returncode == 2 and "already over" in again.stderr
+
+
+def test_a_silence_of_one_check_on_one_node_is_added_and_listed_with_its_matchers(
+        empty_store: Path) -> None:
+    added = cli(empty_store, "silence", "add", "--check", "gpu_throttled", "node=node-07",
+                "rank!=0", "--duration", "2h", "--reason", "fan swap OPS-7")
+    assert added.returncode == 0, added.stderr
+    assert ": node=node-07 check=gpu_throttled rank!=0 from" in added.stdout
+    [header, row] = cli(empty_store, "silence", "list").stdout.splitlines()
+    assert header.split()[4] == "matchers"
+    assert row.split()[2:7] == ["any", "any", "node=node-07", "check=gpu_throttled", "rank!=0"]
+    listed = json.loads(cli(empty_store, "silence", "list", "--json").stdout)
+    [silence] = listed["silences"]
+    assert silence["matchers"] == ["node=node-07", "check=gpu_throttled", "rank!=0"]
 
 
 def test_an_integrity_silence_is_added_only_within_the_limit(empty_store: Path) -> None:
@@ -178,7 +192,7 @@ def test_an_integrity_silence_is_added_only_within_the_limit(empty_store: Path) 
                    "--integrity", "--reason", "OPS-44")
     assert too_long.returncode == 2 and "integrity silence rule" in too_long.stderr
     [header, row] = cli(empty_store, "silence", "list", "--all").stdout.splitlines()
-    assert row.split()[:1] + row.split()[8:10] == [sid, ME, "yes"]
+    assert row.split()[:1] + row.split()[9:11] == [sid, ME, "yes"]
 
 
 @pytest.mark.parametrize(
@@ -195,7 +209,17 @@ def test_an_integrity_silence_is_added_only_within_the_limit(empty_store: Path) 
         (["silence", "add", "--job", "j", "--until", "tomorrow", "--reason", "r"],
          "--until 'tomorrow' is not an ISO 8601 time"),
         (["silence", "add", "--duration", "1h", "--reason", "r"],
-         "silence add needs --job, --node or both"),
+         "silence add needs --job, --node or --check"),
+        (["silence", "add", "--check", "gpu_throtled", "--duration", "1h", "--reason", "r"],
+         "unknown check 'gpu_throtled'; expected one of: agent_silent, "),
+        (["silence", "add", "check=~gpu_(", "--node", "n", "--duration", "1h", "--reason", "r"],
+         'matcher check=~"gpu_(": bad regular expression'),
+        (["silence", "add", "host=node-07", "--duration", "1h", "--reason", "r"],
+         "unknown matcher name 'host'; expected one of: check, job_id, node"),
+        (["silence", "add", "node:node-07", "--duration", "1h", "--reason", "r"],
+         "bad matcher 'node:node-07'; expected NAME=VALUE"),
+        (["silence", "add", "check!=straggler", "--duration", "1h", "--reason", "r"],
+         "silence add needs --job, --node or --check"),
         (["alerts", "--since", "1w"], "--since '1w' is not a duration"),
     ],
 )

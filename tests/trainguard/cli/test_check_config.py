@@ -11,6 +11,7 @@ import pytest
 from trainguard import envvars
 from trainguard.cli import main
 from trainguard.cli.check_config import REDACTED, config_doc
+from trainguard.pipeline.config_loader import load_alerting
 from trainguard.pipeline.store.url import Secret
 
 AGENT_TOML = """
@@ -176,3 +177,44 @@ def test_worker_check_config_reads_the_fleet_secret_file_as_the_worker_does(
     missing = tmp_path / "fleet.secrets"
     assert main(["worker", "--check-config", "--fleet-secret-file", str(missing)]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+def test_worker_check_config_reads_receiver_secrets_from_systemd_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "pd").write_text("fedcba9876543210fedcba9876543210\n")
+    toml = tmp_path / "worker.toml"
+    toml.write_text('[alerts]\nseverity_labels = { ticket = "error" }\n\n'
+                    '[[receivers]]\ntype = "pagerduty"\nname = "pd"\nrouting_key_file = "pd"\n')
+    monkeypatch.setenv(envvars.CREDENTIALS_DIRECTORY, str(creds))
+
+    assert main(["worker", "--check-config", "--config", str(toml)]) == 0
+
+    out = capsys.readouterr().out
+    [pd] = json.loads(out)["alerting"]["receivers"]
+    assert pd["routing_key"] == REDACTED and pd["min_severity"] == "page"
+    assert pd["severity_labels"] == {"page": "critical", "ticket": "error", "info": "info"}
+    assert "fedcba98" not in out
+
+
+def test_worker_check_config_names_a_secret_given_twice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    toml = tmp_path / "worker.toml"
+    toml.write_text('[[receivers]]\ntype = "slack"\nname = "sl"\n'
+                    'url = "https://hooks.slack.com/services/T/B/SECRET"\n'
+                    'url_file = "/run/credentials/trainguard-worker.service/slack"\n')
+
+    assert main(["worker", "--check-config", "--config", str(toml)]) == 2
+
+    err = capsys.readouterr().err
+    assert "url and url_file are both set" in err and "SECRET" not in err
+
+
+def test_the_shipped_worker_toml_is_valid() -> None:
+    shipped = Path(__file__).resolve().parents[3] / "infra" / "worker" / "worker.toml"
+    config = load_alerting(shipped, environ={})
+    assert config.severity_labels.page == "critical"
+    assert [r.name for r in config.receivers] == ["alertmanager"]

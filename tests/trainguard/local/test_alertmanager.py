@@ -34,6 +34,9 @@ from trainguard.local.alertmanager import (
     render_config,
 )
 from trainguard.local.webhook_server import AlertmanagerNotification, RecordingWebhookServer
+from trainguard.pipeline.alerts.payloads import alertmanager_alert
+from trainguard.pipeline.alerts.receivers import AlertmanagerReceiver
+from trainguard.schemas.records import Alert
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # Must match route.group_interval in infra/alertmanager/alertmanager.yml.
@@ -54,7 +57,7 @@ def _post_alerts(am: LocalAlertmanager, alerts: list[dict[str, Any]]) -> None:
         assert resp.status == 200
 
 
-def _alert(fingerprint: str, *, severity: str = "page", starts_at: datetime,
+def _alert(fingerprint: str, *, severity: str = "critical", starts_at: datetime,
            ends_at: datetime | None = None) -> dict[str, Any]:
     """An alert with the labels trainguard sends; ``ends_at`` defaults to 5 min ahead."""
     return {
@@ -169,15 +172,71 @@ def test_rendered_config_passes_amtool_check_config(tmp_path: Path) -> None:
     assert "SUCCESS" in check_config(path, amtool=amtool)
 
 
+def _routed_to(amtool: Path, labels: dict[str, str], config: Path | None = None) -> str:
+    out = subprocess.run(
+        [str(amtool), "config", "routes", "test",
+         f"--config.file={config if config is not None else config_template()}",
+         *(f"{k}={v}" for k, v in labels.items())],
+        capture_output=True, text=True, timeout=30, check=True)
+    return out.stdout.strip()
+
+
+#: kube-prometheus's default Alertmanager routing (its alertmanager-secret.yaml): the tree
+#: most existing clusters run, which pages on severity="critical" only.
+KUBE_PROMETHEUS_ROUTES = """\
+global: {resolve_timeout: 5m}
+receivers: [{name: Default}, {name: Watchdog}, {name: Critical}, {name: "null"}]
+route:
+  group_by: [namespace]
+  group_interval: 5m
+  group_wait: 30s
+  receiver: Default
+  repeat_interval: 12h
+  routes:
+    - {matchers: [alertname = Watchdog], receiver: Watchdog}
+    - {matchers: [alertname = InfoInhibitor], receiver: "null"}
+    - {matchers: [severity = critical], receiver: Critical}
+"""
+
+
 @pytest.mark.parametrize(("severity", "receiver"),
-                         [("page", "pager"), ("ticket", "tickets"), ("info", "tickets")])
+                         [("critical", "pager"), ("warning", "tickets"), ("info", "tickets"),
+                          ("page", "tickets")])
 def test_shipped_routes_send_severity_to_the_right_receiver(severity: str, receiver: str) -> None:
     amtool = _amtool_or_skip()
-    out = subprocess.run(
-        [str(amtool), "config", "routes", "test", f"--config.file={config_template()}",
-         f"severity={severity}", "alertname=straggler", "cluster=c1"],
-        capture_output=True, text=True, timeout=30, check=True)
-    assert out.stdout.strip() == receiver
+    labels = {"severity": severity, "alertname": "straggler", "cluster": "c1"}
+    assert _routed_to(amtool, labels) == receiver
+
+
+@pytest.mark.parametrize(("severity", "receiver"),
+                         [("page", "pager"), ("ticket", "tickets"), ("info", "tickets")])
+def test_the_labels_trainguard_sends_route_its_pages_to_the_pager(
+        severity: str, receiver: str) -> None:
+    amtool = _amtool_or_skip()
+    alert = Alert(
+        alert_id="fp-1-1700000000000", fingerprint="fp-1", status="firing", severity=severity,
+        check="node_idle", summary="rank 3 exited", cluster="c1", job_id="job-7",
+        node="node-3", ts=1.7e9, starts_at=1.7e9,
+        labels={"severity": severity, "category": "availability", "check": "node_idle"})
+    rx = AlertmanagerReceiver(name="am", url="http://127.0.0.1:9093")
+    labels = alertmanager_alert(alert, rx, now=1.7e9)["labels"]
+    assert _routed_to(amtool, labels) == receiver
+
+
+@pytest.mark.parametrize(("severity", "receiver"),
+                         [("page", "Critical"), ("ticket", "Default"), ("info", "Default")])
+def test_a_trainguard_page_pages_in_an_existing_kube_prometheus_tree(
+        tmp_path: Path, severity: str, receiver: str) -> None:
+    amtool = _amtool_or_skip()
+    config = tmp_path / "kube-prometheus.yml"
+    config.write_text(KUBE_PROMETHEUS_ROUTES, "utf-8")
+    alert = Alert(
+        alert_id="fp-1-1700000000000", fingerprint="fp-1", status="firing", severity=severity,
+        check="param_divergence", summary="rank 3 differs", cluster="c1", job_id="job-7",
+        ts=1.7e9, starts_at=1.7e9, labels={"severity": severity, "category": "integrity"})
+    rx = AlertmanagerReceiver(name="am", url="http://127.0.0.1:9093")
+    labels = alertmanager_alert(alert, rx, now=1.7e9)["labels"]
+    assert _routed_to(amtool, labels, config) == receiver
 
 
 # -- the real Alertmanager --------------------------------------------------------------
@@ -218,7 +277,7 @@ def test_firing_alert_is_notified_once_despite_resends(
     note = req.notification
     assert note is not None and note.receiver == "pager"
     [alert] = note.alerts
-    assert alert.labels == {"alertname": "straggler", "severity": "page", "cluster": "c1",
+    assert alert.labels == {"alertname": "straggler", "severity": "critical", "cluster": "c1",
                             "job_id": "job-7", "node": "node-3", "fingerprint": fp}
     assert alert.starts_at is not None and abs(alert.starts_at - started) < timedelta(seconds=1)
     # trainguard re-sends active alerts to keep them alive; none of that may re-page.
@@ -248,7 +307,7 @@ def test_alert_with_past_ends_at_sends_a_resolved_notification(
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("severity", ["ticket", "info"])
+@pytest.mark.parametrize("severity", ["warning", "info"])
 def test_non_page_alerts_go_to_the_tickets_receiver(
     alertmanager: LocalAlertmanager, rx: RecordingWebhookServer, severity: str
 ) -> None:
