@@ -94,14 +94,14 @@ eval: install kafka-jars  ## detection scorecard: every scenario x 5 seeds throu
 test: install install-torch kafka-jars alertmanager prometheus  ## run the whole test suite (real Kafka broker, real chdb, real Alertmanager, promtool, real torchrun jobs)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-unit: install  ## run only the tests that need no broker
+test-unit: install install-torch  ## run only the tests that need no broker
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
 lint: install  ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-bench: install kafka-jars  ## run the benchmarks and print their figures
+bench: install install-torch kafka-jars  ## run the benchmarks and print their figures
 	$(PY) -m bench.skeleton
 	$(PY) -m bench.agent
 	$(PY) -m bench.kafka_tls

@@ -22,21 +22,38 @@ def _pins() -> set[str]:
 
 
 def test_the_torch_test_extra_holds_the_frameworks_and_is_pinned():
-    extra = {_name(r) for r in _extras()["torch-test"]}
+    extra = _closure("torch-test")
     assert {"torch", "transformers", "accelerate", "lightning"} <= extra
     assert extra <= _pins()
 
 
+def _closure(name: str) -> set[str]:
+    """Every requirement an extra pulls, through ``trainguard[...]`` self-references."""
+    found: set[str] = set()
+    for requirement in _extras()[name]:
+        inner = re.match(r"trainguard\[([^\]]*)\]", requirement)
+        if inner:
+            for extra in inner.group(1).split(","):
+                found |= _closure(extra.strip())
+        else:
+            found.add(_name(requirement))
+    return found
+
+
 def test_no_light_extra_pulls_torch():
     for name in ("agent", "pipeline", "dev"):
-        assert not {_name(r) for r in _extras()[name]} & {"torch", "transformers", "lightning"}
-        assert "torch-test" not in " ".join(_extras()[name])
+        assert not _closure(name) & {"torch", "transformers", "accelerate", "lightning"}, name
+
+
+def test_the_torch_extra_users_install_is_part_of_the_test_extra():
+    assert "torch" in _closure("torch") and _closure("torch") <= _closure("torch-test")
 
 
 def test_make_test_installs_the_torch_extra_and_install_does_not():
     makefile = (ROOT / "Makefile").read_text()
     targets = dict(re.findall(r"^([a-z-]+):([^\n]*)", makefile, flags=re.M))
-    assert "install-torch" in targets["test"].split("##")[0]
+    for target in ("test", "test-unit", "bench"):
+        assert "install-torch" in targets[target].split("##")[0], target
     assert "install-torch" not in targets["install"] and "torch" not in targets["demo"]
     recipe = makefile.split("$(VENV)/.installed-torch:", 1)[1].split("\n\n", 1)[0]
     assert "-c constraints.txt" in recipe and "torch-test" in recipe
