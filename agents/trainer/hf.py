@@ -69,17 +69,6 @@ def _loss_of(output: Any) -> Any:
     return loss
 
 
-def _unwrapped(optimizer: Any) -> Any:
-    """The torch optimizer inside accelerate's ``AcceleratedOptimizer`` (the Trainer's).
-
-    The wrapper's ``step()`` calls it, and it subclasses ``Optimizer`` without its hooks.
-    """
-    while optimizer is not None and not hasattr(optimizer, "_optimizer_step_pre_hooks") \
-            and hasattr(optimizer, "optimizer"):
-        optimizer = optimizer.optimizer
-    return optimizer
-
-
 class TrainGuardCallback(TrainerCallback):
     """Reports every optimizer step of a HuggingFace ``Trainer`` through the trainer kit.
 
@@ -107,7 +96,7 @@ class TrainGuardCallback(TrainerCallback):
             self._detach()
         if self.reporter is None:
             self.reporter = StepReporter.from_env()
-        self.guard = TrainGuard.attach(model, _unwrapped(optimizer), reporter=self.reporter,
+        self.guard = TrainGuard.attach(model, optimizer, reporter=self.reporter,
                                        start_step=state.global_step, **self.attach_options)
         if model is not None:
             self._hook = model.register_forward_hook(self._on_forward)
