@@ -9,9 +9,11 @@ chdb) runs the checks. Each sabotage is its own job, injected for real — by th
 script (``--fault``), by signals to a rank's pid, by editing a checkpoint shard on disk or
 a framework file of one node's torch tree between two runs — and must be found with the
 right check naming the right rank and node: hard faults within 10 s and subtle ones within
-120 s of event time after the injection. The benign job (lr warmup and decay, eval phases,
-a clean restart from a checkpoint, a job stop and an elastic restart with another world
-size) must raise no integrity or availability finding.
+120 s of event time after the injection. A sharded job (FSDP2 HSDP, 6 ranks: 3 replicas of
+2 shards) must compare shard by shard: no param_divergence until one replica is edited, then
+that one named. The benign job (lr warmup and decay, eval phases, a clean restart from a
+checkpoint, a job stop and an elastic restart with another world size) must raise no
+integrity or availability finding.
 
 The agents and the worker are shared by the module; jobs are told apart by their ids.
 Per-scenario latency and wall time are printed at the end of the module (``-s``).
@@ -69,12 +71,11 @@ class Harness:
         return f"{name}-{uuid.uuid4().hex[:6]}"
 
     def launch(self, job: str, run: int, args: Sequence[str] = (), *,
-               nprocs: tuple[int, int] = (2, 2), pythonpath_b: Sequence[Path] = (),
-               ckpt: Path | None = None) -> Launch:
+               nprocs: tuple[int, int] = (2, 2), pythonpath_b: Sequence[Path] = ()) -> Launch:
         placements = [Placement(self.agents["node-a"], nprocs[0]),
                       Placement(self.agents["node-b"], nprocs[1], pythonpath_b)]
-        ckpt = ckpt if ckpt is not None else self.root / job / "ckpt"
-        script_args = ["--data", str(self.data), "--ckpt-dir", str(ckpt), *args]
+        script_args = ["--data", str(self.data), "--ckpt-dir", str(self.root / job / "ckpt"),
+                       *args]
         launch = Launch(job, self.root / job / f"run{run}", placements, script_args).start()
         self.launches.append(launch)
         return launch
@@ -164,75 +165,66 @@ def _live_fault(h: Harness, name: str, check: str, kind: str, step: int,
     run.finish()
 
 
-@dataclass(frozen=True)
-class Saved:
-    """A job's first run, ended cleanly after saving checkpoints."""
-
-    job: str
-    ckpt: Path
+#: The first run of a restart scenario saves after this step and ends at FIRST_END.
+SAVE_AT, FIRST_END = 8, 11
 
 
-@pytest.fixture(scope="module")
-def saved(harness: Harness) -> Saved:
-    """The first run of the ``shard`` job: checkpoints after steps 8 and 10, then it ends.
-
-    The shard test restarts this job from step 10; the weights, seed and code tests start
-    jobs of their own from its step 8 (a job resubmitted from another's checkpoint: to the
-    checks a restart is a new epoch either way, so what they see is the same).
-    """
-    job = harness.job("shard")
-    run = harness.launch(job, 1, ["--save-at", "8", "--save-at", "10", "--steps", "11"])
-    try:
-        codes = run.wait()
-    finally:
-        run.kill()
-    assert codes == [0, 0], run.log_tail()
-    return Saved(job, harness.root / job / "ckpt")
+def _first_run(h: Harness, job: str, **kw) -> Launch:
+    """A job's first run: a checkpoint after step ``SAVE_AT``, then it ends cleanly."""
+    run = h.launch(job, 1, ["--save-at", str(SAVE_AT), "--steps", str(FIRST_END)], **kw)
+    assert run.wait() == [0, 0], run.log_tail()
+    return run
 
 
-def _restarted_fault(h: Harness, saved: Saved, name: str, check: str, fault: str,
-                     rank: int, **kw) -> Finding:
-    """A job restarted from the saved checkpoint of step 8, sabotaged by ``fault``."""
+def _restarted(h: Harness, job: str, args: Sequence[str] = (), **kw) -> Launch:
+    """The job's second run: every rank loads its checkpoint shard of step ``SAVE_AT``."""
+    return h.launch(job, 2, ["--resume", str(SAVE_AT), *args], **kw)
+
+
+def _restarted_fault(h: Harness, name: str, check: str, fault: str, rank: int) -> None:
+    """A job restarted from its checkpoint with ``fault`` injected by the training script."""
     started = time.monotonic()
-    job = h.job(name.split()[0])
-    run = h.launch(job, 1, ["--resume", "8", "--fault", f"{fault}:{rank}"], ckpt=saved.ckpt,
-                   **kw)
+    job = h.job(fault)
+    _first_run(h, job)
+    run = _restarted(h, job, ["--fault", f"{fault}:{rank}"])
     ranks = run.ranks()
-    found = _expect(h, job, check, rank, ranks, run.fault()["ts"], SUBTLE_S, name, started)
+    _expect(h, job, check, rank, ranks, run.fault()["ts"], SUBTLE_S, name, started)
     run.finish()
-    return found
 
 
 # -- sabotage ---------------------------------------------------------------------------
 
 
-def test_weights_changed_in_memory_after_a_checkpoint_load_are_param_divergence(e2e, saved):
-    _restarted_fault(e2e, saved, "weights after load", "param_divergence", "weights", 2)
+def test_weights_changed_in_memory_after_a_checkpoint_load_are_param_divergence(e2e):
+    _restarted_fault(e2e, "weights after load", "param_divergence", "weights", 2)
 
 
-def test_a_rank_reseeded_after_a_restart_is_a_seed_mismatch(e2e, saved):
-    _restarted_fault(e2e, saved, "reseeded rank", "seed_mismatch", "seed", 1)
+def test_a_rank_reseeded_after_a_restart_is_a_seed_mismatch(e2e):
+    _restarted_fault(e2e, "reseeded rank", "seed_mismatch", "seed", 1)
 
 
-def test_a_checkpoint_shard_modified_on_disk_is_a_checkpoint_digest_finding(e2e, saved):
+def test_a_checkpoint_shard_modified_on_disk_is_a_checkpoint_digest_finding(e2e):
     started = time.monotonic()
-    injected = tamper_shard(saved.ckpt / "step10" / "rank3.pt")
-    run = e2e.launch(saved.job, 2, ["--resume", "10"])
-    _expect(e2e, saved.job, "checkpoint_digest", 3, run.ranks(), injected, SUBTLE_S,
+    job = e2e.job("shard")
+    _first_run(e2e, job)
+    injected = tamper_shard(e2e.root / job / "ckpt" / f"step{SAVE_AT}" / "rank3.pt")
+    run = _restarted(e2e, job)
+    _expect(e2e, job, "checkpoint_digest", 3, run.ranks(), injected, SUBTLE_S,
             "shard edited on disk", started)
     run.finish()
 
 
-def test_a_framework_file_edited_on_one_node_is_a_code_fingerprint_naming_the_file(e2e, saved):
+def test_a_framework_file_edited_on_one_node_is_a_code_fingerprint_naming_the_file(e2e):
     started = time.monotonic()
     job = e2e.job("code")
-    # Node B gets a torch tree of its own (its files links to the shared install's) and
-    # one rank, so that node A's three ranks are the majority of the restarted job.
+    # Node B runs one rank on a torch tree of its own (its files links to the shared
+    # install's), so node A's three ranks are the majority of the restarted job.
     own_torch = mirror_torch(e2e.root / job / "node-b-site")
+    layout = {"nprocs": (3, 1), "pythonpath_b": [own_torch]}
+    _first_run(e2e, job, **layout)
     edited = edit_framework_file(own_torch, "optim/sgd.py")
     injected = os.stat(edited).st_mtime
-    run = e2e.launch(job, 1, ["--resume", "8"], ckpt=saved.ckpt, nprocs=(3, 1),
-                     pythonpath_b=[own_torch])
+    run = _restarted(e2e, job, **layout)
     ranks = run.ranks()
     [rank_b] = [r for r, info in ranks.items() if info.node == "node-b"]
     found = _expect(e2e, job, "code_fingerprint", rank_b, ranks, injected, SUBTLE_S,
