@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.trainer_faults import edit_framework_file, mirror_torch, tamper_shard
 from tests.integration.trainer_harness import (
     PAGING,
     Finding,
@@ -42,11 +43,8 @@ from tests.integration.trainer_harness import (
     RankInfo,
     ScenarioResult,
     culprit,
-    edit_framework_file,
     make_data,
-    mirror_torch,
     pick_rank,
-    tamper_shard,
 )
 from trainguard.local.stack import LocalStack
 

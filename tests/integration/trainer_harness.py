@@ -3,10 +3,10 @@
 :class:`NodeAgent` runs ``trainguard agent --backend simulated`` as its own process with its
 own step socket and node name; :class:`Launch` starts one run of the training job
 (:mod:`tests.integration.trainer_script`) as one ``torchrun`` per node, c10d rendezvous on
-127.0.0.1, each node's ranks pointed at their node's agent; :func:`mirror_torch` gives a
-node its own torch tree (so one of its framework files can be edited); :class:`Findings`
-reads what the worker concluded. Every process is started in its own process group and
-killed with it, whatever happens.
+127.0.0.1, each node's ranks pointed at their node's agent; :class:`Findings` reads what
+the worker concluded. Every process is started in its own process group and
+killed with it, whatever happens. The sabotage that is not the training script's own (a
+shard edited on disk, a node's own torch tree) is in :mod:`tests.integration.trainer_faults`.
 """
 
 from __future__ import annotations
@@ -15,15 +15,12 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -280,57 +277,6 @@ class Launch:
                 pass
 
 
-def tamper_shard(path: Path, factor: float = 1.001) -> float:
-    """Scale the first value of the first tensor stored in a ``torch.save`` file, in place
-    (its zip entry ``*/data/0``: stored uncompressed, and ``torch.load`` checks no CRC), as an
-    insider editing a checkpoint shard would; the time it was done."""
-    with zipfile.ZipFile(path) as archive:
-        [entry] = [i for i in archive.infolist() if i.filename.endswith("/data/0")]
-    data = bytearray(path.read_bytes())
-    name_len, extra_len = struct.unpack_from("<HH", data, entry.header_offset + 26)
-    start = entry.header_offset + 30 + name_len + extra_len
-    (value,) = struct.unpack_from("<f", data, start)
-    struct.pack_into("<f", data, start, value * factor if value else 1e-3)
-    path.write_bytes(bytes(data))
-    return time.time()
-
-
-def mirror_torch(dest: Path) -> Path:
-    """A torch tree of this node's own: real directories, every file a symlink to the real one.
-
-    Put ``dest`` first on the node's ``PYTHONPATH``; :func:`edit_framework_file` then
-    replaces one file by an edited copy without touching the shared install. Files are
-    linked one by one (not whole directories), so whoever walks the tree sees the same
-    names on every node.
-    """
-    spec = find_spec("torch")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("torch is not installed: run `make install-torch`")
-    src = Path(spec.origin).parent
-    root = dest / "torch"
-    for dirpath, dirnames, filenames in os.walk(src):
-        here = root / Path(dirpath).relative_to(src)
-        here.mkdir(parents=True, exist_ok=True)
-        for name in list(dirnames):
-            if os.path.islink(os.path.join(dirpath, name)):
-                os.symlink(os.path.join(dirpath, name), here / name)
-                dirnames.remove(name)
-        for name in filenames:
-            os.symlink(os.path.join(dirpath, name), here / name)
-    return dest
-
-
-def edit_framework_file(mirror: Path, relative: str = "optim/sgd.py") -> Path:
-    """Replace one file of a node's torch tree by an edited copy; its path."""
-    target = mirror / "torch" / relative
-    text = target.read_text()
-    target.unlink()
-    target.write_text(text + "\n_EDITED_ON_THIS_NODE = True  # the insider's change\n")
-    for pyc in (target.parent / "__pycache__").glob(f"{target.stem}.*.pyc"):
-        pyc.unlink()
-    return target
-
-
 @dataclass
 class Finding:
     check: str
@@ -411,8 +357,3 @@ def pick_rank(ranks: dict[int, RankInfo], node: str, local_rank: int = 1) -> int
         if ranks[r].local_rank == local_rank:
             return r
     return [r for r in on_node if r != 0][0]
-
-
-def kill_all(launches: Iterable[Launch]) -> None:
-    for launch in launches:
-        launch.kill()
