@@ -48,13 +48,13 @@ _QUOTE: Final = 80
 
 
 def trainer_event(report: TrainerEvent, peer: Peer) -> RankEvent:
-    """The kit's ``bye`` / ``waiting`` as a :class:`RankEvent` with the kernel's pid."""
+    """The kit's ``bye`` / ``waiting`` / ``busy`` as a :class:`RankEvent` with the kernel's pid."""
     return RankEvent(
         rank=report.rank, ts=report.ts, event=report.event,
         # pid 0: a sender in a pid namespace the agent cannot see; no pid is better than 0.
         pid=peer.pid if peer.pid > 0 else None,
         reason=report.reason, step=report.step, since=report.since,
-        collective=report.collective,
+        collective=report.collective, phase=report.phase,
     )
 
 

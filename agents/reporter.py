@@ -35,7 +35,7 @@ from msgspec import Meta
 
 from trainguard import envvars
 from trainguard.agents.job_env import job_identity
-from trainguard.schemas.ranks import ByeReason
+from trainguard.schemas.ranks import BusyPhase, ByeReason
 from trainguard.schemas.records import STEP_FLOAT_FIELDS, StepRecord
 
 __all__ = [
@@ -79,7 +79,7 @@ class CheckpointReport(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class TrainerEvent(msgspec.Struct, kw_only=True, frozen=True):
-    """The trainer kit says something about its process: ``bye`` or ``waiting``.
+    """The trainer kit says something about its process: ``bye``, ``waiting`` or ``busy``.
 
     The agent stamps the pid the kernel reports and sends it on as a
     :class:`~trainguard.schemas.ranks.RankEvent` in the job's step batch.
@@ -88,8 +88,9 @@ class TrainerEvent(msgspec.Struct, kw_only=True, frozen=True):
     job_id: Annotated[str, Meta(min_length=1, max_length=256)]
     rank: Annotated[int, Meta(ge=0, le=2**32 - 1)]
     ts: Annotated[float, Meta(ge=0)]
-    event: Literal["bye", "waiting"]
+    event: Literal["bye", "waiting", "busy"]
     reason: ByeReason | None = None
+    phase: BusyPhase | None = None
     step: Annotated[int, Meta(ge=0, le=2**63 - 1)] | None = None
     since: Annotated[float, Meta(ge=0)] | None = None
     collective: Annotated[int, Meta(ge=0, le=2**63 - 1)] | None = None
@@ -358,17 +359,20 @@ class StepReporter:
         return self._send(sock, data)
 
     def event(
-        self, event: Literal["bye", "waiting"], *, reason: ByeReason | None = None,
+        self, event: Literal["bye", "waiting", "busy"], *, reason: ByeReason | None = None,
         step: int | None = None, since: float | None = None, collective: int | None = None,
-        ts: float | None = None,
+        ts: float | None = None, phase: BusyPhase | None = None,
     ) -> bool:
-        """Tell the agent this process says ``bye`` (and why) or waits in a collective.
+        """Tell the agent: ``bye`` (and why), ``waiting`` in a collective, or ``busy``.
 
-        Never raises; ``False`` means dropped (and counted).
+        ``busy``: in a long ``phase`` of its own (a checkpoint, an evaluation) that its peers
+        may wait for in their next collective; repeat it while the phase lasts. Never
+        raises; ``False`` means dropped (and counted).
         """
         payload = TrainerEvent(
             job_id=self.job_id, rank=self.rank, ts=time.time() if ts is None else ts,
-            event=event, reason=reason, step=step, since=since, collective=collective)
+            event=event, reason=reason, step=step, since=since, collective=collective,
+            phase=phase)
         return self._send_payload(event=payload)
 
     def manifest(self, fingerprint: str, entries: Mapping[str, str],

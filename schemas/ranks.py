@@ -6,7 +6,9 @@ meet the job's steps in one partition):
 * :class:`RankEvent`: a rank's process exited, stopped (``SIGSTOP``, a debugger) or
   resumed, as its node agent saw it in ``/proc`` (an independent witness: no trainer code
   is trusted for it); or, from the trainer kit, ``bye`` (the process ends its reporting on
-  purpose, and why) and ``waiting`` (it has waited inside a collective since ``since``).
+  purpose, and why), ``waiting`` (it has waited inside a collective since ``since``) and
+  ``busy`` (it is in a long phase of its own since ``since``: a checkpoint save or load,
+  an evaluation only it runs; its peers may wait for it in the next collective meanwhile).
   In a real job a dead or hung rank stops its peers inside the next collective, so no
   peer keeps stepping: these events are how the worker names the rank that never arrived.
 * :class:`EnvManifest`: the files and versions behind a rank's ``env_fingerprint`` (the
@@ -27,6 +29,7 @@ __all__ = [
     "MAX_EVENTS_PER_BATCH",
     "MAX_MANIFEST_ENTRIES",
     "MAX_MANIFESTS_PER_BATCH",
+    "BusyPhase",
     "ByeReason",
     "EnvManifest",
     "RankEvent",
@@ -42,8 +45,11 @@ MAX_MANIFESTS_PER_BATCH: Final = 16
 MAX_MANIFEST_ENTRIES: Final = 8192
 
 #: ``exited`` / ``stopped`` / ``resumed``: the node agent's view of the bound process.
-#: ``bye`` / ``waiting``: what the trainer kit says (the agent stamps the kernel's pid).
-RankEventKind = Literal["exited", "stopped", "resumed", "bye", "waiting"]
+#: ``bye`` / ``waiting`` / ``busy``: what the trainer kit says (the agent stamps the
+#: kernel's pid).
+RankEventKind = Literal["exited", "stopped", "resumed", "bye", "waiting", "busy"]
+#: What a ``busy`` rank is doing.
+BusyPhase = Literal["checkpoint", "eval", "other"]
 #: Why a process said ``bye``: it finished its run; it is exiting on an exception;
 #: it was asked to stop (``SIGTERM`` from its launcher, an elastic restart).
 ByeReason = Literal["finished", "error", "terminated"]
@@ -70,9 +76,11 @@ class RankEvent(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     #: ``bye`` / ``waiting``: the last step the rank reported (or is in).
     step: NonNegInt | None = None
     #: ``waiting``: since when the rank has been inside the collective, and that
-    #: collective's sequence number in the rank's run (peers agree on it).
+    #: collective's sequence number in the rank's run (peers agree on it). ``busy``: since
+    #: when the rank has been in ``phase``.
     since: EpochSeconds | None = None
     collective: NonNegInt | None = None
+    phase: BusyPhase | None = None
 
 
 class EnvManifest(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):

@@ -71,6 +71,9 @@ class RankEventWatch:
         self.byes: dict[int, RankEvent] = {}
         self.stopped: dict[int, RankEvent] = {}
         self.waiting: dict[int, RankEvent] = {}
+        #: Per rank: its latest ``busy`` (a checkpoint, an evaluation of its own): peers
+        #: waiting for it meanwhile are not waiting for a hung rank.
+        self.busy: dict[int, RankEvent] = {}
         self.gone: dict[int, float] = {}
         self.pending: list[_Departure] = []
         #: Departures pending or recent by ``(rank, pid)``: a redelivered exit is one exit.
@@ -117,8 +120,13 @@ class RankEventWatch:
             self.stopped.pop(r, None)
         elif kind == "waiting":
             self.waiting[r] = ev
+            self.busy.pop(r, None)
+        elif kind == "busy":
+            self.busy[r] = ev
+            self.waiting.pop(r, None)
         elif kind == "bye":
             self.waiting.pop(r, None)
+            self.busy.pop(r, None)
             late = self._left.get((r, ev.pid)) if ev.pid is not None else None
             if late is not None and late.kind == "killed" and ev.ts <= late.ts \
                     and any(late is d for d in self.pending):
@@ -138,6 +146,7 @@ class RankEventWatch:
                 bye = None  # another process's goodbye
             self.stopped.pop(r, None)
             self.waiting.pop(r, None)
+            self.busy.pop(r, None)
             self.gone[r] = ev.ts
             d = self._left[key] = _Departure(
                 r, node, ev.ts, ev.pid, ev.exit_code, ev.signal,
@@ -276,9 +285,11 @@ class RankEventWatch:
             if last_step_ts(rank) > ts:  # a new process of the rank steps
                 del self.gone[rank]
         gone = {r for r in self.gone if r < world_size}
-        if 2 * len(waiting) < world_size - len(gone):
+        busy = self._busy(now, last_step_ts, world_size)
+        if 2 * len(waiting) < world_size - len(gone) - len(busy):
             return []  # more ranks not waiting than waiting: no telling who is late
-        absent = [r for r in range(world_size) if r not in waiting and r not in gone]
+        absent = [r for r in range(world_size)
+                  if r not in waiting and r not in gone and r not in busy]
         first = min(waiting.values(), key=lambda e: e.since if e.since is not None else e.ts)
         held = now - min(since)
         coll = f" {first.collective}" if first.collective is not None else ""
@@ -289,6 +300,19 @@ class RankEventWatch:
             {"cause": "never_arrived", "collective": first.collective, "since": min(since),
              "stalled_s": held, "waiting_ranks": len(waiting), "world_size": world_size})
             for r in absent]
+
+
+    def _busy(self, now: float, last_step_ts: Callable[[int], float],
+              world_size: int) -> set[int]:
+        """Ranks busy in a phase of their own, as their kit said within ``hang_after_s``.
+
+        The kit repeats ``busy`` while the phase lasts; a rank that stepped since, or went
+        quiet (hung inside the phase, or the phase ended and it hangs elsewhere), is not.
+        """
+        for rank, ev in list(self.busy.items()):
+            if last_step_ts(rank) > ev.ts or now - ev.ts > self.config.hang_after_s:
+                del self.busy[rank]
+        return {r for r in self.busy if r < world_size}
 
 
 def _hung(rank: int, node: str, since: float, now: float, held: float, summary: str,

@@ -116,6 +116,29 @@ def test_peers_waiting_in_a_collective_name_the_live_rank_that_never_arrived():
     assert f.evidence["waiting_ranks"] == 3 and "never arrived in collective 77" in f.summary
 
 
+def test_a_rank_busy_saving_a_checkpoint_while_its_peers_wait_is_not_hung():
+    # Rank 2 saves the checkpoint alone (the kit repeats ``busy`` every 2 s); its peers wait
+    # for it in the next all-reduce meanwhile: a pause, not a hang.
+    job = _job()
+    waits = [_ev(r, 12.0, "waiting", since=T0 + 10.2, collective=77, step=11) for r in (0, 1, 3)]
+    busy = [_ev(2, at, "busy", since=T0 + 10.1, phase="checkpoint") for at in (11.0, 13.0, 15.0)]
+    found = _run([*_steps(job, 10), _events(job, *waits, busy[0]), *_samples(job, 13),
+                  _events(job, busy[1]), *_samples(job, 14, 15), _events(job, busy[2]),
+                  *_samples(job, 16, 17)])
+    assert found == []
+
+
+def test_a_busy_rank_that_goes_quiet_is_named_as_never_arrived():
+    # The same save, but the kit's ``busy`` stops at 11 s (the rank hangs outside it).
+    job = _job()
+    waits = [_ev(r, 12.0, "waiting", since=T0 + 10.2, collective=77, step=11) for r in (0, 1, 3)]
+    busy = _ev(2, 11.0, "busy", since=T0 + 10.1, phase="checkpoint")
+    found = _run([*_steps(job, 10), _events(job, *waits, busy),
+                  *_samples(job, 13, 14, 15, 16, 17)])
+    assert checks(found) == ["rank_hung"]
+    assert found[0].ranks == [2] and found[0].evidence["cause"] == "never_arrived"
+
+
 def test_one_rank_waiting_among_eight_blames_nobody():
     job = FakeJob(8, gpus=4, noise=False)
     found = _run([*_steps(job, 10), _events(job, _ev(0, 12, "waiting", since=T0 + 10.2)),
