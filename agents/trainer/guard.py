@@ -13,12 +13,13 @@ sharded layouts: none, a shard's norm is not the model's); local grad norm befor
 all-reduce (DDP); step time and its compute part; tokens/s; the parameter digest every
 ``checksum_every`` steps (by default chosen from its measured cost, :mod:`.cadence`;
 ``checksum_step`` = the step it hashes); the data epoch; the seed fingerprint when it
-changes. Once: the layout coordinates, the env fingerprint and
-its manifest (again after :meth:`TrainGuard.refresh_manifest` finds it changed). On a GPU
-the device values come back asynchronously (:mod:`.readback`): a step's whole record is
-sent one or two steps later (its ``checksum_step`` is its own step), never with a device
-sync. Collectives: DDP's gradient buckets are traced; a rank stuck in one for
-``waiting_after_s`` reports ``waiting`` (:mod:`.grads`). The end: ``bye`` (:mod:`.exits`).
+changes. Once: the layout coordinates, the env fingerprint and its manifest (again after
+:meth:`TrainGuard.refresh_manifest` finds it changed). On a GPU the device values come
+back asynchronously (:mod:`.readback`): a step's whole record is sent one or two steps
+later (its ``checksum_step`` is its own step), never with a device sync; records are
+built and sent on a thread of their own (:mod:`.sender`). Collectives: DDP's gradient
+buckets are traced; a rank stuck in one for ``waiting_after_s`` reports ``waiting``
+(:mod:`.grads`). The end: ``bye`` (:mod:`.exits`).
 
 :meth:`TrainGuard.step` never raises into the training loop: a failure is counted
 (``errors``) and logged once. Checkpoint wrappers (:meth:`save`, :meth:`load`,
@@ -55,6 +56,7 @@ from trainguard.agents.trainer.fingerprints import (
 from trainguard.agents.trainer.grads import CommTracer, OptimizerProbe, WaitingWatchdog
 from trainguard.agents.trainer.layout import Layout, detect_layout
 from trainguard.agents.trainer.readback import Readback, Ready
+from trainguard.agents.trainer.sender import Sender
 from trainguard.schemas.ranks import ByeReason
 
 __all__ = ["TrainGuard"]
@@ -105,6 +107,7 @@ class TrainGuard(CheckpointMethods):
         self._seed_state: tuple[int | None, int | None] | None = None
         self.checksum = ParamChecksum(model.parameters())
         self._readback = Readback()
+        self._sender = Sender(self._emit)
         self.tracer: CommTracer | None = None
         self._watchdog: WaitingWatchdog | None = None
         if _is_ddp(model):
@@ -215,7 +218,7 @@ class TrainGuard(CheckpointMethods):
         self._readback.submit(meta, {"loss": loss, "lr": lr, "grad": global_norm,
                                      "local": local_norm}, digest)
         for ready in self._readback.ready():
-            self._emit(ready)
+            self._sender.put(ready)  # built and sent off the training thread
         if not self._manifest_sent:
             self._send_manifest()
 
@@ -282,11 +285,13 @@ class TrainGuard(CheckpointMethods):
             if self._bye_sent:
                 return
             self._bye_sent = True
-            try:
-                for ready in (self._readback.flush() if reason == "finished"
-                              else self._readback.ready()):
-                    self._emit(ready)
-            finally:
+        try:
+            for ready in (self._readback.flush() if reason == "finished"
+                          else self._readback.ready()):
+                self._sender.put(ready)
+        finally:
+            self._sender.stop()  # every queued step goes out before the bye
+            with self._lock:
                 self.reporter.event("bye", reason=reason, step=self.step_index)
 
     def close(self, reason: ByeReason = "finished") -> None:
