@@ -11,9 +11,11 @@ work inside the optimizer pre-hook and the DDP comm hook (the all-reduce itself 
 with or without the kit). kit ms = median kit time of the steps without a digest + (median
 with − median without) × the share of steps digested after warm-up; kit % = kit ms / the
 plain loop's median step. The settings' jobs are stepped in turn (plain, auto, every step,
-…, plain, …) so that other processes' load hits them alike. DDP also shows Δ step: the
-setting's median step minus the plain DDP loop's (which includes what the direct timing
-cannot see, e.g. a Python comm hook replacing DDP's built-in one; noisy under load).
+…, plain, …) so that other processes' load hits them alike (each guard's step clock is
+restarted at its own job's step). Δ step: the setting's median step minus the plain
+loop's, which includes what the direct timing cannot see (a Python comm hook replacing
+DDP's built-in one, the record's thread, caches warmed or cooled for the optimizer) and is
+noisy under load.
 Also: attach (layout, manifest, hooks), the digest's throughput in MB/s (fp32, bf16) and
 the load average before and after.
 
@@ -157,6 +159,10 @@ class Job:
         self.digests: list[bool] = []
 
     def step(self, i: int) -> None:
+        if self.guard is not None:
+            # The jobs are stepped in turn: the kit's step clock starts at this job's step,
+            # as in a loop of its own (else it would count the other jobs' steps too).
+            self.guard._step_start = self.guard._clock()
         t0 = time.perf_counter()
         x, y = self.data[i % len(self.data)]
         loss = torch.nn.functional.cross_entropy(self.model(x), y)
@@ -304,7 +310,7 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, {torch.get_num_threads()} threads, model {Opts.model} "
           f"{n / 1e6:.3f}M params, batch {Opts.batch}, pad {args.pad_ms:g} ms, {args.steps} "
           f"steps per setting, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    table(run(args.steps, sock))
+    table(run(args.steps, sock), delta=True)
     if args.throughput:
         throughput()
     if args.ddp:
