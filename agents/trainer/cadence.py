@@ -11,13 +11,18 @@
    at most ``checksum_max_every`` (64, a power of two). From then on the steps whose index
    is a multiple of N are digested.
 
-Replicas may measure different costs and choose different N, but every choice is a power
-of two not above the cap, so each rank's digested steps include every multiple of the
-**largest** N any replica chose (and always every multiple of the cap): replicas are
-compared at those steps, and at every calibration step they share. A parameter change made
-at step ``t`` is therefore compared at the first multiple of that largest N at or after
-``t``: a detection delay of at most N steps (≤ 64 with the defaults), plus the one or two
-steps a GPU's asynchronous readback adds.
+3. **Agreement** (a distributed job): the ranks take the largest N any of them chose
+   (:func:`agree_max`: one all-reduce on a gloo group of the kit's own, created at attach,
+   so it never interleaves with the job's collectives; a peer that does not answer within
+   ``AGREE_TIMEOUT_S`` leaves the rank on the cap). Every rank then digests the same steps,
+   so every replica votes at each of them (a step only some replicas digest would let a
+   minority outvote or tie the honest ones).
+
+Without the agreement, replicas that chose different N would still share every multiple of
+the largest N (all choices are powers of two not above the cap) but vote in subsets
+between them. A parameter change made at step ``t`` is compared at the first multiple of
+N at or after ``t``: a detection delay of at most N steps (≤ 64 with the defaults), plus
+the one or two steps a GPU's asynchronous readback adds.
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 if TYPE_CHECKING:
     from trainguard.agents.trainer.checksum import ParamChecksum
 
-__all__ = ["AUTO", "CALIBRATION_STEPS", "DEFAULT_BUDGET", "DEFAULT_MAX_EVERY", "Cadence",
-           "choose_every"]
+__all__ = ["AGREE_TIMEOUT_S", "AUTO", "CALIBRATION_STEPS", "DEFAULT_BUDGET",
+           "DEFAULT_MAX_EVERY", "Cadence", "agree_max", "choose_every"]
 
 AUTO: Final = "auto"
 #: Share of the step time the digest may cost on average.
@@ -42,6 +47,8 @@ DEFAULT_BUDGET: Final = 0.005
 DEFAULT_MAX_EVERY: Final = 64
 #: Steps digested (and timed) after attach before "auto" chooses its interval.
 CALIBRATION_STEPS: Final = 8
+#: How long a rank waits for its peers' choices (they arrive within a step in lockstep).
+AGREE_TIMEOUT_S: Final = 60.0
 
 Every = int | Literal["auto"]
 
@@ -76,7 +83,8 @@ class Cadence:
     def __init__(self, every: Every = AUTO, *, budget: float = DEFAULT_BUDGET,
                  max_every: int = DEFAULT_MAX_EVERY,
                  calibration_steps: int = CALIBRATION_STEPS,
-                 clock: Callable[[], float] = time.monotonic, context: str = "") -> None:
+                 clock: Callable[[], float] = time.monotonic, context: str = "",
+                 agree: Callable[[int], int] | None = None) -> None:
         if every != AUTO and (isinstance(every, bool) or not isinstance(every, int)
                               or every < 0):
             raise ValueError(f"checksum_every {every!r}: expected an int >= 0 (0 = off) "
@@ -91,7 +99,7 @@ class Cadence:
         self.every: int = 1 if self.auto else int(every)
         self._digest_s: list[float] = []
         self._step_s: list[float] = []
-        self._clock, self._context = clock, context
+        self._clock, self._context, self._agree = clock, context, agree
 
     @property
     def calibrating(self) -> bool:
@@ -113,10 +121,13 @@ class Cadence:
         self._left -= 1
         if self._left:
             return None
-        self.every = choose_every(statistics.median(self._digest_s),
-                                  statistics.median(self._step_s),
-                                  budget=self.budget, max_every=self.max_every)
-        return self.every
+        every = choose_every(statistics.median(self._digest_s),
+                             statistics.median(self._step_s),
+                             budget=self.budget, max_every=self.max_every)
+        if self._agree is not None:
+            every = self._agree(every)
+        self.every = every
+        return every
 
     @property
     def measured(self) -> tuple[float, float] | None:
@@ -155,3 +166,36 @@ def _device_sync(checksum: ParamChecksum) -> Callable[[], None]:
 
 def _no_sync() -> None:
     return None
+
+
+def agree_max(max_every: int) -> Callable[[int], int] | None:
+    """In a distributed job, a function taking a rank's N to the largest N of all ranks.
+
+    Called at attach (every rank attaches, in the same order relative to other groups):
+    creates a gloo group of the kit's own. ``None`` outside a distributed job.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+        return None
+    from datetime import timedelta
+
+    try:
+        group = dist.new_group(backend="gloo", timeout=timedelta(seconds=AGREE_TIMEOUT_S))
+    except Exception as exc:  # no gloo: each rank keeps its own choice
+        _log.warning("trainguard checksum cadence not agreed across ranks: %r", exc)
+        return None
+
+    def agree(every: int) -> int:
+        import torch
+
+        value = torch.tensor([every], dtype=torch.int64)
+        try:
+            dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
+        except Exception as exc:  # a peer that never calibrates: fall back to the cap
+            _log.warning("trainguard checksum cadence: peers did not answer (%r); every=%d",
+                         exc, max_every)
+            return max_every
+        return int(value.item())
+
+    return agree

@@ -43,6 +43,7 @@ from trainguard.agents.trainer.cadence import (
     DEFAULT_MAX_EVERY,
     Cadence,
     Every,
+    agree_max,
 )
 from trainguard.agents.trainer.checkpoint import CheckpointMethods
 from trainguard.agents.trainer.checksum import ParamChecksum, to_hex
@@ -87,9 +88,10 @@ class TrainGuard(CheckpointMethods):
                  waiting_after_s: float = 2.0, torch_seed_shared: bool = False,
                  owns_reporter: bool = False, clock: Callable[[], float] = time.monotonic,
                  ) -> None:
-        self._cadence = Cadence(checksum_every, budget=checksum_budget,
-                                max_every=checksum_max_every, clock=clock,
-                                context=f"job={reporter.job_id} rank={reporter.rank}")
+        self._cadence = Cadence(
+            checksum_every, budget=checksum_budget, max_every=checksum_max_every, clock=clock,
+            context=f"job={reporter.job_id} rank={reporter.rank}",
+            agree=agree_max(checksum_max_every) if checksum_every == AUTO else None)
         if start_step < 0:
             raise ValueError(f"start_step {start_step}: expected >= 0")
         self.model, self.optimizer, self.reporter, self.layout = model, optimizer, reporter, layout
@@ -148,9 +150,10 @@ class TrainGuard(CheckpointMethods):
         multiple of N (0: never); ``"auto"`` (default): every step for the first 8, then N =
         the smallest power of two keeping the digest's average cost within
         ``checksum_budget`` (0.5 %) of the step time, at most ``checksum_max_every`` (64);
-        replicas then compare at every multiple of the largest N any of them chose
-        (:mod:`.cadence`). ``grad_norms=False``: no grad norms (global nor local; one
-        pass over the gradients saved, DDP: two); collectives are still traced.
+        in a distributed job the ranks agree on the largest N any of them chose, so all
+        replicas digest the same steps (:mod:`.cadence`). ``grad_norms=False``: no grad
+        norms (global nor local; one pass over the gradients saved, DDP: two);
+        collectives are still traced.
         ``sampler`` (a ``DistributedSampler``) or ``data_seed``: the data-order seed of the
         seed fingerprint; ``sampler.epoch`` gives the data epoch. ``torch_seed_shared``:
         every rank seeds torch alike, so ``torch.initial_seed()`` joins the fingerprint.

@@ -102,3 +102,48 @@ def test_a_cpu_digest_is_timed_without_a_device_sync():
     from trainguard.agents.trainer.checksum import ParamChecksum
 
     assert _device_sync(ParamChecksum([torch.ones(3)])) is _no_sync
+
+
+def _agree_worker(rank, world, init, out, budgets):
+    import json
+    from pathlib import Path
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from tests.agents.trainer.wire import Receiver
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    receiver = Receiver(Path(out) / f"r{rank}.sock")
+    try:
+        torch.manual_seed(0)
+        model = DistributedDataParallel(torch.nn.Linear(4, 2))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        reporter = StepReporter("job-a", rank, world, socket_path=str(receiver.path), node="n")
+        guard = TrainGuard.attach(model, opt, reporter=reporter, checksum_budget=budgets[rank])
+        for _ in range(CALIBRATION_STEPS + 20):
+            model(torch.randn(3, 4)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+            guard.step(None)
+        every = guard.checksum_every
+        guard.close()
+        digested = sorted(s.checksum_step for s in receiver.steps() if s.checksum_step is not None)
+        Path(out, f"{rank}.json").write_text(json.dumps({"every": every, "digested": digested}))
+    finally:
+        receiver.close()
+        dist.destroy_process_group()
+
+
+def test_ranks_of_a_distributed_job_agree_on_the_largest_interval(sock_dir):
+    import json
+
+    import torch.multiprocessing as mp
+
+    # rank 0 fits any cost in its budget (N = 1), rank 1 none (N = the cap)
+    mp.spawn(_agree_worker, args=(2, str(sock_dir / "init"), str(sock_dir), [100.0, 1e-12]),
+             nprocs=2, join=True)
+    results = [json.loads((sock_dir / f"{r}.json").read_text()) for r in (0, 1)]
+    assert [r["every"] for r in results] == [64, 64]
+    assert results[0]["digested"] == results[1]["digested"] == list(range(CALIBRATION_STEPS))
