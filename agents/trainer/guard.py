@@ -230,6 +230,11 @@ class TrainGuard(CheckpointMethods):
         """Digest every this many steps (0: never; 1 while ``"auto"`` calibrates)."""
         return self._cadence.every
 
+    @checksum_every.setter
+    def checksum_every(self, every: int) -> None:
+        self._cadence = Cadence(every, budget=self._cadence.budget,
+                                max_every=self._cadence.max_every)
+
     def _emit(self, ready: Ready) -> None:
         meta: _Meta = ready.meta
         values = ready.values

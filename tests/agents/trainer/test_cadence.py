@@ -147,3 +147,12 @@ def test_ranks_of_a_distributed_job_agree_on_the_largest_interval(sock_dir):
     results = [json.loads((sock_dir / f"{r}.json").read_text()) for r in (0, 1)]
     assert [r["every"] for r in results] == [64, 64]
     assert results[0]["digested"] == results[1]["digested"] == list(range(CALIBRATION_STEPS))
+
+
+def test_setting_checksum_every_on_a_guard_replaces_auto_with_the_interval(receiver, reporter):
+    model, opt = make_job()
+    guard = TrainGuard.attach(model, opt, reporter=reporter)
+    guard.checksum_every = 3
+    train(guard, model, opt, 7)
+    guard.close()
+    assert [s.checksum_step for s in receiver.steps()] == [0, None, None, 3, None, None, 6]
