@@ -12,12 +12,14 @@ node agent and the step reporter never do): the names below load their module on
 use. The modules, one job each:
 
 - :mod:`.checksum`: exact 64-bit parameter digest computed on the device;
+- :mod:`.cadence`: which steps get a digest (``"auto"``: chosen from its measured cost);
 - :mod:`.grads`: DDP comm hook (local and global grad norm, collective timestamps) and
   the ``waiting`` watchdog;
 - :mod:`.layout`: the parallel layout (DDP, FSDP, FSDP2/DeviceMesh) → shard coordinates;
 - :mod:`.fingerprints`: seed fingerprint, data epoch, code/env manifest;
 - :mod:`.checkpoint`: ``torch.save``/``torch.load`` and DCP with digests of the bytes;
 - :mod:`.readback`: device values copied to the host without a per-step sync;
+- :mod:`.sender`: step records sent to the agent off the training thread;
 - :mod:`.guard`: :class:`TrainGuard`, which ties them to a
   :class:`~trainguard.agents.reporter.StepReporter`.
 """

@@ -24,7 +24,9 @@ Cost: the words are viewed as a ``[rows, COLUMNS]`` matrix, widened to int64 a b
 rows at a time, and reduced twice (row sums and column sums), because
 ``w = a_c + b_r + chunk constant``: no materialised weights, ~7 bytes of memory traffic
 per byte of parameters. Tensors smaller than a row are concatenated into one chunk to
-save kernel launches.
+save kernel launches. On the CPU (numpy) the views of the parameters' words are kept
+between digests while the parameters keep their storage (a small model's digest: ~0.12 →
+~0.05 ms).
 """
 
 from __future__ import annotations
@@ -135,6 +137,11 @@ def _word_count(t: torch.Tensor) -> int:
     return nbytes // 4 if nbytes % 4 == 0 else t.numel()
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor (this rank's), else the tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def _words(t: torch.Tensor) -> torch.Tensor:
     """The tensor's bytes as a flat ``int32`` tensor (a view when the layout allows)."""
     import torch
@@ -161,6 +168,9 @@ class ParamChecksum:
         self.params = [p for p in params if p.numel() > 0]
         self.columns = columns
         self._weights: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        # chunk index -> (the parameters' data pointers, numpy views of their words, the
+        # concatenation buffer): reused while every parameter keeps its storage.
+        self._views: dict[int, tuple[tuple[int, ...], list[Any], Any]] = {}
         sig = hashlib.blake2b(digest_size=8)
         sizes = []
         for p in self.params:
@@ -212,7 +222,7 @@ class ParamChecksum:
         a, b = self._numpy_tables()
         total = self.signature
         for index, chunk in enumerate(self._chunks):
-            words = self._chunk_words(chunk, self.params[0].device).numpy()
+            words = self._numpy_words(index, chunk)
             rows, tail = divmod(words.size, cols)
             colsum = np.zeros(cols, dtype=np.int64)
             weighted = 0
@@ -228,6 +238,32 @@ class ParamChecksum:
             total += (int((colsum * a).sum()) + weighted
                       + int(colsum.sum()) * chunk_weight(chunk.offset, index))
         return total & MASK64
+
+    def _numpy_words(self, index: int, chunk: _Chunk) -> Any:
+        """A CPU chunk's words as a numpy array, through views kept between digests.
+
+        The views are kept only when they are views (``_words`` copies odd layouts) and are
+        rebuilt when a parameter's storage moves (``p.data = ...``): a live view reads the
+        current values, and a storage it references cannot be freed and reused.
+        """
+        import numpy as np
+
+        locals_ = [_local(self.params[i]) for i in chunk.params]
+        key = tuple(t.data_ptr() for t in locals_)
+        cached = self._views.get(index)
+        if cached is None or cached[0] != key:
+            words = [_words(self.params[i]) for i in chunk.params]
+            if not all(w.data_ptr() == t.data_ptr() for w, t in zip(words, locals_,
+                                                                     strict=True)):
+                return self._chunk_words(chunk, self.params[0].device).numpy()
+            arrays = [w.numpy() for w in words]
+            buffer = np.empty(chunk.words, dtype=np.int32) if len(arrays) > 1 else None
+            cached = (key, arrays, buffer)
+            self._views[index] = cached
+        _, arrays, buffer = cached
+        if buffer is None:
+            return arrays[0]
+        return np.concatenate(arrays, out=buffer)
 
     def _numpy_tables(self) -> tuple[Any, Any]:
         import torch

@@ -2,12 +2,15 @@
 
 :class:`CommTracer` is a DDP communication hook wrapping PyTorch's default all-reduce
 hook. For each gradient bucket DDP hands over it records, before launching the
-all-reduce, the bucket's sum of squares (this rank's own gradients: the **local** grad
-norm that shows one rank's scaled gradients) and the time (the collective's entry); when
-the all-reduce completes, the averaged bucket's sum of squares (the **global** grad norm)
-and the time (its exit). Each bucket is one collective, numbered in the order DDP hands
-them over; every rank of a DDP job hands over the same buckets in the same order, so
-the sequence numbers agree across ranks (buckets per step × steps).
+all-reduce, the bucket's L2 norm (this rank's own gradients: the **local** grad norm that
+shows one rank's scaled gradients) and the time (the collective's entry); when the
+all-reduce completes, in the future's callback, the averaged bucket's norm (the **global**
+grad norm, without a second pass over ``p.grad``) and the time (its exit). Each norm is
+one fused reduction over the bucket's flat buffer, left on its device; the step's norm is
+the L2 norm of the buckets' norms (on the CPU: a few floats combined on the host).
+Each bucket is one collective, numbered in the order DDP hands them over; every rank of
+a DDP job hands over the same buckets in the same order, so the sequence numbers agree
+across ranks (buckets per step × steps).
 
 From these a step's time splits into **compute** (step start → the last bucket handed
 to the all-reduce: forward, backward) and **wait**: a slow rank has a long compute time,
@@ -20,13 +23,14 @@ stopped rank never enters the collective its peers wait in, so it is the one ran
 reporting ``waiting``.
 
 :class:`OptimizerProbe` is an optimizer step pre-hook: the lr of the first param group,
-the time and (without DDP) the grad norm, read when the gradients are final and before
-the user's ``zero_grad()``.
+the time and (without DDP) the grad norm (one fused ``_foreach_norm`` pass per device),
+read when the gradients are final and before the user's ``zero_grad()``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -45,50 +49,56 @@ _log = logging.getLogger(__name__)
 class StepGrads:
     """What the hooks saw during one step."""
 
-    #: Sums of squares (floats, or 0-dim tensors on the device), ``None`` when not seen.
-    local_sumsq: Any = None
-    global_sumsq: Any = None
+    #: L2 norms (floats, or 0-dim float32 tensors on the device), ``None`` when not seen.
+    local_norm: Any = None
+    global_norm: Any = None
     #: Monotonic time the last bucket was handed to the all-reduce, and the last one done.
     last_entry: float | None = None
     last_exit: float | None = None
     collectives: int = 0
 
 
-def _sumsq(t: torch.Tensor) -> torch.Tensor:
+def _norm(t: torch.Tensor) -> torch.Tensor:
+    """One fused pass: the L2 norm of a bucket, accumulated in float32 (a device scalar)."""
     import torch
 
-    return torch.linalg.vector_norm(t, dtype=torch.float32).square()
+    return torch.linalg.vector_norm(t, dtype=torch.float32)
 
 
-def _total(parts: dict[int, Any]) -> Any:
-    """Sum the per-bucket sums of squares (a float on the CPU, a device tensor else)."""
+def _total(parts: list[Any]) -> Any:
+    """The L2 norm of the parts' norms: a float on the CPU, a device scalar else."""
     if not parts:
         return None
-    values = list(parts.values())
-    total = values[0]
-    for v in values[1:]:
-        total = total + v
-    if getattr(total, "device", None) is not None and total.device.type == "cpu":
-        return float(total.item())
-    return total
+    first = parts[0]
+    if first.device.type == "cpu":  # no sync to fear: a few scalars read on the host
+        return math.hypot(*(float(p) for p in parts)) if len(parts) > 1 else float(first)
+    if len(parts) == 1:
+        return first
+    import torch
+
+    return torch.linalg.vector_norm(torch.stack(parts))
 
 
 class CommTracer:
-    """DDP comm hook: local/global grad sums of squares and collective timestamps."""
+    """DDP comm hook: local/global grad norms and collective timestamps."""
 
     def __init__(self, process_group: Any = None, *,
                  clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
-        self._group = process_group
+                 wall: Callable[[], float] = time.time, norms: bool = True) -> None:
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        self._group, self._norms = process_group, norms
+        self._allreduce = allreduce_hook
         self._clock, self._wall = clock, wall
         self._lock = threading.Lock()
         self._seq = 0
-        self._local: dict[int, Any] = {}
-        self._global: dict[int, Any] = {}
+        # One norm per bucket (list slot = bucket index), this rank's own and all-reduced.
+        self._local: list[Any] = []
+        self._global: list[Any] = []
         self._last_entry: float | None = None
         self._last_exit: float | None = None
         self._count = 0
-        # seq -> (monotonic entry, wall entry, step)
+        # seq -> (monotonic entry, wall entry)
         self._inflight: dict[int, tuple[float, float]] = {}
         self.installed = False
 
@@ -110,27 +120,33 @@ class CommTracer:
 
     def on_bucket(self, bucket: Any) -> Any:
         """The hook body: record, launch PyTorch's default all-reduce, trace its end."""
-        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+        seq, index = self._enter(bucket)
+        fut = self._allreduce(self._group, bucket)
+        return fut.then(lambda f: self._done(seq, index, f))
 
+    def _enter(self, bucket: Any) -> tuple[int, int]:
+        """The bucket's own norm (one pass, queued on its device) and the entry time."""
         index = bucket.index()
-        local = _sumsq(bucket.buffer())
+        local = _norm(bucket.buffer()) if self._norms else None
         now, wall = self._clock(), self._wall()
         with self._lock:
             seq = self._seq
             self._seq += 1
             self._count += 1
-            self._local[index] = local
+            _put(self._local, index, local)
             self._last_entry = now
             self._inflight[seq] = (now, wall)
-        fut = allreduce_hook(self._group, bucket)
-        return fut.then(lambda f: self._done(seq, index, f))
+        return seq, index
 
     def _done(self, seq: int, index: int, fut: Any) -> Any:
         try:
             reduced = fut.value()  # raises if the all-reduce failed: DDP must see it
-            done = _sumsq(reduced)
-            with self._lock:
-                self._global[index] = done
+            # The all-reduced (averaged) bucket: the global norm without another pass
+            # over the parameters' ``.grad``.
+            if self._norms:
+                done = _norm(reduced)
+                with self._lock:
+                    _put(self._global, index, done)
             return reduced
         finally:
             now = self._clock()
@@ -150,13 +166,22 @@ class CommTracer:
     def take_step(self) -> StepGrads:
         """What this step's buckets saw; resets for the next step."""
         with self._lock:
-            local, glob = self._local, self._global
+            local = [v for v in self._local if v is not None]
+            glob = [v for v in self._global if v is not None]
             out = StepGrads(last_entry=self._last_entry, last_exit=self._last_exit,
                             collectives=self._count)
-            self._local, self._global, self._count = {}, {}, 0
+            self._local = [None] * len(self._local)
+            self._global = [None] * len(self._global)
+            self._count = 0
             self._last_entry = self._last_exit = None
-        out.local_sumsq, out.global_sumsq = _total(local), _total(glob)
+        out.local_norm, out.global_norm = _total(local), _total(glob)
         return out
+
+
+def _put(slots: list[Any], index: int, value: Any) -> None:
+    if index >= len(slots):
+        slots.extend([None] * (index + 1 - len(slots)))
+    slots[index] = value
 
 
 def _hook(state, bucket):
@@ -225,7 +250,7 @@ class OptimizerProbe:
         self._grad_norm, self._clock = grad_norm, clock
         self.lr: Any = None
         self.at: float | None = None
-        self.sumsq: Any = None
+        self.norm: Any = None
         self._handle = self._optimizer.register_step_pre_hook(self._pre_step)
 
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -233,12 +258,12 @@ class OptimizerProbe:
         groups = optimizer.param_groups
         self.lr = groups[0].get("lr") if groups else None
         if self._grad_norm:
-            self.sumsq = _grad_sumsq(groups)
+            self.norm = _grad_norm(groups)
 
     def take(self) -> tuple[Any, float | None, Any]:
-        """``(lr, time, grad sum of squares)`` of the last optimizer step; resets time."""
-        out = (self.lr, self.at, self.sumsq)
-        self.at, self.sumsq = None, None
+        """``(lr, time, grad norm)`` of the last optimizer step; resets time and norm."""
+        out = (self.lr, self.at, self.norm)
+        self.at, self.norm = None, None
         return out
 
     def remove(self) -> None:
@@ -261,20 +286,22 @@ def unwrap_optimizer(optimizer: Any) -> Any:
     return optimizer
 
 
-def _grad_sumsq(groups: list[dict[str, Any]]) -> Any:
+def _grad_norm(groups: list[dict[str, Any]]) -> Any:
+    """The gradients' global L2 norm: one fused pass per device, float32 accumulation."""
     import torch
 
     grads = [p.grad for g in groups for p in g["params"] if p.grad is not None]
     if not grads:
         return None
-    by_device: dict[Any, list[torch.Tensor]] = {}
-    for grad in grads:
-        by_device.setdefault(grad.device, []).append(grad)
-    total: Any = None
-    for device_grads in by_device.values():
-        norms = torch._foreach_norm(device_grads)
-        part = torch.stack([n.float() for n in norms]).square().sum()
-        total = part if total is None else total + part.to(total.device)
-    if total is not None and total.device.type == "cpu":
-        return float(total.item())
-    return total
+    device = grads[0].device
+    if all(g.device == device for g in grads):
+        parts = [torch.linalg.vector_norm(torch.stack(
+            torch._foreach_norm(grads, 2, dtype=torch.float32)))]
+    else:
+        by_device: dict[Any, list[torch.Tensor]] = {}
+        for grad in grads:
+            by_device.setdefault(grad.device, []).append(grad)
+        parts = [torch.linalg.vector_norm(torch.stack(
+            torch._foreach_norm(same, 2, dtype=torch.float32))).to(device)
+            for same in by_device.values()]
+    return _total(parts)

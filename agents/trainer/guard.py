@@ -11,13 +11,15 @@ param group (read in an optimizer pre-hook, so the lr the step used); global gra
 (DDP: the all-reduced buckets; a single process: the gradients before ``zero_grad``;
 sharded layouts: none, a shard's norm is not the model's); local grad norm before the
 all-reduce (DDP); step time and its compute part; tokens/s; the parameter digest every
-``checksum_every`` steps (``checksum_step`` = the step it hashes); the data epoch; the
-seed fingerprint when it changes. Once: the layout coordinates, the env fingerprint and
-its manifest (again after :meth:`TrainGuard.refresh_manifest` finds it changed). On a GPU
-the device values come back asynchronously (:mod:`.readback`): a step's whole record is
-sent one or two steps later (its ``checksum_step`` is its own step), never with a device
-sync. Collectives: DDP's gradient buckets are traced; a rank stuck in one for
-``waiting_after_s`` reports ``waiting`` (:mod:`.grads`). The end: ``bye`` (:mod:`.exits`).
+``checksum_every`` steps (by default chosen from its measured cost, :mod:`.cadence`;
+``checksum_step`` = the step it hashes); the data epoch; the seed fingerprint when it
+changes. Once: the layout coordinates, the env fingerprint and its manifest (again after
+:meth:`TrainGuard.refresh_manifest` finds it changed). On a GPU the device values come
+back asynchronously (:mod:`.readback`): a step's whole record is sent one or two steps
+later (its ``checksum_step`` is its own step), never with a device sync; records are
+built and sent on a thread of their own (:mod:`.sender`). Collectives: DDP's gradient
+buckets are traced; a rank stuck in one for ``waiting_after_s`` reports ``waiting``
+(:mod:`.grads`). The end: ``bye`` (:mod:`.exits`).
 
 :meth:`TrainGuard.step` never raises into the training loop: a failure is counted
 (``errors``) and logged once. Checkpoint wrappers (:meth:`save`, :meth:`load`,
@@ -27,16 +29,22 @@ sync. Collectives: DDP's gradient buckets are traced; a rank stuck in one for
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from trainguard.agents.reporter import StepReporter
+from trainguard.agents.trainer.cadence import (
+    AUTO,
+    DEFAULT_BUDGET,
+    DEFAULT_MAX_EVERY,
+    Cadence,
+    Every,
+    agree_max,
+)
 from trainguard.agents.trainer.checkpoint import CheckpointMethods
 from trainguard.agents.trainer.checksum import ParamChecksum, to_hex
 from trainguard.agents.trainer.exits import ExitHooks
@@ -49,6 +57,7 @@ from trainguard.agents.trainer.fingerprints import (
 from trainguard.agents.trainer.grads import CommTracer, OptimizerProbe, WaitingWatchdog
 from trainguard.agents.trainer.layout import Layout, detect_layout
 from trainguard.agents.trainer.readback import Readback, Ready
+from trainguard.agents.trainer.sender import Sender
 from trainguard.schemas.ranks import ByeReason
 
 __all__ = ["TrainGuard"]
@@ -56,8 +65,7 @@ __all__ = ["TrainGuard"]
 _log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class _Meta:
+class _Meta(NamedTuple):
     step: int
     ts: float
     step_time_s: float
@@ -67,26 +75,27 @@ class _Meta:
     checksummed: bool
 
 
-def _sqrt(value: float | None) -> float | None:
-    return None if value is None else math.sqrt(value) if value >= 0 else float("nan")
-
-
 class TrainGuard(CheckpointMethods):
     """The trainer kit bound to one model, optimizer and reporter (use :meth:`attach`)."""
 
     def __init__(self, model: Any, optimizer: Any, reporter: StepReporter, *,
-                 layout: Layout, checksum_every: int = 1, sampler: Any = None,
+                 layout: Layout, checksum_every: Every = AUTO,
+                 checksum_budget: float = DEFAULT_BUDGET,
+                 checksum_max_every: int = DEFAULT_MAX_EVERY, grad_norms: bool = True,
+                 sampler: Any = None,
                  data_seed: int | None = None, code_roots: Iterable[str | os.PathLike[str]] = (),
                  tokens_per_step: float | None = None, start_step: int = 0,
                  waiting_after_s: float = 2.0, torch_seed_shared: bool = False,
                  owns_reporter: bool = False, clock: Callable[[], float] = time.monotonic,
                  ) -> None:
-        if checksum_every < 0:
-            raise ValueError(f"checksum_every {checksum_every}: expected >= 0 (0 = off)")
+        self._cadence = Cadence(
+            checksum_every, budget=checksum_budget, max_every=checksum_max_every, clock=clock,
+            context=f"job={reporter.job_id} rank={reporter.rank}",
+            agree=agree_max(checksum_max_every) if checksum_every == AUTO else None)
         if start_step < 0:
             raise ValueError(f"start_step {start_step}: expected >= 0")
         self.model, self.optimizer, self.reporter, self.layout = model, optimizer, reporter, layout
-        self.checksum_every, self.sampler, self.data_seed = checksum_every, sampler, data_seed
+        self.sampler, self.data_seed = sampler, data_seed
         self.tokens_per_step = tokens_per_step
         self.torch_seed_shared = torch_seed_shared
         #: The index the next :meth:`step` reports (settable, e.g. after a resume).
@@ -100,16 +109,19 @@ class TrainGuard(CheckpointMethods):
         self._seed_state: tuple[int | None, int | None] | None = None
         self.checksum = ParamChecksum(model.parameters())
         self._readback = Readback()
+        self._sender = Sender(self._emit)
         self.tracer: CommTracer | None = None
         self._watchdog: WaitingWatchdog | None = None
         if _is_ddp(model):
-            tracer = CommTracer(getattr(model, "process_group", None), clock=clock)
+            tracer = CommTracer(getattr(model, "process_group", None), clock=clock,
+                                norms=grad_norms)
             if tracer.install(model):
                 self.tracer = tracer
                 self._watchdog = WaitingWatchdog(tracer, self._waiting, after_s=waiting_after_s,
                                                  clock=clock)
         self._probe = None if optimizer is None else OptimizerProbe(
-            optimizer, clock=clock, grad_norm=self.tracer is None and not layout.sharded)
+            optimizer, clock=clock,
+            grad_norm=grad_norms and self.tracer is None and not layout.sharded)
         self._code_roots = tuple(code_roots)
         self.manifest = build_manifest(self._code_roots)
         reporter.env_fingerprint = self.manifest.fingerprint
@@ -124,14 +136,24 @@ class TrainGuard(CheckpointMethods):
 
     @classmethod
     def attach(cls, model: Any, optimizer: Any, *, reporter: StepReporter | None = None,
-               checksum_every: int = 1, sampler: Any = None, data_seed: int | None = None,
+               checksum_every: Every = AUTO, sampler: Any = None, data_seed: int | None = None,
                code_roots: Iterable[str | os.PathLike[str]] = (), layout: Layout | None = None,
                tokens_per_step: float | None = None, start_step: int = 0,
-               waiting_after_s: float = 2.0, torch_seed_shared: bool = False) -> TrainGuard:
+               waiting_after_s: float = 2.0, torch_seed_shared: bool = False,
+               checksum_budget: float = DEFAULT_BUDGET,
+               checksum_max_every: int = DEFAULT_MAX_EVERY,
+               grad_norms: bool = True) -> TrainGuard:
         """Attach to ``model`` (plain, DDP, FSDP, FSDP2) and ``optimizer``.
 
         ``reporter``: :meth:`StepReporter.from_env` unless given; the layout's coordinates
-        are set on it. ``checksum_every``: digest the parameters every N steps (0: never).
+        are set on it. ``checksum_every``: digest the parameters at the steps whose index is a
+        multiple of N (0: never); ``"auto"`` (default): every step for the first 8, then N =
+        the smallest power of two keeping the digest's average cost within
+        ``checksum_budget`` (0.5 %) of the step time, at most ``checksum_max_every`` (64);
+        in a distributed job the ranks agree on the largest N any of them chose, so all
+        replicas digest the same steps (:mod:`.cadence`). ``grad_norms=False``: no grad
+        norms (global nor local; one pass over the gradients saved, DDP: two);
+        collectives are still traced.
         ``sampler`` (a ``DistributedSampler``) or ``data_seed``: the data-order seed of the
         seed fingerprint; ``sampler.epoch`` gives the data epoch. ``torch_seed_shared``:
         every rank seeds torch alike, so ``torch.initial_seed()`` joins the fingerprint.
@@ -149,6 +171,8 @@ class TrainGuard(CheckpointMethods):
                 if value is not None:
                     setattr(reporter, name, value)
         return cls(model, optimizer, reporter, layout=found, checksum_every=checksum_every,
+                   checksum_budget=checksum_budget, checksum_max_every=checksum_max_every,
+                   grad_norms=grad_norms,
                    sampler=sampler, data_seed=data_seed, code_roots=code_roots,
                    tokens_per_step=tokens_per_step, start_step=start_step,
                    waiting_after_s=waiting_after_s, torch_seed_shared=torch_seed_shared,
@@ -176,31 +200,40 @@ class TrainGuard(CheckpointMethods):
         now = self._clock()
         index = self.step_index if step is None else int(step)
         self.step_index = index + 1
-        lr, optimizer_at, optimizer_sumsq = (self._probe.take() if self._probe is not None
-                                             else (None, None, None))
-        local_sumsq = global_sumsq = None
+        lr, optimizer_at, global_norm = (self._probe.take() if self._probe is not None
+                                         else (None, None, None))
+        local_norm = None
         compute_end = optimizer_at
         if self.tracer is not None:
             grads = self.tracer.take_step()
-            local_sumsq, global_sumsq = grads.local_sumsq, grads.global_sumsq
+            local_norm, global_norm = grads.local_norm, grads.global_norm
             compute_end = grads.last_entry or compute_end
-        else:
-            global_sumsq = optimizer_sumsq
         start = self._step_start
+        step_time = now - start
         compute = compute_end - start if compute_end is not None and compute_end >= start \
             else None
-        checksummed = self.checksum_every > 0 and index % self.checksum_every == 0
-        digest = self.checksum.digest() if checksummed else None
+        checksummed = self._cadence.due(index)
+        digest = self._cadence.digest(self.checksum, step_time) if checksummed else None
         self._update_seed()
-        meta = _Meta(step=index, ts=time.time(), step_time_s=now - start, compute_time_s=compute,
-                     tokens=tokens if tokens is not None else self.tokens_per_step,
-                     data_epoch=data_epoch(self.sampler), checksummed=checksummed)
-        self._readback.submit(meta, {"loss": loss, "lr": lr, "grad": global_sumsq,
-                                     "local": local_sumsq}, digest)
+        meta = _Meta(index, time.time(), step_time, compute,
+                     tokens if tokens is not None else self.tokens_per_step,
+                     data_epoch(self.sampler), checksummed)
+        self._readback.submit(meta, {"loss": loss, "lr": lr, "grad": global_norm,
+                                     "local": local_norm}, digest)
         for ready in self._readback.ready():
-            self._emit(ready)
+            self._sender.put(ready)  # built and sent off the training thread
         if not self._manifest_sent:
             self._send_manifest()
+
+    @property
+    def checksum_every(self) -> int:
+        """Digest every this many steps (0: never; 1 while ``"auto"`` calibrates)."""
+        return self._cadence.every
+
+    @checksum_every.setter
+    def checksum_every(self, every: int) -> None:
+        self._cadence = Cadence(every, budget=self._cadence.budget,
+                                max_every=self._cadence.max_every)
 
     def _emit(self, ready: Ready) -> None:
         meta: _Meta = ready.meta
@@ -210,7 +243,7 @@ class TrainGuard(CheckpointMethods):
         with self._lock:
             self.reporter.report(
                 meta.step, ts=meta.ts, loss=values.get("loss"), lr=values.get("lr"),
-                grad_norm=_sqrt(values.get("grad")), local_grad_norm=_sqrt(values.get("local")),
+                grad_norm=values.get("grad"), local_grad_norm=values.get("local"),
                 step_time_s=meta.step_time_s, compute_time_s=meta.compute_time_s,
                 tokens_per_s=tokens_per_s, data_epoch=meta.data_epoch,
                 param_checksum=to_hex(ready.checksum) if ready.checksum is not None else None,
@@ -260,11 +293,13 @@ class TrainGuard(CheckpointMethods):
             if self._bye_sent:
                 return
             self._bye_sent = True
-            try:
-                for ready in (self._readback.flush() if reason == "finished"
-                              else self._readback.ready()):
-                    self._emit(ready)
-            finally:
+        try:
+            for ready in (self._readback.flush() if reason == "finished"
+                          else self._readback.ready()):
+                self._sender.put(ready)
+        finally:
+            self._sender.stop()  # every queued step goes out before the bye
+            with self._lock:
                 self.reporter.event("bye", reason=reason, step=self.step_index)
 
     def close(self, reason: ByeReason = "finished") -> None:

@@ -71,7 +71,7 @@ class Readback:
             elif value is None:
                 pending.host[name] = None
             else:
-                pending.host[name] = float(value.detach() if hasattr(value, "detach") else value)
+                pending.host[name] = value.item() if hasattr(value, "item") else float(value)
         if checksum is not None and _is_device_tensor(checksum):
             pending.checksum_at = len(device_values)
             device_values.append(checksum.reshape(()).view(_float64()))

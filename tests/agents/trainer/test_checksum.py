@@ -150,3 +150,17 @@ def test_large_tensors_reduced_block_by_block_match_the_specification(monkeypatc
     ck = ParamChecksum([t])
     ck.use_numpy = False
     assert int(ck.digest().item()) % 2**64 == reference_digest([words(t)], ck.signature)
+
+
+def test_the_cpu_views_kept_between_digests_follow_in_place_and_replaced_data():
+    model = torch.nn.Sequential(torch.nn.Linear(40, 30), torch.nn.Linear(30, 3))
+    cached, fresh = ParamChecksum(model.parameters()), ParamChecksum
+    assert cached.use_numpy
+    before = cached.hexdigest()
+    with torch.no_grad():
+        model[1].bias[2] += 1.0  # a small tensor, in the concatenated chunk
+    after_in_place = cached.hexdigest()
+    assert after_in_place != before
+    assert after_in_place == fresh(model.parameters()).hexdigest()
+    model[0].weight.data = model[0].weight.data.clone() * 2  # new storage
+    assert cached.hexdigest() == fresh(model.parameters()).hexdigest() != after_in_place
