@@ -12,9 +12,11 @@
    is a multiple of N are digested.
 
 3. **Agreement** (a distributed job): the ranks take the largest N any of them chose
-   (:func:`agree_max`: one all-reduce on a gloo group of the kit's own, created at attach,
-   so it never interleaves with the job's collectives; a peer that does not answer within
-   ``AGREE_TIMEOUT_S`` leaves the rank on the cap). Every rank then digests the same steps,
+   (:func:`agree_max`: ONE all-reduce of one integer on the job's default process group,
+   when calibration ends inside :meth:`TrainGuard.step`, which every rank calls at the same
+   point of its loop: after ``optimizer.step()``, when the step's own collectives are done;
+   no group of the kit's own, whose full mesh of connections would cost a 10,000-rank job
+   dearly). Every rank then digests the same steps,
    so every replica votes at each of them (a step only some replicas digest would let a
    minority outvote or tie the honest ones).
 
@@ -37,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 if TYPE_CHECKING:
     from trainguard.agents.trainer.checksum import ParamChecksum
 
-__all__ = ["AGREE_TIMEOUT_S", "AUTO", "CALIBRATION_STEPS", "DEFAULT_BUDGET",
+__all__ = ["AUTO", "CALIBRATION_STEPS", "DEFAULT_BUDGET",
            "DEFAULT_MAX_EVERY", "Cadence", "agree_max", "choose_every"]
 
 AUTO: Final = "auto"
@@ -47,8 +49,6 @@ DEFAULT_BUDGET: Final = 0.005
 DEFAULT_MAX_EVERY: Final = 64
 #: Steps digested (and timed) after attach before "auto" chooses its interval.
 CALIBRATION_STEPS: Final = 8
-#: How long a rank waits for its peers' choices (they arrive within a step in lockstep).
-AGREE_TIMEOUT_S: Final = 60.0
 
 Every = int | Literal["auto"]
 
@@ -171,27 +171,24 @@ def _no_sync() -> None:
 def agree_max(max_every: int) -> Callable[[int], int] | None:
     """In a distributed job, a function taking a rank's N to the largest N of all ranks.
 
-    Called at attach (every rank attaches, in the same order relative to other groups):
-    creates a gloo group of the kit's own. ``None`` outside a distributed job.
+    The all-reduce runs on the default process group, on its backend's device (a CUDA
+    tensor for NCCL). ``None`` outside a distributed job. A failing all-reduce (a peer
+    gone) leaves the rank on the cap ``max_every``, which every choice divides.
     """
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
         return None
-    from datetime import timedelta
-
-    try:
-        group = dist.new_group(backend="gloo", timeout=timedelta(seconds=AGREE_TIMEOUT_S))
-    except Exception as exc:  # no gloo: each rank keeps its own choice
-        _log.warning("trainguard checksum cadence not agreed across ranks: %r", exc)
-        return None
 
     def agree(every: int) -> int:
         import torch
 
-        value = torch.tensor([every], dtype=torch.int64)
+        device = "cpu"
+        if dist.get_backend() == "nccl" and torch.cuda.is_available():
+            device = f"cuda:{torch.cuda.current_device()}"
+        value = torch.tensor([every], dtype=torch.int64, device=device)
         try:
-            dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
+            dist.all_reduce(value, op=dist.ReduceOp.MAX)
         except Exception as exc:  # a peer that never calibrates: fall back to the cap
             _log.warning("trainguard checksum cadence: peers did not answer (%r); every=%d",
                          exc, max_every)

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import IO, Any, Final, Literal
 
 from trainguard.agents.reporter import StepReporter
+from trainguard.agents.trainer.busy import BusyPhaseReporter
+from trainguard.schemas.ranks import BusyPhase
 
 __all__ = ["CheckpointMethods", "Digest", "HashingWriter", "dcp_load", "dcp_save", "load",
            "rank_files", "rank_files_digest", "save"]
@@ -171,30 +173,54 @@ class CheckpointMethods:
     reporter: StepReporter
     step_index: int
     _lock: AbstractContextManager[Any]
+    #: How often a long phase repeats ``busy`` (the guard's ``waiting_after_s``).
+    _busy_every_s: float
+    _busy_phases: dict[BusyPhase, BusyPhaseReporter]
+
+    def busy(self, phase: BusyPhase = "other") -> BusyPhaseReporter:
+        """A context manager for a long phase of this rank's own (an evaluation only it runs).
+
+        Its peers may wait for it in their next collective meanwhile; ``busy`` reports keep
+        the worker from naming this rank as the one that never arrived (``rank_hung``).
+        The checkpoint wrappers use it with ``"checkpoint"``.
+        """
+        reporter = self._busy_phases.get(phase)
+        if reporter is None:
+            reporter = self._busy_phases[phase] = BusyPhaseReporter(
+                self._send_busy, phase, every_s=self._busy_every_s)
+        return reporter
+
+    def _send_busy(self, phase: BusyPhase, since: float) -> None:
+        with self._lock:
+            self.reporter.event("busy", phase=phase, since=since, step=self.step_index)
 
     def save(self, obj: object, path: str | os.PathLike[str], *,
              checkpoint_id: str | None = None) -> str:
         """``torch.save`` with the SHA-256 of the bytes written reported; returns it."""
-        digest = save(obj, path)
+        with self.busy("checkpoint"):
+            digest = save(obj, path)
         self._report_checkpoint("save", checkpoint_id or digest.path or os.fspath(path), digest)
         return digest.sha256
 
     def load(self, path: str | os.PathLike[str], *, checkpoint_id: str | None = None,
              **torch_load_kwargs: Any) -> Any:
         """``torch.load`` of the bytes read once, their SHA-256 reported."""
-        obj, digest = load(path, **torch_load_kwargs)
+        with self.busy("checkpoint"):
+            obj, digest = load(path, **torch_load_kwargs)
         self._report_checkpoint("load", checkpoint_id or digest.path or os.fspath(path), digest)
         return obj
 
     def dcp_save(self, state_dict: dict[str, Any], checkpoint_id: str | os.PathLike[str]) -> str:
         """``torch.distributed.checkpoint.save``; reports this rank's files' digest."""
-        digest = dcp_save(state_dict, checkpoint_id)
+        with self.busy("checkpoint"):
+            digest = dcp_save(state_dict, checkpoint_id)
         self._report_checkpoint("save", os.fspath(checkpoint_id), digest)
         return digest.sha256
 
     def dcp_load(self, state_dict: dict[str, Any], checkpoint_id: str | os.PathLike[str]) -> str:
         """Report the digest of this rank's files, then ``torch.distributed.checkpoint.load``."""
-        digest = dcp_load(state_dict, checkpoint_id)
+        with self.busy("checkpoint"):
+            digest = dcp_load(state_dict, checkpoint_id)
         self._report_checkpoint("load", os.fspath(checkpoint_id), digest)
         return digest.sha256
 

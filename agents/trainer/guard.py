@@ -105,6 +105,8 @@ class TrainGuard(CheckpointMethods):
         self._owns_reporter = owns_reporter
         self._clock = clock
         self._lock = threading.RLock()
+        self._busy_every_s = waiting_after_s
+        self._busy_phases = {}
         self._closed = self._bye_sent = False
         self._seed_state: tuple[int | None, int | None] | None = None
         self.checksum = ParamChecksum(model.parameters())

@@ -273,3 +273,21 @@ def test_attach_without_an_optimizer_reports_steps_without_lr(receiver, reporter
     guard.close()
     [s] = receiver.steps()
     assert s.loss == 2.0 and s.lr is None and s.param_checksum is not None
+
+
+def test_a_checkpoint_save_and_load_say_busy_so_waiting_peers_do_not_name_this_rank(
+        receiver, reporter, tmp_path):
+    model, opt = make_job()
+    guard = TrainGuard.attach(model, opt, reporter=reporter, waiting_after_s=0.05)
+    train(guard, model, opt, 2)
+    guard.save(model.state_dict(), tmp_path / "ckpt.pt")
+    model.load_state_dict(guard.load(tmp_path / "ckpt.pt"))
+    with guard.busy("eval"):
+        pass
+    guard.close()
+    events = receiver.events()
+    busy = [(e.event, e.phase) for e in events if e.event == "busy"]
+    # Each phase says busy at its start (a long one repeats it while it lasts).
+    assert busy.count(("busy", "checkpoint")) >= 2 and ("busy", "eval") in busy
+    assert all(e.since is not None and e.step == 2 for e in events if e.event == "busy")
+    assert events[-1].event == "bye"
