@@ -42,7 +42,7 @@ from typing import Final
 from trainguard.schemas.records import MAX_CLAIMS_PER_BATCH, RankClaim
 
 __all__ = ["CREDENTIALS_SPACE", "MAX_PENDING_CLAIMS", "Binding", "Peer", "RankBindings",
-           "parent_pid", "peer_credentials", "process_start"]
+           "parent_pid", "peer_credentials", "process_start", "stat_fields"]
 
 _log = logging.getLogger(__name__)
 
@@ -88,14 +88,24 @@ def peer_credentials(ancdata: Sequence[tuple[int, int, bytes]]) -> Peer | None:
     return None
 
 
-def _stat_field(pid: int, field: int, proc: Path) -> int | None:
-    """Field ``field`` (1-based, ``man 5 proc``) of ``/proc/<pid>/stat``; ``None`` if gone."""
+def stat_fields(pid: int, proc: Path = Path("/proc")) -> list[bytes] | None:
+    """Fields 3 and on (``man 5 proc``) of ``/proc/<pid>/stat``; ``None`` if it is gone.
+
+    Field ``n`` (1-based) is item ``n - 3`` of the list.
+    """
     try:
         stat = (proc / str(pid) / "stat").read_bytes()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after it.
-    fields = stat[stat.rfind(b")") + 2:].split()
+    return stat[stat.rfind(b")") + 2:].split()
+
+
+def _stat_field(pid: int, field: int, proc: Path) -> int | None:
+    """Field ``field`` (1-based, ``man 5 proc``) of ``/proc/<pid>/stat``; ``None`` if gone."""
+    fields = stat_fields(pid, proc)
+    if fields is None:
+        return None
     try:
         return int(fields[field - 3])
     except (IndexError, ValueError):

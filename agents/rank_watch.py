@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from trainguard.agents.claims import Binding, RankBindings
+from trainguard.agents.claims import Binding, RankBindings, stat_fields
 from trainguard.agents.exit_waker import ExitWaker
 from trainguard.agents.ratelimit import LogLimiter
 from trainguard.schemas.ranks import RankEvent
@@ -73,12 +73,9 @@ class ProcStat:
 
 def read_proc_stat(pid: int, proc: Path = Path("/proc")) -> ProcStat | None:
     """State, start time and exit status of process ``pid``; ``None`` if it is gone."""
-    try:
-        raw = (proc / str(pid) / "stat").read_bytes()
-    except OSError:
+    fields = stat_fields(pid, proc)
+    if fields is None:
         return None
-    # The command name (field 2) may hold spaces and parentheses: split after it.
-    fields = raw[raw.rfind(b")") + 2:].split()
     try:
         state = fields[_STATE - 3].decode("ascii")
         start = int(fields[_START - 3])

@@ -1,12 +1,9 @@
 """StepIntake on a real Unix datagram socket: validation, bounded queue, counters."""
 
-import shutil
 import socket
 import stat
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -17,13 +14,6 @@ from trainguard.agents.reporter import StepDatagram
 from trainguard.errors import CollectorError
 from trainguard.schemas.codec import RecordDecoder, encode
 from trainguard.schemas.records import AgentCounters, Heartbeat, StepRecord
-
-
-@pytest.fixture
-def sock_path():
-    d = tempfile.mkdtemp(prefix="tg", dir="/tmp")
-    yield Path(d) / "steps.sock"
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

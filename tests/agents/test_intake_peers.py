@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import grp
 import os
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,13 +45,6 @@ class Sender:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
         self.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def sock_path():
-    d = tempfile.mkdtemp(prefix="tg", dir="/tmp")
-    yield Path(d) / "steps.sock"
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -7,11 +7,9 @@ this test process), so the pids the agent stamps are the kernel's.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import msgspec
@@ -33,13 +31,6 @@ _SEND = ("import os, socket, sys\n"
          "s.sendto(bytes.fromhex(sys.argv[2]), sys.argv[1])\n"
          "print(os.getpid(), flush=True)\n"
          "sys.stdin.read()\n")
-
-
-@pytest.fixture
-def sock_path():
-    d = tempfile.mkdtemp(prefix="tg", dir="/tmp")
-    yield Path(d) / "steps.sock"
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -49,13 +46,6 @@ class TimedTransport:
 
     def close(self, timeout=None):
         pass
-
-
-@pytest.fixture
-def sock_path():
-    d = tempfile.mkdtemp(prefix="tg", dir="/tmp")
-    yield Path(d) / "steps.sock"
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

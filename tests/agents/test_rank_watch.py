@@ -8,23 +8,13 @@ done with them, so an exited one is a zombie whose exit status the watch can rea
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from tests.agents.trainer_proc import Trainer, wait_for
 from trainguard.agents.intake import StepIntake
 from trainguard.agents.rank_watch import ProcStat, RankWatch, may_trace_all, read_proc_stat
-
-
-@pytest.fixture
-def sock_path():
-    d = tempfile.mkdtemp(prefix="tg", dir="/tmp")
-    yield Path(d) / "steps.sock"
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -2,28 +2,17 @@
 
 import math
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 
 from trainguard.agents.intake import StepIntake
 from trainguard.agents.reporter import StepReporter
 from trainguard.schemas.records import StepRecord
-
-
-@pytest.fixture
-def sock_path():
-    # pytest's tmp_path can exceed the ~107-byte AF_UNIX path limit.
-    d = tempfile.mkdtemp(prefix="tg", dir="/tmp")
-    yield Path(d) / "steps.sock"
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def wait_for(predicate, timeout=5.0):

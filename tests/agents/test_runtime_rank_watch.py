@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import threading
-from pathlib import Path
-
-import pytest
 
 from tests.agents.test_daemon_watchdog import _config
 from tests.agents.trainer_proc import Trainer, wait_for
 from trainguard.agents.runtime import run_agent
-
-
-@pytest.fixture
-def sock_path():
-    d = tempfile.mkdtemp(prefix="tg", dir="/tmp")
-    yield Path(d) / "steps.sock"
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def _unreachable(**_settings):
