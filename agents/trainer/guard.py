@@ -152,7 +152,8 @@ class TrainGuard(CheckpointMethods):
         multiple of N (0: never); ``"auto"`` (default): every step for the first 8, then N =
         the smallest power of two keeping the digest's average cost within
         ``checksum_budget`` (0.5 %) of the step time, at most ``checksum_max_every`` (64);
-        in a distributed job the ranks agree on the largest N any of them chose, so all
+        in a distributed job the ranks agree on the largest N any of them chose (one
+        all-reduce at the 8th step: attach on EVERY rank, or pass an int), so all
         replicas digest the same steps (:mod:`.cadence`). ``grad_norms=False``: no grad
         norms (global nor local; one pass over the gradients saved, DDP: two);
         collectives are still traced.
