@@ -49,6 +49,9 @@ class Expectation:
     #: Checks that may also fire, blaming the same culprits, without being false alarms
     #: (a killed node's GPUs fall idle: ``node_idle`` may fire beside ``rank_missing``).
     tolerated: frozenset[CheckName] = frozenset()
+    #: The fault is the whole job's (every rank changed alike): a finding of an expected
+    #: check is a detection whether it names every rank or none (a job-wide finding).
+    job_wide: bool = False
 
 
 @dataclass(kw_only=True)
@@ -144,6 +147,7 @@ class Scenario:
         *,
         hardware: frozenset[CheckName] = frozenset(),
         tolerated: frozenset[CheckName] = frozenset(),
+        job_wide: bool = False,
     ) -> Expectation:
         g = self.spec.gpus_per_node
         return Expectation(
@@ -154,7 +158,14 @@ class Scenario:
             starts_at_ts=self.ts_of(starts_at_tick),
             hardware_checks=hardware,
             tolerated=tolerated,
+            job_wide=job_wide,
         )
+
+    def _blame_job(self, checks: set[CheckName], severity: Literal["hard", "subtle"] | None,
+                   starts_at_tick: int) -> Expectation:
+        """Ground truth of a job-wide fault: every rank and node is a culprit."""
+        return self._blame(checks, list(range(self.spec.world_size)), severity,
+                           starts_at_tick, job_wide=True)
 
     def _need_replicas(self, minimum: int = 3) -> None:
         if self.spec.dp_size < minimum:

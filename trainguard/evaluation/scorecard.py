@@ -10,11 +10,12 @@ not sabotage alerts.
 
 For a sabotage run, **detected** means a finding of one of the expected checks blamed
 exactly the culprits: every rank and node it names is a culprit, and it names at least
-one. **Time to detect** is the event time at which the first such finding was decided
-(its ``ts``) minus the time the fault started. A **false alert** is a sabotage alert that
-is neither such a correct detection nor a tolerated side effect (a tolerated check blaming
-only culprits, e.g. ``node_idle`` for a killed node). For a benign run every sabotage
-alert is false.
+one (for a job-wide fault, :attr:`Expectation.job_wide`, a finding naming no rank or node,
+the job, is right too). **Time to detect** is the event time at which the first such
+finding was decided (its ``ts``) minus the time the fault started. A **false alert** is a
+sabotage alert that is neither such a correct detection nor a tolerated side effect (a
+tolerated check blaming only culprits, e.g. ``node_idle`` for a killed node). For a benign
+run every sabotage alert is false.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _blame(row: Mapping[str, Any]) -> tuple[set[int], set[str]]:
 def _blames_only(row: Mapping[str, Any], exp: Expectation) -> bool:
     ranks, nodes = _blame(row)
     if not ranks and not nodes:
-        return False
+        return exp.job_wide  # a job-wide finding names the job, no rank or node
     return ranks <= set(exp.culprit_ranks) and nodes <= set(exp.culprit_nodes)
 
 

@@ -48,3 +48,18 @@ def test_a_scenario_passes_only_when_every_seed_is_detected_within_its_target():
     assert ok.passed
     table = markdown_table([summary])
     assert "| kill | sabotage | 2/2 | rank_missing | 10 / 15 | ≤ 10 s | 0 | — | FAIL |" in table
+
+
+def test_a_job_wide_finding_detects_a_job_wide_fault_and_only_that():
+    job_wide = Expectation(checks=frozenset({"code_fingerprint"}),
+                           culprit_ranks=frozenset({0, 1}), culprit_nodes=frozenset({"n-00"}),
+                           severity="hard", starts_at_ts=T0, job_wide=True)
+    r = score_run("job_code", "sabotage", 0, job_wide,
+                  [_f("code_fingerprint", T0 + 2, category="integrity")])
+    assert r.detected and r.ttd_s == 2.0 and r.blamed == ("code_fingerprint(job)",)
+    # The same job-wide finding on a fault of one rank names nobody: not a detection.
+    one = Expectation(checks=frozenset({"code_fingerprint"}), culprit_ranks=frozenset({1}),
+                      culprit_nodes=frozenset({"n-00"}), severity="hard", starts_at_ts=T0)
+    r = score_run("code", "sabotage", 0, one,
+                  [_f("code_fingerprint", T0 + 2, category="integrity")])
+    assert not r.detected and r.false_alerts == ("code_fingerprint(job)",)
