@@ -45,7 +45,6 @@ from trainguard.agents.rank_batches import rank_batches
 from trainguard.agents.rank_events import JobRankReports
 from trainguard.agents.ratelimit import LogLimiter
 from trainguard.agents.reporter import CheckpointReport
-from trainguard.agents.sd_notify import SdNotifier
 from trainguard.agents.transport import Transport
 from trainguard.schemas.codec import encode
 from trainguard.schemas.ranks import EnvManifest, RankEvent
@@ -59,6 +58,7 @@ from trainguard.schemas.records import (
     StepRecord,
     WitnessReport,
 )
+from trainguard.sd_notify import SdNotifier
 
 __all__ = ["ClaimPoll", "NodeAgent", "RankPoll", "StepPoll", "WitnessPoll"]
 

@@ -21,13 +21,13 @@ from trainguard.agents.daemon import ClaimPoll, NodeAgent, RankPoll, StepPoll, W
 from trainguard.agents.dead_letter_file import LocalDeadLetters
 from trainguard.agents.metrics import start_metrics
 from trainguard.agents.reporter import CheckpointReport
-from trainguard.agents.sd_notify import SdNotifier
 from trainguard.agents.sender import SpoolSender
 from trainguard.agents.spool import Spool
 from trainguard.agents.transport import SpoolTransport
 from trainguard.errors import ConfigError
 from trainguard.schemas.auth import NodeKey
 from trainguard.schemas.keyfiles import read_node_key
+from trainguard.sd_notify import SdNotifier
 
 __all__ = ["load_node_key", "make_collector", "run_agent"]
 

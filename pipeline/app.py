@@ -50,6 +50,7 @@ from trainguard.pipeline.snapshots import StateSnapshots
 from trainguard.pipeline.state import read_snapshots
 from trainguard.pipeline.store import Store
 from trainguard.schemas.kafka_security import KafkaSecurity
+from trainguard.sd_notify import SdNotifier
 
 __all__ = ["build_app", "faust_credentials"]
 
@@ -68,12 +69,14 @@ def build_app(
     consistency: ConsistencyStage | None = None,
     store: Store | None = None,
     metrics: WorkerMetrics | None = None,
+    notifier: SdNotifier | None = None,
 ) -> faust.App:
     """Create the worker's Faust app with its agents and timers.
 
     With ``store`` and alerting enabled, the alert stream jobs run in it too
     (:mod:`trainguard.pipeline.alerts.stream`). With ``metrics``, each health probe is
-    also the sample ``/metrics`` serves.
+    also the sample ``/metrics`` serves. With an enabled ``notifier`` (a ``Type=notify``
+    unit), systemd hears ``READY=1`` once the app runs and watchdog pings from its loop.
     """
     app = _new_app(config)
     dead_letters = app.topic(config.topics.dead_letters, partitions=config.partitions, **_RAW)
@@ -119,7 +122,27 @@ def build_app(
                executor, _with_caps(health, baselines, consistency), metrics=metrics,
                published=publisher.counts)
     _add_report(app, ingestor, sink, handler)
+    if notifier is not None and notifier.enabled:
+        add_sd_watchdog(app, notifier)
     return app
+
+
+def add_sd_watchdog(app: faust.App, notifier: SdNotifier) -> None:
+    """``READY=1`` on the first tick of a timer, then ``WATCHDOG=1`` every half period.
+
+    A timer runs only while the app's event loop turns: a loop blocked by a call that
+    never returns (a hung client, a deadlock) stops the pings, and systemd restarts the
+    worker after ``WatchdogSec``. A store that is down is not such a case: the sink
+    retries in its own thread and the loop goes on.
+    """
+    ready = False
+
+    @app.timer(1.0)
+    async def sd_watchdog() -> None:
+        nonlocal ready
+        if not ready:
+            ready = notifier.ready("consuming")
+        notifier.watchdog()
 
 
 def _with_caps(

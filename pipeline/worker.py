@@ -27,14 +27,20 @@ from trainguard.pipeline.kafka_admin import (
 from trainguard.pipeline.sinks.store_sink import StoreSink
 from trainguard.pipeline.store import migrate, open_store, serve_reads
 from trainguard.schemas.keyfiles import read_fleet_secrets
+from trainguard.sd_notify import SdNotifier
 
 __all__ = ["message_auth", "run_worker"]
 
 log = logging.getLogger(__name__)
 
 
-def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
-    """Run a worker until SIGTERM/SIGINT; return the process exit code."""
+def run_worker(config: WorkerConfig, *, loglevel: str = "info",
+               notifier: SdNotifier | None = None) -> int:
+    """Run a worker until SIGTERM/SIGINT; return the process exit code.
+
+    ``notifier``: systemd's ``Type=notify`` socket (``READY=1``, watchdog pings from the
+    event loop, ``STOPPING=1`` on the way out); a no-op one outside systemd.
+    """
     from faust.worker import Worker  # heavy import, only for the process that runs it
 
     from trainguard.pipeline.app import build_app
@@ -79,7 +85,8 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
 
             metrics = WorkerMetrics(f"{socket.gethostname()}:{os.getpid()}")
             served = serve_metrics(metrics.registry, config.metrics_port, config.metrics_addr)
-        app = build_app(config, ingestor, sink, stage, checks, store, metrics=metrics)
+        app = build_app(config, ingestor, sink, stage, checks, store, metrics=metrics,
+                        notifier=notifier)
         log.info(
             "worker starting app_id=%s bootstrap=%s kafka_security=%s store=%s topics=%s",
             config.app_id,
@@ -97,6 +104,8 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info") -> int:
             return code
         return 0
     finally:
+        if notifier is not None:
+            notifier.stopping()
         if served is not None:
             served.close()
         if sink is not None:

@@ -1,7 +1,7 @@
 """Layers point down: every import edge inside ``trainguard`` is checked against the layers.
 
 - base: ``trainguard`` itself, ``errors``, ``envvars``, ``logs``, ``resources``,
-  ``metrics_http`` and the wire contract ``trainguard.schemas``; imports nothing of
+  ``metrics_http``, ``sd_notify`` and the wire contract ``trainguard.schemas``; imports nothing of
   trainguard above it;
 - middle: ``trainguard.agents`` (node side) and ``trainguard.pipeline`` (stream side);
   each imports the base and itself, never the other, never the top;
@@ -15,7 +15,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "trainguard"
 BASE = {"trainguard", "trainguard.errors", "trainguard.envvars", "trainguard.logs",
-        "trainguard.resources", "trainguard.metrics_http"}
+        "trainguard.resources", "trainguard.metrics_http", "trainguard.sd_notify"}
 OLD_TOP_LEVEL = {"agents", "pipeline", "schemas"}
 
 

@@ -10,7 +10,7 @@ from trainguard.agents.collectors import SimulatedGpus
 from trainguard.agents.config import AgentConfig, KafkaProducerSettings
 from trainguard.agents.daemon import NodeAgent
 from trainguard.agents.runtime import run_agent
-from trainguard.agents.sd_notify import SdNotifier
+from trainguard.sd_notify import SdNotifier
 
 
 class NullTransport:

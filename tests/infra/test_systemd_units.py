@@ -61,6 +61,12 @@ def test_the_agent_is_a_notify_service_with_a_watchdog():
     assert service["WatchdogSec"] == ["30s"] and service["Restart"] == ["always"]
 
 
+def test_the_worker_is_a_notify_service_with_a_watchdog():
+    service = _service(NAMES[1])
+    assert service["Type"] == ["notify"] and service["NotifyAccess"] == ["main"]
+    assert service["WatchdogSec"] == ["60s"] and service["Restart"] == ["always"]
+
+
 def test_the_agent_may_reach_the_gpus_and_nothing_else_in_dev():
     service = _service(NAMES[0])
     assert service["DevicePolicy"] == ["closed"]

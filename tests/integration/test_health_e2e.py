@@ -44,3 +44,24 @@ def test_a_running_worker_reports_rates_lag_and_sink_latency(worker_process):
             "process_start_time_seconds"} <= names, text
     topics = {s.labels["topic"] for s in samples if s.name == "trainguard_consumer_lag"}
     assert any(t.endswith(".steps.v1") for t in topics), text
+
+
+def test_under_a_notify_unit_the_worker_says_ready_pings_the_watchdog_and_says_stopping(
+        worker_process, tmp_path, monkeypatch):
+    # What systemd does for Type=notify with WatchdogSec=2s: a datagram socket in
+    # NOTIFY_SOCKET, the period in WATCHDOG_USEC (the child inherits both).
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.settimeout(60)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        monkeypatch.setenv("WATCHDOG_USEC", "2000000")
+        monkeypatch.delenv("WATCHDOG_PID", raising=False)
+        worker_process.start()
+        seen: list[str] = []
+        while seen.count("WATCHDOG=1") < 2:
+            seen += sock.recv(4096).decode().splitlines()
+        assert seen[0] == "READY=1", seen
+        worker_process.stop()
+        while "STOPPING=1" not in seen:
+            seen += sock.recv(4096).decode().splitlines()

@@ -108,7 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run_agent(args: argparse.Namespace) -> int:
     from trainguard.agents.config_loader import load_agent_config
     from trainguard.agents.runtime import run_agent
-    from trainguard.agents.sd_notify import SdNotifier
+    from trainguard.sd_notify import SdNotifier
 
     keys = [key for _, key, _, _, _ in _FLAGS] + list(_OTHER_KEYS)
     config = load_agent_config(args.config, os.environ, {k: getattr(args, k) for k in keys})

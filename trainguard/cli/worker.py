@@ -167,4 +167,7 @@ def _run(args: argparse.Namespace) -> int:
 
         message_auth(config)  # as run_worker does first: a bad secret file stops the start
         return print_config(config)
-    return run_worker(config, loglevel=args.log_level.lower())
+    from trainguard.sd_notify import SdNotifier
+
+    return run_worker(config, loglevel=args.log_level.lower(),
+                      notifier=SdNotifier.from_environ(os.environ))

@@ -5,10 +5,11 @@ in the abstract namespace) to which the service sends newline-separated ``KEY=VA
 lines: ``READY=1`` once started, ``STOPPING=1`` on the way out, ``STATUS=...`` for
 ``systemctl status``, and ``WATCHDOG=1`` at least every ``WatchdogSec=`` (systemd passes it
 as ``WATCHDOG_USEC``), else systemd kills the service and restarts it. The agent pings from
-its tick loop, so a tick stuck in a hung NVML call stops the pings and gets it restarted.
+its tick loop, so a tick stuck in a hung NVML call stops the pings and gets it restarted;
+the stream worker pings from a timer of its event loop, so a blocked loop does.
 
 Without ``NOTIFY_SOCKET`` (not under systemd, or ``Type=simple``) every call is a no-op.
-A failed send is logged and never raised: the notifications must not stop the agent.
+A failed send is logged and never raised: the notifications must not stop the service.
 """
 
 from __future__ import annotations

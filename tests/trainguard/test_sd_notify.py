@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from trainguard.agents.sd_notify import SdNotifier
+from trainguard.sd_notify import SdNotifier
 
 
 @pytest.fixture
