@@ -10,9 +10,13 @@ AM_PKG  := prometheus-alertmanager
 # promtool (checks and unit-tests infra/prometheus/) comes from Debian's prometheus package.
 PROMTOOL := /usr/bin/promtool
 PROM_PKG := prometheus
+# Helm (v4, built from the Go module proxy) and kubecheck (infra/helm/kubecheck: strict
+# decoding of rendered manifests into the Kubernetes API types) check the chart offline.
+TOOLS   := .tools/bin
+HELM_VERSION := v4.3.2
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install install-torch kafka-jars alertmanager prometheus demo eval test test-unit lint bench schemas clean
+.PHONY: help install install-torch kafka-jars alertmanager prometheus k8s-tools demo eval test test-unit lint bench schemas clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -91,7 +95,15 @@ demo: install kafka-jars  ## run the end-to-end demo (local Kafka + chdb + simul
 eval: install kafka-jars  ## detection scorecard: every scenario x 5 seeds through the pipeline
 	$(TG) eval --seeds 5 --speed 1.5
 
-test: install install-torch kafka-jars alertmanager prometheus  ## run the whole test suite (real Kafka broker, real chdb, real Alertmanager, promtool, real torchrun jobs)
+k8s-tools: $(TOOLS)/helm $(TOOLS)/kubecheck  ## build helm and kubecheck into .tools/bin (Go; no cluster needed)
+
+$(TOOLS)/helm:
+	GOBIN=$(abspath $(TOOLS)) GOFLAGS=-mod=mod go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
+
+$(TOOLS)/kubecheck: infra/helm/kubecheck/main.go infra/helm/kubecheck/go.mod infra/helm/kubecheck/go.sum
+	cd infra/helm/kubecheck && GOBIN=$(abspath $(TOOLS)) go install .
+
+test: install install-torch kafka-jars alertmanager prometheus k8s-tools  ## run the whole test suite (real Kafka broker, real chdb, real Alertmanager, promtool, real torchrun jobs)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install install-torch  ## run only the tests that need no broker
