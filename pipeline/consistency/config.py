@@ -129,6 +129,11 @@ class ConsistencyConfig:
     #: window is a job stop or an elastic restart; a terminated rank whose peers keep
     #: running past it is blamed.
     terminate_window_s: float = 3.0
+    #: rank_exited: a rank leaving with ``bye finished`` is benign when every rank of the
+    #: world left within this window of it (ranks of a finished job exit within seconds of
+    #: each other; a final save on one rank takes longer); one whose peers are still there
+    #: after it said it finished, and exited, is blamed.
+    finish_window_s: float = 60.0
     #: rank_exited: ranks leaving with ``bye error`` / ``bye terminated`` (or killed by a
     #: launcher's escalation) this long after a blamed exit are its followers.
     follow_s: float = 60.0
@@ -218,7 +223,8 @@ class ConsistencyConfig:
         _positive(self, "wait_s", "job_idle_s", "stall_s", "fresh_s", "hw_recent_s",
                   "exit_align_s", "exit_wait_s", "clock_skew_s", "witness_wait_s",
                   "agent_silent_s", "agent_forget_s", "exit_grace_s", "terminate_window_s",
-                  "follow_s", "hang_stopped_s", "hang_after_s", "rank_check_every_s",
+                  "follow_s", "finish_window_s", "hang_stopped_s", "hang_after_s",
+                  "rank_check_every_s",
                   "grad_z", "loss_z", "loss_z_clip", "straggler_ratio")
         _at_least(self, 1, "max_open_steps", "max_jobs", "max_nodes", "max_world_size",
                   "clear_steps",

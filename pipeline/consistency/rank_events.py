@@ -169,7 +169,7 @@ class RankEventWatch:
             return [], None
         self._dirty = False
         self._next = now + self.config.rank_check_every_s
-        exited = self._departures(now)
+        exited = self._departures(now, last_step_ts)
         hung = self._stopped(now, last_step_ts) + self._never_arrived(
             now, last_step_ts, node_of, world_size)
         self._quiet = self.config.clear_steps + 1 if hung else max(0, self._quiet - 1)
@@ -179,17 +179,21 @@ class RankEventWatch:
         """When ``d`` counts as having happened: a kill is noticed late, so earlier."""
         return d.ts - (self.config.exit_grace_s if d.kind == "killed" else 0.0)
 
-    def _departures(self, now: float) -> list[Fault]:
+    def _departures(self, now: float, last_step_ts: Callable[[int], float]) -> list[Fault]:
         c = self.config
         grace = c.exit_grace_s
-        horizon = now - c.follow_s - c.terminate_window_s - 2 * grace
+        # Kept long enough for the followers of a lead, a stop's window and a finished
+        # rank's window on both sides of it.
+        horizon = now - max(c.follow_s + c.terminate_window_s, 2 * c.finish_window_s) \
+            - 2 * grace
         if self.recent:
             for d in self.recent:
                 if d.ts < horizon:
                     self._left.pop((d.rank, d.pid if d.pid is not None else d.ts), None)
             self.recent = [d for d in self.recent if d.ts >= horizon]
         due = [d for d in self.pending if now >= self._order(d) + 2 * grace + (
-            c.terminate_window_s if d.kind == "terminated" else 0.0)]
+            c.terminate_window_s if d.kind == "terminated" else
+            c.finish_window_s if d.kind == "finished" else 0.0)]
         if not due:
             return []
         taken = {id(d) for d in due}
@@ -197,8 +201,9 @@ class RankEventWatch:
         self.recent += due
         faults: list[Fault] = []
         for d in sorted(due, key=self._order):
-            if d.kind == "finished":
-                continue
+            if d.kind == "finished" and (self._all_left(d, c.finish_window_s)
+                                         or last_step_ts(d.rank) > d.ts):
+                continue  # the job finished, or a new process took the rank's place
             lead = self.lead
             if lead is not None and lead.rank != d.rank and \
                     lead.ts - grace <= d.ts <= lead.ts + c.follow_s:
@@ -212,14 +217,19 @@ class RankEventWatch:
             faults.append(self._exit_fault(d, now))
         return faults
 
-    def _all_left(self, d: _Departure) -> bool:
-        """Every rank of ``d``'s world left within ``terminate_window_s`` of it."""
-        w = self.config.terminate_window_s
+    def _all_left(self, d: _Departure, window: float | None = None) -> bool:
+        """Every rank of ``d``'s world left within ``window`` of it (a job stop).
+
+        ``window`` defaults to ``terminate_window_s``. An unknown world size (0) cannot
+        be checked and counts as everyone.
+        """
+        w = self.config.terminate_window_s if window is None else window
         left = {x.rank for x in (*self.recent, *self.pending) if abs(x.ts - d.ts) <= w}
         ws = d.world_size
         if ws > 0 and (len(left) < ws or not all(r in left for r in range(ws))):
             return False
-        self._stop = (d.ts - w, d.ts + w)  # the job's other exits of the stop: no rescan
+        if window is None:
+            self._stop = (d.ts - w, d.ts + w)  # the job's other exits of the stop: no rescan
         return True
 
     def _exit_fault(self, d: _Departure, now: float) -> Fault:
@@ -235,6 +245,9 @@ class RankEventWatch:
             what = f"{pid} exited without saying bye ({how})"
         elif d.kind == "error":
             what = f"{pid} exited on an error (bye error)"
+        elif d.kind == "finished":
+            what = (f"{pid} said it finished (bye finished) but the rest of the job did not "
+                    f"finish within {self.config.finish_window_s:g} s")
         else:
             what = f"{pid} was terminated (bye terminated) while its peers kept running"
         at = f" after step {d.step}" if d.step is not None else ""

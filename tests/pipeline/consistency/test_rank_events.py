@@ -222,6 +222,29 @@ def test_every_rank_saying_bye_finished_then_exiting_raises_nothing():
     assert _run([*_steps(job, 10), _events(job, *byes), *_samples(job, 12, 14, 16, 18)]) == []
 
 
+def test_ranks_finishing_up_to_a_minute_apart_raise_nothing():
+    job = _job()
+    # Rank 0 writes the final checkpoint and leaves 40 s after the others.
+    byes = [e for r in range(RANKS) for at in [10.2 + (40 if r == 0 else r / 10)]
+            for e in (_bye(r, at, "finished"), _ev(r, at + 0.2, "exited", exit_code=0))]
+    found = _run([*_steps(job, 10), _events(job, *byes[2:]), _events(job, *byes[:2]),
+                  *_samples(job, *range(12, 130, 4))])
+    # (GPUs sampled busy a minute after the last step are job_stalled, category info.)
+    assert [f.check for f in found if f.category != "info"] == []
+
+
+def test_a_rank_saying_bye_finished_and_leaving_while_its_peers_wait_is_blamed():
+    # An insider's way out: the rank says it finished, exits 0, and the job hangs on it.
+    job = _job()
+    groups: list[Sequence[Record]] = [*_steps(job, 10), _events(
+        job, _bye(2, 10.2, "finished"), _ev(2, 10.3, "exited", exit_code=0))]
+    assert _run(groups + _samples(job, *range(11, 70, 4))) == []  # within the minute
+    found = _run(groups + _samples(job, *range(11, 80, 4)))
+    exited = [f for f in found if f.check == "rank_exited"]
+    assert [(f.ranks, f.nodes, f.observed) for f in exited] == [([2], ["node-01"], "finished")]
+    assert "did not finish within 60 s" in exited[0].summary
+
+
 def _teardown(job: FakeJob, at: float) -> list[StepBatch]:
     spread = min(0.25, 2.5 / job.ranks)  # the launcher stops every rank within 2.5 s
     return _events(job, *[e for r in range(job.ranks) for e in (
