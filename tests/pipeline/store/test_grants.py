@@ -64,13 +64,15 @@ def test_the_grants_give_each_role_only_its_share() -> None:
         "GRANT ALL ON tg.* TO trainguard_admin_role",
         "GRANT SELECT, INSERT ON tg.* TO trainguard_worker_role",
         "REVOKE INSERT ON tg.silences FROM trainguard_worker_role",
+        "REVOKE INSERT ON tg.change_approvals FROM trainguard_worker_role",
         "REVOKE INSERT ON tg.schema_migrations FROM trainguard_worker_role",
         "GRANT SELECT ON tg.* TO trainguard_ro_role",
         "GRANT SELECT ON tg.* TO trainguard_operator_role",
         "GRANT INSERT ON tg.silences TO trainguard_operator_role",
+        "GRANT INSERT ON tg.change_approvals TO trainguard_operator_role",
     } < grants
     privileges = {s for s in grants if " ON " in s and not s.startswith("REVOKE ALL")}
-    assert len(privileges) == 7  # nothing else is granted on any object
+    assert len(privileges) == 9  # nothing else is granted on any object
     assert any("SETTINGS PROFILE 'trainguard_ro_profile'" in s for s in code
                if "CREATE USER OR REPLACE trainguard_ro\n" in s)
     assert any("readonly = 1" in s for s in code if "SETTINGS PROFILE" in s)
