@@ -149,7 +149,7 @@ class ConsistencyConfig:
 
     # -- restart continuity (code_changed, restart_divergence) ---------------------------
     #: Steps of a job's own past kept across a restart (job medians of lr, loss, grad
-    #: norm: ~64 KB per job). A resume replays the steps since its checkpoint; 2,048 covers
+    #: norm: ~80 KB per job). A resume replays the steps since its checkpoint; 2,048 covers
     #: a checkpoint every 2,000 steps, and longer gaps still get the lr jump and level tests.
     history_steps: int = 2048
     #: Data epochs whose seed fingerprints (per replica group) are remembered for a resume.

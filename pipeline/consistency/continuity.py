@@ -35,79 +35,31 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from trainguard.pipeline.consistency.agreement import short
 from trainguard.pipeline.consistency.assembler import ClosedStep
-from trainguard.pipeline.consistency.columns import (
-    FloatArray,
-    LayoutKey,
-    StepColumns,
-    layout_text,
-)
+from trainguard.pipeline.consistency.columns import FloatArray, StepColumns, layout_text
 from trainguard.pipeline.consistency.config import ConsistencyConfig
 from trainguard.pipeline.consistency.findings import Fault
-from trainguard.pipeline.consistency.history import HistoryView, JobHistory
+from trainguard.pipeline.consistency.history import (
+    HistoryView,
+    JobHistory,
+    Seeds,
+    data_epoch_of,
+    group_seeds,
+    job_median,
+    majority,
+)
 
-__all__ = ["RestartContinuity", "job_median", "majority"]
+__all__ = ["RestartContinuity"]
 
 #: Fewer first differences than this before a restart: the run's noise is not known.
 _MIN_NOISE_POINTS = 10
 #: MAD to standard deviation for a normal distribution.
 _MAD_SIGMA = 1.4826
-
-Seeds = dict[LayoutKey, str]
-
-
-def job_median(values: FloatArray) -> float:
-    """The median of the finite ``values`` (NaN when none is)."""
-    finite = values[np.isfinite(values)]
-    return float(np.median(finite)) if len(finite) else math.nan
-
-
-def majority(values: Sequence[str | None]) -> str | None:
-    """The most common non-None value (ties: the larger), None if none is reported."""
-    distinct = set(values)
-    distinct.discard(None)
-    if len(distinct) <= 1:
-        return next(iter(distinct), None)
-    counts: dict[str, int] = {}
-    for v in values:
-        if v is not None:
-            counts[v] = counts.get(v, 0) + 1
-    return max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
-
-
-def _data_epoch(cols: StepColumns) -> int | None:
-    epochs = [r.data_epoch for r in cols.records]
-    if epochs.count(None) == len(epochs):
-        return None
-    counts: dict[int, int] = {}
-    for e in epochs:
-        if e is not None:
-            counts[e] = counts.get(e, 0) + 1
-    return max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
-
-
-def _group_seeds(cols: StepColumns) -> Seeds:
-    """Each replica group's majority seed fingerprint."""
-    values = cols.seed_fingerprint
-    if cols.n_groups <= 1:
-        seed = majority(values)
-        return {} if seed is None or not cols.group_keys else {cols.group_keys[0]: seed}
-    idx: dict[int, list[str | None]] = {}
-    for g, v in zip(cols.group.tolist(), values, strict=True):
-        idx.setdefault(g, []).append(v)
-    out: Seeds = {}
-    for g, vals in idx.items():
-        seed = majority(vals)
-        if seed is not None:
-            out[cols.group_keys[g]] = seed
-    return out
-
 
 def _noise(values: FloatArray, span: int, rel_floor: float) -> float | None:
     """Robust scale of the step-to-step differences of the last ``span`` finite values.
@@ -173,8 +125,8 @@ class RestartContinuity:
             self._start(cs)
         lr, loss, grad = job_median(cols.lr), job_median(cols.loss), job_median(cols.grad_norm)
         env = majority(cols.env_fingerprint)
-        data_epoch = _data_epoch(cols)
-        seeds = _group_seeds(cols)
+        data_epoch = data_epoch_of(cols)
+        seeds = group_seeds(cols)
         code: list[Fault] = []
         diverged: list[Fault] = []
         r = self._restart
@@ -245,7 +197,9 @@ class RestartContinuity:
                 faults.append(jump)
         r.jump_checked = True
         past = cs.step - before.last_step
-        for w, now in zip(r.windows, (loss, grad), strict=True):
+        values = {"loss": loss, "grad_norm": grad}
+        for w in r.windows:
+            now = values[w.quantity]
             if w.decided or not math.isfinite(now):
                 continue
             if i is not None:
@@ -284,15 +238,17 @@ class RestartContinuity:
 
     def _lr_fault(self, cs: ClosedStep, r: _Restart, before: float, after: float,
                   how: str, allowed: float | None = None) -> Fault:
-        ratio = after / before if before else math.inf
+        ratio = after / before if before else None
+        times = f" (x{ratio:.3g})" if ratio is not None else ""
         if how == "replayed":
             what = (f"the learning rate at replayed step {cs.step} is {after:.6g} after the "
-                    f"restart at step {r.resume_step}, {before:.6g} before (x{ratio:.3g})")
+                    f"restart at step {r.resume_step}, {before:.6g} before{times}")
         else:
             what = (f"the learning rate jumped at the resume (step {cs.step}) from "
-                    f"{before:.6g} to {after:.6g} (x{ratio:.3g}), beyond the schedule's own "
-                    f"step-to-step change ({allowed:.2g} relative)")
-        return self._fault(cs, "lr", what, after, before, abs(ratio - 1), {
+                    f"{before:.6g} to {after:.6g}{times}, beyond the schedule's own "
+                    f"step-to-step change ({allowed or 0:.2g} relative)")
+        score = abs(ratio - 1) if ratio is not None else 1.0
+        return self._fault(cs, "lr", what, after, before, score, {
             "quantity": "lr", "how": how, "before": before, "after": after,
             "ratio": ratio, "resume_step": r.resume_step, "allowed": allowed})
 
@@ -303,7 +259,7 @@ class RestartContinuity:
             return None
         z = float(np.mean(w.z)) * math.sqrt(n)
         mean_before, mean_after = float(np.mean(w.before)), float(np.mean(w.after))
-        rel = (mean_after - mean_before) / abs(mean_before) if mean_before else math.inf
+        rel = (mean_after - mean_before) / max(abs(mean_before), 1e-12)
         if abs(z) <= c.continuity_z or abs(rel) < c.continuity_min_effect:
             return None
         what = (f"the job's {w.label} over {n} steps after the restart at step "

@@ -11,8 +11,11 @@ cuts the timeline there and overwrites what follows, so the live history never h
 values for a step. Before that happens the continuity check takes a :meth:`snapshot`,
 the record of the run before the restart.
 
-Memory: four float64 columns of at most ``2 * capacity`` entries (compacted to
-``capacity`` when full), about 64 KB per job at the default 2,048 steps. Fingerprints are
+The module also computes those values from a closed step (:func:`job_median`,
+:func:`majority`, :func:`group_seeds`, :func:`data_epoch_of`).
+
+Memory: five float64 columns of at most ``2 * capacity`` entries (compacted to
+``capacity`` when full), about 80 KB per job at the default 2,048 steps. Fingerprints are
 not kept per step (they hold still within a data epoch): the continuity check keeps the
 last value per replica group and data epoch itself.
 """
@@ -20,16 +23,72 @@ last value per replica group and data epoch itself.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from trainguard.pipeline.consistency.columns import FloatArray
+from trainguard.pipeline.consistency.columns import FloatArray, LayoutKey, StepColumns
 
-__all__ = ["HistoryView", "JobHistory"]
+__all__ = ["HistoryView", "JobHistory", "Seeds", "data_epoch_of", "group_seeds", "job_median",
+           "majority"]
+
+#: A replica group's seed fingerprint, by its layout key.
+Seeds = dict[LayoutKey, str]
 
 #: Columns of the history, in order.
 _STEP, _LR, _LOSS, _GRAD, _WORLD = range(5)
+
+
+# -- a closed step's job-level values ----------------------------------------------------
+
+
+def job_median(values: FloatArray) -> float:
+    """The median of the finite ``values`` (NaN when none is)."""
+    finite = values[np.isfinite(values)]
+    return float(np.median(finite)) if len(finite) else math.nan
+
+
+def majority(values: Sequence[str | None]) -> str | None:
+    """The most common non-None value (ties: the larger), None if none is reported."""
+    distinct = set(values)
+    distinct.discard(None)
+    if len(distinct) <= 1:
+        return next(iter(distinct), None)
+    counts: dict[str, int] = {}
+    for v in values:
+        if v is not None:
+            counts[v] = counts.get(v, 0) + 1
+    return max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
+
+
+def data_epoch_of(cols: StepColumns) -> int | None:
+    """The data epoch most ranks of the step report (None if none does)."""
+    epochs = [r.data_epoch for r in cols.records]
+    if epochs.count(None) == len(epochs):
+        return None
+    counts: dict[int, int] = {}
+    for e in epochs:
+        if e is not None:
+            counts[e] = counts.get(e, 0) + 1
+    return max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
+
+
+def group_seeds(cols: StepColumns) -> Seeds:
+    """Each replica group's majority seed fingerprint."""
+    values = cols.seed_fingerprint
+    if cols.n_groups <= 1:
+        seed = majority(values)
+        return {} if seed is None or not cols.group_keys else {cols.group_keys[0]: seed}
+    idx: dict[int, list[str | None]] = {}
+    for g, v in zip(cols.group.tolist(), values, strict=True):
+        idx.setdefault(g, []).append(v)
+    out: Seeds = {}
+    for g, vals in idx.items():
+        seed = majority(vals)
+        if seed is not None:
+            out[cols.group_keys[g]] = seed
+    return out
 
 
 @dataclass(frozen=True, slots=True)

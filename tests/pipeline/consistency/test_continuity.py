@@ -18,7 +18,7 @@ from msgspec.structs import replace
 from tests.pipeline.consistency.helpers import T0, FakeJob, feed, first
 from trainguard.errors import ConfigError
 from trainguard.pipeline.consistency import ConsistencyConfig, ConsistencyStage
-from trainguard.pipeline.consistency.continuity import job_median, majority
+from trainguard.pipeline.consistency.history import job_median, majority
 from trainguard.schemas.ranks import EnvManifest
 from trainguard.schemas.records import Finding, Record, StepBatch
 
