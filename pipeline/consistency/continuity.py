@@ -61,6 +61,7 @@ _MIN_NOISE_POINTS = 10
 #: MAD to standard deviation for a normal distribution.
 _MAD_SIGMA = 1.4826
 
+
 def _noise(values: FloatArray, span: int, rel_floor: float) -> float | None:
     """Robust scale of the step-to-step differences of the last ``span`` finite values.
 
@@ -138,9 +139,9 @@ class RestartContinuity:
                 diverged.append(seed)
             if r.before is not None:
                 diverged += self._trajectory(cs, r, r.before, lr, loss, grad)
-                if cs.step > r.before.last_step + self.config.continuity_steps and all(
-                        w.decided for w in r.windows):
-                    r.before = None  # nothing left to compare: free the copy
+            if r.before is not None and all(w.decided for w in r.windows) and (
+                    cs.step > r.before.last_step + self.config.continuity_steps):
+                r.before = None  # nothing left to compare: free the copy
         self.history.record(cs.step, lr, loss, grad, cs.world_size)
         if env is not None:
             self.env = env
@@ -182,9 +183,8 @@ class RestartContinuity:
                     loss: float, grad: float) -> list[Fault]:
         c = self.config
         i = before.index(cs.step)
-        if i is not None and before.world_size[i] != cs.world_size:
-            return []
-        if i is None and len(before) and before.world_size[-1] != cs.world_size:
+        if before.world_size[-1 if i is None else i] != cs.world_size:
+            r.before = None  # another world: nothing of its trajectory compares
             return []
         faults: list[Fault] = []
         if i is not None:

@@ -77,9 +77,11 @@ def data_epoch_of(cols: StepColumns) -> int | None:
 def group_seeds(cols: StepColumns) -> Seeds:
     """Each replica group's majority seed fingerprint."""
     values = cols.seed_fingerprint
-    if cols.n_groups <= 1:
+    distinct = set(values)
+    if cols.n_groups <= 1 or (len(distinct) == 1 and None not in distinct):
+        # The usual case, every rank alike: no per-rank pass.
         seed = majority(values)
-        return {} if seed is None or not cols.group_keys else {cols.group_keys[0]: seed}
+        return {} if seed is None else dict.fromkeys(cols.group_keys, seed)
     idx: dict[int, list[str | None]] = {}
     for g, v in zip(cols.group.tolist(), values, strict=True):
         idx.setdefault(g, []).append(v)
