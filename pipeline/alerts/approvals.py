@@ -87,7 +87,7 @@ def approval_for(approvals: Sequence[Approval], job_id: str | None, check: str,
 
 def approve_change(store: Store, *, job_id: str, fingerprint: str, reason: str,
                    created_by: str, now: float) -> Approval:
-    """Store the approval of ``fingerprint`` for ``job_id``; raise ConfigError naming a bad value."""
+    """Store the approval of ``fingerprint`` for ``job_id`` (ConfigError names a bad value)."""
     _check_time(now)
     job_id, fingerprint = job_id.strip(), fingerprint.strip()
     if not job_id:

@@ -5,8 +5,9 @@
   :class:`~trainguard.pipeline.alerts.lifecycle.AlertLifecycle` per partition, each alert
   state change published to the alerts topic and the ``alerts`` table before the
   findings' offsets are acknowledged. A timer advances the lifecycles (resolves), another
-  re-reads the silences and the change approvals from the store. When partitions move, the new owner restores the
-  alerts its predecessor left firing (from the store), so nobody is paged twice.
+  re-reads the silences and the change approvals from the store. When partitions move,
+  the new owner restores the alerts its predecessor left firing (from the store), so
+  nobody is paged twice.
 * ``deliver_alerts`` (only with receivers configured) consumes the alerts topic and feeds
   a :class:`~trainguard.pipeline.alerts.delivery_job.DeliveryJob`; an alert's offset is
   acknowledged once every receiver took it or gave up (then it is a dead letter). The

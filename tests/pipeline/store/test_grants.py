@@ -116,7 +116,7 @@ def test_user_names_follow_the_prefix() -> None:
 def test_every_statement_is_valid_clickhouse_syntax(chdb_store: ChdbStore) -> None:
     # formatQuery parses with the server's own parser without running anything.
     statements = split_statements(render_grants("tg", credentials()))
-    assert len(statements) == 24
+    assert len(statements) == 26
     for statement in statements:
         quoted = statement.replace("\\", "\\\\").replace("'", "\\'")
         formatted = chdb_store.query(f"SELECT formatQuery('{quoted}')").scalar()
@@ -149,6 +149,6 @@ def test_a_refused_statement_names_its_position_and_first_line() -> None:
                 raise StoreError("Code: 497. Not enough privileges. (ACCESS_DENIED)")
 
     store = Refusing()
-    with pytest.raises(StoreError, match=r"grants statement 3/24 \(GRANT ALL ON tg\.\* TO "
+    with pytest.raises(StoreError, match=r"grants statement 3/26 \(GRANT ALL ON tg\.\* TO "
                                          r"trainguard_admin_role;?\) failed: .*ACCESS_DENIED"):
         apply_grants(store, render_grants("tg", credentials()))  # type: ignore[arg-type]
