@@ -114,7 +114,8 @@ class RestartContinuity:
         #: Each replica group's seed fingerprint by data epoch (the last few epochs).
         self.seeds: dict[int | None, Seeds] = {}
         self._restart: _Restart | None = None
-        #: Restarts whose pre-restart record was too short to compare trajectories.
+        #: Restarts whose pre-restart record was too short (under ~10 steps) to learn the
+        #: run's noise: their loss and grad norm are not compared (the stage counts them).
         self.unverifiable = 0
 
     def evaluate(self, cs: ClosedStep, cols: StepColumns) -> tuple[list[Fault], list[Fault]]:

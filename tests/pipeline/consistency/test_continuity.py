@@ -182,3 +182,12 @@ def test_pure_helpers():
 def test_bad_continuity_config_is_refused_naming_the_value(fields, message):
     with pytest.raises(ConfigError, match=message):
         ConsistencyConfig(**fields)
+
+
+def test_a_restart_after_too_few_steps_to_learn_the_noise_is_counted_unverified():
+    job, rng = FakeJob(RANKS, gpus=4, seed=4), random.Random(4)
+    groups: list[list[Record]] = [list(b) for b in steps(job, range(1, 6), T0 + 1, rng)]
+    groups += [list(b) for b in steps(job, range(3, 40), T0 + 30, rng, loss_shift=0.5)]
+    stage = ConsistencyStage()
+    assert new(feed(stage, groups)) == []  # nothing to compare the loss with
+    assert stage.stats()["restarts_unverified"] == 1 and stage.stats()["restarts"] == 1
