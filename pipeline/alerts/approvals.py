@@ -22,9 +22,12 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from trainguard.errors import ConfigError, StoreError
-from trainguard.pipeline.store.base import Store
+
+if TYPE_CHECKING:  # the store package imports chdb: the CLI's import path stays light
+    from trainguard.pipeline.store.base import Store
 
 __all__ = [
     "APPROVABLE_CHECKS", "Approval", "active_approvals", "approval_for", "approve_change",
