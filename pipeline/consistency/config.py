@@ -155,7 +155,7 @@ class ConsistencyConfig:
     #: Data epochs whose seed fingerprints (per replica group) are remembered for a resume.
     history_data_epochs: int = 4
     #: Loss and grad norm are compared over the first this many steps after a resume (the
-    #: replayed ones, or past the replay the level of the last steps before it): 20 steps
+    #: replayed ones, or past the replay the pre-restart trend extrapolated): 20 steps
     #: of a median over the ranks pin a shift of half the run's step-to-step noise.
     continuity_steps: int = 20
     #: Fewer comparable steps than this after a resume: no verdict on the trajectory.

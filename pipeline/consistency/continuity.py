@@ -20,8 +20,9 @@ and, from the first step of a new epoch, compares the resumed run with them:
     change (per step of the gap);
   - ``loss`` / ``grad_norm``: over the first ``continuity_steps`` comparable steps, the
     job median departs from the pre-restart value at the same step (or, past the replay,
-    from the level of its last steps) by more than the run's own noise (a mean robust z
-    above ``continuity_z``) *and* by at least ``continuity_min_effect`` relative;
+    from the line through its last steps, extrapolated) by more than the run's own noise
+    (a mean robust z above ``continuity_z``) *and* by at least ``continuity_min_effect``
+    relative;
   - ``seed``: a replica group's seed fingerprint at a step of the same ``data_epoch``
     differs from the one it had before (fails while that data epoch lasts).
 
@@ -83,7 +84,10 @@ class _Window:
     quantity: str
     label: str
     noise: float
-    level: float
+    #: The pre-restart trend (a line over its last ``continuity_noise_steps`` steps): the
+    #: reference past the replay, where a falling loss must not look like a shift.
+    intercept: float
+    slope: float
     z: list[float] = field(default_factory=list)
     before: list[float] = field(default_factory=list)
     after: list[float] = field(default_factory=list)
@@ -160,8 +164,11 @@ class RestartContinuity:
             noise = _noise(values, c.continuity_noise_steps, c.loss_rel_floor)
             if noise is None:
                 continue
-            finite = values[np.isfinite(values)][-c.continuity_steps:]
-            windows.append(_Window(quantity, label, noise, float(np.median(finite))))
+            ok, span = np.isfinite(values), c.continuity_noise_steps
+            x, y = before.steps[ok][-span:], values[ok][-span:]
+            slope, intercept = np.polyfit(x - x[-1], y, 1)
+            windows.append(_Window(quantity, label, noise, float(intercept - slope * x[-1]),
+                                   float(slope)))
         if len(before) and not windows:
             self.unverifiable += 1
         self._restart = _Restart(
@@ -206,7 +213,7 @@ class RestartContinuity:
             if i is not None:
                 ref = float((before.loss if w.quantity == "loss" else before.grad_norm)[i])
             elif 0 < past <= c.continuity_steps:
-                ref = w.level
+                ref = w.intercept + w.slope * cs.step
             else:
                 ref = math.nan
             if math.isfinite(ref):

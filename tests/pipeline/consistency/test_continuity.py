@@ -34,13 +34,14 @@ def warmup(s: int) -> float:
 
 def steps(job: FakeJob, numbers: Iterable[int], t0: float, rng: random.Random, *,
           lr: Callable[[int], float] = warmup, loss_shift: float = 0.0,
-          grad_shift: float = 0.0, **fields: Any) -> list[list[StepBatch]]:
+          grad_shift: float = 0.0, trend: float = 0.0, **fields: Any) -> list[list[StepBatch]]:
     """One group of batches per step, at ``t0``, ``t0 + 1``, ... with the job's noise."""
     out = []
     for i, s in enumerate(numbers):
         grad = round(1.25 * (1 + 0.02 * rng.gauss(0, 1)) * (1 + grad_shift), 6)
         over = {r: {"lr": lr(s), "grad_norm": grad,
-                    "loss": 2.0 * (1 + 0.03 * rng.gauss(0, 1)) * (1 + loss_shift), **fields}
+                    "loss": 2.0 * (1 - trend * s) * (1 + 0.03 * rng.gauss(0, 1)) * (1 + loss_shift),
+                    **fields}
                 for r in range(RANKS)}
         out.append(job.step(s, t0 + i, over=over))
     return out
@@ -191,3 +192,12 @@ def test_a_restart_after_too_few_steps_to_learn_the_noise_is_counted_unverified(
     stage = ConsistencyStage()
     assert new(feed(stage, groups)) == []  # nothing to compare the loss with
     assert stage.stats()["restarts_unverified"] == 1 and stage.stats()["restarts"] == 1
+
+
+def test_a_falling_loss_resumed_without_a_replay_follows_its_trend_silently():
+    # 0.2 % per step: the 20 steps after the resume sit ~4 % below the last 20 before it.
+    falling = {"trend": 0.002}
+    assert new(restarted(after=range(121, 171), loads=True, before=falling, **falling)) == []
+    [f] = new(restarted(after=range(121, 171), loads=True, before=falling, loss_shift=0.08,
+                        **falling))
+    assert f.evidence["quantity"] == "loss" and f.evidence["relative_change"] > 0.05
