@@ -109,8 +109,10 @@ class _Restart:
 class RestartContinuity:
     """One job's history and the comparison of each resumed run with it."""
 
-    def __init__(self, config: ConsistencyConfig) -> None:
+    def __init__(self, config: ConsistencyConfig, job_id: str = "") -> None:
         self.config = config
+        #: Named in the approval command a ``code_changed`` summary suggests.
+        self.job_id = job_id
         self.history = JobHistory(config.history_steps)
         self.epoch = 0
         #: The job's env fingerprint (majority) at its latest step.
@@ -306,8 +308,9 @@ class RestartContinuity:
             "fingerprint": ",".join(now), "data_epoch": data_epoch,
             "groups_changed": len(changed), "resume_step": r.resume_step})
         if ranks:
+            named = set(ranks)
             nodes = tuple(sorted({cols.nodes[i] for i, rk in enumerate(cols.ranks.tolist())
-                                  if rk in set(ranks)}))
+                                  if rk in named}))
             return dataclasses.replace(fault, ranks=ranks, nodes=nodes)
         return fault
 
@@ -316,9 +319,9 @@ class RestartContinuity:
         return Fault(
             check="code_changed", category="integrity", entities=(("code_changed", env),),
             summary=(f"the job's env fingerprint changed across the restart at step "
-                     f"{r.resume_step}: {short(prev)} before, {short(env)} after, on the "
-                     f"majority of its ranks; if sanctioned: trainguard change approve "
-                     f"--fingerprint {env}"),
+                     f"{r.resume_step}: {short(prev)} before, {short(env)} after (the "
+                     f"majority of its ranks); approve it if sanctioned: trainguard change "
+                     f"approve --job {self.job_id or 'JOB'} --fingerprint {env} --reason …"),
             first_seen=cs.first_ts, ts=cs.decided_ts, step=cs.step,
             observed=env, expected=prev, score=1.0,
             evidence={"previous": prev, "now": env, "fingerprint": env,

@@ -119,7 +119,7 @@ class JobState:
         #: The files behind the env fingerprints seen (named by ``code_fingerprint``).
         self.manifests = ManifestMemory(config.max_manifests)
         #: The job's own past across restarts (``code_changed``, ``restart_divergence``).
-        self.continuity = RestartContinuity(config)
+        self.continuity = RestartContinuity(config, job_id)
         self.steps_closed = 0
         self.last_step = -1
         self.last_step_ts = -math.inf

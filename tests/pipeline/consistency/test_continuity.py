@@ -106,7 +106,7 @@ def test_every_rank_on_new_code_after_a_restart_is_code_changed_not_code_fingerp
     assert (f.ranks, f.nodes, f.observed, f.expected) == ([], [], "env-0002", "env-0001")
     assert (f.step, f.ts) == (101, T0 + 120 + GAP_S)  # the first step after the restart
     assert f.evidence["fingerprint"] == "env-0002" and f.evidence["previous"] == "env-0001"
-    assert "change approve" in f.summary
+    assert "trainguard change approve --job job-a --fingerprint env-0002" in f.summary
     # It persists while the job runs the new code (100 s): re-emitted, never cleared.
     assert len([g for g in found if g.finding_id == f.finding_id]) >= 2
     assert all(g.cleared_at is None for g in found)
@@ -201,3 +201,18 @@ def test_a_falling_loss_resumed_without_a_replay_follows_its_trend_silently():
     [f] = new(restarted(after=range(121, 171), loads=True, before=falling, loss_shift=0.08,
                         **falling))
     assert f.evidence["quantity"] == "loss" and f.evidence["relative_change"] > 0.05
+
+
+def test_a_seed_change_of_one_replica_group_names_its_ranks():
+    job = FakeJob(RANKS, gpus=4, seed=5, tp=2, noise=False)
+
+    def seeds(tp1: str) -> dict[int, dict[str, Any]]:
+        return {r: {"seed_fingerprint": f"seed-tp{r % 2}" if r % 2 == 0 else tp1}
+                for r in range(RANKS)}
+
+    groups = [job.step(s, over=seeds("seed-tp1")) for s in range(1, 61)]
+    groups += [job.step(s, T0 + 80 + s, over=seeds("seed-new")) for s in range(41, 70)]
+    [f] = new(feed(ConsistencyStage(), groups))
+    assert f.evidence["quantity"] == "seed" and f.evidence["groups_changed"] == 1
+    assert f.ranks == [1, 3, 5, 7] and f.nodes == ["node-00", "node-01"]
+    assert f.evidence["previous"] == "seed-tp1" and "tp 1" in f.summary
