@@ -83,11 +83,11 @@ from trainguard.schemas.types import (  # noqa: F401  (re-exported)
 #: names from here. On the wire ``Finding.check`` stays a plain name, so that an older worker
 #: still reads the findings of a newer one that has gained a check.
 CheckName = Literal[
-    "agent_silent", "checkpoint_digest", "clock_skew", "code_fingerprint", "conflicting_report",
-    "forged_telemetry", "gpu_throttled", "grad_norm_mismatch",
+    "agent_silent", "checkpoint_digest", "clock_skew", "code_changed", "code_fingerprint",
+    "conflicting_report", "forged_telemetry", "gpu_throttled", "grad_norm_mismatch",
     "job_stalled", "local_grad_outlier", "loss_outlier", "lr_mismatch", "node_idle",
-    "param_divergence", "rank_exited", "rank_hung", "rank_missing", "seed_mismatch", "step_skew",
-    "straggler", "witness_mismatch",
+    "param_divergence", "rank_exited", "rank_hung", "rank_missing", "restart_divergence",
+    "seed_mismatch", "step_skew", "straggler", "witness_mismatch",
 ]
 #: The registry's names, sorted.
 CHECK_NAMES: Final[tuple[CheckName, ...]] = get_args(CheckName)

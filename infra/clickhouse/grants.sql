@@ -15,13 +15,14 @@
 --   {prefix}_admin     everything on {database}: runs `trainguard db migrate`. Nothing else
 --                      needs DDL: workers only migrate when they are allowed to, and check
 --                      at start that the store is up to date otherwise.
---   {prefix}_worker    SELECT and INSERT on {database}.*, except INSERT into silences (a
---                      worker that could write silences could mute integrity pages) and
---                      schema_migrations. No ALTER, DELETE, DROP, TRUNCATE or OPTIMIZE.
+--   {prefix}_worker    SELECT and INSERT on {database}.*, except INSERT into silences and
+--                      change_approvals (a worker that could write them could mute
+--                      integrity pages) and schema_migrations. No ALTER, DELETE, DROP, TRUNCATE or OPTIMIZE.
 --   {prefix}_ro        SELECT on {database}.*, readonly = 1 (Grafana, reports, `alerts`);
 --                      max_execution_time stays changeable: Grafana's plugin sets it.
---   {prefix}_operator  SELECT on {database}.* and INSERT into silences only (`trainguard
---                      silence add|expire`; both insert a new version of a silence row).
+--   {prefix}_operator  SELECT on {database}.* and INSERT into silences and change_approvals
+--                      only (`trainguard silence add|expire`, `trainguard change
+--                      approve|revoke`; each inserts a new version of a row).
 
 -- Roles: what each kind of client may do.
 CREATE ROLE IF NOT EXISTS {prefix}_admin_role;
@@ -32,6 +33,7 @@ CREATE ROLE IF NOT EXISTS {prefix}_worker_role;
 REVOKE ALL ON *.* FROM {prefix}_worker_role;
 GRANT SELECT, INSERT ON {database}.* TO {prefix}_worker_role;
 REVOKE INSERT ON {database}.silences FROM {prefix}_worker_role;
+REVOKE INSERT ON {database}.change_approvals FROM {prefix}_worker_role;
 REVOKE INSERT ON {database}.schema_migrations FROM {prefix}_worker_role;
 
 CREATE ROLE IF NOT EXISTS {prefix}_ro_role;
@@ -42,6 +44,7 @@ CREATE ROLE IF NOT EXISTS {prefix}_operator_role;
 REVOKE ALL ON *.* FROM {prefix}_operator_role;
 GRANT SELECT ON {database}.* TO {prefix}_operator_role;
 GRANT INSERT ON {database}.silences TO {prefix}_operator_role;
+GRANT INSERT ON {database}.change_approvals TO {prefix}_operator_role;
 
 -- Read-only settings: readonly = 1 refuses every write and every SET, except the query
 -- timeout that Grafana's ClickHouse plugin sets on each query.

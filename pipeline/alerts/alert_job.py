@@ -21,6 +21,7 @@ from typing import Any
 
 from kafka.partitioner.default import murmur2
 
+from trainguard.pipeline.alerts.approvals import Approval
 from trainguard.pipeline.alerts.config import (
     AlertLifecycleConfig,
     Silence,
@@ -62,7 +63,8 @@ async def reject(publisher: Publisher, write: RowWrite, message: Any, error: Rec
 class AlertJob:
     """Alert lifecycles per findings partition, with their restore, ticks and silences.
 
-    ``read_open(since)`` and ``read_silences(now)`` read the store (off the event loop).
+    ``read_open(since)``, ``read_silences(now)`` and ``read_approvals(now)`` (change
+    approvals, refreshed beside the silences) read the store (off the event loop).
     Each job's alerts run on that job's own time (:meth:`job_now`): the wall clock, or
     the job's own event time where that runs ahead (the newest of its findings, and
     ``event_now(job)``: the consistency stage's newest record of it). A replayed or
@@ -77,6 +79,7 @@ class AlertJob:
         read_silences: Callable[[float], Awaitable[Sequence[Silence]]],
         event_now: Callable[[str], float] = lambda _job: -float("inf"),
         clock: Callable[[], float] = time.time,
+        read_approvals: Callable[[float], Awaitable[Sequence[Approval]]] | None = None,
     ) -> None:
         self._config, self._publisher, self._write = config, publisher, write
         self._topic, self._partitions = findings_topic, partitions
@@ -87,6 +90,8 @@ class AlertJob:
         self._decoder: RecordDecoder[Finding] = RecordDecoder(Finding)
         self.lifecycles: dict[int, AlertLifecycle] = {}
         self._silences: list[Silence] = []
+        self._read_approvals = read_approvals
+        self._approvals: list[Approval] = []
         #: Active silences marked ``integrity`` that break the rule (muting the rest only).
         self.silences_refused = 0
         self._refused: set[str] = set()
@@ -103,6 +108,7 @@ class AlertJob:
         if lc is None:
             lc = self.lifecycles[partition] = AlertLifecycle(self._config)
             lc.set_silences(self._silences)
+            lc.set_approvals(self._approvals, self.job_now)
         return lc
 
     def firing(self) -> int:
@@ -190,6 +196,28 @@ class AlertJob:
         self._silences[:] = active
         for lc in self.lifecycles.values():
             lc.set_silences(active)
+
+    async def refresh_approvals(self) -> None:
+        """Re-read the change approvals; resolve the pages they now sanction.
+
+        On a store error the old set stays (logged): an approval late by one refresh
+        leaves a page open a little longer, never mutes one.
+        """
+        if self._read_approvals is None:
+            return
+        try:
+            read = list(await self._read_approvals(self._clock()))
+        except Exception as exc:  # a store hiccup must not stop paging
+            log.warning("change approvals not refreshed error=%s", exc)
+            return
+        self._approvals[:] = read
+        changes: list[Alert] = []
+        for lc in self.lifecycles.values():
+            changes += lc.set_approvals(read, self.job_now)
+        for alert in changes:
+            log.info("alert resolved by change approval alert_id=%s job=%s approval_id=%s",
+                     alert.alert_id, alert.job_id, alert.labels.get("approved"))
+        await self._publish(changes)
 
     def _screen(self, silences: Sequence[Silence]) -> list[Silence]:
         limit = self._config.max_integrity_silence_s

@@ -11,6 +11,11 @@ Noise control, in the order applied to a new episode:
 * flapping: an alert that already fired ``max_flaps`` times within ``flap_window_s``
   fires again as a ``ticket`` labelled ``flapping="true"`` (on-call learns it came back,
   nobody is woken again) and is *held* firing until quiet for ``flap_window_s``;
+* approvals: a ``code_changed`` (or seed ``restart_divergence``) finding whose
+  fingerprint is approved for its job (``trainguard change approve``) is severity
+  ``info`` with ``approved=<approval_id>``; an approval that arrives while such an alert
+  fires resolves that episode (:meth:`AlertLifecycle.set_approvals`), and the finding's
+  next repeat is recorded as ``info``;
 * silences: planned work turns the episode into severity ``info`` with
   ``silenced=<silence_id>``; it is still emitted so that the store keeps the record.
   Integrity findings are muted only by a silence marked ``integrity`` that has a reason,
@@ -37,6 +42,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote
 
+from trainguard.pipeline.alerts.approvals import Approval, approval_for
 from trainguard.pipeline.alerts.config import (
     AlertLifecycleConfig,
     Silence,
@@ -91,6 +97,7 @@ class AlertLifecycle:
         self.config = config if config is not None else AlertLifecycleConfig()
         self._alerts: dict[str, _State] = {}
         self._silences: tuple[Silence, ...] = ()
+        self._approvals: tuple[Approval, ...] = ()
         #: Start times of recent new pages, per (cluster, job or node).
         self._pages: dict[tuple[str, str], deque[float]] = {}
         #: Alerts forgotten because ``max_alerts`` was reached (a counter for metrics).
@@ -170,6 +177,34 @@ class AlertLifecycle:
         """Replace the active silences; they apply to episodes that start from now on."""
         self._silences = tuple(silences)
 
+    def set_approvals(self, approvals: Sequence[Approval],
+                      now: float | Callable[[str], float]) -> list[Alert]:
+        """Replace the change approvals; resolve the firing alerts they now sanction.
+
+        New episodes of an approved finding are ``info`` from then on; one that already
+        paged ends at ``now`` (its job's time), its resolved record labelled
+        ``approved=<approval_id>`` (delivery sends the resolve where the page went).
+        """
+        self._approvals = tuple(approvals)
+        at: Callable[[str], float] = now if callable(now) else _constant(now)
+        out: list[Alert] = []
+        for state in self._alerts.values():
+            if state.status != "firing" or state.severity == "info":
+                continue
+            approval = self._approval_for(state.obs)
+            if approval is None:
+                continue
+            state.labels["approved"] = approval.approval_id
+            state.status = "resolved"
+            state.ends_at = max(state.starts_at, at(state.obs.job_id or state.obs.cluster))
+            out.append(self._record(state))
+        return out
+
+    def _approval_for(self, obs: Observation) -> Approval | None:
+        if not self._approvals:
+            return None
+        return approval_for(self._approvals, obs.job_id, obs.check, obs.evidence)
+
     def open_alerts(self) -> list[Alert]:
         """The alerts firing now (held flapping ones included), oldest activity first."""
         return [self._record(s) for s in self._alerts.values() if s.status == "firing"]
@@ -212,7 +247,9 @@ class AlertLifecycle:
         fires = previous.fires if previous is not None else deque(maxlen=cfg.max_flaps)
         while fires and start - fires[0] >= cfg.flap_window_s:
             fires.popleft()
-        held = len(fires) >= cfg.max_flaps
+        approval = self._approval_for(obs)
+        # An approved change is a record, not an alarm: it is never held as flapping.
+        held = len(fires) >= cfg.max_flaps and approval is None
         fires.append(start)
         severity: Severity = obs.severity
         labels = dict(obs.labels)
@@ -222,7 +259,10 @@ class AlertLifecycle:
         # Integrity pages stand alone: neither demoted by a related page nor rate limited.
         limited = severity == "page" and not held and not obs.pages_alone
         lead = self._paging_for(obs) if limited else None
-        if silence is not None:
+        if approval is not None:
+            severity = "info"
+            labels["approved"] = approval.approval_id
+        elif silence is not None:
             severity = "info"
             labels["silenced"] = silence.silence_id
         elif lead is not None:

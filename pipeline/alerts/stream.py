@@ -5,8 +5,9 @@
   :class:`~trainguard.pipeline.alerts.lifecycle.AlertLifecycle` per partition, each alert
   state change published to the alerts topic and the ``alerts`` table before the
   findings' offsets are acknowledged. A timer advances the lifecycles (resolves), another
-  re-reads the silences from the store. When partitions move, the new owner restores the
-  alerts its predecessor left firing (from the store), so nobody is paged twice.
+  re-reads the silences and the change approvals from the store. When partitions move,
+  the new owner restores the alerts its predecessor left firing (from the store), so
+  nobody is paged twice.
 * ``deliver_alerts`` (only with receivers configured) consumes the alerts topic and feeds
   a :class:`~trainguard.pipeline.alerts.delivery_job.DeliveryJob`; an alert's offset is
   acknowledged once every receiver took it or gave up (then it is a dead letter). The
@@ -30,6 +31,7 @@ from typing import Any
 import faust
 
 from trainguard.pipeline.alerts.alert_job import AlertJob, key_partition
+from trainguard.pipeline.alerts.approvals import active_approvals
 from trainguard.pipeline.alerts.delivery_job import DeliveryJob
 from trainguard.pipeline.alerts.history import delivered_keys, open_alerts
 from trainguard.pipeline.alerts.silences import active_silences
@@ -71,7 +73,8 @@ def add_alerting(
                    partitions=config.partitions,
                    read_open=functools.partial(call, open_alerts, store),
                    read_silences=functools.partial(call, active_silences, store),
-                   event_now=event_now)
+                   event_now=event_now,
+                   read_approvals=functools.partial(call, active_approvals, store))
 
     _add_alerts(app, config, job)
     delivery = None
@@ -114,6 +117,7 @@ def _add_alerts(app: faust.App, config: WorkerConfig, job: AlertJob) -> None:
     @app.timer(config.alerting.silences_every_s)
     async def refresh_silences() -> None:
         await job.refresh_silences()
+        await job.refresh_approvals()
 
 
 def _add_delivery(app: faust.App, alerts_topic: faust.types.TopicT, job: DeliveryJob) -> None:

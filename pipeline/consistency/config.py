@@ -152,6 +152,34 @@ class ConsistencyConfig:
     #: ``code_fingerprint`` finding; past it the oldest is forgotten.
     max_manifests: int = 8
 
+    # -- restart continuity (code_changed, restart_divergence) ---------------------------
+    #: Steps of a job's own past kept across a restart (job medians of lr, loss, grad
+    #: norm: ~80 KB per job). A resume replays the steps since its checkpoint; 2,048 covers
+    #: a checkpoint every 2,000 steps, and longer gaps still get the lr jump and level tests.
+    history_steps: int = 2048
+    #: Data epochs whose seed fingerprints (per replica group) are remembered for a resume.
+    history_data_epochs: int = 4
+    #: Loss and grad norm are compared over the first this many steps after a resume (the
+    #: replayed ones, or past the replay the pre-restart trend extrapolated): 20 steps
+    #: of a median over the ranks pin a shift of half the run's step-to-step noise.
+    continuity_steps: int = 20
+    #: Fewer comparable steps than this after a resume: no verdict on the trajectory.
+    continuity_min_steps: int = 5
+    #: The run's noise is the robust scale of the step-to-step changes of its last this
+    #: many steps before the restart (the spread of one before/after comparison).
+    continuity_noise_steps: int = 100
+    #: A trajectory departs when its mean clipped z over the window, times sqrt(steps),
+    #: exceeds this: noise alone stays below 4 (normal tails) even with a heavy tail
+    #: clipped at ``continuity_z_clip``...
+    continuity_z: float = 6.0
+    continuity_z_clip: float = 4.0
+    #: ...and when it moved at least this much (relative): a job whose ranks agree very
+    #: tightly must not page on a 0.5 % wobble of its loss after a reload.
+    continuity_min_effect: float = 0.02
+    #: lr at a resume without replayed steps may differ from the last lr before it by at
+    #: most this many times the schedule's largest step-to-step change (per step of gap).
+    lr_jump_slack: float = 3.0
+
     # -- agents --------------------------------------------------------------------------
     #: agent_silent: a node whose GPUs run a job and whose agent sent no heartbeat for
     #: this long (event time) pages. Agents heartbeat every 5 s (``heartbeat_interval_s``):
@@ -232,8 +260,22 @@ class ConsistencyConfig:
                   "grad_k", "grad_n", "loss_span", "scale_span", "loss_min_steps", "straggler_k",
                   "straggler_n", "skew_steps", "idle_k", "throttle_k", "max_checkpoints",
                   "max_witness_paths", "max_event_ranks", "max_manifests",
+                  "history_data_epochs", "continuity_steps", "continuity_min_steps",
+                  "continuity_noise_steps",
                   "skew_window", "skew_min_samples", "skew_k")
-        _at_least(self, 2, "min_peers")
+        _at_least(self, 2, "min_peers", "history_steps")
+        if self.continuity_min_steps > self.continuity_steps:
+            raise ConfigError(
+                f"continuity_min_steps ({self.continuity_min_steps}) must be <= "
+                f"continuity_steps ({self.continuity_steps})")
+        if not 0 < self.continuity_z < self.continuity_z_clip * math.sqrt(
+                self.continuity_steps):
+            raise ConfigError(
+                f"continuity_z must be > 0 and reachable by a clipped mean "
+                f"(< continuity_z_clip * sqrt(continuity_steps)), got {self.continuity_z}")
+        for name in ("continuity_min_effect", "lr_jump_slack", "continuity_z_clip"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.checkpoint_keep_s < 0:
             raise ConfigError(f"checkpoint_keep_s must be >= 0, got {self.checkpoint_keep_s}")
         if self.repeat_s < 0:

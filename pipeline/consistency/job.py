@@ -22,6 +22,7 @@ from trainguard.pipeline.consistency.clock import ClockWatch
 from trainguard.pipeline.consistency.columns import StepColumns, step_columns
 from trainguard.pipeline.consistency.config import ConsistencyConfig
 from trainguard.pipeline.consistency.conflicts import claim_fault, step_conflicts
+from trainguard.pipeline.consistency.continuity import RestartContinuity
 from trainguard.pipeline.consistency.devices import DeviceWatch
 from trainguard.pipeline.consistency.findings import Entity, Fault, FindingTracker
 from trainguard.pipeline.consistency.fingerprints import FingerprintWatch
@@ -117,6 +118,8 @@ class JobState:
         self.ranks = RankEventWatch(config)
         #: The files behind the env fingerprints seen (named by ``code_fingerprint``).
         self.manifests = ManifestMemory(config.max_manifests)
+        #: The job's own past across restarts (``code_changed``, ``restart_divergence``).
+        self.continuity = RestartContinuity(config, job_id)
         self.steps_closed = 0
         self.last_step = -1
         self.last_step_ts = -math.inf
@@ -273,6 +276,11 @@ class JobState:
         out += t.update("code_fingerprint", env, scope, now)
         out += t.update("seed_mismatch",
                         self.seeds.evaluate(cs, cols, cols.seed_fingerprint), scope, now)
+        changed, diverged = self.continuity.evaluate(cs, cols)
+        if changed and len(self.manifests):
+            changed = [self.manifests.explain(f) for f in changed]
+        out += t.update("code_changed", changed, scope, now)
+        out += t.update("restart_divergence", diverged, scope, now)
         slowed = self.devices.slowed
         loss, grad, slow = self.peers.evaluate(cs, cols, lambda n: slowed(n, cs.last_ts))
         peer_checks: list[tuple[CheckName, list[Fault] | None]] = [

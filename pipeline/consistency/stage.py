@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 _COUNTERS = ("late_records", "malformed_records", "forced_closes", "restarts",
              "steps_closed", "loads_checked", "unknown_loads", "conflicting_records",
              "conflicting_saves", "refused_saves", "unwitnessed_saves", "witness_refused",
-             "rank_claims", "rank_events", "rank_events_dropped", "manifests_evicted")
+             "rank_claims", "rank_events", "rank_events_dropped", "manifests_evicted",
+             "restarts_unverified")
 
 
 class ConsistencyStage:
@@ -279,7 +280,8 @@ def _job_counters(job: JobState) -> dict[str, int]:
             "unwitnessed_saves": job.witness.unwitnessed_saves,
             "witness_refused": job.witness.refused, "rank_claims": job.claims,
             "rank_events": job.ranks.events, "rank_events_dropped": job.ranks.dropped,
-            "manifests_evicted": job.manifests.evicted}
+            "manifests_evicted": job.manifests.evicted,
+            "restarts_unverified": job.continuity.unverifiable}
 
 
 

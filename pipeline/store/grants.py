@@ -4,7 +4,7 @@ The SQL is a template on the store's database, a name prefix for users and roles
 account a salted SHA-256 of its password (ClickHouse's ``sha256_hash ... SALT``), so that
 neither the file nor what is rendered from it ever holds a password. Four accounts:
 ``admin`` (migrations), ``worker``, ``ro`` (Grafana and other readers) and ``operator``
-(silences); the file says what each may do.
+(silences, change approvals); the file says what each may do.
 
 The embedded engine (chdb) has no users: it is one process owning a directory, and the
 directory's file permissions are its access control. These grants are for servers only.

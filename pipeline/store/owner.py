@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: Tables an operator writes while a worker owns the embedded store (through its endpoint).
-OPERATOR_TABLES = frozenset({"silences"})
+OPERATOR_TABLES = frozenset({"silences", "change_approvals"})
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,8 @@ def _handler(store: Store, token: str) -> type[BaseHTTPRequestHandler]:
                 return
             # Who and why, on the owner's own record too (rows may skip the CLI's checks).
             log.info("operator rows inserted table=%s rows=%d ids=%s by=%s", table, len(rows),
-                     ",".join(str(r.get("silence_id", "")) for r in rows),
+                     ",".join(str(r.get("silence_id") or r.get("approval_id", ""))
+                              for r in rows),
                      ",".join(sorted({str(r.get("updated_by") or r.get("created_by", ""))
                                       for r in rows})))
             self._reply(200, {"inserted": len(rows)})

@@ -165,7 +165,8 @@ def _alert_table(alerts: Sequence[Alert], *, resolved: bool) -> str:
     for a in alerts:
         last_seen = a.evidence.get("last_seen")
         end = a.ends_at if resolved else (last_seen if isinstance(last_seen, float) else a.ts)
-        severity = a.severity + (" (silenced)" if "silenced" in a.labels else "")
+        severity = a.severity + (" (silenced)" if "silenced" in a.labels
+                                 else " (approved)" if "approved" in a.labels else "")
         rows.append((
             severity, a.check, a.job_id or "-", a.node or "-",
             str(a.rank) if a.rank is not None else "-",

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from trainguard import __version__, envvars
-from trainguard.cli import agent, alerts, db, demo, kafka, keys, report, worker
+from trainguard.cli import agent, alerts, change, db, demo, kafka, keys, report, worker
 from trainguard.cli import eval as eval_cmd
 from trainguard.cli import grafana as grafana_cmd
 from trainguard.cli._common import add_env_option
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # agent also adds `simulate`
-    for module in (demo, eval_cmd, agent, worker, kafka, keys, db, alerts, grafana_cmd,
+    for module in (demo, eval_cmd, agent, worker, kafka, keys, db, alerts, change, grafana_cmd,
                    report):
         module.register(sub)
     return parser

@@ -18,12 +18,14 @@ SEED = 1  # the simulator's noise; scenarios draw their culprits from their own 
 SABOTAGE = [
     "weight_tamper", "optimizer_tamper", "gradient_corruption", "kill", "rng_change",
     "node_slowdown", "poisoned_data", "code_injection", "checkpoint_corruption",
+    "job_code_change", "job_lr_restart", "job_reseed_restart",
 ]
 BENIGN = [
     "checkpoint_pause", "lr_schedule", "eval_phase", "clean_restart", "thermal_throttle",
     "job_resize",
 ]
-RESTARTS = {"weight_tamper", "checkpoint_corruption", "clean_restart"}
+RESTARTS = {"weight_tamper", "checkpoint_corruption", "clean_restart", "job_code_change",
+            "job_lr_restart", "job_reseed_restart"}
 
 
 def run(name, ticks=150, *, seed=7, **params):

@@ -102,17 +102,20 @@ def test_a_clean_restart_from_a_checkpoint_raises_nothing():
     assert stats["steps_closed"] == 139 + 149
 
 
-def test_new_code_after_a_restart_is_not_a_fingerprint_change():
+def test_new_code_after_a_restart_is_not_a_fingerprint_change_but_a_job_wide_code_change():
     job = FakeJob(8, noise=False)
     groups = [job.step(s) for s in range(1, 60)]
     groups += [job.step(s, T0 + 100 + s, over={r: {"env_fingerprint": "env-0002"}
                                               for r in range(8)}) for s in range(40, 90)]
-    assert feed(ConsistencyStage(), groups) == []
+    found = feed(ConsistencyStage(), groups)
+    assert {f.check for f in found} == {"code_changed"}  # no code_fingerprint
+    assert {(tuple(f.ranks), tuple(f.nodes), f.step) for f in found} == {((), (), 40)}
 
 
-def test_a_restart_from_the_latest_checkpoint_may_bring_new_code():
+def test_a_restart_from_the_latest_checkpoint_may_bring_new_code_reported_job_wide():
     # Steps do not go back (the checkpoint is the last step); the loads mark the restart,
-    # and a load delivered twice is still one restart.
+    # and a load delivered twice is still one restart. The new code is no peer's fault:
+    # one job-wide code_changed (for an approval to sanction), no code_fingerprint.
     job, stage = FakeJob(8, noise=False), ConsistencyStage()
     groups = [job.step(s) for s in range(1, 60)]
     groups.append(job.checkpoint("save", "ckpt/59", 59, T0 + 59.5))
@@ -120,7 +123,8 @@ def test_a_restart_from_the_latest_checkpoint_may_bring_new_code():
     groups += [loads, loads]
     groups += [job.step(s, T0 + 21 + s, over={r: {"env_fingerprint": "env-0002"}
                                               for r in range(8)}) for s in range(60, 120)]
-    assert feed(stage, groups) == []
+    found = feed(stage, groups)
+    assert [(f.check, f.step, f.ranks) for f in found] == [("code_changed", 60, [])]
     assert stage.stats()["restarts"] == 1
 
 

@@ -64,13 +64,15 @@ def test_the_grants_give_each_role_only_its_share() -> None:
         "GRANT ALL ON tg.* TO trainguard_admin_role",
         "GRANT SELECT, INSERT ON tg.* TO trainguard_worker_role",
         "REVOKE INSERT ON tg.silences FROM trainguard_worker_role",
+        "REVOKE INSERT ON tg.change_approvals FROM trainguard_worker_role",
         "REVOKE INSERT ON tg.schema_migrations FROM trainguard_worker_role",
         "GRANT SELECT ON tg.* TO trainguard_ro_role",
         "GRANT SELECT ON tg.* TO trainguard_operator_role",
         "GRANT INSERT ON tg.silences TO trainguard_operator_role",
+        "GRANT INSERT ON tg.change_approvals TO trainguard_operator_role",
     } < grants
     privileges = {s for s in grants if " ON " in s and not s.startswith("REVOKE ALL")}
-    assert len(privileges) == 7  # nothing else is granted on any object
+    assert len(privileges) == 9  # nothing else is granted on any object
     assert any("SETTINGS PROFILE 'trainguard_ro_profile'" in s for s in code
                if "CREATE USER OR REPLACE trainguard_ro\n" in s)
     assert any("readonly = 1" in s for s in code if "SETTINGS PROFILE" in s)
@@ -114,7 +116,7 @@ def test_user_names_follow_the_prefix() -> None:
 def test_every_statement_is_valid_clickhouse_syntax(chdb_store: ChdbStore) -> None:
     # formatQuery parses with the server's own parser without running anything.
     statements = split_statements(render_grants("tg", credentials()))
-    assert len(statements) == 24
+    assert len(statements) == 26
     for statement in statements:
         quoted = statement.replace("\\", "\\\\").replace("'", "\\'")
         formatted = chdb_store.query(f"SELECT formatQuery('{quoted}')").scalar()
@@ -147,6 +149,6 @@ def test_a_refused_statement_names_its_position_and_first_line() -> None:
                 raise StoreError("Code: 497. Not enough privileges. (ACCESS_DENIED)")
 
     store = Refusing()
-    with pytest.raises(StoreError, match=r"grants statement 3/24 \(GRANT ALL ON tg\.\* TO "
+    with pytest.raises(StoreError, match=r"grants statement 3/26 \(GRANT ALL ON tg\.\* TO "
                                          r"trainguard_admin_role;?\) failed: .*ACCESS_DENIED"):
         apply_grants(store, render_grants("tg", credentials()))  # type: ignore[arg-type]

@@ -8,7 +8,8 @@ from trainguard.pipeline.store import migrate, row_counts, tables
 from trainguard.pipeline.store.migrate import default_sql_dir
 
 ALL_TABLES = [
-    "agent_heartbeats", "alert_deliveries", "alerts", "anomalies", "baselines", "checkpoints",
+    "agent_heartbeats", "alert_deliveries", "alerts", "anomalies", "baselines",
+    "change_approvals", "checkpoints",
     "dead_letters", "findings", "gpu_samples", "gpu_samples_1m", "pipeline_health",
     "rank_events", "sample_batches", "silences", "steps", "steps_1m", "witness",
 ]

@@ -168,6 +168,6 @@ def test_the_endpoint_takes_operator_rows_and_refuses_the_pipelines_tables(owned
             "created_at": 1.8e9}])
         assert store.query("SELECT count() FROM {database}.silences").scalar() == 1
         # A client that skips the check is refused by the owner itself.
-        with pytest.raises(StoreError, match="only silences may be written"):
+        with pytest.raises(StoreError, match="only change_approvals, silences may be written"):
             store._request("/insert/dead_letters", b"[]")
         assert store.query("SELECT count() FROM {database}.dead_letters").scalar() == 3
