@@ -20,6 +20,7 @@ from trainguard.agents.sim.benign import (
     LrSchedule,
     ThermalThrottle,
 )
+from trainguard.agents.sim.jobwide import JobLrChange, JobPoison, JobSlowdown
 from trainguard.agents.sim.sabotage import (
     CheckpointCorruption,
     CodeInjection,
@@ -53,6 +54,7 @@ SCENARIOS: Final[dict[str, type[Scenario]]] = {
     for cls in (
         WeightTamper, OptimizerTamper, GradientCorruption, Kill, RngChange, NodeSlowdown,
         PoisonedData, CodeInjection, CheckpointCorruption,
+        JobLrChange, JobPoison, JobSlowdown,
         CheckpointPause, LrSchedule, EvalPhase, CleanRestart, ThermalThrottle, JobResize,
     )
 }

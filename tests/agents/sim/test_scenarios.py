@@ -18,6 +18,7 @@ SEED = 1  # the simulator's noise; scenarios draw their culprits from their own 
 SABOTAGE = [
     "weight_tamper", "optimizer_tamper", "gradient_corruption", "kill", "rng_change",
     "node_slowdown", "poisoned_data", "code_injection", "checkpoint_corruption",
+    "job_lr_change", "job_poison", "job_slowdown",
 ]
 BENIGN = [
     "checkpoint_pause", "lr_schedule", "eval_phase", "clean_restart", "thermal_throttle",
@@ -78,7 +79,8 @@ def test_scenario_runs_are_reproducible(name):
 
 
 @pytest.mark.parametrize("name", ["gradient_corruption", "rng_change", "poisoned_data",
-                                  "code_injection", "kill", "node_slowdown"])
+                                  "code_injection", "kill", "node_slowdown", "job_lr_change",
+                                  "job_poison", "job_slowdown"])
 def test_scenario_changes_nothing_before_it_starts(name):
     emits = run(name, AT)[2]
     assert emits == JobSimulator(SPEC, seed=SEED).run(AT)

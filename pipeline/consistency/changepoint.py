@@ -1,0 +1,229 @@
+"""Change-point tests of one series against its own recent past: the numeric core of ``job_shift``.
+
+* :class:`ShiftDetector`: a detrended, clipped CUSUM. The series' recent past (a sliding
+  window of ``window`` points, ending ``lag`` points before the current one) is fitted with
+  a straight line; each new point's residual against that line's extrapolation, in units
+  of the noise the fit left (learned from the run itself, never a fixed ratio), feeds a
+  one- or two-sided CUSUM with reference ``k`` and threshold ``h``. The trend absorbs what
+  a healthy run does slowly (a falling loss, a decaying gradient norm); the lag keeps a
+  shift out of the reference until the test had time to see it.
+* :class:`LrJump`: the learning rate is a function of the step, smooth apart from the
+  schedule's own kinks; a step whose lr departs from the straight-line extrapolation of
+  the two before by more than ``jump`` (or by more than ``noise_mult`` times the
+  schedule's usual step-to-step departure, learned over its first ``warm`` steps) is a
+  jump.
+
+Plain Python floats: one update is a few dozen arithmetic operations (a few microseconds),
+cheaper than numpy on five-element arrays. Both classes are pure and know nothing of jobs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+__all__ = ["LrJump", "Shift", "ShiftDetector", "ShiftParams"]
+
+
+@dataclass(frozen=True, slots=True)
+class ShiftParams:
+    """Settings of one :class:`ShiftDetector` (see ``ConsistencyConfig``'s job-wide section)."""
+
+    window: int = 200
+    lag: int = 30
+    min_ref: int = 100
+    #: CUSUM reference and threshold, in units of the learned noise.
+    k: float = 1.0
+    h: float = 16.0
+    #: A residual beyond ``k + clip`` noise units counts as that much: no step adds more.
+    clip: float = 4.0
+    #: Smallest shift worth a finding (log units, ~relative): the reference is at least half.
+    min_effect: float = 0.02
+    #: Floor on the learned noise (log units): a flat or quantized series has a little.
+    sigma_floor: float = 0.001
+    up: bool = True
+    down: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Shift:
+    """A detected change: its direction, where it began, and its size against the noise."""
+
+    #: +1: the series rose; -1: it fell.
+    direction: int
+    #: ``x`` (step) where the CUSUM's run that crossed began: the change's estimated start.
+    since: float
+    #: The reference's extrapolation at the detecting point, and the observed level there
+    #: (the extrapolation plus the mean residual over the run); both in the series' units.
+    expected: float
+    observed: float
+    #: The learned noise (standard deviation of the residuals, log units ~ relative).
+    sigma: float
+    #: The CUSUM at detection, in noise units (above ``h``).
+    score: float
+
+    @property
+    def change(self) -> float:
+        """Relative change of the level (``+0.05``: 5 % up)."""
+        return self.observed / self.expected - 1.0
+
+
+class ShiftDetector:
+    """Detrended two-sided CUSUM over ``(x, y)`` points, ``y`` a log value (see module doc)."""
+
+    __slots__ = ("p", "_ref", "_pending", "_ox", "_oy", "_n", "_su", "_sy", "_suu", "_suy",
+                 "_syy", "_pushed", "_runs")
+
+    def __init__(self, params: ShiftParams) -> None:
+        self.p = params
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the past: the next ``min_ref + lag`` points only build the reference."""
+        self._ref: deque[tuple[float, float]] = deque()
+        self._pending: deque[tuple[float, float]] = deque()
+        self._ox = self._oy = 0.0
+        self._n = 0
+        self._su = self._sy = self._suu = self._suy = self._syy = 0.0
+        self._pushed = 0
+        #: Per side (up, down): CUSUM, x where its run began, residual sum and count.
+        self._runs = [[0.0, 0.0, 0.0, 0], [0.0, 0.0, 0.0, 0]]
+
+    @property
+    def ready(self) -> bool:
+        """The reference is big enough for verdicts."""
+        return self._n >= self.p.min_ref
+
+    def update(self, x: float, y: float) -> Shift | None:
+        """Score point ``(x, y)`` (when ready), then queue it for the reference."""
+        p = self.p
+        shift = None
+        y_in = y
+        n = self._n
+        if n >= p.min_ref:
+            su, sy = self._su, self._sy
+            mu, ybar = su / n, sy / n
+            sxx = self._suu - su * mu
+            sxy = self._suy - su * ybar
+            slope = sxy / sxx if sxx > 0 else 0.0
+            sse = max(self._syy - sy * ybar - slope * sxy, 0.0)
+            sigma = max(math.sqrt(sse / (n - 2)), p.sigma_floor)
+            d = x - self._ox - mu
+            # The extrapolation's own uncertainty (its variance relative to the noise's).
+            sp = sigma * math.sqrt(1.0 + 1.0 / n + (d * d / sxx if sxx > 0 else 0.0))
+            pred = self._oy + ybar + slope * d
+            e = y - pred
+            k = max(p.k * sp, p.min_effect / 2)
+            bound = k + p.clip * sp
+            ec = min(max(e, -bound), bound)
+            if p.up:
+                shift = self._step(0, x, (ec - k) / sp, e, pred, sigma, 1)
+            if p.down and shift is None:
+                shift = self._step(1, x, (-ec - k) / sp, e, pred, sigma, -1)
+            # A wild point enters the reference only as far as the clip.
+            y_in = pred + min(max(e, -p.clip * sp), p.clip * sp)
+        self._queue(x, y_in)
+        return shift
+
+    def _step(self, side: int, x: float, inc: float, e: float, pred: float, sigma: float,
+              direction: int) -> Shift | None:
+        run = self._runs[side]
+        s = run[0] + inc
+        if s <= 0:
+            run[0], run[2], run[3] = 0.0, 0.0, 0
+            return None
+        if run[0] == 0.0:
+            run[1] = x
+        run[0], run[2], run[3] = s, run[2] + e, run[3] + 1
+        if s <= self.p.h:
+            return None
+        level = pred + run[2] / run[3]
+        return Shift(direction=direction, since=run[1], expected=math.exp(pred),
+                     observed=math.exp(level), sigma=sigma, score=s)
+
+    def _queue(self, x: float, y: float) -> None:
+        pending = self._pending
+        pending.append((x, y))
+        if len(pending) <= self.p.lag:
+            return
+        px, py = pending.popleft()
+        ref = self._ref
+        if not ref:
+            self._ox, self._oy = px, py
+        ref.append((px, py))
+        self._add(px, py, 1.0)
+        if len(ref) > self.p.window:
+            ox, oy = ref.popleft()
+            self._add(ox, oy, -1.0)
+        self._pushed += 1
+        if self._pushed >= self.p.window:  # bound the float error of sliding sums
+            self._rebuild()
+
+    def _add(self, x: float, y: float, sign: float) -> None:
+        u, v = x - self._ox, y - self._oy
+        self._n += int(sign)
+        self._su += sign * u
+        self._sy += sign * v
+        self._suu += sign * u * u
+        self._suy += sign * u * v
+        self._syy += sign * v * v
+
+    def _rebuild(self) -> None:
+        """Sums afresh from the window, with its first point as the origin."""
+        self._pushed = 0
+        self._ox, self._oy = self._ref[0]
+        self._n = 0
+        self._su = self._sy = self._suu = self._suy = self._syy = 0.0
+        for x, y in self._ref:
+            self._add(x, y, 1.0)
+
+
+class LrJump:
+    """Jumps of a learning-rate schedule beyond its own step-to-step smoothness."""
+
+    __slots__ = ("jump", "noise_mult", "warm", "_alpha", "_prev", "_dev", "_seen")
+
+    def __init__(self, jump: float, noise_mult: float = 10.0, span: int = 50,
+                 warm: int = 10) -> None:
+        self.jump = jump
+        self.noise_mult = noise_mult
+        #: Extrapolations measured before the first verdict (the roughness is learned).
+        self.warm = warm
+        self._alpha = 2.0 / (span + 1)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the schedule: the next two points only rebuild the extrapolation."""
+        self._prev: list[tuple[float, float]] = []
+        #: Smoothed |lr / extrapolation - 1| of healthy steps: the schedule's own roughness.
+        self._dev = 0.0
+        self._seen = 0
+
+    def update(self, x: float, lr: float) -> tuple[float, float] | None:
+        """``(ratio, expected)`` when ``lr`` at step ``x`` jumped off the schedule, else None.
+
+        ``ratio`` is ``lr / expected``: above 1 a jump up, below 1 a drop. After a jump the
+        extrapolation starts over from the new value.
+        """
+        prev = self._prev
+        out = None
+        if len(prev) == 2:
+            (x0, l0), (x1, l1) = prev
+            expected = l1 + (l1 - l0) * (x - x1) / (x1 - x0) if x1 != x0 else l1
+            if expected > 0 and l1 > 0:
+                ratio = lr / expected
+                limit = 1.0 + max(self.jump, self.noise_mult * self._dev)
+                if self._seen >= self.warm and (ratio > limit or ratio * limit < 1.0):
+                    out = (ratio, expected)
+                else:
+                    self._seen += 1
+                    alpha = max(self._alpha, 1.0 / self._seen)  # a plain mean at first
+                    # Clipped: one odd step cannot blind the test for long.
+                    self._dev += alpha * (min(abs(ratio - 1.0), self.jump) - self._dev)
+        if out is not None:
+            prev.clear()
+        elif len(prev) == 2:
+            prev.pop(0)
+        prev.append((x, lr))
+        return out
