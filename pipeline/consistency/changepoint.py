@@ -4,9 +4,10 @@
   window of ``window`` points, ending ``lag`` points before the current one) is fitted with
   a straight line; each new point's residual against that line's extrapolation, in units
   of the noise the fit left (learned from the run itself, never a fixed ratio), feeds a
-  one- or two-sided CUSUM with reference ``k`` and threshold ``h``. The trend absorbs what
-  a healthy run does slowly (a falling loss, a decaying gradient norm); the lag keeps a
-  shift out of the reference until the test had time to see it.
+  two-sided CUSUM with reference ``k`` and threshold ``h``; a one-sided test re-baselines
+  silently when the series shifts the other way (a faster step is the new normal). The
+  trend absorbs what a healthy run does slowly (a falling loss, a decaying gradient
+  norm); the lag keeps a shift out of the reference until the test had time to see it.
 * :class:`LrJump`: the learning rate is a function of the step, smooth apart from the
   schedule's own kinks; a step whose lr departs from the straight-line extrapolation of
   the two before by more than ``jump`` (or by more than ``noise_mult`` times the
@@ -24,6 +25,9 @@ from collections import deque
 from dataclasses import dataclass
 
 __all__ = ["LrJump", "Shift", "ShiftDetector", "ShiftParams"]
+
+#: Weight of the newest residual in the reported level (about the last 7 points).
+_RECENT = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +59,7 @@ class Shift:
     #: ``x`` (step) where the CUSUM's run that crossed began: the change's estimated start.
     since: float
     #: The reference's extrapolation at the detecting point, and the observed level there
-    #: (the extrapolation plus the mean residual over the run); both in the series' units.
+    #: (the extrapolation plus the last few residuals, smoothed); in the series' units.
     expected: float
     observed: float
     #: The learned noise (standard deviation of the residuals, log units ~ relative).
@@ -73,7 +77,7 @@ class ShiftDetector:
     """Detrended two-sided CUSUM over ``(x, y)`` points, ``y`` a log value (see module doc)."""
 
     __slots__ = ("p", "_ref", "_pending", "_ox", "_oy", "_n", "_su", "_sy", "_suu", "_suy",
-                 "_syy", "_pushed", "_runs")
+                 "_syy", "_pushed", "_runs", "_recent")
 
     def __init__(self, params: ShiftParams) -> None:
         self.p = params
@@ -87,8 +91,10 @@ class ShiftDetector:
         self._n = 0
         self._su = self._sy = self._suu = self._suy = self._syy = 0.0
         self._pushed = 0
-        #: Per side (up, down): CUSUM, x where its run began, residual sum and count.
-        self._runs = [[0.0, 0.0, 0.0, 0], [0.0, 0.0, 0.0, 0]]
+        #: Per side (up, down): the CUSUM and the x where its run began.
+        self._runs = [[0.0, 0.0], [0.0, 0.0]]
+        #: Residuals smoothed over the last few points: the level now, for the report.
+        self._recent = 0.0
 
     @property
     def ready(self) -> bool:
@@ -114,31 +120,36 @@ class ShiftDetector:
             sp = sigma * math.sqrt(1.0 + 1.0 / n + (d * d / sxx if sxx > 0 else 0.0))
             pred = self._oy + ybar + slope * d
             e = y - pred
+            self._recent += _RECENT * (e - self._recent)
             k = max(p.k * sp, p.min_effect / 2)
             bound = k + p.clip * sp
             ec = min(max(e, -bound), bound)
-            if p.up:
-                shift = self._step(0, x, (ec - k) / sp, e, pred, sigma, 1)
+            up = self._step(0, x, (ec - k) / sp, pred, sigma, 1)
+            down = self._step(1, x, (-ec - k) / sp, pred, sigma, -1)
+            shift = up if p.up else None
             if p.down and shift is None:
-                shift = self._step(1, x, (-ec - k) / sp, e, pred, sigma, -1)
+                shift = down
+            if shift is None and (up or down):
+                # A shift the way this series may go (a faster step): the new normal.
+                self.reset()
             # A wild point enters the reference only as far as the clip.
             y_in = pred + min(max(e, -p.clip * sp), p.clip * sp)
         self._queue(x, y_in)
         return shift
 
-    def _step(self, side: int, x: float, inc: float, e: float, pred: float, sigma: float,
+    def _step(self, side: int, x: float, inc: float, pred: float, sigma: float,
               direction: int) -> Shift | None:
         run = self._runs[side]
         s = run[0] + inc
         if s <= 0:
-            run[0], run[2], run[3] = 0.0, 0.0, 0
+            run[0] = 0.0
             return None
         if run[0] == 0.0:
             run[1] = x
-        run[0], run[2], run[3] = s, run[2] + e, run[3] + 1
+        run[0] = s
         if s <= self.p.h:
             return None
-        level = pred + run[2] / run[3]
+        level = pred + self._recent
         return Shift(direction=direction, since=run[1], expected=math.exp(pred),
                      observed=math.exp(level), sigma=sigma, score=s)
 

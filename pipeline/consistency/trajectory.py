@@ -30,7 +30,7 @@ new level. An lr *drop* is reported as ``info``: step-decay schedules drop by de
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import numpy as np
@@ -103,13 +103,14 @@ class TrajectoryWatch:
 
     def __init__(self, config: ConsistencyConfig) -> None:
         c = self.config = config
-        base = dict(window=c.job_shift_window, lag=c.job_shift_lag, min_ref=c.job_shift_min_ref,
-                    k=c.job_shift_k, h=c.job_shift_h, clip=c.job_shift_clip,
-                    sigma_floor=c.job_shift_sigma_floor)
+        base = ShiftParams(window=c.job_shift_window, lag=c.job_shift_lag,
+                           min_ref=c.job_shift_min_ref, k=c.job_shift_k, h=c.job_shift_h,
+                           clip=c.job_shift_clip, sigma_floor=c.job_shift_sigma_floor)
         effects = (c.job_shift_loss_effect, c.job_shift_grad_effect, c.job_shift_time_effect,
                    c.job_shift_time_effect)
+        # Step time matters when slower, tokens/s when lower; loss and gradients both ways.
         sides = ((True, True), (True, True), (True, False), (False, True))
-        self.detectors = [ShiftDetector(ShiftParams(min_effect=e, up=up, down=down, **base))
+        self.detectors = [ShiftDetector(replace(base, min_effect=e, up=up, down=down))
                           for e, (up, down) in zip(effects, sides, strict=True)]
         self.lr = LrJump(c.job_shift_lr_jump)
         #: Per metric (and "lr" at index 4): the fault being reported, and steps left.
@@ -156,7 +157,9 @@ class TrajectoryWatch:
                         out.append(fault)
                     else:
                         self.holds[len(METRICS)] = (fault, self.config.job_shift_hold_steps)
-        return out + [f for f, _ in self.holds.values()]
+        # Held shifts carry this step's time, so the tracker re-sends them every repeat_s.
+        now = cs.decided_ts
+        return out + [f if f.ts == now else replace(f, ts=now) for f, _ in self.holds.values()]
 
     def reset(self) -> None:
         """Start over: every test re-baselines, nothing is held."""

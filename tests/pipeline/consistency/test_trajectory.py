@@ -13,15 +13,20 @@ AT = 300  # the step a change starts
 
 def make_step(job: FakeJob, s: int, ts: float, *, loss: float = 2.0, time: float = 1.0,
               lr: float = 3e-4, tokens: float = 65536.0, world: int | None = None,
-              data_epoch: int | None = None, one: dict | None = None) -> list[StepBatch]:
-    """Step ``s`` of every rank (of ``world``): loss with 3 % micro-batch noise."""
+              data_epoch: int | None = None, one: dict | None = None,
+              step_time: float | None = None) -> list[StepBatch]:
+    """Step ``s`` of every rank (of ``world``): loss with 3 % micro-batch noise.
+
+    Ranks compute ``time - 0.1`` s (2 % noise); the step takes ``step_time`` (``time``).
+    """
+    step_time = step_time or time
     ranks = range(world or job.ranks)
     g = job.rng.gauss
     by_node: dict[str, list] = {}
     for r in ranks:
-        fields = dict(loss=loss * (1 + 0.03 * g(0, 1)), lr=lr, step_time_s=time,
+        fields = dict(loss=loss * (1 + 0.03 * g(0, 1)), lr=lr, step_time_s=step_time,
                       compute_time_s=(time - 0.1) * (1 + 0.02 * g(0, 1)),
-                      tokens_per_s=tokens / time, data_epoch=data_epoch)
+                      tokens_per_s=tokens / step_time, data_epoch=data_epoch)
         if one and r == 0:
             fields.update(one)
         rec = job.record(r, s, ts, world_size=world, **fields)
@@ -76,7 +81,7 @@ def test_a_job_wide_slowdown_is_an_availability_shift():
 
 def test_one_slow_rank_is_not_a_job_wide_shift():
     # The step waits for the straggler; the median rank's pace is unchanged.
-    assert drive(AT + 200, lambda i: {"time": 1.5, "one": {"compute_time_s": 1.43}}
+    assert drive(AT + 200, lambda i: {"step_time": 1.5, "one": {"compute_time_s": 1.43}}
                  if i >= AT else {}) == []
 
 
