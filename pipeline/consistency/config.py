@@ -227,6 +227,10 @@ class ConsistencyConfig:
     #: 2k^2 ~ 4e14 steps per side at k=1, h=16; even a persistent extrapolation bias of half
     #: the noise (k_eff = 0.5) leaves 6e7, and autocorrelated noise (AR(1) 0.3: noise
     #: x1.36) 1.5e8, against 72,000 steps per metric in 20 clean job-hours (6 sides: 4e5).
+    #: Measured (``python -m bench.job_shift arl``: one two-sided test, 1 % noise on a
+    #: falling loss, 1e6 steps) the learned noise and the extrapolation make alarms ~2-25x
+    #: more frequent than that approximation: 300, 14 and 1 per million steps at h = 4, 6
+    #: and 8, falling ~15x per 2 units of h, so ~1e-5 per million at h = 16 (0 seen).
     #: A ramped 5 % shift over 60 steps with 1 % noise crosses in ~35 steps.
     job_shift_k: float = 1.0
     job_shift_h: float = 16.0
