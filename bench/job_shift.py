@@ -42,7 +42,7 @@ def arl(steps: int, seed: int) -> None:
     base = ShiftParams(window=c.job_shift_window, lag=c.job_shift_lag,
                        min_ref=c.job_shift_min_ref, k=c.job_shift_k, h=c.job_shift_h,
                        clip=c.job_shift_clip, sigma_floor=c.job_shift_sigma_floor,
-                       min_effect=c.job_shift_loss_effect)
+                       min_effect=c.job_shift_loss_effect, curve_t=c.job_shift_curve_t)
     for h in (4.0, 6.0, 8.0, c.job_shift_h):
         det = ShiftDetector(replace(base, h=h))
         rng = random.Random(seed)

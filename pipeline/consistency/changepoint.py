@@ -48,6 +48,10 @@ class ShiftParams:
     sigma_floor: float = 0.001
     up: bool = True
     down: bool = True
+    #: The reference's curvature (a quadratic term's t-statistic) above this: the line
+    #: does not describe the trend (a loss early in training falls like a power law), so
+    #: no verdict until it does.
+    curve_t: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +81,7 @@ class ShiftDetector:
     """Detrended two-sided CUSUM over ``(x, y)`` points, ``y`` a log value (see module doc)."""
 
     __slots__ = ("p", "_ref", "_pending", "_ox", "_oy", "_n", "_su", "_sy", "_suu", "_suy",
-                 "_syy", "_pushed", "_runs", "_recent")
+                 "_syy", "_su3", "_su4", "_suuy", "_pushed", "_runs", "_recent")
 
     def __init__(self, params: ShiftParams) -> None:
         self.p = params
@@ -90,6 +94,7 @@ class ShiftDetector:
         self._ox = self._oy = 0.0
         self._n = 0
         self._su = self._sy = self._suu = self._suy = self._syy = 0.0
+        self._su3 = self._su4 = self._suuy = 0.0
         self._pushed = 0
         #: Per side (up, down): the CUSUM and the x where its run began.
         self._runs = [[0.0, 0.0], [0.0, 0.0]]
@@ -115,6 +120,9 @@ class ShiftDetector:
             slope = sxy / sxx if sxx > 0 else 0.0
             sse = max(self._syy - sy * ybar - slope * sxy, 0.0)
             sigma = max(math.sqrt(sse / (n - 2)), p.sigma_floor)
+            if self._curvature(n, mu, sxx, sxy) > p.curve_t * sigma:
+                self._queue(x, y)  # the line does not fit yet: learn, judge nothing
+                return None
             d = x - self._ox - mu
             # The extrapolation's own uncertainty (its variance relative to the noise's).
             sp = sigma * math.sqrt(1.0 + 1.0 / n + (d * d / sxx if sxx > 0 else 0.0))
@@ -153,6 +161,26 @@ class ShiftDetector:
         return Shift(direction=direction, since=run[1], expected=math.exp(pred),
                      observed=math.exp(level), sigma=sigma, score=s)
 
+    def _curvature(self, n: int, mu: float, sxx: float, sxy: float) -> float:
+        """|quadratic term| of the reference over its standard error, times the noise.
+
+        The quadratic's coefficient, fitted after the line (Gram-Schmidt on u - mu), is
+        sum(w y) / sum(w^2) with w = (u - mu)^2 - S2/n - (S3/S2)(u - mu); its standard
+        error is sigma / sqrt(sum(w^2)). Returned: |sum(w y)| / sqrt(sum(w^2)).
+        """
+        if sxx <= 0:
+            return 0.0
+        mu2 = mu * mu
+        s3 = self._su3 - 3 * mu * self._suu + 2 * n * mu2 * mu
+        s4 = self._su4 - 4 * mu * self._su3 + 6 * mu2 * self._suu - 3 * n * mu2 * mu2
+        ww = s4 - sxx * sxx / n - s3 * s3 / sxx
+        if ww <= 0:
+            return 0.0
+        g = s3 / sxx
+        suuy_c = self._suuy - 2 * mu * self._suy + mu2 * self._sy
+        wy = suuy_c - sxx / n * self._sy - g * sxy
+        return abs(wy) / math.sqrt(ww)
+
     def _queue(self, x: float, y: float) -> None:
         pending = self._pending
         pending.append((x, y))
@@ -176,9 +204,13 @@ class ShiftDetector:
         self._n += int(sign)
         self._su += sign * u
         self._sy += sign * v
-        self._suu += sign * u * u
+        uu = u * u
+        self._suu += sign * uu
         self._suy += sign * u * v
         self._syy += sign * v * v
+        self._su3 += sign * uu * u
+        self._su4 += sign * uu * uu
+        self._suuy += sign * uu * v
 
     def _rebuild(self) -> None:
         """Sums afresh from the window, with its first point as the origin."""
@@ -186,6 +218,7 @@ class ShiftDetector:
         self._ox, self._oy = self._ref[0]
         self._n = 0
         self._su = self._sy = self._suu = self._suy = self._syy = 0.0
+        self._su3 = self._su4 = self._suuy = 0.0
         for x, y in self._ref:
             self._add(x, y, 1.0)
 

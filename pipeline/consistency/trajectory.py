@@ -110,7 +110,8 @@ class TrajectoryWatch:
         c = self.config = config
         base = ShiftParams(window=c.job_shift_window, lag=c.job_shift_lag,
                            min_ref=c.job_shift_min_ref, k=c.job_shift_k, h=c.job_shift_h,
-                           clip=c.job_shift_clip, sigma_floor=c.job_shift_sigma_floor)
+                           clip=c.job_shift_clip, sigma_floor=c.job_shift_sigma_floor,
+                           curve_t=c.job_shift_curve_t)
         effects = (c.job_shift_loss_effect, c.job_shift_grad_effect, c.job_shift_time_effect,
                    c.job_shift_time_effect)
         # Step time matters when slower, tokens/s when lower; loss and gradients both ways.

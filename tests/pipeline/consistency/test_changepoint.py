@@ -15,7 +15,8 @@ def params(**over):
     c = ConsistencyConfig()
     values = dict(window=c.job_shift_window, lag=c.job_shift_lag, min_ref=c.job_shift_min_ref,
                   k=c.job_shift_k, h=c.job_shift_h, clip=c.job_shift_clip,
-                  sigma_floor=c.job_shift_sigma_floor, min_effect=c.job_shift_loss_effect)
+                  sigma_floor=c.job_shift_sigma_floor, min_effect=c.job_shift_loss_effect,
+                  curve_t=c.job_shift_curve_t)
     values.update(over)
     return ShiftParams(**values)
 
@@ -54,6 +55,17 @@ def test_a_whole_job_loss_shift_is_found_within_120_steps(size, seed):
 @pytest.mark.parametrize("seed", range(4))
 def test_the_falling_loss_of_a_clean_run_fires_nothing(seed):
     assert run(ShiftDetector(params()), 6000, seed) == (None, None)
+
+
+@pytest.mark.parametrize("curve", [
+    lambda s: math.log(2.0 + 10.0 * s ** -0.5), lambda s: math.log(1.5 + 8.0 * s ** -0.3),
+    lambda s: math.log(2.0 + 6.0 * math.exp(-s / 500.0)),
+], ids=["power-0.5", "power-0.3", "exp-500"])
+@pytest.mark.parametrize("noise", [0.003, 0.01, 0.03])
+def test_a_loss_falling_like_a_power_law_early_in_training_fires_nothing(curve, noise):
+    for seed in range(2):
+        assert run(ShiftDetector(params()), 3000, seed, noise=noise, curve=curve) \
+            == (None, None)
 
 
 @pytest.mark.parametrize("seed", range(3))
