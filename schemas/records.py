@@ -85,6 +85,7 @@ from trainguard.schemas.types import (  # noqa: F401  (re-exported)
 CheckName = Literal[
     "agent_silent", "checkpoint_digest", "clock_skew", "code_changed", "code_fingerprint",
     "conflicting_report", "forged_telemetry", "gpu_throttled", "grad_norm_mismatch",
+    "job_shift",
     "job_stalled", "local_grad_outlier", "loss_outlier", "lr_mismatch", "node_idle",
     "param_divergence", "rank_exited", "rank_hung", "rank_missing", "restart_divergence",
     "seed_mismatch", "step_skew", "straggler", "witness_mismatch",

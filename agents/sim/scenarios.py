@@ -21,6 +21,7 @@ from trainguard.agents.sim.benign import (
     ThermalThrottle,
 )
 from trainguard.agents.sim.restarts import JobCodeChange, JobLrRestart, JobReseedRestart
+from trainguard.agents.sim.jobwide import JobLrChange, JobPoison, JobSlowdown
 from trainguard.agents.sim.sabotage import (
     CheckpointCorruption,
     CodeInjection,
@@ -55,6 +56,7 @@ SCENARIOS: Final[dict[str, type[Scenario]]] = {
         WeightTamper, OptimizerTamper, GradientCorruption, Kill, RngChange, NodeSlowdown,
         PoisonedData, CodeInjection, CheckpointCorruption,
         JobCodeChange, JobLrRestart, JobReseedRestart,
+        JobLrChange, JobPoison, JobSlowdown,
         CheckpointPause, LrSchedule, EvalPhase, CleanRestart, ThermalThrottle, JobResize,
     )
 }

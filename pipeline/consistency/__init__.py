@@ -10,7 +10,9 @@ the schema's registry, :data:`~trainguard.schemas.records.CheckName`.
 
 Layout: ``assembler`` gathers steps from late and out-of-order records; ``columns`` turns a
 closed step into arrays; ``agreement``, ``fingerprints``, ``peers`` and ``presence`` check
-steps; ``devices`` checks GPU samples; ``checkpoints`` checks loads against saves;
+steps; ``trajectory`` (with ``changepoint``) follows the whole job against its own recent
+past (``job_shift``: a change made to every rank alike); ``devices`` checks GPU samples;
+``checkpoints`` checks loads against saves;
 ``findings`` turns failed checks into findings once; ``job`` and ``stage`` wire them.
 """
 

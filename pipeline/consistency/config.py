@@ -243,6 +243,59 @@ class ConsistencyConfig:
     #: ...and clock_skew fires after ``skew_k`` batches in a row beyond the bound.
     skew_k: int = 10
 
+    # -- job-wide trajectory (job_shift: the job against its own recent past) ---------
+    #: Each aggregate series (median loss, gradient norm, pace, tokens/s; log values) is
+    #: fitted with a line over its last ``job_shift_window`` points, ending
+    #: ``job_shift_lag`` points back (a shift must not teach the reference before it is
+    #: seen; 30 steps is longer than the test needs for a shift of 3 noise units), and
+    #: scored once ``job_shift_min_ref`` points are in (100: the extrapolation's own error
+    #: is then below 0.4 of the noise, and is added to it).
+    job_shift_window: int = 200
+    job_shift_lag: int = 30
+    job_shift_min_ref: int = 100
+    #: CUSUM reference ``k`` and threshold ``h`` in units of the run's own residual noise;
+    #: each step adds at most ``job_shift_clip`` units, so no transient shorter than
+    #: h / clip = 4 steps (a stall, a stray batch) can fire. False alarms: for Gaussian
+    #: noise Siegmund's approximation gives ARL0 = (e^(2k(h+1.166)) - 2k(h+1.166) - 1) /
+    #: 2k^2 ~ 4e14 steps per side at k=1, h=16; even a persistent extrapolation bias of half
+    #: the noise (k_eff = 0.5) leaves 6e7, and autocorrelated noise (AR(1) 0.3: noise
+    #: x1.36) 1.5e8, against 72,000 steps per metric in 20 clean job-hours (6 sides: 4e5).
+    #: Measured (``python -m bench.job_shift arl``: one two-sided test, 1 % noise on a
+    #: falling loss, 1e6 steps) the learned noise and the extrapolation make alarms ~2-25x
+    #: more frequent than that approximation: 300, 14 and 1 per million steps at h = 4, 6
+    #: and 8, falling ~15x per 2 units of h, so ~1e-5 per million at h = 16 (0 seen).
+    #: A ramped 5 % shift over 60 steps with 1 % noise crosses in ~35 steps.
+    job_shift_k: float = 1.0
+    job_shift_h: float = 16.0
+    job_shift_clip: float = 4.0
+    #: Floor on the learned noise (relative): flat or quantized series keep a little.
+    job_shift_sigma_floor: float = 0.001
+    #: No verdict while the reference is curved: a quadratic term's t-statistic above this.
+    #: A loss early in training falls like a power law, which no line extrapolates (tried
+    #: on 2 + 10/sqrt(step) with 0.3-3 % noise: without the gate it fired at ~step 145 in
+    #: every run). At 2 the gate closes on ~5 % of straight stretches by chance (a small
+    #: delay); on power-law and exponential curves (tau 200 to 2,000 steps, 108 runs of
+    #: 3,000 steps) one alarm was left, on the steepest (tau = 200 steps, at step 600).
+    job_shift_curve_t: float = 2.0
+    #: Smallest shift worth a finding, relative (the reference is at least half of it), so
+    #: a tight job does not page on a 0.5 % wobble: loss 2 %; gradient norms wander more
+    #: (10 %); step time and tokens/s 5 % (a busy shared cluster moves them a little).
+    job_shift_loss_effect: float = 0.02
+    job_shift_grad_effect: float = 0.1
+    job_shift_time_effect: float = 0.05
+    #: lr: a step's lr more than this far (relative) from the straight line through the
+    #: two steps before (or 10x the schedule's usual departure, if rougher). Linear warmup
+    #: and cosine decay depart by < 1 % (at the warmup's end); x1.1 is a jump.
+    job_shift_lr_jump: float = 0.1
+    #: A shift stays reported this many steps, then its test re-baselines on the new level.
+    job_shift_hold_steps: int = 300
+    #: After no step for ``job_shift_gap_s`` (and 4x the usual interval: a checkpoint save,
+    #: an eval), the first ``job_shift_gap_skip`` steps are left out (often slow).
+    job_shift_gap_s: float = 5.0
+    job_shift_gap_skip: int = 3
+    #: Fewer ranks than this fraction of the world reporting a step: no verdict on it.
+    job_shift_quorum: float = 0.5
+
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
@@ -307,6 +360,7 @@ class ConsistencyConfig:
                 "need 0 <= idle_pct < busy_pct <= 100, got "
                 f"idle_pct={self.idle_pct}, busy_pct={self.busy_pct}"
             )
+        _check_job_shift(self)
 
 
 def _positive(config: ConsistencyConfig, *names: str) -> None:
@@ -320,3 +374,21 @@ def _at_least(config: ConsistencyConfig, low: int, *names: str) -> None:
         value = getattr(config, name)
         if not isinstance(value, int) or value < low:
             raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_job_shift(config: ConsistencyConfig) -> None:
+    """The job-wide trajectory section (job_shift)."""
+    _positive(config, "job_shift_k", "job_shift_h", "job_shift_clip", "job_shift_sigma_floor",
+              "job_shift_curve_t",
+              "job_shift_loss_effect", "job_shift_grad_effect", "job_shift_time_effect",
+              "job_shift_lr_jump", "job_shift_gap_s")
+    _at_least(config, 1, "job_shift_hold_steps")
+    _at_least(config, 0, "job_shift_lag", "job_shift_gap_skip")
+    _at_least(config, 3, "job_shift_min_ref")
+    if config.job_shift_min_ref > config.job_shift_window:
+        raise ConfigError(
+            f"job_shift_min_ref ({config.job_shift_min_ref}) must be <= job_shift_window "
+            f"({config.job_shift_window}), or no test would ever be scored"
+        )
+    if not 0 < config.job_shift_quorum <= 1:
+        raise ConfigError(f"job_shift_quorum must be within (0, 1], got {config.job_shift_quorum}")

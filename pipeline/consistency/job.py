@@ -30,6 +30,7 @@ from trainguard.pipeline.consistency.manifests import ManifestMemory
 from trainguard.pipeline.consistency.peers import PeerChecks
 from trainguard.pipeline.consistency.presence import job_stalled, rank_missing, step_skew
 from trainguard.pipeline.consistency.rank_events import RankEventWatch
+from trainguard.pipeline.consistency.trajectory import TrajectoryWatch
 from trainguard.pipeline.consistency.witness import WitnessWatch
 from trainguard.schemas.ranks import RankEvent
 from trainguard.schemas.records import (
@@ -120,6 +121,8 @@ class JobState:
         self.manifests = ManifestMemory(config.max_manifests)
         #: The job's own past across restarts (``code_changed``, ``restart_divergence``).
         self.continuity = RestartContinuity(config, job_id)
+        #: The job's aggregate series against their own recent past (``job_shift``).
+        self.trajectory = TrajectoryWatch(config)
         self.steps_closed = 0
         self.last_step = -1
         self.last_step_ts = -math.inf
@@ -288,6 +291,8 @@ class JobState:
         for check, faults in peer_checks:
             # A step without a verdict (too few peers reporting) neither fires nor clears.
             out += t.update(check, faults or [], scope if faults is not None else None, now)
+        shifts = self.trajectory.evaluate(cs, cols)
+        out += t.update("job_shift", shifts or [], scope if shifts is not None else None, now)
         out += t.update("rank_missing", rank_missing(cs, cols, self.asm, c), scope, now)
         out += t.update("step_skew", step_skew(cs, cols, self.asm, c), scope, now)
         out += t.update("job_stalled", [], _EVERYTHING, now)

@@ -19,6 +19,7 @@ SABOTAGE = [
     "weight_tamper", "optimizer_tamper", "gradient_corruption", "kill", "rng_change",
     "node_slowdown", "poisoned_data", "code_injection", "checkpoint_corruption",
     "job_code_change", "job_lr_restart", "job_reseed_restart",
+    "job_lr_change", "job_poison", "job_slowdown",
 ]
 BENIGN = [
     "checkpoint_pause", "lr_schedule", "eval_phase", "clean_restart", "thermal_throttle",
@@ -80,7 +81,8 @@ def test_scenario_runs_are_reproducible(name):
 
 
 @pytest.mark.parametrize("name", ["gradient_corruption", "rng_change", "poisoned_data",
-                                  "code_injection", "kill", "node_slowdown"])
+                                  "code_injection", "kill", "node_slowdown", "job_lr_change",
+                                  "job_poison", "job_slowdown"])
 def test_scenario_changes_nothing_before_it_starts(name):
     emits = run(name, AT)[2]
     assert emits == JobSimulator(SPEC, seed=SEED).run(AT)
