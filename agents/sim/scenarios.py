@@ -20,8 +20,8 @@ from trainguard.agents.sim.benign import (
     LrSchedule,
     ThermalThrottle,
 )
-from trainguard.agents.sim.restarts import JobCodeChange, JobLrRestart, JobReseedRestart
 from trainguard.agents.sim.jobwide import JobLrChange, JobPoison, JobSlowdown
+from trainguard.agents.sim.restarts import JobCodeChange, JobLrRestart, JobReseedRestart
 from trainguard.agents.sim.sabotage import (
     CheckpointCorruption,
     CodeInjection,
