@@ -97,6 +97,8 @@ def _finding_severity(finding: Finding) -> Severity:
 
 
 def _is_job_wide(finding: Finding) -> bool:
+    if finding.job_id is not None and not finding.ranks and not finding.nodes:
+        return True  # names the job itself (code_changed, restart_divergence, job_shift)
     blamed = len(set(finding.ranks))
     world = finding.evidence.get("world_size")
     if isinstance(world, int | float) and world > 0:

@@ -304,6 +304,11 @@ def test_an_integrity_finding_over_a_quarter_of_the_world_is_job_wide() -> None:
     assert "scope" not in few.labels and many.labels["scope"] == "job-wide"
 
 
+def test_a_finding_that_names_the_job_and_nobody_in_it_is_job_wide() -> None:
+    [a] = AlertLifecycle().observe_findings([finding(check="job_shift", ranks=[], nodes=[])])
+    assert a.severity == "page" and a.labels["scope"] == "job-wide" and a.node is None
+
+
 def test_a_finding_at_an_absurd_event_time_fires_without_overflow() -> None:
     # Regression (#13 fuzz): ts = 1e308 is a valid EpochSeconds; ts * 1000 is inf, and
     # round(inf) raised OverflowError out of the lifecycle.
