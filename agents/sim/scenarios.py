@@ -14,10 +14,12 @@ from typing import Any, Final, Literal
 from trainguard.agents.sim.availability import Kill, NodeSlowdown
 from trainguard.agents.sim.benign import (
     CheckpointPause,
+    CleanMix,
     CleanRestart,
     EvalPhase,
     JobResize,
     LrSchedule,
+    NoisySteps,
     ThermalThrottle,
 )
 from trainguard.agents.sim.sabotage import (
@@ -54,6 +56,7 @@ SCENARIOS: Final[dict[str, type[Scenario]]] = {
         WeightTamper, OptimizerTamper, GradientCorruption, Kill, RngChange, NodeSlowdown,
         PoisonedData, CodeInjection, CheckpointCorruption,
         CheckpointPause, LrSchedule, EvalPhase, CleanRestart, ThermalThrottle, JobResize,
+        NoisySteps, CleanMix,
     )
 }
 

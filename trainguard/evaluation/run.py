@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from trainguard.agents.sim import Expectation, JobSimulator, JobSpec, list_scenarios, make_scenario
 from trainguard.errors import ConfigError, TrainguardError
 from trainguard.evaluation.scorecard import RunResult, markdown_table, score_run, summarize
+from trainguard.evaluation.sweep import Variant
 
 if TYPE_CHECKING:
     from trainguard.agents.transport import KafkaTransport
@@ -36,7 +37,9 @@ class EvalOptions:
     """What to run; validated on construction."""
 
     data_dir: Path
-    scenarios: tuple[str, ...] = ()  # empty: all
+    scenarios: tuple[str, ...] = ()  # empty: all (unless variants are given)
+    #: Scenarios with parameters set (size sweeps), run beside ``scenarios``.
+    variants: tuple[Variant, ...] = ()
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     ticks: int = 330
     nodes: int = 4
@@ -48,7 +51,8 @@ class EvalOptions:
 
     def __post_init__(self) -> None:
         known = list_scenarios()
-        unknown = [s for s in self.scenarios if s not in known]
+        unknown = [s for s in (*self.scenarios, *(v.scenario for v in self.variants))
+                   if s not in known]
         if unknown:
             raise ConfigError(f"unknown scenario(s) {', '.join(unknown)}; expected: "
                               f"{', '.join(known)}")
@@ -70,6 +74,8 @@ class EvalReport:
     wall_latency_s: list[float] = field(default_factory=list)
     produced: int = 0
     seconds: float = 0.0
+    #: Every finding row read back (``job_id``, ``check``, ``category``, times, blame).
+    findings: list[dict[str, object]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -87,15 +93,17 @@ class _Run:
 
 
 def _runs(opts: EvalOptions, prefix: str) -> list[_Run]:
+    plain = opts.scenarios or (() if opts.variants else tuple(list_scenarios()))
+    variants = [Variant(name, name) for name in plain] + list(opts.variants)
     runs = []
-    for name in opts.scenarios or tuple(list_scenarios()):
+    for v in variants:
         for seed in opts.seeds:
-            job = f"{name}-s{seed}"
+            job = f"{v.label}-s{seed}"
             spec = JobSpec(job_id=job, cluster="eval", nodes=opts.nodes,
                            gpus_per_node=opts.gpus, node_prefix=f"{prefix}-{job}")
-            scenario = make_scenario(name, spec, seed=seed)
+            scenario = make_scenario(v.scenario, spec, seed=seed, **dict(v.params))
             sim = JobSimulator(spec, scenario, seed=seed, start_ts=_T0)
-            runs.append(_Run(name, scenario.kind, seed, scenario.expected(), sim))
+            runs.append(_Run(v.label, scenario.kind, seed, scenario.expected(), sim))
     return runs
 
 
@@ -121,7 +129,7 @@ def run_eval(opts: EvalOptions, out: Callable[[str], None] = print) -> EvalRepor
     try:
         stack.start()
         runs = _runs(opts, run_id)
-        out(f"[eval] {len(runs)} jobs ({len({r.scenario for r in runs})} scenarios × "
+        out(f"[eval] {len(runs)} jobs ({len({r.scenario for r in runs})} scenario variants × "
             f"{len(opts.seeds)} seeds), {opts.nodes} nodes × {opts.gpus} GPUs each, "
             f"{opts.ticks} ticks at {opts.speed:g} ticks/s")
         transport = KafkaTransport(KafkaProducerSettings(bootstrap=stack.bootstrap))
@@ -129,7 +137,7 @@ def run_eval(opts: EvalOptions, out: Callable[[str], None] = print) -> EvalRepor
         produced, sample_batches, tick_wall = _play(opts, runs, stack, transport, out)
         transport.close(timeout=60)
         transport = None
-        _wait_stored(stack, sample_batches)
+        _wait_stored(stack, sample_batches, out)
         time.sleep(3.0)  # let the last findings land
         rows = stack.store.query(
             "SELECT job_id, check, category, toFloat64(first_seen) AS first_seen, "
@@ -138,6 +146,7 @@ def run_eval(opts: EvalOptions, out: Callable[[str], None] = print) -> EvalRepor
             "FROM {database}.findings FINAL WHERE cluster = 'eval'").dicts()
         report = _score(runs, rows, tick_wall)
         report.produced, report.seconds = produced, time.monotonic() - started
+        report.findings = rows
         return report
     finally:
         if transport is not None:
@@ -171,19 +180,29 @@ def _play(
     return produced, sample_batches, tick_wall
 
 
-def _wait_stored(stack: LocalStack, sample_batches: int, timeout: float = 600.0) -> None:
-    """Wait until the worker stored every sample batch; raise after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    stored = 0
-    while time.monotonic() < deadline:
+def _wait_stored(stack: LocalStack, sample_batches: int, out: Callable[[str], None],
+                 stall_s: float = 300.0) -> None:
+    """Wait until the worker stored every sample batch, however long that takes while it
+    makes progress (a long run played fast leaves a backlog); raise after ``stall_s``
+    seconds without progress."""
+    stored, last_change, said = -1, time.monotonic(), time.monotonic()
+    while True:
         stack.worker.check_alive()
         # Sample batches, not steps: a restarted job repeats step numbers, and the steps
         # table keeps one row per (job, step, rank).
-        stored = stack.worker.scalar("SELECT count() FROM {database}.sample_batches FINAL")
-        if stored >= sample_batches:
+        now_stored = stack.worker.scalar("SELECT count() FROM {database}.sample_batches FINAL")
+        if now_stored >= sample_batches:
             return
+        if now_stored != stored:
+            stored, last_change = now_stored, time.monotonic()
+        elif time.monotonic() - last_change > stall_s:
+            raise TrainguardError(f"worker stored {stored} of {sample_batches} sample "
+                                  f"batches and no more in {stall_s:.0f} s")
+        if time.monotonic() - said > 30:
+            said = time.monotonic()
+            out(f"[eval] waiting for the worker: {stored}/{sample_batches} sample batches "
+                "stored")
         time.sleep(1.0)
-    raise TrainguardError(f"worker stored {stored} of {sample_batches} sample batches")
 
 
 def _score(runs: Sequence[_Run], rows: list[dict[str, object]],
