@@ -200,9 +200,9 @@ class NoisySteps(Scenario):
     """A healthy job on shared, busy hosts: step times noisy, heavy-tailed and bursty.
 
     Modelled on a real 4-rank PyTorch DDP job on shared CPUs, where each rank's step time
-    exceeded 1.1x the median in about 30 % of steps: 10 % gaussian noise plus bursts of
-    1-4 slow steps (up to 1.6x) starting on 5 % of a rank's steps give each rank > 1.1x
-    its peers' median in ~30 % of steps, and an occasional dataloader stall.
+    exceeded 1.1x the median in about 30 % of steps: 15 % gaussian noise plus bursts of
+    1-4 slow steps (up to 1.6x) starting on 6 % of a rank's steps give each rank of a
+    16-rank job > 1.1x its peers' median in ~27 % of steps, and a dataloader stall on 2 %.
     """
 
     name: ClassVar[str] = "noisy_steps"
@@ -211,8 +211,8 @@ class NoisySteps(Scenario):
         "compute_noise relative noise and bursts (burst_p per rank-step, 1..burst_steps "
         "steps, up to burst_max x) on every rank from the start, loss_noise on the loss"
     )
-    compute_noise: float = 0.10
-    burst_p: float = 0.05
+    compute_noise: float = 0.15
+    burst_p: float = 0.06
     burst_steps: int = 4
     burst_max: float = 1.6
     loss_noise: float = 0.05

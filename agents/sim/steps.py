@@ -35,7 +35,7 @@ __all__ = ["COMPUTE_S", "STALL_PROBABILITY", "StepModel"]
 COMPUTE_S: Final = 0.9
 #: Chance per step that one rank's dataloader stalls (a benign, one-step slowdown): the
 #: default of :attr:`JobSpec.stall_p`.
-STALL_PROBABILITY: Final = 1 / 400
+STALL_PROBABILITY: Final = JobSpec.stall_p
 _MICRO_BATCH = 8
 _SEQ_LEN = 4096
 
@@ -132,7 +132,7 @@ class _Bursts:
         self._factor = [1.0] * spec.world_size
 
     def factors(self, live: list[int]) -> dict[int, float]:
-        """This step's compute-time factor of every live rank (1.0 outside a burst)."""
+        """Compute-time factor of every live rank at this step (1.0 outside a burst)."""
         spec = self._spec
         out = {}
         for r in live:

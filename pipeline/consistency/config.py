@@ -108,7 +108,17 @@ class ConsistencyConfig:
     #: crosses h = 16 in ~32 steps (ARL1), 2 sigmas (a 10 % straggler at 2 % noise: clipped
     #: at 3) in ~7.
     peer_z_clip: float = 3.0
-    cusum_k: float = 0.5
+    loss_cusum_k: float = 0.5
+    #: Step times come in bursts (a busy host slows a rank for a few steps in a row; the
+    #: real CPU job had a healthy rank slow in 15 of 20 steps), which a CUSUM tuned for
+    #: independent steps adds up: with k = 0.5 a healthy noisy job (10 % noise, bursts of
+    #: 1-4 steps up to 1.6x starting on 5 % of steps, 16 ranks) peaked at 21 in 3,000
+    #: steps, with k = 1 at 15. k = 1.5 forgets a burst within a few steps (peak 8) and
+    #: still adds 1.5 a step for a straggler 3 noise-sigmas slow (10 % at 2 % noise: h in
+    #: ~11 steps, 5 % in ~16); it gives up stragglers within ~2 sigmas of a very noisy
+    #: job's own noise. ARL0 at k = 1.5, h = 16 (independent steps): ~e^(3 x 17.2) / 4.5,
+    #: beyond 1e21 rank-steps; bursts, not the threshold, set the straggler's margin.
+    straggler_cusum_k: float = 1.5
     loss_cusum_h: float = 16.0
     straggler_cusum_h: float = 16.0
     peer_warmup: int = 30
@@ -236,7 +246,7 @@ class ConsistencyConfig:
                   "exit_align_s", "exit_wait_s", "clock_skew_s", "witness_wait_s",
                   "agent_silent_s", "agent_forget_s", "exit_grace_s", "terminate_window_s",
                   "follow_s", "hang_stopped_s", "hang_after_s", "rank_check_every_s",
-                  "grad_z", "peer_z_clip", "cusum_k", "loss_cusum_h", "straggler_cusum_h",
+                  "grad_z", "peer_z_clip", "loss_cusum_k", "straggler_cusum_k", "loss_cusum_h", "straggler_cusum_h",
                   "peer_sd_floor", "loss_min_effect", "straggler_min_effect")
         _at_least(self, 1, "max_open_steps", "max_jobs", "max_nodes", "max_world_size",
                   "clear_steps",
@@ -262,11 +272,12 @@ class ConsistencyConfig:
                 raise ConfigError(
                     f"need {k} <= {n} <= 64, got {k}={getattr(self, k)}, {n}={getattr(self, n)}"
                 )
-        for name in ("loss_cusum_h", "straggler_cusum_h"):
-            if getattr(self, name) <= self.peer_z_clip - self.cusum_k:
+        for h, k in (("loss_cusum_h", "loss_cusum_k"),
+                     ("straggler_cusum_h", "straggler_cusum_k")):
+            if getattr(self, h) <= self.peer_z_clip - getattr(self, k):
                 raise ConfigError(
-                    f"{name} ({getattr(self, name)}) must exceed peer_z_clip - cusum_k "
-                    f"({self.peer_z_clip - self.cusum_k}), or one outlying step could fire"
+                    f"{h} ({getattr(self, h)}) must exceed peer_z_clip - {k} "
+                    f"({self.peer_z_clip - getattr(self, k)}), or one outlying step could fire"
                 )
         if not 0 <= self.idle_pct < self.busy_pct <= 100:
             raise ConfigError(

@@ -62,7 +62,7 @@ class PeerChecks:
         self._spread: FloatArray = np.full(3, math.nan)
         #: Rows: loss (0) and compute time (1).
         self.cusum = CalibratedCusum(
-            2, clip=config.peer_z_clip, k=config.cusum_k,
+            2, clip=config.peer_z_clip, k=(config.loss_cusum_k, config.straggler_cusum_k),
             cap=2 * max(config.loss_cusum_h, config.straggler_cusum_h),
             warmup=config.peer_warmup, null_span=config.peer_null_span,
             effect_span=config.peer_effect_span, sd_floor=config.peer_sd_floor)
@@ -82,66 +82,82 @@ class PeerChecks:
         self, cs: ClosedStep, cols: StepColumns, hardware: Callable[[str], bool]
     ) -> PeerFaults:
         """The three checks on one closed step; ``hardware(node)``: its GPUs slowed down."""
-        c = self.config
-        n = len(cols)
-        if n == 0:
+        if len(cols) == 0:
             return None, None, None
         rows = self._rows(cs, cols)
         values = cols.peer_values
         with np.errstate(invalid="ignore", divide="ignore"):
             center, scale = self._centers(cols, values)
-            # loss and compute time: the relative departure from the peers' median, its
-            # robust z, into the calibrated CUSUMs. A non-finite loss counts as a z at the
-            # clip and a departure of 100 %.
-            effect = values[0::2] / center[0::2] - 1.0
-            z = effect * np.abs(center[0::2]) / scale[0::2]
-            bad_loss = cols.loss_nonfinite & np.isfinite(center[0])
-            z[0, bad_loss], effect[0, bad_loss] = c.peer_z_clip, 1.0
-            ok = np.isfinite(z)
-            ok[1] &= center[2] > 0
-            u = self.cusum.update(rows, z, effect, ok)
-            up, down = self.cusum.up[:, rows], self.cusum.down[:, rows]
-            eff = self.cusum.effect[:, rows]
-            h, low = self._h, self._min_effect
-            fire = np.stack([(up[0] > h[0]) & (eff[0] > low[0]),
-                             (down[0] > h[0]) & (eff[0] < -low[0]),
-                             (up[1] > h[1]) & (eff[1] > low[1])])
-            hold = np.stack([(up[0] > h[0] / 2) & (eff[0] > low[0] / 2),
-                             (down[0] > h[0] / 2) & (eff[0] < -low[0] / 2),
-                             (up[1] > h[1] / 2) & (eff[1] > low[1] / 2)])
-            judged = ok[[0, 0, 1]]
-            was = self.alarm[:, rows]
-            alarm = np.where(judged, fire | (was & hold), was)
-            self.alarm[:, rows] = alarm
-            ok_loss, ok_slow = ok[0], ok[1]
-            # local_grad_outlier: |z| beyond grad_z in grad_k of the last grad_n steps.
-            z_grad = (values[1] - center[1]) / scale[1]
-            z_grad[cols.grad_nonfinite & np.isfinite(center[1])] = math.inf
-            ok_grad = ~np.isnan(z_grad)
-            grad_count = push_bits(self.grad_hist, rows, ok_grad, np.abs(z_grad) > c.grad_z,
-                                   c.grad_n)
-            was_grad = self.grad_alarm[rows]
-            grad_alarm = np.where(ok_grad, (grad_count >= c.grad_k)
-                                  | (was_grad & (grad_count > 0)), was_grad)
-            self.grad_alarm[rows] = grad_alarm
-        loss_hot = (alarm[0] | alarm[1]) & ok_loss
-        grad_hot, slow_hot = grad_alarm & ok_grad, alarm[2] & ok_slow
+            stats, ok, hot = self._calibrated(rows, cols, values, center, scale)
+            z_grad, grad_count, ok_grad, grad_hot = self._gradients(rows, cols, values, center,
+                                                                    scale)
+        loss_hot, slow_hot = hot[0], hot[1]
         # A step without a verdict (too few peers) gives None; a healthy one, [].
-        loss: list[Fault] | None = [] if ok_loss.any() else None
+        loss: list[Fault] | None = [] if ok[0].any() else None
         grad: list[Fault] | None = [] if ok_grad.any() else None
-        slow: list[Fault] | None = [] if ok_slow.any() else None
+        slow: list[Fault] | None = [] if ok[1].any() else None
         if loss_hot.any() or grad_hot.any() or slow_hot.any():  # rare: build the faults
             center = np.broadcast_to(center, values.shape)
             scale = np.broadcast_to(scale, values.shape)
-            stats = _Stats(z, u, up, down, eff)
             loss = [self._loss(cs, cols, int(i), center[0], scale[0], stats)
                     for i in np.flatnonzero(loss_hot)] if loss is not None else None
             grad = [self._grad(cs, cols, int(i), center[1], scale[1], z_grad, grad_count)
                     for i in np.flatnonzero(grad_hot)] if grad is not None else None
             if slow is not None:
                 slow = self._stragglers(cs, cols, [int(i) for i in np.flatnonzero(slow_hot)],
-                                        center[2], stats, hold[2], hardware)
+                                        center[2], stats, hardware)
         return loss, grad, slow
+
+    def _calibrated(
+        self, rows: IntArray, cols: StepColumns, values: FloatArray, center: FloatArray,
+        scale: FloatArray,
+    ) -> tuple[_Stats, _Bools, _Bools]:
+        """loss_outlier and straggler: the calibrated CUSUMs and their alarms (hysteresis).
+
+        Returns the step's statistics, which ranks had a value (rows: loss, compute time)
+        and which are firing (rows: loss either side, straggler).
+        """
+        c = self.config
+        # The relative departure from the peers' median and its robust z. A non-finite
+        # loss counts as a z at the clip and a departure of 100 %.
+        effect = values[0::2] / center[0::2] - 1.0
+        z = effect * np.abs(center[0::2]) / scale[0::2]
+        bad_loss = cols.loss_nonfinite & np.isfinite(center[0])
+        z[0, bad_loss], effect[0, bad_loss] = c.peer_z_clip, 1.0
+        ok = np.isfinite(z)
+        ok[1] &= center[2] > 0
+        u = self.cusum.update(rows, z, effect, ok)
+        up, down = self.cusum.up[:, rows], self.cusum.down[:, rows]
+        eff = self.cusum.effect[:, rows]
+        h, low = self._h, self._min_effect
+        fire = np.stack([(up[0] > h[0]) & (eff[0] > low[0]),
+                         (down[0] > h[0]) & (eff[0] < -low[0]),
+                         (up[1] > h[1]) & (eff[1] > low[1])])
+        hold = np.stack([(up[0] > h[0] / 2) & (eff[0] > low[0] / 2),
+                         (down[0] > h[0] / 2) & (eff[0] < -low[0] / 2),
+                         (up[1] > h[1] / 2) & (eff[1] > low[1] / 2)])
+        judged = ok[[0, 0, 1]]
+        was = self.alarm[:, rows]
+        alarm = np.where(judged, fire | (was & hold), was)
+        self.alarm[:, rows] = alarm
+        hot = np.stack([(alarm[0] | alarm[1]) & ok[0], alarm[2] & ok[1]])
+        return _Stats(z, u, up, down, eff, hold[2]), ok, hot
+
+    def _gradients(
+        self, rows: IntArray, cols: StepColumns, values: FloatArray, center: FloatArray,
+        scale: FloatArray,
+    ) -> tuple[FloatArray, IntArray, _Bools, _Bools]:
+        """local_grad_outlier: |z| beyond grad_z in grad_k of the last grad_n steps."""
+        c = self.config
+        z_grad = (values[1] - center[1]) / scale[1]
+        z_grad[cols.grad_nonfinite & np.isfinite(center[1])] = math.inf
+        ok_grad = ~np.isnan(z_grad)
+        grad_count = push_bits(self.grad_hist, rows, ok_grad, np.abs(z_grad) > c.grad_z,
+                               c.grad_n)
+        was = self.grad_alarm[rows]
+        grad_alarm = np.where(ok_grad, (grad_count >= c.grad_k) | (was & (grad_count > 0)), was)
+        self.grad_alarm[rows] = grad_alarm
+        return z_grad, grad_count, ok_grad, grad_alarm & ok_grad
 
     def _centers(self, cols: StepColumns, values: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Per metric and rank: the peers' median and the robust scale of departures from it.
@@ -220,7 +236,7 @@ class PeerChecks:
 
     def _stragglers(
         self, cs: ClosedStep, cols: StepColumns, hot: list[int], center: FloatArray,
-        st: _Stats, half: _Bools, hardware: Callable[[str], bool],
+        st: _Stats, hardware: Callable[[str], bool],
     ) -> list[Fault]:
         """One fault per slow node or per slow rank.
 
@@ -236,7 +252,7 @@ class PeerChecks:
         for node, idx in by_node.items():
             on_node = [i for i, n in enumerate(cols.nodes) if n == node]
             hw = hardware(node)
-            if len(on_node) >= 2 and all(half[i] for i in on_node):
+            if len(on_node) >= 2 and all(st.slow_hold[i] for i in on_node):
                 faults.append(self._slow(cs, cols, on_node, center, st, node, hw))
             else:
                 faults += [self._slow(cs, cols, [i], center, st, None, hw) for i in idx]
@@ -301,6 +317,8 @@ class _Stats:
     up: FloatArray
     down: FloatArray
     effect: FloatArray
+    #: Per rank: its straggler CUSUM and slowdown at least at the hold level.
+    slow_hold: _Bools
 
 
 def _num(value: float) -> float | None:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -95,14 +96,18 @@ class CalibratedCusum:
     false-alarm rate for 4 ranks (whose MAD underestimates the spread) as for 4,000. The
     standardized score ``u`` is clipped again, so one step adds at most ``clip - k``.
 
-    A rank's CUSUMs start once it has ``warmup`` steps (the null needs them) and are capped
+    ``k`` (the allowance, per metric) is what a step's score must exceed to push the CUSUM
+    up. A rank's CUSUMs start once it has ``warmup`` steps (the null needs them) and are capped
     at ``cap`` so they fall back soon after a fault ends. ``effect`` is a moving average
     (``effect_span`` steps) of the relative departure itself, for a minimum effect size.
     """
 
-    def __init__(self, metrics: int, *, clip: float, k: float, cap: float, warmup: int,
-                 null_span: int, effect_span: int, sd_floor: float) -> None:
-        self.clip, self.k, self.cap, self.warmup = clip, k, cap, warmup
+    def __init__(self, metrics: int, *, clip: float, k: Sequence[float], cap: float,
+                 warmup: int, null_span: int, effect_span: int, sd_floor: float) -> None:
+        if len(k) != metrics:
+            raise ValueError(f"need one allowance k per metric ({metrics}), got {list(k)}")
+        self.clip, self.cap, self.warmup = clip, cap, warmup
+        self.k: FloatArray = np.asarray(k, dtype=np.float64)[:, None]
         self.null_alpha, self.effect_alpha = 2.0 / (null_span + 1), 2.0 / (effect_span + 1)
         self.sd_floor = sd_floor
         self.metrics = metrics

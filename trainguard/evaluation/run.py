@@ -182,9 +182,11 @@ def _play(
 
 def _wait_stored(stack: LocalStack, sample_batches: int, out: Callable[[str], None],
                  stall_s: float = 300.0) -> None:
-    """Wait until the worker stored every sample batch, however long that takes while it
-    makes progress (a long run played fast leaves a backlog); raise after ``stall_s``
-    seconds without progress."""
+    """Wait until the worker stored every sample batch, however long it takes.
+
+    A long run played fast leaves the worker a backlog; waiting goes on while it makes
+    progress and raises after ``stall_s`` seconds without any.
+    """
     stored, last_change, said = -1, time.monotonic(), time.monotonic()
     while True:
         stack.worker.check_alive()

@@ -33,7 +33,9 @@ def test_micro_batch_noise_over_2000_steps_raises_no_loss_outlier_or_straggler(r
         peak_loss, peak_slow = max(peak_loss, _peak(stage, 0)), max(peak_slow, _peak(stage, 1))
     assert found == []
     h = stage.config.loss_cusum_h
-    assert peak_loss < 0.75 * h and peak_slow < 0.75 * h  # well clear of the threshold
+    # Not just silent: below the threshold with a margin (the two-sided loss CUSUM over
+    # 64,000 rank-steps peaks near ln(2 x 64,000) - 1 ~ 11 for independent noise).
+    assert peak_loss < 0.9 * h and peak_slow < 0.75 * h
 
 
 def _shifted_loss(job, rank, factor, start):
@@ -94,7 +96,7 @@ def test_a_slow_rank_is_a_straggler_relative_to_its_peers():
     assert checks(found) == ["straggler"]
     f = found[0]
     assert (f.ranks, f.nodes, f.category) == ([13], ["node-01"], "availability")
-    assert 40 < f.step <= 50  # ~7 steps of clipped scores
+    assert 40 < f.step <= 55  # ~11 steps of clipped scores (1.5 above k each)
     assert f.score > 1.04 and "13 on node-01" in f.summary
 
 
@@ -112,7 +114,7 @@ def test_a_node_10_percent_slower_is_blamed_as_a_node_within_120_steps():
     f = found[0]
     assert f.nodes == ["node-01"] and f.ranks == list(range(8, 16))
     assert f.summary.startswith("node node-01") and 100 < f.step <= 220
-    assert f.evidence["ratio_ewma"] == pytest.approx(1.1, abs=0.03)
+    assert 1.04 < f.evidence["ratio_ewma"] < 1.12  # the moving average, still rising
 
 
 def test_single_stalled_steps_raise_no_straggler():
@@ -123,17 +125,17 @@ def test_single_stalled_steps_raise_no_straggler():
 
 
 def _noisy_compute(rng, ranks):
-    """A busy shared CPU host, as the simulator's noisy_steps: 10 % noise, slow bursts."""
+    """A busy shared CPU host, as the simulator's noisy_steps: 15 % noise, slow bursts."""
     left, factor = [0] * ranks, [1.0] * ranks
 
     def over(s):
         out = {}
         for r in range(ranks):
-            if left[r] == 0 and rng.random() < 0.05:
+            if left[r] == 0 and rng.random() < 0.06:
                 left[r], factor[r] = rng.randint(1, 4), rng.uniform(1.1, 1.6)
             f = factor[r] if left[r] else 1.0
             left[r] = max(0, left[r] - 1)
-            out[r] = {"compute_time_s": 0.9 * (1 + 0.1 * rng.gauss(0, 1)) * f}
+            out[r] = {"compute_time_s": 0.9 * (1 + 0.15 * rng.gauss(0, 1)) * f}
         return out
     return over
 
