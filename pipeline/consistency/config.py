@@ -247,7 +247,8 @@ class ConsistencyConfig:
                   "agent_silent_s", "agent_forget_s", "exit_grace_s", "terminate_window_s",
                   "follow_s", "hang_stopped_s", "hang_after_s", "rank_check_every_s",
                   "grad_z", "peer_z_clip", "loss_cusum_k", "straggler_cusum_k",
-                  "loss_cusum_h", "straggler_cusum_h", "peer_sd_floor", "loss_min_effect", "straggler_min_effect")
+                  "loss_cusum_h", "straggler_cusum_h", "peer_sd_floor", "loss_min_effect",
+                  "straggler_min_effect")
         _at_least(self, 1, "max_open_steps", "max_jobs", "max_nodes", "max_world_size",
                   "clear_steps",
                   "max_open_findings",
