@@ -96,31 +96,31 @@ class ConsistencyConfig:
     #: the peers' pooled spread) is clipped at ``peer_z_clip``, standardized by the mean and
     #: variance that clipped z has on the job's own ranks (median over ranks of per-rank
     #: moving moments over ``peer_null_span`` steps, learned from ``peer_warmup`` steps on)
-    #: and clipped again; it feeds S = max(0, S + u - ``cusum_k``), capped at 2 x h.
+    #: and clipped again; it feeds S = max(0, S + u - k), capped at 2 x the larger h.
     #: loss_outlier watches both sides, straggler only the slow one. One stalled step (2-3x)
-    #: adds at most clip - k = 2.5, far below h; a skewed, heavy-tailed job (a CPU job whose
-    #: ranks exceed 1.1x the median in 30 % of steps) is standardized by its own moments.
-    #: ARL0 (Siegmund, standardized normal increments, k = 0.5): (e^(2k(h+1.166)) - 2k(h+1.166)
-    #: - 1) / (2k^2) = 5.7e7 rank-steps per side at h = 16 (h = 12: 1.0e6, h = 14: 7.7e6);
-    #: 20 job-hours x 16 ranks at 1 step/s are 1.15e6 rank-steps, so a two-sided loss test
-    #: expects 0.04 false alarms there and the one-sided straggler 0.02; clipping only
-    #: lengthens ARL0. A shift of 1 noise sigma (3 % loss with 3 % micro-batch noise)
-    #: crosses h = 16 in ~32 steps (ARL1), 2 sigmas (a 10 % straggler at 2 % noise: clipped
-    #: at 3) in ~7.
+    #: adds at most clip - k (2.5 or 2), far below h; a skewed, heavy-tailed job (a CPU job
+    #: whose ranks exceed 1.1x the median in 30 % of steps) is standardized by its own
+    #: moments. Loss, ARL0 (Siegmund, standardized normal increments, k = 0.5):
+    #: (e^(2k(h+1.166)) - 2k(h+1.166) - 1) / (2k^2) = 5.7e7 rank-steps per side at h = 16
+    #: (h = 12: 1.0e6, h = 14: 7.7e6); 20 job-hours x 16 ranks at 1 step/s are 1.15e6
+    #: rank-steps, so the two-sided loss test expects 0.04 false alarms there (50x margin);
+    #: clipping only lengthens ARL0. A shift of 1 noise sigma (3 % loss with 3 % micro-batch noise)
+    #: crosses h = 16 in ~32 steps (ARL1), 2 sigmas in ~12.
     peer_z_clip: float = 3.0
     loss_cusum_k: float = 0.5
     #: Step times come in bursts (a busy host slows a rank for a few steps in a row; the
     #: real CPU job had a healthy rank slow in 15 of 20 steps), which a CUSUM tuned for
-    #: independent steps adds up: with k = 0.5 a healthy noisy job (10 % noise, bursts of
-    #: 1-4 steps up to 1.6x starting on 5 % of steps, 16 ranks) peaked at 21 in 3,000
-    #: steps, with k = 1 at 15. k = 1.5 forgets a burst within a few steps (peak 8) and
-    #: still adds 1.5 a step for a straggler 3 noise-sigmas slow (10 % at 2 % noise: h in
-    #: ~11 steps, 5 % in ~16); it gives up stragglers within ~2 sigmas of a very noisy
-    #: job's own noise. ARL0 at k = 1.5, h = 16 (independent steps): ~e^(3 x 17.2) / 4.5,
-    #: beyond 1e21 rank-steps; bursts, not the threshold, set the straggler's margin.
-    straggler_cusum_k: float = 1.5
+    #: independent steps adds up: a healthy noisy job (15 % noise, bursts of 1-4 steps up
+    #: to 1.6x starting on 6 % of steps; 4 and 16 ranks, 3,000 steps) peaked at 21 with
+    #: k = 0.5 and h = 16. The straggler takes k = 1 and h = 20: the same jobs peaked at
+    #: 8.7-13.1, while a rank 25 % slower in that noisy job is found in 60-200 steps and a
+    #: node 10 % slower at 2 % noise in ~12 (k = 1.5 would peak at 7.6 but miss the 25 %
+    #: rank). ARL0 for independent standardized steps at k = 1, h = 20: ~e^(2(21.2)) / 2 >
+    #: 1e18 rank-steps; bursts, not the threshold, set the straggler's margin: 25x more
+    #: rank-steps than measured (1.2 M) adds ~ln(25) = 3.2 to the peak, still below 20.
+    straggler_cusum_k: float = 1.0
     loss_cusum_h: float = 16.0
-    straggler_cusum_h: float = 16.0
+    straggler_cusum_h: float = 20.0
     peer_warmup: int = 30
     peer_null_span: int = 300
     #: Floor on the null's standard deviation of clipped z: a job whose ranks agree exactly

@@ -96,7 +96,7 @@ def test_a_slow_rank_is_a_straggler_relative_to_its_peers():
     assert checks(found) == ["straggler"]
     f = found[0]
     assert (f.ranks, f.nodes, f.category) == ([13], ["node-01"], "availability")
-    assert 40 < f.step <= 55  # ~11 steps of clipped scores (1.5 above k each)
+    assert 40 < f.step <= 55  # ~10 steps of clipped scores (2 above k each)
     assert f.score > 1.04 and "13 on node-01" in f.summary
 
 
