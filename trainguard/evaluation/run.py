@@ -47,7 +47,8 @@ class EvalOptions:
     #: Ticks of every job per wall-clock second (the worker must keep up for honest latency).
     speed: float = 2.0
     bootstrap: str | None = None
-    kafka_port: int = 9092
+    #: None: any two free ports (evals of several worktrees may run side by side).
+    kafka_port: int | None = None
 
     def __post_init__(self) -> None:
         known = list_scenarios()
