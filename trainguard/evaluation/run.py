@@ -47,6 +47,11 @@ class EvalOptions:
     #: Ticks of every job per wall-clock second (the worker must keep up for honest latency).
     speed: float = 2.0
     bootstrap: str | None = None
+    #: The player waits whenever the worker has more than this many ticks of every job's
+    #: sample batches not yet stored (0: never): a worker that falls behind consumes its
+    #: topics unevenly, and event-time checks then see one topic's time run ahead of
+    #: another's (heartbeats behind samples: agent_silent). Speed is at most ``speed``.
+    max_lag_ticks: int = 20
     #: None: any two free ports (evals of several worktrees may run side by side).
     kafka_port: int | None = None
 
@@ -62,6 +67,8 @@ class EvalOptions:
         if not 160 <= self.ticks <= 100_000:
             raise ConfigError(f"ticks must be within 160..100000 (faults start at 150), "
                               f"got {self.ticks}")
+        if self.max_lag_ticks < 0:
+            raise ConfigError(f"max_lag_ticks must be >= 0, got {self.max_lag_ticks}")
         if not 0.1 <= self.speed <= 1000:
             raise ConfigError(f"speed must be within 0.1..1000 ticks/s, got {self.speed}")
 
@@ -159,14 +166,18 @@ def _play(
     opts: EvalOptions, runs: Sequence[_Run], stack: LocalStack, transport: KafkaTransport,
     out: Callable[[str], None],
 ) -> tuple[int, int, dict[int, float]]:
-    """Tick every job ``opts.speed`` times a second; return messages, sample batches, tick times."""
+    """Tick every job up to ``opts.speed`` times a second, never far ahead of the worker.
+
+    Returns the messages produced, the sample batches among them and each tick's wall time.
+    """
     from trainguard.schemas.codec import encode
 
     topics = stack.topics
     names = {"samples": topics.samples, "steps": topics.steps, "heartbeats": topics.heartbeats}
     tick_wall: dict[int, float] = {}
     produced = sample_batches = 0
-    started = time.monotonic()
+    started = first = time.monotonic()
+    waited = 0.0
     for t in range(opts.ticks):
         for run in runs:
             for emit in run.sim.tick():
@@ -177,8 +188,35 @@ def _play(
         if t % 50 == 0:
             stack.worker.check_alive()
             out(f"[eval] tick {t:>5}/{opts.ticks}  messages {produced:>8}")
+        if opts.max_lag_ticks and t % 5 == 4:
+            pause = _keep_up(stack, transport, sample_batches,
+                             opts.max_lag_ticks * sample_batches // (t + 1))
+            started += pause  # a pause moves the schedule: no burst to catch up after it
+            waited += pause
         time.sleep(max(0.0, started + (t + 1) / opts.speed - time.monotonic()))
+    elapsed = time.monotonic() - first
+    out(f"[eval] played {opts.ticks} ticks at {opts.ticks / elapsed:.2f} ticks/s (asked "
+        f"{opts.speed:g}); {waited:.0f} s waiting for the worker to keep up")
     return produced, sample_batches, tick_wall
+
+
+def _keep_up(stack: LocalStack, transport: KafkaTransport, produced: int, allowed: int,
+             stall_s: float = 300.0) -> float:
+    """Wait until at most ``allowed`` of ``produced`` sample batches are unstored; seconds."""
+    began = last_change = time.monotonic()
+    stored = -1
+    while True:
+        now_stored = stack.worker.scalar("SELECT count() FROM {database}.sample_batches FINAL")
+        if produced - now_stored <= allowed:
+            return time.monotonic() - began
+        if now_stored != stored:
+            stored, last_change = now_stored, time.monotonic()
+        elif time.monotonic() - last_change > stall_s:
+            raise TrainguardError(f"worker stored {stored} of {produced} sample batches and "
+                                  f"no more in {stall_s:.0f} s")
+        stack.worker.check_alive()
+        transport.flush(timeout=1.0)
+        time.sleep(0.25)
 
 
 def _wait_stored(stack: LocalStack, sample_batches: int, out: Callable[[str], None],
