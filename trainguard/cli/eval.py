@@ -117,9 +117,11 @@ def _header(report: EvalReport) -> str:
     import sys
     from datetime import UTC, datetime
 
+    from trainguard.evaluation import latency_line
+
     command = "trainguard eval " + shlex.join(sys.argv[2:])
     return (f"Command: `{command}`; date: {datetime.now(UTC):%Y-%m-%d}; {report.produced} "
-            f"messages in {report.seconds:.0f} s of wall time.")
+            f"messages in {report.seconds:.0f} s of wall time; {latency_line(report)}.")
 
 
 def _sweeps_out(args: argparse.Namespace, sweeps: list[Any], report: EvalReport) -> bool:

@@ -26,7 +26,7 @@ def draw_sweep(path: Path, sweep: Sweep, points: Sequence[SweepPoint], *,
     fig = Figure(figsize=_SIZE_IN, dpi=_DPI, layout="constrained")
     rate_ax, ttd_ax = fig.subplots(1, 2)
     xs = [p.value for p in points]
-    fig.suptitle(f"{sweep.name} sweep: {sweep.scenario} `{sweep.param}` "
+    fig.suptitle(f"{sweep.name} sweep: {sweep.scenario} {sweep.param} "
                  f"({points[0].runs if points else 0} seeds per size)",
                  fontsize=11, fontweight="bold")
     rate_ax.plot(xs, [100 * p.rate for p in points], marker="o", color=_LINE)
