@@ -73,14 +73,19 @@ def _run(args: argparse.Namespace) -> int:
     variants = tuple(v for s in sweeps for v in s.variants())
     report = _evaluate(args, tuple(args.scenario), variants, args.ticks,
                        tuple(range(args.seeds)))
-    plain = _plain(report)
-    if args.json:
-        print_json(scorecard_doc(plain))
-    elif plain.results:
+    plain = _plain(report, {v.label for v in variants})
+    if plain.results and not args.json:
         _print_table(plain)
     ok = plain.passed
-    if sweeps:
-        ok = _sweeps_out(args, sweeps, report) and ok
+    outputs = _sweeps_out(args, sweeps, report) if sweeps else []
+    ok = ok and all(p.false_alerts == 0 for o in outputs for p in o.points)
+    if args.json:
+        doc = scorecard_doc(plain)
+        doc["sweeps"] = [{"sweep": o.sweep.name, "scenario": o.sweep.scenario,
+                          "param": o.sweep.param, "plot": str(o.plot) if o.plot else None,
+                          "points": [{**asdict(p), "rate": p.rate} for p in o.points]}
+                         for o in outputs]
+        print_json(doc)
     if args.write_benchmarks and plain.results:
         _write_benchmarks(args.write_benchmarks, plain)
     return 0 if ok else 1
@@ -102,13 +107,11 @@ def _evaluate(args: argparse.Namespace, scenarios: tuple[str, ...], variants: tu
     return run_eval(opts, out=lambda line: _say(args, line))
 
 
-def _plain(report: EvalReport) -> EvalReport:
-    """The report's runs of plain scenarios (not sweep sizes): the scorecard."""
-    from trainguard.agents.sim import list_scenarios
+def _plain(report: EvalReport, variants: set[str]) -> EvalReport:
+    """The report without the runs of ``variants`` (sweep sizes): the scorecard."""
     from trainguard.evaluation.scorecard import markdown_table, summarize
 
-    known = set(list_scenarios())
-    results = [r for r in report.results if r.scenario in known]
+    results = [r for r in report.results if r.scenario not in variants]
     return replace(report, results=results, table=markdown_table(summarize(results)))
 
 
@@ -124,8 +127,8 @@ def _header(report: EvalReport) -> str:
             f"messages in {report.seconds:.0f} s of wall time; {latency_line(report)}.")
 
 
-def _sweeps_out(args: argparse.Namespace, sweeps: list[Any], report: EvalReport) -> bool:
-    """Print (and write) the sweeps; True when every sweep's 3rd size met its target."""
+def _sweeps_out(args: argparse.Namespace, sweeps: list[Any], report: EvalReport) -> list[Any]:
+    """Print the sweeps (and write their block and plots); their outputs."""
     from trainguard.evaluation.extras import SWEEP_MARKERS, sweep_block, sweep_outputs, write_block
 
     outputs = sweep_outputs(sweeps, report, args.plots_dir)
@@ -136,7 +139,7 @@ def _sweeps_out(args: argparse.Namespace, sweeps: list[Any], report: EvalReport)
         write_block(args.write_benchmarks, SWEEP_MARKERS,
                     sweep_block(outputs, _header(report), base))
         _say(args, f"[eval] sweeps written to {args.write_benchmarks}")
-    return all(p.false_alerts == 0 for o in outputs for p in o.points)
+    return outputs
 
 
 def _run_clean(args: argparse.Namespace) -> int:
