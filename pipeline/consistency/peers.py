@@ -86,7 +86,7 @@ class PeerChecks:
             return None, None, None
         rows = self._rows(cs, cols)
         values = cols.peer_values
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             center, scale = self._centers(cols, values)
             stats, ok, hot = self._calibrated(rows, cols, values, center, scale)
             z_grad, grad_count, ok_grad, grad_hot = self._gradients(rows, cols, values, center,
