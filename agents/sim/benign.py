@@ -18,10 +18,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CheckpointPause",
+    "CleanMix",
     "CleanRestart",
     "EvalPhase",
     "JobResize",
     "LrSchedule",
+    "NoisySteps",
     "ThermalThrottle",
 ]
 
@@ -191,3 +193,86 @@ class JobResize(Scenario):
         for r in self._node_ranks(last):
             sim.knobs.alive[r] = False
         sim.knobs.world_size -= self.spec.gpus_per_node
+
+
+@dataclass(kw_only=True)
+class NoisySteps(Scenario):
+    """A healthy job on shared, busy hosts: step times noisy, heavy-tailed and bursty.
+
+    Modelled on a real 4-rank PyTorch DDP job on shared CPUs, where each rank's step time
+    exceeded 1.1x the median in about 30 % of steps: 15 % gaussian noise plus bursts of
+    1-4 slow steps (up to 1.6x) starting on 6 % of a rank's steps give each rank of a
+    16-rank job > 1.1x its peers' median in ~27 % of steps, and a dataloader stall on 2 %.
+    """
+
+    name: ClassVar[str] = "noisy_steps"
+    kind: ClassVar[_Kind] = "benign"
+    description: ClassVar[str] = (
+        "compute_noise relative noise and bursts (burst_p per rank-step, 1..burst_steps "
+        "steps, up to burst_max x) on every rank from the start, loss_noise on the loss"
+    )
+    compute_noise: float = 0.15
+    burst_p: float = 0.06
+    burst_steps: int = 4
+    burst_max: float = 1.6
+    loss_noise: float = 0.05
+    stall_p: float = 1 / 50
+
+    def adapt(self, spec: JobSpec) -> JobSpec:
+        """The noisy job (validated by the spec)."""
+        return replace(spec, compute_noise=self.compute_noise, burst_p=self.burst_p,
+                       burst_steps=self.burst_steps, burst_max=self.burst_max,
+                       loss_noise=self.loss_noise, stall_p=self.stall_p)
+
+
+@dataclass(kw_only=True)
+class CleanMix(Scenario):
+    """A long, clean run with everything a healthy job does, for false-alarm hours.
+
+    lr warmup for ``warmup_steps`` then cosine decay to ``total_steps``; a checkpoint every
+    ``checkpoint_every`` steps (``pause_s`` ticks without steps); an eval phase every
+    ``eval_every`` steps (``eval_s`` ticks); a clean restart from the last checkpoint every
+    ``restart_every`` ticks (down ``down_s`` ticks); a new data epoch every ``epoch_steps``
+    steps (``data_epoch`` and the seed fingerprint change alike on every rank); dataloader
+    stalls with chance ``stall_p`` per step.
+    """
+
+    name: ClassVar[str] = "clean_mix"
+    kind: ClassVar[_Kind] = "benign"
+    description: ClassVar[str] = (
+        "warmup + cosine decay, checkpoint pauses, eval phases, a clean restart every "
+        "restart_every ticks, data epochs and dataloader stalls: a long clean run"
+    )
+    warmup_steps: int = 200
+    total_steps: int = 20_000
+    checkpoint_every: int = 250
+    pause_s: int = 8
+    eval_every: int = 400
+    eval_s: int = 15
+    restart_every: int = 1200
+    down_s: int = 20
+    epoch_steps: int = 700
+    stall_p: float = 1 / 100
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive(self, checkpoint_every=self.checkpoint_every, pause_s=self.pause_s,
+                  eval_every=self.eval_every, eval_s=self.eval_s,
+                  restart_every=self.restart_every, down_s=self.down_s,
+                  epoch_steps=self.epoch_steps, total_steps=self.total_steps)
+        if not 0 <= self.warmup_steps < self.total_steps:
+            raise ValueError(f"{self.name}: warmup_steps must be within 0..total_steps-1 "
+                             f"({self.total_steps - 1}), got {self.warmup_steps}")
+
+    def adapt(self, spec: JobSpec) -> JobSpec:
+        """The schedule, checkpoints, evals, epochs and stalls of the mix."""
+        return replace(spec, warmup_steps=self.warmup_steps, total_steps=self.total_steps,
+                       checkpoint_every=self.checkpoint_every,
+                       checkpoint_pause_s=self.pause_s, eval_every=self.eval_every,
+                       eval_s=self.eval_s, epoch_steps=self.epoch_steps,
+                       stall_p=self.stall_p)
+
+    def on_tick(self, sim: JobSimulator, t: int) -> None:
+        """Restart cleanly from the last checkpoint every ``restart_every`` ticks."""
+        if t > 0 and t % self.restart_every == 0 and sim.checkpoints:
+            sim.restart(self.down_s)

@@ -14,10 +14,12 @@ from typing import Any, Final, Literal
 from trainguard.agents.sim.availability import Kill, NodeSlowdown
 from trainguard.agents.sim.benign import (
     CheckpointPause,
+    CleanMix,
     CleanRestart,
     EvalPhase,
     JobResize,
     LrSchedule,
+    NoisySteps,
     ThermalThrottle,
 )
 from trainguard.agents.sim.jobwide import JobLrChange, JobPoison, JobSlowdown
@@ -58,6 +60,7 @@ SCENARIOS: Final[dict[str, type[Scenario]]] = {
         JobCodeChange, JobLrRestart, JobReseedRestart,
         JobLrChange, JobPoison, JobSlowdown,
         CheckpointPause, LrSchedule, EvalPhase, CleanRestart, ThermalThrottle, JobResize,
+        NoisySteps, CleanMix,
     )
 }
 

@@ -53,8 +53,26 @@ class JobSpec:
     warmup_steps: int = 100
     base_lr: float = 3e-4
     total_steps: int = 100_000
+    # -- noise (the defaults are the simulator's historical values) ----------------------
+    #: Relative gaussian noise of a rank's micro-batch loss and of its local grad norm.
+    loss_noise: float = 0.03
+    grad_noise: float = 0.03
+    #: Relative gaussian noise of a rank's compute time.
+    compute_noise: float = 0.02
+    #: Bursty, heavy-tailed compute time (a shared CPU host): per rank and step, the chance
+    #: that a burst starts; it lasts 1..``burst_steps`` steps and multiplies the rank's
+    #: compute time by a factor drawn from 1.1..``burst_max``. 0: no bursts.
+    burst_p: float = 0.0
+    burst_steps: int = 4
+    burst_max: float = 1.6
+    #: Chance per step that one rank's dataloader stalls it 2-3x for one step.
+    stall_p: float = 1 / 400
+    #: Optimizer steps per data epoch; > 0: ranks report ``data_epoch`` and their seed
+    #: fingerprint changes with it (a new shuffle each epoch). 0: not reported.
+    epoch_steps: int = 0
 
     def __post_init__(self) -> None:
+        self._check_noise()
         for name in ("job_id", "cluster", "node_prefix"):
             value = getattr(self, name)
             _require(
@@ -94,6 +112,20 @@ class JobSpec:
             math.isfinite(self.base_lr) and self.base_lr > 0,
             f"base_lr must be a finite number > 0, got {self.base_lr}",
         )
+
+    def _check_noise(self) -> None:
+        for name in ("loss_noise", "grad_noise", "compute_noise"):
+            value = getattr(self, name)
+            _require(math.isfinite(value) and 0 <= value <= 0.5,
+                     f"{name} must be within 0..0.5 (relative), got {value}")
+        for name in ("burst_p", "stall_p"):
+            value = getattr(self, name)
+            _require(math.isfinite(value) and 0 <= value <= 1,
+                     f"{name} must be a probability within 0..1, got {value}")
+        _require(self.burst_steps >= 1, f"burst_steps must be >= 1, got {self.burst_steps}")
+        _require(math.isfinite(self.burst_max) and self.burst_max >= 1.1,
+                 f"burst_max must be >= 1.1, got {self.burst_max}")
+        _require(self.epoch_steps >= 0, f"epoch_steps must be >= 0, got {self.epoch_steps}")
 
     @property
     def world_size(self) -> int:

@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 #: Bumped whenever a change to the checks can change what they report.
-CHECK_VERSION = "2"
+CHECK_VERSION = "3"
 
 #: NVML clock-event reasons that mean the hardware slowed the GPU down: HW slowdown (0x8),
 #: SW thermal (0x20), HW thermal (0x40). Idle (0x1), application clocks (0x2) and the SW
@@ -88,25 +88,52 @@ class ConsistencyConfig:
     #: Floor on the scale of local grad norms, relative to the median: ranks agreeing to
     #: within 1 % are never outliers, however tight the rest agree.
     grad_rel_floor: float = 0.01
-    #: loss_outlier: per step a rank's robust z (clipped at ``loss_z_clip`` so one hard
-    #: micro-batch weighs little) feeds an EWMA spanning ``loss_span`` steps; it fires when
-    #: |EWMA| exceeds ``loss_z`` after ``loss_min_steps`` steps. Noise alone gives the EWMA
-    #: a standard deviation of ~0.13 (1/sqrt(span)); over 2,000 steps its peak stayed below
-    #: 0.56 in every trial (4 to 64 ranks), so 1.0 leaves a wide margin, while a rank 1.5
-    #: noise-sigmas above its peers (5 % with 3 % micro-batch noise) crosses it in ~30 steps
-    #: and 1.3 sigmas in ~45.
-    loss_z: float = 1.0
-    loss_span: int = 60
-    loss_z_clip: float = 4.0
-    loss_min_steps: int = 30
     #: Floor on the loss scale, relative to the median loss (ranks agreeing to 0.1 %).
     loss_rel_floor: float = 1e-3
-    #: straggler: a rank's compute time over its peers' median above ``straggler_ratio`` in
-    #: ``straggler_k`` of its last ``straggler_n`` steps. A dataloader stall (one slow step,
-    #: 2-3x) is 1 of 20; a throttled GPU is slow in every one.
-    straggler_ratio: float = 1.1
-    straggler_k: int = 16
-    straggler_n: int = 20
+    #: loss_outlier and straggler are per-rank CUSUMs calibrated to the job's own noise
+    #: (robust.CalibratedCusum). Per step, a rank's robust z against its peers (relative
+    #: departure of its loss, or of its compute time from its replica group's median, over
+    #: the peers' pooled spread) is clipped at ``peer_z_clip``, standardized by the mean and
+    #: variance that clipped z has on the job's own ranks (median over ranks of per-rank
+    #: moving moments over ``peer_null_span`` steps, learned from ``peer_warmup`` steps on)
+    #: and clipped again; it feeds S = max(0, S + u - k), capped at 2 x the larger h.
+    #: loss_outlier watches both sides, straggler only the slow one. One stalled step (2-3x)
+    #: adds at most clip - k (2.5 or 2), far below h; a skewed, heavy-tailed job (a CPU job
+    #: whose ranks exceed 1.1x the median in 30 % of steps) is standardized by its own
+    #: moments. Loss, ARL0 (Siegmund, standardized normal increments, k = 0.5):
+    #: (e^(2k(h+1.166)) - 2k(h+1.166) - 1) / (2k^2) = 5.7e7 rank-steps per side at h = 16
+    #: (h = 12: 1.0e6, h = 14: 7.7e6); 20 job-hours x 16 ranks at 1 step/s are 1.15e6
+    #: rank-steps, so the two-sided loss test expects 0.04 false alarms there (50x margin);
+    #: clipping only lengthens ARL0. A shift of 1 noise sigma (3 % loss with 3 % micro-batch noise)
+    #: crosses h = 16 in ~32 steps (ARL1), 2 sigmas in ~12.
+    peer_z_clip: float = 3.0
+    loss_cusum_k: float = 0.5
+    #: Step times come in bursts (a busy host slows a rank for a few steps in a row; the
+    #: real CPU job had a healthy rank slow in 15 of 20 steps), which a CUSUM tuned for
+    #: independent steps adds up: a healthy noisy job (15 % noise, bursts of 1-4 steps up
+    #: to 1.6x starting on 6 % of steps; 4 and 16 ranks, 3,000 steps) peaked at 21 with
+    #: k = 0.5 and h = 16. The straggler takes k = 1 and h = 20: the same jobs peaked at
+    #: 8.7-13.1, while a rank 25 % slower in that noisy job is found in 60-200 steps and a
+    #: node 10 % slower at 2 % noise in ~12 (k = 1.5 would peak at 7.6 but miss the 25 %
+    #: rank). ARL0 for independent standardized steps at k = 1, h = 20: ~e^(2(21.2)) / 2 >
+    #: 1e18 rank-steps; bursts, not the threshold, set the straggler's margin: 25x more
+    #: rank-steps than measured (1.2 M) adds ~ln(25) = 3.2 to the peak, still below 20.
+    straggler_cusum_k: float = 1.0
+    loss_cusum_h: float = 16.0
+    straggler_cusum_h: float = 20.0
+    peer_warmup: int = 30
+    peer_null_span: int = 300
+    #: Floor on the null's standard deviation of clipped z: a job whose ranks agree exactly
+    #: (all z 0) would otherwise turn the smallest departure into a page.
+    peer_sd_floor: float = 0.25
+    #: Minimum effect: the rank's relative departure, a moving average over
+    #: ``peer_effect_span`` steps, must also exceed these (loss: either side; compute time:
+    #: slower). A very tight job crosses h on a 1 % departure; 1.5 % of loss (half the
+    #: micro-batch noise of a typical job) and 4 % of compute time are what pages. While
+    #: firing, half of h and half of the effect keep the alarm on (hysteresis).
+    loss_min_effect: float = 0.015
+    straggler_min_effect: float = 0.04
+    peer_effect_span: int = 30
     #: Thermal / HW slowdown bits seen on a node's GPUs this recently make its stragglers
     #: (and lost GPUs or XIDs its idle GPUs) "hardware".
     hw_recent_s: float = 60.0
@@ -306,12 +333,14 @@ class ConsistencyConfig:
                   "agent_silent_s", "agent_forget_s", "exit_grace_s", "terminate_window_s",
                   "follow_s", "finish_window_s", "hang_stopped_s", "hang_after_s",
                   "rank_check_every_s",
-                  "grad_z", "loss_z", "loss_z_clip", "straggler_ratio")
+                  "grad_z", "peer_z_clip", "loss_cusum_k", "straggler_cusum_k",
+                  "loss_cusum_h", "straggler_cusum_h", "peer_sd_floor", "loss_min_effect",
+                  "straggler_min_effect")
         _at_least(self, 1, "max_open_steps", "max_jobs", "max_nodes", "max_world_size",
                   "clear_steps",
                   "max_open_findings",
-                  "grad_k", "grad_n", "loss_span", "scale_span", "loss_min_steps", "straggler_k",
-                  "straggler_n", "skew_steps", "idle_k", "throttle_k", "max_checkpoints",
+                  "grad_k", "grad_n", "scale_span", "peer_warmup", "peer_null_span",
+                  "peer_effect_span", "skew_steps", "idle_k", "throttle_k", "max_checkpoints",
                   "max_witness_paths", "max_event_ranks", "max_manifests",
                   "history_data_epochs", "continuity_steps", "continuity_min_steps",
                   "continuity_noise_steps",
@@ -340,21 +369,18 @@ class ConsistencyConfig:
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be within (0, 1], got {getattr(self, name)}")
         # Bit histories are one uint64 per rank.
-        for k, n in (("grad_k", "grad_n"), ("straggler_k", "straggler_n")):
+        for k, n in (("grad_k", "grad_n"),):
             if not getattr(self, k) <= getattr(self, n) <= 64:
                 raise ConfigError(
                     f"need {k} <= {n} <= 64, got {k}={getattr(self, k)}, {n}={getattr(self, n)}"
                 )
-        if self.loss_z >= self.loss_z_clip:
-            raise ConfigError(
-                f"loss_z ({self.loss_z}) must be below loss_z_clip ({self.loss_z_clip}), or "
-                "no clipped EWMA could ever reach it"
-            )
-        if self.straggler_ratio <= 1:
-            raise ConfigError(
-                f"straggler_ratio must be > 1 (slower than the peers' median), "
-                f"got {self.straggler_ratio}"
-            )
+        for h, k in (("loss_cusum_h", "loss_cusum_k"),
+                     ("straggler_cusum_h", "straggler_cusum_k")):
+            if getattr(self, h) <= self.peer_z_clip - getattr(self, k):
+                raise ConfigError(
+                    f"{h} ({getattr(self, h)}) must exceed peer_z_clip - {k} "
+                    f"({self.peer_z_clip - getattr(self, k)}), or one outlying step could fire"
+                )
         if not 0 <= self.idle_pct < self.busy_pct <= 100:
             raise ConfigError(
                 "need 0 <= idle_pct < busy_pct <= 100, got "

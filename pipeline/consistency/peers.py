@@ -5,11 +5,14 @@ Each check turns a step's values into one number per rank relative to the step's
 falling loss or a slower phase moves every rank together and fires nothing), then keeps a
 small per-rank memory so that only a *persistent* departure fires:
 
-* ``loss_outlier``: robust z of the loss, clipped, into an EWMA; fires on |EWMA| > loss_z.
+* ``loss_outlier``: a two-sided CUSUM of the loss's robust z, calibrated to the job's own
+  noise (:class:`~trainguard.pipeline.consistency.robust.CalibratedCusum`), beyond
+  ``loss_cusum_h`` while the rank's loss sits at least ``loss_min_effect`` off its peers'.
 * ``local_grad_outlier``: |robust z| of the pre-all-reduce grad norm beyond grad_z in
   grad_k of the last grad_n steps (a bit history per rank).
-* ``straggler``: compute time over the peers' median beyond straggler_ratio in
-  straggler_k of the last straggler_n steps; the node is blamed when all its ranks are.
+* ``straggler``: the same calibrated CUSUM (slow side) on compute time against the
+  replica group's median, with at least ``straggler_min_effect`` slowdown; the node is
+  blamed when all its ranks are.
 
 Loss peers are every rank of the step; gradient and compute-time peers are the rank's
 replica group where it is big enough (shards of different sizes compute and reduce
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +38,7 @@ from trainguard.pipeline.consistency.config import ConsistencyConfig
 from trainguard.pipeline.consistency.findings import Fault
 from trainguard.pipeline.consistency.robust import (
     MAD_TO_SIGMA,
+    CalibratedCusum,
     UIntArray,
     group_medians,
     push_bits,
@@ -55,83 +60,104 @@ class PeerChecks:
         self._floors = np.array([config.loss_rel_floor, config.grad_rel_floor, 0.0])
         #: Per metric: the peers' relative spread, smoothed over steps (NaN: none yet).
         self._spread: FloatArray = np.full(3, math.nan)
-        self.loss_ewma: FloatArray = np.zeros(0)
-        self.loss_steps: IntArray = np.zeros(0, dtype=np.int64)
+        #: Rows: loss (0) and compute time (1).
+        self.cusum = CalibratedCusum(
+            2, clip=config.peer_z_clip, k=(config.loss_cusum_k, config.straggler_cusum_k),
+            cap=2 * max(config.loss_cusum_h, config.straggler_cusum_h),
+            warmup=config.peer_warmup, null_span=config.peer_null_span,
+            effect_span=config.peer_effect_span, sd_floor=config.peer_sd_floor)
+        self._h = np.array([[config.loss_cusum_h], [config.straggler_cusum_h]])
+        self._min_effect = np.array([[config.loss_min_effect], [config.straggler_min_effect]])
         self.grad_hist: UIntArray = np.zeros(0, dtype=np.uint64)
-        self.slow_hist: UIntArray = np.zeros(0, dtype=np.uint64)
-        self.slow_ratio: FloatArray = np.zeros(0)
-        self.loss_alarm: _Bools = np.zeros(0, dtype=np.bool_)
+        #: Per rank slot: loss_outlier high (0) / low (1) and straggler (2) firing.
+        self.alarm: np.ndarray[Any, np.dtype[np.bool_]] = np.zeros((3, 0), dtype=np.bool_)
         self.grad_alarm: _Bools = np.zeros(0, dtype=np.bool_)
-        self.slow_alarm: _Bools = np.zeros(0, dtype=np.bool_)
+
+    @property
+    def capacity(self) -> int:
+        """Rank slots held in memory."""
+        return len(self.grad_hist)
 
     def evaluate(
         self, cs: ClosedStep, cols: StepColumns, hardware: Callable[[str], bool]
     ) -> PeerFaults:
         """The three checks on one closed step; ``hardware(node)``: its GPUs slowed down."""
-        c = self.config
-        n = len(cols)
-        if n == 0:
+        if len(cols) == 0:
             return None, None, None
         rows = self._rows(cs, cols)
         values = cols.peer_values
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             center, scale = self._centers(cols, values)
-            # loss_outlier: clipped robust z into an EWMA. Started from 0 and not bias-
-            # corrected: the first steps weigh less, a more conservative warm-up.
-            clip = c.loss_z_clip  # min/max: np.clip's wrapper costs more on small arrays
-            z_loss = np.maximum(np.minimum((values[0] - center[0]) / scale[0], clip), -clip)
-            z_loss[cols.loss_nonfinite & np.isfinite(center[0])] = c.loss_z_clip
-            ok_loss = np.isfinite(z_loss)
-            alpha = 2.0 / (c.loss_span + 1)
-            old = self.loss_ewma[rows]
-            ewma = np.where(ok_loss, (1 - alpha) * old + alpha * z_loss, old)
-            steps = self.loss_steps[rows] + ok_loss
-            level = np.abs(ewma)
-            was = self.loss_alarm[rows]
-            loss_alarm = np.where(ok_loss, ((level > c.loss_z) & (steps >= c.loss_min_steps))
-                                  | (was & (level > c.loss_z / 2)), was)
-            self.loss_ewma[rows], self.loss_steps[rows] = ewma, steps
-            self.loss_alarm[rows] = loss_alarm
-            # local_grad_outlier: |z| beyond grad_z in grad_k of the last grad_n steps.
-            z_grad = (values[1] - center[1]) / scale[1]
-            z_grad[cols.grad_nonfinite & np.isfinite(center[1])] = math.inf
-            ok_grad = ~np.isnan(z_grad)
-            grad_count = push_bits(self.grad_hist, rows, ok_grad, np.abs(z_grad) > c.grad_z,
-                               c.grad_n)
-            was = self.grad_alarm[rows]
-            grad_alarm = np.where(ok_grad, (grad_count >= c.grad_k) | (was & (grad_count > 0)),
-                                  was)
-            self.grad_alarm[rows] = grad_alarm
-            # straggler: compute time over the peers' median, straggler_k of straggler_n.
-            ratio = values[2] / center[2]
-            ok_slow = np.isfinite(ratio) & (center[2] > 0)
-            slow_count = push_bits(self.slow_hist, rows, ok_slow, ratio > c.straggler_ratio,
-                               c.straggler_n)
-            beta = 2.0 / (c.straggler_n + 1)
-            old = self.slow_ratio[rows]
-            smooth = np.where(ok_slow, (1 - beta) * old + beta * np.minimum(ratio, 10.0), old)
-            self.slow_ratio[rows] = smooth
-            was = self.slow_alarm[rows]
-            slow_alarm = np.where(ok_slow, (slow_count >= c.straggler_k)
-                                  | (was & (slow_count > c.straggler_n // 2)), was)
-            self.slow_alarm[rows] = slow_alarm
-        loss_hot, grad_hot, slow_hot = loss_alarm & ok_loss, grad_alarm & ok_grad, \
-            slow_alarm & ok_slow
+            stats, ok, hot = self._calibrated(rows, cols, values, center, scale)
+            z_grad, grad_count, ok_grad, grad_hot = self._gradients(rows, cols, values, center,
+                                                                    scale)
+        loss_hot, slow_hot = hot[0], hot[1]
         # A step without a verdict (too few peers) gives None; a healthy one, [].
-        loss: list[Fault] | None = [] if ok_loss.any() else None
+        loss: list[Fault] | None = [] if ok[0].any() else None
         grad: list[Fault] | None = [] if ok_grad.any() else None
-        slow: list[Fault] | None = [] if ok_slow.any() else None
+        slow: list[Fault] | None = [] if ok[1].any() else None
         if loss_hot.any() or grad_hot.any() or slow_hot.any():  # rare: build the faults
             center = np.broadcast_to(center, values.shape)
             scale = np.broadcast_to(scale, values.shape)
-            loss = [self._loss(cs, cols, int(i), center[0], scale[0], z_loss, ewma, steps)
+            loss = [self._loss(cs, cols, int(i), center[0], scale[0], stats)
                     for i in np.flatnonzero(loss_hot)] if loss is not None else None
             grad = [self._grad(cs, cols, int(i), center[1], scale[1], z_grad, grad_count)
                     for i in np.flatnonzero(grad_hot)] if grad is not None else None
             if slow is not None:
                 slow = self._stragglers(cs, cols, [int(i) for i in np.flatnonzero(slow_hot)],
-                                        center[2], smooth, slow_count, hardware)
+                                        center[2], stats, hardware)
         return loss, grad, slow
+
+    def _calibrated(
+        self, rows: IntArray, cols: StepColumns, values: FloatArray, center: FloatArray,
+        scale: FloatArray,
+    ) -> tuple[_Stats, _Bools, _Bools]:
+        """loss_outlier and straggler: the calibrated CUSUMs and their alarms (hysteresis).
+
+        Returns the step's statistics, which ranks had a value (rows: loss, compute time)
+        and which are firing (rows: loss either side, straggler).
+        """
+        c = self.config
+        # The relative departure from the peers' median and its robust z. A non-finite
+        # loss counts as a z at the clip and a departure of 100 %.
+        effect = values[0::2] / center[0::2] - 1.0
+        z = effect * np.abs(center[0::2]) / scale[0::2]
+        bad_loss = cols.loss_nonfinite & np.isfinite(center[0])
+        z[0, bad_loss], effect[0, bad_loss] = c.peer_z_clip, 1.0
+        ok = np.isfinite(z)
+        ok[1] &= center[2] > 0
+        u = self.cusum.update(rows, z, effect, ok)
+        up, down = self.cusum.up[:, rows], self.cusum.down[:, rows]
+        eff = self.cusum.effect[:, rows]
+        h, low = self._h, self._min_effect
+        fire = np.stack([(up[0] > h[0]) & (eff[0] > low[0]),
+                         (down[0] > h[0]) & (eff[0] < -low[0]),
+                         (up[1] > h[1]) & (eff[1] > low[1])])
+        hold = np.stack([(up[0] > h[0] / 2) & (eff[0] > low[0] / 2),
+                         (down[0] > h[0] / 2) & (eff[0] < -low[0] / 2),
+                         (up[1] > h[1] / 2) & (eff[1] > low[1] / 2)])
+        judged = ok[[0, 0, 1]]
+        was = self.alarm[:, rows]
+        alarm = np.where(judged, fire | (was & hold), was)
+        self.alarm[:, rows] = alarm
+        hot = np.stack([(alarm[0] | alarm[1]) & ok[0], alarm[2] & ok[1]])
+        return _Stats(z, u, up, down, eff, hold[2]), ok, hot
+
+    def _gradients(
+        self, rows: IntArray, cols: StepColumns, values: FloatArray, center: FloatArray,
+        scale: FloatArray,
+    ) -> tuple[FloatArray, IntArray, _Bools, _Bools]:
+        """local_grad_outlier: |z| beyond grad_z in grad_k of the last grad_n steps."""
+        c = self.config
+        z_grad = (values[1] - center[1]) / scale[1]
+        z_grad[cols.grad_nonfinite & np.isfinite(center[1])] = math.inf
+        ok_grad = ~np.isnan(z_grad)
+        grad_count = push_bits(self.grad_hist, rows, ok_grad, np.abs(z_grad) > c.grad_z,
+                               c.grad_n)
+        was = self.grad_alarm[rows]
+        grad_alarm = np.where(ok_grad, (grad_count >= c.grad_k) | (was & (grad_count > 0)), was)
+        self.grad_alarm[rows] = grad_alarm
+        return z_grad, grad_count, ok_grad, grad_alarm & ok_grad
 
     def _centers(self, cols: StepColumns, values: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Per metric and rank: the peers' median and the robust scale of departures from it.
@@ -164,22 +190,28 @@ class PeerChecks:
 
     def _loss(
         self, cs: ClosedStep, cols: StepColumns, i: int, center: FloatArray,
-        scale: FloatArray, z: FloatArray, ewma: FloatArray, steps: IntArray,
+        scale: FloatArray, st: _Stats,
     ) -> Fault:
         c = self.config
         value = "non-finite" if cols.loss_nonfinite[i] else f"{cols.loss[i]:.5g}"
+        high = st.up[0, i] >= st.down[0, i]
+        cusum = float(st.up[0, i] if high else st.down[0, i])
+        effect = float(st.effect[0, i])
         return Fault(
             check="loss_outlier", category="integrity", entities=(int(cols.ranks[i]),),
             summary=(f"{cols.who([i])}: loss {value} against its peers' median "
-                     f"{center[i]:.5g}; its robust z-score averaged {ewma[i]:+.2f} over "
-                     f"~{c.loss_span} steps (threshold ±{c.loss_z})"),
+                     f"{center[i]:.5g}; it has sat {abs(effect):.1%} "
+                     f"{'above' if high else 'below'} them (moving average), a CUSUM of "
+                     f"{cusum:.1f} in units of the job's own loss noise (threshold "
+                     f"{c.loss_cusum_h:g}, minimum effect {c.loss_min_effect:.1%})"),
             first_seen=cs.first_ts, ts=cs.decided_ts, step=cs.step, ranks=(int(cols.ranks[i]),),
             nodes=(cols.nodes[i],), observed=_num(cols.loss[i]), expected=float(center[i]),
-            score=float(ewma[i]),
+            score=effect,
             evidence={"loss": _num(cols.loss[i]), "peer_median": float(center[i]),
-                      "peer_scale": float(scale[i]), "z": float(z[i]),
-                      "z_ewma": float(ewma[i]), "span_steps": c.loss_span,
-                      "steps_seen": int(steps[i])},
+                      "peer_scale": float(scale[i]), "z": _num(st.z[0, i]),
+                      "u": _num(st.u[0, i]), "cusum": cusum, "cusum_h": c.loss_cusum_h,
+                      "direction": "high" if high else "low", "effect": effect,
+                      "min_effect": c.loss_min_effect, "span_steps": c.peer_effect_span},
         )
 
     def _grad(
@@ -204,38 +236,37 @@ class PeerChecks:
 
     def _stragglers(
         self, cs: ClosedStep, cols: StepColumns, hot: list[int], center: FloatArray,
-        smooth: FloatArray, counts: IntArray, hardware: Callable[[str], bool],
+        st: _Stats, hardware: Callable[[str], bool],
     ) -> list[Fault]:
         """One fault per slow node or per slow rank.
 
-        A node is to blame when every rank on it was slow in at least half of its recent
-        steps: the ranks of a slow node cross the full threshold a few steps apart (noise),
-        and blaming them one by one first would scatter one cause over many findings.
+        A node is to blame when every rank on it is at least half-way to firing (the
+        hysteresis level): the ranks of a slow node cross the full threshold a few steps
+        apart (noise), and blaming them one by one first would scatter one cause over
+        many findings.
         """
         by_node: dict[str, list[int]] = {}
         for i in hot:
             by_node.setdefault(cols.nodes[i], []).append(i)
-        half = self.config.straggler_n // 2
         faults = []
         for node, idx in by_node.items():
             on_node = [i for i, n in enumerate(cols.nodes) if n == node]
             hw = hardware(node)
-            if len(on_node) >= 2 and all(counts[i] >= half for i in on_node):
-                faults.append(self._slow(cs, cols, on_node, center, smooth, counts, node, hw))
+            if len(on_node) >= 2 and all(st.slow_hold[i] for i in on_node):
+                faults.append(self._slow(cs, cols, on_node, center, st, node, hw))
             else:
-                faults += [self._slow(cs, cols, [i], center, smooth, counts, None, hw)
-                           for i in idx]
+                faults += [self._slow(cs, cols, [i], center, st, None, hw) for i in idx]
         return faults
 
     def _slow(
         self, cs: ClosedStep, cols: StepColumns, idx: list[int], center: FloatArray,
-        smooth: FloatArray, counts: IntArray, node: str | None, hardware: bool,
+        st: _Stats, node: str | None, hardware: bool,
     ) -> Fault:
         c = self.config
-        mean_ratio = float(np.mean(smooth[idx]))
+        mean_ratio = 1.0 + float(np.mean(st.effect[1, idx]))
         values = cols.compute_time_s[idx]
         med = float(np.median(center[idx]))
-        slow_steps = int(np.min(counts[idx]))
+        cusum = float(np.min(st.up[1, idx]))
         cause = "; its GPUs report thermal or HW slowdown" if hardware else ""
         if node is not None:
             who = f"node {node} ({cols.who(idx)})"
@@ -245,15 +276,17 @@ class PeerChecks:
         return Fault(
             check="straggler", category="hardware" if hardware else "availability",
             entities=(node,) if node is not None else (int(cols.ranks[idx[0]]),),
-            summary=(f"{who}: {what} its peers' median {med:.4g} s (above "
-                     f"{c.straggler_ratio}x in {slow_steps} of the last {c.straggler_n} "
-                     f"steps){cause}"),
+            summary=(f"{who}: {what} its peers' median {med:.4g} s (moving average; a "
+                     f"CUSUM of {cusum:.1f} in units of the job's own step-time noise, "
+                     f"threshold {c.straggler_cusum_h:g}, minimum slowdown "
+                     f"{c.straggler_min_effect:.0%}){cause}"),
             first_seen=cs.first_ts, ts=cs.decided_ts, step=cs.step, ranks=cols.rank_list(idx),
             nodes=cols.node_list(idx), observed=float(np.mean(values)), expected=med,
             score=mean_ratio,
             evidence={"ratio_ewma": mean_ratio, "perf_score": 1.0 / mean_ratio,
                       "compute_time_s": float(np.mean(values)), "peer_median_s": med,
-                      "slow_steps": slow_steps, "window_steps": c.straggler_n,
+                      "cusum": cusum, "cusum_h": c.straggler_cusum_h,
+                      "min_effect": c.straggler_min_effect, "span_steps": c.peer_effect_span,
                       "hw_slowdown": "yes" if hardware else "no"},
         )
 
@@ -264,18 +297,28 @@ class PeerChecks:
         return rows
 
     def _grow(self, n: int) -> None:
-        if n <= len(self.loss_ewma):
+        have = self.capacity
+        if n <= have:
             return
         # Doubling: ranks that join a few at a time do not copy the arrays each time.
-        extra = max(n, 2 * len(self.loss_ewma)) - len(self.loss_ewma)
-        self.loss_ewma = np.concatenate([self.loss_ewma, np.zeros(extra)])
-        self.loss_steps = np.concatenate([self.loss_steps, np.zeros(extra, dtype=np.int64)])
-        self.slow_ratio = np.concatenate([self.slow_ratio, np.ones(extra)])
-        for name in ("loss_alarm", "grad_alarm", "slow_alarm"):
-            setattr(self, name, np.concatenate([getattr(self, name), np.zeros(extra, bool)]))
-        for name in ("grad_hist", "slow_hist"):
-            setattr(self, name,
-                    np.concatenate([getattr(self, name), np.zeros(extra, dtype=np.uint64)]))
+        extra = max(n, 2 * have) - have
+        self.cusum.grow(have + extra)
+        self.grad_hist = np.concatenate([self.grad_hist, np.zeros(extra, dtype=np.uint64)])
+        self.grad_alarm = np.concatenate([self.grad_alarm, np.zeros(extra, dtype=np.bool_)])
+        self.alarm = np.concatenate([self.alarm, np.zeros((3, extra), dtype=np.bool_)], axis=1)
+
+
+@dataclass(frozen=True)
+class _Stats:
+    """The calibrated CUSUMs' view of one step (rows: loss, compute time; by step index)."""
+
+    z: FloatArray
+    u: FloatArray
+    up: FloatArray
+    down: FloatArray
+    effect: FloatArray
+    #: Per rank: its straggler CUSUM and slowdown at least at the hold level.
+    slow_hold: _Bools
 
 
 def _num(value: float) -> float | None:

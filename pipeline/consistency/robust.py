@@ -6,11 +6,14 @@
   over all groups with one sort.
 * :func:`push_bits` / :func:`popcount`: the last ``n <= 64`` verdicts of each rank as the
   bits of one ``uint64``, so "k of the last n steps" costs two array operations.
+* :class:`CalibratedCusum`: per-rank CUSUMs of clipped z-scores, standardized by the null
+  (mean and variance of the clipped scores) learned from the job's own ranks.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,7 +22,8 @@ from trainguard.pipeline.consistency.columns import FloatArray, IntArray
 from trainguard.pipeline.detect.baseline import MAD_TO_SIGMA
 
 __all__ = [
-    "MAD_TO_SIGMA", "UIntArray", "group_medians", "popcount", "push_bits", "row_medians",
+    "MAD_TO_SIGMA", "CalibratedCusum", "UIntArray", "group_medians", "popcount", "push_bits",
+    "row_medians",
 ]
 
 UIntArray = np.ndarray[Any, np.dtype[np.uint64]]
@@ -78,3 +82,86 @@ def popcount(h: UIntArray) -> IntArray:
         return np.bitwise_count(h).astype(np.int64)
     bits = np.unpackbits(np.ascontiguousarray(h).view(np.uint8).reshape(-1, 8), axis=1)
     return bits.sum(axis=1).astype(np.int64)
+
+
+class CalibratedCusum:
+    """Two-sided CUSUMs per metric (rows) and rank slot (columns), calibrated to the job.
+
+    Each step a rank's robust z against its peers (clipped at ``clip``) is standardized by
+    the job's own null: per rank, the running mean and variance of its clipped z (a moving
+    average over ``null_span`` steps), and across the step's ranks the *median* of those, so
+    a minority of faulty ranks cannot move the null. Skewed noise (step times have a long
+    right tail) gives clipped z a positive mean that a plain CUSUM would accumulate; the
+    learned mean removes it, and the learned variance makes the threshold mean the same
+    false-alarm rate for 4 ranks (whose MAD underestimates the spread) as for 4,000. The
+    standardized score ``u`` is clipped again, so one step adds at most ``clip - k``.
+
+    ``k`` (the allowance, per metric) is what a step's score must exceed to push the CUSUM
+    up. A rank's CUSUMs start once it has ``warmup`` steps (the null needs them) and are capped
+    at ``cap`` so they fall back soon after a fault ends. ``effect`` is a moving average
+    (``effect_span`` steps) of the relative departure itself, for a minimum effect size.
+    """
+
+    def __init__(self, metrics: int, *, clip: float, k: Sequence[float], cap: float,
+                 warmup: int, null_span: int, effect_span: int, sd_floor: float) -> None:
+        if len(k) != metrics:
+            raise ValueError(f"need one allowance k per metric ({metrics}), got {list(k)}")
+        self.clip, self.cap, self.warmup = clip, cap, warmup
+        self.k: FloatArray = np.asarray(k, dtype=np.float64)[:, None]
+        self.null_alpha, self.effect_alpha = 2.0 / (null_span + 1), 2.0 / (effect_span + 1)
+        self.sd_floor = sd_floor
+        self.metrics = metrics
+        self.seen: IntArray = np.zeros((metrics, 0), dtype=np.int64)
+        self.mean: FloatArray = np.zeros((metrics, 0))
+        self.square: FloatArray = np.zeros((metrics, 0))
+        self.up: FloatArray = np.zeros((metrics, 0))
+        self.down: FloatArray = np.zeros((metrics, 0))
+        self.effect: FloatArray = np.zeros((metrics, 0))
+
+    @property
+    def capacity(self) -> int:
+        """Rank slots held."""
+        return int(self.seen.shape[1])
+
+    def grow(self, n: int) -> None:
+        """Hold at least ``n`` rank slots (doubling, so ranks joining few at a time are cheap)."""
+        have = self.capacity
+        if n <= have:
+            return
+        extra = max(n, 2 * have) - have
+        for name in ("seen", "mean", "square", "up", "down", "effect"):
+            old = getattr(self, name)
+            setattr(self, name, np.concatenate(
+                [old, np.zeros((self.metrics, extra), dtype=old.dtype)], axis=1))
+
+    def update(self, rows: IntArray, z: FloatArray, effect: FloatArray,
+               ok: np.ndarray[Any, Any]) -> FloatArray:
+        """Feed one step (``z``, ``effect``: metrics x ranks; ``ok``: has a value).
+
+        Returns ``u``, the standardized score of the step (NaN where not ``ok``); the
+        CUSUMs, moving averages and counts of ``rows`` are updated in place.
+        """
+        clip = self.clip
+        zc = np.where(ok, np.maximum(np.minimum(z, clip), -clip), 0.0)
+        seen = self.seen[:, rows] + ok
+        # A running mean until the span is reached: no start-up bias toward 0.
+        w = np.where(ok, np.maximum(1.0 / np.maximum(seen, 1), self.null_alpha), 0.0)
+        mean = self.mean[:, rows] + w * (zc - self.mean[:, rows])
+        square = self.square[:, rows] + w * (zc * zc - self.square[:, rows])
+        we = np.where(ok, np.maximum(1.0 / np.maximum(seen, 1), self.effect_alpha), 0.0)
+        eff = self.effect[:, rows] + we * (np.where(ok, effect, 0.0) - self.effect[:, rows])
+        ready = ok & (seen >= self.warmup)
+        null_mean = row_medians(np.where(ready, mean, math.nan), min_peers=1)[:, None]
+        null_var = row_medians(np.where(ready, square - mean * mean, math.nan),
+                               min_peers=1)[:, None]
+        sd = np.sqrt(np.fmax(null_var, self.sd_floor ** 2))
+        u = np.maximum(np.minimum((zc - null_mean) / sd, clip), -clip)
+        u = np.where(ready, u, math.nan)
+        up = np.where(ready, np.minimum(np.maximum(self.up[:, rows] + u - self.k, 0.0), self.cap),
+                      self.up[:, rows])
+        down = np.where(ready,
+                        np.minimum(np.maximum(self.down[:, rows] - u - self.k, 0.0), self.cap),
+                        self.down[:, rows])
+        self.seen[:, rows], self.mean[:, rows], self.square[:, rows] = seen, mean, square
+        self.up[:, rows], self.down[:, rows], self.effect[:, rows] = up, down, eff
+        return np.asarray(u, dtype=np.float64)

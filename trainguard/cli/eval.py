@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, default=Path("trainguard-data"),
                    help="where the broker and the store of the run live (default: %(default)s)")
     p.add_argument("--write-benchmarks", type=Path, metavar="FILE",
-                   help="also write the scorecard into FILE between the scorecard markers")
+                   help="also write the scorecard (sweeps, clean hours) into FILE between "
+                        "its markers")
+    p.add_argument("--sweep", action="append", default=[], metavar="NAME",
+                   choices=["straggler", "loss", "lr", "all"],
+                   help="size sweep to run (straggler, loss, lr or all; repeatable): every "
+                        "size x every seed, beside the --scenario runs (default: none)")
+    p.add_argument("--plots-dir", type=Path, default=Path("docs/img"),
+                   help="where the sweeps' PNG plots go (default: %(default)s)")
+    p.add_argument("--clean-hours", type=float, metavar="H",
+                   help="instead: clean_mix jobs for H job-hours in total; report every "
+                        "finding (integrity/availability ones are false alarms)")
+    p.add_argument("--clean-jobs", type=int, default=4,
+                   help="jobs side by side for --clean-hours (default: %(default)s)")
     add_bootstrap(p, default="")
     add_json_flag(p, "the scorecard (per scenario and per run; progress goes to stderr)")
     p.set_defaults(func=_run)
@@ -45,24 +57,115 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     import logging
-    import sys
 
-    from trainguard.evaluation import EvalOptions, run_eval
+    from trainguard.evaluation.sweep import resolve_sweeps
 
     if args.log_level == "INFO":
         logging.getLogger().setLevel(logging.WARNING)  # the progress lines are the output
-    opts = EvalOptions(data_dir=args.data_dir, scenarios=tuple(args.scenario),
-                       seeds=tuple(range(args.seeds)), ticks=args.ticks, nodes=args.nodes,
-                       gpus=args.gpus, speed=args.speed, bootstrap=args.bootstrap or None)
+    if args.clean_hours is not None:
+        return _run_clean(args)
+    sweeps, skipped = resolve_sweeps(args.sweep)
+    for note in skipped:
+        _say(args, f"[eval] {note}")
+    if args.sweep and not sweeps and not args.scenario:
+        _say(args, "[eval] no sweep left to run")
+        return 1
+    variants = tuple(v for s in sweeps for v in s.variants())
+    report = _evaluate(args, tuple(args.scenario), variants, args.ticks,
+                       tuple(range(args.seeds)))
+    plain = _plain(report, {v.label for v in variants})
+    if plain.results and not args.json:
+        _print_table(plain)
+    ok = plain.passed
+    outputs = _sweeps_out(args, sweeps, report) if sweeps else []
+    ok = ok and all(p.false_alerts == 0 for o in outputs for p in o.points)
     if args.json:
-        report = run_eval(opts, out=lambda line: print(line, file=sys.stderr, flush=True))
-        print_json(scorecard_doc(report))
-    else:
-        report = run_eval(opts)
-        _print_table(report)
+        doc = scorecard_doc(plain)
+        doc["sweeps"] = [{"sweep": o.sweep.name, "scenario": o.sweep.scenario,
+                          "param": o.sweep.param, "plot": str(o.plot) if o.plot else None,
+                          "points": [{**asdict(p), "rate": p.rate} for p in o.points]}
+                         for o in outputs]
+        print_json(doc)
+    if args.write_benchmarks and plain.results:
+        _write_benchmarks(args.write_benchmarks, plain)
+    return 0 if ok else 1
+
+
+def _say(args: argparse.Namespace, line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+
+def _evaluate(args: argparse.Namespace, scenarios: tuple[str, ...], variants: tuple[Any, ...],
+              ticks: int, seeds: tuple[int, ...]) -> EvalReport:
+    from trainguard.evaluation import EvalOptions, run_eval
+
+    opts = EvalOptions(data_dir=args.data_dir, scenarios=scenarios, variants=variants,
+                       seeds=seeds, ticks=ticks, nodes=args.nodes, gpus=args.gpus,
+                       speed=args.speed, bootstrap=args.bootstrap or None)
+    return run_eval(opts, out=lambda line: _say(args, line))
+
+
+def _plain(report: EvalReport, variants: set[str]) -> EvalReport:
+    """The report without the runs of ``variants`` (sweep sizes): the scorecard."""
+    from trainguard.evaluation.scorecard import markdown_table, summarize
+
+    results = [r for r in report.results if r.scenario not in variants]
+    return replace(report, results=results, table=markdown_table(summarize(results)))
+
+
+def _header(report: EvalReport) -> str:
+    import shlex
+    import sys
+    from datetime import UTC, datetime
+
+    from trainguard.evaluation import latency_line
+
+    command = "trainguard eval " + shlex.join(sys.argv[2:])
+    return (f"Command: `{command}`; date: {datetime.now(UTC):%Y-%m-%d}; {report.produced} "
+            f"messages in {report.seconds:.0f} s of wall time; {latency_line(report)}.")
+
+
+def _sweeps_out(args: argparse.Namespace, sweeps: list[Any], report: EvalReport) -> list[Any]:
+    """Print the sweeps (and write their block and plots); their outputs."""
+    from trainguard.evaluation.extras import SWEEP_MARKERS, sweep_block, sweep_outputs, write_block
+
+    outputs = sweep_outputs(sweeps, report, args.plots_dir)
+    for o in outputs:
+        _say(args, f"\n{o.table}\n" + (f"[eval] plot: {o.plot}" if o.plot else ""))
     if args.write_benchmarks:
-        _write_benchmarks(args.write_benchmarks, report)
-    return 0 if report.passed else 1
+        base = args.write_benchmarks.parent
+        write_block(args.write_benchmarks, SWEEP_MARKERS,
+                    sweep_block(outputs, _header(report), base))
+        _say(args, f"[eval] sweeps written to {args.write_benchmarks}")
+    return outputs
+
+
+def _run_clean(args: argparse.Namespace) -> int:
+    from trainguard.evaluation.extras import (
+        CLEAN_MARKERS,
+        clean_block,
+        clean_plan,
+        clean_result,
+        write_block,
+    )
+
+    plan = clean_plan(args.clean_hours, args.clean_jobs)
+    report = _evaluate(args, ("clean_mix",), (), plan.ticks, tuple(range(plan.jobs)))
+    summary = clean_result(plan, report)
+    block = clean_block(summary, _header(report))
+    if args.json:
+        print_json({"passed": summary.passed, "job_hours": summary.job_hours,
+                    "jobs": summary.jobs, "false_alarms": list(summary.false_alarms),
+                    "counts": [{"category": cat, "check": check, "findings": n}
+                               for (cat, check), n in sorted(summary.counts.items())]})
+    else:
+        print("\n" + block)
+    if args.write_benchmarks:
+        write_block(args.write_benchmarks, CLEAN_MARKERS, block)
+        _say(args, f"[eval] clean hours written to {args.write_benchmarks}")
+    return 0 if summary.passed else 1
 
 
 def scorecard_doc(report: EvalReport) -> dict[str, Any]:

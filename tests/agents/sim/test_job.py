@@ -168,3 +168,36 @@ def test_a_scenario_drives_one_simulator_only():
     JobSimulator(SPEC, scenario)
     with pytest.raises(RuntimeError, match="already drives a simulator"):
         JobSimulator(SPEC, scenario)
+
+
+def _digest(sim, ticks):
+    import hashlib
+
+    from trainguard.schemas.codec import encode
+
+    h = hashlib.sha256()
+    for _ in range(ticks):
+        for e in sim.tick():
+            h.update(e.topic.encode() + e.key + encode(e.record))
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize(("scenario", "digest"), [
+    (None, "b54438344ce9587d"), ("node_slowdown", "ece8daf4e2847ab0"),
+    ("poisoned_data", "7a5227517fd45fd5"),
+])
+def test_the_default_noise_gives_the_records_it_always_gave(scenario, digest):
+    # Digests of 1,200 ticks (dataloader stalls and checkpoints included) made before the
+    # noise became JobSpec parameters: the defaults must not change a single record.
+    spec = JobSpec(nodes=3, gpus_per_node=4)
+    made = make_scenario(scenario, spec, seed=2, at=60) if scenario else None
+    assert _digest(JobSimulator(spec, made, seed=3), 1200) == digest
+
+
+def test_bursty_noise_and_data_epochs_change_the_records_only_when_asked():
+    noisy = JobSpec(nodes=3, gpus_per_node=4, compute_noise=0.15, burst_p=0.06,
+                    epoch_steps=20)
+    recs = steps(JobSimulator(noisy, seed=1).run(60))
+    assert {r.data_epoch for r in recs} == {0, 1, 2}
+    assert len({r.seed_fingerprint for r in recs}) == 3
+    assert all(r.data_epoch is None for r in steps(JobSimulator(SPEC, seed=1).run(5)))

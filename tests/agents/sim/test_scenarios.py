@@ -23,7 +23,7 @@ SABOTAGE = [
 ]
 BENIGN = [
     "checkpoint_pause", "lr_schedule", "eval_phase", "clean_restart", "thermal_throttle",
-    "job_resize",
+    "job_resize", "noisy_steps", "clean_mix",
 ]
 RESTARTS = {"weight_tamper", "checkpoint_corruption", "clean_restart", "job_code_change",
             "job_lr_restart", "job_reseed_restart"}
@@ -322,3 +322,36 @@ def test_job_resize_drops_the_last_node_and_shrinks_the_world():
             and e.record.ts >= scenario.ts_of(AT) and e.topic != "heartbeats"]
     assert all(e.topic == "samples" and e.record.job_id is None and e.key == b"node-02"
                for e in left)
+
+
+def test_noisy_steps_puts_ranks_above_1_1x_the_median_in_about_30_percent_of_steps():
+    _, _, emits = run("noisy_steps", 400)
+    above = total = 0
+    for records in by_ts(emits).values():
+        times = sorted(r.compute_time_s for r in records)
+        med = (times[len(times) // 2 - 1] + times[len(times) // 2]) / 2
+        above += sum(t > 1.1 * med for t in times)
+        total += len(times)
+    assert 0.22 < above / total < 0.38
+    assert all(r.seed_fingerprint == steps(emits)[0].seed_fingerprint for r in steps(emits))
+
+
+def test_clean_mix_restarts_cleanly_and_reports_data_epochs():
+    scenario, sim, emits = run("clean_mix", 420, checkpoint_every=30, pause_s=3, eval_every=45,
+                               eval_s=4, restart_every=200, down_s=5, epoch_steps=50,
+                               warmup_steps=20, total_steps=2000)
+    recs = steps(emits)
+    numbers = [r.step for r in recs if r.rank == 0]
+    assert any(b < a for a, b in zip(numbers, numbers[1:], strict=False))  # went back
+    assert len(checkpoints(emits, "load")) >= SPEC.world_size
+    saved = {(s.checkpoint_id, s.rank): s.digest for s in checkpoints(emits, "save")}
+    assert all(saved[(x.checkpoint_id, x.rank)] == x.digest for x in checkpoints(emits, "load"))
+    assert {r.data_epoch for r in recs} >= {0, 1, 2}
+    for records in by_ts(emits).values():  # every rank alike at every step
+        assert replicas_agree(records)
+        assert len({(r.lr, r.data_epoch, r.seed_fingerprint) for r in records}) == 1
+    by_epoch = {}
+    for r in recs:
+        by_epoch.setdefault(r.data_epoch, set()).add(r.seed_fingerprint)
+    assert all(len(v) == 1 for v in by_epoch.values()) and len(by_epoch) >= 3
+    assert len({next(iter(v)) for v in by_epoch.values()}) == len(by_epoch)

@@ -22,6 +22,11 @@ from trainguard.agents.sim import JobSpec
         ({"base_lr": float("nan")}, "base_lr must be a finite number > 0, got nan"),
         ({"job_id": ""}, "job_id must be a non-empty string"),
         ({"node_prefix": "x" * 300}, "node_prefix must be a non-empty string"),
+        ({"loss_noise": -0.1}, "loss_noise must be within 0..0.5 \\(relative\\), got -0.1"),
+        ({"compute_noise": 0.9}, "compute_noise must be within 0..0.5"),
+        ({"burst_p": 1.5}, "burst_p must be a probability within 0..1, got 1.5"),
+        ({"burst_max": 1.0}, "burst_max must be >= 1.1, got 1.0"),
+        ({"epoch_steps": -1}, "epoch_steps must be >= 0, got -1"),
     ],
 )
 def test_invalid_spec_is_rejected_naming_the_bad_value(kwargs, message):

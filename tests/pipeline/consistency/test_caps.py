@@ -39,7 +39,7 @@ def test_per_rank_state_grows_with_the_ranks_that_report_not_their_numbers():
     feed(stage, [job.step(s, ranks=far, world_size=BIG) for s in range(1, 6)])
     state = stage.jobs["sparse"]
     assert sorted(state.asm.slot_of) == far and len(state.asm.last_ts) == 8
-    assert len(state.peers.loss_ewma) <= 16
+    assert state.peers.capacity <= 16
     assert state.asm.ranks_on(job.node(BIG - 1)) == (BIG - 4, BIG - 3, BIG - 2, BIG - 1)
     assert state.asm.ranks_on(job.node(0), 2) == (2,)
     assert stage.stats()["steps_closed"] == 5

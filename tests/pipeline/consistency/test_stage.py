@@ -171,7 +171,7 @@ def test_jobs_are_bounded_and_silent_ones_expire_in_wall_clock_time():
 
 
 @pytest.mark.parametrize("bad", [
-    {"wait_s": 0}, {"straggler_k": 30, "straggler_n": 20}, {"loss_z": 5.0},
+    {"wait_s": 0}, {"loss_cusum_h": 2.0}, {"straggler_cusum_k": 0.0},
     {"idle_pct": 70.0}, {"missing_quorum": 1.5}, {"repeat_s": -1.0}, {"clear_steps": 0},
     {"grad_n": 65, "grad_k": 3}, {"wait_s": float("nan")},
 ])
