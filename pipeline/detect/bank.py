@@ -11,12 +11,15 @@ only once a row has learned ``cp_after`` values.
 
 Per row and point, once ``min_samples`` values are learned:
 
-* an excursion opens at a point beyond ``z_shift``. ``confirm`` consecutive points beyond
-  ``z_shift`` make a **level shift** (``first_seen`` = the excursion's first point). An
+* an excursion opens at a point beyond ``z_shift`` that is also at least ``min_effect``
+  of the baseline away (a series pegged at 100 % that reads 97 is not news). ``confirm``
+  consecutive such points on one side make a **level shift** (``first_seen`` = the
+  excursion's first point); a run that changes side (a burst of noise) starts over. An
   excursion of fewer points that peaked beyond ``z_spike`` and then came back within
-  ``z_clear`` is a **spike**, reported on the point that came back (``ts``): one point
-  late, or more if the next points sit between ``z_clear`` and ``z_shift``. A spike is
-  never also a shift, and a shift never a string of spikes.
+  ``z_clear`` is a spike candidate, reported as a **spike** on the point that came back
+  (``ts``) only if the row had no other candidate for ``spike_quiet_s``: real telemetry
+  is heavy-tailed, and a row that spikes every few minutes spikes as a matter of course.
+  A spike is never also a shift, and a shift never a string of spikes.
 * a change-point alarm is a **drift** when the per-point robust z was small over its
   excursion: below ``z_drift``, estimated as the excursion's mean z against the slow
   baseline less the gap the fast baseline has already closed. Otherwise it is a
@@ -28,12 +31,22 @@ Per row and point, once ``min_samples`` values are learned:
   a new normal: the baseline is rebuilt from the last ``window`` values, which a second
   ring keeps for that.
 
+What fired is then screened (:mod:`~trainguard.pipeline.detect.screen`): a departure
+that at least ``peer_share`` of the row's live peer group (its job's other GPUs or ranks,
+given to :meth:`DetectorBank.update`) share at the same time, on the same side, is
+benign (a checkpoint dip, a phase change of the job): the row is in alarm as usual, so
+it clears or re-learns, but nothing is reported. Another anomaly of a row within ``episode_s`` of
+its last one is the same episode. :attr:`DetectorBank.suppressed` counts what each rule
+kept out.
+
 Points are skipped (no learning, no verdict) when the value or time is not finite, or
 the time is not after the row's last point: a replayed message changes nothing.
-State is fixed per row: about 1.2 KB with the default 60-value window.
+State is fixed per row: about 1.3 KB with the default 60-value window.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -41,12 +54,13 @@ from trainguard.pipeline.detect.baseline import Ewm, EwmLag1, RobustWindow
 from trainguard.pipeline.detect.baseline import unique_rounds as _unique_rounds
 from trainguard.pipeline.detect.changepoint import ChangeAlarms, Cusum, PageHinkley
 from trainguard.pipeline.detect.registry import FloatArray, IntArray, RowGroup
+from trainguard.pipeline.detect.screen import SUPPRESSED, screen
 from trainguard.pipeline.detect.types import AnomalyKind, BankConfig, Detection, RowState
 
-__all__ = ["STATE_FORMAT", "DetectorBank"]
+__all__ = ["STATE_FORMAT", "SUPPRESSED", "DetectorBank"]
 
 #: Layout version of :meth:`DetectorBank.state` snapshots.
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 
 # Alarm codes kept per row; 3 and 4 came from the change-point test.
 _SPIKE, _SHIFT, _CP_SHIFT, _CP_DRIFT = 1, 2, 3, 4
@@ -78,16 +92,23 @@ class DetectorBank(RowGroup):
             else PageHinkley(capacity, c.cp_drift, c.cp_threshold, c.direction)
         )
         self.rows = RowState(capacity)
+        #: Departures not reported, by why: ``small`` (under ``min_effect``), ``spike_quiet``
+        #: (a spike on a row that spikes often), ``episode`` (the same episode again),
+        #: ``shared`` (the row's group departs with it).
+        self.suppressed: dict[str, int] = dict.fromkeys(SUPPRESSED, 0)
         super().__init__(
             {"window": self.window, "recent": self.recent, "level": self.level,
              "spread": self.spread, "cp": self.changes, "row": self.rows},
             STATE_FORMAT,
         )
 
-    def update(self, rows: IntArray, values: FloatArray, ts: FloatArray) -> list[Detection]:
+    def update(self, rows: IntArray, values: FloatArray, ts: FloatArray,
+               groups: IntArray | None = None) -> list[Detection]:
         """Feed one value per row with its event time; returns the anomalies confirmed.
 
         A row may appear more than once: its points are applied in event-time order.
+        ``groups`` puts each row in a peer group (its job; -1 for none): a departure most
+        of its group shares is benign (see :meth:`_shared`).
         """
         rows = np.asarray(rows, dtype=np.int64)
         values, ts = np.asarray(values, dtype=np.float64), np.asarray(ts, dtype=np.float64)
@@ -100,10 +121,12 @@ class DetectorBank(RowGroup):
         if rows.min() < 0:
             raise ValueError(f"rows must be >= 0, got {int(rows.min())}")
         self.grow(int(rows.max()) + 1)
+        if groups is not None:
+            self.rows.group[rows] = np.asarray(groups, dtype=np.int64)
         found: list[Detection] = []
         for idx in _unique_rounds(rows, ts):
             found += self._step(rows[idx], values[idx], ts[idx])[0]
-        return found
+        return screen(found, self.config, self.rows, self.changes, self.suppressed)
 
     def _step(
         self, r: IntArray, x: FloatArray, t: FloatArray
@@ -118,12 +141,17 @@ class DetectorBank(RowGroup):
         median, mad_scale, count = self.window.stats(r)
         warming = count < c.min_samples
         if warming.any():
-            self._warm_up(r[warming], x[warming], count[warming])
+            self._warm_up(r[warming], x[warming], count[warming], t[warming])
             live = np.flatnonzero(~warming)
             keep, r, count = keep[live], r[live], count[live]
             x, t, median, mad_scale = x[live], t[live], median[live], mad_scale[live]
         scale = self._scale(r, median, mad_scale)
         z = (x - median) / scale
+        # What peers of these rows are judged by (see _shared), held rows included.
+        big = np.abs(x - median) >= c.min_effect * np.abs(median)
+        st.last_z[r] = z
+        st.dep_up[r] = np.where(big & (z > c.z_shift), t, st.dep_up[r])
+        st.dep_down[r] = np.where(big & (z < -c.z_shift), t, st.dep_down[r])
         # The change-point test sums residuals: autocorrelated noise makes sums wander
         # more, by sqrt((1+rho)/(1-rho)) for AR(1) noise, so its scale is the long-run one.
         rho = np.clip(self.spread.rho(r), 0.0, 0.95)
@@ -139,7 +167,7 @@ class DetectorBank(RowGroup):
             self._hold(r[held], e[held], zs[held])
         found = self._judge(
             r[free], x[free], t[free], z[free], zs[free], median[free], scale[free],
-            slow_scale[free], count[free],
+            slow_scale[free], count[free], big[free],
         )
         return found, e_out
 
@@ -165,11 +193,14 @@ class DetectorBank(RowGroup):
         d = self.config.direction
         return np.abs(z) if d == "both" else (z if d == "up" else -z)
 
-    def _warm_up(self, r: IntArray, x: FloatArray, count: IntArray) -> None:
+    def _warm_up(self, r: IntArray, x: FloatArray, count: IntArray, t: FloatArray) -> None:
         """Learn every value; a row that completes warm-up seeds its EWMs robustly."""
         self.window.push(r, x)
-        done = r[count + 1 == self.config.min_samples]
+        is_done = count + 1 == self.config.min_samples
+        done = r[is_done]
         if len(done):
+            # Spikes count only once the row has shown it does not spike all the time.
+            self.rows.spike_last[done] = t[is_done]
             # Seeding from median and MAD, not from the EWMs fed so far, keeps wild
             # warm-up values out of the slow baseline and the scale.
             median, mad_scale, count = self.window.stats(done)
@@ -210,18 +241,22 @@ class DetectorBank(RowGroup):
     def _judge(
         self, r: IntArray, x: FloatArray, t: FloatArray, z: FloatArray, zs: FloatArray,
         median: FloatArray, scale: FloatArray, slow_scale: FloatArray, count: IntArray,
+        big: np.ndarray[Any, np.dtype[np.bool_]],
     ) -> list[Detection]:
         """Rows not in alarm: advance excursions and the change-point test, then learn."""
         c, st = self.config, self.rows
         e, slow = self._directional(z), self.level.mean[r]
         changes = self._changes(r, zs, t)
         was_open = st.exc_open[r]
-        beyond = e > c.z_shift
+        beyond = (e > c.z_shift) & big
         opened = beyond & ~was_open
         is_open = was_open | beyond
         t0 = np.where(opened, t, np.where(was_open, st.exc_t0[r], np.nan))
         st.exc_t0[r] = t0
-        run = np.where(beyond, st.exc_run[r] + 1, 0)
+        # A level moved to one side: a run that changes side (a burst) starts over.
+        side = np.sign(z).astype(np.int8)
+        run = np.where(beyond, np.where(side == st.exc_sign[r], st.exc_run[r] + 1, 1), 0)
+        st.exc_sign[r] = np.where(beyond, side, st.exc_sign[r])
         n_beyond = np.where(opened, 0, st.exc_beyond[r]) + beyond
         peak = is_open & (opened | (e > st.peak_e[r]))
         for name, new in (("peak_e", e), ("peak_x", x), ("peak_base", median),
@@ -229,9 +264,16 @@ class DetectorBank(RowGroup):
             column = getattr(st, name)
             column[r] = np.where(peak, new, column[r])
         shift = is_open & (run >= c.confirm)
-        spike = (was_open & (e <= c.z_clear) & (st.peak_e[r] > c.z_spike)
-                 & (n_beyond < c.confirm) & ~shift)
+        candidate = (was_open & (e <= c.z_clear) & (st.peak_e[r] > c.z_spike)
+                     & (n_beyond < c.confirm) & ~shift)
+        # Heavy tails: a row whose last spike candidate is recent spikes as a matter of course.
+        spike = candidate & (t - st.spike_last[r] > c.spike_quiet_s)
+        st.spike_last[r] = np.where(candidate, t, st.spike_last[r])
         change = (changes.sign != 0) & ~shift & ~spike
+        small = change & (changes.mean * slow_scale < c.min_effect * np.abs(slow))
+        change &= ~small
+        self.suppressed["spike_quiet"] += int(np.count_nonzero(candidate & ~spike))
+        self.suppressed["small"] += int(np.count_nonzero(small))
         # A drift is followed by the fast baseline, so z against it stays small.
         fast_z = changes.mean - changes.sign * (median - slow) / slow_scale
         code = np.select(
@@ -244,11 +286,15 @@ class DetectorBank(RowGroup):
         st.exc_open[r] = still_open
         st.exc_run[r], st.exc_beyond[r] = run * still_open, n_beyond * still_open
         st.alarm[r] = code
+        st.alarm_sign[r] = np.select(
+            [shift, spike, change],
+            [side, np.sign(st.peak_x[r] - st.peak_base[r]), changes.sign], 0,
+        ).astype(np.int8)
         st.alarm_len[r], st.back_sum[r] = 0, 0.0
         st.clear_run[r] = np.where(code == _SPIKE, 1, 0)  # the point that came back counts
         st.back_ref[r] = np.where(change, 0.5 * changes.sign * changes.mean, 0.0)
 
-        learn = np.flatnonzero(~fired & (e <= c.z_shift))
+        learn = np.flatnonzero(~fired & ~beyond)
         if len(learn):
             self._learn(r[learn], x[learn], median[learn], scale[learn])
         hits = np.flatnonzero(fired)

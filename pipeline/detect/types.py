@@ -16,7 +16,7 @@ __all__ = [
 ]
 
 #: Bumped whenever a change to the detectors can change what they report.
-DETECTOR_VERSION = "1"
+DETECTOR_VERSION = "2"
 
 AnomalyKind = Literal["spike", "level_shift", "drift"]
 ChangepointKind = Literal["cusum", "page-hinkley"]
@@ -34,11 +34,14 @@ class BankConfig:
     window: int = 60
     #: No verdict for a row before it has learned this many values.
     min_samples: int = 30
-    #: A short excursion peaking beyond this, then returning, is a spike.
-    z_spike: float = 6.0
-    #: This many consecutive points beyond ``z_shift`` are a level shift.
+    #: A short excursion peaking beyond this, then returning, is a spike candidate. Real
+    #: telemetry is heavy-tailed: 6 robust sigmas come by every few minutes (issue #16).
+    z_spike: float = 8.0
+    #: This many consecutive points beyond ``z_shift``, all on one side, are a level shift.
+    #: Five, not three: a heavy-tailed or bursty series gives three in a row a few times a
+    #: day, and five seconds also let the peers' points of the same ticks arrive.
     z_shift: float = 4.0
-    confirm: int = 3
+    confirm: int = 5
     #: An alarm clears after ``clear`` consecutive points back within ``z_clear``.
     z_clear: float = 2.0
     clear: int = 5
@@ -61,6 +64,25 @@ class BankConfig:
     #: gives large but finite z. Set ``min_scale`` to the metric's resolution.
     min_scale: float = 1e-6
     min_rel_scale: float = 1e-3
+    #: A departure smaller than this share of the baseline is no anomaly, however many
+    #: scales it is: a GPU pegged at 100 % util that reads 97 is not news (issue #16).
+    min_effect: float = 0.05
+    #: A spike candidate is reported only when the row had no other one for this long
+    #: (event time): a row that spikes every hour has heavy tails and that is its normal,
+    #: and spikes that keep coming are one episode. A new row must first stay quiet this
+    #: long after its warm-up.
+    spike_quiet_s: float = 3600.0
+    #: Another anomaly of a row within this long of its previous one (reported or not) is
+    #: the same episode: not reported again.
+    episode_s: float = 900.0
+    #: A departure is benign when at least this share of the row's group (its job's
+    #: other GPUs or ranks), departing the same way since it began, share it: a checkpoint
+    #: dip, a job phase change. 0 turns the peer test off.
+    peer_share: float = 0.5
+    #: Peers whose last point is older than this (event time) are not judged; a peer's
+    #: departure counts from this long before the anomaly's first point.
+    peer_window_s: float = 30.0
+    peer_slack_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.window < 3:
@@ -98,6 +120,15 @@ class BankConfig:
                 "half_life and cp_threshold must be > 0 and cp_drift >= 0, got "
                 f"{self.half_life}, {self.cp_threshold}, {self.cp_drift}"
             )
+        if not (self.min_effect >= 0 and self.spike_quiet_s >= 0 and self.episode_s >= 0
+                and self.peer_window_s > 0 and self.peer_slack_s >= 0):
+            raise ConfigError(
+                "min_effect, spike_quiet_s, episode_s and peer_slack_s must be >= 0 and "
+                f"peer_window_s > 0, got {self.min_effect}, {self.spike_quiet_s}, "
+                f"{self.episode_s}, {self.peer_slack_s}, {self.peer_window_s}"
+            )
+        if not 0 <= self.peer_share <= 1:
+            raise ConfigError(f"peer_share must be within 0..1, got {self.peer_share}")
         if not (self.min_scale > 0 and self.min_rel_scale >= 0 and self.z_drift >= 0):
             raise ConfigError(
                 "min_scale must be > 0, min_rel_scale and z_drift >= 0, got "
@@ -155,6 +186,14 @@ class RowState(RowArrays):
         "peak_x": (np.float64, np.nan),
         "peak_base": (np.float64, np.nan),
         "peak_scale": (np.float64, np.nan),
+        "exc_sign": (np.int8, 0),  # the side of its current run beyond z_shift
+        "alarm_sign": (np.int8, 0),  # the side of the alarm
+        "last_z": (np.float64, np.nan),  # signed z of the last point (for peers)
+        "dep_up": (np.float64, -np.inf),  # last time beyond z_shift upward (for peers)
+        "dep_down": (np.float64, -np.inf),
+        "spike_last": (np.float64, np.inf),  # last spike candidate (inf: still warming up)
+        "episode_last": (np.float64, -np.inf),  # last anomaly, reported or not
+        "group": (np.int64, -1),  # the row's peer group (its job); -1 none
     }
     last_ts: FloatArray
     alarm: np.ndarray[Any, np.dtype[np.int8]]
@@ -170,3 +209,11 @@ class RowState(RowArrays):
     peak_x: FloatArray
     peak_base: FloatArray
     peak_scale: FloatArray
+    exc_sign: np.ndarray[Any, np.dtype[np.int8]]
+    alarm_sign: np.ndarray[Any, np.dtype[np.int8]]
+    last_z: FloatArray
+    dep_up: FloatArray
+    dep_down: FloatArray
+    spike_last: FloatArray
+    episode_last: FloatArray
+    group: IntArray
