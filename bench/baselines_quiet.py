@@ -50,8 +50,9 @@ FAULTS = ("collapse", "shift", "drift", "rank_slow")
 #: How long after a fault began its first anomaly still counts as finding it.
 _DEADLINE_S = {"collapse": 600.0, "shift": 600.0, "drift": 7200.0, "rank_slow": 600.0}
 #: The bank's defaults before issue #16 (the rest of its code is today's).
-OLD = BankConfig(z_spike=6.0, confirm=3, min_effect=0.0, spike_quiet_s=0.0, episode_s=0.0,
-                 peer_share=0.0)
+OLD = BankConfig(z_spike=6.0, confirm=3, min_effect=0.0,
+                 spike_quiet_s=0.0, episode_s=0.0, peer_share=0.0,
+                 cp_threshold=10.0)
 CONFIGS = {"old": OLD, "new": BaselineConfig().bank}
 
 

@@ -85,6 +85,7 @@ class DetectorBank(RowGroup):
         self.window = RobustWindow(capacity, c.window)  # learned values: the fast baseline
         self.recent = RobustWindow(capacity, c.window)  # every value, to re-baseline from
         self.level = Ewm(capacity, c.half_life)  # the slow baseline
+        self.anchor = Ewm(capacity, c.anchor_half_life)  # what a change's size is taken from
         self.spread = EwmLag1(capacity, c.half_life)  # residual to the fast baseline: scale
         self.changes: Cusum | PageHinkley = (
             Cusum(capacity, c.cp_drift, c.cp_threshold, c.direction)
@@ -98,7 +99,8 @@ class DetectorBank(RowGroup):
         self.suppressed: dict[str, int] = dict.fromkeys(SUPPRESSED, 0)
         super().__init__(
             {"window": self.window, "recent": self.recent, "level": self.level,
-             "spread": self.spread, "cp": self.changes, "row": self.rows},
+             "anchor": self.anchor, "spread": self.spread, "cp": self.changes,
+             "row": self.rows},
             STATE_FORMAT,
         )
 
@@ -108,7 +110,7 @@ class DetectorBank(RowGroup):
 
         A row may appear more than once: its points are applied in event-time order.
         ``groups`` puts each row in a peer group (its job; -1 for none): a departure most
-        of its group shares is benign (see :meth:`_shared`).
+        of its group shares is benign (see :mod:`~trainguard.pipeline.detect.screen`).
         """
         rows = np.asarray(rows, dtype=np.int64)
         values, ts = np.asarray(values, dtype=np.float64), np.asarray(ts, dtype=np.float64)
@@ -211,6 +213,7 @@ class DetectorBank(RowGroup):
         # The MAD of 30 values is often 30% low; the winsorized variance is steadier.
         var = np.maximum(mad_scale**2, self.window.winsorized_var(r, median, mad_scale))
         self.level.seed(r, median, var, n)
+        self.anchor.seed(r, median, var, n)
         self.spread.seed(r, np.zeros(len(r)), var, n)
 
     def _hold(self, r: IntArray, e: FloatArray, zs: FloatArray) -> None:
@@ -264,18 +267,21 @@ class DetectorBank(RowGroup):
             column = getattr(st, name)
             column[r] = np.where(peak, new, column[r])
         shift = is_open & (run >= c.confirm)
-        candidate = (was_open & (e <= c.z_clear) & (st.peak_e[r] > c.z_spike)
-                     & (n_beyond < c.confirm) & ~shift)
-        # Heavy tails: a row whose last spike candidate is recent spikes as a matter of course.
+        back = was_open & (e <= c.z_clear) & (n_beyond < c.confirm) & ~shift
+        candidate = back & (st.peak_e[r] > c.z_spike)
+        # Heavy tails: a row that recently came back from beyond z_tail spikes as a matter
+        # of course (a light-tailed row goes beyond z_tail about never).
         spike = candidate & (t - st.spike_last[r] > c.spike_quiet_s)
-        st.spike_last[r] = np.where(candidate, t, st.spike_last[r])
+        st.spike_last[r] = np.where(back & (st.peak_e[r] > c.z_tail), t, st.spike_last[r])
         change = (changes.sign != 0) & ~shift & ~spike
-        small = change & (changes.mean * slow_scale < c.min_effect * np.abs(slow))
+        # A drift is followed by the fast baseline, so z against it stays small.
+        fast_z = changes.mean - changes.sign * (median - slow) / slow_scale
+        anchor = self.anchor.mean[r]
+        size = np.maximum(changes.mean * slow_scale, np.abs(median - anchor))
+        small = change & (size < c.min_effect * np.abs(anchor))
         change &= ~small
         self.suppressed["spike_quiet"] += int(np.count_nonzero(candidate & ~spike))
         self.suppressed["small"] += int(np.count_nonzero(small))
-        # A drift is followed by the fast baseline, so z against it stays small.
-        fast_z = changes.mean - changes.sign * (median - slow) / slow_scale
         code = np.select(
             [shift, spike, change & (fast_z >= c.z_drift), change],
             [_SHIFT, _SPIKE, _CP_SHIFT, _CP_DRIFT], 0,
@@ -331,6 +337,7 @@ class DetectorBank(RowGroup):
         bound = self.config.z_shift * scale
         xw = np.clip(x, median - bound, median + bound)
         self.level.update(r, xw)
+        self.anchor.update(r, xw)
         self.spread.update(r, xw - median)
 
     def _anomaly(self, row: int, code: int, t: float, x: float, t0: float, onset: float,

@@ -55,7 +55,9 @@ class BankConfig:
     #: Change-point allowance (CUSUM k, Page-Hinkley delta) and threshold (h, lambda), and
     #: how many values a row must have learned before that test runs.
     cp_drift: float = 0.75
-    cp_threshold: float = 10.0
+    #: 15, not 10: points clipped at ``z_shift`` add 3.25 each, so a jump needs as many
+    #: points (``confirm``) to alarm here as in the point test, and bursts of noise less.
+    cp_threshold: float = 15.0
     cp_after: int = 120
     #: A change-point alarm whose points were, on average, less than this far from the
     #: fast baseline (which follows a slow drift) is a drift rather than a level shift.
@@ -67,6 +69,13 @@ class BankConfig:
     #: A departure smaller than this share of the baseline is no anomaly, however many
     #: scales it is: a GPU pegged at 100 % util that reads 97 is not news (issue #16).
     min_effect: float = 0.05
+    #: Half-life (samples) of the anchor a change-point alarm's size is measured from: the
+    #: slow baseline follows a drift (an hour's 20 % drift leaves it ~2 % behind), this one
+    #: much less, so a drift reaches ``min_effect`` against it once it has gone that far.
+    anchor_half_life: float = 1800.0
+    #: Excursions that came back after peaking beyond this show a row's tails: one within
+    #: ``spike_quiet_s`` before a spike candidate makes that spike the row's normal.
+    z_tail: float = 6.0
     #: A spike candidate is reported only when the row had no other one for this long
     #: (event time): a row that spikes every hour has heavy tails and that is its normal,
     #: and spikes that keep coming are one episode. A new row must first stay quiet this
@@ -120,12 +129,19 @@ class BankConfig:
                 "half_life and cp_threshold must be > 0 and cp_drift >= 0, got "
                 f"{self.half_life}, {self.cp_threshold}, {self.cp_drift}"
             )
-        if not (self.min_effect >= 0 and self.spike_quiet_s >= 0 and self.episode_s >= 0
-                and self.peer_window_s > 0 and self.peer_slack_s >= 0):
+        if not (min(self.min_effect, self.spike_quiet_s, self.episode_s,
+                    self.peer_slack_s) >= 0 and self.peer_window_s > 0
+                and self.anchor_half_life > 0):
             raise ConfigError(
-                "min_effect, spike_quiet_s, episode_s and peer_slack_s must be >= 0 and "
-                f"peer_window_s > 0, got {self.min_effect}, {self.spike_quiet_s}, "
-                f"{self.episode_s}, {self.peer_slack_s}, {self.peer_window_s}"
+                "min_effect, spike_quiet_s, episode_s and peer_slack_s must be >= 0, "
+                "peer_window_s and anchor_half_life > 0, got "
+                f"{self.min_effect}, {self.spike_quiet_s}, {self.episode_s}, "
+                f"{self.peer_slack_s}, {self.peer_window_s}, {self.anchor_half_life}"
+            )
+        if not self.z_shift <= self.z_tail <= self.z_spike:
+            raise ConfigError(
+                f"z_tail must be within z_shift..z_spike ({self.z_shift}..{self.z_spike}), "
+                f"got {self.z_tail}"
             )
         if not 0 <= self.peer_share <= 1:
             raise ConfigError(f"peer_share must be within 0..1, got {self.peer_share}")
@@ -191,7 +207,7 @@ class RowState(RowArrays):
         "last_z": (np.float64, np.nan),  # signed z of the last point (for peers)
         "dep_up": (np.float64, -np.inf),  # last time beyond z_shift upward (for peers)
         "dep_down": (np.float64, -np.inf),
-        "spike_last": (np.float64, np.inf),  # last spike candidate (inf: still warming up)
+        "spike_last": (np.float64, np.inf),  # last tail excursion (inf: still warming up)
         "episode_last": (np.float64, -np.inf),  # last anomaly, reported or not
         "group": (np.int64, -1),  # the row's peer group (its job); -1 none
     }
