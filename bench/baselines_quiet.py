@@ -52,7 +52,7 @@ _DEADLINE_S = {"collapse": 600.0, "shift": 600.0, "drift": 7200.0, "rank_slow": 
 #: The bank's defaults before issue #16 (the rest of its code is today's).
 OLD = BankConfig(z_spike=6.0, confirm=3, min_effect=0.0,
                  spike_quiet_s=0.0, episode_s=0.0, peer_share=0.0,
-                 cp_threshold=10.0)
+                 cp_threshold=10.0, burst_ratio=1e9)
 CONFIGS = {"old": OLD, "new": BaselineConfig().bank}
 
 
@@ -121,7 +121,7 @@ class _Telemetry:
         util = np.where(paused, rng.uniform(0, 8, n), util)
         power = np.where(paused, self.power_base * rng.uniform(0.2, 0.3, n), power)
 
-        step = self.step_base * self.job_step[self.job] * (1 + 0.03 * np.abs(heavy[2]))
+        step = self.step_base * self.job_step[self.job] * np.maximum(0.5, 1 + 0.03 * heavy[2])
         step = np.where(rng.random(n) < 0.002, step * rng.uniform(2, 5, n), step)
         resumed = self.was_paused & ~paused
         self.pause_start = np.where(paused & ~self.was_paused, t, self.pause_start)

@@ -64,6 +64,7 @@ STATE_FORMAT = 2
 
 # Alarm codes kept per row; 3 and 4 came from the change-point test.
 _SPIKE, _SHIFT, _CP_SHIFT, _CP_DRIFT = 1, 2, 3, 4
+_DIFF_TO_SIGMA = 2.0 / np.sqrt(np.pi)
 _KIND: dict[int, AnomalyKind] = {1: "spike", 2: "level_shift", 3: "level_shift", 4: "drift"}
 
 
@@ -82,6 +83,7 @@ class DetectorBank(RowGroup):
         self.metric = metric
         self.config = c = config or BankConfig()
         self.detector = f"robust-{c.changepoint}"
+        self._vol_alpha = 1.0 - 0.5 ** (1.0 / c.vol_half_life)
         self.window = RobustWindow(capacity, c.window)  # learned values: the fast baseline
         self.recent = RobustWindow(capacity, c.window)  # every value, to re-baseline from
         self.level = Ewm(capacity, c.half_life)  # the slow baseline
@@ -144,10 +146,11 @@ class DetectorBank(RowGroup):
         warming = count < c.min_samples
         if warming.any():
             self._warm_up(r[warming], x[warming], count[warming], t[warming])
+            st.prev_x[r[warming]] = x[warming]
             live = np.flatnonzero(~warming)
             keep, r, count = keep[live], r[live], count[live]
             x, t, median, mad_scale = x[live], t[live], median[live], mad_scale[live]
-        scale = self._scale(r, median, mad_scale)
+        scale = self._bursty(r, x, self._scale(r, median, mad_scale))
         z = (x - median) / scale
         # What peers of these rows are judged by (see _shared), held rows included.
         big = np.abs(x - median) >= c.min_effect * np.abs(median)
@@ -159,6 +162,8 @@ class DetectorBank(RowGroup):
         rho = np.clip(self.spread.rho(r), 0.0, 0.95)
         slow_scale = scale * np.sqrt((1.0 + rho) / (1.0 - rho))
         zs = (x - self.level.mean[r]) / slow_scale
+        drift_z = st.drift_z[r]
+        st.drift_z[r] = drift_z + self._vol_alpha * (np.clip(zs, -c.z_shift, c.z_shift) - drift_z)
         e = self._directional(z)
         e_out[keep] = e
 
@@ -189,6 +194,24 @@ class DetectorBank(RowGroup):
             mad_scale, np.sqrt(self.spread.var[r]),
             np.full(len(r), c.min_scale), c.min_rel_scale * np.abs(median),
         ])
+
+    def _bursty(self, r: IntArray, x: FloatArray, scale: FloatArray) -> FloatArray:
+        """``scale``, raised to the row's recent volatility while that is higher (a burst).
+
+        Volatility is a fast EWM of the point-to-point change ``|x - previous x|``: a burst
+        of noise raises it within a few points, while a level shift is one large change
+        (capped at 3x the current volatility), so a shift stays a shift. It counts once it
+        is ``burst_ratio`` above the long-run scale; it is measured before this point.
+        """
+        c, st = self.config, self.rows
+        vol = st.vol[r]
+        # E|x - x'| = 2/sqrt(pi) sigma for independent normal x, x'.
+        out = np.maximum(scale, vol / (_DIFF_TO_SIGMA * c.burst_ratio))
+        step = np.abs(x - st.prev_x[r])
+        step = np.minimum(step, 3.0 * np.maximum(vol, _DIFF_TO_SIGMA * scale))
+        st.vol[r] = np.where(np.isfinite(step), vol + self._vol_alpha * (step - vol), vol)
+        st.prev_x[r] = x
+        return out
 
     def _directional(self, z: FloatArray) -> FloatArray:
         """How far ``z`` is out in the directions this metric cares about."""
@@ -234,12 +257,25 @@ class DetectorBank(RowGroup):
         st.alarm[r] = np.where(cleared, 0, st.alarm[r])
         stuck = r[~cleared & (alarm_len >= c.relearn_after)]
         if len(stuck):
+            stuck = stuck[self._settled(stuck)]
+        if len(stuck):
             self.window.copy_rows(self.recent, stuck)
             median, mad_scale, count = self.window.stats(stuck)
             self._seed(stuck, median, mad_scale, count)
             st.alarm[stuck], st.alarm_len[stuck], st.clear_run[stuck] = 0, 0, 0
             st.exc_open[stuck] = False
             self.changes.reset(stuck)
+
+    def _settled(self, r: IntArray) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        """Rows whose recent values sit at one level: a new normal to re-learn from.
+
+        Not yet while 10 % of them lie beyond ``z_shift`` of their median (say a job's
+        checkpoint dip and the work around it): the alarm goes on, and so does the wait.
+        """
+        median, mad_scale, _ = self.recent.stats(r)
+        scale = np.maximum(mad_scale, self._scale(r, median, mad_scale))
+        far = np.abs(self.recent.buf[r] - median[:, None]) > self.config.z_shift * scale[:, None]
+        return np.asarray(far.mean(axis=1) < 0.1)
 
     def _judge(
         self, r: IntArray, x: FloatArray, t: FloatArray, z: FloatArray, zs: FloatArray,
@@ -273,7 +309,9 @@ class DetectorBank(RowGroup):
         # of course (a light-tailed row goes beyond z_tail about never).
         spike = candidate & (t - st.spike_last[r] > c.spike_quiet_s)
         st.spike_last[r] = np.where(back & (st.peak_e[r] > c.z_tail), t, st.spike_last[r])
-        change = (changes.sign != 0) & ~shift & ~spike
+        # While an excursion is open the point test decides: a change-point sum that an
+        # excursion's first point tips over is a spike or a shift, not both.
+        change = (changes.sign != 0) & ~is_open & ~spike
         # A drift is followed by the fast baseline, so z against it stays small.
         fast_z = changes.mean - changes.sign * (median - slow) / slow_scale
         anchor = self.anchor.mean[r]

@@ -2,9 +2,11 @@
 
 A departure that most of a row's peer group (its job's other GPUs or ranks) shares at the
 same time, on the same side, is benign: a checkpoint dip, a phase change or a new batch
-size of the whole job. Another anomaly of a row within ``episode_s`` of its last one is
-the same episode. Both leave the row's alarm as it is (it clears or re-learns as usual);
-they only keep the detection out of the report, and count it.
+size of the whole job; so is a change-point alarm of a row that shared such a departure
+on the same side within ``episode_s`` (it lags its peers). Another anomaly of a row within
+``episode_s`` of its last one is the same episode. Both leave the row's alarm as it is (it
+clears or re-learns as usual); they only keep the detection out of the report, and count
+it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ __all__ = ["SUPPRESSED", "screen", "shared"]
 SUPPRESSED = ("small", "spike_quiet", "episode", "shared")
 
 BoolArray = np.ndarray[Any, np.dtype[np.bool_]]
+#: Alarm codes at and above this came from the change-point test (see ``bank``).
+_CP_ALARM = 3
 
 
 def screen(found: list[Detection], config: BankConfig, st: RowState,
@@ -36,10 +40,12 @@ def screen(found: list[Detection], config: BankConfig, st: RowState,
                  else np.zeros(len(found), dtype=bool))
     out: list[Detection] = []
     for d, peers in zip(found, is_shared, strict=True):
-        if peers:
+        side = int(st.alarm_sign[d.row])
+        if peers or _lagging(d, config, st, side):
             # Not an episode of its own: a fault of this row alone, right after a
             # checkpoint dip of the whole job, is still news.
             suppressed["shared"] += 1
+            st.shared_at[d.row], st.shared_sign[d.row] = d.ts, side
             continue
         last, st.episode_last[d.row] = st.episode_last[d.row], d.ts
         if d.ts - last < config.episode_s:
@@ -49,13 +55,25 @@ def screen(found: list[Detection], config: BankConfig, st: RowState,
     return out
 
 
+def _lagging(d: Detection, config: BankConfig, st: RowState, side: int) -> bool:
+    """A change-point alarm of a row still catching up with a change its peers shared.
+
+    Each row's change-point test finds a small job-wide change at its own time, and the
+    peers that found it first have re-learnt by the time the last ones do. A point-test
+    shift (a GPU collapsing) is judged on its own, however recent the shared change.
+    """
+    return bool(st.alarm[d.row] >= _CP_ALARM and st.shared_sign[d.row] == side
+                and d.ts - st.shared_at[d.row] < config.episode_s)
+
+
 def shared(found: list[Detection], config: BankConfig, st: RowState,
            changes: Cusum | PageHinkley) -> BoolArray:
     """Per detection: does ``peer_share`` of its live peers depart the same way too.
 
     A peer departs the same way when it went beyond ``z_shift`` on that side since the
     detection's first point (less ``peer_slack_s``, at most ``peer_window_s`` back), is
-    in an alarm on that side, or has a change-point sum past half its threshold. Peers
+    in an alarm on that side, has its recent mean z ``peer_z`` out on that side, or has a
+    change-point sum past half its threshold. Peers
     are the rows of the group seen within ``peer_window_s``. One verdict per (group,
     side) of a batch, since a job-wide dip is thousands of detections at once.
     """
@@ -76,6 +94,7 @@ def shared(found: list[Detection], config: BankConfig, st: RowState,
         dep = st.dep_up if side > 0 else st.dep_down
         departing = ((dep[alive] >= since)
                      | ((st.alarm[alive] != 0) & (st.alarm_sign[alive] == side))
+                     | (side * st.drift_z[alive] >= c.peer_z)
                      | (changes.pressure(alive, side) >= 0.5))
         # The detected rows depart themselves; the share is of the others.
         share = (int(departing.sum()) - 1) / (len(alive) - 1)

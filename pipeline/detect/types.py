@@ -73,6 +73,11 @@ class BankConfig:
     #: slow baseline follows a drift (an hour's 20 % drift leaves it ~2 % behind), this one
     #: much less, so a drift reaches ``min_effect`` against it once it has gone that far.
     anchor_half_life: float = 1800.0
+    #: Bursty series: z is measured in the row's recent volatility (a fast EWM, this
+    #: half-life in samples, of the point-to-point change) when that exceeds its long-run
+    #: scale by ``burst_ratio``; a burst of noise is then not a string of departures.
+    vol_half_life: float = 10.0
+    burst_ratio: float = 1.25
     #: Excursions that came back after peaking beyond this show a row's tails: one within
     #: ``spike_quiet_s`` before a spike candidate makes that spike the row's normal.
     z_tail: float = 6.0
@@ -92,6 +97,10 @@ class BankConfig:
     #: departure counts from this long before the anomaly's first point.
     peer_window_s: float = 30.0
     peer_slack_s: float = 5.0
+    #: A peer also departs when its recent mean z against its slow baseline (a fast EWM,
+    #: half-life ``vol_half_life``) is this far on the same side: a job-wide change too
+    #: small for the point test, which each row's change-point test finds at its own time.
+    peer_z: float = 1.0
 
     def __post_init__(self) -> None:
         if self.window < 3:
@@ -138,11 +147,18 @@ class BankConfig:
                 f"{self.min_effect}, {self.spike_quiet_s}, {self.episode_s}, "
                 f"{self.peer_slack_s}, {self.peer_window_s}, {self.anchor_half_life}"
             )
+        if not (self.vol_half_life > 0 and self.burst_ratio >= 1):
+            raise ConfigError(
+                "vol_half_life must be > 0 and burst_ratio >= 1, got "
+                f"{self.vol_half_life}, {self.burst_ratio}"
+            )
         if not self.z_shift <= self.z_tail <= self.z_spike:
             raise ConfigError(
                 f"z_tail must be within z_shift..z_spike ({self.z_shift}..{self.z_spike}), "
                 f"got {self.z_tail}"
             )
+        if not self.peer_z > 0:
+            raise ConfigError(f"peer_z must be > 0, got {self.peer_z}")
         if not 0 <= self.peer_share <= 1:
             raise ConfigError(f"peer_share must be within 0..1, got {self.peer_share}")
         if not (self.min_scale > 0 and self.min_rel_scale >= 0 and self.z_drift >= 0):
@@ -210,6 +226,11 @@ class RowState(RowArrays):
         "spike_last": (np.float64, np.inf),  # last tail excursion (inf: still warming up)
         "episode_last": (np.float64, -np.inf),  # last anomaly, reported or not
         "group": (np.int64, -1),  # the row's peer group (its job); -1 none
+        "shared_at": (np.float64, -np.inf),  # last departure its peers shared, and side
+        "shared_sign": (np.int8, 0),
+        "drift_z": (np.float64, 0.0),  # recent mean z against the slow baseline (peers)
+        "vol": (np.float64, 0.0),  # recent volatility: EWM of |x - previous x|
+        "prev_x": (np.float64, np.nan),
     }
     last_ts: FloatArray
     alarm: np.ndarray[Any, np.dtype[np.int8]]
@@ -233,3 +254,8 @@ class RowState(RowArrays):
     spike_last: FloatArray
     episode_last: FloatArray
     group: IntArray
+    shared_at: FloatArray
+    shared_sign: np.ndarray[Any, np.dtype[np.int8]]
+    drift_z: FloatArray
+    vol: FloatArray
+    prev_x: FloatArray

@@ -84,7 +84,7 @@ def test_heavy_tailed_noise_over_hours_gives_no_anomaly(rng):
 def test_before_issue_16_the_same_heavy_tailed_noise_gave_many(rng):
     old = BankConfig(z_spike=6.0, confirm=3, min_effect=0.0,
                      spike_quiet_s=0.0, episode_s=0.0, peer_share=0.0,
-                     cp_threshold=10.0)
+                     cp_threshold=10.0, burst_ratio=1e9)
     assert len(feed_group(DetectorBank("power_w", old), power(rng, 3600, 4))) > 10
 
 
