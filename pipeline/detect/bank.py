@@ -84,6 +84,7 @@ class DetectorBank(RowGroup):
         self.config = c = config or BankConfig()
         self.detector = f"robust-{c.changepoint}"
         self._vol_alpha = 1.0 - 0.5 ** (1.0 / c.vol_half_life)
+        self._cusum = c.changepoint == "cusum"
         self.window = RobustWindow(capacity, c.window)  # learned values: the fast baseline
         self.recent = RobustWindow(capacity, c.window)  # every value, to re-baseline from
         self.level = Ewm(capacity, c.half_life)  # the slow baseline
@@ -309,9 +310,11 @@ class DetectorBank(RowGroup):
         # of course (a light-tailed row goes beyond z_tail about never).
         spike = candidate & (t - st.spike_last[r] > c.spike_quiet_s)
         st.spike_last[r] = np.where(back & (st.peak_e[r] > c.z_tail), t, st.spike_last[r])
-        # While an excursion is open the point test decides: a change-point sum that an
-        # excursion's first point tips over is a spike or a shift, not both.
-        change = (changes.sign != 0) & ~is_open & ~spike
+        # A CUSUM that the first point of an excursion tips over is for the point test to
+        # call (a spike, or a shift once confirmed), not a shift at once; the CUSUM fires
+        # again if the change lasts. (Page-Hinkley learns its own reference after an
+        # alarm, so one dropped there would be lost for good.)
+        change = (changes.sign != 0) & ~shift & ~spike & ~(opened & self._cusum)
         # A drift is followed by the fast baseline, so z against it stays small.
         fast_z = changes.mean - changes.sign * (median - slow) / slow_scale
         anchor = self.anchor.mean[r]
