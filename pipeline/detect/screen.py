@@ -73,30 +73,42 @@ def shared(found: list[Detection], config: BankConfig, st: RowState,
     A peer departs the same way when it went beyond ``z_shift`` on that side since the
     detection's first point (less ``peer_slack_s``, at most ``peer_window_s`` back), is
     in an alarm on that side, has its recent mean z ``peer_z`` out on that side, or has a
-    change-point sum past half its threshold. Peers
-    are the rows of the group seen within ``peer_window_s``. One verdict per (group,
-    side) of a batch, since a job-wide dip is thousands of detections at once.
+    change-point sum past half its threshold. Peers are the rows of the group seen within
+    ``peer_window_s``. One verdict per (group, side), vectorized over every group of the
+    batch: a job-wide dip is thousands of detections at once, spikes across a cluster
+    are hundreds of groups.
     """
     c = config
     rows = np.array([d.row for d in found], dtype=np.int64)
     groups, sides = st.group[rows], st.alarm_sign[rows]
-    ts = np.array([d.ts for d in found])
-    first = np.array([d.first_seen for d in found])
     out = np.zeros(len(found), dtype=bool)
-    for g, side in {(int(g), int(s)) for g, s in zip(groups, sides, strict=True) if g >= 0}:
-        mine = np.flatnonzero((groups == g) & (sides == side))
-        now = float(ts[mine].max())
-        since = max(float(first[mine].min()), now - c.peer_window_s) - c.peer_slack_s
-        members = np.flatnonzero(st.group == g)
-        alive = members[st.last_ts[members] >= now - c.peer_window_s]
-        if len(alive) < 2:
-            continue  # the row alone: nobody to compare with
-        dep = st.dep_up if side > 0 else st.dep_down
-        departing = ((dep[alive] >= since)
-                     | ((st.alarm[alive] != 0) & (st.alarm_sign[alive] == side))
-                     | (side * st.drift_z[alive] >= c.peer_z)
-                     | (changes.pressure(alive, side) >= 0.5))
-        # The detected rows depart themselves; the share is of the others.
-        share = (int(departing.sum()) - 1) / (len(alive) - 1)
-        out[mine] = share >= c.peer_share
+    hit = np.flatnonzero((groups >= 0) & (sides != 0))
+    if not len(hit):
+        return out
+    ug, hit_k = np.unique(groups[hit], return_inverse=True)
+    hit_j = (sides[hit] > 0).astype(np.int64)  # column 0: down, 1: up
+    now = np.full((len(ug), 2), -np.inf)
+    np.maximum.at(now, (hit_k, hit_j), np.array([found[i].ts for i in hit]))
+    first = np.full((len(ug), 2), np.inf)
+    np.minimum.at(first, (hit_k, hit_j), np.array([found[i].first_seen for i in hit]))
+    since = np.maximum(first, now - c.peer_window_s) - c.peer_slack_s
+    # The members of those groups, and which group each is in.
+    pos = np.minimum(np.searchsorted(ug, st.group), len(ug) - 1)
+    m = np.flatnonzero((ug[pos] == st.group) & (st.group >= 0))
+    k = pos[m]
+    alive = st.last_ts[m] >= now.max(axis=1)[k] - c.peer_window_s
+    m, k = m[alive], k[alive]
+    n_alive = np.bincount(k, minlength=len(ug))
+    for j, side, dep in ((0, -1, st.dep_down), (1, 1, st.dep_up)):
+        departing = ((dep[m] >= since[k, j])
+                     | ((st.alarm[m] != 0) & (st.alarm_sign[m] == side))
+                     | (side * st.drift_z[m] >= c.peer_z)
+                     | (changes.pressure(m, side) >= 0.5))
+        n_dep = np.bincount(k, weights=departing, minlength=len(ug))
+        # The detected rows depart themselves; the share is of the others. A row alone
+        # has nobody to compare with.
+        share = (n_dep - 1) / np.maximum(n_alive - 1, 1)
+        verdict = (n_alive >= 2) & (share >= c.peer_share)
+        mine = hit_j == j
+        out[hit[mine]] = verdict[hit_k[mine]]
     return out
