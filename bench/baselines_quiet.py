@@ -9,7 +9,8 @@ telemetry has and a clean simulator does not:
 
 * heavy tails (Student t, 3 degrees of freedom) on every series, and dataloader stalls
   (a rank's step 2-5x slower, one step in 500);
-* bursts: a GPU's noise four times larger for 30-180 s, about every two hours;
+* bursts: a GPU's (and its rank's) noise four times larger for 30-180 s, about every two
+  hours (volatility, not a level: the noise stays centred);
 * checkpoints every ``--checkpoint-min`` minutes per job: every GPU of the job idles for
   20-60 s (util near 0, power near idle, within 2 s of each other), no steps meanwhile,
   and the first step after the pause is as long as the pause;

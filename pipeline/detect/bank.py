@@ -2,12 +2,14 @@
 
 Per row the bank keeps two baselines. The *fast* one is the median of the last
 ``window`` learned values, with a scale ``max(1.4826 * MAD, EWM std of the residual to
-that median, floors)``; a point's robust z against it decides spikes and level shifts.
-The *slow* one is an exponentially weighted mean (half-life ``half_life`` samples); a
-CUSUM (or Page-Hinkley) test on z against it finds shifts too small for the point test
-and drifts the fast baseline keeps following. That test sums residuals, so its scale is
-the long-run one (inflated by the lag-1 autocorrelation of the residuals), and it starts
-only once a row has learned ``cp_after`` values.
+that median, floors)``, raised to the row's recent volatility during a burst of noise;
+a point's robust z against it decides spikes and level shifts. The *slow* one is an
+exponentially weighted mean (half-life ``half_life`` samples); a CUSUM (or Page-Hinkley)
+test on z against it finds shifts too small for the point test and drifts the fast
+baseline keeps following. That test sums residuals, so its scale is the long-run one (inflated by the lag-1 autocorrelation of the residuals), and it starts
+only once a row has learned ``cp_after`` values. Its alarms must also have moved at least
+``min_effect`` of the baseline from an *anchor*, a slower EWM (``anchor_half_life``) that
+a drift does not drag along as fast.
 
 Per row and point, once ``min_samples`` values are learned:
 
@@ -17,8 +19,9 @@ Per row and point, once ``min_samples`` values are learned:
   excursion's first point); a run that changes side (a burst of noise) starts over. An
   excursion of fewer points that peaked beyond ``z_spike`` and then came back within
   ``z_clear`` is a spike candidate, reported as a **spike** on the point that came back
-  (``ts``) only if the row had no other candidate for ``spike_quiet_s``: real telemetry
-  is heavy-tailed, and a row that spikes every few minutes spikes as a matter of course.
+  (``ts``) only if no excursion of the row came back from beyond ``z_tail`` within
+  ``spike_quiet_s``: real telemetry is heavy-tailed, and a row that spikes every few
+  minutes spikes as a matter of course.
   A spike is never also a shift, and a shift never a string of spikes.
 * a change-point alarm is a **drift** when the per-point robust z was small over its
   excursion: below ``z_drift``, estimated as the excursion's mean z against the slow
@@ -29,7 +32,7 @@ Per row and point, once ``min_samples`` values are learned:
   fire on deviations smaller than that, so they clear by a mirror CUSUM back toward the
   slow baseline instead. An alarm that has not cleared after ``relearn_after`` points is
   a new normal: the baseline is rebuilt from the last ``window`` values, which a second
-  ring keeps for that.
+  ring keeps for that, once 90 % of them sit at one level (not amid a checkpoint dip).
 
 What fired is then screened (:mod:`~trainguard.pipeline.detect.screen`): a departure
 that at least ``peer_share`` of the row's live peer group (its job's other GPUs or ranks,
