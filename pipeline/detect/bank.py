@@ -6,10 +6,11 @@ that median, floors)``, raised to the row's recent volatility during a burst of 
 a point's robust z against it decides spikes and level shifts. The *slow* one is an
 exponentially weighted mean (half-life ``half_life`` samples); a CUSUM (or Page-Hinkley)
 test on z against it finds shifts too small for the point test and drifts the fast
-baseline keeps following. That test sums residuals, so its scale is the long-run one (inflated by the lag-1 autocorrelation of the residuals), and it starts
-only once a row has learned ``cp_after`` values. Its alarms must also have moved at least
-``min_effect`` of the baseline from an *anchor*, a slower EWM (``anchor_half_life``) that
-a drift does not drag along as fast.
+baseline keeps following. That test sums residuals, so its scale is the long-run one
+(inflated by the lag-1 autocorrelation of the residuals), and it starts only once a row
+has learned ``cp_after`` values. Its alarms must also have moved at least ``min_effect``
+of the baseline from an *anchor*, a slower EWM (``anchor_half_life``) that a drift does
+not drag along as fast.
 
 Per row and point, once ``min_samples`` values are learned:
 
