@@ -334,7 +334,15 @@ class BaselineStage:
         if doc.get("format") != 1:
             raise ValueError(f"unknown baseline state format {doc.get('format')!r}")
         self.now = max(self.now, float(doc["now"]))
-        return self.gpus.load(part, doc["gpu"]) + self.ranks.load(part, doc["rank"])
+        try:
+            return self.gpus.load(part, doc["gpu"]) + self.ranks.load(part, doc["rank"])
+        except ValueError as exc:
+            # Detector state of another layout (a worker upgraded across a detector
+            # change): its entities warm up again rather than stop the worker.
+            self.drop(part)
+            log.warning("baseline state not loaded partition=%s error=%s; warming up", part,
+                        exc)
+            return 0
 
     def drop(self, part: str) -> int:
         """Forget every entity fed by ``part`` (a partition this worker lost)."""

@@ -169,3 +169,18 @@ def test_a_whole_job_s_loss_rising_together_is_left_to_the_job_checks():
         found += stage.observe([StepBatch(cluster="c", node="n", job_id="j", ts=T0 + i, seq=i,
                                           agent_id="a", steps=steps)])
     assert found == [] and stage.suppressed()["shared"] >= 4
+
+
+def test_state_of_another_detector_layout_warms_up_instead_of_failing():
+    gpus, first = SimulatedGpus("n1", 2), BaselineStage()
+    for i in range(40):
+        first.observe([_tick(gpus, T0 + i)], sources=["s:0"])
+    blob = first.export("s:0")
+    from trainguard.pipeline.state import decode_arrays, encode_arrays
+
+    doc = decode_arrays(blob)
+    doc["gpu"]["banks"]["power_w"] = {k: v for k, v in doc["gpu"]["banks"]["power_w"].items()
+                                      if not k.startswith("anchor.")}  # an older layout
+    second = BaselineStage()
+    assert second.load("s:0", encode_arrays(doc)) == 0
+    assert second.partitions() == set() and len(second.gpus.registry) == 0
