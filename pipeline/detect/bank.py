@@ -175,13 +175,36 @@ class DetectorBank(RowGroup):
         # A row in alarm at this point only counts towards clearing; the others are judged.
         in_alarm = st.alarm[r] != 0
         held, free = np.flatnonzero(in_alarm), np.flatnonzero(~in_alarm)
+        found: list[Detection] = []
         if len(held):
-            self._hold(r[held], e[held], zs[held])
-        found = self._judge(
+            stuck = self._hold(r[held], e[held], zs[held])
+            found += self._still_departed(held[stuck], r, x, t, median, scale, count)
+        found += self._judge(
             r[free], x[free], t[free], z[free], zs[free], median[free], scale[free],
             slow_scale[free], count[free], big[free],
         )
         return found, e_out
+
+    def _still_departed(self, i: IntArray, r: IntArray, x: FloatArray, t: FloatArray,
+                        median: FloatArray, scale: FloatArray,
+                        count: IntArray) -> list[Detection]:
+        """Rows re-learning after an alarm their peers shared: judged again, now.
+
+        The job's checkpoint dip ended for the peers but this row stayed away from its
+        baseline (its power fell 20 % during the dip): no longer the peers' departure.
+        The screen asks the peers again; a job-wide phase change is still theirs too.
+        """
+        st = self.rows
+        i = i[st.quiet_alarm[r[i]]]
+        st.quiet_alarm[r[i]] = False
+        return [
+            Detection(row=int(r[k]), metric=self.metric, kind="level_shift", ts=float(t[k]),
+                      first_seen=float(st.shared_at[r[k]]), value=float(x[k]),
+                      baseline=float(median[k]), scale=float(scale[k]),
+                      score=float((x[k] - median[k]) / scale[k]), window=int(count[k]),
+                      detector=self.detector)
+            for k in i
+        ]
 
     def baseline(self, rows: IntArray) -> tuple[FloatArray, FloatArray, IntArray]:
         """Baseline median, the scale z is measured in, and values learned, per row.
@@ -244,8 +267,11 @@ class DetectorBank(RowGroup):
         self.anchor.seed(r, median, var, n)
         self.spread.seed(r, np.zeros(len(r)), var, n)
 
-    def _hold(self, r: IntArray, e: FloatArray, zs: FloatArray) -> None:
-        """Rows in alarm: gather evidence of a return to baseline; clear or re-baseline."""
+    def _hold(self, r: IntArray, e: FloatArray, zs: FloatArray) -> IntArray:
+        """Rows in alarm: gather evidence of a return to baseline; clear or re-baseline.
+
+        Returns the indices (into ``r``) of the rows that re-baselined.
+        """
         c, st = self.config, self.rows
         clear_run = np.where(e <= c.z_clear, st.clear_run[r] + 1, 0)
         # A few points within z_clear cannot tell a 1-sigma shift that ended from one that
@@ -260,16 +286,19 @@ class DetectorBank(RowGroup):
         st.clear_run[r] = np.where(cleared, 0, clear_run)
         st.alarm_len[r] = np.where(cleared, 0, alarm_len)
         st.alarm[r] = np.where(cleared, 0, st.alarm[r])
-        stuck = r[~cleared & (alarm_len >= c.relearn_after)]
-        if len(stuck):
-            stuck = stuck[self._settled(stuck)]
-        if len(stuck):
+        st.quiet_alarm[r] &= ~cleared
+        idx = np.flatnonzero(~cleared & (alarm_len >= c.relearn_after))
+        if len(idx):
+            idx = idx[self._settled(r[idx])]
+        if len(idx):
+            stuck = r[idx]
             self.window.copy_rows(self.recent, stuck)
             median, mad_scale, count = self.window.stats(stuck)
             self._seed(stuck, median, mad_scale, count)
             st.alarm[stuck], st.alarm_len[stuck], st.clear_run[stuck] = 0, 0, 0
             st.exc_open[stuck] = False
             self.changes.reset(stuck)
+        return idx
 
     def _settled(self, r: IntArray) -> np.ndarray[Any, np.dtype[np.bool_]]:
         """Rows whose recent values sit at one level: a new normal to re-learn from.
@@ -337,6 +366,7 @@ class DetectorBank(RowGroup):
         st.exc_open[r] = still_open
         st.exc_run[r], st.exc_beyond[r] = run * still_open, n_beyond * still_open
         st.alarm[r] = code
+        st.quiet_alarm[r] = False
         st.alarm_sign[r] = np.select(
             [shift, spike, change],
             [side, np.sign(st.peak_x[r] - st.peak_base[r]), changes.sign], 0,

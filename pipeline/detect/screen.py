@@ -45,7 +45,12 @@ def screen(found: list[Detection], config: BankConfig, st: RowState,
             # Not an episode of its own: a fault of this row alone, right after a
             # checkpoint dip of the whole job, is still news.
             suppressed["shared"] += 1
-            st.shared_at[d.row], st.shared_sign[d.row] = d.ts, side
+            # A change-point alarm shared with the peers (a small job-wide change) is
+            # what a lagging row of the job finds later (see _lagging); a checkpoint dip
+            # is not: a drift of the row alone may start right after one.
+            from_cp = bool(st.alarm[d.row] >= _CP_ALARM)
+            st.shared_at[d.row], st.shared_sign[d.row] = d.ts, side if from_cp else 0
+            st.quiet_alarm[d.row] = bool(st.alarm[d.row] != 0)
             continue
         last, st.episode_last[d.row] = st.episode_last[d.row], d.ts
         if d.ts - last < config.episode_s:
@@ -56,7 +61,7 @@ def screen(found: list[Detection], config: BankConfig, st: RowState,
 
 
 def _lagging(d: Detection, config: BankConfig, st: RowState, side: int) -> bool:
-    """A change-point alarm of a row still catching up with a change its peers shared.
+    """A change-point alarm of a row still catching up with a small change its peers shared.
 
     Each row's change-point test finds a small job-wide change at its own time, and the
     peers that found it first have re-learnt by the time the last ones do. A point-test

@@ -227,7 +227,9 @@ class RowState(RowArrays):
         "episode_last": (np.float64, -np.inf),  # last anomaly, reported or not
         "group": (np.int64, -1),  # the row's peer group (its job); -1 none
         "shared_at": (np.float64, -np.inf),  # last departure its peers shared, and side
+        # (the side only if it was a change-point alarm)
         "shared_sign": (np.int8, 0),
+        "quiet_alarm": (np.bool_, False),  # its alarm's detection was the peers' (shared)
         "drift_z": (np.float64, 0.0),  # recent mean z against the slow baseline (peers)
         "vol": (np.float64, 0.0),  # recent volatility: EWM of |x - previous x|
         "prev_x": (np.float64, np.nan),
@@ -256,6 +258,7 @@ class RowState(RowArrays):
     group: IntArray
     shared_at: FloatArray
     shared_sign: np.ndarray[Any, np.dtype[np.int8]]
+    quiet_alarm: np.ndarray[Any, np.dtype[np.bool_]]
     drift_z: FloatArray
     vol: FloatArray
     prev_x: FloatArray

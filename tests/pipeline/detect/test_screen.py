@@ -116,3 +116,22 @@ def test_collapse_shift_and_slow_drift_are_found_among_heavy_tailed_peers(seed):
     assert sorted(first) == [1, 2, 3]
     assert first[1].ts <= 3010 and first[2].ts <= 3010
     assert 2000 < first[3].ts <= 5600
+
+
+def test_a_gpu_that_stays_down_after_the_job_s_checkpoint_dip_is_reported_once_peers_are_back(
+        rng):
+    x = power(rng, 1000, 16)
+    x[400:440] = 70.0
+    x[400:, 7] = np.where(np.arange(400, 1000) < 440, 70.0, 240.0)  # back at -20 % only
+    found = feed_group(DetectorBank("power_w"), x, JOB)
+    [(row, kind, first, ts)] = [(a.row, a.kind, a.first_seen, a.ts) for a in found]
+    assert (row, kind) == (7, "level_shift") and first <= 410
+    assert ts <= 400 + BankConfig().relearn_after + 30
+
+
+def test_a_drift_of_one_gpu_right_after_the_job_s_checkpoint_dip_is_still_found(rng):
+    x = power(rng, 5400, 8)
+    x[1800:1840] = 70.0  # the job's checkpoint
+    x[1900:, 2] *= 1 - 0.2 * np.minimum(1, np.arange(3500) / 3600)
+    found = feed_group(DetectorBank("power_w"), x, JOB[:8])
+    assert [a.row for a in found][:1] == [2] and 1900 < found[0].ts <= 1900 + 1800
