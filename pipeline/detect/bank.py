@@ -177,7 +177,7 @@ class DetectorBank(RowGroup):
         held, free = np.flatnonzero(in_alarm), np.flatnonzero(~in_alarm)
         found: list[Detection] = []
         if len(held):
-            stuck = self._hold(r[held], e[held], zs[held])
+            stuck = self._hold(r[held], e[held], zs[held], t[held])
             found += self._still_departed(held[stuck], r, x, t, median, scale, count)
         found += self._judge(
             r[free], x[free], t[free], z[free], zs[free], median[free], scale[free],
@@ -267,7 +267,7 @@ class DetectorBank(RowGroup):
         self.anchor.seed(r, median, var, n)
         self.spread.seed(r, np.zeros(len(r)), var, n)
 
-    def _hold(self, r: IntArray, e: FloatArray, zs: FloatArray) -> IntArray:
+    def _hold(self, r: IntArray, e: FloatArray, zs: FloatArray, t: FloatArray) -> IntArray:
         """Rows in alarm: gather evidence of a return to baseline; clear or re-baseline.
 
         Returns the indices (into ``r``) of the rows that re-baselined.
@@ -292,6 +292,7 @@ class DetectorBank(RowGroup):
             idx = idx[self._settled(r[idx])]
         if len(idx):
             stuck = r[idx]
+            st.relearn_at[stuck], st.relearn_sign[stuck] = t[idx], st.alarm_sign[stuck]
             self.window.copy_rows(self.recent, stuck)
             median, mad_scale, count = self.window.stats(stuck)
             self._seed(stuck, median, mad_scale, count)

@@ -77,8 +77,9 @@ def shared(found: list[Detection], config: BankConfig, st: RowState,
 
     A peer departs the same way when it went beyond ``z_shift`` on that side since the
     detection's first point (less ``peer_slack_s``, at most ``peer_window_s`` back), is
-    in an alarm on that side, has its recent mean z ``peer_z`` out on that side, or has a
-    change-point sum past half its threshold. Peers are the rows of the group seen within
+    in an alarm on that side, re-learnt a new normal on that side since that first point,
+    has its recent mean z ``peer_z`` out on that side, or has a change-point sum past half
+    its threshold. Peers are the rows of the group seen within
     ``peer_window_s``. One verdict per (group, side), vectorized over every group of the
     batch: a job-wide dip is thousands of detections at once, spikes across a cluster
     are hundreds of groups.
@@ -107,6 +108,8 @@ def shared(found: list[Detection], config: BankConfig, st: RowState,
     for j, side, dep in ((0, -1, st.dep_down), (1, 1, st.dep_up)):
         departing = ((dep[m] >= since[k, j])
                      | ((st.alarm[m] != 0) & (st.alarm_sign[m] == side))
+                     | ((st.relearn_at[m] >= first[k, j] - c.peer_slack_s)
+                        & (st.relearn_sign[m] == side))
                      | (side * st.drift_z[m] >= c.peer_z)
                      | (changes.pressure(m, side) >= 0.5))
         n_dep = np.bincount(k, weights=departing, minlength=len(ug))

@@ -229,6 +229,8 @@ class RowState(RowArrays):
         "shared_at": (np.float64, -np.inf),  # last departure its peers shared, and side
         # (the side only if it was a change-point alarm)
         "shared_sign": (np.int8, 0),
+        "relearn_at": (np.float64, -np.inf),  # last re-baseline (a new normal), and side
+        "relearn_sign": (np.int8, 0),
         "quiet_alarm": (np.bool_, False),  # its alarm's detection was the peers' (shared)
         "drift_z": (np.float64, 0.0),  # recent mean z against the slow baseline (peers)
         "vol": (np.float64, 0.0),  # recent volatility: EWM of |x - previous x|
@@ -258,6 +260,8 @@ class RowState(RowArrays):
     group: IntArray
     shared_at: FloatArray
     shared_sign: np.ndarray[Any, np.dtype[np.int8]]
+    relearn_at: FloatArray
+    relearn_sign: np.ndarray[Any, np.dtype[np.int8]]
     quiet_alarm: np.ndarray[Any, np.dtype[np.bool_]]
     drift_z: FloatArray
     vol: FloatArray
