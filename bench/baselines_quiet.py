@@ -16,7 +16,8 @@ telemetry has and a clean simulator does not:
   and the first step after the pause is as long as the pause;
 * regime changes: about four times a day a job's power level moves by up to 15 % and its
   step time by up to 10 %, for good; each GPU's power also wanders slowly (about 1 %);
-* loss falls, as it does while training works.
+* loss falls, as it does while training works; the grad norm is the all-reduced one, the
+  same on every rank of a job (heavy-tailed from step to step).
 
 Into a few jobs per seed it injects faults on one GPU (or rank) each, at a random time
 after the first two hours: ``collapse`` (util to ~2 %, power to idle), ``shift`` (power
@@ -129,7 +130,8 @@ class _Telemetry:
         step = np.where(resumed, step + t - self.pause_start, step)
         self.was_paused = paused
         loss = (1.5 + np.exp(-t / 20000.0)) * (1 + 0.01 * heavy[3])
-        grad = np.exp(0.15 * heavy[4])
+        # The all-reduced norm: one value per job (and step), the same on all its ranks.
+        grad = np.exp(0.15 * rng.standard_t(3, len(self.job_power)))[self.job]
         gpu = np.stack([util, power], axis=1)
         rank = np.stack([loss, grad, step, self.tokens / step, 8 / step], axis=1)
         self._inject(t, gpu, rank)
