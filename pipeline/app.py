@@ -155,6 +155,9 @@ def _with_caps(
         out = dict(extra()) if extra is not None else {}
         if baselines is not None:
             out["baseline_entities_evicted"] = float(baselines.evicted)
+            # Departures kept out of the anomalies (small, tail, episode, shared by peers).
+            for reason, n in baselines.suppressed().items():
+                out[f"baseline_suppressed_{reason}"] = float(n)
         if consistency is not None:
             out["consistency_jobs_evicted"] = float(consistency.evicted_jobs)
             stats = consistency.stats()

@@ -7,10 +7,13 @@ whole Kafka batch with a few numpy operations per metric. Plain Python and numpy
 Faust: the worker feeds it, tests and benchmarks drive it directly.
 
 Entities: a GPU is ``node/gpu`` (from sample batches), a rank is ``job/rank`` (from step
-records). Everything runs in event time; an entity silent for ``idle_s`` of event time
-is expired and its rows are reused. Entity keys come from the input, so each kind holds at
-most ``max_entities``: past it the least recently seen entities are evicted (counted in
-``evicted``), never the ones of the batch at hand.
+records). The entities of one job (a GPU's batch names its job when the agent knows it)
+are each other's peers: a departure most of them share at the same time (a checkpoint
+dip, a phase change of the job) is benign and not reported; the banks count what they
+keep out (:meth:`BaselineStage.suppressed`). Everything runs in event time; an entity
+silent for ``idle_s`` of event time is expired and its rows are reused. Entity keys come
+from the input, so each kind holds at most ``max_entities``: past it the least recently
+seen entities are evicted (counted in ``evicted``), never the ones of the batch at hand.
 """
 
 from __future__ import annotations
@@ -89,24 +92,51 @@ class _Family:
         self.meta: dict[str, _Meta] = {}
         #: Which input partition each entity's data comes from: state moves with it.
         self.source: dict[str, str] = {}
+        #: Peer group (an int the banks compare) of each job with live entities.
+        self.groups: dict[str, int] = {}
+        self._next_group = 0
 
     def update(
-        self, keys: list[str], ts: list[float], values: np.ndarray[Any, np.dtype[np.float64]]
+        self, keys: list[str], ts: list[float], values: np.ndarray[Any, np.dtype[np.float64]],
+        jobs: Sequence[str | None] | None = None,
     ) -> list[tuple[str, Detection]]:
-        """Feed one value per key and metric (``values[:, j]`` is metric ``j``)."""
+        """Feed one value per key and metric (``values[:, j]`` is metric ``j``).
+
+        ``jobs`` names each key's job: the entities of one job are each other's peers.
+        """
         if not keys:
             return []
         self._make_room(keys)
         t = np.asarray(ts, dtype=np.float64)
         rows = self.registry.rows_for(keys, t)
+        groups = None if jobs is None else np.fromiter(
+            (self._group(j) for j in jobs), dtype=np.int64, count=len(keys))
         found: list[tuple[str, Detection]] = []
         for j, bank in enumerate(self.banks.values()):
             bank.grow(self.registry.n_rows)
             v = np.ascontiguousarray(values[:, j])
             # The bank orders several ticks of one entity by event time itself.
-            for finding in bank.update(rows, v, t):
+            for finding in bank.update(rows, v, t, groups):
                 found.append((self.registry.keys_of([finding.row])[0], finding))
         return found
+
+    def _group(self, job: str | None) -> int:
+        if job is None:
+            return -1
+        g = self.groups.get(job)
+        if g is None:
+            # Never reused, so a row still holding a gone job's id cannot meet new peers.
+            g = self.groups[job] = self._next_group
+            self._next_group += 1
+        return g
+
+    def suppressed(self) -> dict[str, int]:
+        """Departures the banks did not report, by reason (see ``DetectorBank.suppressed``)."""
+        out: dict[str, int] = {}
+        for bank in self.banks.values():
+            for reason, n in bank.suppressed.items():
+                out[reason] = out.get(reason, 0) + n
+        return out
 
     def _make_room(self, keys: Sequence[str]) -> None:
         """Evict the least recently seen entities so the new ones among ``keys`` fit.
@@ -145,6 +175,9 @@ class _Family:
         for key in self.registry.keys_of(live[stale]):
             self.meta.pop(key, None)
             self.source.pop(key, None)
+        live_jobs = {m.job_id for m in self.meta.values()}
+        for job in [j for j in self.groups if j not in live_jobs]:
+            del self.groups[job]
         freed = self.registry.expire(now, idle_s)
         rows = np.asarray(freed, dtype=np.int64)
         for bank in self.banks.values():
@@ -214,6 +247,13 @@ class BaselineStage:
         self._next_expiry = 0.0
         self.expired = 0
 
+    def suppressed(self) -> dict[str, int]:
+        """Departures not reported as anomalies since start, by reason, GPUs and ranks."""
+        out = self.gpus.suppressed()
+        for reason, n in self.ranks.suppressed().items():
+            out[reason] = out.get(reason, 0) + n
+        return out
+
     @property
     def evicted(self) -> int:
         """Entities (GPUs and ranks) evicted at the ``max_entities`` cap since start."""
@@ -227,9 +267,11 @@ class BaselineStage:
         ``sources`` names each record's input partition (see :mod:`trainguard.pipeline.state`).
         """
         g_keys: list[str] = []
+        g_jobs: list[str | None] = []
         g_ts: list[float] = []
         g_vals: list[tuple[float | None, ...]] = []
         r_keys: list[str] = []
+        r_jobs: list[str] = []
         r_ts: list[float] = []
         r_vals: list[tuple[float | None, ...]] = []
         g_meta, g_source = self.gpus.meta, self.gpus.source
@@ -240,16 +282,20 @@ class BaselineStage:
         for i, record in enumerate(records):
             part = sources[i] if sources is not None else ""
             if isinstance(record, GpuSampleBatch):
-                ts, node = record.ts, record.node
+                ts, node, job = record.ts, record.node, record.job_id
                 now = max(now, ts)
                 for gpu in record.gpus:
                     if gpu.lost:
                         continue  # a lost GPU is its own finding (consistency checks)
                     key = f"{node}/{gpu.index}"
-                    if key not in g_meta:
-                        g_meta[key] = _Meta(record.cluster, node, gpu=gpu.index)
+                    meta = g_meta.get(key)
+                    if meta is None:
+                        g_meta[key] = _Meta(record.cluster, node, gpu=gpu.index, job_id=job)
                         g_source[key] = part
+                    elif meta.job_id != job:
+                        meta.job_id = job  # the GPU moved to another job (or left it)
                     g_keys.append(key)
+                    g_jobs.append(job)
                     g_ts.append(ts)
                     g_vals.append(_GPU_VALUES(gpu))
             elif isinstance(record, StepBatch | StepRecord):
@@ -262,13 +308,14 @@ class BaselineStage:
                         r_meta[key] = _Meta(cluster, step.node, job_id=step.job_id, rank=step.rank)
                         r_source[key] = part
                     r_keys.append(key)
+                    r_jobs.append(step.job_id)
                     r_ts.append(step.ts)
                     r_vals.append(_RANK_VALUES(step))
         self.now = now
         out = [self._wire("gpu", k, f) for k, f in
-               self.gpus.update(g_keys, g_ts, _columns(g_vals, len(GPU_METRICS)))]
+               self.gpus.update(g_keys, g_ts, _columns(g_vals, len(GPU_METRICS)), g_jobs)]
         out += [self._wire("rank", k, f) for k, f in
-                self.ranks.update(r_keys, r_ts, _columns(r_vals, len(RANK_METRICS)))]
+                self.ranks.update(r_keys, r_ts, _columns(r_vals, len(RANK_METRICS)), r_jobs)]
         self._expire()
         return out
 
@@ -287,7 +334,15 @@ class BaselineStage:
         if doc.get("format") != 1:
             raise ValueError(f"unknown baseline state format {doc.get('format')!r}")
         self.now = max(self.now, float(doc["now"]))
-        return self.gpus.load(part, doc["gpu"]) + self.ranks.load(part, doc["rank"])
+        try:
+            return self.gpus.load(part, doc["gpu"]) + self.ranks.load(part, doc["rank"])
+        except ValueError as exc:
+            # Detector state of another layout (a worker upgraded across a detector
+            # change): its entities warm up again rather than stop the worker.
+            self.drop(part)
+            log.warning("baseline state not loaded partition=%s error=%s; warming up", part,
+                        exc)
+            return 0
 
     def drop(self, part: str) -> int:
         """Forget every entity fed by ``part`` (a partition this worker lost)."""

@@ -8,6 +8,8 @@ offsets are acknowledged only after both. When partitions move, the new owner re
 the alerts its predecessor left firing (from the store), so nobody is paged twice.
 A finding the lifecycle raises on is a dead letter with reason ``stage_error``; the
 others of its batch still change alerts (:mod:`trainguard.pipeline.quarantine`).
+Baseline anomalies, when the anomalies topic is given, become ticket alerts the same way
+(:meth:`AlertJob.handle_anomalies`), in lifecycles of their own per anomalies partition.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from kafka.partitioner.default import murmur2
 
+from trainguard.pipeline.alerts.anomalies import is_anomaly_alert
 from trainguard.pipeline.alerts.approvals import Approval
 from trainguard.pipeline.alerts.config import (
     AlertLifecycleConfig,
@@ -34,7 +37,7 @@ from trainguard.pipeline.publish import Publisher
 from trainguard.pipeline.quarantine import Quarantine
 from trainguard.pipeline.sinks.rows import Row
 from trainguard.schemas.codec import RecordDecoder, RecordError
-from trainguard.schemas.records import Alert, Finding
+from trainguard.schemas.records import Alert, Anomaly, Finding
 
 __all__ = ["LOOKBACK_S", "AlertJob", "RowWrite", "key_partition", "reject"]
 
@@ -80,9 +83,15 @@ class AlertJob:
         event_now: Callable[[str], float] = lambda _job: -float("inf"),
         clock: Callable[[], float] = time.time,
         read_approvals: Callable[[float], Awaitable[Sequence[Approval]]] | None = None,
+        anomalies_topic: str | None = None,
     ) -> None:
         self._config, self._publisher, self._write = config, publisher, write
         self._topic, self._partitions = findings_topic, partitions
+        #: Baseline anomalies (keyed by entity) have lifecycles of their own, one per
+        #: partition of their topic: tickets (:meth:`handle_anomalies`).
+        self._anomalies_topic = anomalies_topic
+        self.anomaly_lifecycles: dict[int, AlertLifecycle] = {}
+        self._anomaly_decoder: RecordDecoder[Anomaly] = RecordDecoder(Anomaly)
         self._read_open, self._read_silences = read_open, read_silences
         self._event_now, self._clock = event_now, clock
         #: Each job's time as its findings tell it.
@@ -111,29 +120,78 @@ class AlertJob:
             lc.set_approvals(self._approvals, self.job_now)
         return lc
 
+    def anomaly_lifecycle(self, partition: int) -> AlertLifecycle:
+        """The lifecycle of one anomalies partition, created with the current silences."""
+        lc = self.anomaly_lifecycles.get(partition)
+        if lc is None:
+            lc = self.anomaly_lifecycles[partition] = AlertLifecycle(self._config)
+            lc.set_silences(self._silences)
+        return lc
+
+    def _all_lifecycles(self) -> list[tuple[int, AlertLifecycle]]:
+        return [*self.lifecycles.items(), *self.anomaly_lifecycles.items()]
+
     def firing(self) -> int:
         """How many alerts are open across the partitions held."""
-        return sum(len(lc.open_alerts()) for lc in self.lifecycles.values())
+        return sum(len(lc.open_alerts()) for _, lc in self._all_lifecycles())
 
     async def on_assigned(self, assigned: Iterable[Any]) -> None:
         """Drop the lifecycles of partitions gone elsewhere; restore the new ones'."""
         self._ready.clear()
         try:
+            assigned = list(assigned)
             owned = {tp.partition for tp in assigned if tp.topic == self._topic}
+            owned_anomalies = {tp.partition for tp in assigned
+                               if tp.topic == self._anomalies_topic}
             for part in set(self.lifecycles) - owned:
                 del self.lifecycles[part]
+            for part in set(self.anomaly_lifecycles) - owned_anomalies:
+                del self.anomaly_lifecycles[part]
             new = owned - set(self.lifecycles)
-            if not new:
+            new_anomalies = owned_anomalies - set(self.anomaly_lifecycles)
+            if not new and not new_anomalies:
                 return
             found = await self._read_open(self._clock() - LOOKBACK_S)
             for part in sorted(new):
-                mine = [a for a in found if key_partition(
+                mine = [a for a in found if not is_anomaly_alert(a.check) and key_partition(
                     (a.job_id or a.cluster).encode(), self._partitions) == part]
-                n = self.lifecycle(part).restore(mine)
-                if n:
-                    log.info("alerts restored partition=%d firing=%d", part, n)
+                self._restored(part, self.lifecycle(part).restore(mine))
+            for part in sorted(new_anomalies):
+                # An anomaly's partition is its entity's (the anomalies topic's key).
+                mine = [a for a in found if is_anomaly_alert(a.check) and key_partition(
+                    str(a.evidence.get("entity")).encode(), self._partitions) == part]
+                self._restored(part, self.anomaly_lifecycle(part).restore(mine))
         finally:
             self._ready.set()
+
+    @staticmethod
+    def _restored(part: int, n: int) -> None:
+        if n:
+            log.info("alerts restored partition=%d firing=%d", part, n)
+
+    async def handle_anomalies(self, events: Sequence[Any]) -> None:
+        """Feed one batch of anomalies events to their lifecycles: ticket alerts."""
+        await self._ready.wait()
+        changes: list[Alert] = []
+        dead: list[DeadLetter] = []
+        for e in events:
+            try:
+                anomaly = self._anomaly_decoder.decode(e.message.value)
+            except RecordError as exc:
+                await reject(self._publisher, self._write, e.message, exc)
+                continue
+            self._times.advance(anomaly.job_id or anomaly.cluster, anomaly.ts)
+            try:
+                changes += self.anomaly_lifecycle(e.message.partition).observe_anomalies(
+                    [anomaly])
+            except Exception as exc:
+                dead.append(self.quarantine.dead_letter(
+                    "alerts", exc, RawMessage.of(e.message), entity=anomaly.entity))
+        if dead:
+            rows: dict[str, list[Row]] = {}
+            await self._publisher.dead_letters(dead, rows)
+            await self._write(rows)
+        await self._publish(changes)
 
     async def handle(self, events: Sequence[Any]) -> None:
         """Feed one batch of findings events to their lifecycles; publish what changed."""
@@ -173,7 +231,7 @@ class AlertJob:
         """Advance every lifecycle, each alert to its own job's time."""
         now = self.job_now
         changes: list[Alert] = []
-        for part, lc in list(self.lifecycles.items()):
+        for part, lc in self._all_lifecycles():
             try:
                 changes += lc.tick(now)
             except Exception as exc:  # one partition's bug must not stop the others' alerts
@@ -194,7 +252,7 @@ class AlertJob:
             return
         active = self._screen(read)
         self._silences[:] = active
-        for lc in self.lifecycles.values():
+        for _, lc in self._all_lifecycles():
             lc.set_silences(active)
 
     async def refresh_approvals(self) -> None:

@@ -14,6 +14,7 @@ from trainguard.errors import ConfigError
 from trainguard.pipeline.alerts.matchers import Matcher
 
 __all__ = [
+    "ANOMALY_PATTERNS",
     "DEFAULT_MAX_INTEGRITY_SILENCE_S",
     "AlertLifecycleConfig",
     "Silence",
@@ -24,6 +25,9 @@ __all__ = [
 #: change of the training code or of its checkpoints; evidence of sabotage must not
 #: be muted for longer than someone is accountable for watching it by hand.
 DEFAULT_MAX_INTEGRITY_SILENCE_S = 24 * 3600.0
+
+#: The patterns a baseline anomaly can have (``Anomaly.pattern``).
+ANOMALY_PATTERNS = ("spike", "level_shift", "drift")
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,23 @@ class AlertLifecycleConfig:
     #: most this long after its start (:func:`integrity_silence_violation`); otherwise it
     #: mutes the other categories only, and the worker logs and counts it.
     max_integrity_silence_s: float = DEFAULT_MAX_INTEGRITY_SILENCE_S
+    #: Baseline anomalies of these patterns become ``ticket`` alerts (never pages): a level
+    #: shift or a drift persists, so there is something to look at; a spike is over by the
+    #: time it is reported, so it stays in the ``anomalies`` table. Empty: no such alerts.
+    anomaly_patterns: tuple[str, ...] = ("level_shift", "drift")
+    #: An anomaly is one event, never repeated while it lasts: its ticket stays open this
+    #: long (event time), and another anomaly of the same metric meanwhile refreshes it.
+    anomaly_resolve_after_s: float = 3600.0
 
     def __post_init__(self) -> None:
         """Reject values that would make the lifecycle misbehave, naming the field."""
+        object.__setattr__(self, "anomaly_patterns", tuple(self.anomaly_patterns))
+        unknown = sorted(set(self.anomaly_patterns) - set(ANOMALY_PATTERNS))
+        if unknown:
+            raise ConfigError(f"anomaly_patterns: unknown {', '.join(map(repr, unknown))}; "
+                              f"expected some of: {', '.join(ANOMALY_PATTERNS)}")
         for name in ("resolve_after_s", "job_rate_window_s", "clear_hold_s",
-                     "max_integrity_silence_s"):
+                     "max_integrity_silence_s", "anomaly_resolve_after_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name}={value!r}; expected a finite number of seconds > 0")

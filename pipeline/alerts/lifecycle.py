@@ -5,6 +5,9 @@ stable identity receivers such as Alertmanager and PagerDuty dedup on. Each firi
 *episode* has its own ``alert_id`` (fingerprint and start). Only transitions are emitted:
 firing (new), resolved (quiet for ``resolve_after_s``, ``ends_at`` set) and firing again
 after a resolve. Repeats of a persisting finding only refresh the alert's last-seen time.
+Baseline anomalies (:meth:`AlertLifecycle.observe_anomalies`) go through the same
+lifecycle as tickets (:mod:`~trainguard.pipeline.alerts.anomalies`), held open for
+``anomaly_resolve_after_s`` since an anomaly is reported once, not repeated.
 
 Noise control, in the order applied to a new episode:
 
@@ -42,6 +45,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote
 
+from trainguard.pipeline.alerts.anomalies import ANOMALY_CATEGORY, alertable, from_anomaly
 from trainguard.pipeline.alerts.approvals import Approval, approval_for
 from trainguard.pipeline.alerts.config import (
     AlertLifecycleConfig,
@@ -54,7 +58,7 @@ from trainguard.pipeline.alerts.observations import (
     finding_fingerprint,
     from_finding,
 )
-from trainguard.schemas.records import Alert, Finding
+from trainguard.schemas.records import Alert, Anomaly, Finding
 
 __all__ = ["AlertLifecycle", "finding_fingerprint"]
 
@@ -110,6 +114,14 @@ class AlertLifecycle:
         out: list[Alert] = []
         for finding in findings:
             out.extend(self._observe(from_finding(finding)))
+        return out
+
+    def observe_anomalies(self, anomalies: Sequence[Anomaly]) -> list[Alert]:
+        """Take baseline anomalies (those of ``anomaly_patterns``): tickets at most."""
+        out: list[Alert] = []
+        for anomaly in anomalies:
+            if alertable(anomaly, self.config.anomaly_patterns):
+                out.extend(self._observe(from_anomaly(anomaly)))
         return out
 
     def tick(self, now: float | Callable[[str], float]) -> list[Alert]:
@@ -301,7 +313,10 @@ class AlertLifecycle:
 
     def _hold(self, state: _State) -> float:
         cfg = self.config
-        return max(cfg.resolve_after_s, cfg.flap_window_s) if state.held else cfg.resolve_after_s
+        quiet = cfg.resolve_after_s
+        if state.obs.labels.get("category") == ANOMALY_CATEGORY:
+            quiet = max(quiet, cfg.anomaly_resolve_after_s)  # one event, never repeated
+        return max(quiet, cfg.flap_window_s) if state.held else quiet
 
     def _silence_for(self, obs: Observation, ts: float) -> Silence | None:
         nodes: tuple[str | None, ...] = obs.nodes or (None,)

@@ -4,10 +4,12 @@
   :class:`~trainguard.pipeline.alerts.alert_job.AlertJob`: one
   :class:`~trainguard.pipeline.alerts.lifecycle.AlertLifecycle` per partition, each alert
   state change published to the alerts topic and the ``alerts`` table before the
-  findings' offsets are acknowledged. A timer advances the lifecycles (resolves), another
-  re-reads the silences and the change approvals from the store. When partitions move,
-  the new owner restores the alerts its predecessor left firing (from the store), so
-  nobody is paged twice.
+  findings' offsets are acknowledged. ``alert_on_anomalies`` does the same for the
+  baseline anomalies (keyed by entity): tickets, never pages (``anomaly_patterns``;
+  none: no such agent). A timer advances the lifecycles (resolves), another re-reads the
+  silences and the change approvals from the store. When partitions move, the new owner
+  restores the alerts its predecessor left firing (from the store), so nobody is paged
+  twice.
 * ``deliver_alerts`` (only with receivers configured) consumes the alerts topic and feeds
   a :class:`~trainguard.pipeline.alerts.delivery_job.DeliveryJob`; an alert's offset is
   acknowledged once every receiver took it or gave up (then it is a dead letter). The
@@ -73,7 +75,7 @@ def add_alerting(
                    partitions=config.partitions,
                    read_open=functools.partial(call, open_alerts, store),
                    read_silences=functools.partial(call, active_silences, store),
-                   event_now=event_now,
+                   event_now=event_now, anomalies_topic=_anomaly_topic(config),
                    read_approvals=functools.partial(call, active_approvals, store))
 
     _add_alerts(app, config, job)
@@ -110,6 +112,13 @@ def _add_alerts(app: faust.App, config: WorkerConfig, job: AlertJob) -> None:
         async for events in stream.take_events(500, within=_WITHIN_S):
             await job.handle(events)
 
+    if _anomaly_topic(config) is not None:
+        @app.agent(app.topic(config.topics.anomalies, **_RAW), concurrency=1)
+        async def alert_on_anomalies(stream: faust.StreamT[bytes]) -> None:
+            assert isinstance(stream, faust.Stream)
+            async for events in stream.take_events(500, within=_WITHIN_S):
+                await job.handle_anomalies(events)
+
     @app.timer(1.0)
     async def advance_alerts() -> None:
         await job.tick()
@@ -118,6 +127,11 @@ def _add_alerts(app: faust.App, config: WorkerConfig, job: AlertJob) -> None:
     async def refresh_silences() -> None:
         await job.refresh_silences()
         await job.refresh_approvals()
+
+
+def _anomaly_topic(config: WorkerConfig) -> str | None:
+    """The anomalies topic when some anomaly patterns become tickets, else None."""
+    return config.topics.anomalies if config.alerting.lifecycle.anomaly_patterns else None
 
 
 def _add_delivery(app: faust.App, alerts_topic: faust.types.TopicT, job: DeliveryJob) -> None:

@@ -105,6 +105,10 @@ class Cusum(RowArrays):
         self.reset(rows[alarms.sign != 0])
         return alarms
 
+    def pressure(self, rows: IntArray, sign: int) -> FloatArray:
+        """How far each row's sum on side ``sign`` (+1 up, -1 down) is toward ``h``."""
+        return (self.up if sign > 0 else self.down)[rows] / self.h
+
 
 class PageHinkley(RowArrays):
     """Page-Hinkley test against the running mean of ``z`` since the row last started.
@@ -169,3 +173,9 @@ class PageHinkley(RowArrays):
         alarms = _alarms(sides[0], sides[1])
         self.reset(rows[alarms.sign != 0])
         return alarms
+
+    def pressure(self, rows: IntArray, sign: int) -> FloatArray:
+        """How far each row's rise on side ``sign`` (+1 up, -1 down) is toward ``lam``."""
+        if sign > 0:
+            return (self.up[rows] - self.up_min[rows]) / self.lam
+        return (self.down[rows] - self.down_min[rows]) / self.lam

@@ -16,7 +16,7 @@ __all__ = [
 ]
 
 #: Bumped whenever a change to the detectors can change what they report.
-DETECTOR_VERSION = "1"
+DETECTOR_VERSION = "2"
 
 AnomalyKind = Literal["spike", "level_shift", "drift"]
 ChangepointKind = Literal["cusum", "page-hinkley"]
@@ -34,11 +34,14 @@ class BankConfig:
     window: int = 60
     #: No verdict for a row before it has learned this many values.
     min_samples: int = 30
-    #: A short excursion peaking beyond this, then returning, is a spike.
-    z_spike: float = 6.0
-    #: This many consecutive points beyond ``z_shift`` are a level shift.
+    #: A short excursion peaking beyond this, then returning, is a spike candidate. Real
+    #: telemetry is heavy-tailed: 6 robust sigmas come by every few minutes (issue #16).
+    z_spike: float = 8.0
+    #: This many consecutive points beyond ``z_shift``, all on one side, are a level shift.
+    #: Five, not three: a heavy-tailed or bursty series gives three in a row a few times a
+    #: day, and five seconds also let the peers' points of the same ticks arrive.
     z_shift: float = 4.0
-    confirm: int = 3
+    confirm: int = 5
     #: An alarm clears after ``clear`` consecutive points back within ``z_clear``.
     z_clear: float = 2.0
     clear: int = 5
@@ -52,7 +55,9 @@ class BankConfig:
     #: Change-point allowance (CUSUM k, Page-Hinkley delta) and threshold (h, lambda), and
     #: how many values a row must have learned before that test runs.
     cp_drift: float = 0.75
-    cp_threshold: float = 10.0
+    #: 15, not 10: points clipped at ``z_shift`` add 3.25 each, so a jump needs as many
+    #: points (``confirm``) to alarm here as in the point test, and bursts of noise less.
+    cp_threshold: float = 15.0
     cp_after: int = 120
     #: A change-point alarm whose points were, on average, less than this far from the
     #: fast baseline (which follows a slow drift) is a drift rather than a level shift.
@@ -61,6 +66,41 @@ class BankConfig:
     #: gives large but finite z. Set ``min_scale`` to the metric's resolution.
     min_scale: float = 1e-6
     min_rel_scale: float = 1e-3
+    #: A departure smaller than this share of the baseline is no anomaly, however many
+    #: scales it is: a GPU pegged at 100 % util that reads 97 is not news (issue #16).
+    min_effect: float = 0.05
+    #: Half-life (samples) of the anchor a change-point alarm's size is measured from: the
+    #: slow baseline follows a drift (an hour's 20 % drift leaves it ~2 % behind), this one
+    #: much less, so a drift reaches ``min_effect`` against it once it has gone that far.
+    anchor_half_life: float = 1800.0
+    #: Bursty series: z is measured in the row's recent volatility (a fast EWM, this
+    #: half-life in samples, of the point-to-point change) when that exceeds its long-run
+    #: scale by ``burst_ratio``; a burst of noise is then not a string of departures.
+    vol_half_life: float = 10.0
+    burst_ratio: float = 1.25
+    #: Excursions that came back after peaking beyond this show a row's tails: one within
+    #: ``spike_quiet_s`` before a spike candidate makes that spike the row's normal.
+    z_tail: float = 6.0
+    #: A spike candidate is reported only when the row had no other one for this long
+    #: (event time): a row that spikes every hour has heavy tails and that is its normal,
+    #: and spikes that keep coming are one episode. A new row must first stay quiet this
+    #: long after its warm-up.
+    spike_quiet_s: float = 3600.0
+    #: Another anomaly of a row within this long of its previous one (reported or not) is
+    #: the same episode: not reported again.
+    episode_s: float = 900.0
+    #: A departure is benign when at least this share of the row's group (its job's
+    #: other GPUs or ranks), departing the same way since it began, share it: a checkpoint
+    #: dip, a job phase change. 0 turns the peer test off.
+    peer_share: float = 0.5
+    #: Peers whose last point is older than this (event time) are not judged; a peer's
+    #: departure counts from this long before the anomaly's first point.
+    peer_window_s: float = 30.0
+    peer_slack_s: float = 5.0
+    #: A peer also departs when its recent mean z against its slow baseline (a fast EWM,
+    #: half-life ``vol_half_life``) is this far on the same side: a job-wide change too
+    #: small for the point test, which each row's change-point test finds at its own time.
+    peer_z: float = 1.0
 
     def __post_init__(self) -> None:
         if self.window < 3:
@@ -98,6 +138,29 @@ class BankConfig:
                 "half_life and cp_threshold must be > 0 and cp_drift >= 0, got "
                 f"{self.half_life}, {self.cp_threshold}, {self.cp_drift}"
             )
+        if not (min(self.min_effect, self.spike_quiet_s, self.episode_s,
+                    self.peer_slack_s) >= 0 and self.peer_window_s > 0
+                and self.anchor_half_life > 0):
+            raise ConfigError(
+                "min_effect, spike_quiet_s, episode_s and peer_slack_s must be >= 0, "
+                "peer_window_s and anchor_half_life > 0, got "
+                f"{self.min_effect}, {self.spike_quiet_s}, {self.episode_s}, "
+                f"{self.peer_slack_s}, {self.peer_window_s}, {self.anchor_half_life}"
+            )
+        if not (self.vol_half_life > 0 and self.burst_ratio >= 1):
+            raise ConfigError(
+                "vol_half_life must be > 0 and burst_ratio >= 1, got "
+                f"{self.vol_half_life}, {self.burst_ratio}"
+            )
+        if not self.z_shift <= self.z_tail <= self.z_spike:
+            raise ConfigError(
+                f"z_tail must be within z_shift..z_spike ({self.z_shift}..{self.z_spike}), "
+                f"got {self.z_tail}"
+            )
+        if not self.peer_z > 0:
+            raise ConfigError(f"peer_z must be > 0, got {self.peer_z}")
+        if not 0 <= self.peer_share <= 1:
+            raise ConfigError(f"peer_share must be within 0..1, got {self.peer_share}")
         if not (self.min_scale > 0 and self.min_rel_scale >= 0 and self.z_drift >= 0):
             raise ConfigError(
                 "min_scale must be > 0, min_rel_scale and z_drift >= 0, got "
@@ -155,6 +218,23 @@ class RowState(RowArrays):
         "peak_x": (np.float64, np.nan),
         "peak_base": (np.float64, np.nan),
         "peak_scale": (np.float64, np.nan),
+        "exc_sign": (np.int8, 0),  # the side of its current run beyond z_shift
+        "alarm_sign": (np.int8, 0),  # the side of the alarm
+        "last_z": (np.float64, np.nan),  # signed z of the last point (for peers)
+        "dep_up": (np.float64, -np.inf),  # last time beyond z_shift upward (for peers)
+        "dep_down": (np.float64, -np.inf),
+        "spike_last": (np.float64, np.inf),  # last tail excursion (inf: still warming up)
+        "episode_last": (np.float64, -np.inf),  # last anomaly, reported or not
+        "group": (np.int64, -1),  # the row's peer group (its job); -1 none
+        "shared_at": (np.float64, -np.inf),  # last departure its peers shared, and side
+        # (the side only if it was a change-point alarm)
+        "shared_sign": (np.int8, 0),
+        "relearn_at": (np.float64, -np.inf),  # last re-baseline (a new normal), and side
+        "relearn_sign": (np.int8, 0),
+        "quiet_alarm": (np.bool_, False),  # its alarm's detection was the peers' (shared)
+        "drift_z": (np.float64, 0.0),  # recent mean z against the slow baseline (peers)
+        "vol": (np.float64, 0.0),  # recent volatility: EWM of |x - previous x|
+        "prev_x": (np.float64, np.nan),
     }
     last_ts: FloatArray
     alarm: np.ndarray[Any, np.dtype[np.int8]]
@@ -170,3 +250,19 @@ class RowState(RowArrays):
     peak_x: FloatArray
     peak_base: FloatArray
     peak_scale: FloatArray
+    exc_sign: np.ndarray[Any, np.dtype[np.int8]]
+    alarm_sign: np.ndarray[Any, np.dtype[np.int8]]
+    last_z: FloatArray
+    dep_up: FloatArray
+    dep_down: FloatArray
+    spike_last: FloatArray
+    episode_last: FloatArray
+    group: IntArray
+    shared_at: FloatArray
+    shared_sign: np.ndarray[Any, np.dtype[np.int8]]
+    relearn_at: FloatArray
+    relearn_sign: np.ndarray[Any, np.dtype[np.int8]]
+    quiet_alarm: np.ndarray[Any, np.dtype[np.bool_]]
+    drift_z: FloatArray
+    vol: FloatArray
+    prev_x: FloatArray

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from trainguard.agents.collectors import SimulatedGpus
 from trainguard.pipeline.baselines import BaselineConfig, BaselineStage
@@ -131,3 +132,55 @@ def test_forged_ranks_cannot_grow_the_baselines_past_the_cap():
     assert stage.evicted == 50 * 100 - 100
     assert stage.snapshot_rows() == [] or all(r["entity"].startswith("forged-49/")
                                               for r in stage.snapshot_rows())
+
+
+def _job_tick(gpus, ts, job):
+    return GpuSampleBatch(cluster="c", node="n1", ts=ts, seq=int(ts), agent_id="a",
+                          gpus=gpus.collect(ts), job_id=job)
+
+
+@pytest.mark.parametrize("job", [None, "j"])
+def test_a_checkpoint_pause_shared_by_the_job_s_gpus_is_no_anomaly(job):
+    gpus, stage, found = SimulatedGpus("n1", 8, seed=5), BaselineStage(), []
+    for i in range(700):  # a 20 s checkpoint pause at i = 570
+        found += stage.observe([_job_tick(gpus, T0 + i, job)])
+    if job is None:  # nobody to compare with: each GPU's dip is its own
+        assert {a.entity for a in found} == {f"n1/{g}" for g in range(8)}
+    else:
+        assert found == [] and stage.suppressed()["shared"] >= 8
+
+
+def test_a_gpu_anomaly_names_the_job_its_batch_named():
+    gpus, stage, found = SimulatedGpus("n1", 4, seed=3), BaselineStage(), []
+    for i in range(150):
+        if i == 100:
+            gpus.inject(2, "idle")
+        found += stage.observe([_job_tick(gpus, T0 + i, "j")])
+    assert {(a.entity, a.job_id) for a in found} == {("n1/2", "j")}
+
+
+def test_a_whole_job_s_loss_rising_together_is_left_to_the_job_checks():
+    rng = np.random.default_rng(2)
+    stage, found = BaselineStage(), []
+    for i in range(200):
+        steps = [StepRecord(job_id="j", rank=r, world_size=4, node="n", step=i, ts=T0 + i,
+                            loss=float(2.0 + rng.normal(0, 0.01) + (0.4 if i >= 120 else 0)))
+                 for r in range(4)]
+        found += stage.observe([StepBatch(cluster="c", node="n", job_id="j", ts=T0 + i, seq=i,
+                                          agent_id="a", steps=steps)])
+    assert found == [] and stage.suppressed()["shared"] >= 4
+
+
+def test_state_of_another_detector_layout_warms_up_instead_of_failing():
+    gpus, first = SimulatedGpus("n1", 2), BaselineStage()
+    for i in range(40):
+        first.observe([_tick(gpus, T0 + i)], sources=["s:0"])
+    blob = first.export("s:0")
+    from trainguard.pipeline.state import decode_arrays, encode_arrays
+
+    doc = decode_arrays(blob)
+    doc["gpu"]["banks"]["power_w"] = {k: v for k, v in doc["gpu"]["banks"]["power_w"].items()
+                                      if not k.startswith("anchor.")}  # an older layout
+    second = BaselineStage()
+    assert second.load("s:0", encode_arrays(doc)) == 0
+    assert second.partitions() == set() and len(second.gpus.registry) == 0

@@ -126,7 +126,12 @@ def test_evictions_at_the_caps_are_exported_with_the_worker_health():
                        "consistency_unwitnessed_saves": 0.0, "consistency_witness_refused": 0.0,
                        "consistency_rank_claims": 0.0, "consistency_rank_events_dropped": 0.0,
                        "consistency_agent_restarts": 0.0,
-                       "consistency_nodes_evicted": 0.0}
+                       "consistency_nodes_evicted": 0.0,
+                       # Departures the baselines kept out of the anomalies (issue #16).
+                       "baseline_suppressed_small": 0.0,
+                       "baseline_suppressed_spike_quiet": 0.0,
+                       "baseline_suppressed_episode": 0.0,
+                       "baseline_suppressed_shared": 0.0}
 
 
 def test_conflicting_reports_are_exported_with_the_worker_health():

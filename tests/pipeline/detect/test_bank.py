@@ -1,10 +1,14 @@
 import dataclasses
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from trainguard.errors import ConfigError
 from trainguard.pipeline.detect import BankConfig, DetectorBank, EntityRegistry
+
+#: Spikes reported as soon as the row is warm: the tests of the spike mechanics.
+SPIKY = BankConfig(spike_quiet_s=0.0)
 
 
 def normal(rng, n, rows=None):
@@ -25,16 +29,25 @@ def test_utilization_around_96_give_no_anomaly(rng, feed, integer):
 def test_a_single_spike_is_one_spike_reported_one_point_late(rng, feed):
     x = normal(rng, 500)
     x[300], x[301] = 12.0, 0.5  # the next point is back within z_clear
-    (a,) = feed(DetectorBank("x"), x)
+    (a,) = feed(DetectorBank("x", SPIKY), x)
     assert (a.kind, a.first_seen, a.ts, a.value) == ("spike", 300, 301, 12.0)
-    assert a.score > 6 and a.window == 60 and a.detector == "robust-cusum"
+    assert a.score > 8 and a.window == 60 and a.detector == "robust-cusum"
+
+
+def test_a_spike_counts_only_after_the_row_stayed_quiet_for_spike_quiet_s(rng, feed):
+    config = BankConfig(spike_quiet_s=400.0)
+    x = normal(rng, 1200)
+    x[[300, 800]] = 15.0  # 270 s after warm-up: too early; then 500 s after the first
+    (a,) = feed(DetectorBank("x", config), x)
+    assert (a.kind, a.first_seen) == ("spike", 800)
 
 
 def test_a_level_shift_is_one_level_shift_confirmed_within_confirm_points(rng, feed):
     x = normal(rng, 800)
     x[300:] -= 8.0
     (a,) = feed(DetectorBank("x"), x)
-    assert a.kind == "level_shift" and a.first_seen == 300 and a.ts <= 300 + 3 - 1
+    assert a.kind == "level_shift" and a.first_seen == 300
+    assert a.ts == 300 + BankConfig().confirm - 1
     assert a.score < -4 and abs(a.baseline) < 0.5 and a.scale == pytest.approx(1, abs=0.3)
 
 
@@ -59,7 +72,7 @@ def test_no_verdict_before_min_samples_even_for_wild_values(rng, feed):
 def test_the_first_verdict_comes_right_after_warm_up(rng, feed):
     x = normal(rng, 40)
     x[30:32] = 50.0  # a two-point burst on the first two judged points
-    (a,) = feed(DetectorBank("x", BankConfig(min_samples=30)), x)
+    (a,) = feed(DetectorBank("x", replace(SPIKY, min_samples=30)), x)
     assert a.kind == "spike" and a.first_seen == 30
 
 
@@ -76,7 +89,7 @@ def test_a_signal_hovering_at_the_shift_threshold_fires_at_most_once(rng, feed, 
 def test_spikes_that_keep_coming_are_one_anomaly_not_a_storm(rng, feed):
     x = normal(rng, 600)
     x[300:420:3] = 15.0  # a spike every third point for 120 points
-    found = feed(DetectorBank("x"), x)
+    found = feed(DetectorBank("x", SPIKY), x)
     assert [a.kind for a in found] == ["spike"]
 
 
@@ -93,7 +106,7 @@ def test_among_a_thousand_rows_exactly_the_injected_two_are_flagged(rng, feed):
     x = 96 + 2 * normal(rng, 600, 1000)
     x[400, 17] = 40.0
     x[450:, 503] += 30.0
-    found = feed(DetectorBank("util"), x)
+    found = feed(DetectorBank("util", SPIKY), x)
     assert sorted((a.row, a.kind) for a in found) == [(17, "spike"), (503, "level_shift")]
 
 
@@ -101,7 +114,7 @@ def test_a_cleared_alarm_lets_the_row_fire_again(rng, feed):
     x = normal(rng, 700)
     x[300:360] += 9.0  # a 60-point shift that ends before re-baselining
     x[500] = -12.0
-    found = feed(DetectorBank("x"), x)
+    found = feed(DetectorBank("x", replace(SPIKY, episode_s=0.0)), x)
     assert [(a.kind, a.first_seen) for a in found] == [("level_shift", 300), ("spike", 500)]
 
 
@@ -121,7 +134,7 @@ def test_a_shift_lasting_relearn_after_points_becomes_the_new_baseline(rng, feed
     x = normal(rng, 1000)
     x[300:] += 10.0
     x[700:] += 10.0
-    found = feed(DetectorBank("x"), x)
+    found = feed(DetectorBank("x", BankConfig(episode_s=0.0)), x)
     assert [(a.kind, a.first_seen) for a in found] == [("level_shift", 300), ("level_shift", 700)]
     assert found[1].baseline == pytest.approx(10.0, abs=0.5)
 
@@ -139,7 +152,7 @@ def test_nan_values_are_skipped(rng, feed):
     holes = x.copy()
     holes[[100, 250, 301, 302]] = np.nan
     holes[303] = 0.0  # the spike is confirmed by the next point that has a value
-    (a,) = feed(DetectorBank("x"), holes)
+    (a,) = feed(DetectorBank("x", SPIKY), holes)
     assert (a.kind, a.first_seen, a.ts) == ("spike", 300, 303)
 
 
@@ -171,10 +184,10 @@ def test_state_round_trip_continues_exactly_like_never_stopping(rng, feed, tmp_p
     x[380, 3] = 15.0  # a spike still pending at the snapshot (after point 380)
     x[340:, 7] += 8.0  # in alarm at the snapshot
     x[500:, 9] -= 8.0
-    straight, stopped = DetectorBank("x"), DetectorBank("x")
+    straight, stopped = DetectorBank("x", SPIKY), DetectorBank("x", SPIKY)
     feed(stopped, x[:381])
     np.savez(tmp_path / "snap.npz", **stopped.state())
-    restored = DetectorBank("x")
+    restored = DetectorBank("x", SPIKY)
     with np.load(tmp_path / "snap.npz") as snap:
         restored.load_state(dict(snap))
     expected = feed(straight, x)
