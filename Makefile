@@ -92,8 +92,9 @@ prometheus:  ## install promtool (Debian package prometheus) if missing
 demo: install kafka-jars  ## run the end-to-end demo (local Kafka + chdb + simulated cluster)
 	$(TG) demo --nodes 4 --duration 30
 
-eval: install kafka-jars  ## detection scorecard: every scenario x 5 seeds through the pipeline
+eval: install kafka-jars  ## detection scorecard (every scenario x 5 seeds), then the size sweeps, through the pipeline
 	$(TG) eval --seeds 5 --speed 1.5
+	$(TG) eval --sweep all --seeds 5 --speed 3
 
 k8s-tools: $(TOOLS)/helm $(TOOLS)/kubecheck  ## build helm and kubecheck into .tools/bin (Go; no cluster needed)
 

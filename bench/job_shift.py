@@ -5,9 +5,10 @@ Three measurements, no broker:
 * ``arl``: the change-point test alone on Gaussian noise around a falling loss curve, for
   a few thresholds ``h`` (the default and lower ones, whose alarm rates show how fast the
   false-alarm rate falls with ``h``); alarms per million steps.
-* ``clean``: simulated jobs (16 ranks) running benign scenarios (lr warmup and decay,
-  eval phases, checkpoint pauses, a clean restart, a resize, a throttled GPU, plain runs)
-  through the consistency stage in-process; every ``job_shift`` finding is counted.
+* ``clean``: simulated jobs (16 ranks) running every benign scenario (lr warmup and decay,
+  eval phases, checkpoint pauses, a clean restart, a resize, a throttled GPU, heavy
+  step-time noise, the clean mix, plain runs) through the consistency stage in-process;
+  every ``job_shift`` finding is counted, and every other integrity/availability one.
 * ``cost``: microseconds per closed step of :class:`TrajectoryWatch` (16 and 1,024 ranks).
 
     python -m bench.job_shift arl --steps 1000000
@@ -33,7 +34,7 @@ from trainguard.pipeline.consistency.trajectory import TrajectoryWatch
 from trainguard.schemas.records import StepBatch
 
 BENIGN = ("lr_schedule", "eval_phase", "checkpoint_pause", "clean_restart", "job_resize",
-          "thermal_throttle", None)
+          "thermal_throttle", "noisy_steps", "clean_mix", None)
 
 
 def arl(steps: int, seed: int) -> None:
