@@ -44,6 +44,12 @@ def finding_fingerprint(finding: Finding) -> str:
     blamed = f"ranks={','.join(map(str, sorted(set(finding.ranks))))};nodes={nodes}"
     if finding.gpu_index is not None:
         blamed += f";gpu={finding.gpu_index}"
+    what = finding.evidence.get("metric") or finding.evidence.get("quantity")
+    if not finding.ranks and not finding.nodes and isinstance(what, str):
+        # A finding on the job itself blames nobody: what it is about (loss or step time,
+        # lr or seeds) is its identity, or a step-time ticket already firing would absorb
+        # a later loss shift's page into its episode.
+        blamed += f";what={what}"
     scope = finding.job_id if finding.job_id is not None else f"nodes={nodes}"
     return _digest("finding", finding.cluster, scope, finding.check, blamed)
 

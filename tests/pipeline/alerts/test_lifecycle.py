@@ -304,6 +304,19 @@ def test_an_integrity_finding_over_a_quarter_of_the_world_is_job_wide() -> None:
     assert "scope" not in few.labels and many.labels["scope"] == "job-wide"
 
 
+def test_job_wide_findings_on_different_series_are_different_alerts() -> None:
+    # A job-wide slowdown (a ticket) firing first must not absorb a loss shift's page.
+    lc = AlertLifecycle()
+    [slow] = lc.observe_findings([finding(
+        finding_id="f-slow", check="job_shift", category="availability", ranks=[], nodes=[],
+        evidence={"metric": "step_time"})])
+    [loss] = lc.observe_findings([finding(
+        T0 + 30, finding_id="f-loss", check="job_shift", ranks=[], nodes=[],
+        evidence={"metric": "loss"})])
+    assert (slow.severity, loss.severity) == ("ticket", "page")
+    assert slow.fingerprint != loss.fingerprint
+
+
 def test_a_finding_that_names_the_job_and_nobody_in_it_is_job_wide() -> None:
     [a] = AlertLifecycle().observe_findings([finding(check="job_shift", ranks=[], nodes=[])])
     assert a.severity == "page" and a.labels["scope"] == "job-wide" and a.node is None
