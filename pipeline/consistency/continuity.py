@@ -88,10 +88,33 @@ class _Window:
     #: reference past the replay, where a falling loss must not look like a shift.
     intercept: float
     slope: float
+    #: The fitted steps' mean and sum of squared deviations: how uncertain the line is
+    #: where it is extrapolated (an error shared by every extrapolated point).
+    fit_mean: float = 0.0
+    fit_sxx: float = math.inf
+    fit_n: int = 1
     z: list[float] = field(default_factory=list)
+    #: Steps compared with the extrapolated line (not with a replayed step's value).
+    extrapolated: list[int] = field(default_factory=list)
     before: list[float] = field(default_factory=list)
     after: list[float] = field(default_factory=list)
     decided: bool = False
+
+
+def _line_error(w: _Window, n: int) -> float:
+    """Variance (in units of ``w.noise`` squared) the extrapolated line adds to the mean.
+
+    A line fitted to ``k`` noisy points and extrapolated ``d`` steps past their centre is
+    off by noise * sqrt(1/k + d^2/Sxx), and *every* extrapolated point shares that error:
+    averaging more of them does not shrink it. After a short run (a restart at step 11) the
+    line through 10 steps, 20 steps ahead, is uncertain by about 1.5 times the noise: a
+    20-step mean of it is not the ~0.2 the independent-noise term alone would claim.
+    """
+    e = len(w.extrapolated)
+    if not e or not math.isfinite(w.fit_sxx) or w.fit_sxx <= 0:
+        return 0.0 if not e else math.inf
+    d = float(np.mean(w.extrapolated)) - w.fit_mean
+    return (e / n) ** 2 * (1 / w.fit_n + d * d / w.fit_sxx)
 
 
 @dataclass(slots=True)
@@ -169,8 +192,10 @@ class RestartContinuity:
             ok, span = np.isfinite(values), c.continuity_noise_steps
             x, y = before.steps[ok][-span:], values[ok][-span:]
             slope, intercept = np.polyfit(x - x[-1], y, 1)
+            xm = float(np.mean(x))
             windows.append(_Window(quantity, label, noise, float(intercept - slope * x[-1]),
-                                   float(slope)))
+                                   float(slope), fit_mean=xm,
+                                   fit_sxx=float(np.sum((x - xm) ** 2)), fit_n=len(x)))
         if len(before) and not windows:
             self.unverifiable += 1
         self._restart = _Restart(
@@ -216,6 +241,7 @@ class RestartContinuity:
                 ref = float((before.loss if w.quantity == "loss" else before.grad_norm)[i])
             elif 0 < past <= c.continuity_steps:
                 ref = w.intercept + w.slope * cs.step
+                w.extrapolated.append(cs.step)
             else:
                 ref = math.nan
             if math.isfinite(ref):
@@ -267,14 +293,15 @@ class RestartContinuity:
         n = len(w.z)
         if n < c.continuity_min_steps:
             return None
-        z = float(np.mean(w.z)) * math.sqrt(n)
+        z = float(np.mean(w.z)) / math.sqrt(1 / n + _line_error(w, n))
         mean_before, mean_after = float(np.mean(w.before)), float(np.mean(w.after))
         rel = (mean_after - mean_before) / max(abs(mean_before), 1e-12)
         if abs(z) <= c.continuity_z or abs(rel) < c.continuity_min_effect:
             return None
         what = (f"the job's {w.label} over {n} steps after the restart at step "
                 f"{r.resume_step} averages {mean_after:.6g}, {mean_before:.6g} before the "
-                f"restart ({rel:+.1%}; {abs(z):.1f} times the run's noise)")
+                f"restart ({rel:+.1%}; z {abs(z):.1f} against the run's noise and the "
+                f"uncertainty of its trend)")
         return self._fault(cs, w.quantity, what, mean_after, mean_before, abs(rel), {
             "quantity": w.quantity, "before": mean_before, "after": mean_after,
             "relative_change": rel, "z": z, "noise": w.noise, "steps_compared": n,
