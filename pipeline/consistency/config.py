@@ -195,7 +195,8 @@ class ConsistencyConfig:
     #: The run's noise is the robust scale of the step-to-step changes of its last this
     #: many steps before the restart (the spread of one before/after comparison).
     continuity_noise_steps: int = 100
-    #: A trajectory departs when its mean clipped z over the window, times sqrt(steps),
+    #: A trajectory departs when its mean clipped z over the window, over its standard
+    #: error (sqrt(1/steps), plus the extrapolated trend's own error past a replay),
     #: exceeds this: noise alone stays below 4 (normal tails) even with a heavy tail
     #: clipped at ``continuity_z_clip``...
     continuity_z: float = 6.0
