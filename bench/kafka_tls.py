@@ -74,25 +74,13 @@ def _round(settings: KafkaProducerSettings, messages: list[tuple[bytes, bytes]])
         producer.close(timeout=30)
 
 
-def _aiokafka_kwargs(security: KafkaSecurity) -> dict[str, object]:
-    """aiokafka's settings for ``security`` (what Faust passes it)."""
-    if not security.tls:
-        return {}
-    out: dict[str, object] = {"security_protocol": security.protocol,
-                              "ssl_context": security.ssl_context()}
-    if security.sasl:
-        out.update(sasl_mechanism=security.mechanism, sasl_plain_username=security.username,
-                   sasl_plain_password=security.password)
-    return out
-
-
 def _consume(bootstrap: str, security: KafkaSecurity, count: int) -> float:
     """Seconds an aiokafka consumer takes to read ``count`` messages from the start."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     async def run() -> float:
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                    group_id=None, **_aiokafka_kwargs(security))
+                                    group_id=None, **security.aiokafka_kwargs())
         await consumer.start()
         try:
             tps = [TopicPartition(TOPICS.samples, p) for p in range(PARTITIONS)]

@@ -1,21 +1,23 @@
 """The Faust application: thin glue that feeds Kafka batches to the plain-Python stages.
 
-Topology: input topics → :class:`~trainguard.pipeline.ingest.Ingestor` (decode/validate; rejects
-to the dead-letter topic) → :class:`~trainguard.pipeline.baselines.BaselineStage` (anomalies to the
-anomalies topic) → :class:`~trainguard.pipeline.consistency.ConsistencyStage` (findings to the
-findings topic) → :class:`~trainguard.pipeline.sinks.store_sink.StoreSink`. Many records travel in
-one Faust event (a node's GPUs, a job's ranks) and a whole ``take_events`` batch is
-handled by a few numpy calls, so Faust's per-event cost is paid per message, not per
-sample. A batch's offsets are acknowledged only after its dead letters and anomalies are
-acknowledged by Kafka and its rows are in the store: at-least-once end to end. The store
-write of one batch overlaps the decoding of the next (at most two in flight), so the
-worker's throughput is bounded by the slower of the two, not by their sum.
+Topology: input topics → :class:`~trainguard.pipeline.raw_consumer.RawConsumer` (``getmany``
+batches, off Faust's per-event path) → :class:`~trainguard.pipeline.ingest.Ingestor`
+(decode/validate; rejects to the dead-letter topic) →
+:class:`~trainguard.pipeline.baselines.BaselineStage` (anomalies to the anomalies topic) →
+:class:`~trainguard.pipeline.consistency.ConsistencyStage` (findings to the findings topic)
+→ :class:`~trainguard.pipeline.sinks.store_sink.StoreSink`. Faust runs the rest: the alert
+stream jobs downstream of the findings, the timers, health and metrics. A batch's
+offsets are committed only after its dead letters and anomalies are acknowledged by
+Kafka and its rows are in the store: at-least-once end to end. The store write of one
+batch overlaps the decoding of the next (at most two in flight), so the worker's
+throughput is bounded by the slower of the two, not by their sum.
 
 The parts, each tested alone: :class:`~trainguard.pipeline.batches.BatchHandler` (one batch
 through the stages), :class:`~trainguard.pipeline.offsets.HeldOffsets` (hold-and-ack),
+:class:`~trainguard.pipeline.raw_consumer.RawConsumer` (batches and commits),
 :class:`~trainguard.pipeline.publish.Publisher` (topics and rows) and
 :class:`~trainguard.pipeline.snapshots.StateSnapshots` (detector state). This module only
-creates the app and its topics and wires the parts to agents, timers and signals.
+creates the app and its topics and wires the parts to tasks, timers and signals.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
@@ -41,8 +43,9 @@ from trainguard.pipeline.consistency import ConsistencyStage
 from trainguard.pipeline.health import HealthProbe, add_health
 from trainguard.pipeline.ingest import Ingestor
 from trainguard.pipeline.metrics import WorkerMetrics
-from trainguard.pipeline.offsets import HeldOffsets, message_out
+from trainguard.pipeline.offsets import HeldOffsets
 from trainguard.pipeline.publish import Publisher
+from trainguard.pipeline.raw_consumer import CommitLedger, RawConsumer, raw_group
 from trainguard.pipeline.sinks.rows import Row
 from trainguard.pipeline.sinks.sources import SourceOf
 from trainguard.pipeline.sinks.store_sink import StoreSink, WriteResult
@@ -92,13 +95,14 @@ def build_app(
             inputs=config.topics.inputs(), every_s=config.state_every_s,
             read=functools.partial(read_snapshots, config.bootstrap,
                                    config.topics.baseline_state, security=config.security))
-        app.on_partitions_assigned.connect(_on_assigned(snapshots.on_assigned))
-    # One thread owns all store calls: chdb is synchronous and must not block the event loop.
+        # One thread owns all store calls: chdb is synchronous and must not block the event loop.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-sink")
-    handler = BatchHandler(ingestor, publisher, HeldOffsets(message_out(app)),
+    ledger = CommitLedger()
+    handler = BatchHandler(ingestor, publisher, HeldOffsets(ledger.released),
                            _store_write(executor, sink), baselines=baselines,
                            consistency=consistency, snapshots=snapshots)
-    _add_ingest(app, config, handler)
+    _add_ingest(app, config, handler, ledger,
+                snapshots.on_assigned if snapshots is not None else None)
 
     alerting_health: Callable[[], dict[str, float]] | None = None
     if store is not None and config.alerting.enabled:
@@ -210,15 +214,6 @@ def faust_credentials(security: KafkaSecurity) -> CredentialsT | None:
     return None
 
 
-def _on_assigned(handle: Callable[[Any], Any]) -> Callable[..., Any]:
-    """A receiver of Faust's ``on_partitions_assigned`` signal calling ``handle(assigned)``."""
-
-    async def receiver(_sender: Any, *args: Any, **_kw: Any) -> None:
-        await handle(args[0] if args else set())
-
-    return receiver
-
-
 def _store_write(executor: Executor, sink: StoreSink) -> StoreWrite:
     """Start ``sink.write`` on the store thread; the future completes when it landed."""
 
@@ -230,23 +225,52 @@ def _store_write(executor: Executor, sink: StoreSink) -> StoreWrite:
     return write
 
 
-def _add_ingest(app: faust.App, config: WorkerConfig, handler: BatchHandler) -> None:
-    """The ingest agent and the timers that finish its work when no input arrives."""
-    inputs = app.topic(*config.topics.inputs(), **_RAW)
+def _raw_kafka_consumer(config: WorkerConfig) -> Any:
+    """The aiokafka consumer of the raw topics: manual commits, co-partitioned assignment."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
-    @app.agent(inputs, concurrency=1)
-    async def ingest(stream: faust.StreamT[bytes]) -> None:
-        assert isinstance(stream, faust.Stream)  # take_events is not on the StreamT protocol
+    return AIOKafkaConsumer(
+        bootstrap_servers=[b.strip() for b in config.bootstrap.split(",") if b.strip()],
+        group_id=raw_group(config.app_id),
+        client_id=f"{config.app_id}-raw-{socket.gethostname()}-{os.getpid()}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        # Range, not aiokafka's round robin: partition i of every raw topic to one worker.
+        partition_assignment_strategy=(RangePartitionAssignor,),
+        session_timeout_ms=int(config.session_timeout_s * 1000),
+        heartbeat_interval_ms=int(config.session_timeout_s * 1000 / 4),
+        **config.security.aiokafka_kwargs(),
+    )
+
+
+def _add_ingest(app: faust.App, config: WorkerConfig, handler: BatchHandler,
+                ledger: CommitLedger,
+                on_assigned: Callable[[Any], Awaitable[None]] | None) -> None:
+    """The raw consumer's task and the timers that finish its work when no input arrives."""
+
+    @app.task
+    async def ingest() -> None:
+        consumer = _raw_kafka_consumer(config)
+        raw = RawConsumer(consumer, handler, ledger, max_records=config.batch_max,
+                          timeout_s=config.batch_within_s, on_assigned=on_assigned)
+        raw.subscribe(config.topics.inputs())
+        await consumer.start()
         try:
-            async for events in stream.take_events(config.batch_max,
-                                                   within=config.batch_within_s):
-                await handler.handle(events)
+            await raw.run(should_stop=lambda: bool(app.should_stop))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # As an agent under CrashingSupervisor did: the worker exits 1 and systemd
+            # restarts it; what did not land is read again.
+            log.exception("raw ingest crashed error=%s", exc)
+            await app.crash(exc)
         finally:
-            await handler.stop()
+            await consumer.stop()
 
     @app.timer(0.5)
     async def settle_idle() -> None:
-        # With no new input the agent body does not run: settle finished writes here so
+        # With no new input the consumer's loop only polls: settle finished writes here so
         # their offsets are committed without waiting for the next message.
         await handler.settle_idle()
 

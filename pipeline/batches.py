@@ -1,10 +1,11 @@
-"""One ``take_events`` batch through the stages, with its store write pipelined.
+"""One batch of raw messages through the stages, with its store write pipelined.
 
-:class:`BatchHandler` is the body of the worker's ingest agent, free of Faust: decode and
+:class:`BatchHandler` is what the raw consumer (:mod:`trainguard.pipeline.raw_consumer`)
+feeds, free of Kafka clients: decode and
 validate (:class:`~trainguard.pipeline.ingest.Ingestor`), publish dead letters (and the
 ``forged_telemetry`` findings of refused messages), judge
 baselines and consistency, publish what they found, then start the batch's store write
-and hand its events to :class:`~trainguard.pipeline.offsets.HeldOffsets`. The order is
+and hand its offsets to :class:`~trainguard.pipeline.offsets.HeldOffsets`. The order is
 what makes it at-least-once: everything published for a batch is acknowledged by Kafka
 before its store write starts, and its offsets go only after that write landed.
 
@@ -59,7 +60,7 @@ StoreWrite = Callable[
 
 
 class BatchHandler:
-    """Feeds batches of Kafka events to the stages and holds their offsets until stored."""
+    """Feeds batches of Kafka messages to the stages and holds their offsets until stored."""
 
     def __init__(
         self, ingestor: Ingestor, publisher: Publisher, offsets: HeldOffsets, write: StoreWrite,
@@ -74,13 +75,16 @@ class BatchHandler:
         #: Stage failures: counted per stage, logged rate-limited, records dead-lettered.
         self.quarantine = quarantine if quarantine is not None else Quarantine()
 
-    async def handle(self, events: Sequence[Any]) -> None:
-        """Process one batch; its offsets are released once its rows are in the store."""
-        # Hold every message until its batch is in the store: take_events acks the batch
-        # when the agent body returns, and the write below may still be running then.
-        self._offsets.hold(events)
-        messages = [RawMessage.of(e.message) for e in events]
-        result = self._ingestor.ingest(messages)
+    async def handle(self, messages: Sequence[RawMessage], held: Sequence[Any]) -> None:
+        """Process one batch; ``held`` is released once its rows are in the store.
+
+        ``held`` stands for the batch's offsets: the raw consumer's one
+        :class:`~trainguard.pipeline.raw_consumer.OffsetMark`, or Faust events.
+        """
+        # Hold until the batch is in the store: a Faust stream acks its events when the
+        # agent body returns, and the write below may still be running then.
+        self._offsets.hold(held)
+        result = self._ingestor.ingest(list(messages))
         sources = IngestSources(messages, result)  # store refusals: see _store
         await self._publisher.dead_letters(result.dead, result.rows)
         if result.findings:  # forged telemetry, found at ingest
@@ -97,7 +101,7 @@ class BatchHandler:
         await self._publisher.dead_letters(dead, result.rows)
         # Pipelined: the store writes this batch while the next one is decoded and
         # judged. Writes run one at a time, in order, on the store thread.
-        self._offsets.add(self._store(result.rows, result.lines, sources), events)
+        self._offsets.add(self._store(result.rows, result.lines, sources), held)
         await self._offsets.settle(self._writes_in_flight)
         if self._snapshots is not None and self._snapshots.due():
             # After every write landed: a snapshot never holds an alarm whose anomaly is
@@ -180,6 +184,10 @@ class BatchHandler:
             return written
 
         return asyncio.ensure_future(copy_refused())
+
+    async def drain(self) -> None:
+        """Wait for every write in flight and release its offsets (before a handover)."""
+        await self._offsets.settle_all()
 
     async def stop(self) -> None:
         """Stopping or crashing: release what already landed so its offsets are committed."""

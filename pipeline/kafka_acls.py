@@ -27,6 +27,7 @@ from kafka.errors import KafkaError
 
 from trainguard.errors import BrokerError
 from trainguard.pipeline.kafka_admin import admin_client
+from trainguard.pipeline.raw_consumer import raw_group
 from trainguard.schemas.kafka_security import KafkaSecurity
 from trainguard.schemas.topics import Topics
 
@@ -75,9 +76,9 @@ def pipeline_acls(
                   for t in topics.inputs() for op in _WORKER_INPUTS]
         rules += [AclRule(principal, "topic", t, op)
                   for t in verdict_topics(topics) for op in _WORKER_OUTPUTS]
-        rules += [AclRule(principal, "group", app_id, "READ"),
-                  AclRule(principal, "group", app_id, "DESCRIBE"),
-                  AclRule(principal, "topic", f"{app_id}-", "ALL", prefixed=True),
+        rules += [AclRule(principal, "group", group, op)
+                  for group in (app_id, raw_group(app_id)) for op in ("READ", "DESCRIBE")]
+        rules += [AclRule(principal, "topic", f"{app_id}-", "ALL", prefixed=True),
                   AclRule(principal, "transactional_id", app_id, "WRITE", prefixed=True),
                   AclRule(principal, "transactional_id", app_id, "DESCRIBE", prefixed=True)]
     return rules

@@ -158,6 +158,17 @@ class KafkaSecurity:
                        sasl_plain_password=self.password)
         return out
 
+    def aiokafka_kwargs(self) -> dict[str, object]:
+        """Settings for aiokafka's clients, what Faust passes them ({} when plain)."""
+        if not self.tls:
+            return {}
+        out: dict[str, object] = {"security_protocol": self.protocol,
+                                  "ssl_context": self.ssl_context()}
+        if self.sasl:
+            out.update(sasl_mechanism=self.mechanism, sasl_plain_username=self.username,
+                       sasl_plain_password=self.password)
+        return out
+
     def cli_args(self) -> list[str]:
         """The ``--kafka-*`` flags that give a child process these settings.
 

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainguard.pipeline.dead_letters import RawMessage
 from trainguard.schemas.records import Anomaly
 
 
@@ -51,6 +52,11 @@ def events(topic: str, offsets: range | list[int], partition: int = 0,
     vals = values or [b"{}"] * len(offsets)
     return [FakeEvent(FakeMessage(topic, partition, o, value=v))
             for o, v in zip(offsets, vals, strict=True)]
+
+
+def raw(batch: list[FakeEvent]) -> list[RawMessage]:
+    """The plain messages of ``batch``, as the raw consumer hands them to a handler."""
+    return [RawMessage.of(e.message) for e in batch]
 
 
 def faust_acks(batch: list[FakeEvent]) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.pipeline.alerts.test_lifecycle import finding
-from tests.pipeline.fakes import FakeEvent, FakeTopic, anomaly, events, faust_acks, run, spin
+from tests.pipeline.fakes import FakeEvent, FakeTopic, anomaly, events, faust_acks, raw, run, spin
 from tests.pipeline.test_ingest import TOPICS, _batch
 from trainguard.pipeline.batches import BatchHandler
 from trainguard.pipeline.ingest import Ingestor
@@ -57,7 +57,7 @@ def _good(offsets: range) -> list[FakeEvent]:
 
 
 async def _handle(handler: BatchHandler, batch: list[FakeEvent]) -> None:
-    await handler.handle(batch)
+    await handler.handle(raw(batch), batch)
     faust_acks(batch)  # what take_events does after the body
 
 
@@ -66,7 +66,7 @@ def test_dead_letters_are_acked_by_kafka_before_the_store_write_starts() -> None
         topics, writes = Topics(auto_ack=False), Writes()
         handler, _ = _handler(topics, writes)
         batch = events(TOPICS.samples, range(2), values=[b"nope", encode(_batch())])
-        task = asyncio.create_task(handler.handle(batch))
+        task = asyncio.create_task(handler.handle(raw(batch), batch))
         await spin()
         assert len(topics.dead.sent) == 1 and writes.calls == []
         topics.dead.ack_all()

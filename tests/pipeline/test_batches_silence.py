@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tests.pipeline.fakes import FakeEvent, FakeTopic, events, faust_acks, run
+from tests.pipeline.fakes import FakeEvent, FakeTopic, events, faust_acks, raw, run
 from trainguard.pipeline.batches import BatchHandler
 from trainguard.pipeline.consistency import ConsistencyStage
 from trainguard.pipeline.ingest import Ingestor
@@ -60,7 +60,7 @@ def test_a_node_whose_agent_stops_is_published_as_agent_silent_by_close_steps() 
         for t in range(15):
             clock.t = T0 + t
             batch = _tick("n1", t, 2 * t) + (_tick("n2", t, 2 * t + 1) if t <= 5 else [])
-            await handler.handle(batch)
+            await handler.handle(raw(batch), batch)
             faust_acks(batch)
             await handler.close_steps()
         decoder = RecordDecoder(Finding)

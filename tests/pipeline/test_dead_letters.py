@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.pipeline.alerts.test_stream import Store, _alert_events, _delivery, _job
-from tests.pipeline.fakes import Clock, FakeTopic, events, run
+from tests.pipeline.fakes import Clock, FakeTopic, events, raw, run
 from tests.pipeline.test_batches import Topics, Writes, _handler
 from tests.pipeline.test_ingest import TOPICS
 from trainguard.pipeline.dead_letters import DEAD_LETTER_HEADERS, DeadLetter, RawMessage
@@ -37,7 +37,8 @@ def test_every_path_gives_the_same_header_names_and_row_columns() -> None:
         # ingest rejects
         topics, writes = Topics(), Writes()
         handler, _ = _handler(topics, writes)
-        await handler.handle(events(TOPICS.samples, [0], values=[b"nope"]))
+        bad = events(TOPICS.samples, [0], values=[b"nope"])
+        await handler.handle(raw(bad), bad)
         seen["ingest"] = (topics.dead.header_names[0],
                           set(writes.calls[0][0]["dead_letters"][0]))
         writes.futures[0].set_result(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from tests.pipeline.fakes import FakeEvent, FakeMessage, faust_acks, run
+from tests.pipeline.fakes import FakeEvent, FakeMessage, faust_acks, raw, run
 from tests.pipeline.test_batches import Topics as PublishTopics
 from tests.pipeline.test_batches import Writes, _handler
 from tests.pipeline.test_ingest import NOW, TOPICS, _batch
@@ -163,7 +163,7 @@ def test_the_batch_handler_publishes_the_forgery_finding_and_the_dead_letter() -
         msg = _signed(TOPICS.samples, encode(_batch("node-b")), "node-a")
         batch = [FakeEvent(FakeMessage(msg.topic, 0, 0, msg.key, msg.value, NOW,
                                        headers=list(msg.headers)))]
-        await handler.handle(batch)
+        await handler.handle(raw(batch), batch)
         faust_acks(batch)
         assert len(topics.dead.sent) == 1 and len(topics.findings.sent) == 1
         found = msgspec.json.decode(topics.findings.sent[0].value, type=Finding)
