@@ -116,6 +116,9 @@ def build_app(
 
     def health() -> dict[str, float]:
         out = handler.quarantine.health()
+        # Raw offsets commits the broker refused (a rebalance first): those batches are read
+        # again and deduplicated by the store; a steady count means something is wrong.
+        out["raw_commits_failed"] = float(ledger.failed)
         if ingestor.auth is not None:  # MACs verified and refused, forgeries folded
             out.update(ingestor.auth.health())
         if alerting_health is not None:
