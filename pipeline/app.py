@@ -101,8 +101,9 @@ def build_app(
     handler = BatchHandler(ingestor, publisher, HeldOffsets(ledger.released),
                            _store_write(executor, sink), baselines=baselines,
                            consistency=consistency, snapshots=snapshots)
+    raw_consumers: list[Any] = []  # the raw topics' consumer, once its task made it
     _add_ingest(app, config, handler, ledger,
-                snapshots.on_assigned if snapshots is not None else None)
+                snapshots.on_assigned if snapshots is not None else None, raw_consumers)
 
     alerting_health: Callable[[], dict[str, float]] | None = None
     if store is not None and config.alerting.enabled:
@@ -127,7 +128,7 @@ def build_app(
 
     add_health(app, config.health_every_s, HealthProbe(publisher.worker), ingestor, sink,
                executor, _with_caps(health, baselines, consistency), metrics=metrics,
-               published=publisher.counts)
+               published=publisher.counts, consumers=lambda: [app.consumer, *raw_consumers])
     _add_report(app, ingestor, sink, handler)
     if notifier is not None and notifier.enabled:
         add_sd_watchdog(app, notifier)
@@ -249,12 +250,18 @@ def _raw_kafka_consumer(config: WorkerConfig) -> Any:
 
 def _add_ingest(app: faust.App, config: WorkerConfig, handler: BatchHandler,
                 ledger: CommitLedger,
-                on_assigned: Callable[[Any], Awaitable[None]] | None) -> None:
-    """The raw consumer's task and the timers that finish its work when no input arrives."""
+                on_assigned: Callable[[Any], Awaitable[None]] | None,
+                made: list[Any]) -> None:
+    """The raw consumer's task and the timers that finish its work when no input arrives.
+
+    The aiokafka consumer is made in the task (on the app's running loop) and appended to
+    ``made``, where the health probe finds it for the lag of the raw partitions.
+    """
 
     @app.task
     async def ingest() -> None:
         consumer = _raw_kafka_consumer(config)
+        made.append(consumer)
         raw = RawConsumer(consumer, handler, ledger, max_records=config.batch_max,
                           timeout_s=config.batch_within_s, on_assigned=on_assigned)
         raw.subscribe(config.topics.inputs())

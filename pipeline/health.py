@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
 import faust
 
@@ -86,16 +87,20 @@ def add_health(
     app: faust.App, every_s: float, probe: HealthProbe, ingestor: Ingestor, sink: StoreSink,
     executor: Executor, extra: Callable[[], dict[str, float]] | None = None, *,
     metrics: WorkerMetrics | None = None, published: PublishCounts | None = None,
+    consumers: Callable[[], Iterable[Any]] | None = None,
 ) -> None:
     """Write a probe to ``pipeline_health`` every ``every_s`` (on the store's thread).
 
     With ``metrics``, the same figures (and ``published``, the dead letters and findings
-    the worker published) also become the next sample ``/metrics`` shows.
+    the worker published) also become the next sample ``/metrics`` shows. ``consumers``
+    are the Kafka consumers whose lag is reported (default: Faust's own).
     """
 
     @app.timer(every_s)
     async def write_health() -> None:
-        lag = await _lag(app)
+        lag: dict[tuple[str, int], int] = {}
+        for consumer in (consumers() if consumers is not None else [app.consumer]):
+            lag.update(await _lag(consumer))
         # The store's refusals are dead letters too (times out of range, refused rows).
         rejected = sum(ingestor.rejected.values()) + sum(sink.counters.rejected.values())
         figures = extra() if extra else {}
@@ -109,12 +114,16 @@ def add_health(
             executor, sink.write, {"pipeline_health": rows})
 
 
-async def _lag(app: faust.App) -> dict[tuple[str, int], int]:
-    """Messages on the broker not yet read, per partition this worker consumes."""
+async def _lag(consumer: Any) -> dict[tuple[str, int], int]:
+    """Messages on the broker not yet read, per partition ``consumer`` holds.
+
+    ``consumer``: Faust's or aiokafka's (the raw topics' own); both answer ``assignment``,
+    ``highwater`` and ``position``.
+    """
     lag: dict[tuple[str, int], int] = {}
-    for tp in app.consumer.assignment():
+    for tp in consumer.assignment():
         try:
-            end, read = app.consumer.highwater(tp), await app.consumer.position(tp)
+            end, read = consumer.highwater(tp), await consumer.position(tp)
         except Exception:  # a partition mid-rebalance: no figure this round
             continue
         if end is not None and read is not None:
