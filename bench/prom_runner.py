@@ -27,7 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from trainguard.errors import TrainguardError
 from trainguard.local.broker import free_ports
 
-__all__ = ["PROMETHEUS_BIN", "FleetExporter", "PrometheusProcess", "proc_cpu_seconds"]
+__all__ = ["PROMETHEUS_BIN", "FleetExporter", "PrometheusProcess", "file_sd_groups",
+           "prometheus_config", "proc_cpu_seconds"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,19 @@ def _wait(what: str, check: Any, timeout: float, proc: subprocess.Popen[bytes] |
     raise TrainguardError(f"{what}: not ready after {timeout:.0f} s")
 
 
+def file_sd_groups(nodes: int, ports: list[int], shard: int) -> list[dict[str, Any]]:
+    """One file_sd target per node: the port of its shard, its own path and instance label.
+
+    Node ``i`` is served by shard ``i // shard`` on ``ports[i // shard]`` at
+    ``/node/<i>/metrics``; ``instance`` names the node as a real fleet's targets would.
+    """
+    if len(ports) * shard < nodes:
+        raise TrainguardError(f"{len(ports)} ports x {shard} nodes per shard < {nodes} nodes")
+    return [{"targets": [f"127.0.0.1:{ports[node // shard]}"],
+             "labels": {"__metrics_path__": f"/node/{node}/metrics",
+                        "instance": f"node-{node:05d}:9400"}} for node in range(nodes)]
+
+
 class FleetExporter:
     """``nodes`` dcgm-exporter targets, ``shard`` nodes per ``bench.dcgm_fleet`` process."""
 
@@ -113,14 +127,8 @@ class FleetExporter:
         return self
 
     def targets(self) -> list[dict[str, Any]]:
-        """Prometheus file_sd groups: one target per node, its own path and instance label."""
-        out = []
-        for node in range(self.nodes):
-            port = self._ports[node // self._shard]
-            out.append({"targets": [f"127.0.0.1:{port}"],
-                        "labels": {"__metrics_path__": f"/node/{node}/metrics",
-                                   "instance": f"node-{node:05d}:9400"}})
-        return out
+        """Prometheus file_sd groups for the running shards (see :func:`file_sd_groups`)."""
+        return file_sd_groups(self.nodes, self._ports, self._shard)
 
     def cpu(self) -> float:
         """CPU seconds of all exporter shards so far."""
