@@ -100,6 +100,15 @@ def _worker(nodes: list[int], seconds: int, work: Path) -> dict[int, dict[str, f
     return out
 
 
+def _behind(w: dict[str, float]) -> str:
+    """A note when the worker did not keep up: its CPU then covers fewer samples than offered.
+
+    One tick in flight (2 messages per node) is normal at the end of the window.
+    """
+    late = w["end_lag_msgs"] - 2 * w["nodes"]
+    return f" (fell behind: {w['end_lag_msgs']:,.0f} messages unstored)" if late > 0 else ""
+
+
 def _table(prom: list[dict[str, float]], worker: dict[int, dict[str, float]]) -> str:
     head = ("| nodes | GPU samples/s | Prometheus CPU | ms per 1,000 GPU samples | scrapes run "
             "| up | scrape avg / max ms | samples appended/s (want) | exporter CPU (not counted)")
@@ -117,7 +126,7 @@ def _table(prom: list[dict[str, float]], worker: dict[int, dict[str, float]]) ->
                f"{r['exporter_cpu_pct']:.0f} %")
         if n in worker:
             w = worker[n]
-            row += (f" | {w['cpu_pct']:.0f} % | **{w['cpu_ms_per_1000']:.1f}** | "
+            row += (f" | {w['cpu_pct']:.0f} % | **{w['cpu_ms_per_1000']:.1f}**{_behind(w)} | "
                     f"{w['cpu_ms_per_1000'] / r['cpu_ms_per_1000']:.2f}")
         rows.append(row + " |")
     return "\n".join(rows)
