@@ -132,8 +132,9 @@ def _table(prom: list[dict[str, float]], worker: dict[int, dict[str, float]]) ->
                f"{r['exporter_cpu_pct']:.0f} %")
         if n in worker:
             w = worker[n]
+            ratio = f"{w['cpu_ms_per_1000'] / r['cpu_ms_per_1000']:.2f}"
             row += (f" | {w['cpu_pct']:.0f} % | **{w['cpu_ms_per_1000']:.1f}**{_behind(w)} | "
-                    f"{w['cpu_ms_per_1000'] / r['cpu_ms_per_1000']:.2f}")
+                    f"{'– (not comparable)' if _behind(w) else ratio}")
         rows.append(row + " |")
     return "\n".join(rows)
 
