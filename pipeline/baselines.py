@@ -29,7 +29,7 @@ import numpy as np
 from trainguard.errors import ConfigError
 from trainguard.pipeline.detect import BankConfig, Detection
 from trainguard.pipeline.detect.family import EntityFamily, EntityMeta
-from trainguard.pipeline.detect.points import GpuPoints, Points, RankPoints
+from trainguard.pipeline.detect.points import GpuPoints, RankPoints
 from trainguard.pipeline.detect.registry import DEFAULT_MAX_ENTITIES
 from trainguard.schemas.records import Anomaly, GpuSampleBatch, Record, StepBatch, StepRecord
 
@@ -109,19 +109,13 @@ class BaselineStage:
                 gpus.add(record, sources, i)
             elif isinstance(record, StepBatch | StepRecord):
                 ranks.add(record, sources, i)
-        latest = _latest(ranks.ts)
+        gpu_points, rank_points = gpus.columns(), ranks.columns()
+        latest = _latest(rank_points[1])
         self.now = now if latest is None else max(now, latest)
-        out = [self._wire("gpu", k, f) for k, f in self._update(self.gpus, gpus)]
-        out += [self._wire("rank", k, f) for k, f in self._update(self.ranks, ranks)]
+        out = [self._wire("gpu", k, f) for k, f in self.gpus.update(*gpu_points)]
+        out += [self._wire("rank", k, f) for k, f in self.ranks.update(*rank_points)]
         self._expire()
         return out
-
-    @staticmethod
-    def _update(family: EntityFamily, points: Points) -> list[tuple[str, Detection]]:
-        if not points.rows:
-            return []
-        rows, t, values, groups = points.columns()
-        return family.update(rows, t, values, groups)
 
     def export(self, part: str) -> bytes:
         """Serialized detector state of the entities fed by input partition ``part``."""
@@ -221,9 +215,7 @@ class BaselineStage:
         )
 
 
-def _latest(ts: list[float]) -> float | None:
+def _latest(ts: np.ndarray[Any, np.dtype[np.float64]]) -> float | None:
     """The latest of ``ts`` ignoring NaN, as ``max(now, t)`` point by point would see it."""
-    if not ts:
-        return None
-    latest = float(np.fmax.reduce(np.asarray(ts, dtype=np.float64)))
+    latest = float(np.fmax.reduce(ts)) if len(ts) else math.nan
     return None if math.isnan(latest) else latest

@@ -65,18 +65,20 @@ class EntityFamily:
         #: Rows (and group ids) cached by a point gatherer; emptied when they may go stale.
         self.cache: dict[Any, Any] = {}
 
-    def update(self, rows: IntArray, t: FloatArray, values: FloatArray,
+    def update(self, rows: IntArray, t: FloatArray, values: Sequence[FloatArray],
                groups: IntArray) -> list[tuple[str, Detection]]:
-        """Feed one point per entry of ``rows`` (``values[:, j]`` is metric ``j``).
+        """Feed one point per entry of ``rows`` (``values[j]`` is metric ``j``'s column).
 
         ``groups`` puts each point's row in its peer group (its job's id from
         :meth:`group`). Rows come from :attr:`registry`, already made room for.
         """
         found: list[tuple[str, Detection]] = []
-        for j, bank in enumerate(self.banks.values()):
+        if not len(rows):
+            return found
+        for bank, column in zip(self.banks.values(), values, strict=True):
             bank.grow(self.registry.n_rows)
             # The bank orders several ticks of one entity by event time itself.
-            for finding in bank.update(rows, np.ascontiguousarray(values[:, j]), t, groups):
+            for finding in bank.update(rows, column, t, groups):
                 found.append((self.registry.keys_of([finding.row])[0], finding))
         return found
 

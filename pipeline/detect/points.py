@@ -24,9 +24,7 @@ from trainguard.pipeline.detect.family import EntityFamily, EntityMeta
 from trainguard.pipeline.detect.registry import FloatArray, IntArray
 from trainguard.schemas.records import GpuSampleBatch, StepBatch, StepRecord
 
-__all__ = ["GpuPoints", "Points", "RankPoints", "columns"]
-
-_Values = tuple[float | None, ...]
+__all__ = ["GpuPoints", "Points", "RankPoints", "column"]
 
 
 class _Entry:
@@ -42,40 +40,35 @@ class _Entry:
 class Points:
     """One family's points of one batch, gathered as lists and returned as columns.
 
-    One gatherer per batch: :meth:`columns` ends it.
+    Points are kept as the records' own reading structs (a GPU sample, a step record):
+    each metric becomes a column in one pass at the end. One gatherer per batch.
     """
 
     def __init__(self, family: EntityFamily) -> None:
         self.family = family
-        self._values: Callable[[Any], _Values] = operator.attrgetter(*family.banks)
-        self._width = len(family.banks)
+        self._metrics = [operator.attrgetter(m) for m in family.banks]
         self.rows: list[int] = []  # -1 until a new entity's row is assigned
-        self.ts: list[float] = []
-        self.groups: list[int] = []
-        self.values: list[_Values] = []
+        self.items: list[Any] = []  # what each point's readings are read from
         self._new: list[tuple[Any, _Entry, int, list[str]]] = []  # cache key, entry, at, keys
-
-    def _hit(self, entry: _Entry, items: Sequence[Any]) -> None:
-        self.rows += entry.rows
-        self.groups += entry.groups
-        self.values += map(self._values, items)
 
     def _keyed(self, cache_key: Any, entry: _Entry, keys: list[str]) -> None:
         """Points of a record whose rows are resolved (and cached) in :meth:`columns`."""
         self._new.append((cache_key, entry, len(self.rows), keys))
         self.rows += [-1] * len(keys)
 
-    def columns(self) -> tuple[IntArray, FloatArray, FloatArray, IntArray]:
-        """Rows, event times, values (a column per metric, NaN if unreported) and groups.
+    def _times_groups(self) -> tuple[FloatArray, IntArray]:
+        raise NotImplementedError
+
+    def columns(self) -> tuple[IntArray, FloatArray, list[FloatArray], IntArray]:
+        """Rows, event times, values (one column per metric, NaN if unreported), groups.
 
         Makes room for the batch's new entities, assigns their rows, records every
         point's time as its entity's last seen.
         """
         family, reg = self.family, self.family.registry
         rows = np.array(self.rows, dtype=np.int64)
-        t = np.array(self.ts, dtype=np.float64)
-        values = columns(self.values, self._width)
-        groups = np.array(self.groups, dtype=np.int64)
+        t, groups = self._times_groups()
+        values = [column(get, self.items) for get in self._metrics]
         new = self._new
         if len(rows) and len(reg) + len(rows) > family.max_entities:  # rare: near the cap
             known = reg.keys_of(rows[rows >= 0])
@@ -94,7 +87,13 @@ class Points:
 
 
 class GpuPoints(Points):
-    """GPU points of sample batches: entity ``node/gpu``, one time per batch."""
+    """GPU points of sample batches: entity ``node/gpu``, one time and job per batch."""
+
+    def __init__(self, family: EntityFamily) -> None:
+        super().__init__(family)
+        self._ts: list[float] = []  # per record with points, and how many it has
+        self._group: list[int] = []
+        self._n: list[int] = []
 
     def add(self, record: GpuSampleBatch, sources: Sequence[str] | None, i: int) -> None:
         """Gather the points of one sample batch (lost GPUs have none)."""
@@ -103,14 +102,16 @@ class GpuPoints(Points):
         sig = [g.index if not g.lost else ~g.index for g in gpus]
         entry = self.family.cache.get(record.node)
         if entry is None or entry.sig != sig or entry.job != record.job_id:
-            self._miss(record, sig, "" if sources is None else sources[i])
-        elif entry.whole:
-            self._hit(entry, gpus)
+            entry = self._miss(record, sig, "" if sources is None else sources[i])
         else:
-            self._hit(entry, [g for g in gpus if not g.lost])
-        self.ts += [record.ts] * (len(self.rows) - len(self.ts))
+            self.rows += entry.rows
+            self.items += gpus if entry.whole else [g for g in gpus if not g.lost]
+        if entry.groups:
+            self._ts.append(record.ts)
+            self._group.append(entry.groups[0])
+            self._n.append(len(entry.groups))
 
-    def _miss(self, record: GpuSampleBatch, sig: list[int], part: str) -> None:
+    def _miss(self, record: GpuSampleBatch, sig: list[int], part: str) -> _Entry:
         family, node, job = self.family, record.node, record.job_id
         meta, keys, gpus = family.meta, [], [g for g in record.gpus if not g.lost]
         for gpu in gpus:
@@ -125,12 +126,21 @@ class GpuPoints(Points):
         group = family.group(job) if keys else -1
         entry = _Entry(sig, job, [group] * len(keys), whole=len(gpus) == len(sig))
         self._keyed(node, entry, keys)
-        self.groups += entry.groups
-        self.values += map(self._values, gpus)
+        self.items += gpus
+        return entry
+
+    def _times_groups(self) -> tuple[FloatArray, IntArray]:
+        n = np.array(self._n, dtype=np.int64)
+        return (np.repeat(np.array(self._ts, dtype=np.float64), n),
+                np.repeat(np.array(self._group, dtype=np.int64), n))
 
 
 class RankPoints(Points):
     """Rank points of step batches (or lone step records): entity ``job/rank``."""
+
+    def __init__(self, family: EntityFamily) -> None:
+        super().__init__(family)
+        self._groups: list[int] = []
 
     def add(self, record: StepBatch | StepRecord, sources: Sequence[str] | None,
             i: int) -> None:
@@ -144,8 +154,9 @@ class RankPoints(Points):
             self._miss(record, steps, cache_key, _Entry(sig, jobs, [], whole=True),
                        "" if sources is None else sources[i])
         else:
-            self._hit(entry, steps)
-        self.ts += [s.ts for s in steps]
+            self.rows += entry.rows
+            self._groups += entry.groups
+        self.items += steps
 
     def _miss(self, record: StepBatch | StepRecord, steps: list[StepRecord], cache_key: Any,
               entry: _Entry, part: str) -> None:
@@ -159,16 +170,20 @@ class RankPoints(Points):
             keys.append(key)
             entry.groups.append(family.group(step.job_id))
         self._keyed(cache_key, entry, keys)
-        self.groups += entry.groups
-        self.values += map(self._values, steps)
+        self._groups += entry.groups
+
+    def _times_groups(self) -> tuple[FloatArray, IntArray]:
+        return (np.fromiter(map(_TS, self.items), dtype=np.float64, count=len(self.items)),
+                np.array(self._groups, dtype=np.int64))
 
 
-def columns(rows: list[_Values], width: int) -> FloatArray:
-    """Rows of optional numbers → a float matrix, ``None`` (not reported) as NaN."""
-    if not rows:
-        return np.empty((0, width), dtype=np.float64)
+_TS = operator.attrgetter("ts")
+
+
+def column(get: Callable[[Any], float | None], items: list[Any]) -> FloatArray:
+    """``get`` of each item as a float array, ``None`` (not reported) as NaN."""
     try:
-        return np.array(rows, dtype=np.float64).reshape(len(rows), width)
+        return np.fromiter(map(get, items), dtype=np.float64, count=len(items))
     except TypeError:  # some value is None: the slower, rarer path
-        return np.array([[math.nan if v is None else v for v in row] for row in rows],
-                        dtype=np.float64).reshape(len(rows), width)
+        return np.array([math.nan if (v := get(item)) is None else v for item in items],
+                        dtype=np.float64)
