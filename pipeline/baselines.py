@@ -3,8 +3,10 @@
 Decoded records go in; :class:`~trainguard.schemas.records.Anomaly` records come out. Each
 (entity, metric) has a row in a vectorized :class:`~trainguard.pipeline.detect.DetectorBank`
 (robust baseline + change-point detection, warm-up, hysteresis), so one call handles a
-whole Kafka batch with a few numpy operations per metric. Plain Python and numpy, no
-Faust: the worker feeds it, tests and benchmarks drive it directly.
+whole Kafka batch with a few numpy operations per metric; the batch's readings reach the
+banks as one column per metric, with entity rows looked up once per sender
+(:mod:`~trainguard.pipeline.detect.points`). Plain Python and numpy, no Faust: the worker
+feeds it, tests and benchmarks drive it directly.
 
 Entities: a GPU is ``node/gpu`` (from sample batches), a rank is ``job/rank`` (from step
 records). The entities of one job (a GPU's batch names its job when the agent knows it)
