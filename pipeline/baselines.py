@@ -3,8 +3,10 @@
 Decoded records go in; :class:`~trainguard.schemas.records.Anomaly` records come out. Each
 (entity, metric) has a row in a vectorized :class:`~trainguard.pipeline.detect.DetectorBank`
 (robust baseline + change-point detection, warm-up, hysteresis), so one call handles a
-whole Kafka batch with a few numpy operations per metric. Plain Python and numpy, no
-Faust: the worker feeds it, tests and benchmarks drive it directly.
+whole Kafka batch with a few numpy operations per metric; the batch's readings reach the
+banks as one column per metric, with entity rows looked up once per sender
+(:mod:`~trainguard.pipeline.detect.points`). Plain Python and numpy, no Faust: the worker
+feeds it, tests and benchmarks drive it directly.
 
 Entities: a GPU is ``node/gpu`` (from sample batches), a rank is ``job/rank`` (from step
 records). The entities of one job (a GPU's batch names its job when the agent knows it)
@@ -20,16 +22,16 @@ from __future__ import annotations
 
 import logging
 import math
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import numpy as np
 
 from trainguard.errors import ConfigError
-from trainguard.pipeline.detect import BankConfig, Detection, DetectorBank, EntityRegistry
+from trainguard.pipeline.detect import BankConfig, Detection
+from trainguard.pipeline.detect.family import EntityFamily, EntityMeta
+from trainguard.pipeline.detect.points import GpuPoints, RankPoints
 from trainguard.pipeline.detect.registry import DEFAULT_MAX_ENTITIES
 from trainguard.schemas.records import Anomaly, GpuSampleBatch, Record, StepBatch, StepRecord
 
@@ -69,179 +71,14 @@ class BaselineConfig:
             raise ConfigError(f"max_entities must be an integer >= 1, got {self.max_entities!r}")
 
 
-class _Meta(msgspec.Struct):
-    cluster: str
-    node: str | None
-    gpu: int | None = None
-    job_id: str | None = None
-    rank: int | None = None
-
-
-class _Family:
-    """One entity kind: a registry and one bank per metric."""
-
-    def __init__(self, kind: str, metrics: dict[str, str], config: BaselineConfig) -> None:
-        self.kind = kind
-        self.max_entities = config.max_entities
-        #: Entities evicted at the cap since start.
-        self.evicted = 0
-        self.registry = EntityRegistry()
-        self.banks = {
-            m: DetectorBank(m, _with_direction(config.bank, d)) for m, d in metrics.items()
-        }
-        self.meta: dict[str, _Meta] = {}
-        #: Which input partition each entity's data comes from: state moves with it.
-        self.source: dict[str, str] = {}
-        #: Peer group (an int the banks compare) of each job with live entities.
-        self.groups: dict[str, int] = {}
-        self._next_group = 0
-
-    def update(
-        self, keys: list[str], ts: list[float], values: np.ndarray[Any, np.dtype[np.float64]],
-        jobs: Sequence[str | None] | None = None,
-    ) -> list[tuple[str, Detection]]:
-        """Feed one value per key and metric (``values[:, j]`` is metric ``j``).
-
-        ``jobs`` names each key's job: the entities of one job are each other's peers.
-        """
-        if not keys:
-            return []
-        self._make_room(keys)
-        t = np.asarray(ts, dtype=np.float64)
-        rows = self.registry.rows_for(keys, t)
-        groups = None if jobs is None else np.fromiter(
-            (self._group(j) for j in jobs), dtype=np.int64, count=len(keys))
-        found: list[tuple[str, Detection]] = []
-        for j, bank in enumerate(self.banks.values()):
-            bank.grow(self.registry.n_rows)
-            v = np.ascontiguousarray(values[:, j])
-            # The bank orders several ticks of one entity by event time itself.
-            for finding in bank.update(rows, v, t, groups):
-                found.append((self.registry.keys_of([finding.row])[0], finding))
-        return found
-
-    def _group(self, job: str | None) -> int:
-        if job is None:
-            return -1
-        g = self.groups.get(job)
-        if g is None:
-            # Never reused, so a row still holding a gone job's id cannot meet new peers.
-            g = self.groups[job] = self._next_group
-            self._next_group += 1
-        return g
-
-    def suppressed(self) -> dict[str, int]:
-        """Departures the banks did not report, by reason (see ``DetectorBank.suppressed``)."""
-        out: dict[str, int] = {}
-        for bank in self.banks.values():
-            for reason, n in bank.suppressed.items():
-                out[reason] = out.get(reason, 0) + n
-        return out
-
-    def _make_room(self, keys: Sequence[str]) -> None:
-        """Evict the least recently seen entities so the new ones among ``keys`` fit.
-
-        A batch's own entities are never evicted: one with more new keys than the cap
-        leaves the registry over it until the next batch.
-        """
-        reg = self.registry
-        if len(reg) + len(keys) <= self.max_entities:
-            return  # the common case: far from the cap, no need to look closer
-        batch = set(keys)
-        new = sum(1 for k in batch if reg.get(k) is None)
-        over = len(reg) + new - self.max_entities
-        if over <= 0:
-            return
-        rows = reg.least_recent(over, spare=list(batch))
-        gone = reg.keys_of(rows)
-        for key in gone:
-            self.meta.pop(key, None)
-            self.source.pop(key, None)
-        reg.release(rows)
-        for bank in self.banks.values():
-            bank.grow(reg.n_rows)
-            bank.reset_rows(rows)
-        before, self.evicted = self.evicted, self.evicted + len(gone)
-        if before == 0 or before // 1000 != self.evicted // 1000:  # a flood stays quiet
-            log.warning("baseline entities evicted kind=%s evicted=%d max_entities=%d total=%d "
-                        "oldest=%s", self.kind, len(gone), self.max_entities, self.evicted,
-                        gone[0] if gone else "")
-
-    def expire(self, now: float, idle_s: float) -> int:
-        live = self.live_rows()
-        stale = self.registry.last_seen(live) < now - idle_s
-        if not stale.any():
-            return 0
-        for key in self.registry.keys_of(live[stale]):
-            self.meta.pop(key, None)
-            self.source.pop(key, None)
-        live_jobs = {m.job_id for m in self.meta.values()}
-        for job in [j for j in self.groups if j not in live_jobs]:
-            del self.groups[job]
-        freed = self.registry.expire(now, idle_s)
-        rows = np.asarray(freed, dtype=np.int64)
-        for bank in self.banks.values():
-            bank.reset_rows(rows)
-        return len(freed)
-
-    def export(self, part: str) -> dict[str, Any]:
-        """The state of the entities fed by partition ``part``."""
-        keys = [k for k, p in self.source.items() if p == part and k in self.meta]
-        rows = np.asarray([self.registry.get(k) for k in keys], dtype=np.int64)
-        doc: dict[str, Any] = {
-            "keys": np.array(keys, dtype=np.str_),
-            "last_seen": self.registry.last_seen(rows),
-            "meta": msgspec.to_builtins([self.meta[k] for k in keys]),
-            "banks": {},
-        }
-        for metric, bank in self.banks.items():
-            bank.grow(self.registry.n_rows)
-            doc["banks"][metric] = bank.state_rows(rows)
-        return doc
-
-    def load(self, part: str, doc: dict[str, Any]) -> int:
-        """Install exported entities (rows may differ from where they were exported)."""
-        keys = [str(k) for k in np.asarray(doc["keys"]).tolist()]
-        if not keys:
-            return 0
-        self._make_room(keys)
-        rows = self.registry.rows_for(keys, np.asarray(doc["last_seen"], dtype=np.float64))
-        for key, meta in zip(keys, doc["meta"], strict=True):
-            self.meta[key] = msgspec.convert(meta, _Meta)
-            self.source[key] = part
-        for metric, bank in self.banks.items():
-            bank.grow(self.registry.n_rows)
-            if metric in doc["banks"]:
-                bank.load_state_rows(rows, doc["banks"][metric])
-        return len(keys)
-
-    def drop(self, part: str) -> int:
-        """Forget the entities of a partition this worker no longer owns."""
-        keys = [k for k, p in self.source.items() if p == part]
-        rows = np.asarray([r for k in keys if (r := self.registry.get(k)) is not None],
-                          dtype=np.int64)
-        self.registry.release(rows)
-        for bank in self.banks.values():
-            bank.grow(self.registry.n_rows)
-            bank.reset_rows(rows)
-        for key in keys:
-            self.meta.pop(key, None)
-            self.source.pop(key, None)
-        return len(keys)
-
-    def live_rows(self) -> np.ndarray[Any, np.dtype[np.int64]]:
-        """Rows that currently belong to an entity."""
-        rows = [self.registry.get(k) for k in self.meta]
-        return np.asarray([r for r in rows if r is not None], dtype=np.int64)
-
-
 class BaselineStage:
     """Feeds decoded records to the detector banks; returns wire anomalies."""
 
     def __init__(self, config: BaselineConfig | None = None) -> None:
         self.config = config or BaselineConfig()
-        self.gpus = _Family("gpu", GPU_METRICS, self.config)
-        self.ranks = _Family("rank", RANK_METRICS, self.config)
+        bank, cap = self.config.bank, self.config.max_entities
+        self.gpus = EntityFamily("gpu", GPU_METRICS, bank, cap)
+        self.ranks = EntityFamily("rank", RANK_METRICS, bank, cap)
         self.now = 0.0
         self._next_snapshot: float | None = None
         self._next_expiry = 0.0
@@ -266,56 +103,19 @@ class BaselineStage:
 
         ``sources`` names each record's input partition (see :mod:`trainguard.pipeline.state`).
         """
-        g_keys: list[str] = []
-        g_jobs: list[str | None] = []
-        g_ts: list[float] = []
-        g_vals: list[tuple[float | None, ...]] = []
-        r_keys: list[str] = []
-        r_jobs: list[str] = []
-        r_ts: list[float] = []
-        r_vals: list[tuple[float | None, ...]] = []
-        g_meta, g_source = self.gpus.meta, self.gpus.source
-        r_meta, r_source = self.ranks.meta, self.ranks.source
+        gpus, ranks = GpuPoints(self.gpus), RankPoints(self.ranks)
         now = self.now
-        # The hot loop of the worker (one pass per GPU and per rank): one attrgetter call
-        # per entity for all its metrics, NaN conversion done on whole arrays afterwards.
         for i, record in enumerate(records):
-            part = sources[i] if sources is not None else ""
             if isinstance(record, GpuSampleBatch):
-                ts, node, job = record.ts, record.node, record.job_id
-                now = max(now, ts)
-                for gpu in record.gpus:
-                    if gpu.lost:
-                        continue  # a lost GPU is its own finding (consistency checks)
-                    key = f"{node}/{gpu.index}"
-                    meta = g_meta.get(key)
-                    if meta is None:
-                        g_meta[key] = _Meta(record.cluster, node, gpu=gpu.index, job_id=job)
-                        g_source[key] = part
-                    elif meta.job_id != job:
-                        meta.job_id = job  # the GPU moved to another job (or left it)
-                    g_keys.append(key)
-                    g_jobs.append(job)
-                    g_ts.append(ts)
-                    g_vals.append(_GPU_VALUES(gpu))
+                now = max(now, record.ts)
+                gpus.add(record, sources, i)
             elif isinstance(record, StepBatch | StepRecord):
-                cluster = record.cluster if isinstance(record, StepBatch) else ""
-                steps = record.steps if isinstance(record, StepBatch) else [record]
-                for step in steps:
-                    now = max(now, step.ts)
-                    key = f"{step.job_id}/{step.rank}"
-                    if key not in r_meta:
-                        r_meta[key] = _Meta(cluster, step.node, job_id=step.job_id, rank=step.rank)
-                        r_source[key] = part
-                    r_keys.append(key)
-                    r_jobs.append(step.job_id)
-                    r_ts.append(step.ts)
-                    r_vals.append(_RANK_VALUES(step))
-        self.now = now
-        out = [self._wire("gpu", k, f) for k, f in
-               self.gpus.update(g_keys, g_ts, _columns(g_vals, len(GPU_METRICS)), g_jobs)]
-        out += [self._wire("rank", k, f) for k, f in
-                self.ranks.update(r_keys, r_ts, _columns(r_vals, len(RANK_METRICS)), r_jobs)]
+                ranks.add(record, sources, i)
+        gpu_points, rank_points = gpus.columns(), ranks.columns()
+        latest = _latest(rank_points[1])
+        self.now = now if latest is None else max(now, latest)
+        out = [self._wire("gpu", k, f) for k, f in self.gpus.update(*gpu_points)]
+        out += [self._wire("rank", k, f) for k, f in self.ranks.update(*rank_points)]
         self._expire()
         return out
 
@@ -394,7 +194,7 @@ class BaselineStage:
 
     def _wire(self, kind: str, key: str, f: Detection) -> Anomaly:
         family = self.gpus if kind == "gpu" else self.ranks
-        meta = family.meta.get(key) or _Meta("", None)
+        meta = family.meta.get(key) or EntityMeta("", None)
         return Anomaly(
             cluster=meta.cluster or "unknown",
             entity_kind="gpu" if kind == "gpu" else "rank",
@@ -417,24 +217,7 @@ class BaselineStage:
         )
 
 
-_Matrix = np.ndarray[Any, np.dtype[np.float64]]
-_GPU_VALUES = operator.attrgetter(*GPU_METRICS)
-_RANK_VALUES = operator.attrgetter(*RANK_METRICS)
-
-
-def _columns(rows: list[tuple[float | None, ...]], width: int) -> _Matrix:
-    """Rows of optional numbers → a float matrix, ``None`` (not reported) as NaN."""
-    if not rows:
-        return np.empty((0, width), dtype=np.float64)
-    try:
-        return np.array(rows, dtype=np.float64).reshape(len(rows), width)
-    except TypeError:  # some value is None: the slower, rarer path
-        return np.array([[math.nan if v is None else v for v in row] for row in rows],
-                        dtype=np.float64).reshape(len(rows), width)
-
-
-def _with_direction(base: BankConfig, direction: str) -> BankConfig:
-    from dataclasses import replace
-
-    return replace(base, direction=direction)  # type: ignore[arg-type]
-
+def _latest(ts: np.ndarray[Any, np.dtype[np.float64]]) -> float | None:
+    """The latest of ``ts`` ignoring NaN, as ``max(now, t)`` point by point would see it."""
+    latest = float(np.fmax.reduce(ts)) if len(ts) else math.nan
+    return None if math.isnan(latest) else latest

@@ -147,14 +147,15 @@ class DetectorBank(RowGroup):
         r, x, t = r[keep], x[keep], t[keep]
         st.last_ts[r] = t
         self.recent.push(r, x)
-        median, mad_scale, count = self.window.stats(r)
+        count = self.window.count[r]
         warming = count < c.min_samples
         if warming.any():
             self._warm_up(r[warming], x[warming], count[warming], t[warming])
             st.prev_x[r[warming]] = x[warming]
             live = np.flatnonzero(~warming)
-            keep, r, count = keep[live], r[live], count[live]
-            x, t, median, mad_scale = x[live], t[live], median[live], mad_scale[live]
+            keep, r, x, t = keep[live], r[live], x[live], t[live]
+        # Only rows past warm-up need their baseline (a sort of each row's window).
+        median, mad_scale, count = self.window.stats(r)
         scale = self._bursty(r, x, self._scale(r, median, mad_scale))
         z = (x - median) / scale
         # What peers of these rows are judged by (see _shared), held rows included.

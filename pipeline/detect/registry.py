@@ -68,13 +68,23 @@ class EntityRegistry:
         ts = np.asarray(ts, dtype=np.float64)
         if len(ts) != len(keys):
             raise ValueError(f"{len(keys)} keys but {len(ts)} timestamps")
-        out = np.empty(len(keys), dtype=np.int64)
-        row_of = self._row_of
-        for i, key in enumerate(keys):
-            row = row_of.get(key)
-            out[i] = self._assign(key) if row is None else row
-        np.fmax.at(self._last_seen, out, ts)  # fmax: a NaN time is ignored
+        out = self.assign(keys)
+        self.touch(out, ts)
         return out
+
+    def assign(self, keys: Sequence[str]) -> IntArray:
+        """The row of each key, assigning rows to new keys in order; last seen untouched."""
+        row_of = self._row_of
+        return np.fromiter(
+            (row if (row := row_of.get(key)) is not None else self._assign(key)
+             for key in keys), dtype=np.int64, count=len(keys))
+
+    def touch(self, rows: IntArray, ts: FloatArray) -> None:
+        """Record ``ts`` as last seen for ``rows`` (one time per row; a row may repeat).
+
+        Last-seen times only move forward, and a NaN time is ignored.
+        """
+        np.fmax.at(self._last_seen, rows, ts)
 
     def _assign(self, key: str) -> int:
         if not key:

@@ -71,3 +71,11 @@ def test_least_recent_picks_the_entities_seen_longest_ago_sparing_some():
     reg.release([3])
     assert reg.least_recent(10).tolist() == [1, 2, 0]  # free rows are never picked
     assert reg.least_recent(0).tolist() == []
+
+
+def test_assign_hands_out_rows_in_order_and_leaves_last_seen_to_touch():
+    reg = EntityRegistry()
+    assert reg.assign(["a", "b", "a"]).tolist() == [0, 1, 0]
+    assert np.isneginf(reg.last_seen(np.array([0, 1]))).all()  # not seen yet
+    reg.touch(np.array([0, 0, 1]), ts(5, 3, np.nan))
+    assert reg.last_seen(np.array([0, 1])).tolist() == [5.0, -np.inf]
