@@ -43,6 +43,7 @@ from trainguard.pipeline.ingest import Ingestor
 from trainguard.pipeline.metrics import WorkerMetrics
 from trainguard.pipeline.offsets import HeldOffsets, message_out
 from trainguard.pipeline.publish import Publisher
+from trainguard.pipeline.sinks.intake import IntakeItem
 from trainguard.pipeline.sinks.rows import Row
 from trainguard.pipeline.sinks.sources import SourceOf
 from trainguard.pipeline.sinks.store_sink import StoreSink, WriteResult
@@ -222,7 +223,7 @@ def _on_assigned(handle: Callable[[Any], Any]) -> Callable[..., Any]:
 def _store_write(executor: Executor, sink: StoreSink) -> StoreWrite:
     """Start ``sink.write`` on the store thread; the future completes when it landed."""
 
-    def write(rows: Mapping[str, Sequence[Row]], lines: Mapping[str, Sequence[bytes]] | None,
+    def write(rows: Mapping[str, Sequence[Row]], lines: Mapping[str, Sequence[IntakeItem]] | None,
               sources: SourceOf | None) -> asyncio.Future[WriteResult]:
         return asyncio.get_running_loop().run_in_executor(executor, sink.write, rows, lines,
                                                           sources)
