@@ -3,10 +3,10 @@
 Times, on 2,000-message batches of :class:`bench.loadgen.FleetLoad` (10,000 nodes, medians
 after the first tick): decode + validate (``Ingestor``), the baselines, the consistency
 checks (one call per job, as ``BatchHandler`` runs them since #13), the sink's source map
-and the store insert into chdb (wall time, and ``write_cpu``: the CPU the whole process,
-chdb's threads included, spent during it). It runs against whatever ``trainguard`` is on
-the path, so older code (before the per-job split and the source map existed) is measured
-the way it ran then::
+and the store insert into chdb: wall time; ``write_cpu``, the CPU the whole process (chdb's
+threads included) spent during it; ``write_thread``, the CPU of the writing thread alone.
+It runs against whatever ``trainguard`` is on the path, so older code (before the per-job
+split and the source map existed) is measured the way it ran then::
 
     python -m bench.stage_costs                                   # this checkout
     PYTHONPATH=/path/to/old/checkout python bench/stage_costs.py  # another version
@@ -68,6 +68,7 @@ def stage_costs(nodes: int = 10_000, ticks: int = 6) -> dict[str, float]:
     stages = ("decode", "baselines", "consistency", "sources", "write")
     times: dict[str, list[float]] = {k: [] for k in stages}
     cpu: dict[str, list[float]] = {k: [] for k in stages}
+    own: list[float] = []
     for msgs in batches:
         t, c = [time.perf_counter()], [time.process_time()]
         result = ingestor.ingest(msgs)
@@ -84,11 +85,15 @@ def stage_costs(nodes: int = 10_000, ticks: int = 6) -> dict[str, float]:
             sources = IngestSources(msgs, result)
             t.append(time.perf_counter())
             c.append(time.process_time())
+            mine = time.thread_time()
             sink.write(result.rows, result.lines, sources)
+            own.append(time.thread_time() - mine)
         else:
             t.append(time.perf_counter())
             c.append(time.process_time())
+            mine = time.thread_time()
             sink.write(result.rows, result.lines)
+            own.append(time.thread_time() - mine)
         t.append(time.perf_counter())
         c.append(time.process_time())
         for name, a, b, ca, cb in zip(stages, t, t[1:], c, c[1:], strict=False):
@@ -99,6 +104,8 @@ def stage_costs(nodes: int = 10_000, ticks: int = 6) -> dict[str, float]:
     out = {k: 1000 * statistics.median(v[skip:]) for k, v in times.items()}
     # The process's CPU (every thread: chdb's own too) during the write, per batch.
     out["write_cpu"] = 1000 * statistics.median(cpu["write"][skip:])
+    # ... and of the writing thread alone (its Python and the insert chdb runs on it).
+    out["write_thread"] = 1000 * statistics.median(own[skip:])
     return out
 
 
