@@ -39,8 +39,9 @@ __all__ = [
 DATABASE_TOKEN = "{database}"
 #: Settings every insert runs with: ISO-8601 strings and epoch floats both parse; the
 #: worker batches its own inserts, so ClickHouse's async-insert buffer would only add a
-#: wait (it is on by default in recent versions); intake lines carry a ``kind`` field and
-#: nested ``kind``/``schema_version`` keys that the intake tables do not store.
+#: wait (it is on by default in recent versions); JSON intake lines (``insert_json_lines``)
+#: carry a ``kind`` field and nested ``kind``/``schema_version`` keys that the ``*_in``
+#: tables do not store.
 INSERT_SETTINGS: dict[str, str] = {
     "date_time_input_format": "best_effort",
     "async_insert": "0",
