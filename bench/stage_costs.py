@@ -3,9 +3,10 @@
 Times, on 2,000-message batches of :class:`bench.loadgen.FleetLoad` (10,000 nodes, medians
 after the first tick): decode + validate (``Ingestor``), the baselines, the consistency
 checks (one call per job, as ``BatchHandler`` runs them since #13), the sink's source map
-and the store insert into chdb. It runs against whatever ``trainguard`` is on the path, so
-older code (before the per-job split and the source map existed) is measured the way it ran
-then::
+and the store insert into chdb: wall time; ``write_cpu``, the CPU the whole process (chdb's
+threads included) spent during it; ``write_thread``, the CPU of the writing thread alone.
+It runs against whatever ``trainguard`` is on the path, so older code (before the per-job
+split and the source map existed) is measured the way it ran then::
 
     python -m bench.stage_costs                                   # this checkout
     PYTHONPATH=/path/to/old/checkout python bench/stage_costs.py  # another version
@@ -64,36 +65,54 @@ def stage_costs(nodes: int = 10_000, ticks: int = 6) -> dict[str, float]:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)  # as trainguard.pipeline.worker does
-    times: dict[str, list[float]] = {k: [] for k in
-                                     ("decode", "baselines", "consistency", "sources", "write")}
+    stages = ("decode", "baselines", "consistency", "sources", "write")
+    times: dict[str, list[float]] = {k: [] for k in stages}
+    cpu: dict[str, list[float]] = {k: [] for k in stages}
+    own: list[float] = []
     for msgs in batches:
-        t = [time.perf_counter()]
+        t, c = [time.perf_counter()], [time.process_time()]
         result = ingestor.ingest(msgs)
         t.append(time.perf_counter())
+        c.append(time.process_time())
         baselines.observe(result.decoded, result.sources)
         t.append(time.perf_counter())
+        c.append(time.process_time())
         _consistency(checks, result)
         t.append(time.perf_counter())
+        c.append(time.process_time())
         if _PER_JOB:
             from trainguard.pipeline.sinks.sources import IngestSources
             sources = IngestSources(msgs, result)
             t.append(time.perf_counter())
+            c.append(time.process_time())
+            mine = time.thread_time()
             sink.write(result.rows, result.lines, sources)
+            own.append(time.thread_time() - mine)
         else:
             t.append(time.perf_counter())
+            c.append(time.process_time())
+            mine = time.thread_time()
             sink.write(result.rows, result.lines)
+            own.append(time.thread_time() - mine)
         t.append(time.perf_counter())
-        for name, a, b in zip(times, t, t[1:], strict=False):
+        c.append(time.process_time())
+        for name, a, b, ca, cb in zip(stages, t, t[1:], c, c[1:], strict=False):
             times[name].append(b - a)
+            cpu[name].append(cb - ca)
     store.close()
     skip = len(batches) // ticks  # the first tick pays one-off costs (entity registration)
-    return {k: 1000 * statistics.median(v[skip:]) for k, v in times.items()}
+    out = {k: 1000 * statistics.median(v[skip:]) for k, v in times.items()}
+    # The process's CPU (every thread: chdb's own too) during the write, per batch.
+    out["write_cpu"] = 1000 * statistics.median(cpu["write"][skip:])
+    # ... and of the writing thread alone (its Python and the insert chdb runs on it).
+    out["write_thread"] = 1000 * statistics.median(own[skip:])
+    return out
 
 
 def main() -> None:
     """Print the medians, and the event loop's share (everything but the store write)."""
     costs = stage_costs()
-    loop = sum(v for k, v in costs.items() if k != "write")
+    loop = sum(v for k, v in costs.items() if not k.startswith("write"))
     print("code:", "per-job checks + source map (#13)" if _PER_JOB else "before #13")
     for name, ms in costs.items():
         print(f"  {name:<12} {ms:8.2f} ms per {_BATCH} messages")

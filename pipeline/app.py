@@ -46,6 +46,7 @@ from trainguard.pipeline.metrics import WorkerMetrics
 from trainguard.pipeline.offsets import HeldOffsets
 from trainguard.pipeline.publish import Publisher
 from trainguard.pipeline.raw_consumer import CommitLedger, RawConsumer, raw_group
+from trainguard.pipeline.sinks.intake import IntakeItem
 from trainguard.pipeline.sinks.rows import Row
 from trainguard.pipeline.sinks.sources import SourceOf
 from trainguard.pipeline.sinks.store_sink import StoreSink, WriteResult
@@ -221,7 +222,7 @@ def faust_credentials(security: KafkaSecurity) -> CredentialsT | None:
 def _store_write(executor: Executor, sink: StoreSink) -> StoreWrite:
     """Start ``sink.write`` on the store thread; the future completes when it landed."""
 
-    def write(rows: Mapping[str, Sequence[Row]], lines: Mapping[str, Sequence[bytes]] | None,
+    def write(rows: Mapping[str, Sequence[Row]], lines: Mapping[str, Sequence[IntakeItem]] | None,
               sources: SourceOf | None) -> asyncio.Future[WriteResult]:
         return asyncio.get_running_loop().run_in_executor(executor, sink.write, rows, lines,
                                                           sources)

@@ -29,6 +29,7 @@ from trainguard.pipeline.ingest import Ingestor, IngestResult
 from trainguard.pipeline.offsets import HeldOffsets
 from trainguard.pipeline.publish import Publisher
 from trainguard.pipeline.quarantine import Quarantine, isolate
+from trainguard.pipeline.sinks.intake import IntakeItem
 from trainguard.pipeline.sinks.rows import Row
 from trainguard.pipeline.sinks.sources import IngestSources, SourceOf
 from trainguard.pipeline.snapshots import StateSnapshots
@@ -50,11 +51,11 @@ __all__ = ["WRITES_IN_FLIGHT", "BatchHandler", "StoreWrite"]
 #: (its own threads, or a server) with this process's Python work; more would only queue.
 WRITES_IN_FLIGHT = 2
 
-#: Starts one store write of rows and intake lines on the store's thread; the future
+#: Starts one store write of rows and intake items on the store's thread; the future
 #: completes when it landed (or raises when the sink gave up). The third argument names
 #: the message behind a row the store refuses (see ``StoreSink.write``).
 StoreWrite = Callable[
-    [Mapping[str, Sequence[Row]], Mapping[str, Sequence[bytes]] | None, SourceOf | None],
+    [Mapping[str, Sequence[Row]], Mapping[str, Sequence[IntakeItem]] | None, SourceOf | None],
     asyncio.Future[Any],
 ]
 
@@ -168,7 +169,8 @@ class BatchHandler:
               i: int, **context: object) -> None:
         dead.append(self.quarantine.dead_letter(stage, exc, result.messages[i], **context))
 
-    def _store(self, rows: Mapping[str, Sequence[Row]], lines: Mapping[str, Sequence[bytes]],
+    def _store(self, rows: Mapping[str, Sequence[Row]],
+               lines: Mapping[str, Sequence[IntakeItem]],
                sources: SourceOf) -> asyncio.Future[Any]:
         """Start the write; its future completes once the rows the store refused are copied.
 

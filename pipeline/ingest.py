@@ -1,4 +1,4 @@
-"""Decode/validate stage: raw Kafka messages in, table rows, intake lines and dead letters out.
+"""Decode/validate stage: raw Kafka messages in, table rows, intake items and dead letters out.
 
 Plain Python over plain tuples (no Faust), bytewax-style: every message ends up either
 as rows (``oks``) or as a :class:`~trainguard.pipeline.dead_letters.DeadLetter` with the
@@ -27,7 +27,7 @@ import msgspec
 from trainguard.pipeline.auth import MessageAuth, foreign_node
 from trainguard.pipeline.caps import IngestCaps
 from trainguard.pipeline.dead_letters import DeadLetter, RawMessage
-from trainguard.pipeline.sinks.intake import intake_line
+from trainguard.pipeline.sinks.intake import IntakeItem, intake_item
 from trainguard.pipeline.sinks.rows import Row, rows_for
 from trainguard.pipeline.sinks.times import STORE_TS_MAX, STORE_TS_MIN
 from trainguard.pipeline.state import partition_key
@@ -52,8 +52,9 @@ class IngestResult:
     """Rows per table, and what was rejected, for one batch of messages."""
 
     rows: dict[str, list[Row]] = field(default_factory=lambda: defaultdict(list))
-    #: JSON lines for the store's intake tables (sample and step batches, the bulk).
-    lines: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
+    #: Intake items ``(record, partition, offset)`` by intake name: the sample and step
+    #: batches (the bulk), stored as columns (:mod:`trainguard.pipeline.sinks.intake`).
+    lines: dict[str, list[IntakeItem]] = field(default_factory=lambda: defaultdict(list))
     dead: list[DeadLetter] = field(default_factory=list)
     #: The decoded records, in message order, for the analytics stages, and the input
     #: partition (``topic:partition``) each came from.
@@ -176,10 +177,10 @@ class Ingestor:
                 self._reject(result, msg, "clock", why)
                 continue
             # The same times the intake path would check again: decided here once.
-            line = intake_line(record, msg.partition, msg.offset,
-                               storable=STORE_TS_MIN <= first and last <= STORE_TS_MAX)
-            if line is not None:
-                result.lines[line[0]].append(line[1])
+            intake = intake_item(record, msg.partition, msg.offset,
+                                 storable=STORE_TS_MIN <= first and last <= STORE_TS_MAX)
+            if intake is not None:
+                result.lines[intake[0]].append(intake[1])
             else:
                 for table, row in rows_for(record, msg.partition, msg.offset):
                     result.rows[table].append(row)

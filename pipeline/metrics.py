@@ -142,7 +142,7 @@ def _store(c: SinkCounters) -> Iterator[Metric]:
     for name, value, doc in (
         ("batches", c.batches, "Store writes (one per batch)."),
         ("rows", c.rows, "Rows written to the store."),
-        ("lines", c.lines, "Intake lines written to the store's *_in tables."),
+        ("lines", c.lines, "Intake records (sample and step batches) stored as columns."),
         ("retries", c.retries, "Store writes retried."),
         ("outages", c.outages, "Times the store was declared down."),
     ):

@@ -1,41 +1,44 @@
-"""Intake lines: the fast path of the two high-volume records into the store.
+"""The intake: the fast path of the two high-volume records into the store.
 
 A node's sample batch (8 GPUs) and a node's step batch (its ranks of one job) are the
 records that arrive at cluster scale: 10,000 nodes at 1 Hz are 10,000 of each per second.
-Flattening them into one Python dict per GPU or rank and JSON-encoding those dicts cost
-more than everything else the worker does, so instead the worker hands each validated
-record to ClickHouse as one JSON line, and the store's intake tables (``*_in``, Null
-engine, ``schemas/sql/009_intake_tables.sql``) flatten it natively through materialized
-views into the same tables and columns :func:`trainguard.pipeline.sinks.rows.rows_for` describes.
+Flattening them into one Python dict per GPU or rank cost more than everything else the
+worker does, so ingest only sets each validated record aside as an :data:`IntakeItem`
+``(record, Kafka partition, Kafka offset)`` under its intake name (:data:`INTAKE_TABLES`),
+and the store thread turns a whole batch of them into columns at once
+(:func:`intake_tables`, :mod:`trainguard.pipeline.sinks.columns`): the same tables and
+values :func:`trainguard.pipeline.sinks.rows.rows_for` describes, inserted as Arrow.
 
-The line is the record re-encoded by msgspec, not the bytes as received: canonical JSON
-has no unknown fields, duplicate keys or odd whitespace that ClickHouse's parser could
-read differently from msgspec's, so what was validated is exactly what is stored. The
-Kafka partition and offset are prepended as the ``_tg_partition``/``_tg_offset`` fields.
+What is stored is the decoded record, not the bytes as received: no unknown fields,
+duplicate keys or odd whitespace that the store could read differently, so what was
+validated is exactly what is stored.
 
-A record with a time the store's columns cannot hold gets no line: it takes the row path,
-where :class:`~trainguard.pipeline.sinks.store_sink.StoreSink` dead-letters the rows out
-of range (reason ``clock``) and stores the rest.
+A record with a time the store's columns cannot hold is no intake item: it takes the row
+path, where :class:`~trainguard.pipeline.sinks.store_sink.StoreSink` dead-letters the rows
+out of range (reason ``clock``) and stores the rest.
 """
 
 from __future__ import annotations
 
-import msgspec
+from collections.abc import Sequence
 
+import pyarrow as pa
+
+from trainguard.pipeline.sinks.columns import IntakeItem, sample_tables, step_tables
 from trainguard.pipeline.sinks.times import record_times_storable
 from trainguard.schemas.records import GpuSampleBatch, Record, StepBatch
 
-__all__ = ["INTAKE_TABLES", "intake_line"]
+__all__ = ["INTAKE_TABLES", "IntakeItem", "intake_item", "intake_tables"]
 
-#: Record type → its intake table, and the tables each intake table fills.
+#: Record type → its intake name: the ``(table, index)`` a refused record is known by.
 INTAKE_TABLES: dict[type, str] = {GpuSampleBatch: "sample_batches_in", StepBatch: "step_batches_in"}
 
-_encoder = msgspec.json.Encoder()
+_BUILDERS = {"sample_batches_in": sample_tables, "step_batches_in": step_tables}
 
 
-def intake_line(record: Record, partition: int = -1, offset: int = -1, *,
-                storable: bool | None = None) -> tuple[str, bytes] | None:
-    """Return ``(intake table, JSON line)`` for a high-volume record, else ``None``.
+def intake_item(record: Record, partition: int = -1, offset: int = -1, *,
+                storable: bool | None = None) -> tuple[str, IntakeItem] | None:
+    """Return ``(intake name, item)`` for a high-volume record, else ``None``.
 
     ``None`` too for an intake record with a time out of the store's range (see above);
     ``storable`` is that verdict when the caller has already checked the record's times
@@ -46,5 +49,13 @@ def intake_line(record: Record, partition: int = -1, offset: int = -1, *,
         return None
     if not (record_times_storable(record) if storable is None else storable):
         return None
-    body = _encoder.encode(record)  # always starts with '{"kind":' for a tagged Struct
-    return table, b'{"_tg_partition":%d,"_tg_offset":%d,%s' % (partition, offset, body[1:])
+    return table, (record, partition, offset)
+
+
+def intake_tables(name: str, items: Sequence[IntakeItem]) -> dict[str, pa.Table]:
+    """The stored tables' columns of intake ``items`` of intake ``name``.
+
+    Raises :class:`~trainguard.pipeline.store.errors.StoreDataError` when a value does not
+    fit its column, and KeyError for a name that is not an intake.
+    """
+    return _BUILDERS[name](items)

@@ -1,13 +1,13 @@
 """Which message a stored row came from: so a row the store refuses costs its own message.
 
-The sink writes rows and intake lines by table; when one is refused it needs the Kafka
+The sink writes rows and intake items by table; when one is refused it needs the Kafka
 message behind it, to dead-letter those bytes. :class:`IngestSources` answers
-``(table, index) → message`` for the rows and lines one
+``(table, index) → message`` for the rows and intake items one
 :meth:`~trainguard.pipeline.ingest.Ingestor.ingest` call made, by replaying what ingest
-does with each accepted message: its record becomes one intake line
-(:func:`~trainguard.pipeline.sinks.intake.intake_line`) or its rows
+does with each accepted message: its record becomes one intake item
+(:func:`~trainguard.pipeline.sinks.intake.intake_item`) or its rows
 (:func:`~trainguard.pipeline.sinks.rows.rows_for`), appended in message order, so the
-n-th line or row of a table belongs to the n-th message that produced one. The replay
+n-th item or row of a table belongs to the n-th message that produced one. The replay
 runs only when something was refused. Rows appended later by other stages (anomalies,
 findings, dead letters) have no message: the sink dead-letters their own bytes.
 """
@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from trainguard.pipeline.dead_letters import RawMessage
-from trainguard.pipeline.sinks.intake import intake_line
+from trainguard.pipeline.sinks.intake import intake_item
 from trainguard.pipeline.sinks.rows import rows_for
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ SourceOf = Callable[[str, int], RawMessage | None]
 
 
 class IngestSources:
-    """The messages behind one ingest result's rows and lines; build it right after ingest."""
+    """The messages behind one ingest result's rows and intake items; build it after ingest."""
 
     def __init__(self, messages: Sequence[RawMessage], result: IngestResult) -> None:
         self._messages = list(messages)
@@ -45,7 +45,7 @@ class IngestSources:
         self._by_table: dict[str, list[RawMessage]] | None = None
 
     def __call__(self, table: str, index: int) -> RawMessage | None:
-        """The message whose record made row (or line) ``index`` of ``table``, if any."""
+        """The message whose record made row (or intake item) ``index`` of ``table``, if any."""
         if self._by_table is None:
             self._by_table = self._replay()
         made = self._by_table.get(table) or []
@@ -60,9 +60,9 @@ class IngestSources:
             return {}
         by_table: dict[str, list[RawMessage]] = defaultdict(list)
         for message, record in zip(accepted, self._records, strict=True):
-            line = intake_line(record, message.partition, message.offset)
-            if line is not None:
-                by_table[line[0]].append(message)
+            intake = intake_item(record, message.partition, message.offset)
+            if intake is not None:
+                by_table[intake[0]].append(message)
                 continue
             for table, _row in rows_for(record, message.partition, message.offset):
                 by_table[table].append(message)

@@ -36,6 +36,7 @@ import msgspec
 
 from trainguard.errors import StoreError
 from trainguard.pipeline.dead_letters import DeadLetter, RawMessage
+from trainguard.pipeline.sinks.intake import IntakeItem, intake_tables
 from trainguard.pipeline.sinks.latency import LatencyHistogram
 from trainguard.pipeline.sinks.rows import Row
 from trainguard.pipeline.sinks.sources import SourceOf
@@ -64,7 +65,8 @@ class SinkCounters:
 
     batches: int = 0
     rows: int = 0
-    #: Intake lines (one per sample or step batch) written to the ``*_in`` tables.
+    #: Intake records (sample and step batches) written as columns
+    #: (:mod:`trainguard.pipeline.sinks.intake`).
     lines: int = 0
     retries: int = 0
     last_batch_s: float = 0.0
@@ -90,7 +92,7 @@ class WriteResult:
 class _Refused:
     table: str
     index: int
-    item: bytes | Row
+    item: bytes | Row | IntakeItem
     reason: str
     message: str
 
@@ -128,12 +130,15 @@ class StoreSink:
     def write(
         self,
         rows: Mapping[str, Sequence[Row]],
-        lines: Mapping[str, Sequence[bytes]] | None = None,
+        lines: Mapping[str, Sequence[IntakeItem] | Sequence[bytes]] | None = None,
         sources: SourceOf | None = None,
     ) -> WriteResult:
-        """Insert every table's intake lines and rows; refused ones become dead letters.
+        """Insert every intake's records and every table's rows; refused ones become dead letters.
 
-        ``sources`` names the message behind a row or line (``(table, index)``); without
+        ``lines`` are intake items by intake name (:mod:`~trainguard.pipeline.sinks.intake`),
+        each name's items stored as columns in one insert per table; ready JSONEachRow
+        lines (bytes) are inserted as they are. ``sources`` names the message behind a row
+        or intake item (``(table, index)``); without
         it, or for rows no message made, a dead letter carries the row's own bytes. The
         dead letters are in the ``dead_letters`` table when this returns; the caller may
         copy them to the dead-letter topic. Raises StoreError only when closed.
@@ -194,13 +199,22 @@ class StoreSink:
         refused.extend(_Refused(table, keep[i], kept[i], STORE_REJECTED, m) for i, m in bad)
 
     def _insert(self, table: str, items: Sequence[Any]) -> None:
-        if items and isinstance(items[0], bytes):
+        if not items:
+            return
+        if isinstance(items[0], tuple):  # intake items: one column block per stored table
+            for stored, data in intake_tables(table, items).items():
+                self._store.insert_arrow(stored, data)
+        elif isinstance(items[0], bytes):
             self._store.insert_json_lines(table, items)
         else:
             self._store.insert_rows(table, items)
 
     def _bisect(self, table: str, items: Sequence[Any], base: int) -> list[tuple[int, str]]:
         """Insert ``items``; on refused data, halves until the refused ones stand alone.
+
+        An intake item's tables are inserted one after the other: when a later one refuses,
+        the retried half writes the earlier ones again, which their ReplacingMergeTree
+        collapses (as it does a replayed batch).
 
         Returns ``(index, store's message)`` of each refused item. Halving also answers
         a block over the partition limit: the halves span fewer partitions. k bad items
@@ -279,7 +293,7 @@ class StoreSink:
         self._last_log, self._unlogged = now, 0
 
 
-def _own_message(table: str, item: bytes | Row) -> RawMessage:
+def _own_message(table: str, item: bytes | Row | IntakeItem) -> RawMessage:
     """A stand-in source for a row no input message made: the row's own bytes.
 
     Its offset is a digest of those bytes, so distinct rows keep distinct dead letters

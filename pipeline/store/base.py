@@ -1,10 +1,12 @@
-"""The store contract every backend fulfils: commands, queries and JSONEachRow inserts.
+"""The store contract every backend fulfils: commands, queries, JSONEachRow and Arrow inserts.
 
 SQL handed to :meth:`Store.command` and :meth:`Store.query` may name the store's
 database with the literal token ``{database}``; only that token is replaced (never
 ``str.format``, since ClickHouse SQL is full of braces). Both backends receive inserts
 as the same JSONEachRow bytes, encoded with msgspec, so a row means the same thing on
-the embedded engine and on a server.
+the embedded engine and on a server. The bulk (sample and step batches) goes as Arrow
+tables instead (:meth:`Store.insert_arrow`, built by
+:mod:`trainguard.pipeline.sinks.columns`), also the same on both backends.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
 
 from trainguard.errors import StoreError
 from trainguard.pipeline.store.errors import StoreDataError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = [
     "DATABASE_TOKEN",
@@ -34,8 +39,9 @@ __all__ = [
 DATABASE_TOKEN = "{database}"
 #: Settings every insert runs with: ISO-8601 strings and epoch floats both parse; the
 #: worker batches its own inserts, so ClickHouse's async-insert buffer would only add a
-#: wait (it is on by default in recent versions); intake lines carry a ``kind`` field and
-#: nested ``kind``/``schema_version`` keys that the intake tables do not store.
+#: wait (it is on by default in recent versions); JSON intake lines (``insert_json_lines``)
+#: carry a ``kind`` field and nested ``kind``/``schema_version`` keys that the ``*_in``
+#: tables do not store.
 INSERT_SETTINGS: dict[str, str] = {
     "date_time_input_format": "best_effort",
     "async_insert": "0",
@@ -94,14 +100,32 @@ class Store(ABC):
     def insert_json_lines(self, table: str, lines: Sequence[bytes]) -> None:
         """Insert ready JSONEachRow ``lines`` (one object each) into ``{database}.{table}``.
 
-        For the intake tables (:mod:`trainguard.pipeline.sinks.intake`): the lines are already
-        canonical JSON, so nothing is re-encoded here.
+        The lines are already JSON (e.g. for the ``*_in`` intake tables of ``schemas/sql``),
+        so nothing is re-encoded here.
         """
         if not lines:
             return
         if not _COLUMN.fullmatch(table):
             raise StoreError(f"invalid table name {table!r}; expected a plain identifier")
         self._insert_block(table, None, b"\n".join(lines))
+
+    def insert_arrow(self, table: str, data: pa.Table) -> None:
+        """Insert the columns of ``data`` (named as the table's) into ``{database}.{table}``.
+
+        Columns the table has and ``data`` lacks take their defaults (``ingested_at``).
+        """
+        if data.num_rows == 0:
+            return
+        if not _COLUMN.fullmatch(table):
+            raise StoreError(f"invalid table name {table!r}; expected a plain identifier")
+        for name in data.column_names:
+            if not _COLUMN.fullmatch(name):
+                raise StoreDataError(f"invalid column name {name!r}; expected a plain identifier")
+        self._insert_arrow(table, data)
+
+    def _insert_arrow(self, table: str, data: pa.Table) -> None:
+        """Send one Arrow block; its table and column names are validated identifiers."""
+        raise StoreError(f"{type(self).__name__} takes no Arrow inserts (table {table!r})")
 
     @abstractmethod
     def _insert_block(self, table: str, columns: list[str] | None, body: bytes) -> None:

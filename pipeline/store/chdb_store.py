@@ -15,15 +15,18 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import chdb
 
 from trainguard.errors import StoreError
 from trainguard.pipeline.store.base import INSERT_SETTINGS, QueryResult, Store, decode_json_compact
-from trainguard.pipeline.store.errors import DATA_ERROR_CODES, StoreDataError, is_data_error
+from trainguard.pipeline.store.errors import StoreDataError, is_data_error
 from trainguard.pipeline.store.sqltext import split_statements
 from trainguard.pipeline.store.url import validate_identifier
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = ["ChdbStore", "OWNER_FILE", "owner_pid"]
 
@@ -41,13 +44,13 @@ _CHDB_ERRORS: tuple[type[Exception], ...] = (_ENGINE_ERROR, chdb.ChdbError, Runt
 _SETTINGS_SQL = ", ".join(f"{k}='{v}'" for k, v in INSERT_SETTINGS.items())
 
 
-#: Error codes counted in ``system.errors`` around every insert. chdb's streaming insert
-#: swallows an error thrown while the parts are written (seen: "Too many partitions for
-#: single INSERT block"): it returns as if the rows were stored, and none are. The count
-#: going up is the only trace, so an insert that moved it raises that error after all.
-_WATCHED = sorted(DATA_ERROR_CODES | {241, 243, 252})  # + memory limit, disk full, parts
-_ERRORS_SQL = ("SELECT code, value, last_error_message FROM system.errors WHERE code IN ("
-               + ", ".join(map(str, _WATCHED)) + ")")
+#: chdb's streaming insert (``send_insert``) swallows an error thrown while the parts are
+#: written (seen: "Too many partitions for single INSERT block"): it returns as if the
+#: rows were stored, and none are. Its ``rows_written`` counts the rows read either way, so
+#: it cannot tell. The plain query path raises every error, so every insert takes it: JSON
+#: rows inline after ``FORMAT JSONEachRow``, Arrow tables through the ``Python()`` table
+#: function, which reads the table in place (no serialization).
+_ARROW_NAME = "_tg_arrow_block"
 
 
 @dataclass
@@ -57,10 +60,6 @@ class _Shared:
     conn: Any
     lock: threading.Lock = field(default_factory=threading.Lock)
     refs: int = 0
-    #: ``system.errors`` counts of the watched codes after the last insert, and whether
-    #: another statement ran since (it may have raised one of them itself).
-    errors: dict[int, int] = field(default_factory=dict)
-    errors_stale: bool = True
 
 
 _registry: dict[Path, _Shared] = {}
@@ -134,30 +133,6 @@ def _connect(path: Path) -> Any:
     return conn
 
 
-def _error_counts(conn: Any) -> dict[int, int]:
-    return {code: count for code, count, _ in _error_rows(conn)}
-
-
-def _error_rows(conn: Any) -> list[tuple[int, int, str]]:
-    try:
-        data = conn.query(_ERRORS_SQL, "JSONCompact")
-    except _CHDB_ERRORS as exc:
-        raise StoreError(f"cannot read the embedded store's system.errors: {exc}") from None
-    rows = decode_json_compact(data.bytes() if data is not None else b"", _ERRORS_SQL).rows
-    return [(int(code), int(count), str(message)) for code, count, message in rows]
-
-
-def _swallowed(shared: _Shared) -> str | None:
-    """The error an insert raised without telling (see _WATCHED), as ``Code: N. text``."""
-    rows = _error_rows(shared.conn)
-    before, shared.errors = shared.errors, {code: count for code, count, _ in rows}
-    shared.errors_stale = False
-    for code, count, message in rows:
-        if count > before.get(code, 0):
-            return f"Code: {code}. {message}"
-    return None
-
-
 class ChdbStore(Store):
     """A :class:`Store` on an embedded chdb directory; creates its database on open."""
 
@@ -183,7 +158,6 @@ class ChdbStore(Store):
         if shared is None:
             raise StoreError(f"embedded store {self.path} is closed")
         with shared.lock:
-            shared.errors_stale = True
             try:
                 result = shared.conn.query(sql, fmt)
             except _CHDB_ERRORS as exc:
@@ -211,27 +185,26 @@ class ChdbStore(Store):
     def _insert_block(self, table: str, columns: list[str] | None, body: bytes) -> None:
         cols = " (" + ", ".join(f"`{c}`" for c in columns) + ")" if columns else ""
         sql = f"INSERT INTO {self.database}.{table}{cols} SETTINGS {_SETTINGS_SQL}"
+        self._insert(sql, sql + " FORMAT JSONEachRow\n" + body.decode())
+
+    def _insert_arrow(self, table: str, data: pa.Table) -> None:
+        cols = ", ".join(f"`{c}`" for c in data.column_names)
+        sql = f"INSERT INTO {self.database}.{table} ({cols}) SELECT * FROM Python({_ARROW_NAME})"
+        # Python() finds the table by its name among the calling frames' variables.
+        _tg_arrow_block = data  # noqa: F841
+        self._insert(sql, sql)
+
+    def _insert(self, sql: str, statement: str) -> None:
+        """Run one INSERT (``statement``; ``sql`` is what an error quotes)."""
         shared = self._shared
         if shared is None:
             raise StoreError(f"embedded store {self.path} is closed")
-        # A streaming insert takes the bytes as they are: no decode to str and re-encode
-        # (the plain query path raises every error, but took twice as long on the intake).
         with shared.lock:
-            if shared.errors_stale:
-                shared.errors = _error_counts(shared.conn)
             try:
-                with shared.conn.send_insert(sql, "JSONEachRow") as inserter:
-                    inserter.append(body)
-                    inserter.finish()
+                shared.conn.query(statement, "CSV")
             except _CHDB_ERRORS as exc:
-                shared.errors_stale = True
                 error = StoreDataError if is_data_error(str(exc)) else StoreError
                 raise error(f"{exc} (sql: {sql[:200]!r})") from None
-            swallowed = _swallowed(shared)
-        if swallowed is not None:
-            text = (f"embedded store dropped an insert into {self.database}.{table} without "
-                    f"raising: {swallowed}")
-            raise (StoreDataError if is_data_error(text) else StoreError)(text)
 
     def close(self) -> None:
         """Drop this store's reference; the connection closes with the last one."""

@@ -288,6 +288,9 @@ class RemoteReadStore(Store):
     def _insert_block(self, table: str, columns: list[str] | None, body: bytes) -> None:
         raise self._read_only()
 
+    def _insert_arrow(self, table: str, data: Any) -> None:
+        raise self._read_only()
+
     def _read_only(self) -> StoreError:
         return StoreError(f"read-only: the embedded store is owned by pid {self.pid}")
 

@@ -2,13 +2,14 @@
 
 Queries come back as ``JSONCompact`` (decoded with msgspec), the same as from the
 embedded backend, so callers see identical value types on both: numbers and strings,
-never driver-specific datetime or Decimal objects.
+never driver-specific datetime or Decimal objects. Arrow tables (the bulk of sample and
+step batches) go through the driver's native columnar ``insert_arrow``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
@@ -17,6 +18,9 @@ from trainguard.errors import StoreError
 from trainguard.pipeline.store.base import INSERT_SETTINGS, QueryResult, Store, decode_json_compact
 from trainguard.pipeline.store.errors import StoreDataError, is_data_error
 from trainguard.pipeline.store.url import StoreUrl
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = ["ServerStore"]
 
@@ -99,6 +103,14 @@ class ServerStore(Store):
             )
         except ClickHouseError as exc:
             raise self._error(exc, f"INSERT INTO {target} FORMAT JSONEachRow") from None
+
+    def _insert_arrow(self, table: str, data: pa.Table) -> None:
+        # clickhouse-connect's native columnar insert: the table goes as one Arrow block.
+        try:
+            self._client.insert_arrow(table, data, database=self.database,
+                                      settings=dict(INSERT_SETTINGS))
+        except ClickHouseError as exc:
+            raise self._error(exc, f"INSERT INTO {self.database}.{table} FORMAT Arrow") from None
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

@@ -27,20 +27,20 @@ def _msg(topic, value, offset=0):
     return RawMessage(topic=topic, partition=0, offset=offset, key=b"k", value=value, timestamp=NOW)
 
 
-def test_a_valid_sample_batch_becomes_one_intake_line_with_its_kafka_coordinates():
+def test_a_valid_sample_batch_becomes_one_intake_item_with_its_kafka_coordinates():
     result = Ingestor(TOPICS).ingest([_msg(TOPICS.samples, encode(_batch(gpus=3)), offset=42)])
     assert result.records == 1 and not result.dead and not result.rows
-    (line,) = result.lines["sample_batches_in"]
-    doc = msgspec.json.decode(line)
-    assert doc["_tg_partition"] == 0 and doc["_tg_offset"] == 42
-    assert doc["node"] == "n1" and len(doc["gpus"]) == 3
+    ((record, partition, offset),) = result.lines["sample_batches_in"]
+    assert (partition, offset) == (0, 42) and record is result.decoded[0]
+    assert record.node == "n1" and len(record.gpus) == 3
 
 
-def test_intake_lines_are_canonical_json_without_the_senders_unknown_fields():
+def test_intake_items_hold_the_decoded_record_without_the_senders_unknown_fields():
     raw = encode(_batch()).replace(b'{"kind"', b'{"_tg_offset":7, "extra":[1], "kind"', 1)
     result = Ingestor(TOPICS).ingest([_msg(TOPICS.samples, raw, offset=3)])
-    doc = msgspec.json.decode(result.lines["sample_batches_in"][0])
-    assert doc["_tg_offset"] == 3 and "extra" not in doc
+    ((record, _, offset),) = result.lines["sample_batches_in"]
+    assert offset == 3 and isinstance(record, GpuSampleBatch)
+    assert "extra" not in msgspec.json.decode(msgspec.json.encode(record))
 
 
 def test_steps_and_heartbeats_land_in_their_tables():
@@ -68,8 +68,8 @@ def test_steps_and_heartbeats_land_in_their_tables():
     result = Ingestor(TOPICS).ingest(
         [_msg(TOPICS.steps, encode(steps)), _msg(TOPICS.heartbeats, encode(hb))]
     )
-    (line,) = result.lines["step_batches_in"]
-    assert [s["rank"] for s in msgspec.json.decode(line)["steps"]] == [0, 1]
+    ((record, _, _),) = result.lines["step_batches_in"]
+    assert [s.rank for s in record.steps] == [0, 1]
     assert result.rows["agent_heartbeats"][0]["gpu_count"] == 2
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from trainguard.pipeline.dead_letters import RawMessage
 from trainguard.pipeline.ingest import Ingestor, TimeWindow
-from trainguard.pipeline.sinks.intake import intake_line
+from trainguard.pipeline.sinks.intake import intake_item
 from trainguard.pipeline.sinks.rows import rows_for
 from trainguard.pipeline.sinks.sources import IngestSources
 from trainguard.pipeline.sinks.store_sink import StoreSink
@@ -45,11 +45,11 @@ def _message(record: StepBatch, offset: int) -> RawMessage:
                       value=encode(record), timestamp=NOW)
 
 
-def _lines(messages: list[tuple[RawMessage, StepBatch]]) -> tuple[list[bytes], object]:
-    """Intake lines of step batches (as ingest makes them) and who made each."""
+def _lines(messages: list[tuple[RawMessage, StepBatch]]) -> tuple[list, object]:
+    """Intake items of step batches (as ingest makes them) and who made each."""
     lines = []
     for msg, record in messages:
-        made = intake_line(record, msg.partition, msg.offset)
+        made = intake_item(record, msg.partition, msg.offset)
         assert made is not None
         lines.append(made[1])
 
@@ -114,7 +114,7 @@ def test_out_of_range_times_are_clock_dead_letters_and_never_stored(store: ChdbS
     msgs = [RawMessage(topic=TOPICS.steps, partition=1, offset=9, key=b"k", value=encode(far),
                        timestamp=NOW)]
     result = Ingestor(TOPICS, window=NO_WINDOW).ingest(msgs)
-    assert "step_batches_in" not in result.lines  # no intake line for it: the row path
+    assert "step_batches_in" not in result.lines  # no intake item for it: the row path
     sink = StoreSink(store)
     written = sink.write(result.rows, result.lines, IngestSources(msgs, result))
     assert _count(store, "steps", "job_id = 'k'") == 2
@@ -212,3 +212,26 @@ def test_step_layout_columns_and_rank_events_land_through_the_row_path(store: Ch
     assert StoreSink(store).write(rows).dead == []
     steps, events = _stored_layout_and_events(store)
     assert steps == [(1, 0, 3, 6)] and events == EXPECTED_EVENTS
+
+
+def test_a_sample_batch_its_columns_cannot_hold_is_dead_lettered_and_the_rest_land(
+        store: ChdbStore) -> None:
+    from trainguard.schemas.records import GpuSample, GpuSampleBatch
+
+    def sample(node: str, index: int) -> GpuSampleBatch:
+        return GpuSampleBatch(cluster="c", node=node, ts=NOW, seq=1, agent_id="a",
+                              gpus=[GpuSample(index=index, util_gpu_pct=50.0)])
+
+    # index 300 cannot be a UInt8 gpu (the decoder bounds it; a record built in-process may not)
+    records = [sample("n0", 0), sample("n1", 300), sample("n2", 1)]
+    msgs = [RawMessage(topic=TOPICS.samples, partition=0, offset=i, key=None,
+                       value=b"{}", timestamp=NOW) for i in range(3)]
+    items = [(r, 0, i) for i, r in enumerate(records)]
+    sink = StoreSink(store)
+    result = sink.write({}, {"sample_batches_in": items},
+                        lambda t, i: msgs[i] if t == "sample_batches_in" else None)
+    [dead] = result.dead
+    assert dead.source is msgs[1] and dead.reason == "store_rejected"
+    assert _count(store, "gpu_samples") == 2 and _count(store, "sample_batches") == 2
+    assert _count(store, "sample_batches", "node = 'n1'") == 0
+    assert result.written == 2 and sink.counters.lines == 2

@@ -116,3 +116,40 @@ def test_a_value_the_column_cannot_take_is_a_store_data_error(chdb_store):
         chdb_store.insert_rows("t", [{"k": "not a number", "name": "a", "ts": 1.7e9}])
     chdb_store.insert_rows("t", [{"k": 1, "name": "a", "ts": 1.7e9}])  # the store is fine
     assert chdb_store.query("SELECT count() FROM {database}.t").scalar() == 1
+
+
+def _steps_arrow(n: int, month: float):
+    import pyarrow as pa
+
+    return pa.table({"job_id": ["j"] * n, "step": pa.array(range(n), pa.uint64()),
+                     "rank": pa.array([0] * n, pa.uint32()),
+                     "world_size": pa.array([1] * n, pa.uint32()), "node": ["n"] * n,
+                     "ts": [1.5e9 + i * month for i in range(n)]})
+
+
+def test_an_arrow_insert_over_the_partition_limit_raises_instead_of_vanishing(chdb_store):
+    # The streaming insert reported these 101 rows written and stored none; the query
+    # path the store takes raises, with no system.errors read.
+    from trainguard.pipeline.store import migrate
+    from trainguard.pipeline.store.errors import StoreDataError
+
+    migrate(chdb_store)
+    month = 32 * 86400.0
+    with pytest.raises(StoreDataError, match="Too many partitions"):
+        chdb_store.insert_arrow("steps", _steps_arrow(101, month))
+    assert chdb_store.query("SELECT count() FROM {database}.steps").scalar() == 0
+    chdb_store.insert_arrow("steps", _steps_arrow(100, month))  # at the limit: stored
+    assert chdb_store.query("SELECT count() FROM {database}.steps").scalar() == 100
+
+
+def test_an_arrow_insert_names_its_columns_and_leaves_the_rest_to_defaults(chdb_store):
+    chdb_store.command(_TABLE)
+    import pyarrow as pa
+
+    chdb_store.insert_arrow("t", pa.table({"name": ["a", "b"], "k": pa.array([2, 1], pa.uint32()),
+                                           "ts": [1.7e9, 1.7e9 + 0.25]}))
+    rows = chdb_store.query("SELECT k, name, ts, x, tags FROM {database}.t ORDER BY k").rows
+    assert rows == [(1, "b", "2023-11-14 22:13:20.250", None, []),
+                    (2, "a", "2023-11-14 22:13:20.000", None, [])]
+    with pytest.raises(StoreError, match="invalid column name"):
+        chdb_store.insert_arrow("t", pa.table({"k; DROP": [1]}))

@@ -34,6 +34,12 @@ _OVER_CHDB = textwrap.dedent(f"""
         assert row_counts(store)["steps"] == 1, row_counts(store)
         rows = store.query("SELECT job_id, ts, loss FROM {{database}}.steps FINAL;").rows
         assert rows == [("j", "2023-11-14 22:13:20.000", 2.5)], rows
+        import pyarrow as pa
+        store.insert_arrow("steps", pa.table({{"job_id": ["k"], "step": [2], "rank": [1],
+                                               "world_size": [2], "node": ["n"],
+                                               "ts": [1700000000.5], "loss": [None]}}))
+        rows = store.query("SELECT rank, ts, loss FROM {{database}}.steps WHERE job_id = 'k'").rows
+        assert rows == [(1, "2023-11-14 22:13:20.500", None)], rows
     print("ok")
 """)
 
