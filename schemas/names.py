@@ -45,23 +45,24 @@ class NameCache:
 
     def __init__(self, size: int = MAX_CACHED_NAMES) -> None:
         self.size = size
-        self._good: set[str] = set()
+        #: The names that passed (the same set for the cache's life: read it, never write).
+        self.known: set[str] = set()
 
     def __len__(self) -> int:
-        return len(self._good)
+        return len(self.known)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._good
+        return name in self.known
 
     def ok(self, name: str) -> bool:
         """Whether ``name`` matches the pattern; a name that passed is remembered."""
-        if name in self._good:
+        if name in self.known:
             return True
         if _NAME_RE.search(name) is None:
             return False
-        if len(self._good) >= self.size:
-            self._good.clear()
-        self._good.add(name)
+        if len(self.known) >= self.size:
+            self.known.clear()
+        self.known.add(name)
         return True
 
 
@@ -100,7 +101,9 @@ def _check(tp: Any, memo: dict[Any, Check | None]) -> Check | None:
         return _check(args[0], memo)
     if origin in (Union, types.UnionType):
         members = [(_runtime_class(a), c) for a in args if (c := _check(a, memo)) is not None]
-        return _union(members) if members else None
+        if all(c is _name for _, c in members):  # ``StrictName | None``: None is no name
+            return _name if members else None
+        return _union(members)
     if origin in (list, tuple, set, frozenset):
         inner = [c for a in args if a is not Ellipsis and (c := _check(a, memo)) is not None]
         return _each(inner) if inner else None
@@ -112,12 +115,24 @@ def _check(tp: Any, memo: dict[Any, Check | None]) -> Check | None:
     return None
 
 
-def _name(value: str) -> bool:
-    return value in NAMES or NAMES.ok(value)
+def _name(value: str | None) -> bool:
+    """Whether ``value`` is a good name (``None``: a field that names nothing)."""
+    return value is None or value in _KNOWN or NAMES.ok(value)
+
+
+#: The cache's set, read directly on the hot path (``clear`` keeps the same set).
+_KNOWN = NAMES.known
+#: Struct checks that only read names (no nested values): the fields' getter, for loops.
+_FLAT: dict[Check, Callable[[Any], tuple[str | None, ...]]] = {}
 
 
 def _union(members: list[tuple[type, Check]]) -> Check:
+    by_type = dict(members)
+
     def check(value: Any) -> bool:
+        inner = by_type.get(type(value))
+        if inner is not None:
+            return inner(value)
         for cls, inner in members:
             if isinstance(value, cls):
                 return inner(value)
@@ -126,8 +141,24 @@ def _union(members: list[tuple[type, Check]]) -> Check:
 
 
 def _each(inner: list[Check]) -> Check:
+    if len(inner) == 1 and inner[0] in _FLAT:
+        get = _FLAT[inner[0]]
+
+        def flat(values: Any) -> bool:  # e.g. the steps of a step batch: two names each
+            ok = NAMES.ok
+            for value in values:
+                for name in get(value):
+                    if name not in _KNOWN and name is not None and not ok(name):
+                        return False
+            return True
+        return flat
+
     def check(values: Any) -> bool:
-        return all(c(v) for v in values for c in inner)
+        for value in values:
+            for c in inner:
+                if not c(value):
+                    return False
+        return True
     return check
 
 
@@ -151,15 +182,30 @@ def _struct(cls: type[msgspec.Struct], memo: dict[Any, Check | None]) -> Check |
             nested.append((field.name, inner))
     if not names and not nested:
         return None
+    get = _getter(names)
 
     def check(value: Any) -> bool:
-        for attr in names:
-            name = getattr(value, attr)
-            if name not in NAMES and not NAMES.ok(name):
+        for name in get(value):
+            if name not in _KNOWN and name is not None and not NAMES.ok(name):
                 return False
-        return all(inner(getattr(value, attr)) for attr, inner in nested)
+        for attr, inner in nested:
+            if not inner(getattr(value, attr)):
+                return False
+        return True
     memo[cls] = check
+    if not nested:
+        _FLAT[check] = get
     return check
+
+
+def _getter(names: list[str]) -> Callable[[Any], tuple[str | None, ...]]:
+    """The values of fields ``names`` of a struct, as a tuple."""
+    if len(names) == 1:
+        (only,) = names
+        return lambda value: (getattr(value, only),)
+    if not names:
+        return lambda value: ()
+    return operator.attrgetter(*names)
 
 
 def _late(cls: type, memo: dict[Any, Check | None]) -> Check:
