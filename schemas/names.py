@@ -27,7 +27,7 @@ from msgspec import Meta
 
 from trainguard.schemas.types import NAME_PATTERN
 
-__all__ = ["MAX_CACHED_NAMES", "NameCache", "names_check", "strict_twin"]
+__all__ = ["MAX_CACHED_NAMES", "NAMES", "NameCache", "names_check", "strict_twin"]
 
 #: Distinct names remembered as good; past that the cache starts over (an attacker's flood
 #: of new names costs the regex each, as before, and no memory).
@@ -37,7 +37,6 @@ MAX_CACHED_NAMES: Final = 1 << 16
 Check = Callable[[Any], bool]
 
 _NAME_RE = re.compile(NAME_PATTERN)
-_STRICT = Meta(min_length=1, max_length=256, pattern=NAME_PATTERN)
 
 
 class NameCache:
@@ -226,7 +225,7 @@ def _strict_twin(tp: Hashable) -> Any:
 def _twin(tp: Any, memo: dict[type, Any]) -> Any:
     origin, args = get_origin(tp), get_args(tp)
     if origin is Annotated:
-        metas = tuple(_STRICT if _is_name(m) else m for m in args[1:])
+        metas = tuple(_strict_meta(m) if _is_name(m) else m for m in args[1:])
         return Annotated[(_twin(args[0], memo), *metas)]
     if origin in (Union, types.UnionType):
         return functools.reduce(operator.or_, (_twin(a, memo) for a in args))
@@ -237,6 +236,12 @@ def _twin(tp: Any, memo: dict[type, Any]) -> Any:
             memo[tp] = _struct_twin(tp, memo)
         return memo[tp]
     return tp
+
+
+def _strict_meta(meta: Meta) -> Meta:
+    """A strict name's constraints with the pattern for msgspec to check."""
+    return Meta(min_length=meta.min_length, max_length=meta.max_length,
+                pattern=(meta.extra or {})["pattern"])
 
 
 def _struct_twin(cls: type[msgspec.Struct], memo: dict[type, Any]) -> Any:
