@@ -65,6 +65,9 @@ class IngestCaps:
         if isinstance(record, StepRecord):
             return self._step(record)
         if isinstance(record, GpuSampleBatch):
+            gpus = record.gpus
+            if len({gpu.index for gpu in gpus}) == len(gpus):
+                return None
             return _unique_gpus(record)
         if isinstance(record, CheckpointEvent) and record.rank >= self.max_world_size:
             return ("cap_world_size",

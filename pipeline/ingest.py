@@ -99,15 +99,31 @@ class TimeWindow:
                     f"within -{self.max_past_s:g} s .. +{self.max_future_s:g} s")
         return None
 
+    def why_not_span(self, first: float, last: float, broker_ts: float | None,
+                     now: float) -> str | None:
+        """Why event times ``first`` .. ``last`` are not all inside; ``None`` when they are.
+
+        The same answer as ``why_not(last, ...) or why_not(first, ...)``; a record inside the
+        window (nearly all) costs a few comparisons instead of two calls.
+        """
+        ref = now if broker_ts is None else broker_ts
+        if (broker_ts is None or broker_ts <= now + self.max_future_s) and \
+                ref - self.max_past_s <= first <= last <= ref + self.max_future_s:
+            return None
+        return self.why_not(last, broker_ts, now) or self.why_not(first, broker_ts, now)
+
 
 def _times(record: Record) -> tuple[float, float]:
     """The earliest and latest event time a record carries."""
-    if isinstance(record, StepBatch) and (record.steps or record.events):
-        # Rank events move the job's event time as steps do: the same window bounds them.
-        times = [s.ts for s in record.steps]
-        times += [e.ts for e in record.events]
-        times.append(record.ts)
-        return min(times), max(times)
+    if isinstance(record, StepBatch):
+        steps, events = record.steps, record.events
+        if steps or events:
+            # Rank events move the job's event time as steps do: the same window bounds them.
+            times = [s.ts for s in steps]
+            if events:
+                times += [e.ts for e in events]
+            times.append(record.ts)
+            return min(times), max(times)
     return record.ts, record.ts
 
 
@@ -142,37 +158,19 @@ class Ingestor:
         """Decode ``messages``; every one lands in ``rows`` or ``dead``."""
         result = IngestResult()
         now = self._clock()
+        window = self.window
+        sources: dict[tuple[str, int], str] = {}
+        decoded, kept, stamps = result.decoded, result.messages, result.broker_ts
         for msg in messages:
-            decoder = self._decoders.get(msg.topic)
-            if decoder is None:
-                self._reject(result, msg, "wrong_topic", f"no decoder for topic {msg.topic!r}")
+            record = self._decode(result, msg, now)
+            if record is None:
                 continue
-            signer: str | None = None
-            if self.auth is not None:
-                verdict = self.auth.verify(msg)
-                signer = verdict.node
-                if signer is None and self.auth.required:
-                    claim = _claim(msg)
-                    self._forged(result, msg, verdict.claimed or claim.node, None,
-                                 verdict.why or "no_mac", now, cluster=claim.cluster)
-                    continue
-            try:
-                record = decoder.decode(msg.value)
-            except RecordError as exc:
-                self._reject(result, msg, exc.reason, exc.message)
-                continue
-            if signer is not None:
-                other = foreign_node(record, signer)
-                if other is not None and self._wrong_node(result, msg, other, signer, record,
-                                                          now):
-                    continue
             broken = self.caps.check(record)
             if broken is not None:
                 self._reject(result, msg, *broken)
                 continue
             first, last = _times(record)
-            why = self.window.why_not(last, msg.timestamp, now) or \
-                self.window.why_not(first, msg.timestamp, now)
+            why = window.why_not_span(first, last, msg.timestamp, now)
             if why is not None:
                 self._reject(result, msg, "clock", why)
                 continue
@@ -184,12 +182,42 @@ class Ingestor:
             else:
                 for table, row in rows_for(record, msg.partition, msg.offset):
                     result.rows[table].append(row)
-            result.decoded.append(record)
-            result.sources.append(partition_key(msg.topic, msg.partition))
-            result.messages.append(msg)
-            result.broker_ts.append(msg.timestamp)
+            decoded.append(record)
+            where = (msg.topic, msg.partition)
+            source = sources.get(where)
+            if source is None:
+                source = sources[where] = partition_key(*where)
+            result.sources.append(source)
+            kept.append(msg)
+            stamps.append(msg.timestamp)
         self.accepted += result.records
         return result
+
+    def _decode(self, result: IngestResult, msg: RawMessage, now: float) -> Record | None:
+        """``msg``'s record, or None when it is refused (a dead letter, counted)."""
+        decoder = self._decoders.get(msg.topic)
+        if decoder is None:
+            self._reject(result, msg, "wrong_topic", f"no decoder for topic {msg.topic!r}")
+            return None
+        signer: str | None = None
+        if self.auth is not None:
+            verdict = self.auth.verify(msg)
+            signer = verdict.node
+            if signer is None and self.auth.required:
+                claim = _claim(msg)
+                self._forged(result, msg, verdict.claimed or claim.node, None,
+                             verdict.why or "no_mac", now, cluster=claim.cluster)
+                return None
+        try:
+            record: Record = decoder.decode(msg.value)
+        except RecordError as exc:
+            self._reject(result, msg, exc.reason, exc.message)
+            return None
+        if signer is not None:
+            other = foreign_node(record, signer)
+            if other is not None and self._wrong_node(result, msg, other, signer, record, now):
+                return None
+        return record
 
     def _reject(self, result: IngestResult, msg: RawMessage, reason: str, message: str) -> None:
         self.rejected[reason] += 1

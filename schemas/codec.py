@@ -7,6 +7,10 @@ message says what was wrong and where, e.g.
 bytes too: a string that is not valid UTF-8 is ``not_json`` (msgspec raises
 ``UnicodeDecodeError`` for it, not ``DecodeError``), and JSON nested deeper than the
 decoder's recursion allows (even inside an ignored unknown field) is ``invalid``.
+
+Strict names (nodes, jobs, clusters) are checked after msgspec's decode, once per distinct
+name (:mod:`trainguard.schemas.names`); a message that fails that or the decode is decoded
+again with the pattern on the type, so every rejection reads as it always did.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any, Final, Generic, Literal, TypeVar
 
 import msgspec
 
+from trainguard.schemas.names import names_check, strict_twin
 from trainguard.schemas.records import SCHEMA_VERSION, Record
 
 __all__ = [
@@ -22,6 +27,7 @@ __all__ = [
     "RecordDecoder",
     "RecordError",
     "RejectReason",
+    "convert",
     "encode",
 ]
 
@@ -67,6 +73,11 @@ class RecordDecoder(Generic[T]):
 
     def __init__(self, record_type: type[T] | Any) -> None:
         self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(record_type)
+        self._names = names_check(record_type)
+        #: The same type with the name pattern on it, for the words of a rejection.
+        self._strict: msgspec.json.Decoder[Any] = (
+            self._decoder if self._names is None
+            else msgspec.json.Decoder(strict_twin(record_type)))
         self._type_name = getattr(record_type, "__name__", str(record_type))
 
     def decode(self, data: bytes | bytearray | memoryview | None) -> T:
@@ -79,10 +90,12 @@ class RecordDecoder(Generic[T]):
             )
         try:
             record = self._decoder.decode(data)
-        except msgspec.ValidationError as exc:
-            raise self._classify(data, exc) from None
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
-            raise _undecodable(exc) from None
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError,
+                RecursionError) as exc:
+            # With the names' pattern on the type a name before the failure fails first.
+            raise self._rejection(data, exc) from None
+        if self._names is not None and not self._names(record):
+            raise self._rejection(data, None) from None
         version = getattr(record, "schema_version", SCHEMA_VERSION)
         if version > SCHEMA_VERSION:
             raise RecordError(
@@ -90,6 +103,23 @@ class RecordDecoder(Generic[T]):
                 f"schema_version {version} is newer than this reader's {SCHEMA_VERSION}",
             )
         return record
+
+    def _rejection(self, data: bytes | bytearray | memoryview,
+                   exc: Exception | None) -> RecordError:
+        """Why ``data`` is no record, as the decoder with the names' pattern says it."""
+        if self._strict is not self._decoder or exc is None:
+            try:
+                self._strict.decode(data)
+            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError,
+                    RecursionError) as strict:
+                exc = strict
+            else:  # unreachable: the strict type accepts less than the plain one
+                if exc is None:
+                    return RecordError("invalid", "a name does not match the name pattern")
+        if isinstance(exc, msgspec.ValidationError):
+            return self._classify(data, exc)
+        assert exc is not None
+        return _undecodable(exc)
 
     def _classify(self, data: bytes | bytearray | memoryview, exc: Exception) -> RecordError:
         """Turn a validation failure into the most useful reason (error path only)."""
@@ -121,3 +151,22 @@ def _undecodable(exc: Exception) -> RecordError:
             "not_json", f"invalid UTF-8 at byte {exc.start}: {exc.reason} (JSON must be UTF-8)"
         )
     return RecordError("not_json", str(exc))
+
+
+def convert(obj: Any, record_type: type[T]) -> T:
+    """``msgspec.convert(obj, record_type, strict=True)``, strict names checked as by the codec.
+
+    Raises ``msgspec.ValidationError`` with msgspec's own message, as that call did.
+    """
+    check = names_check(record_type)
+    try:
+        record = msgspec.convert(obj, record_type, strict=True)
+    except msgspec.ValidationError:
+        if check is None:
+            raise
+    else:
+        if check is None or check(record):
+            return record
+    # With the names' pattern on the type a name before any other fault fails first.
+    msgspec.convert(obj, strict_twin(record_type), strict=True)
+    raise msgspec.ValidationError("a name does not match the name pattern")  # unreachable

@@ -34,7 +34,7 @@ import msgspec
 
 from trainguard.agents.ratelimit import LogLimiter
 from trainguard.errors import CollectorError
-from trainguard.schemas.codec import RecordError
+from trainguard.schemas.codec import RecordError, convert
 from trainguard.schemas.records import SCHEMA_VERSION, STEP_FLOAT_FIELDS, StepRecord
 
 __all__ = ["StepFileTail"]
@@ -236,7 +236,7 @@ class StepFileTail:
         obj.pop("pid", None)
         obj.pop("uid", None)
         try:
-            record = msgspec.convert(obj, StepRecord, strict=True)
+            record = convert(obj, StepRecord)  # strict, names checked as the codec does
         except msgspec.ValidationError as exc:
             raise RecordError("invalid", str(exc)) from None
         if bad:
