@@ -68,6 +68,23 @@ class EventClocks:
         seen = self._seen.get(key)
         return math.inf if seen is None else max(0.0, self._clock() - seen[1])
 
+    def saved(self, key: str) -> tuple[float, float] | None:
+        """``key``'s event time now and its newest data's, to move it to another worker."""
+        seen = self._seen.get(key)
+        return None if seen is None else (self._at(seen), self._newest[key])
+
+    def restore(self, key: str, at: float, newest: float) -> None:
+        """Take ``key`` over from another worker (see :meth:`saved`); it goes on from now."""
+        if not (math.isfinite(at) and math.isfinite(newest)):
+            return
+        if key in self._seen and self.now(key) >= at:
+            return  # this worker already saw it further
+        self._seen.pop(key, None)
+        self._seen[key] = (at, self._clock())
+        self._newest[key] = max(newest, self._newest.get(key, -math.inf))
+        while len(self._seen) > self._max_keys:
+            self.forget(next(iter(self._seen)))
+
     def forget(self, key: str) -> None:
         """Drop ``key`` (its job was forgotten)."""
         self._seen.pop(key, None)
