@@ -186,11 +186,12 @@ class StateSnapshots:
                  if tp.topic in self._inputs}
         for key in self._state.partitions() - owned:
             n = self._state.drop(key)
-            log.info("state handed off partition=%s entities=%d", key, n)
+            log.info("baseline state handed off partition=%s entities=%d", key, n)
         missing = owned - self._state.partitions()
-        if not missing:
-            return
-        blobs = await asyncio.get_running_loop().run_in_executor(None, self._read, missing)
+        blobs = {}
+        if missing:
+            blobs = await asyncio.get_running_loop().run_in_executor(None, self._read, missing)
         for key, blob in blobs.items():
             n = self._state.load(key, blob)
-            log.info("state restored partition=%s entities=%d", key, n)
+            log.info("baseline state restored partition=%s entities=%d", key, n)
+        log.info("state assigned partitions=%d restored=%d", len(owned), len(blobs))
