@@ -186,6 +186,7 @@ class StateSnapshots:
                  if tp.topic in self._inputs}
         for key in self._state.partitions() - owned:
             n = self._state.drop(key)
+            # "baseline state": the text operators and tests know; it counts every stage's.
             log.info("baseline state handed off partition=%s entities=%d", key, n)
         missing = owned - self._state.partitions()
         blobs = {}
@@ -194,4 +195,5 @@ class StateSnapshots:
         for key, blob in blobs.items():
             n = self._state.load(key, blob)
             log.info("baseline state restored partition=%s entities=%d", key, n)
-        log.info("state assigned partitions=%d restored=%d", len(owned), len(blobs))
+        log.info("state assigned partitions=%d restored=%d keys=%s", len(owned), len(blobs),
+                 ",".join(sorted(owned)))
