@@ -68,20 +68,21 @@ class EventClocks:
         seen = self._seen.get(key)
         return math.inf if seen is None else max(0.0, self._clock() - seen[1])
 
-    def saved(self, key: str) -> tuple[float, float] | None:
-        """``key``'s event time now and its newest data's, to move it to another worker."""
-        seen = self._seen.get(key)
-        return None if seen is None else (self._at(seen), self._newest[key])
+    def saved(self, key: str) -> float | None:
+        """The newest event time ``key``'s data carried, to hand it to another worker."""
+        return self._newest.get(key)
 
-    def restore(self, key: str, at: float, newest: float) -> None:
-        """Take ``key`` over from another worker (see :meth:`saved`); it goes on from now."""
-        if not (math.isfinite(at) and math.isfinite(newest)):
-            return
-        if key in self._seen and self.now(key) >= at:
-            return  # this worker already saw it further
+    def restore(self, key: str, newest: float) -> None:
+        """Take ``key`` over from another worker (see :meth:`saved`).
+
+        Its time goes on from its newest data's, at wall-clock speed from now: the time
+        the hand-off took (a session timeout, a backlog to read) is not its silence.
+        """
+        if not math.isfinite(newest) or self.newest(key) >= newest:
+            return  # this worker already saw it as far
         self._seen.pop(key, None)
-        self._seen[key] = (at, self._clock())
-        self._newest[key] = max(newest, self._newest.get(key, -math.inf))
+        self._seen[key] = (newest, self._clock())
+        self._newest[key] = newest
         while len(self._seen) > self._max_keys:
             self.forget(next(iter(self._seen)))
 

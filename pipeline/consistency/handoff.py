@@ -28,6 +28,7 @@ import msgspec
 
 from trainguard.pipeline.consistency.codec import StateError, decode_state, encode_state
 from trainguard.pipeline.consistency.job import JobState
+from trainguard.pipeline.consistency.silence import SilenceWatch
 
 if TYPE_CHECKING:
     from trainguard.pipeline.consistency.stage import ConsistencyStage
@@ -53,7 +54,7 @@ class SavedJob:
     job: JobState
     strong: bool
     silence: dict[str, Any]
-    clock: tuple[float, float] | None
+    clock: float | None
 
 
 def export_partition(stage: ConsistencyStage, job_ids: Sequence[str], layout: str
@@ -122,10 +123,8 @@ def _checked(item: Any) -> SavedJob:
     job_id, strong, job, silence, clock = item
     if not (isinstance(job, JobState) and isinstance(job_id, str) and job.job_id == job_id):
         raise StateError(f"consistency state entry for job {job_id!r} holds no such job")
-    if not (isinstance(silence, dict) and isinstance(silence.get("nodes"), list)
-            and "tracker" in silence):
+    if not SilenceWatch.valid_saved(silence):
         raise StateError(f"silence state of job {job_id!r} is malformed")
-    if clock is not None and not (isinstance(clock, list | tuple) and len(clock) == 2
-                                  and all(isinstance(x, float) for x in clock)):
+    if clock is not None and not isinstance(clock, float):
         raise StateError(f"event clock of job {job_id!r} is malformed")
-    return SavedJob(job, bool(strong), silence, None if clock is None else (clock[0], clock[1]))
+    return SavedJob(job, bool(strong), silence, clock)

@@ -205,23 +205,31 @@ class SilenceWatch:
                  if (node.paged or node.job) == job]
         return {"nodes": nodes, "tracker": self._trackers.get(job)}
 
+    @staticmethod
+    def valid_saved(saved: object) -> bool:
+        """Whether ``saved`` has the shape :meth:`saved` gives (read from a blob)."""
+        if not (isinstance(saved, dict) and isinstance(saved.get("nodes"), list)
+                and isinstance(saved.get("tracker"), FindingTracker | None)):
+            return False
+        return all(isinstance(item, list | tuple) and len(item) == 3
+                   and isinstance(item[0], str) and isinstance(item[1], _Node)
+                   and isinstance(item[2], float | None) for item in saved["nodes"])
+
     def restore(self, job: str, saved: dict[str, Any]) -> int:
         """Take ``job``'s nodes over from a :meth:`saved` state; return how many."""
-        nodes: list[tuple[str, _Node, tuple[float, float] | None]] = saved["nodes"]
+        nodes: list[tuple[str, _Node, float | None]] = saved["nodes"]
         for name, node, clock in nodes:
-            if not isinstance(node, _Node):
-                raise TypeError(f"node {name!r} state is a {type(node).__name__}")
             held = self._nodes.get(name)
             if held is not None and held.heard >= node.heard:
                 continue  # this worker heard it since
             self._node(name, node.cluster)
             self._nodes[name] = node
             if clock is not None:
-                self._clocks.restore(name, *clock)
+                self._clocks.restore(name, clock)
             if math.isfinite(node.heard):
                 self._newest = max(self._newest, node.heard)
         tracker = saved["tracker"]
-        if isinstance(tracker, FindingTracker) and job not in self._trackers:
+        if tracker is not None and job not in self._trackers:
             self._trackers[job] = tracker
         return len(nodes)
 

@@ -224,7 +224,14 @@ class ConsistencyStage:
                         "jobs start fresh (state_rejected=%d)", part, len(blob), exc,
                         self.state_rejected)
             return 0
-        restored = sum(self._adopt(s, part) for s in saved)
+        try:
+            restored = sum(self._adopt(s, part) for s in saved)
+        except Exception as exc:  # checked above; should a restored job still not fit
+            self.drop(part)
+            self.state_rejected += 1
+            log.warning("consistency state not installed partition=%s error=%s: %s; its "
+                        "jobs start fresh", part, type(exc).__name__, exc)
+            return 0
         self.state_jobs_restored += restored
         return restored
 
@@ -240,8 +247,8 @@ class ConsistencyStage:
         """Whether a step-topic record decided the job's partition."""
         return self._owners.get(job_id, ("", False))[1]
 
-    def clock_saved(self, job_id: str) -> tuple[float, float] | None:
-        """The job's event clock (now, newest), to resume it elsewhere."""
+    def clock_saved(self, job_id: str) -> float | None:
+        """The job's newest event time, to resume its clock elsewhere."""
         return self._clocks.saved(job_id)
 
     def layout(self) -> str:
@@ -272,7 +279,7 @@ class ConsistencyStage:
         self.jobs[job.job_id] = job
         self._owners[job.job_id] = (part, saved.strong)
         if saved.clock is not None:
-            self._clocks.restore(job.job_id, *saved.clock)
+            self._clocks.restore(job.job_id, saved.clock)
         self.silence.restore(job.job_id, saved.silence)
         return True
 

@@ -214,3 +214,30 @@ def test_codec_keeps_shared_objects_shared() -> None:
 def test_codec_refuses_to_save_what_it_could_not_load() -> None:
     with pytest.raises(StateError):
         encode_state([lambda: 0], ConsistencyConfig())
+
+
+def test_restored_nodes_get_their_full_silence_grace_after_a_hand_off() -> None:
+    """The wall time a hand-off takes is not an agent's silence; real silence still pages.
+
+    The survivor reads another job's records far ahead (its own partitions kept flowing
+    while the victim's waited for the session timeout).
+    """
+    clock = _Clock()
+    stage = ConsistencyStage(clock=clock)
+    _feed(stage, clock, _ticks("weight_tamper", 20, **_RESTART))
+    last = clock.now
+    clock.now += 7  # the victim's snapshot came 7 s of wall time after its last records
+    blob = stage.export("steps:0")
+    fresh = ConsistencyStage(clock=clock)
+    other = dataclasses.replace(SPEC, job_id="job-h2", node_prefix="other")
+    ahead = [[(t, r) for t, r in tick if r.ts > last + 25]
+             for tick in _ticks("weight_tamper", 50, spec=other, **_RESTART)]
+    fresh_clock = clock.now
+    _feed(fresh, clock, [t for t in ahead if t])  # moves clock.now to the other job's time
+    clock.now = fresh_clock
+    assert fresh.load("steps:0", blob) == 1
+    clock.now += 2  # reading the backlog of the job taken over
+    assert "agent_silent" not in {f.check for f in fresh.flush()}
+    clock.now += 7  # and nothing of it arrives: 9 s after the hand-off
+    silent = [f for f in fresh.flush() if f.check == "agent_silent"]
+    assert {n for f in silent for n in f.nodes} == {SPEC.node_name(0), SPEC.node_name(1)}
