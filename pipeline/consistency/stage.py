@@ -260,14 +260,18 @@ class ConsistencyStage:
         return self._layout
 
     def _own(self, rec: Record, part: str) -> None:
-        if isinstance(rec, StepBatch | StepRecord | CheckpointEvent | WitnessReport):
-            if rec.job_id is not None:
-                self._owners[rec.job_id] = (part, True)
-        elif (isinstance(rec, GpuSampleBatch | Heartbeat) and rec.job_id is not None
-              and (isinstance(rec, GpuSampleBatch) or rec.job_id in self.jobs)):
-            held = self._owners.get(rec.job_id)
-            if held is None or not held[1]:
-                self._owners[rec.job_id] = (part, False)
+        strong = _OWNS.get(type(rec))
+        job_id = getattr(rec, "job_id", None)
+        if strong is None or job_id is None:
+            return
+        if strong:
+            self._owners[job_id] = (part, True)
+            return
+        held = self._owners.get(job_id)
+        # A heartbeat never makes a job of its own (see observe): only known jobs.
+        if (held is None and (type(rec) is GpuSampleBatch or job_id in self.jobs)) or (
+                held is not None and not held[1]):
+            self._owners[job_id] = (part, False)
 
     def _adopt(self, saved: SavedJob, part: str) -> bool:
         """Install one restored job, unless live records made it here already."""
@@ -372,6 +376,12 @@ class ConsistencyStage:
         del self.jobs[job.job_id]
         self._clocks.forget(job.job_id)
         self._owners.pop(job.job_id, None)
+
+
+#: Record types that decide their job's partition: step-topic ones for good (True), sample
+#: batches and heartbeats until a step-topic record comes (False).
+_OWNS: dict[type, bool] = {StepBatch: True, StepRecord: True, CheckpointEvent: True,
+                           WitnessReport: True, GpuSampleBatch: False, Heartbeat: False}
 
 
 def _job_counters(job: JobState) -> dict[str, int]:
