@@ -50,7 +50,7 @@ from trainguard.pipeline.sinks.intake import IntakeItem
 from trainguard.pipeline.sinks.rows import Row
 from trainguard.pipeline.sinks.sources import SourceOf
 from trainguard.pipeline.sinks.store_sink import StoreSink, WriteResult
-from trainguard.pipeline.snapshots import StateSnapshots
+from trainguard.pipeline.snapshots import StageStates, StateSnapshots
 from trainguard.pipeline.state import read_snapshots
 from trainguard.pipeline.store import Store
 from trainguard.schemas.kafka_security import KafkaSecurity
@@ -92,7 +92,8 @@ def build_app(
     snapshots = None
     if baselines is not None:
         snapshots = StateSnapshots(
-            baselines, app.topic(config.topics.baseline_state, partitions=1, **_RAW),
+            StageStates(baselines=baselines, consistency=consistency),
+            app.topic(config.topics.baseline_state, partitions=1, **_RAW),
             inputs=config.topics.inputs(), every_s=config.state_every_s,
             read=functools.partial(read_snapshots, config.bootstrap,
                                    config.topics.baseline_state, security=config.security))
@@ -174,7 +175,7 @@ def _with_caps(
             # Evidence the checks kept out (the first report stays; see conflicting_report).
             for name in ("conflicting_records", "conflicting_saves", "refused_saves",
                          "unwitnessed_saves", "witness_refused", "rank_claims",
-                         "rank_events_dropped",
+                         "rank_events_dropped", "state_rejected", "state_jobs_left_out",
                          "agent_restarts", "nodes_evicted"):
                 out[f"consistency_{name}"] = float(stats[name])
         return out

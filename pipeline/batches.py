@@ -141,11 +141,12 @@ class BatchHandler:
         """The batch's findings, job by job; a job whose checks raise starts over."""
         stage = self._consistency
         assert stage is not None
-        decoded, broker_ts = result.decoded, result.broker_ts
+        decoded, broker_ts, sources = result.decoded, result.broker_ts, result.sources
         out: list[Finding] = []
         for job_id, idx in _by_job(decoded).items():
             try:
-                out += stage.observe([decoded[i] for i in idx], [broker_ts[i] for i in idx])
+                out += stage.observe([decoded[i] for i in idx], [broker_ts[i] for i in idx],
+                                     [sources[i] for i in idx])
                 continue
             except Exception as exc:
                 # Its state may be half-updated (a step closed but not checked): drop it
@@ -153,7 +154,7 @@ class BatchHandler:
                 self._reset_jobs(_jobs_of(decoded[i] for i in idx), exc)
             for i in idx:
                 try:
-                    out += stage.observe([decoded[i]], [broker_ts[i]])
+                    out += stage.observe([decoded[i]], [broker_ts[i]], [sources[i]])
                 except Exception as exc:
                     self._reset_jobs(_jobs_of([decoded[i]]), exc, quiet=True)
                     self._dead(dead, "consistency", exc, result, i, job=job_id)

@@ -68,6 +68,24 @@ class EventClocks:
         seen = self._seen.get(key)
         return math.inf if seen is None else max(0.0, self._clock() - seen[1])
 
+    def saved(self, key: str) -> float | None:
+        """The newest event time ``key``'s data carried, to hand it to another worker."""
+        return self._newest.get(key)
+
+    def restore(self, key: str, newest: float) -> None:
+        """Take ``key`` over from another worker (see :meth:`saved`).
+
+        Its time goes on from its newest data's, at wall-clock speed from now: the time
+        the hand-off took (a session timeout, a backlog to read) is not its silence.
+        """
+        if not math.isfinite(newest) or self.newest(key) >= newest:
+            return  # this worker already saw it as far
+        self._seen.pop(key, None)
+        self._seen[key] = (newest, self._clock())
+        self._newest[key] = newest
+        while len(self._seen) > self._max_keys:
+            self.forget(next(iter(self._seen)))
+
     def forget(self, key: str) -> None:
         """Drop ``key`` (its job was forgotten)."""
         self._seen.pop(key, None)

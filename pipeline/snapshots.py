@@ -5,6 +5,11 @@
 partition's next snapshot goes to, how many chunks the slot held last time (so that a
 smaller snapshot tombstones the rest), when the next snapshot is due, and what to drop
 and load when the partition assignment changes.
+
+:class:`StageStates` makes one :class:`PartitionedState` of several stages' (the
+baselines' detectors and the consistency stage's jobs), so one snapshot per partition
+carries both; a stage's blob that fails to load is counted and that stage starts the
+partition fresh, never stopping the worker.
 """
 
 from __future__ import annotations
@@ -15,16 +20,18 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+import msgspec
+
 from trainguard.pipeline.publish import SendTopic
 from trainguard.pipeline.state import chunk_snapshot, partition_key
 
-__all__ = ["PartitionedState", "StateSnapshots"]
+__all__ = ["PartitionedState", "StageStates", "StateSnapshots"]
 
 log = logging.getLogger(__name__)
 
 
 class PartitionedState(Protocol):
-    """What is snapshotted: state kept per input partition (the baseline stage)."""
+    """What is snapshotted: state kept per input partition (the stages, see StageStates)."""
 
     def partitions(self) -> set[str]:
         """The partition keys state is held for."""
@@ -41,6 +48,67 @@ class PartitionedState(Protocol):
     def drop(self, part: str) -> int:
         """Forget one partition's state; return how many entities it held."""
         ...
+
+
+#: A :class:`StageStates` blob starts with this; one without it is a baseline-only
+#: snapshot (a worker from before the consistency stage was snapshotted).
+_STAGES = b"TGS\x01"
+
+
+class StageStates:
+    """Several stages' per-partition state as one :class:`PartitionedState`.
+
+    ``baselines`` also reads a blob without the composite header (the old format).
+    A stage whose part of a blob does not load (damaged, other format) is dropped for
+    that partition and counted in :attr:`rejected`: it starts the partition fresh.
+    """
+
+    def __init__(self, **stages: PartitionedState | None) -> None:
+        self._stages = {name: s for name, s in stages.items() if s is not None}
+        #: Blobs (or a stage's part of one) that did not load, per stage.
+        self.rejected = dict.fromkeys(self._stages, 0)
+
+    def partitions(self) -> set[str]:
+        """Partitions any of the stages holds state for."""
+        return set().union(*(s.partitions() for s in self._stages.values()))
+
+    def export(self, part: str) -> bytes:
+        """Every stage's state of ``part``, in one blob."""
+        blobs = {name: s.export(part) for name, s in self._stages.items()}
+        return _STAGES + msgspec.msgpack.encode(blobs)
+
+    def load(self, part: str, blob: bytes) -> int:
+        """Load each stage's part of ``blob``; return the entities restored in all."""
+        if not blob.startswith(_STAGES):
+            return self._load("baselines", part, blob)
+        try:
+            blobs = msgspec.msgpack.decode(blob[len(_STAGES):], type=dict[str, bytes])
+        except msgspec.DecodeError as exc:
+            for name in self._stages:
+                self._refused(name, part, exc)
+            return 0
+        return sum(self._load(name, part, b) for name, b in blobs.items())
+
+    def drop(self, part: str) -> int:
+        """Forget ``part`` in every stage; return the entities dropped in all."""
+        return sum(s.drop(part) for s in self._stages.values())
+
+    def _load(self, name: str, part: str, blob: bytes) -> int:
+        stage = self._stages.get(name)
+        if stage is None:
+            return 0  # a stage this worker does not run
+        try:
+            return stage.load(part, blob)
+        except Exception as exc:  # a damaged snapshot costs its state, never the worker
+            stage.drop(part)
+            self._refused(name, part, exc)
+            return 0
+
+    def _refused(self, name: str, part: str, exc: Exception) -> None:
+        self.rejected[name] += 1
+        log.warning("state snapshot not loaded stage=%s partition=%s error=%s: %s; it "
+                    "starts fresh (rejected=%d)", name, part, type(exc).__name__, exc,
+                    self.rejected[name])
 
 
 class StateSnapshots:
@@ -118,11 +186,14 @@ class StateSnapshots:
                  if tp.topic in self._inputs}
         for key in self._state.partitions() - owned:
             n = self._state.drop(key)
+            # "baseline state": the text operators and tests know; it counts every stage's.
             log.info("baseline state handed off partition=%s entities=%d", key, n)
         missing = owned - self._state.partitions()
-        if not missing:
-            return
-        blobs = await asyncio.get_running_loop().run_in_executor(None, self._read, missing)
+        blobs = {}
+        if missing:
+            blobs = await asyncio.get_running_loop().run_in_executor(None, self._read, missing)
         for key, blob in blobs.items():
             n = self._state.load(key, blob)
             log.info("baseline state restored partition=%s entities=%d", key, n)
+        log.info("state assigned partitions=%d restored=%d keys=%s", len(owned), len(blobs),
+                 ",".join(sorted(owned)))

@@ -221,6 +221,13 @@ class ConsistencyConfig:
     #: forgotten (counted). 10,000 nodes, with headroom.
     max_nodes: int = 65536
 
+    # -- hand-off between workers --------------------------------------------------------
+    #: The most bytes (uncompressed) one input partition's jobs take in a state snapshot,
+    #: and the most a snapshot being loaded may inflate to. Jobs past it (least recently
+    #: seen first) are left out, counted in ``state_jobs_left_out``, and start fresh on
+    #: the worker that takes the partition over. A 64-rank job takes about 100 kB.
+    max_state_bytes: int = 64 * 1024 * 1024
+
     # -- devices -------------------------------------------------------------------------
     #: node_idle: a node (or GPU) below ``idle_pct`` utilization while its peers' median is
     #: above ``busy_pct`` for ``idle_k`` samples in a row. A checkpoint save or an eval
@@ -338,6 +345,7 @@ class ConsistencyConfig:
                   "loss_cusum_h", "straggler_cusum_h", "peer_sd_floor", "loss_min_effect",
                   "straggler_min_effect")
         _at_least(self, 1, "max_open_steps", "max_jobs", "max_nodes", "max_world_size",
+                  "max_state_bytes",
                   "clear_steps",
                   "max_open_findings",
                   "grad_k", "grad_n", "scale_span", "peer_warmup", "peer_null_span",

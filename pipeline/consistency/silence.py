@@ -42,6 +42,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from trainguard.pipeline.clocks import EventClocks
 from trainguard.pipeline.consistency.config import ConsistencyConfig
@@ -197,6 +198,46 @@ class SilenceWatch:
             evidence={"last_heartbeat_ts": node.last_hb, "last_heard_ts": node.heard,
                       "agent_id": node.agent_id, "agent_silent_s": silence},
         )
+
+    def saved(self, job: str) -> dict[str, Any]:
+        """The state of ``job``'s nodes (what :meth:`restore` takes on another worker)."""
+        nodes = [(name, node, self._clocks.saved(name)) for name, node in self._nodes.items()
+                 if (node.paged or node.job) == job]
+        return {"nodes": nodes, "tracker": self._trackers.get(job)}
+
+    @staticmethod
+    def valid_saved(saved: object) -> bool:
+        """Whether ``saved`` has the shape :meth:`saved` gives (read from a blob)."""
+        if not (isinstance(saved, dict) and isinstance(saved.get("nodes"), list)
+                and isinstance(saved.get("tracker"), FindingTracker | None)):
+            return False
+        return all(isinstance(item, list | tuple) and len(item) == 3
+                   and isinstance(item[0], str) and isinstance(item[1], _Node)
+                   and isinstance(item[2], float | None) for item in saved["nodes"])
+
+    def restore(self, job: str, saved: dict[str, Any]) -> int:
+        """Take ``job``'s nodes over from a :meth:`saved` state; return how many."""
+        nodes: list[tuple[str, _Node, float | None]] = saved["nodes"]
+        for name, node, clock in nodes:
+            held = self._nodes.get(name)
+            if held is not None and held.heard >= node.heard:
+                continue  # this worker heard it since
+            self._node(name, node.cluster)
+            self._nodes[name] = node
+            if clock is not None:
+                self._clocks.restore(name, clock)
+            if math.isfinite(node.heard):
+                self._newest = max(self._newest, node.heard)
+        tracker = saved["tracker"]
+        if tracker is not None and job not in self._trackers:
+            self._trackers[job] = tracker
+        return len(nodes)
+
+    def drop(self, job: str) -> None:
+        """Forget ``job``'s nodes (its partition went to another worker)."""
+        for name in [n for n, node in self._nodes.items() if (node.paged or node.job) == job]:
+            self._drop(name)
+        self._trackers.pop(job, None)
 
     def _node(self, name: str, cluster: str) -> _Node:
         node = self._nodes.pop(name, None)

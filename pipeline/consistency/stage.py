@@ -23,6 +23,12 @@ Heartbeats (and every sample batch, with a job or without) feed the
 :class:`~trainguard.pipeline.consistency.silence.SilenceWatch`: a node whose GPUs run a job
 and whose agent stopped heartbeating is an ``agent_silent`` finding, judged on every
 :meth:`ConsistencyStage.flush`.
+
+State moves between workers per input partition (:meth:`ConsistencyStage.export`,
+:meth:`~ConsistencyStage.load`, :meth:`~ConsistencyStage.drop`; the
+:class:`~trainguard.pipeline.snapshots.PartitionedState` of
+:mod:`~trainguard.pipeline.consistency.handoff`): a job belongs to the partition of its
+step records, so a worker that takes a partition over resumes its jobs' checks.
 """
 
 from __future__ import annotations
@@ -33,7 +39,10 @@ import time
 from collections.abc import Callable, Sequence
 
 from trainguard.pipeline.clocks import EventClocks
+from trainguard.pipeline.consistency.codec import StateError, layout_fingerprint
 from trainguard.pipeline.consistency.config import ConsistencyConfig
+from trainguard.pipeline.consistency.findings import FindingTracker
+from trainguard.pipeline.consistency.handoff import SavedJob, export_partition, load_partition
 from trainguard.pipeline.consistency.job import JobState
 from trainguard.pipeline.consistency.silence import SilenceWatch
 from trainguard.schemas.records import (
@@ -78,6 +87,11 @@ class ConsistencyStage:
         self.evicted_jobs = 0
         self._retired = dict.fromkeys(_COUNTERS, 0)
         self._next_expiry = -math.inf
+        #: job → (input partition, whether a step-topic record named it): see handoff.
+        self._owners: dict[str, tuple[str, bool]] = {}
+        self._layout = ""
+        #: Jobs installed from snapshots, snapshots refused, jobs a snapshot left out.
+        self.state_jobs_restored = self.state_rejected = self.state_jobs_left_out = 0
 
     @property
     def watermark(self) -> float:
@@ -93,18 +107,22 @@ class ConsistencyStage:
         return self._clocks.now(job_id)
 
     def observe(
-        self, records: Sequence[Record], broker_ts: Sequence[float | None] | None = None
+        self, records: Sequence[Record], broker_ts: Sequence[float | None] | None = None,
+        sources: Sequence[str] | None = None,
     ) -> list[Finding]:
         """Take a batch of records; return the findings they completed.
 
         Step batches and records, checkpoint events and sample batches that name their
         job are used, and the agents' witness reports that name one; anything else is
         ignored. ``broker_ts`` is each record's Kafka
-        timestamp, for the nodes' clock skew.
+        timestamp, for the nodes' clock skew; ``sources`` each record's input partition
+        (``topic:partition``), which decides where its job's state is snapshotted.
         """
         out: list[Finding] = []
         touched: dict[str, JobState] = {}
         for i, rec in enumerate(records):
+            if sources is not None:
+                self._own(rec, sources[i])
             if isinstance(rec, StepBatch):
                 job = touched.get(rec.job_id) or self._touch(rec.job_id, rec.cluster, touched)
                 job_id = rec.job_id
@@ -181,6 +199,94 @@ class ConsistencyStage:
         self._expire()
         return out
 
+    def partitions(self) -> set[str]:
+        """Input partitions whose jobs this stage holds."""
+        return {self._owners[j][0] for j in self.jobs if j in self._owners}
+
+    def export(self, part: str) -> bytes:
+        """The state of the jobs of input partition ``part`` (see handoff)."""
+        ids = [j for j in self.jobs if self._owners.get(j, ("", False))[0] == part]
+        blob, left_out = export_partition(self, ids, self.layout())
+        if left_out:
+            self.state_jobs_left_out += left_out
+            log.warning("consistency state partial partition=%s jobs=%d left_out=%d "
+                        "max_state_bytes=%d", part, len(ids), left_out,
+                        self.config.max_state_bytes)
+        return blob
+
+    def load(self, part: str, blob: bytes) -> int:
+        """Install partition ``part``'s exported jobs; return how many (0: refused)."""
+        try:
+            saved = load_partition(blob, self, self.layout())
+        except StateError as exc:
+            self.state_rejected += 1
+            log.warning("consistency state refused partition=%s bytes=%d error=%s; its "
+                        "jobs start fresh (state_rejected=%d)", part, len(blob), exc,
+                        self.state_rejected)
+            return 0
+        try:
+            restored = sum(self._adopt(s, part) for s in saved)
+        except Exception as exc:  # checked above; should a restored job still not fit
+            self.drop(part)
+            self.state_rejected += 1
+            log.warning("consistency state not installed partition=%s error=%s: %s; its "
+                        "jobs start fresh", part, type(exc).__name__, exc)
+            return 0
+        self.state_jobs_restored += restored
+        return restored
+
+    def drop(self, part: str) -> int:
+        """Forget the jobs of partition ``part`` (now another worker's); return how many."""
+        ids = [j for j in self.jobs if self._owners.get(j, ("", False))[0] == part]
+        for job_id in ids:
+            self._retire(self.jobs[job_id])
+            self.silence.drop(job_id)
+        return len(ids)
+
+    def owned_by_steps(self, job_id: str) -> bool:
+        """Whether a step-topic record decided the job's partition."""
+        return self._owners.get(job_id, ("", False))[1]
+
+    def clock_saved(self, job_id: str) -> float | None:
+        """The job's newest event time, to resume its clock elsewhere."""
+        return self._clocks.saved(job_id)
+
+    def layout(self) -> str:
+        """The fingerprint a snapshot must carry to load here (code shape and settings)."""
+        if not self._layout:
+            sample = [JobState("j", "c", self.config),
+                      FindingTracker("c", "j", clear_steps=1, repeat_s=1.0, max_open=1)]
+            self._layout = layout_fingerprint(sample, self.config)
+        return self._layout
+
+    def _own(self, rec: Record, part: str) -> None:
+        strong = _OWNS.get(type(rec))
+        job_id = getattr(rec, "job_id", None)
+        if strong is None or job_id is None:
+            return
+        if strong:
+            self._owners[job_id] = (part, True)
+            return
+        held = self._owners.get(job_id)
+        # A heartbeat never makes a job of its own (see observe): only known jobs.
+        if (held is None and (type(rec) is GpuSampleBatch or job_id in self.jobs)) or (
+                held is not None and not held[1]):
+            self._owners[job_id] = (part, False)
+
+    def _adopt(self, saved: SavedJob, part: str) -> bool:
+        """Install one restored job, unless live records made it here already."""
+        job = saved.job
+        if job.job_id in self.jobs:
+            return False
+        if len(self.jobs) >= self.config.max_jobs:
+            self._evict({})
+        self.jobs[job.job_id] = job
+        self._owners[job.job_id] = (part, saved.strong)
+        if saved.clock is not None:
+            self._clocks.restore(job.job_id, saved.clock)
+        self.silence.restore(job.job_id, saved.silence)
+        return True
+
     def _ranks_on(self, job_id: str, node: str) -> tuple[int, ...]:
         job = self.jobs.get(job_id)
         return job.asm.ranks_on(node) if job is not None else ()
@@ -218,6 +324,9 @@ class ConsistencyStage:
         totals["agent_restarts"] = self.silence.restarts
         totals["nodes_tracked"] = self.silence.nodes
         totals["nodes_evicted"] = self.silence.evicted
+        totals["state_jobs_restored"] = self.state_jobs_restored
+        totals["state_rejected"] = self.state_rejected
+        totals["state_jobs_left_out"] = self.state_jobs_left_out
         return totals
 
     def _touch(self, job_id: str, cluster: str | None, touched: dict[str, JobState]) -> JobState:
@@ -266,6 +375,13 @@ class ConsistencyStage:
             self._retired[name] += value
         del self.jobs[job.job_id]
         self._clocks.forget(job.job_id)
+        self._owners.pop(job.job_id, None)
+
+
+#: Record types that decide their job's partition: step-topic ones for good (True), sample
+#: batches and heartbeats until a step-topic record comes (False).
+_OWNS: dict[type, bool] = {StepBatch: True, StepRecord: True, CheckpointEvent: True,
+                           WitnessReport: True, GpuSampleBatch: False, Heartbeat: False}
 
 
 def _job_counters(job: JobState) -> dict[str, int]:

@@ -125,6 +125,9 @@ def test_evictions_at_the_caps_are_exported_with_the_worker_health():
                        "consistency_conflicting_saves": 0.0, "consistency_refused_saves": 0.0,
                        "consistency_unwitnessed_saves": 0.0, "consistency_witness_refused": 0.0,
                        "consistency_rank_claims": 0.0, "consistency_rank_events_dropped": 0.0,
+                       # Consistency snapshots refused or truncated (issue #17).
+                       "consistency_state_rejected": 0.0,
+                       "consistency_state_jobs_left_out": 0.0,
                        "consistency_agent_restarts": 0.0,
                        "consistency_nodes_evicted": 0.0,
                        # Departures the baselines kept out of the anomalies (issue #16).

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import msgspec
 
 from tests.pipeline.fakes import Clock, FakeTopic, run, spin
-from trainguard.pipeline.snapshots import StateSnapshots
+from trainguard.pipeline.snapshots import StageStates, StateSnapshots
 from trainguard.pipeline.state import partition_key
 
 
@@ -153,3 +153,44 @@ def test_batches_wait_while_an_assignment_loads() -> None:
         await asyncio.wait_for(waiting, 1)
 
     run(main())
+
+
+class RaisingState(FakeState):
+    """A stage whose load raises, as a damaged blob makes the baselines' do."""
+
+    def load(self, part: str, blob: bytes) -> int:
+        raise ValueError(f"bad blob {blob!r}")
+
+
+def test_stage_states_carry_each_stages_state_in_one_blob() -> None:
+    clock = Clock()
+    base = FakeState(clock, {"in:0": b"detectors"})
+    jobs = FakeState(clock, {"in:0": b"jobs", "in:1": b"other jobs"})
+    blob = StageStates(baselines=base, consistency=jobs).export("in:0")
+    base2, jobs2 = FakeState(clock, {}), FakeState(clock, {})
+    both = StageStates(baselines=base2, consistency=jobs2, absent=None)
+    assert StageStates(baselines=base, consistency=jobs).partitions() == {"in:0", "in:1"}
+    assert both.load("in:0", blob) == 2
+    assert base2.blobs == {"in:0": b"detectors"} and jobs2.blobs == {"in:0": b"jobs"}
+    assert both.drop("in:0") == 2 and base2.blobs == {} and jobs2.blobs == {}
+
+
+def test_stage_states_read_a_baseline_only_snapshot_of_an_older_worker() -> None:
+    clock = Clock()
+    base, jobs = FakeState(clock, {}), FakeState(clock, {})
+    assert StageStates(baselines=base, consistency=jobs).load("in:0", b"\x81\xa1a\x01") == 1
+    assert base.blobs == {"in:0": b"\x81\xa1a\x01"} and jobs.blobs == {}
+
+
+def test_a_stage_whose_state_fails_to_load_starts_fresh_and_is_counted() -> None:
+    clock = Clock()
+    good = FakeState(clock, {"in:0": b"jobs"})
+    blob = StageStates(baselines=good, consistency=good).export("in:0")
+    bad, fine = RaisingState(clock, {"in:0": b"stale"}), FakeState(clock, {})
+    states = StageStates(baselines=bad, consistency=fine)
+    assert states.load("in:0", blob) == 1
+    assert states.rejected == {"baselines": 1, "consistency": 0}
+    assert bad.dropped == ["in:0"] and fine.blobs == {"in:0": b"jobs"}
+    # A composite blob whose envelope is damaged: every stage counts it, none raises.
+    assert states.load("in:0", blob[:6]) == 0
+    assert states.rejected == {"baselines": 2, "consistency": 1}
