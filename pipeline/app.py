@@ -97,7 +97,7 @@ def build_app(
             inputs=config.topics.inputs(), every_s=config.state_every_s,
             read=functools.partial(read_snapshots, config.bootstrap,
                                    config.topics.baseline_state, security=config.security))
-        # One thread owns all store calls: chdb is synchronous and must not block the event loop.
+    # One thread owns all store calls: chdb is synchronous and must not block the event loop.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-sink")
     ledger = CommitLedger()
     handler = BatchHandler(ingestor, publisher, HeldOffsets(ledger.released),
