@@ -72,6 +72,12 @@ _DIFF_TO_SIGMA = 2.0 / np.sqrt(np.pi)
 _KIND: dict[int, AnomalyKind] = {1: "spike", 2: "level_shift", 3: "level_shift", 4: "drift"}
 
 
+#: What :meth:`DetectorBank._judge` leaves at 0 (False) for a quiet row: no excursion, no
+#: alarm, nothing to clear from (``exc_t0`` goes to NaN).
+_QUIET_RESET = ("exc_open", "exc_run", "exc_beyond", "alarm", "quiet_alarm", "alarm_sign",
+                "alarm_len", "back_sum", "clear_run", "back_ref")
+
+
 class DetectorBank(RowGroup):
     """Anomaly detection for one metric over many rows (entities), vectorized.
 
@@ -320,10 +326,39 @@ class DetectorBank(RowGroup):
     ) -> list[Detection]:
         """Rows not in alarm: advance excursions and the change-point test, then learn."""
         c, st = self.config, self.rows
-        e, slow = self._directional(z), self.level.mean[r]
+        e = self._directional(z)
         changes = self._changes(r, zs, t)
         was_open = st.exc_open[r]
         beyond = (e > c.z_shift) & big
+        busy = was_open | beyond | (changes.sign != 0)
+        if not busy.all():
+            # Most rows, most of the time: no excursion open or opening, no change found.
+            # Their state machine comes to fixed values, set outright; they learn.
+            quiet = r[~busy]
+            for name in _QUIET_RESET:
+                getattr(st, name)[quiet] = 0
+            st.exc_t0[quiet] = np.nan
+            self._learn(quiet, x[~busy], median[~busy], scale[~busy])
+            a = np.flatnonzero(busy)
+            if not len(a):
+                return []
+            r, x, t, z, zs, e = r[a], x[a], t[a], z[a], zs[a], e[a]
+            median, scale, slow_scale, count = median[a], scale[a], slow_scale[a], count[a]
+            big, was_open, beyond = big[a], was_open[a], beyond[a]
+            changes = ChangeAlarms(changes.sign[a], changes.onset[a], changes.mean[a])
+        return self._excursions(r, x, t, z, e, zs, median, scale, slow_scale, count, big,
+                                changes, was_open, beyond)
+
+    def _excursions(
+        self, r: IntArray, x: FloatArray, t: FloatArray, z: FloatArray, e: FloatArray,
+        zs: FloatArray, median: FloatArray, scale: FloatArray, slow_scale: FloatArray,
+        count: IntArray, big: np.ndarray[Any, np.dtype[np.bool_]], changes: ChangeAlarms,
+        was_open: np.ndarray[Any, np.dtype[np.bool_]],
+        beyond: np.ndarray[Any, np.dtype[np.bool_]],
+    ) -> list[Detection]:
+        """:meth:`_judge` of rows with an excursion open or opening, or a change found."""
+        c, st = self.config, self.rows
+        slow = self.level.mean[r]
         opened = beyond & ~was_open
         is_open = was_open | beyond
         t0 = np.where(opened, t, np.where(was_open, st.exc_t0[r], np.nan))

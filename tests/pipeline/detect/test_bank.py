@@ -265,3 +265,44 @@ def test_baseline_reports_the_median_and_scale_points_are_judged_against(rng, fe
     median, scale, count = bank.baseline(np.array([0, 1, 7]))
     assert np.allclose(median[:2], 96, atol=1) and np.allclose(scale[:2], 2, rtol=0.3)
     assert count.tolist() == [60, 60, 0] and np.isnan(median[2])
+
+
+class _AllBusy(DetectorBank):
+    """The bank without the quiet-row shortcut: every free row takes the full state machine."""
+
+    def _judge(self, r, x, t, z, zs, median, scale, slow_scale, count, big):  # type: ignore[no-untyped-def]
+        e = self._directional(z)
+        changes = self._changes(r, zs, t)
+        beyond = (e > self.config.z_shift) & big
+        return self._excursions(r, x, t, z, e, zs, median, scale, slow_scale, count, big,
+                                changes, self.rows.exc_open[r], beyond)
+
+
+@pytest.mark.parametrize("changepoint", ["cusum", "page-hinkley"])
+def test_the_quiet_row_shortcut_changes_no_state_and_no_finding(changepoint: str) -> None:
+    # 400 rows: most stay quiet, some spike, shift, drift or go missing, at random times;
+    # the shortcut must leave every array exactly as the full state machine does.
+    rng = np.random.default_rng(7)
+    config = BankConfig(changepoint=changepoint, spike_quiet_s=0.0)
+    fast, full = DetectorBank("x", config), _AllBusy("x", config)
+    rows = np.arange(400)
+    level = rng.normal(100, 5, 400)
+    found = {"fast": [], "full": []}
+    for k in range(400):
+        x = level + rng.normal(0, 1, 400)
+        x[rng.random(400) < 0.01] += 40  # spikes
+        if 80 < k < 200:
+            x[:20] += 15  # a level shift, and back
+        if 80 < k < 300:
+            x[20:40] += 0.08 * min(k - 80, 300 - k)  # a slow drift up, and back
+            x[40:60] += 1.5  # a small shift (the change-point test's), and back
+        x[rng.random(400) < 0.02] = np.nan  # unreported
+        t = np.full(400, 1_790_000_000.0 + k)
+        found["fast"] += fast.update(rows, x, t)
+        found["full"] += full.update(rows, x, t)
+    assert found["fast"] == found["full"]
+    assert {d.kind for d in found["fast"]} >= {"spike", "level_shift"}
+    a, b = fast.state(), full.state()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert np.array_equal(a[name], b[name], equal_nan=True), name
