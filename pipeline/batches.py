@@ -106,9 +106,10 @@ class BatchHandler:
         await self._offsets.settle(self._writes_in_flight)
         if self._snapshots is not None and self._snapshots.due():
             # After every write landed: a snapshot never holds an alarm whose anomaly is
-            # not stored, nor points of a batch that a crash would replay.
+            # not stored, nor points of a batch that a crash would replay. One partition
+            # per batch, so that a large state never stops the input for its whole export.
             await self._offsets.settle_all()
-            await self._snapshots.write()
+            await self._snapshots.write_next()
 
     def _observe_baselines(self, result: IngestResult, dead: list[DeadLetter]) -> list[Anomaly]:
         """The batch's anomalies; records the stage raises on are bisected out."""

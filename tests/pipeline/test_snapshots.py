@@ -90,6 +90,10 @@ def test_write_returns_only_after_kafka_acked_every_chunk() -> None:
         snaps = _snapshots(FakeState(clock, {"in:0": b"a", "in:1": b"b"}), topic, clock)
         task = asyncio.create_task(snaps.write())
         await spin()
+        # Partition by partition: the next one's chunks go once the first one's landed.
+        assert len(topic.sent) == 1 and not task.done()
+        topic.ack_all()
+        await spin()
         assert len(topic.sent) == 2 and not task.done()
         topic.ack_all()
         assert await task == 2
@@ -194,3 +198,23 @@ def test_a_stage_whose_state_fails_to_load_starts_fresh_and_is_counted() -> None
     # A composite blob whose envelope is damaged: every stage counts it, none raises.
     assert states.load("in:0", blob[:6]) == 0
     assert states.rejected == {"baselines": 2, "consistency": 1}
+
+
+def test_a_round_writes_one_partition_per_call_and_skips_one_handed_off_meanwhile() -> None:
+    async def main() -> None:
+        clock = Clock()
+        topic = FakeTopic()
+        state = FakeState(clock, {"in:0": b"a", "in:1": b"b", "in:2": b"c"})
+        snaps = _snapshots(state, topic, clock)
+        clock.advance(5)
+        assert snaps.due()
+        assert await snaps.write_next() == 1  # in:0
+        assert snaps.due()  # the round goes on, whatever the clock says
+        del state.blobs["in:1"]  # handed to another worker before its turn
+        assert await snaps.write_next() == 0
+        assert snaps.due()
+        assert await snaps.write_next() == 1  # in:2: the round is over
+        assert not snaps.due()
+        assert [s.key.split(b"#")[0] for s in topic.sent] == [b"in:0", b"in:2"]
+
+    run(main())
