@@ -172,7 +172,7 @@ def value_mismatch(
         # than it (two ranks 1.5 rtol apart: each is 0.75 rtol from their midpoint):
         # float noise around one value, nobody to blame.
         return []
-    c = [int(i) for i in (idx[~ok] if majority else idx)]
+    c: list[int] = (idx[~ok] if majority else idx).tolist()
     rel = np.abs(values[c] - ref) / max(abs(ref), 1e-300)
     worst = c[int(np.argmax(rel))]
     if majority:
