@@ -174,21 +174,25 @@ def _float_rows(rows: list[list[Any]], n: int) -> FloatArray:
     """Rows of optional numbers → a rows x n float matrix, ``None`` as NaN.
 
     A field nobody reports (many trainers send no local grad norm or compute time) is
-    a row of NaN without a pass over its values; only a row with some ``None`` and some
-    numbers is converted value by value.
+    a row of NaN without a conversion that fails on its first ``None`` (a failed
+    conversion of the whole matrix costs more than converting it); only a row with some
+    ``None`` and some numbers is converted value by value.
     """
-    try:
-        return np.asarray(rows, dtype=np.float64).reshape(len(rows), n)
-    except TypeError:  # some value is None
-        pass
+    if n == 0:
+        return np.empty((len(rows), 0), dtype=np.float64)
+    if all(row[0] is not None and row[-1] is not None for row in rows):
+        try:
+            return np.asarray(rows, dtype=np.float64)
+        except TypeError:  # some value in the middle is None
+            pass
     out = np.empty((len(rows), n), dtype=np.float64)
     for k, row in enumerate(rows):
-        missing = row.count(None)
-        if missing == n:
+        if row[0] is None and row.count(None) == n:
             out[k] = math.nan
-        elif missing == 0:
+            continue
+        try:
             out[k] = row
-        else:
+        except TypeError:  # some ranks report it, some do not
             out[k] = [math.nan if v is None else v for v in row]
     return out
 
