@@ -177,9 +177,10 @@ def value_mismatch(
         # than it (two ranks 1.5 rtol apart: each is 0.75 rtol from their midpoint):
         # float noise around one value, nobody to blame.
         return []
-    c: list[int] = (idx[~ok] if majority else idx).tolist()
-    rel = np.abs(values[c] - ref) / max(abs(ref), 1e-300)
-    worst = c[int(np.argmax(rel))]
+    blamed = idx[~ok] if majority else idx
+    rel = np.abs(values[blamed] - ref) / max(abs(ref), 1e-300)
+    worst = int(blamed[int(np.argmax(rel))])
+    c: list[int] = blamed.tolist()
     if majority:
         summary = (f"{cols.who(c)}: {label} {values[worst]:.8g} differs from the "
                    f"{int(ok.sum())} other ranks' {ref:.8g} (relative difference "

@@ -93,6 +93,8 @@ class ClosedStep:
     slots: list[int] = field(default_factory=list)
     #: Ranks that reported this step twice, differently (``conflicting_report``).
     conflicts: tuple[Conflict, ...] = ()
+    #: Each record's rank (same order as ``records``), known here without reading them.
+    ranks: list[int] = field(default_factory=list)
 
 
 class StepAssembler:
@@ -182,13 +184,9 @@ class StepAssembler:
         rank_node, rank_gpu, since = self.rank_node, self.rank_gpu, self._rank_since
         opened, slot_of = self._open, self.slot_of
         st: _OpenStep | None = None
-        held: dict[int, StepRecord] = {}
         st_epoch = st_step = -1
         wm = self.watermark
         max_ws = self.config.max_world_size
-        # The job's epoch and world size, kept at hand: only _went_back and _new_slot move
-        # (or read) them, and they are written back before either runs.
-        cur_epoch, epoch_start, world = self.epoch, self.epoch_start, self.world_size
         for rec in records:
             r, ts, step, ws = rec.rank, rec.ts, rec.step, rec.world_size
             if r >= ws or ws > max_ws:
@@ -203,36 +201,30 @@ class StepAssembler:
             last = last_ts[s]
             if ts >= last:
                 if ts > last and step < last_step[s]:
-                    self.world_size = world
                     epoch = self._went_back(s, ts)
-                    cur_epoch, epoch_start = self.epoch, self.epoch_start
-                elif epoch < cur_epoch and ts >= epoch_start:
+                elif epoch < self.epoch and ts >= self.epoch_start:
                     # Restarted without going back (it had stopped early): join the epoch.
-                    epoch = rank_epoch[s] = cur_epoch
+                    epoch = rank_epoch[s] = self.epoch
                     since[s] = ts
-                node = rec.node
                 last_ts[s], last_step[s], rank_node[s], rank_gpu[s] = (
-                    ts, step, node, rec.gpu_index)
-                world = ws
-            else:
-                node = rec.node
-                if ts < since[s]:
-                    epoch -= 1  # a straggling record from before this rank restarted
+                    ts, step, rec.node, rec.gpu_index)
+                self.world_size = ws
+            elif ts < since[s]:
+                epoch -= 1  # a straggling record from before this rank restarted
             if st is None or step != st_step or epoch != st_epoch:
                 st = opened.get((epoch, step))
                 if st is None:
-                    if epoch < cur_epoch or step <= self._closed_upto.get(epoch, -1):
+                    if epoch < self.epoch or step <= self._closed_upto.get(epoch, -1):
                         self.late += 1
                         continue
                     st = opened[(epoch, step)] = _OpenStep(epoch, step, ts, ts, ws)
                     if step > self._max_step.get(epoch, -1):
                         self._max_step[epoch] = step
                 st_epoch, st_step = epoch, step
-                held = st.records
-            prev = held.get(r)
+            prev = st.records.get(r)
             if prev is None:
-                held[r] = rec
-                if source is not None and source != node:
+                st.records[r] = rec
+                if source is not None and source != rec.node:
                     st.via[r] = source
             elif prev != rec:  # the same record again is at-least-once delivery: silent
                 self._conflict(st, prev, rec, source)
@@ -244,7 +236,6 @@ class StepAssembler:
             if ws != st.world_size:
                 st.mixed = True
         self.watermark = wm
-        self.world_size = world
 
     def _conflict(self, st: _OpenStep, prev: StepRecord, rec: StepRecord,
                   source: str | None) -> None:
@@ -290,16 +281,15 @@ class StepAssembler:
             later = [s.first_ts for k, s in sorted(self._open.items())
                      if k[0] == epoch and k[1] > step]
         order = sorted(st.records)
-        records = [st.records[r] for r in order]
-        slot_of = self.slot_of
+        records = list(map(st.records.__getitem__, order))
         return ClosedStep(
             epoch=epoch, step=step, first_ts=st.first_ts, last_ts=st.last_ts, world_size=ws,
             records=records, complete=st.complete(),
             progressed=self._max_step.get(epoch, -1) > step, later_first_ts=later,
             decided_ts=st.last_ts if st.complete() else max(st.last_ts,
                                                             st.first_ts + self.config.wait_s),
-            slots=[slot_of[r] for r in order],
-            conflicts=tuple(st.conflicts[r] for r in sorted(st.conflicts)),
+            slots=list(map(self.slot_of.__getitem__, order)),
+            conflicts=tuple(st.conflicts[r] for r in sorted(st.conflicts)), ranks=order,
         )
 
     def _went_back(self, s: int, ts: float) -> int:

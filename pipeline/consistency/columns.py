@@ -105,8 +105,9 @@ class StepColumns:
         return tuple(sorted({self.nodes[i] for i in idx}))
 
 
-def step_columns(records: Sequence[StepRecord]) -> StepColumns:
-    """Arrays across ``records`` (one per rank, in rank order)."""
+def step_columns(records: Sequence[StepRecord],
+                 ranks: Sequence[int] | None = None) -> StepColumns:
+    """Arrays across ``records`` (one per rank, in rank order); ``ranks``: their ranks."""
     # One list comprehension per field: cheaper than one attrgetter tuple per record, and
     # it allocates no tuples (which matters to the collector with many records alive).
     # A 1,024-rank step's cost here is mostly memory latency: each comprehension touches
@@ -145,7 +146,7 @@ def step_columns(records: Sequence[StepRecord]) -> StepColumns:
             grad_nf[i] = "local_grad_norm" in nonfinite
             any_nf = any_nf or bool(loss_nf[i] or grad_nf[i])
     return StepColumns(
-        ranks=np.asarray([r.rank for r in recs], dtype=np.int64),
+        ranks=np.asarray([r.rank for r in recs] if ranks is None else ranks, dtype=np.int64),
         grad_norm=numbers[3],
         lr=numbers[4],
         peer_values=peer_values,
