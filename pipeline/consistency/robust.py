@@ -36,18 +36,31 @@ def row_medians(values: FloatArray, *, min_peers: int) -> FloatArray:
         return np.full(rows, math.nan)
     finite = np.isfinite(values)
     if n >= min_peers and finite.all():
-        # The usual step, every rank reporting: the two middle values of each row, found
-        # by a partial sort (the same order statistics a full sort gives).
-        lo, hi = (n - 1) // 2, n // 2
-        middle = np.partition(values, (lo, hi), axis=1)
-        return 0.5 * (middle[:, lo] + middle[:, hi])
+        return _full_medians(values)
     counts = finite.sum(axis=1)
+    full = counts == n
+    if n >= min_peers and (full | (counts == 0)).all():
+        # Whole rows reported or not at all (a metric the trainer does not send): the
+        # empty rows are NaN, the full ones a partial sort; nothing to sort around NaN.
+        med = np.full(rows, math.nan)
+        if full.any():
+            med[full] = _full_medians(values[full])
+        return med
     ordered = np.sort(values, axis=1)  # NaN sorts last
     at = np.arange(rows)
     # counts <= n, so both indices stay within the row.
     med = 0.5 * (ordered[at, np.maximum((counts - 1) // 2, 0)] + ordered[at, counts // 2])
     med[counts < min_peers] = math.nan
     return med
+
+
+def _full_medians(values: FloatArray) -> FloatArray:
+    """Median of each row of a matrix with only finite values (one partial sort)."""
+    n = values.shape[1]
+    # The two middle values of each row: the same order statistics a full sort gives.
+    lo, hi = (n - 1) // 2, n // 2
+    middle = np.partition(values, (lo, hi), axis=1)
+    return 0.5 * (middle[:, lo] + middle[:, hi])
 
 
 def group_medians(
