@@ -132,7 +132,7 @@ def step_columns(records: Sequence[StepRecord],
     loss_nf = np.zeros(n, dtype=np.bool_)
     grad_nf = np.zeros(n, dtype=np.bool_)
     # A NaN or infinite value arrives as None (NaN here), named in ``nonfinite``.
-    nan_any = np.isnan(peer_values[:2]).any(axis=0)
+    nan_any = np.isnan(peer_values[0]) | np.isnan(peer_values[1])
     suspects = np.flatnonzero(nan_any)
     if len(suspects) > 32:  # a field nobody reports: look only at ranks that name one
         candidates = [i for i, r in enumerate(recs) if r.nonfinite and nan_any[i]]

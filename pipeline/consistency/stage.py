@@ -124,11 +124,11 @@ class ConsistencyStage:
         for i, rec in enumerate(records):
             if sources is not None:
                 self._own(rec, sources[i])
-            kind = type(rec)  # the two usual kinds first, without an isinstance chain
-            if kind is GpuSampleBatch:
+            # The two usual kinds first, without an isinstance chain.
+            if type(rec) is GpuSampleBatch:
                 out += self._samples(rec, broker_ts[i] if broker_ts is not None else None,
                                      touched)
-            elif kind is StepBatch or isinstance(rec, StepBatch):
+            elif type(rec) is StepBatch or isinstance(rec, StepBatch):
                 job_id = rec.job_id
                 job = touched.get(job_id) or self._touch(job_id, rec.cluster, touched)
                 if rec.claims:
