@@ -160,10 +160,15 @@ def value_mismatch(
     if len(idx) < 2:
         return []
     x = values[idx]
-    ref = float(np.median(x))
+    xs = np.sort(x)  # one sort: the median, and the distinct values if it comes to that
+    m = len(xs)
+    ref = float(xs[m // 2] if m % 2 else (xs[m // 2 - 1] + xs[m // 2]) / 2.0)  # np.median
     ok = np.abs(x - ref) <= rtol * abs(ref)
+    uniq: FloatArray | None = None
     if 2 * int(ok.sum()) <= len(x):  # the median fell between clusters: try the mode
-        uniq, counts = np.unique(x, return_counts=True)
+        # np.unique(x, return_counts=True) of the sorted values, ties to the smallest.
+        starts = np.flatnonzero(np.concatenate(([True], xs[1:] != xs[:-1])))
+        uniq, counts = xs[starts], np.diff(np.append(starts, m))
         ref = float(uniq[int(np.argmax(counts))])
         ok = np.abs(x - ref) <= rtol * abs(ref)
     majority = 2 * int(ok.sum()) > len(x)
@@ -172,9 +177,10 @@ def value_mismatch(
         # than it (two ranks 1.5 rtol apart: each is 0.75 rtol from their midpoint):
         # float noise around one value, nobody to blame.
         return []
-    c = [int(i) for i in (idx[~ok] if majority else idx)]
-    rel = np.abs(values[c] - ref) / max(abs(ref), 1e-300)
-    worst = c[int(np.argmax(rel))]
+    blamed = idx[~ok] if majority else idx
+    rel = np.abs(values[blamed] - ref) / max(abs(ref), 1e-300)
+    worst = int(blamed[int(np.argmax(rel))])
+    c: list[int] = blamed.tolist()
     if majority:
         summary = (f"{cols.who(c)}: {label} {values[worst]:.8g} differs from the "
                    f"{int(ok.sum())} other ranks' {ref:.8g} (relative difference "
@@ -186,7 +192,7 @@ def value_mismatch(
                    "and 2 ranks leave no majority, so both are blamed")
         entities, ranks, nodes = cols.rank_list(c), cols.rank_list(c), cols.node_list(c)
     else:  # no majority among many ranks: the whole job is affected, nobody is singled out
-        n_distinct = len(np.unique(x))
+        n_distinct = len(np.unique(x)) if uniq is None else len(uniq)
         summary = (f"{label} disagrees across the job's {len(x)} ranks at step {cs.step}: "
                    f"{n_distinct} different values from {lo:.8g} to {hi:.8g}, no majority")
         entities, ranks, nodes = ("*",), (), ()

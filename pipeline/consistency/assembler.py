@@ -93,6 +93,8 @@ class ClosedStep:
     slots: list[int] = field(default_factory=list)
     #: Ranks that reported this step twice, differently (``conflicting_report``).
     conflicts: tuple[Conflict, ...] = ()
+    #: Each record's rank (same order as ``records``), known here without reading them.
+    ranks: list[int] = field(default_factory=list)
 
 
 class StepAssembler:
@@ -279,16 +281,15 @@ class StepAssembler:
             later = [s.first_ts for k, s in sorted(self._open.items())
                      if k[0] == epoch and k[1] > step]
         order = sorted(st.records)
-        records = [st.records[r] for r in order]
-        slot_of = self.slot_of
+        records = list(map(st.records.__getitem__, order))
         return ClosedStep(
             epoch=epoch, step=step, first_ts=st.first_ts, last_ts=st.last_ts, world_size=ws,
             records=records, complete=st.complete(),
             progressed=self._max_step.get(epoch, -1) > step, later_first_ts=later,
             decided_ts=st.last_ts if st.complete() else max(st.last_ts,
                                                             st.first_ts + self.config.wait_s),
-            slots=[slot_of[r] for r in order],
-            conflicts=tuple(st.conflicts[r] for r in sorted(st.conflicts)),
+            slots=list(map(self.slot_of.__getitem__, order)),
+            conflicts=tuple(st.conflicts[r] for r in sorted(st.conflicts)), ranks=order,
         )
 
     def _went_back(self, s: int, ts: float) -> int:

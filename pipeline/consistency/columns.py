@@ -61,6 +61,8 @@ class StepColumns:
     grad_nonfinite: np.ndarray[Any, np.dtype[np.bool_]]
     #: The records, in the same order (for what few checks read only now and then).
     records: Sequence[StepRecord]
+    #: Some rank reported its loss or local grad norm non-finite (see the two above).
+    any_nonfinite: bool = True
 
     def timestamps(self) -> FloatArray:
         """Each rank's record time (read on demand: only step skew needs it, rarely)."""
@@ -86,7 +88,7 @@ class StepColumns:
 
     def who(self, idx: Sequence[int]) -> str:
         """Ranks at indices ``idx`` in words: ``"rank 5 on node-01"``, ``"ranks 4, 9 on …"``."""
-        ranks = [int(self.ranks[i]) for i in idx]
+        ranks = self.ranks[np.asarray(idx, dtype=np.intp)].tolist()
         nodes = sorted({self.nodes[i] for i in idx})
         if len(ranks) == 1:
             return f"rank {ranks[0]} on {nodes[0]}"
@@ -96,15 +98,16 @@ class StepColumns:
 
     def rank_list(self, idx: Sequence[int]) -> tuple[int, ...]:
         """The ranks at indices ``idx``."""
-        return tuple(int(self.ranks[i]) for i in idx)
+        return tuple(self.ranks[np.asarray(idx, dtype=np.intp)].tolist())
 
     def node_list(self, idx: Sequence[int]) -> tuple[str, ...]:
         """The distinct nodes of the ranks at indices ``idx``."""
         return tuple(sorted({self.nodes[i] for i in idx}))
 
 
-def step_columns(records: Sequence[StepRecord]) -> StepColumns:
-    """Arrays across ``records`` (one per rank, in rank order)."""
+def step_columns(records: Sequence[StepRecord],
+                 ranks: Sequence[int] | None = None) -> StepColumns:
+    """Arrays across ``records`` (one per rank, in rank order); ``ranks``: their ranks."""
     # One list comprehension per field: cheaper than one attrgetter tuple per record, and
     # it allocates no tuples (which matters to the collector with many records alive).
     # A 1,024-rank step's cost here is mostly memory latency: each comprehension touches
@@ -120,19 +123,32 @@ def step_columns(records: Sequence[StepRecord]) -> StepColumns:
                                      [r.shard for r in recs], [r.ep_rank for r in recs]], n)
     else:
         group, group_keys = np.zeros(n, dtype=np.int64), [NO_LAYOUT] if n else []
-    peer_values = _floats([[r.loss for r in recs], [r.local_grad_norm for r in recs],
-                           [r.compute_time_s for r in recs]]).reshape(3, n)
+    # Five number columns in one conversion: loss, local grad norm, compute time (the peer
+    # checks' matrix), grad norm and learning rate; the last two are views of it.
+    numbers = _float_rows([[r.loss for r in recs], [r.local_grad_norm for r in recs],
+                           [r.compute_time_s for r in recs], [r.grad_norm for r in recs],
+                           [r.lr for r in recs]], n)
+    peer_values = numbers[:3]
     loss_nf = np.zeros(n, dtype=np.bool_)
     grad_nf = np.zeros(n, dtype=np.bool_)
     # A NaN or infinite value arrives as None (NaN here), named in ``nonfinite``.
-    for i in np.flatnonzero(np.isnan(peer_values[:2]).any(axis=0)).tolist():
+    nan_any = np.isnan(peer_values[0]) | np.isnan(peer_values[1])
+    suspects = np.flatnonzero(nan_any)
+    if len(suspects) > 32:  # a field nobody reports: look only at ranks that name one
+        candidates = [i for i, r in enumerate(recs) if r.nonfinite and nan_any[i]]
+    else:
+        candidates = suspects.tolist()
+    any_nf = False
+    for i in candidates:
         nonfinite = recs[i].nonfinite
-        loss_nf[i] = "loss" in nonfinite
-        grad_nf[i] = "local_grad_norm" in nonfinite
+        if nonfinite:
+            loss_nf[i] = "loss" in nonfinite
+            grad_nf[i] = "local_grad_norm" in nonfinite
+            any_nf = any_nf or bool(loss_nf[i] or grad_nf[i])
     return StepColumns(
-        ranks=np.asarray([r.rank for r in recs], dtype=np.int64),
-        grad_norm=_floats([r.grad_norm for r in recs]),
-        lr=_floats([r.lr for r in recs]),
+        ranks=np.asarray([r.rank for r in recs] if ranks is None else ranks, dtype=np.int64),
+        grad_norm=numbers[3],
+        lr=numbers[4],
         peer_values=peer_values,
         group=group, n_groups=len(group_keys), group_keys=group_keys,
         nodes=[r.node for r in recs],
@@ -140,6 +156,7 @@ def step_columns(records: Sequence[StepRecord]) -> StepColumns:
         env_fingerprint=[r.env_fingerprint for r in recs],
         seed_fingerprint=[r.seed_fingerprint for r in recs],
         loss_nonfinite=loss_nf, grad_nonfinite=grad_nf, records=recs,
+        any_nonfinite=any_nf,
     )
 
 
@@ -152,6 +169,33 @@ def _floats(values: Sequence[Any]) -> FloatArray:
             return np.asarray([[math.nan if v is None else v for v in row] for row in values],
                               dtype=np.float64)
         return np.asarray([math.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _float_rows(rows: list[list[Any]], n: int) -> FloatArray:
+    """Rows of optional numbers → a rows x n float matrix, ``None`` as NaN.
+
+    A field nobody reports (many trainers send no local grad norm or compute time) is
+    a row of NaN without a conversion that fails on its first ``None`` (a failed
+    conversion of the whole matrix costs more than converting it); only a row with some
+    ``None`` and some numbers is converted value by value.
+    """
+    if n == 0:
+        return np.empty((len(rows), 0), dtype=np.float64)
+    if all(row[0] is not None and row[-1] is not None for row in rows):
+        try:
+            return np.asarray(rows, dtype=np.float64)
+        except TypeError:  # some value in the middle is None
+            pass
+    out = np.empty((len(rows), n), dtype=np.float64)
+    for k, row in enumerate(rows):
+        if row[0] is None and row.count(None) == n:
+            out[k] = math.nan
+            continue
+        try:
+            out[k] = row
+        except TypeError:  # some ranks report it, some do not
+            out[k] = [math.nan if v is None else v for v in row]
+    return out
 
 
 def _groups(layout: list[list[int | None]], n: int) -> tuple[IntArray, list[LayoutKey]]:

@@ -260,7 +260,7 @@ class JobState:
     def check(self, cs: ClosedStep) -> list[Finding]:
         """Every per-step check of one closed step, in a fixed order."""
         c, t = self.config, self.tracker
-        cols = step_columns(cs.records)
+        cols = step_columns(cs.records, cs.ranks if cs.ranks else None)
         scope = _StepScope(cols)
         self.steps_closed += 1
         if cs.last_ts >= self.last_step_ts:

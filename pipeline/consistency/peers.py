@@ -109,8 +109,8 @@ class PeerChecks:
         return loss, grad, slow
 
     def _calibrated(
-        self, rows: IntArray, cols: StepColumns, values: FloatArray, center: FloatArray,
-        scale: FloatArray,
+        self, rows: IntArray | slice, cols: StepColumns, values: FloatArray,
+        center: FloatArray, scale: FloatArray,
     ) -> tuple[_Stats, _Bools, _Bools]:
         """loss_outlier and straggler: the calibrated CUSUMs and their alarms (hysteresis).
 
@@ -122,14 +122,22 @@ class PeerChecks:
         # loss counts as a z at the clip and a departure of 100 %.
         effect = values[0::2] / center[0::2] - 1.0
         z = effect * np.abs(center[0::2]) / scale[0::2]
-        bad_loss = cols.loss_nonfinite & np.isfinite(center[0])
-        z[0, bad_loss], effect[0, bad_loss] = c.peer_z_clip, 1.0
+        if cols.any_nonfinite:
+            bad_loss = cols.loss_nonfinite & np.isfinite(center[0])
+            z[0, bad_loss], effect[0, bad_loss] = c.peer_z_clip, 1.0
         ok = np.isfinite(z)
         ok[1] &= center[2] > 0
         u = self.cusum.update(rows, z, effect, ok)
         up, down = self.cusum.up[:, rows], self.cusum.down[:, rows]
         eff = self.cusum.effect[:, rows]
         h, low = self._h, self._min_effect
+        was = self.alarm[:, rows]
+        n = len(cols)
+        if not ((up > h / 2).any() or (down[0] > h[0] / 2).any() or was.any()):
+            # The usual step: no rank even half-way to an alarm (the hysteresis level),
+            # none firing before: nothing fires, nothing holds, the alarms stay off.
+            quiet = np.zeros(n, dtype=np.bool_)
+            return _Stats(z, u, up, down, eff, quiet), ok, np.zeros((2, n), dtype=np.bool_)
         fire = np.stack([(up[0] > h[0]) & (eff[0] > low[0]),
                          (down[0] > h[0]) & (eff[0] < -low[0]),
                          (up[1] > h[1]) & (eff[1] > low[1])])
@@ -137,20 +145,20 @@ class PeerChecks:
                          (down[0] > h[0] / 2) & (eff[0] < -low[0] / 2),
                          (up[1] > h[1] / 2) & (eff[1] > low[1] / 2)])
         judged = ok[[0, 0, 1]]
-        was = self.alarm[:, rows]
         alarm = np.where(judged, fire | (was & hold), was)
         self.alarm[:, rows] = alarm
         hot = np.stack([(alarm[0] | alarm[1]) & ok[0], alarm[2] & ok[1]])
         return _Stats(z, u, up, down, eff, hold[2]), ok, hot
 
     def _gradients(
-        self, rows: IntArray, cols: StepColumns, values: FloatArray, center: FloatArray,
-        scale: FloatArray,
+        self, rows: IntArray | slice, cols: StepColumns, values: FloatArray,
+        center: FloatArray, scale: FloatArray,
     ) -> tuple[FloatArray, IntArray, _Bools, _Bools]:
         """local_grad_outlier: |z| beyond grad_z in grad_k of the last grad_n steps."""
         c = self.config
         z_grad = (values[1] - center[1]) / scale[1]
-        z_grad[cols.grad_nonfinite & np.isfinite(center[1])] = math.inf
+        if cols.any_nonfinite:
+            z_grad[cols.grad_nonfinite & np.isfinite(center[1])] = math.inf
         ok_grad = ~np.isnan(z_grad)
         grad_count = push_bits(self.grad_hist, rows, ok_grad, np.abs(z_grad) > c.grad_z,
                                c.grad_n)
@@ -290,9 +298,19 @@ class PeerChecks:
                       "hw_slowdown": "yes" if hardware else "no"},
         )
 
-    def _rows(self, cs: ClosedStep, cols: StepColumns) -> IntArray:
-        """The rows of the step's ranks in the per-rank arrays (their slots), grown to fit."""
-        rows = np.asarray(cs.slots, dtype=np.int64)
+    def _rows(self, cs: ClosedStep, cols: StepColumns) -> IntArray | slice:
+        """The rows of the step's ranks in the per-rank arrays (their slots), grown to fit.
+
+        A slice when the slots run in rank order without a gap (ranks that first reported
+        in rank order, as a job's first step usually arrives): the per-rank arrays are
+        then read and written as views, not gathered and scattered.
+        """
+        slots = cs.slots
+        first, last = slots[0], slots[-1]
+        if last - first == len(slots) - 1 and slots == list(range(first, last + 1)):
+            self._grow(last + 1)
+            return slice(first, last + 1)
+        rows = np.asarray(slots, dtype=np.int64)
         self._grow(int(rows.max()) + 1)
         return rows
 

@@ -34,13 +34,33 @@ def row_medians(values: FloatArray, *, min_peers: int) -> FloatArray:
     rows, n = values.shape
     if n == 0:
         return np.full(rows, math.nan)
-    counts = np.isfinite(values).sum(axis=1)
+    finite = np.isfinite(values)
+    if n >= min_peers and finite.all():
+        return _full_medians(values)
+    counts = finite.sum(axis=1)
+    full = counts == n
+    if n >= min_peers and (full | (counts == 0)).all():
+        # Whole rows reported or not at all (a metric the trainer does not send): the
+        # empty rows are NaN, the full ones a partial sort; nothing to sort around NaN.
+        med = np.full(rows, math.nan)
+        if full.any():
+            med[full] = _full_medians(values[full])
+        return med
     ordered = np.sort(values, axis=1)  # NaN sorts last
     at = np.arange(rows)
     # counts <= n, so both indices stay within the row.
     med = 0.5 * (ordered[at, np.maximum((counts - 1) // 2, 0)] + ordered[at, counts // 2])
     med[counts < min_peers] = math.nan
     return med
+
+
+def _full_medians(values: FloatArray) -> FloatArray:
+    """Median of each row of a matrix with only finite values (one partial sort)."""
+    n = values.shape[1]
+    # The two middle values of each row: the same order statistics a full sort gives.
+    lo, hi = (n - 1) // 2, n // 2
+    middle = np.partition(values, (lo, hi), axis=1)
+    return 0.5 * (middle[:, lo] + middle[:, hi])
 
 
 def group_medians(
@@ -65,7 +85,7 @@ def group_medians(
 
 
 def push_bits(
-    hist: UIntArray, rows: IntArray, ok: np.ndarray[Any, Any], bits: np.ndarray[Any, Any],
+    hist: UIntArray, rows: IntArray | slice, ok: np.ndarray[Any, Any], bits: np.ndarray[Any, Any],
     n: int,
 ) -> IntArray:
     """Shift one verdict into ``hist[rows]`` where ``ok`` (keeping ``n`` bits); count them."""
@@ -134,7 +154,7 @@ class CalibratedCusum:
             setattr(self, name, np.concatenate(
                 [old, np.zeros((self.metrics, extra), dtype=old.dtype)], axis=1))
 
-    def update(self, rows: IntArray, z: FloatArray, effect: FloatArray,
+    def update(self, rows: IntArray | slice, z: FloatArray, effect: FloatArray,
                ok: np.ndarray[Any, Any]) -> FloatArray:
         """Feed one step (``z``, ``effect``: metrics x ranks; ``ok``: has a value).
 
@@ -142,26 +162,45 @@ class CalibratedCusum:
         CUSUMs, moving averages and counts of ``rows`` are updated in place.
         """
         clip = self.clip
-        zc = np.where(ok, np.maximum(np.minimum(z, clip), -clip), 0.0)
+        everyone = bool(ok.all())  # the usual step: every rank has every value
         seen = self.seen[:, rows] + ok
-        # A running mean until the span is reached: no start-up bias toward 0.
-        w = np.where(ok, np.maximum(1.0 / np.maximum(seen, 1), self.null_alpha), 0.0)
-        mean = self.mean[:, rows] + w * (zc - self.mean[:, rows])
-        square = self.square[:, rows] + w * (zc * zc - self.square[:, rows])
-        we = np.where(ok, np.maximum(1.0 / np.maximum(seen, 1), self.effect_alpha), 0.0)
-        eff = self.effect[:, rows] + we * (np.where(ok, effect, 0.0) - self.effect[:, rows])
-        ready = ok & (seen >= self.warmup)
-        null_mean = row_medians(np.where(ready, mean, math.nan), min_peers=1)[:, None]
-        null_var = row_medians(np.where(ready, square - mean * mean, math.nan),
-                               min_peers=1)[:, None]
+        if everyone:  # the same arithmetic without the masks (where(True, a, b) is a)
+            zc = np.maximum(np.minimum(z, clip), -clip)
+            inv = 1.0 / np.maximum(seen, 1)
+            w = np.maximum(inv, self.null_alpha)
+            we = np.maximum(inv, self.effect_alpha)
+            ready = seen >= self.warmup
+        else:
+            zc = np.where(ok, np.maximum(np.minimum(z, clip), -clip), 0.0)
+            inv = 1.0 / np.maximum(seen, 1)
+            # A running mean until the span is reached: no start-up bias toward 0.
+            w = np.where(ok, np.maximum(inv, self.null_alpha), 0.0)
+            we = np.where(ok, np.maximum(inv, self.effect_alpha), 0.0)
+            effect = np.where(ok, effect, 0.0)
+            ready = ok & (seen >= self.warmup)
+        old_mean = self.mean[:, rows]
+        mean = old_mean + w * (zc - old_mean)
+        old_square = self.square[:, rows]
+        square = old_square + w * (zc * zc - old_square)
+        old_effect = self.effect[:, rows]
+        eff = old_effect + we * (effect - old_effect)
+        every_ready = bool(ready.all())
+        var = square - mean * mean
+        if every_ready:
+            null_mean = row_medians(mean, min_peers=1)[:, None]
+            null_var = row_medians(var, min_peers=1)[:, None]
+        else:
+            null_mean = row_medians(np.where(ready, mean, math.nan), min_peers=1)[:, None]
+            null_var = row_medians(np.where(ready, var, math.nan), min_peers=1)[:, None]
         sd = np.sqrt(np.fmax(null_var, self.sd_floor ** 2))
         u = np.maximum(np.minimum((zc - null_mean) / sd, clip), -clip)
-        u = np.where(ready, u, math.nan)
-        up = np.where(ready, np.minimum(np.maximum(self.up[:, rows] + u - self.k, 0.0), self.cap),
-                      self.up[:, rows])
-        down = np.where(ready,
-                        np.minimum(np.maximum(self.down[:, rows] - u - self.k, 0.0), self.cap),
-                        self.down[:, rows])
+        old_up, old_down = self.up[:, rows], self.down[:, rows]
+        up = np.minimum(np.maximum(old_up + u - self.k, 0.0), self.cap)
+        down = np.minimum(np.maximum(old_down - u - self.k, 0.0), self.cap)
+        if not every_ready:
+            u = np.where(ready, u, math.nan)
+            up = np.where(ready, up, old_up)
+            down = np.where(ready, down, old_down)
         self.seen[:, rows], self.mean[:, rows], self.square[:, rows] = seen, mean, square
         self.up[:, rows], self.down[:, rows], self.effect[:, rows] = up, down, eff
         return np.asarray(u, dtype=np.float64)

@@ -117,10 +117,20 @@ class SilenceWatch:
 
     def working(self, node_name: str, cluster: str, job: str | None, ts: float) -> None:
         """The node's record at ``ts`` says its GPUs run ``job`` (``None``: no job)."""
-        node = self._node(node_name, cluster)
+        # Once per sample and step batch: :meth:`_node` and :meth:`_advance` inlined.
+        nodes = self._nodes
+        node = nodes.get(node_name)
+        if node is None:
+            node = self._node(node_name, cluster)
+        else:
+            nodes.move_to_end(node_name)  # most recently heard last
         if ts >= node.job_ts:
             node.job, node.job_ts = job, ts
-        self._advance(node, node_name, ts)
+        if ts > node.heard:
+            node.heard = ts
+        self._clocks.advance(node_name, ts)
+        if ts > self._newest and math.isfinite(ts):
+            self._newest = ts
 
     def _advance(self, node: _Node, name: str, ts: float) -> None:
         if ts > node.heard:
@@ -240,13 +250,15 @@ class SilenceWatch:
         self._trackers.pop(job, None)
 
     def _node(self, name: str, cluster: str) -> _Node:
-        node = self._nodes.pop(name, None)
-        if node is None:
-            node = _Node(cluster)
-            while len(self._nodes) >= self.config.max_nodes:
-                self._drop(next(iter(self._nodes)))
-                self.evicted += 1
-        self._nodes[name] = node  # most recently heard last
+        node = self._nodes.get(name)
+        if node is not None:
+            self._nodes.move_to_end(name)  # most recently heard last
+            return node
+        node = _Node(cluster)
+        while len(self._nodes) >= self.config.max_nodes:
+            self._drop(next(iter(self._nodes)))
+            self.evicted += 1
+        self._nodes[name] = node
         return node
 
     def _forget_idle(self) -> None:

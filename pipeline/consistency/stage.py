@@ -120,20 +120,26 @@ class ConsistencyStage:
         """
         out: list[Finding] = []
         touched: dict[str, JobState] = {}
+        working = self.silence.working
         for i, rec in enumerate(records):
             if sources is not None:
                 self._own(rec, sources[i])
-            if isinstance(rec, StepBatch):
-                job = touched.get(rec.job_id) or self._touch(rec.job_id, rec.cluster, touched)
+            # The two usual kinds first, without an isinstance chain.
+            if type(rec) is GpuSampleBatch:
+                out += self._samples(rec, broker_ts[i] if broker_ts is not None else None,
+                                     touched)
+            elif type(rec) is StepBatch or isinstance(rec, StepBatch):
                 job_id = rec.job_id
+                job = touched.get(job_id) or self._touch(job_id, rec.cluster, touched)
                 if rec.claims:
                     job.claimed(rec.claims, rec.node)
-                if rec.steps:
-                    self.silence.working(rec.node, rec.cluster, job_id, rec.ts)
-                if all(step.job_id == job_id for step in rec.steps):
-                    job.asm.add_many(job.aligned(rec.steps), rec.node)
+                steps = rec.steps
+                if steps:
+                    working(rec.node, rec.cluster, job_id, rec.ts)
+                if not [step for step in steps if step.job_id != job_id]:
+                    job.asm.add_many(job.aligned(steps), rec.node)
                 else:  # an agent mixing jobs in one batch: route each record
-                    for step in rec.steps:
+                    for step in steps:
                         other = self._touch(step.job_id, rec.cluster, touched)
                         other.asm.add(other.aligned([step])[0], rec.node)
                 if rec.events:  # after the steps: they tell the world size
@@ -157,10 +163,8 @@ class ConsistencyStage:
                 job.asm.advance(rec.ts)
                 job.pending_witness.append(rec)
             elif isinstance(rec, GpuSampleBatch):
-                self.silence.working(rec.node, rec.cluster, rec.job_id, rec.ts)
-                if rec.job_id is not None:
-                    out += self._touch(rec.job_id, rec.cluster, touched).add_samples(
-                        rec, broker_ts[i] if broker_ts is not None else None)
+                out += self._samples(rec, broker_ts[i] if broker_ts is not None else None,
+                                     touched)
             elif isinstance(rec, Heartbeat):
                 self.silence.heartbeat(rec)
                 if rec.job_id is not None:
@@ -173,6 +177,14 @@ class ConsistencyStage:
             self._clocks.advance(job.job_id, job.asm.watermark)
         self._expire()
         return out
+
+    def _samples(self, rec: GpuSampleBatch, broker_ts: float | None,
+                 touched: dict[str, JobState]) -> list[Finding]:
+        """One sample batch: its node's job (``agent_silent``) and its job's device checks."""
+        self.silence.working(rec.node, rec.cluster, rec.job_id, rec.ts)
+        if rec.job_id is None:
+            return []
+        return self._touch(rec.job_id, rec.cluster, touched).add_samples(rec, broker_ts)
 
     def flush(self, now: float | None = None,
               on_error: Callable[[str, Exception], None] | None = None) -> list[Finding]:
