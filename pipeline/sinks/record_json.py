@@ -34,8 +34,8 @@ __all__ = ["READ_F32", "empty_maps", "flat_fields", "list_column", "read_records
 READ_F32 = pa.float64()
 
 
-def read_records(records: Sequence[Any], schema: pa.Schema) -> tuple[pa.Table, bytes]:
-    """The ``schema`` fields of ``records`` as one-chunk columns, and the JSON read.
+def read_records(records: Sequence[Any], schema: pa.Schema) -> pa.Table:
+    """The ``schema`` fields of ``records`` as one-chunk columns.
 
     A field missing from a record reads as null. Raises :class:`pyarrow.ArrowInvalid`
     for a value its type cannot hold.
@@ -49,7 +49,7 @@ def read_records(records: Sequence[Any], schema: pa.Schema) -> tuple[pa.Table, b
         parse_options=pa_json.ParseOptions(explicit_schema=schema,
                                            unexpected_field_behavior="ignore"),
     )
-    return table, body
+    return table
 
 
 def flat_fields(lists: pa.ListArray) -> tuple[pa.Array, dict[str, pa.Array]]:

@@ -144,9 +144,7 @@ def test_read_errors_are_read_only_from_gpus_that_have_them() -> None:
         [], [("power_w", "NVML_ERROR_UNKNOWN")]]
 
 
-def test_a_text_that_looks_like_the_errors_key_is_still_stored_as_it_is() -> None:
-    # The JSON escapes the quotes, so it cannot pass for the key: and if it did, the maps
-    # would be read from the records, the same values.
+def test_texts_with_quotes_and_keys_in_them_are_stored_as_they_are() -> None:
     gpu = GpuSample(index=0, uuid='"errors":{"a":"b"}', model="errors")
     items = _wire([GpuSampleBatch(cluster="c", node="n", ts=NOW, seq=1, agent_id="a",
                                   gpus=[gpu])])
