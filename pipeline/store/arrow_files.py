@@ -6,7 +6,8 @@ the GIL against it while reading. Written as an Arrow IPC stream (C++, no GIL) t
 private directory in memory (``/dev/shm`` where there is one) and read back by the
 engine's own ``file()`` table function, the same block costs the GIL nothing past the
 call. The directory is this process's alone (mode 0700, removed on close); each block is
-a new file, removed after its insert.
+a new file, removed after its insert. A block that cannot be written (a full or read-only
+``/dev/shm``) raises :class:`BlockWriteError`: the caller then inserts it another way.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pyarrow as pa
 
 from trainguard.errors import StoreError
 
-__all__ = ["ArrowFiles", "block_dir"]
+__all__ = ["ArrowFiles", "BlockWriteError", "block_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 SHM = Path("/dev/shm")
 #: Paths ``file()`` takes literally: no quote, backslash or glob characters (``*?{}[]``).
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9_./-]+")
+
+
+class BlockWriteError(StoreError):
+    """An Arrow block could not be written to its directory."""
 
 
 def block_dir(shm: Path = SHM) -> Path | None:
@@ -54,6 +59,8 @@ class ArrowFiles:
         self._dir: Path | None = None
         self._names = itertools.count()
         self._lock = threading.Lock()
+        #: Blocks that could not be written (each then went another way).
+        self.failures = 0
 
     @contextmanager
     def block(self, data: pa.Table) -> Iterator[str]:
@@ -64,7 +71,7 @@ class ArrowFiles:
                 w.write_table(data)
         except (OSError, pa.ArrowException) as exc:
             path.unlink(missing_ok=True)
-            raise StoreError(f"cannot write an Arrow block to {path}: {exc}") from None
+            raise BlockWriteError(f"cannot write an Arrow block to {path}: {exc}") from None
         try:
             yield str(path)
         finally:
@@ -77,7 +84,7 @@ class ArrowFiles:
                     self._dir = Path(tempfile.mkdtemp(prefix="trainguard-arrow-",
                                                       dir=self._base))
                 except OSError as exc:
-                    raise StoreError(
+                    raise BlockWriteError(
                         f"cannot make an Arrow block directory in {self._base}: {exc}"
                     ) from None
                 log.info("arrow block directory path=%s", self._dir)

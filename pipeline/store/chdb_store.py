@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import chdb
 
 from trainguard.errors import StoreError
-from trainguard.pipeline.store.arrow_files import ArrowFiles, block_dir
+from trainguard.pipeline.store.arrow_files import ArrowFiles, BlockWriteError, block_dir
 from trainguard.pipeline.store.base import INSERT_SETTINGS, QueryResult, Store, decode_json_compact
 from trainguard.pipeline.store.errors import StoreDataError, is_data_error
 from trainguard.pipeline.store.sqltext import split_statements
@@ -211,10 +211,16 @@ class ChdbStore(Store):
         into = f"INSERT INTO {self.database}.{table} ({cols}) SELECT * FROM"
         files = self._shared.files if self._shared is not None else None
         if files is not None:
-            with files.block(data) as path:  # a plain path: see arrow_files.block_dir
-                sql = f"{into} file('{path}', 'ArrowStream') SETTINGS {_FILE_SETTINGS}"
-                self._insert(sql, sql)
-            return
+            try:
+                with files.block(data) as path:  # a plain path: see arrow_files.block_dir
+                    sql = f"{into} file('{path}', 'ArrowStream') SETTINGS {_FILE_SETTINGS}"
+                    self._insert(sql, sql)
+                return
+            except BlockWriteError as exc:  # e.g. /dev/shm full: this block via Python()
+                files.failures += 1
+                if files.failures % 1000 == 1:
+                    log.warning("%s; inserting through Python() (failures=%d)", exc,
+                                files.failures)
         sql = f"{into} Python({_ARROW_NAME})"
         # Python() finds the table by its name among the calling frames' variables.
         _tg_arrow_block = data  # noqa: F841

@@ -8,9 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from trainguard.errors import StoreError
 from trainguard.pipeline.store import ChdbStore, arrow_files
-from trainguard.pipeline.store.arrow_files import ArrowFiles, block_dir
+from trainguard.pipeline.store.arrow_files import ArrowFiles, BlockWriteError, block_dir
 
 _TABLE = ("CREATE TABLE {database}.t (k UInt32, name String, x Nullable(Float32), "
           "tags Array(UInt16), ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
@@ -32,9 +31,9 @@ def test_a_block_is_an_arrow_stream_in_a_private_directory_removed_after_use(
     assert not directory.exists()
 
 
-def test_a_block_that_cannot_be_written_is_a_store_error(tmp_path: Path) -> None:
+def test_a_block_that_cannot_be_written_is_a_block_write_error(tmp_path: Path) -> None:
     files = ArrowFiles(tmp_path / "missing")
-    with pytest.raises(StoreError, match="cannot make an Arrow block directory"), \
+    with pytest.raises(BlockWriteError, match="cannot make an Arrow block directory"), \
             files.block(pa.table({"k": [1]})):
         pass
 
@@ -78,3 +77,13 @@ def test_without_a_block_directory_arrow_inserts_go_through_python(
     assert shared is not None
     monkeypatch.setattr(shared, "files", None)
     assert _insert_two_shapes(chdb_store) == EXPECTED
+
+
+def test_a_block_that_cannot_be_written_goes_through_python_and_is_counted(
+        chdb_store: ChdbStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = chdb_store._shared
+    assert shared is not None
+    broken = ArrowFiles(tmp_path / "gone")  # its directory cannot be made
+    monkeypatch.setattr(shared, "files", broken)
+    assert _insert_two_shapes(chdb_store) == EXPECTED
+    assert broken.failures == 2
