@@ -1,10 +1,13 @@
 """Column blocks of the two high-volume records: Arrow tables, one per stored table.
 
 A node's sample batch (8 GPUs) and a node's step batch (its ranks) arrive at cluster
-scale; their rows go to the store as columns (:class:`pyarrow.Table`), built in a few
-C-level passes per batch of records: ``msgspec.structs.astuple`` per GPU or rank, one
-``zip`` transposes them into per-field columns, and ``pyarrow.array`` types each column.
-No dict per row, no JSON, no materialized view on the write path.
+scale; their rows go to the store as columns (:class:`pyarrow.Table`). A whole batch of
+records is read into Arrow by C code that holds no GIL
+(:func:`~trainguard.pipeline.sinks.record_json.read_records`: msgspec encodes the
+records as JSON lines, Arrow's C++ reader parses them against the schemas below); the
+GPUs of sample batches and the ranks and rank events of step batches are flattened out of
+their lists, and each batch's own fields (cluster, node, job, time) spread over its rows
+with one ``take``. No dict per row, no Python value per field.
 
 The tables and values are exactly what the intake views of ``schemas/sql`` (009 to 019)
 made of the same records: a missing text becomes ``''``, a process's missing memory ``0``;
@@ -25,15 +28,20 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
+from trainguard.pipeline.sinks.record_json import (
+    READ_F32,
+    empty_maps,
+    flat_fields,
+    list_column,
+    read_records,
+)
 from trainguard.pipeline.store.errors import StoreDataError
-from trainguard.schemas.records import GpuSample, GpuSampleBatch, StepBatch, StepRecord
 
 __all__ = ["IntakeItem", "sample_tables", "step_tables"]
 
 #: One intake record with the Kafka partition and offset of its message.
 IntakeItem = tuple[Any, int, int]
 
-_astuple = msgspec.structs.astuple
 _STR, _BOOL, _F32, _F64 = pa.string(), pa.bool_(), pa.float32(), pa.float64()
 _U8, _U16, _U32, _U64, _I32, _I64 = (pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64(),
                                      pa.int32(), pa.int64())
@@ -70,17 +78,50 @@ _STEP_PLAIN: list[tuple[str, str, pa.DataType]] = [
     ("ep_rank", "ep_rank", _U32), ("data_epoch", "data_epoch", _U64),
     ("checksum_step", "checksum_step", _U64),
 ]
-_GPU_AT = {name: i for i, name in enumerate(GpuSample.__struct_fields__)}
-_STEP_AT = {name: i for i, name in enumerate(StepRecord.__struct_fields__)}
 _NOT_NULL_TEXT = frozenset({"uuid", "model", "param_checksum", "env_fingerprint",
                             "seed_fingerprint"})
+#: Errors of the data that mean "this record does not fit its columns".
+_DATA_ERRORS = (pa.ArrowException, OverflowError, TypeError, ValueError, msgspec.EncodeError)
+
+
+def _read_type(typ: pa.DataType) -> pa.DataType:
+    return READ_F32 if typ == _F32 else typ
+
+
+def _fields(plain: list[tuple[str, str, pa.DataType]], *extra: pa.Field) -> pa.DataType:
+    return pa.struct([pa.field(f, _read_type(t)) for _, f, t in plain] + list(extra))
+
+
+_GPU_READ = _fields(
+    _GPU_PLAIN, pa.field("uuid", _STR), pa.field("model", _STR),
+    pa.field("xid_events", pa.list_(pa.struct([pa.field("xid", _U16)]))),
+    pa.field("processes", pa.list_(pa.struct([pa.field("pid", _U32),
+                                               pa.field("used_mem_bytes", _U64)]))))
+#: What a sample batch's JSON line is read as (``errors``: see ``_read_errors``).
+_SAMPLE_READ = pa.schema([
+    ("cluster", _STR), ("node", _STR), ("job_id", _STR), ("ts", _F64), ("seq", _U64),
+    ("agent_id", _STR), ("driver_version", _STR), ("schema_version", _U16),
+    ("gpus", pa.list_(_GPU_READ)),
+])
+_EVENT_PLAIN: list[tuple[str, str, pa.DataType]] = [
+    ("rank", "rank", _U32), ("ts", "ts", _F64), ("event", "event", _STR),
+    ("pid", "pid", _U32), ("exit_code", "exit_code", _U8), ("signal", "signal", _U8),
+    ("reason", "reason", _STR), ("step", "step", _U64), ("since", "since", _F64),
+    ("collective", "collective", _U64),
+]
+#: What a step batch's JSON line is read as.
+_STEP_READ = pa.schema([
+    ("cluster", _STR), ("node", _STR), ("job_id", _STR),
+    ("steps", pa.list_(_fields(_STEP_PLAIN, pa.field("nonfinite", pa.list_(_STR))))),
+    ("events", pa.list_(_fields(_EVENT_PLAIN))),
+])
 
 
 def sample_tables(items: Sequence[IntakeItem]) -> dict[str, pa.Table]:
     """``sample_batches`` and ``gpu_samples`` of sample batches, as Arrow tables."""
     try:
         return _sample_tables(items)
-    except (pa.ArrowException, OverflowError, TypeError, ValueError) as exc:
+    except _DATA_ERRORS as exc:
         raise StoreDataError(f"sample batch does not fit its columns: {exc}") from None
 
 
@@ -88,52 +129,69 @@ def step_tables(items: Sequence[IntakeItem]) -> dict[str, pa.Table]:
     """``steps`` (and ``rank_events`` when any) of step batches, as Arrow tables."""
     try:
         return _step_tables(items)
-    except (pa.ArrowException, OverflowError, TypeError, ValueError) as exc:
+    except _DATA_ERRORS as exc:
         raise StoreDataError(f"step batch does not fit its columns: {exc}") from None
 
 
+def _column(value: pa.Array, typ: pa.DataType, text: bool = False) -> pa.Array:
+    """A read column as stored: float32 narrowed, a missing text ``''``."""
+    if text:
+        return value.fill_null("")
+    return value.cast(typ) if typ == _F32 else value
+
+
 def _sample_tables(items: Sequence[IntakeItem]) -> dict[str, pa.Table]:
-    batches: list[GpuSampleBatch] = [item[0] for item in items]
-    counts = np.fromiter((len(b.gpus) for b in batches), np.int64, len(batches))
-    at = np.repeat(np.arange(len(batches)), counts)  # each GPU's batch
-    owner = pa.array(at)
-    fields = _transpose([_astuple(g) for b in batches for g in b.gpus], len(_GPU_AT))
-    lost = np.fromiter(fields[_GPU_AT["lost"]], bool, len(fields[_GPU_AT["lost"]]))
-    cluster = pa.array([b.cluster for b in batches], _STR)
-    node = pa.array([b.node for b in batches], _STR)
-    job = pa.array([b.job_id or "" for b in batches], _STR)
-    ts = pa.array([b.ts for b in batches], _F64)
-    head = {
-        "cluster": cluster, "node": node, "job_id": job, "ts": ts,
-        "seq": pa.array([b.seq for b in batches], _U64),
-        "agent_id": pa.array([b.agent_id for b in batches], _STR),
-        "gpu_count": pa.array(counts.astype(np.uint16)),
-        "lost_gpus": pa.array(np.bincount(at, weights=lost,
-                                          minlength=len(batches)).astype(np.uint16)),
-        "driver_version": pa.array([b.driver_version or "" for b in batches], _STR),
-        "schema_version": pa.array([b.schema_version for b in batches], _U16),
+    if not items:
+        return {}
+    read = read_records([item[0] for item in items], _SAMPLE_READ)
+    head = {name: read.column(name).chunk(0) for name in read.column_names}
+    gpu_lists = head["gpus"]
+    owner, fields = flat_fields(gpu_lists)
+    lost = fields["lost"].fill_null(False)
+    cluster, node, ts = head["cluster"], head["node"], head["ts"]
+    job = head["job_id"].fill_null("")
+    counts = gpu_lists.value_lengths().to_numpy()
+    lost_gpus = np.bincount(owner.to_numpy(), weights=lost.to_numpy(zero_copy_only=False),
+                            minlength=len(items))
+    batches = {
+        "cluster": cluster, "node": node, "job_id": job, "ts": ts, "seq": head["seq"],
+        "agent_id": head["agent_id"], "gpu_count": pa.array(counts.astype(np.uint16)),
+        "lost_gpus": pa.array(lost_gpus.astype(np.uint16)),
+        "driver_version": head["driver_version"].fill_null(""),
+        "schema_version": head["schema_version"],
         "kafka_partition": pa.array([item[1] for item in items], _I32),
         "kafka_offset": pa.array([item[2] for item in items], _I64),
     }
     gpus: dict[str, pa.Array] = {
         "cluster": cluster.take(owner), "node": node.take(owner), "job_id": job.take(owner),
-        "gpu": pa.array(fields[_GPU_AT["index"]], _U8), "ts": ts.take(owner),
-        "uuid": _text(fields[_GPU_AT["uuid"]]), "model": _text(fields[_GPU_AT["model"]]),
+        "gpu": fields["index"], "ts": ts.take(owner),
+        "uuid": _column(fields["uuid"], _STR, True),
+        "model": _column(fields["model"], _STR, True), "lost": lost,
     }
-    for column, field, typ in _GPU_PLAIN[1:]:
-        gpus[column] = pa.array(fields[_GPU_AT[field]], typ)
-    xids = fields[_GPU_AT["xid_events"]]
-    procs = fields[_GPU_AT["processes"]]
-    errors = fields[_GPU_AT["errors"]]
-    gpus["xids"] = _lists(xids, [e.xid for x in xids for e in x], _U16)
-    gpus["proc_pids"] = _lists(procs, [p.pid for x in procs for p in x], _U32)
-    gpus["proc_mem_bytes"] = _lists(procs, [p.used_mem_bytes or 0 for x in procs for p in x],
-                                    _U64)
-    gpus["read_errors"] = pa.MapArray.from_arrays(
-        _offsets(errors), pa.array([k for d in errors for k in d], _STR),
-        pa.array([v for d in errors for v in d.values()], _STR))
+    for column, field, typ in _GPU_PLAIN[2:]:
+        gpus[column] = _column(fields[field], typ)
+    gpus["xids"] = list_column(fields["xid_events"], "xid")
+    gpus["proc_pids"] = list_column(fields["processes"], "pid")
+    gpus["proc_mem_bytes"] = list_column(fields["processes"], "used_mem_bytes", 0)
+    gpus["read_errors"] = _read_errors(items, len(owner))
     # The ledger last: a batch whose GPU rows the store refused leaves no ledger row.
-    return {"gpu_samples": _gpu_order(gpus), "sample_batches": pa.table(head)}
+    return {"gpu_samples": _gpu_order(gpus), "sample_batches": pa.table(batches)}
+
+
+def _read_errors(items: Sequence[IntakeItem], rows: int) -> pa.Array:
+    """The ``read_errors`` maps, read off the records: few GPUs have any."""
+    # Not through the JSON: Arrow's reader has no maps. One pass finds the GPUs with
+    # errors (cheaper than searching the JSON for the key); the rest is over those.
+    errors: list[dict[str, str]] = [g.errors for item in items for g in item[0].gpus]
+    found = [i for i, d in enumerate(errors) if d]
+    if not found:
+        return empty_maps(rows, _STR, _STR)
+    lengths = np.zeros(rows, np.int32)
+    lengths[found] = [len(errors[i]) for i in found]
+    return pa.MapArray.from_arrays(
+        pa.array(np.concatenate(([0], np.cumsum(lengths, dtype=np.int32)))),
+        pa.array([k for i in found for k in errors[i]], _STR),
+        pa.array([v for i in found for v in errors[i].values()], _STR))
 
 
 def _gpu_order(gpus: dict[str, pa.Array]) -> pa.Table:
@@ -145,58 +203,23 @@ def _gpu_order(gpus: dict[str, pa.Array]) -> pa.Table:
 
 
 def _step_tables(items: Sequence[IntakeItem]) -> dict[str, pa.Table]:
-    batches: list[StepBatch] = [item[0] for item in items]
+    if not items:
+        return {}
+    read = read_records([item[0] for item in items], _STEP_READ)
+    head = {name: read.column(name).chunk(0) for name in read.column_names}
     out: dict[str, pa.Table] = {}
-    steps: list[StepRecord] = [s for b in batches for s in b.steps]
-    if steps:
-        counts = np.fromiter((len(b.steps) for b in batches), np.int64, len(batches))
-        owner = pa.array(np.repeat(np.arange(len(batches)), counts))
-        fields = _transpose([_astuple(s) for s in steps], len(_STEP_AT))
-        table: dict[str, pa.Array] = {
-            "cluster": pa.array([b.cluster for b in batches], _STR).take(owner)}
+    owner, fields = flat_fields(head["steps"])
+    if len(owner):
+        table: dict[str, pa.Array] = {"cluster": head["cluster"].take(owner)}
         for column, field, typ in _STEP_PLAIN:
-            values = fields[_STEP_AT[field]]
-            table[column] = _text(values) if field in _NOT_NULL_TEXT else pa.array(values, typ)
+            table[column] = _column(fields[field], typ, field in _NOT_NULL_TEXT)
             if column == "env_fingerprint":
-                nonfinite = fields[_STEP_AT["nonfinite"]]
-                table["nonfinite"] = _lists(nonfinite, [n for x in nonfinite for n in x], _STR)
+                table["nonfinite"] = list_column(fields["nonfinite"])
         out["steps"] = pa.table(table)
-    events = [(b, e) for b in batches for e in b.events]
-    if events:
-        out["rank_events"] = pa.table({
-            "cluster": pa.array([b.cluster for b, _ in events], _STR),
-            "node": pa.array([b.node for b, _ in events], _STR),
-            "job_id": pa.array([b.job_id for b, _ in events], _STR),
-            "rank": pa.array([e.rank for _, e in events], _U32),
-            "ts": pa.array([e.ts for _, e in events], _F64),
-            "event": pa.array([e.event for _, e in events], _STR),
-            "pid": pa.array([e.pid for _, e in events], _U32),
-            "exit_code": pa.array([e.exit_code for _, e in events], _U8),
-            "signal": pa.array([e.signal for _, e in events], _U8),
-            "reason": pa.array([e.reason or "" for _, e in events], _STR),
-            "step": pa.array([e.step for _, e in events], _U64),
-            "since": pa.array([e.since for _, e in events], _F64),
-            "collective": pa.array([e.collective for _, e in events], _U64),
-        })
+    owner, fields = flat_fields(head["events"])
+    if len(owner):
+        events = {name: head[name].take(owner) for name in ("cluster", "node", "job_id")}
+        for column, field, typ in _EVENT_PLAIN:
+            events[column] = _column(fields[field], typ, column == "reason")
+        out["rank_events"] = pa.table(events)
     return out
-
-
-def _transpose(rows: list[tuple[Any, ...]], width: int) -> list[tuple[Any, ...]]:
-    """Per-field columns of equal-width tuples (``width`` empty columns for no rows)."""
-    return list(zip(*rows, strict=True)) if rows else [()] * width
-
-
-def _text(values: Sequence[str | None]) -> pa.Array:
-    """A text column where a missing value is stored as ``''`` (LowCardinality columns)."""
-    return pa.array(values, _STR).fill_null("")
-
-
-def _offsets(nested: Sequence[Sequence[Any]]) -> pa.Array:
-    """Arrow list offsets of ``nested``: 0, then the running total of their lengths."""
-    ends = np.fromiter(map(len, nested), np.int32, len(nested))
-    return pa.array(np.concatenate(([0], np.cumsum(ends, dtype=np.int32))))
-
-
-def _lists(nested: Sequence[Sequence[Any]], flat: list[Any], typ: pa.DataType) -> pa.Array:
-    """An ``Array(typ)`` column: one list per row of ``nested``, values ``flat``."""
-    return pa.ListArray.from_arrays(_offsets(nested), pa.array(flat, typ))

@@ -4,6 +4,8 @@ chdb runs one engine per process, bound to one directory for the life of the pro
 and locks that directory against other processes. So this module keeps one connection
 per directory in a reference-counted registry: every :class:`ChdbStore` on the same
 path shares it, and one lock per connection serializes calls from worker threads.
+Arrow tables reach the engine as files (:mod:`~trainguard.pipeline.store.arrow_files`),
+which it reads without taking the GIL.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import fcntl
 import json
 import logging
 import os
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import chdb
 
 from trainguard.errors import StoreError
+from trainguard.pipeline.store.arrow_files import ArrowFiles, BlockWriteError, block_dir
 from trainguard.pipeline.store.base import INSERT_SETTINGS, QueryResult, Store, decode_json_compact
 from trainguard.pipeline.store.errors import StoreDataError, is_data_error
 from trainguard.pipeline.store.sqltext import split_statements
@@ -48,9 +52,13 @@ _SETTINGS_SQL = ", ".join(f"{k}='{v}'" for k, v in INSERT_SETTINGS.items())
 #: written (seen: "Too many partitions for single INSERT block"): it returns as if the
 #: rows were stored, and none are. Its ``rows_written`` counts the rows read either way, so
 #: it cannot tell. The plain query path raises every error, so every insert takes it: JSON
-#: rows inline after ``FORMAT JSONEachRow``, Arrow tables through the ``Python()`` table
-#: function, which reads the table in place (no serialization).
+#: rows inline after ``FORMAT JSONEachRow``, Arrow tables as an Arrow IPC file through the
+#: ``file()`` table function, or (where no block directory can be had) through the
+#: ``Python()`` table function, which reads the table in place but takes the GIL to.
 _ARROW_NAME = "_tg_arrow_block"
+#: A block file's schema is read from the file itself each time, never from ClickHouse's
+#: cache of inferred schemas (keyed by path and modification time).
+_FILE_SETTINGS = "schema_inference_use_cache_for_file=0"
 
 
 @dataclass
@@ -58,6 +66,8 @@ class _Shared:
     """One chdb connection and the lock and reference count of its users."""
 
     conn: Any
+    #: Where Arrow blocks are written for ``file()``; ``None``: through ``Python()``.
+    files: ArrowFiles | None
     lock: threading.Lock = field(default_factory=threading.Lock)
     refs: int = 0
 
@@ -133,6 +143,15 @@ def _connect(path: Path) -> Any:
     return conn
 
 
+def _arrow_files() -> ArrowFiles | None:
+    base = block_dir()
+    if base is None:
+        log.warning("no plain directory for Arrow blocks (temp dir %s): Arrow inserts go "
+                    "through Python(), which holds the GIL", tempfile.gettempdir())
+        return None
+    return ArrowFiles(base)
+
+
 class ChdbStore(Store):
     """A :class:`Store` on an embedded chdb directory; creates its database on open."""
 
@@ -142,7 +161,7 @@ class ChdbStore(Store):
         with _registry_lock:
             shared = _registry.get(self.path)
             if shared is None:
-                shared = _Shared(conn=_connect(self.path))
+                shared = _Shared(conn=_connect(self.path), files=_arrow_files())
                 _registry[self.path] = shared
                 log.info("opened embedded store path=%s", self.path)
             shared.refs += 1
@@ -189,7 +208,20 @@ class ChdbStore(Store):
 
     def _insert_arrow(self, table: str, data: pa.Table) -> None:
         cols = ", ".join(f"`{c}`" for c in data.column_names)
-        sql = f"INSERT INTO {self.database}.{table} ({cols}) SELECT * FROM Python({_ARROW_NAME})"
+        into = f"INSERT INTO {self.database}.{table} ({cols}) SELECT * FROM"
+        files = self._shared.files if self._shared is not None else None
+        if files is not None:
+            try:
+                with files.block(data) as path:  # a plain path: see arrow_files.block_dir
+                    sql = f"{into} file('{path}', 'ArrowStream') SETTINGS {_FILE_SETTINGS}"
+                    self._insert(sql, sql)
+                return
+            except BlockWriteError as exc:  # e.g. /dev/shm full: this block via Python()
+                files.failures += 1
+                if files.failures % 1000 == 1:
+                    log.warning("%s; inserting through Python() (failures=%d)", exc,
+                                files.failures)
+        sql = f"{into} Python({_ARROW_NAME})"
         # Python() finds the table by its name among the calling frames' variables.
         _tg_arrow_block = data  # noqa: F841
         self._insert(sql, sql)
@@ -217,6 +249,8 @@ class ChdbStore(Store):
                 _registry.pop(self.path, None)
                 with shared.lock:
                     shared.conn.close()
+                if shared.files is not None:
+                    shared.files.close()
                 log.info("closed embedded store path=%s", self.path)
 
     def __repr__(self) -> str:
