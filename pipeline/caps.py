@@ -95,7 +95,7 @@ class IngestCaps:
                                 if steps is None else steps, self.max_world_size):
                 return []
         elif kind is GpuSampleBatch:
-            if _gpus_in_order(records):
+            if _gpus_in_order(records):  # type: ignore[arg-type]
                 return []
         return [(k, v) for k, record in enumerate(records)
                 if (v := self.check(record)) is not None]

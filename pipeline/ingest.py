@@ -54,7 +54,7 @@ _OFFSET = operator.attrgetter("offset")
 #: Messages parsed before their records are checked: few enough that they are still in the
 #: CPU's cache (a record of 8 GPUs or ranks and its bytes take ~13 kB), enough that the
 #: per-chunk calls cost little.
-_CHUNK = int(__import__("os").environ.get("TG_CHUNK", "128"))
+_CHUNK = 64
 #: Input partitions whose source names are kept (a worker reads a few dozen).
 _MAX_SOURCES = 4096
 
@@ -150,7 +150,8 @@ class Ingestor:
         for table, idx in verdicts.intake.items():
             result.lines[table] = list(zip(map(records.__getitem__, idx),
                                            map(_PARTITION, map(messages.__getitem__, idx)),
-                                           map(_OFFSET, map(messages.__getitem__, idx))))
+                                           map(_OFFSET, map(messages.__getitem__, idx)),
+                                           strict=True))
         for i in verdicts.rows:
             msg = messages[i]
             for table, row in rows_for(records[i], msg.partition, msg.offset):

@@ -134,8 +134,7 @@ class IngestChecks:
 
     def _refusal(self, record: Record, msg: RawMessage, now: float, *,
                  verify: bool) -> tuple[str, str] | bool:
-        """``(reason, message)`` when ``record`` is refused, else whether the store holds
-        its times."""
+        """``(reason, message)`` of a refused ``record``; else whether the store holds its times."""
         if verify:
             try:
                 self.decoders[msg.topic].verify(record, msg.value)

@@ -67,7 +67,7 @@ class TimeWindow:
         """
         if not stamps:
             return True
-        refs = [now if s is None else s for s in stamps] if None in stamps else stamps
+        refs: list[float] = [now if s is None else s for s in stamps]
         # NaN passes no comparison below but could hide from min and max: it fails here.
         total = sum(refs) + first + last
         if total != total:
@@ -94,9 +94,11 @@ def record_span(record: Record) -> tuple[float, float]:
 
 def batch_times(records: Sequence[Record], *,
                 steps: Sequence[StepRecord] | None = None) -> list[float] | None:
-    """Every event time :func:`record_span` reads in ``records``, when they are all sample
-    batches or all step batches (``steps``: the step batches' steps, when the caller has
-    them); None for records of another kind."""
+    """Every event time :func:`record_span` reads in ``records``; None unless all are of one kind.
+
+    That kind is sample batches or step batches (``steps``: the step batches' steps, when
+    the caller has them).
+    """
     kinds = set(map(type, records))
     kind = kinds.pop() if len(kinds) == 1 else None
     if kind is not GpuSampleBatch and kind is not StepBatch:

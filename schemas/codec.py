@@ -114,7 +114,7 @@ class RecordDecoder(Generic[T]):
 
     @property
     def parse_unchecked(self) -> Callable[[bytes], T]:
-        """msgspec's own decode: what :meth:`parse` does after its size check.
+        """The msgspec decode alone: what :meth:`parse` does after its size check.
 
         Raises :data:`PARSE_ERRORS` (or ``TypeError`` for a value that is no buffer)
         where :meth:`parse` raises :class:`RecordError`; for the hot loop of a batch.

@@ -238,7 +238,7 @@ def all_good_names(tp: Any, values: Sequence[Any]) -> bool:
     # ``set - set`` walks the smaller left side: the batch's distinct names, not the cache.
     unknown = found - _KNOWN
     unknown.discard(None)
-    ok = NAMES.ok
+    ok: Callable[[Any], bool] = NAMES.ok
     return all(map(ok, unknown))
 
 
