@@ -6,11 +6,13 @@ feeds it, in CPU time (``process_time``: a shared machine's waits do not count);
 it ``msgspec``, the bare ``msgspec.json.Decoder.decode`` of the same bytes into the same
 record types: the floor no Python around it can go below. ``ingest`` frees its previous
 batch's records while it runs (as ``stage_costs`` and a worker do), ``msgspec`` does not.
-Medians and minimums over the batches. It runs against whatever ``trainguard`` is on the
-path, so two versions compare back to back::
+Medians and minimums over the batches. ``--context`` times the decode stage as
+``bench.stage_costs`` does, with the baselines and consistency checks run on each batch in
+between, but in CPU time (wall-clock medians of a shared machine swing by ±20 %). It runs
+against whatever ``trainguard`` is on the path, so two versions compare back to back::
 
-    python -m bench.ingest_cost
-    PYTHONPATH=/path/to/other/checkout python bench/ingest_cost.py
+    python -m bench.ingest_cost [--context]
+    PYTHONPATH=/path/to/other/checkout python bench/ingest_cost.py [--context]
 """
 
 from __future__ import annotations
@@ -74,12 +76,45 @@ def ingest_cost(nodes: int = 10_000, ticks: int = 1, rounds: int = 5) -> dict[st
     return out
 
 
+def in_context(nodes: int = 10_000, ticks: int = 6) -> float:
+    """Median CPU ms per 2,000 messages of the decode stage between the other stages.
+
+    As ``bench.stage_costs`` times it: ``ingest`` of a batch while the previous batch's
+    result is freed, after the first tick (one-off costs), with the baselines and the
+    per-job consistency checks fed each result.
+    """
+    from bench.stage_costs import _consistency
+    from trainguard.pipeline.baselines import BaselineStage
+    from trainguard.pipeline.consistency import ConsistencyStage
+
+    topics = Topics("stages")
+    batches = _batches(topics, nodes, ticks)
+    ingestor, baselines, checks = Ingestor(topics), BaselineStage(), ConsistencyStage()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    cpu: list[float] = []
+    for msgs in batches:
+        start = time.process_time()
+        result = ingestor.ingest(msgs)
+        cpu.append(time.process_time() - start)
+        baselines.observe(result.decoded, result.sources)
+        _consistency(checks, result)
+    return 1000 * statistics.median(cpu[len(batches) // ticks:])
+
+
 def main() -> None:
     """Print the medians and minimums."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--context", action="store_true",
+                        help="the decode stage between the baselines and checks, CPU ms")
     args = parser.parse_args()
+    if args.context:
+        ms = in_context(args.nodes)
+        print(f"  decode stage {ms:6.2f} ms per {_BATCH} messages (CPU, median, in context)")
+        return
     costs = ingest_cost(args.nodes, rounds=args.rounds)
     for name, us in costs.items():
         print(f"  {name:<15} {us:6.2f} µs per message (CPU, {_BATCH}-message batches)")
