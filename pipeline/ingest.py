@@ -10,7 +10,11 @@ cheap part), and a message that is not authenticated, or whose records name anot
 than the one that signed it, is a dead letter with reason ``unauthenticated`` and feeds a
 ``forged_telemetry`` finding (in ``IngestResult.findings``).
 ``DeadLetter`` and ``RawMessage`` live in :mod:`trainguard.pipeline.dead_letters` and are
-re-exported here.
+re-exported here, :class:`TimeWindow` in :mod:`trainguard.pipeline.window`.
+
+A batch is parsed by msgspec a chunk at a time, and each chunk's records are then checked a
+group at a time (:mod:`trainguard.pipeline.ingest_checks`), with the verdicts, reasons and
+messages of checking each record alone.
 """
 
 from __future__ import annotations
