@@ -10,12 +10,16 @@ cheap part), and a message that is not authenticated, or whose records name anot
 than the one that signed it, is a dead letter with reason ``unauthenticated`` and feeds a
 ``forged_telemetry`` finding (in ``IngestResult.findings``).
 ``DeadLetter`` and ``RawMessage`` live in :mod:`trainguard.pipeline.dead_letters` and are
-re-exported here.
+re-exported here, :class:`TimeWindow` in :mod:`trainguard.pipeline.window`.
+
+A batch is parsed by msgspec a chunk at a time, and each chunk's records are then checked a
+group at a time (:mod:`trainguard.pipeline.ingest_checks`), with the verdicts, reasons and
+messages of checking each record alone.
 """
 
 from __future__ import annotations
 
-import math
+import operator
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -27,11 +31,12 @@ import msgspec
 from trainguard.pipeline.auth import MessageAuth, foreign_node
 from trainguard.pipeline.caps import IngestCaps
 from trainguard.pipeline.dead_letters import DeadLetter, RawMessage
-from trainguard.pipeline.sinks.intake import IntakeItem, intake_item
+from trainguard.pipeline.ingest_checks import IngestChecks, Verdicts
+from trainguard.pipeline.sinks.intake import IntakeItem
 from trainguard.pipeline.sinks.rows import Row, rows_for
-from trainguard.pipeline.sinks.times import STORE_TS_MAX, STORE_TS_MIN
 from trainguard.pipeline.state import partition_key
-from trainguard.schemas.codec import RecordDecoder, RecordError
+from trainguard.pipeline.window import TimeWindow
+from trainguard.schemas.codec import MAX_RECORD_BYTES, PARSE_ERRORS, RecordDecoder, RecordError
 from trainguard.schemas.records import (
     CheckpointEvent,
     Finding,
@@ -45,6 +50,27 @@ from trainguard.schemas.records import (
 from trainguard.schemas.topics import Topics
 
 __all__ = ["DeadLetter", "IngestResult", "Ingestor", "RawMessage", "TimeWindow"]
+
+_STAMP = operator.attrgetter("timestamp")
+_WHERE = operator.attrgetter("topic", "partition")
+_PARTITION = operator.attrgetter("partition")
+_OFFSET = operator.attrgetter("offset")
+#: Messages parsed before their records are checked: few enough that they are still in the
+#: CPU's cache (a record of 8 GPUs or ranks and its bytes take ~13 kB), enough that the
+#: per-chunk calls cost little.
+_CHUNK = 64
+#: Input partitions whose source names are kept (a worker reads a few dozen).
+_MAX_SOURCES = 4096
+
+
+class _Sources(dict[tuple[str, int], str]):
+    """``(topic, partition)`` → its source name (:func:`partition_key`), made once each."""
+
+    def __missing__(self, where: tuple[str, int]) -> str:
+        if len(self) >= _MAX_SOURCES:
+            self.clear()
+        name = self[where] = partition_key(*where)
+        return name
 
 
 @dataclass
@@ -74,59 +100,6 @@ class IngestResult:
         return len(self.decoded)
 
 
-@dataclass(frozen=True)
-class TimeWindow:
-    """How far a record's ``ts`` may lie from its Kafka timestamp (and the worker's clock).
-
-    ``ts`` must be within ``[kafka_ts - max_past_s, kafka_ts + max_future_s]``, and the
-    Kafka timestamp itself no more than ``max_future_s`` ahead of the worker's wall clock
-    (a producer may set it). Without a Kafka timestamp the wall clock stands in for it.
-    """
-
-    max_future_s: float = 600.0
-    max_past_s: float = 7 * 86400.0
-
-    def why_not(self, ts: float, broker_ts: float | None, now: float) -> str | None:
-        """Why ``ts`` is outside the window, in words; ``None`` when it is inside."""
-        ref = now if broker_ts is None else broker_ts
-        if broker_ts is not None and not broker_ts <= now + self.max_future_s:
-            return (f"Kafka timestamp {broker_ts!r} is {broker_ts - now:.0f} s ahead of the "
-                    f"worker's clock; at most {self.max_future_s:g} s allowed")
-        if not ref - self.max_past_s <= ts <= ref + self.max_future_s:
-            side = "ahead of" if not ts < ref else "behind"
-            gap = abs(ts - ref) if math.isfinite(ts) else math.inf
-            return (f"ts {ts!r} is {gap:.0f} s {side} its Kafka timestamp {ref!r}; expected "
-                    f"within -{self.max_past_s:g} s .. +{self.max_future_s:g} s")
-        return None
-
-    def why_not_span(self, first: float, last: float, broker_ts: float | None,
-                     now: float) -> str | None:
-        """Why event times ``first`` .. ``last`` are not all inside; ``None`` when they are.
-
-        The same answer as ``why_not(last, ...) or why_not(first, ...)``; a record inside the
-        window (nearly all) costs a few comparisons instead of two calls.
-        """
-        ref = now if broker_ts is None else broker_ts
-        if (broker_ts is None or broker_ts <= now + self.max_future_s) and \
-                ref - self.max_past_s <= first <= last <= ref + self.max_future_s:
-            return None
-        return self.why_not(last, broker_ts, now) or self.why_not(first, broker_ts, now)
-
-
-def _times(record: Record) -> tuple[float, float]:
-    """The earliest and latest event time a record carries."""
-    if isinstance(record, StepBatch):
-        steps, events = record.steps, record.events
-        if steps or events:
-            # Rank events move the job's event time as steps do: the same window bounds them.
-            times = [s.ts for s in steps]
-            if events:
-                times += [e.ts for e in events]
-            times.append(record.ts)
-            return min(times), max(times)
-    return record.ts, record.ts
-
-
 class Ingestor:
     """Decodes messages of the input topics with one strict decoder per topic.
 
@@ -150,51 +123,84 @@ class Ingestor:
                 StepBatch | StepRecord | CheckpointEvent | WitnessReport),
             topics.heartbeats: RecordDecoder(Heartbeat),
         }
+        #: msgspec's own decode per topic, for the batch's hot loop (see :meth:`_parse`).
+        self._parsers = {topic: d.parse_unchecked for topic, d in self._decoders.items()}
+        self._checks = IngestChecks(self._decoders, self.caps, self.window)
+        self._sources = _Sources()
         #: Rejections since start, by reason: the visible count of what was dropped.
         self.rejected: dict[str, int] = defaultdict(int)
         self.accepted = 0
 
     def ingest(self, messages: list[RawMessage]) -> IngestResult:
-        """Decode ``messages``; every one lands in ``rows`` or ``dead``."""
+        """Decode ``messages``; every one lands in ``rows``, ``lines`` or ``dead``."""
         result = IngestResult()
         now = self._clock()
-        window = self.window
-        sources: dict[tuple[str, int], str] = {}
-        decoded, kept, stamps = result.decoded, result.messages, result.broker_ts
-        for msg in messages:
-            record = self._decode(result, msg, now)
-            if record is None:
-                continue
-            broken = self.caps.check(record)
-            if broken is not None:
-                self._reject(result, msg, *broken)
-                continue
-            first, last = _times(record)
-            why = window.why_not_span(first, last, msg.timestamp, now)
-            if why is not None:
-                self._reject(result, msg, "clock", why)
-                continue
-            # The same times the intake path would check again: decided here once.
-            intake = intake_item(record, msg.partition, msg.offset,
-                                 storable=STORE_TS_MIN <= first and last <= STORE_TS_MAX)
-            if intake is not None:
-                result.lines[intake[0]].append(intake[1])
-            else:
-                for table, row in rows_for(record, msg.partition, msg.offset):
-                    result.rows[table].append(row)
-            decoded.append(record)
-            where = (msg.topic, msg.partition)
-            source = sources.get(where)
-            if source is None:
-                source = sources[where] = partition_key(*where)
-            result.sources.append(source)
-            kept.append(msg)
-            stamps.append(msg.timestamp)
+        records: list[Any] = []
+        verdicts = Verdicts()
+        for start in range(0, len(messages), _CHUNK):
+            # A chunk's records are checked while they are still in the CPU's cache.
+            records += self._parse(result, messages[start:start + _CHUNK], now)
+            self._checks.judge(records, messages, now, start=start, out=verdicts)
+        if verdicts.refused:
+            self._refuse(result, records, messages, verdicts.refused)
+        kept: list[RawMessage] = messages
+        decoded: list[Any] = records
+        if result.dead:
+            decoded = [r for r in records if r is not None]
+            kept = [m for m, r in zip(messages, records, strict=True) if r is not None]
+        result.decoded, result.messages = decoded, list(kept)
+        result.broker_ts = list(map(_STAMP, kept))
+        result.sources = list(map(self._sources.__getitem__, map(_WHERE, kept)))
+        for table, idx in verdicts.intake.items():
+            result.lines[table] = list(zip(map(records.__getitem__, idx),
+                                           map(_PARTITION, map(messages.__getitem__, idx)),
+                                           map(_OFFSET, map(messages.__getitem__, idx)),
+                                           strict=True))
+        for i in verdicts.rows:
+            msg = messages[i]
+            for table, row in rows_for(records[i], msg.partition, msg.offset):
+                result.rows[table].append(row)
         self.accepted += result.records
         return result
 
-    def _decode(self, result: IngestResult, msg: RawMessage, now: float) -> Record | None:
-        """``msg``'s record, or None when it is refused (a dead letter, counted)."""
+    def _parse(self, result: IngestResult, messages: list[RawMessage],
+               now: float) -> list[Any]:
+        """Each message's record as msgspec parsed it; ``None`` for one refused (dead)."""
+        if self.auth is not None:
+            return [self._admit(result, msg, now) for msg in messages]
+        parsers = self._parsers
+        out: list[Any] = []
+        append = out.append
+        for msg in messages:
+            parse, value = parsers.get(msg.topic), msg.value
+            if parse is not None and value is not None and len(value) <= MAX_RECORD_BYTES:
+                try:
+                    append(parse(value))
+                    continue
+                except PARSE_ERRORS:
+                    pass
+            append(self._admit(result, msg, now))
+        return out
+
+    def _refuse(self, result: IngestResult, records: list[Any], messages: list[RawMessage],
+                refused: list[tuple[int, str, str]]) -> None:
+        """Dead-letter the records refused after parsing, in message order with the rest."""
+        early = result.dead
+        at = [i for i, r in enumerate(records) if r is None] if early else []
+        late: list[tuple[int, DeadLetter]] = []
+        for i, reason, message in refused:
+            self.rejected[reason] += 1
+            late.append((i, DeadLetter(messages[i], reason, message)))
+            records[i] = None
+        merged = sorted([*zip(at, early, strict=True), *late], key=lambda pair: pair[0])
+        result.dead = [dead for _, dead in merged]
+
+    def _admit(self, result: IngestResult, msg: RawMessage, now: float) -> Record | None:
+        """``msg``'s record as parsed, or None when it is refused (a dead letter, counted).
+
+        Checks the MAC first (with ``auth``); a signed record that names another node than
+        its signer is refused only once its names and version pass (as a decode did).
+        """
         decoder = self._decoders.get(msg.topic)
         if decoder is None:
             self._reject(result, msg, "wrong_topic", f"no decoder for topic {msg.topic!r}")
@@ -208,15 +214,19 @@ class Ingestor:
                 self._forged(result, msg, verdict.claimed or claim.node, None,
                              verdict.why or "no_mac", now, cluster=claim.cluster)
                 return None
+        other: str | None = None
         try:
-            record: Record = decoder.decode(msg.value)
+            record: Record = decoder.parse(msg.value)
+            if signer is not None:
+                other = foreign_node(record, signer)
+                if other is not None:
+                    decoder.verify(record, msg.value)
         except RecordError as exc:
             self._reject(result, msg, exc.reason, exc.message)
             return None
-        if signer is not None:
-            other = foreign_node(record, signer)
-            if other is not None and self._wrong_node(result, msg, other, signer, record, now):
-                return None
+        if other is not None and signer is not None and \
+                self._wrong_node(result, msg, other, signer, record, now):
+            return None
         return record
 
     def _reject(self, result: IngestResult, msg: RawMessage, reason: str, message: str) -> None:

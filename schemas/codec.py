@@ -15,18 +15,22 @@ again with the pattern on the type, so every rejection reads as it always did.
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Generic, Literal, TypeVar
 
 import msgspec
 
-from trainguard.schemas.names import names_check, strict_twin
+from trainguard.schemas.names import all_good_names, names_check, strict_twin
 from trainguard.schemas.records import SCHEMA_VERSION, Record
 
 __all__ = [
     "MAX_RECORD_BYTES",
+    "PARSE_ERRORS",
     "RecordDecoder",
     "RecordError",
     "RejectReason",
+    "all_verified",
     "convert",
     "encode",
 ]
@@ -37,6 +41,11 @@ MAX_RECORD_BYTES: Final = 4 * 1024 * 1024
 RejectReason = Literal["too_large", "not_json", "invalid", "wrong_kind", "unsupported_version"]
 
 T = TypeVar("T")
+
+#: What msgspec raises for bytes that are no record of the type (all become RecordError).
+PARSE_ERRORS: Final = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError,
+                       RecursionError)
+_VERSION = operator.attrgetter("schema_version")
 
 _encoder = msgspec.json.Encoder()
 
@@ -82,6 +91,15 @@ class RecordDecoder(Generic[T]):
 
     def decode(self, data: bytes | bytearray | memoryview | None) -> T:
         """Decode and validate ``data``; raise :class:`RecordError` with a reason."""
+        return self.verify(self.parse(data), data)
+
+    def parse(self, data: bytes | bytearray | memoryview | None) -> T:
+        """Decode ``data`` without the checks :meth:`verify` makes (names, version).
+
+        A record from here is only valid once :meth:`verify` (or a batch check with the
+        same verdict, :func:`all_verified`) has passed it; a rejection is the same
+        :class:`RecordError` as :meth:`decode` raises.
+        """
         if data is None:
             raise RecordError("not_json", "empty message (null value)")
         if len(data) > MAX_RECORD_BYTES:
@@ -89,13 +107,27 @@ class RecordDecoder(Generic[T]):
                 "too_large", f"message of {len(data)} bytes exceeds {MAX_RECORD_BYTES} bytes"
             )
         try:
-            record = self._decoder.decode(data)
-        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError,
-                RecursionError) as exc:
+            return self._decoder.decode(data)
+        except PARSE_ERRORS as exc:
             # With the names' pattern on the type a name before the failure fails first.
             raise self._rejection(data, exc) from None
+
+    @property
+    def parse_unchecked(self) -> Callable[[bytes], T]:
+        """The msgspec decode alone: what :meth:`parse` does after its size check.
+
+        Raises :data:`PARSE_ERRORS` (or ``TypeError`` for a value that is no buffer)
+        where :meth:`parse` raises :class:`RecordError`; for the hot loop of a batch.
+        """
+        return self._decoder.decode
+
+    def verify(self, record: T, data: bytes | bytearray | memoryview | None) -> T:
+        """``record`` (parsed from ``data``) when its names and version are valid.
+
+        Raises the :class:`RecordError` :meth:`decode` raises for ``data``.
+        """
         if self._names is not None and not self._names(record):
-            raise self._rejection(data, None) from None
+            raise self._rejection(data or b"", None) from None
         version = getattr(record, "schema_version", SCHEMA_VERSION)
         if version > SCHEMA_VERSION:
             raise RecordError(
@@ -110,8 +142,7 @@ class RecordDecoder(Generic[T]):
         if self._strict is not self._decoder or exc is None:
             try:
                 self._strict.decode(data)
-            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError,
-                    RecursionError) as strict:
+            except PARSE_ERRORS as strict:
                 exc = strict
             else:  # unreachable: the strict type accepts less than the plain one
                 if exc is None:
@@ -125,8 +156,7 @@ class RecordDecoder(Generic[T]):
         """Turn a validation failure into the most useful reason (error path only)."""
         try:
             env = _envelope_decoder.decode(data)
-        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError,
-                RecursionError):
+        except PARSE_ERRORS:
             return RecordError("invalid", f"{exc} (expected a JSON object of {self._type_name})")
         if isinstance(env.schema_version, int) and env.schema_version > SCHEMA_VERSION:
             return RecordError(
@@ -170,3 +200,21 @@ def convert(obj: Any, record_type: type[T]) -> T:
     # With the names' pattern on the type a name before any other fault fails first.
     msgspec.convert(obj, strict_twin(record_type), strict=True)
     raise msgspec.ValidationError("a name does not match the name pattern")  # unreachable
+
+
+def all_verified(records: Sequence[Any]) -> bool:
+    """True when every one of ``records`` (all of one struct type) passes ``verify``.
+
+    The verdict of :meth:`RecordDecoder.verify` of any decoder that parses their type, on
+    the whole batch in C-level passes: every strict name at once
+    (:func:`~trainguard.schemas.names.all_good_names`), then the highest version. False
+    says only that some record may not pass: ``verify`` each to learn which, and why.
+    """
+    if not records:
+        return True
+    cls = type(records[0])
+    if not all_good_names(cls, records):
+        return False
+    if "schema_version" not in getattr(cls, "__struct_fields__", ()):
+        return True
+    return max(map(_VERSION, records)) <= SCHEMA_VERSION

@@ -8,6 +8,11 @@ against :data:`~trainguard.schemas.types.NAME_PATTERN` (the same ``re.search`` m
 does), remembering the names that passed in a bounded :class:`NameCache`. A name that
 fails is never remembered, so it fails every time.
 
+A batch of records of one type is checked at once with :func:`all_good_names`: every
+strict name of every record gathered in C-level passes (``attrgetter`` and ``chain``) into
+one set, and only the names not yet in the cache tried on the pattern, so that a batch of
+known names costs a set build, not a Python loop over each record's fields.
+
 When a check fails, the codec decodes the message once more with :func:`strict_twin` of
 the type: the same structs with the pattern restored, so that the error is msgspec's own,
 word for word and at the same place, as when the pattern was on the type itself.
@@ -19,7 +24,8 @@ import functools
 import operator
 import re
 import types
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from itertools import chain
 from typing import Annotated, Any, Final, Union, get_args, get_origin
 
 import msgspec
@@ -27,7 +33,8 @@ from msgspec import Meta
 
 from trainguard.schemas.types import NAME_PATTERN
 
-__all__ = ["MAX_CACHED_NAMES", "NAMES", "NameCache", "names_check", "strict_twin"]
+__all__ = ["MAX_CACHED_NAMES", "NAMES", "NameCache", "all_good_names", "names_check",
+           "strict_twin"]
 
 #: Distinct names remembered as good; past that the cache starts over (an attacker's flood
 #: of new names costs the regex each, as before, and no memory).
@@ -35,6 +42,9 @@ MAX_CACHED_NAMES: Final = 1 << 16
 
 #: True when every strict name inside the value matches the pattern.
 Check = Callable[[Any], bool]
+#: The strict names (``None`` for an optional one) inside a list of values of one type, as
+#: iterables (one per field).
+Collect = Callable[[Sequence[Any]], list[Iterable[str | None]]]
 
 _NAME_RE = re.compile(NAME_PATTERN)
 
@@ -210,6 +220,64 @@ def _getter(names: list[str]) -> Callable[[Any], tuple[str | None, ...]]:
 def _late(cls: type, memo: dict[Any, Check | None]) -> Check:
     found = memo[cls]
     return found if found is not None else (lambda value: True)
+
+
+def all_good_names(tp: Any, values: Sequence[Any]) -> bool:
+    """Whether every strict name inside every one of ``values`` (all of type ``tp``) is good.
+
+    The same verdict as ``all(map(names_check(tp), values))``, in C-level passes over the
+    batch where ``tp``'s names sit in plain fields and lists of structs (the records).
+    """
+    collect = _collector(tp)
+    if collect is None:
+        check = names_check(tp)
+        return check is None or all(map(check, values))
+    found: set[str | None] = set()
+    for names in collect(values):
+        found.update(names)
+    # ``set - set`` walks the smaller left side: the batch's distinct names, not the cache.
+    unknown = found - _KNOWN
+    unknown.discard(None)
+    ok: Callable[[Any], bool] = NAMES.ok
+    return all(map(ok, unknown))
+
+
+@functools.cache
+def _collector(tp: Hashable) -> Collect | None:
+    """How to gather the strict names of many ``tp`` at once; None when not in plain passes."""
+    if not (isinstance(tp, type) and issubclass(tp, msgspec.Struct)):
+        return None
+    names: list[str] = []
+    nested: list[tuple[Callable[[Any], Any], Collect]] = []
+    for field in msgspec.structs.fields(tp):
+        check = _check(field.type, {})
+        if check is None:
+            continue
+        if check is _name:
+            names.append(field.name)
+            continue
+        item = _list_item(field.type)
+        inner = _collector(item) if item is not None else None
+        if inner is None:
+            return None
+        nested.append((operator.attrgetter(field.name), inner))
+    own = [operator.attrgetter(name) for name in names]
+
+    def collect(values: Sequence[Any]) -> list[Iterable[str | None]]:
+        # One ``map`` per field: a getter of one attribute builds no tuple.
+        found: list[Iterable[str | None]] = [map(get, values) for get in own]
+        for items, inner in nested:
+            found += inner(list(chain.from_iterable(map(items, values))))
+        return found
+    return collect
+
+
+def _list_item(tp: Any) -> Any:
+    """The item type of ``list[X]`` (under ``Annotated`` too); None for anything else."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        return _list_item(args[0])
+    return args[0] if origin is list and len(args) == 1 else None
 
 
 def strict_twin(tp: Any) -> Any:
