@@ -95,6 +95,7 @@ def build_app(
             StageStates(baselines=baselines, consistency=consistency),
             app.topic(config.topics.baseline_state, partitions=1, **_RAW),
             inputs=config.topics.inputs(), every_s=config.state_every_s,
+            max_share=config.state_max_share,
             read=functools.partial(read_snapshots, config.bootstrap,
                                    config.topics.baseline_state, security=config.security))
     # One thread owns all store calls: chdb is synchronous and must not block the event loop.

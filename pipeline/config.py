@@ -92,8 +92,13 @@ class WorkerConfig:
     #: Findings → alerts → receivers.
     alerting: AlertingConfig = field(default_factory=AlertingConfig)
     #: How often (wall clock) detector state is snapshotted to the compacted state topic, at
-    #: least: a snapshot that takes t seconds to export delays the next by 10·t or more.
+    #: least: see ``state_max_share``.
     state_every_s: float = 5.0
+    #: The most of the worker's time snapshots may take: a round that took t seconds to
+    #: export and send delays the next by t / share or more. At 10,000 nodes a round is
+    #: hundreds of MB and ~1.5 s, so the next comes ~30 s later (at most ~30 s of points a
+    #: failover does not restore); a small fleet snapshots every ``state_every_s``.
+    state_max_share: float = 0.05
     #: How often (wall clock) the worker writes its own health to ``pipeline_health``.
     health_every_s: float = 5.0
     #: Where the worker writes its state (Faust tables) and, for chdb, its owner file.
@@ -165,6 +170,9 @@ class WorkerConfig:
             value = getattr(self, name)
             if not 1 <= value <= 100 * 365 * 86400:
                 raise ConfigError(f"{name} must be within 1..3153600000 seconds, got {value!r}")
+        if not 0.01 <= self.state_max_share <= 0.5:
+            raise ConfigError(
+                f"state_max_share must be within 0.01..0.5, got {self.state_max_share!r}")
         if not 0.01 <= self.batch_within_s <= 60:
             raise ConfigError(f"batch_within_s must be within 0.01..60, got {self.batch_within_s}")
         IngestCaps(max_world_size=self.max_world_size)  # validates it

@@ -116,14 +116,18 @@ class StateSnapshots:
 
     ``read(keys)`` returns the latest snapshot blob of each partition key (blocking: it
     runs on a thread). ``clock`` is monotonic seconds, ``generation`` a rising integer.
+    A round of snapshots that took t seconds delays the next by ``t / max_share`` (and at
+    least ``every_s``).
     """
 
     def __init__(
         self, state: PartitionedState, topic: SendTopic, *, inputs: Iterable[str],
         every_s: float, read: Callable[[set[str]], dict[str, bytes]],
         clock: Callable[[], float] = time.monotonic, generation: Callable[[], int] = time.time_ns,
+        max_share: float = 0.1,
     ) -> None:
         self._state, self._topic, self._read = state, topic, read
+        self._max_share = max_share
         self._inputs = set(inputs)
         self._every_s, self._clock, self._generation = every_s, clock, generation
         self._next = clock() + every_s
@@ -184,8 +188,8 @@ class StateSnapshots:
         self._round_sent += len(sent)
         if not self._round:
             # A large state (60 MB per partition at 10,000 nodes) takes seconds to export:
-            # space rounds so that they cost at most ~10% of the worker.
-            self._next = self._clock() + max(self._every_s, 10 * self._round_took)
+            # space rounds so that they cost at most max_share of the worker.
+            self._next = self._clock() + max(self._every_s, self._round_took / self._max_share)
             log.debug("state snapshot partitions=%d chunks=%d took_s=%.2f", len(self._slots),
                       self._round_sent, self._round_took)
         return len(sent)

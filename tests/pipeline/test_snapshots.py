@@ -6,10 +6,14 @@ import asyncio
 from typing import NamedTuple
 
 import msgspec
+import pytest
 
 from tests.pipeline.fakes import Clock, FakeTopic, run, spin
+from trainguard.errors import ConfigError
+from trainguard.pipeline.config import WorkerConfig
 from trainguard.pipeline.snapshots import StageStates, StateSnapshots
 from trainguard.pipeline.state import partition_key
+from trainguard.pipeline.store.url import StoreUrl
 
 
 class FakeState:
@@ -218,3 +222,27 @@ def test_a_round_writes_one_partition_per_call_and_skips_one_handed_off_meanwhil
         assert [s.key.split(b"#")[0] for s in topic.sent] == [b"in:0", b"in:2"]
 
     run(main())
+
+
+def test_the_share_of_time_snapshots_may_take_spaces_the_rounds() -> None:
+    async def main() -> None:
+        clock = Clock()
+        gen = iter(range(1, 100))
+        snaps = StateSnapshots(FakeState(clock, {"in:0": b"a", "in:1": b"b"}, export_s=1.0),
+                               FakeTopic(), inputs=["in"], every_s=5.0, read=lambda keys: {},
+                               clock=clock, generation=lambda: next(gen), max_share=0.05)
+        clock.advance(5.0)
+        await snaps.write()  # two partitions, 1 s each: the next round is 2 / 0.05 s away
+        clock.advance(39.0)
+        assert not snaps.due()
+        clock.advance(1.0)
+        assert snaps.due()
+
+    run(main())
+
+
+@pytest.mark.parametrize("share", [0.0, 0.001, 0.6])
+def test_a_share_of_time_for_snapshots_out_of_range_is_refused(share: float) -> None:
+    with pytest.raises(ConfigError, match="state_max_share"):
+        WorkerConfig(bootstrap="127.0.0.1:9092", store=StoreUrl.parse("chdb:///tmp/x"),
+                     state_max_share=share)
