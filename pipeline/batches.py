@@ -106,10 +106,11 @@ class BatchHandler:
         await self._offsets.settle(self._writes_in_flight)
         if self._snapshots is not None and self._snapshots.due():
             # After every write landed: a snapshot never holds an alarm whose anomaly is
-            # not stored, nor points of a batch that a crash would replay. One partition
-            # per batch, so that a large state never stops the input for its whole export.
+            # not stored, nor points of a batch that a crash would replay. Every partition
+            # at once: a round spread over batches would stall while no input arrives, and
+            # a crash meanwhile would find partitions without their snapshot.
             await self._offsets.settle_all()
-            await self._snapshots.write_next()
+            await self._snapshots.write()
 
     def _observe_baselines(self, result: IngestResult, dead: list[DeadLetter]) -> list[Anomaly]:
         """The batch's anomalies; records the stage raises on are bisected out."""

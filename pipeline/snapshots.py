@@ -164,11 +164,10 @@ class StateSnapshots:
     async def write_next(self) -> int:
         """Write the next partition of the round in progress (a new round if none).
 
-        A round snapshots every partition held, one per call: the worker calls it once
-        per batch, so a large state (hundreds of MB at thousands of nodes) never stops
-        the input for the whole export at once. Each partition's state is whole at the
-        moment it is written, which is all a restore needs: partitions are independent.
-        The same rule as :meth:`write`: call it after every store write landed.
+        A round snapshots every partition held, one per call (:meth:`write` makes the
+        calls). Each partition's state is whole at the moment it is written, which is all
+        a restore needs: partitions are independent. The same rule as :meth:`write`: call
+        it after every store write landed.
         """
         if not self._round:
             self._round, self._round_took = sorted(self._state.partitions()), 0.0

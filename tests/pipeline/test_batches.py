@@ -141,7 +141,7 @@ class _Snapshots:
     def due(self) -> bool:
         return True
 
-    async def write_next(self) -> int:
+    async def write(self) -> int:
         self.in_flight_at_write.append(len(self.held))
         return 1
 
