@@ -134,9 +134,6 @@ class StateSnapshots:
         # The slot each partition's last snapshot went to, and the chunks per (partition, slot).
         self._slots: dict[str, int] = {}
         self._chunks: dict[tuple[str, int], int] = {}
-        # The partitions the round in progress has yet to write, its export time and chunks.
-        self._round: list[str] = []
-        self._round_took, self._round_sent = 0.0, 0
         # Cleared while a new assignment's state loads: Faust may hand the agent events of
         # the new partitions before the handler finishes, and a cold baseline would judge them.
         self._ready = asyncio.Event()
@@ -147,8 +144,8 @@ class StateSnapshots:
         await self._ready.wait()
 
     def due(self) -> bool:
-        """Whether a snapshot is due: the next round, or the rest of one in progress."""
-        return bool(self._round) or self._clock() >= self._next
+        """Whether the next snapshot is due."""
+        return self._clock() >= self._next
 
     async def write(self) -> int:
         """Write one snapshot of every partition held; return how many messages it took.
@@ -156,41 +153,23 @@ class StateSnapshots:
         Call it after every store write landed: a snapshot must never hold an alarm whose
         anomaly is not stored, nor points of a batch that a crash would replay.
         """
-        sent = await self.write_next()
-        while self._round:
-            sent += await self.write_next()
-        return sent
-
-    async def write_next(self) -> int:
-        """Write the next partition of the round in progress (a new round if none).
-
-        A round snapshots every partition held, one per call (:meth:`write` makes the
-        calls). Each partition's state is whole at the moment it is written, which is all
-        a restore needs: partitions are independent. The same rule as :meth:`write`: call
-        it after every store write landed.
-        """
-        if not self._round:
-            self._round, self._round_took = sorted(self._state.partitions()), 0.0
-            self._round_sent = 0
-        part = self._round.pop(0)
         started = self._clock()
+        generation = self._generation()
         sent = []
-        if part in self._state.partitions():  # else handed off since the round began
+        for part in sorted(self._state.partitions()):
             # Alternate slots: the previous snapshot stays whole while this one is written.
             slot = self._slots[part] = (self._slots.get(part, 1) + 1) % 2
-            chunks = chunk_snapshot(part, self._state.export(part), self._generation(), slot,
+            chunks = chunk_snapshot(part, self._state.export(part), generation, slot,
                                     self._chunks.get((part, slot), 0))
             self._chunks[part, slot] = sum(1 for _, v in chunks if v is not None)
-            sent = [await self._topic.send(key=k, value=v) for k, v in chunks]
-            await asyncio.gather(*sent)
-        self._round_took += self._clock() - started
-        self._round_sent += len(sent)
-        if not self._round:
-            # A large state (60 MB per partition at 10,000 nodes) takes seconds to export:
-            # space rounds so that they cost at most max_share of the worker.
-            self._next = self._clock() + max(self._every_s, self._round_took / self._max_share)
-            log.debug("state snapshot partitions=%d chunks=%d took_s=%.2f", len(self._slots),
-                      self._round_sent, self._round_took)
+            sent += [await self._topic.send(key=k, value=v) for k, v in chunks]
+        await asyncio.gather(*sent)
+        # A large state (60 MB per partition at 10,000 nodes) takes seconds to export:
+        # space snapshots so that they cost at most max_share of the worker.
+        took = self._clock() - started
+        self._next = self._clock() + max(self._every_s, took / self._max_share)
+        log.debug("state snapshot partitions=%d chunks=%d took_s=%.2f", len(self._slots),
+                  len(sent), took)
         return len(sent)
 
     async def on_assigned(self, assigned: Iterable[Any]) -> None:

@@ -94,10 +94,6 @@ def test_write_returns_only_after_kafka_acked_every_chunk() -> None:
         snaps = _snapshots(FakeState(clock, {"in:0": b"a", "in:1": b"b"}), topic, clock)
         task = asyncio.create_task(snaps.write())
         await spin()
-        # Partition by partition: the next one's chunks go once the first one's landed.
-        assert len(topic.sent) == 1 and not task.done()
-        topic.ack_all()
-        await spin()
         assert len(topic.sent) == 2 and not task.done()
         topic.ack_all()
         assert await task == 2
@@ -204,27 +200,7 @@ def test_a_stage_whose_state_fails_to_load_starts_fresh_and_is_counted() -> None
     assert states.rejected == {"baselines": 2, "consistency": 1}
 
 
-def test_a_round_writes_one_partition_per_call_and_skips_one_handed_off_meanwhile() -> None:
-    async def main() -> None:
-        clock = Clock()
-        topic = FakeTopic()
-        state = FakeState(clock, {"in:0": b"a", "in:1": b"b", "in:2": b"c"})
-        snaps = _snapshots(state, topic, clock)
-        clock.advance(5)
-        assert snaps.due()
-        assert await snaps.write_next() == 1  # in:0
-        assert snaps.due()  # the round goes on, whatever the clock says
-        del state.blobs["in:1"]  # handed to another worker before its turn
-        assert await snaps.write_next() == 0
-        assert snaps.due()
-        assert await snaps.write_next() == 1  # in:2: the round is over
-        assert not snaps.due()
-        assert [s.key.split(b"#")[0] for s in topic.sent] == [b"in:0", b"in:2"]
-
-    run(main())
-
-
-def test_the_share_of_time_snapshots_may_take_spaces_the_rounds() -> None:
+def test_the_share_of_time_snapshots_may_take_spaces_them() -> None:
     async def main() -> None:
         clock = Clock()
         gen = iter(range(1, 100))
@@ -232,7 +208,7 @@ def test_the_share_of_time_snapshots_may_take_spaces_the_rounds() -> None:
                                FakeTopic(), inputs=["in"], every_s=5.0, read=lambda keys: {},
                                clock=clock, generation=lambda: next(gen), max_share=0.05)
         clock.advance(5.0)
-        await snaps.write()  # two partitions, 1 s each: the next round is 2 / 0.05 s away
+        await snaps.write()  # two partitions, 1 s each: the next snapshot is 2 / 0.05 s away
         clock.advance(39.0)
         assert not snaps.due()
         clock.advance(1.0)
