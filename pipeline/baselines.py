@@ -20,19 +20,22 @@ seen entities are evicted (counted in ``evicted``), never the ones of the batch 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from trainguard.errors import ConfigError
+from trainguard.pipeline.baseline_state import export_doc, max_state_bytes, read_doc
 from trainguard.pipeline.detect import BankConfig, Detection
 from trainguard.pipeline.detect.family import EntityFamily, EntityMeta
 from trainguard.pipeline.detect.points import GpuPoints, RankPoints
 from trainguard.pipeline.detect.registry import DEFAULT_MAX_ENTITIES
+from trainguard.pipeline.state_codec import pack_arrays
 from trainguard.schemas.records import Anomaly, GpuSampleBatch, Record, StepBatch, StepRecord
 
 __all__ = ["GPU_METRICS", "RANK_METRICS", "BaselineConfig", "BaselineStage"]
@@ -83,6 +86,7 @@ class BaselineStage:
         self._next_snapshot: float | None = None
         self._next_expiry = 0.0
         self.expired = 0
+        self._max_state_bytes: int | None = None
 
     def suppressed(self) -> dict[str, int]:
         """Departures not reported as anomalies since start, by reason, GPUs and ranks."""
@@ -121,18 +125,21 @@ class BaselineStage:
 
     def export(self, part: str) -> bytes:
         """Serialized detector state of the entities fed by input partition ``part``."""
-        from trainguard.pipeline.state import encode_arrays
+        return self.export_later(part)()
 
-        return encode_arrays({"format": 1, "now": self.now, "gpu": self.gpus.export(part),
-                              "rank": self.ranks.export(part)})
+    def export_later(self, part: str) -> Callable[[], bytes]:
+        """Copy ``part``'s state now; the call returned packs it (run it off the loop)."""
+        doc = export_doc(self.now, self._families(), part)
+        return functools.partial(pack_arrays, doc)
 
     def load(self, part: str, blob: bytes) -> int:
-        """Install a partition's exported state; return how many entities it held."""
-        from trainguard.pipeline.state import decode_arrays
+        """Install a partition's exported state; return how many entities it held.
 
-        doc = decode_arrays(blob)
-        if doc.get("format") != 1:
-            raise ValueError(f"unknown baseline state format {doc.get('format')!r}")
+        A blob that does not unpack raises (the caller counts it and starts fresh).
+        """
+        if self._max_state_bytes is None:
+            self._max_state_bytes = max_state_bytes(self._families())
+        doc = read_doc(blob, self._max_state_bytes)
         self.now = max(self.now, float(doc["now"]))
         try:
             return self.gpus.load(part, doc["gpu"]) + self.ranks.load(part, doc["rank"])
@@ -143,6 +150,9 @@ class BaselineStage:
             log.warning("baseline state not loaded partition=%s error=%s; warming up", part,
                         exc)
             return 0
+
+    def _families(self) -> dict[str, EntityFamily]:
+        return {"gpu": self.gpus, "rank": self.ranks}
 
     def drop(self, part: str) -> int:
         """Forget every entity fed by ``part`` (a partition this worker lost)."""

@@ -15,10 +15,11 @@ partition fresh, never stopping the worker.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import msgspec
 
@@ -74,8 +75,15 @@ class StageStates:
 
     def export(self, part: str) -> bytes:
         """Every stage's state of ``part``, in one blob."""
-        blobs = {name: s.export(part) for name, s in self._stages.items()}
-        return _STAGES + msgspec.msgpack.encode(blobs)
+        return self.export_later(part)()
+
+    def export_later(self, part: str) -> Callable[[], bytes]:
+        """Copy every stage's state of ``part`` now; the call returned encodes it.
+
+        The call may run on another thread: it only reads the copies.
+        """
+        later = {name: _export_later(s, part) for name, s in self._stages.items()}
+        return functools.partial(_join, later)
 
     def load(self, part: str, blob: bytes) -> int:
         """Load each stage's part of ``blob``; return the entities restored in all."""
@@ -109,6 +117,24 @@ class StageStates:
         log.warning("state snapshot not loaded stage=%s partition=%s error=%s: %s; it "
                     "starts fresh (rejected=%d)", name, part, type(exc).__name__, exc,
                     self.rejected[name])
+
+
+def _export_later(state: PartitionedState, part: str) -> Callable[[], bytes]:
+    """``state.export_later(part)`` where the state has it, else its blob exported now."""
+    later = getattr(state, "export_later", None)
+    if later is not None:
+        return cast(Callable[[], bytes], later(part))
+    blob = state.export(part)
+    return lambda: blob
+
+
+def _packs_later(state: PartitionedState) -> bool:
+    """Whether ``state``'s export leaves work (packing) worth a thread."""
+    return getattr(state, "export_later", None) is not None
+
+
+def _join(later: dict[str, Callable[[], bytes]]) -> bytes:
+    return _STAGES + msgspec.msgpack.encode({name: f() for name, f in later.items()})
 
 
 class StateSnapshots:
@@ -155,11 +181,20 @@ class StateSnapshots:
         """
         started = self._clock()
         generation = self._generation()
+        loop = asyncio.get_running_loop()
+        # Every partition copied at one instant, on the loop, before anything is awaited;
+        # then packed (zstd releases the GIL) on a thread and sent, one partition at a time.
+        laters = [(part, _export_later(self._state, part))
+                  for part in sorted(self._state.partitions())]
         sent = []
-        for part in sorted(self._state.partitions()):
+        while laters:
+            part, later = laters.pop(0)
+            blob = (await loop.run_in_executor(None, later) if _packs_later(self._state)
+                    else later())
+            del later  # the copies go as soon as they are packed
             # Alternate slots: the previous snapshot stays whole while this one is written.
             slot = self._slots[part] = (self._slots.get(part, 1) + 1) % 2
-            chunks = chunk_snapshot(part, self._state.export(part), generation, slot,
+            chunks = chunk_snapshot(part, blob, generation, slot,
                                     self._chunks.get((part, slot), 0))
             self._chunks[part, slot] = sum(1 for _, v in chunks if v is not None)
             sent += [await self._topic.send(key=k, value=v) for k, v in chunks]

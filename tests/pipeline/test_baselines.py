@@ -176,9 +176,11 @@ def test_state_of_another_detector_layout_warms_up_instead_of_failing():
     for i in range(40):
         first.observe([_tick(gpus, T0 + i)], sources=["s:0"])
     blob = first.export("s:0")
-    from trainguard.pipeline.state import decode_arrays, encode_arrays
+    from trainguard.pipeline.baseline_state import read_doc
+    from trainguard.pipeline.state import encode_arrays
 
-    doc = decode_arrays(blob)
+    doc = read_doc(blob, 1 << 30)
+    doc["format"] = 1  # as an older worker wrote it: uncompressed, nothing folded
     doc["gpu"]["banks"]["power_w"] = {k: v for k, v in doc["gpu"]["banks"]["power_w"].items()
                                       if not k.startswith("anchor.")}  # an older layout
     second = BaselineStage()
