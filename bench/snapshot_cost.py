@@ -62,7 +62,8 @@ def build_state(nodes: int, ticks: int, alarm_share: float,
             baselines.observe(result.decoded, result.sources)
             for idx in batches_module._by_job(result.decoded).values():
                 checks.observe([result.decoded[i] for i in idx],
-                               [result.broker_ts[i] for i in idx])
+                               [result.broker_ts[i] for i in idx],
+                               [result.sources[i] for i in idx])
     rng = np.random.default_rng(seed)
     for family in (baselines.gpus, baselines.ranks):
         live = family.live_rows()

@@ -46,7 +46,7 @@ def pack_arrays(doc: dict[str, Any]) -> bytes:
 
     def enc(value: Any) -> Any:
         if isinstance(value, np.ndarray):
-            arr = np.ascontiguousarray(value)
+            arr = value if value.flags.c_contiguous else value.copy(order="C")
             if arr.dtype.kind == "U":
                 return {"__str__": [str(x) for x in arr.tolist()]}
             if arr.dtype.kind not in _KINDS:

@@ -59,19 +59,27 @@ class SavedJob:
 
 def export_partition(stage: ConsistencyStage, job_ids: Sequence[str], layout: str
                      ) -> tuple[bytes, int]:
-    """The blob of ``job_ids`` (most recently seen last) and how many did not fit.
+    """The blob of ``job_ids`` (most recently seen last) and how many did not fit."""
+    raw, left_out = encode_partition(stage, job_ids, layout)
+    return seal_partition(raw), left_out
+
+
+def encode_partition(stage: ConsistencyStage, job_ids: Sequence[str], layout: str
+                     ) -> tuple[bytes, int]:
+    """What :func:`seal_partition` compresses, and how many jobs did not fit.
 
     A job whose state cannot be written (:class:`StateError`) is counted with those that
     did not fit: it starts fresh on the next worker.
     """
     bound, config = stage.config.max_state_bytes, stage.config
+    silence = stage.silence.saved_jobs(job_ids)  # one pass over the nodes, not one a job
     bodies: list[bytes] = []
     total = left_out = 0
     for job_id in reversed(job_ids):
         job = stage.jobs[job_id]
         try:
             body = encode_state([job_id, stage.owned_by_steps(job_id), job,
-                                 stage.silence.saved(job_id), stage.clock_saved(job_id)],
+                                 silence[job_id], stage.clock_saved(job_id)],
                                 config)
         except StateError:
             left_out += 1
@@ -81,8 +89,12 @@ def export_partition(stage: ConsistencyStage, job_ids: Sequence[str], layout: st
             continue
         bodies.append(body)
         total += len(body)
-    raw = msgspec.msgpack.encode(_Envelope(VERSION, layout, bodies))
-    return MAGIC + zlib.crc32(raw).to_bytes(4, "big") + zlib.compress(raw, 1), left_out
+    return msgspec.msgpack.encode(_Envelope(VERSION, layout, bodies)), left_out
+
+
+def seal_partition(raw: bytes) -> bytes:
+    """The blob of an encoded partition: checksum and zlib (both release the GIL)."""
+    return MAGIC + zlib.crc32(raw).to_bytes(4, "big") + zlib.compress(raw, 1)
 
 
 def load_partition(blob: bytes, stage: ConsistencyStage, layout: str) -> list[SavedJob]:

@@ -211,9 +211,18 @@ class SilenceWatch:
 
     def saved(self, job: str) -> dict[str, Any]:
         """The state of ``job``'s nodes (what :meth:`restore` takes on another worker)."""
-        nodes = [(name, node, self._clocks.saved(name)) for name, node in self._nodes.items()
-                 if (node.paged or node.job) == job]
-        return {"nodes": nodes, "tracker": self._trackers.get(job)}
+        return self.saved_jobs([job])[job]
+
+    def saved_jobs(self, jobs: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """:meth:`saved` of each of ``jobs``, in one pass over the nodes (a partition's)."""
+        nodes: dict[str, list[tuple[str, _Node, Any]]] = {job: [] for job in jobs}
+        for name, node in self._nodes.items():
+            job = node.paged or node.job
+            held = nodes.get(job) if job is not None else None
+            if held is not None:
+                held.append((name, node, self._clocks.saved(name)))
+        return {job: {"nodes": held, "tracker": self._trackers.get(job)}
+                for job, held in nodes.items()}
 
     @staticmethod
     def valid_saved(saved: object) -> bool:

@@ -33,6 +33,7 @@ step records, so a worker that takes a partition over resumes its jobs' checks.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -42,7 +43,12 @@ from trainguard.pipeline.clocks import EventClocks
 from trainguard.pipeline.consistency.codec import StateError, layout_fingerprint
 from trainguard.pipeline.consistency.config import ConsistencyConfig
 from trainguard.pipeline.consistency.findings import FindingTracker
-from trainguard.pipeline.consistency.handoff import SavedJob, export_partition, load_partition
+from trainguard.pipeline.consistency.handoff import (
+    SavedJob,
+    encode_partition,
+    load_partition,
+    seal_partition,
+)
 from trainguard.pipeline.consistency.job import JobState
 from trainguard.pipeline.consistency.silence import SilenceWatch
 from trainguard.schemas.records import (
@@ -217,14 +223,18 @@ class ConsistencyStage:
 
     def export(self, part: str) -> bytes:
         """The state of the jobs of input partition ``part`` (see handoff)."""
+        return self.export_later(part)()
+
+    def export_later(self, part: str) -> Callable[[], bytes]:
+        """Encode ``part``'s jobs now; the call returned compresses them (off the loop)."""
         ids = [j for j in self.jobs if self._owners.get(j, ("", False))[0] == part]
-        blob, left_out = export_partition(self, ids, self.layout())
+        raw, left_out = encode_partition(self, ids, self.layout())
         if left_out:
             self.state_jobs_left_out += left_out
             log.warning("consistency state partial partition=%s jobs=%d left_out=%d "
                         "max_state_bytes=%d", part, len(ids), left_out,
                         self.config.max_state_bytes)
-        return blob
+        return functools.partial(seal_partition, raw)
 
     def load(self, part: str, blob: bytes) -> int:
         """Install partition ``part``'s exported jobs; return how many (0: refused)."""
