@@ -116,10 +116,11 @@ def fold_rows(doc: dict[str, Any], key: str, like: str) -> dict[str, Any]:
     if not isinstance(value, np.ndarray) or not isinstance(ref, np.ndarray) or (
             value.shape != ref.shape or value.dtype != ref.dtype or value.ndim != 2):
         return doc
-    width = value.shape[1] * value.dtype.itemsize
-    a = np.ascontiguousarray(value).view(np.uint8).reshape(len(value), width)
-    b = np.ascontiguousarray(ref).view(np.uint8).reshape(len(ref), width)
-    same = (a == b).all(axis=1)
+    # Compared as unsigned ints of the same width: bit for bit (NaN payloads, -0.0).
+    bits = np.dtype(f"u{value.dtype.itemsize}") if value.dtype.itemsize in (1, 2, 4, 8) \
+        else np.dtype(np.uint8)
+    a = np.ascontiguousarray(value).view(bits)
+    same = (a == np.ascontiguousarray(ref).view(bits)).all(axis=1)
     out = {k: v for k, v in doc.items() if k != key}
     out[key + ".same"] = np.packbits(same)
     out[key + ".rest"] = value[~same]

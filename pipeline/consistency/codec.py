@@ -21,6 +21,7 @@ import collections
 import hashlib
 import importlib
 import pkgutil
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -103,9 +104,9 @@ class _Encoder:
         if value is self._config:
             return [_CONFIG]
         if kind is tuple:
-            return [_TUPLE, [self.enc(v) for v in value]]
+            return [_TUPLE, self._items(value)]
         if kind is frozenset:
-            return [_FROZEN, [self.enc(v) for v in value]]
+            return [_FROZEN, self._items(value)]
         if kind is bytes:
             return [_BYTES, value]
         if isinstance(value, np.generic):
@@ -114,14 +115,14 @@ class _Encoder:
         if ref is not None:
             return ref
         if kind is list:
-            return [_LIST, [self.enc(v) for v in value]]
+            return [_LIST, self._items(value)]
         if kind is set:
-            return [_SET, [self.enc(v) for v in value]]
+            return [_SET, self._items(value)]
         if kind in (dict, collections.OrderedDict):
             flat = [self.enc(x) for kv in value.items() for x in kv]
             return [_DICT if kind is dict else _ODICT, flat]
         if kind is collections.deque:
-            return [_DEQUE, value.maxlen, [self.enc(v) for v in value]]
+            return [_DEQUE, value.maxlen, self._items(value)]
         if kind is np.ndarray:
             if value.dtype.kind not in _ARRAY_KINDS:
                 raise StateError(f"array of dtype {value.dtype} cannot be saved")
@@ -131,9 +132,15 @@ class _Encoder:
         if self._classes.get(name) is not kind:
             raise StateError(f"{name} is not a state class that can be saved")
         if isinstance(value, msgspec.Struct):
-            fields = {f: self.enc(getattr(value, f)) for f in value.__struct_fields__}
-            return [_STRUCT, name, fields]
-        return [_OBJ, name, {k: self.enc(v) for k, v in _attrs(value).items()}]
+            names, values = value.__struct_fields__, msgspec.structs.astuple(value)
+            return [_STRUCT, name, dict(zip(names, self._items(values), strict=True))]
+        attrs = _attrs(value)
+        return [_OBJ, name, dict(zip(attrs, self._items(attrs.values()), strict=True))]
+
+    def _items(self, values: Iterable[Any]) -> list[Any]:
+        """:meth:`enc` of each value; scalars (most of them) without the call."""
+        enc, scalars = self.enc, _SCALARS
+        return [v if type(v) in scalars else enc(v) for v in values]
 
 
 class _Decoder:
