@@ -182,16 +182,17 @@ class StateSnapshots:
         started = self._clock()
         generation = self._generation()
         loop = asyncio.get_running_loop()
-        # Every partition copied at one instant, on the loop, before anything is awaited;
-        # then packed (zstd releases the GIL) on a thread and sent, one partition at a time.
-        laters = [(part, _export_later(self._state, part))
-                  for part in sorted(self._state.partitions())]
         sent = []
-        while laters:
-            part, later = laters.pop(0)
+        for part in sorted(self._state.partitions()):
+            # Copied on the loop (the handler awaits this write: no batch moves the state
+            # meanwhile), then packed on a thread (zstd and zlib release the GIL) while the
+            # loop serves the rest (Kafka acks, timers); one partition's copies at a time.
+            if part not in self._state.partitions():
+                continue  # handed off by a rebalance while this round was on a thread
+            later = _export_later(self._state, part)
             blob = (await loop.run_in_executor(None, later) if _packs_later(self._state)
                     else later())
-            del later  # the copies go as soon as they are packed
+            del later
             # Alternate slots: the previous snapshot stays whole while this one is written.
             slot = self._slots[part] = (self._slots.get(part, 1) + 1) % 2
             chunks = chunk_snapshot(part, blob, generation, slot,

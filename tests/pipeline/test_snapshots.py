@@ -222,3 +222,37 @@ def test_a_share_of_time_for_snapshots_out_of_range_is_refused(share: float) -> 
     with pytest.raises(ConfigError, match="state_max_share"):
         WorkerConfig(bootstrap="127.0.0.1:9092", store=StoreUrl.parse("chdb:///tmp/x"),
                      state_max_share=share)
+
+
+class PackingState(FakeState):
+    """State whose export leaves packing to a thread; the packing of ``in:0`` takes as
+    long as a rebalance that hands ``in:1`` to another worker."""
+
+    def __init__(self, clock: Clock, blobs: dict[str, bytes]) -> None:
+        super().__init__(clock, blobs)
+        self.packed_on: list[str] = []
+
+    def export_later(self, part: str):  # type: ignore[no-untyped-def]
+        blob = self.blobs[part]
+
+        def pack() -> bytes:
+            import threading
+
+            self.packed_on.append(threading.current_thread().name)
+            if part == "in:0":
+                self.drop("in:1")
+            return blob.upper()
+
+        return pack
+
+
+def test_packing_runs_off_the_loop_and_a_partition_handed_off_meanwhile_is_not_written() -> None:
+    async def main() -> None:
+        clock, topic = Clock(), FakeTopic()
+        state = PackingState(clock, {"in:0": b"a", "in:1": b"b"})
+        assert await _snapshots(state, topic, clock).write() == 1
+        assert [s.key for s in topic.sent] == [b"in:0#0.0"]
+        assert msgspec.msgpack.decode(topic.sent[0].value)[3] == b"A"  # the packed blob
+        assert state.packed_on and "MainThread" not in state.packed_on
+
+    run(main())
