@@ -12,10 +12,9 @@ Then one snapshot round is timed per partition, as ``StateSnapshots.write`` runs
 
 * ``export``: what runs on the event loop: ``StageStates.export`` (gathers, msgpack) in
   the old code, ``StageStates.export_later`` (gathers, folds) in the new, thread CPU;
-* ``seal``: what runs off the loop on a thread (the call ``export_later`` returned: the
-  shuffle, msgpack of the header, zstd), where the code has it;
-* ``seal_gil``: the seal's wall time less the CPU a thread spinning in Python got
-  meanwhile: roughly how long the seal held the GIL (noisy on a busy machine);
+* ``seal``: what the worker runs off the loop, on a thread (the call ``export_later``
+  returned: the byte shuffle, msgpack of the header, zstd; zlib of the consistency blob),
+  timed here on this thread, where the code has it;
 * ``MB``: bytes sent per round (all partitions), and the share of each bank field in
   main's (uncompressed) layout.
 
@@ -30,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import threading
 import time
 from collections import Counter
 from typing import Any
@@ -99,35 +97,11 @@ def _field_bytes(baselines: BaselineStage, parts: list[str]) -> Counter[str]:
     return out
 
 
-def _off_loop(seal: Any) -> tuple[bytes, float, float, float]:
-    """Run ``seal`` on a thread as the worker does, while this thread spins in Python.
-
-    Returns the blob, the wall and CPU seconds of the thread, and the CPU seconds the
-    spinning thread got meanwhile: what it did not get is (roughly, on free cores) the
-    time the packing held the GIL.
-    """
-    result: dict[str, Any] = {}
-
-    def work() -> None:
-        c = time.thread_time()
-        result["blob"] = seal()
-        result["cpu"] = time.thread_time() - c
-
-    thread = threading.Thread(target=work)
-    w, c = time.perf_counter(), time.thread_time()
-    thread.start()
-    while thread.is_alive():
-        sum(range(200))  # Python bytecode: needs the GIL
-    spun, wall = time.thread_time() - c, time.perf_counter() - w
-    thread.join()
-    return result["blob"], wall, result["cpu"], spun
-
-
 def snapshot_round(states: StageStates) -> dict[str, float]:
     """One round over every partition: seconds on the loop, off it, and bytes sent."""
     later = getattr(states, "export_later", None)  # this code copies on the loop, packs off it
     out = {"export_cpu": 0.0, "export_wall": 0.0, "seal_wall": 0.0, "seal_cpu": 0.0,
-           "seal_gil": 0.0, "bytes": 0.0}
+           "bytes": 0.0}
     for part in sorted(states.partitions()):
         gc.collect()
         w, c = time.perf_counter(), time.thread_time()
@@ -136,10 +110,10 @@ def snapshot_round(states: StageStates) -> dict[str, float]:
         out["export_cpu"] += time.thread_time() - c
         out["export_wall"] += time.perf_counter() - w
         if seal is not None:
-            blob, wall, cpu, spun = _off_loop(seal)
-            out["seal_wall"] += wall
-            out["seal_cpu"] += cpu
-            out["seal_gil"] += max(0.0, wall - spun)
+            w, c = time.perf_counter(), time.thread_time()
+            blob = seal()
+            out["seal_cpu"] += time.thread_time() - c
+            out["seal_wall"] += time.perf_counter() - w
         out["bytes"] += len(blob)
     return out
 
@@ -167,8 +141,7 @@ def main() -> None:
     med = {k: float(np.median([r[k] for r in rounds])) for k in rounds[0]}
     print(f"nodes={args.nodes} partitions={len(parts)} MB/round={med['bytes'] / 1e6:.1f} "
           f"export_cpu_s={med['export_cpu']:.3f} export_wall_s={med['export_wall']:.3f} "
-          f"seal_cpu_s={med['seal_cpu']:.3f} seal_wall_s={med['seal_wall']:.3f} "
-          f"seal_gil_s~{med['seal_gil']:.3f}")
+          f"seal_cpu_s={med['seal_cpu']:.3f} seal_wall_s={med['seal_wall']:.3f}")
 
 
 if __name__ == "__main__":

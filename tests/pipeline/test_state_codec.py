@@ -1,5 +1,7 @@
 """Packed snapshots: lossless (bitwise), old snapshots still load, hostile blobs refused."""
 
+from pathlib import Path
+
 import msgspec
 import numpy as np
 import pytest
@@ -86,6 +88,16 @@ def test_a_snapshot_in_mains_old_format_still_loads_to_the_same_state(stage):
     old.load("s:0", _old_export(stage, "s:0"))
     new.load("s:0", stage.export("s:0"))
     assert _rows_state(old) == _rows_state(new) == _rows_state(stage)
+
+
+def test_a_snapshot_written_by_main_86ef08a_loads_to_the_state_this_code_builds(stage):
+    """The blob was written by main (86ef08a) from the very feed of the ``stage`` fixture."""
+    blob = (Path(__file__).parent / "data" / "baselines_snapshot_main_86ef08a.bin").read_bytes()
+    fresh = BaselineStage()
+    states = StageStates(baselines=fresh)
+    assert states.load("s:0", blob) == len(stage.gpus.meta) == 12
+    assert states.rejected == {"baselines": 0}
+    assert _rows_state(fresh) == _rows_state(stage)
 
 
 def test_fold_keeps_nan_payloads_and_signed_zeros_bitwise():
