@@ -10,6 +10,10 @@ and load when the partition assignment changes.
 baselines' detectors and the consistency stage's jobs), so one snapshot per partition
 carries both; a stage's blob that fails to load is counted and that stage starts the
 partition fresh, never stopping the worker.
+
+A stage may also offer ``export_later(part)``: it copies the partition's state at once and
+returns a call that encodes the copies, which :meth:`StateSnapshots.write` runs on a thread
+(the baselines pack and compress there, see :mod:`trainguard.pipeline.state_codec`).
 """
 
 from __future__ import annotations
