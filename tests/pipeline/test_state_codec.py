@@ -218,3 +218,42 @@ def test_a_written_round_packs_off_the_loop_and_reassembles_to_the_same_state(st
     states = StageStates(baselines=fresh)
     assert states.load("s:0", _assemble(chunks)) == len(stage.gpus.meta)
     assert _rows_state(fresh) == _rows_state(stage) and states.rejected["baselines"] == 0
+
+
+_DTYPES = st.sampled_from(["<f8", "<f4", "<i8", "<i4", "|u1", "|b1"])
+
+
+@st.composite
+def _arrays(draw):
+    dtype = np.dtype(draw(_DTYPES))
+    shape = tuple(draw(st.lists(st.integers(0, 5), min_size=0, max_size=3)))
+    raw = draw(st.binary(min_size=int(np.prod(shape)) * dtype.itemsize,
+                         max_size=int(np.prod(shape)) * dtype.itemsize))
+    if dtype.kind == "b":
+        return np.frombuffer(bytes(b & 1 for b in raw), dtype=dtype).reshape(shape)
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)  # any bits: NaN payloads, ±inf
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.text(max_size=5), _arrays(), max_size=6))
+def test_any_arrays_round_trip_bit_for_bit(doc):
+    back = unpack_arrays(pack_arrays({"d": doc}), BOUND)["d"]
+    assert set(back) == set(doc)
+    for key, array in doc.items():
+        assert back[key].dtype == array.dtype and back[key].shape == array.shape
+        assert back[key].tobytes() == array.tobytes()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 40), st.data())
+def test_any_recent_window_folds_and_unfolds_bit_for_bit(rows, data):
+    window = np.frombuffer(data.draw(st.binary(min_size=rows * 24, max_size=rows * 24)),
+                           dtype=np.float64).reshape(rows, 3)
+    recent = window.copy()
+    for r in data.draw(st.lists(st.integers(0, max(rows - 1, 0)), max_size=rows)):
+        recent[r, r % 3] = data.draw(st.sampled_from([np.nan, -0.0, 0.0, np.inf, 1.0]))
+    doc = fold_rows({"window.buf": window, "recent.buf": recent}, "recent.buf", "window.buf")
+    packed = unpack_arrays(pack_arrays(doc), BOUND)
+    back = unfold_rows(packed, "recent.buf", "window.buf")
+    assert back["recent.buf"].tobytes() == recent.tobytes()
+    assert back["window.buf"].tobytes() == window.tobytes()
