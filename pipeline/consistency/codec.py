@@ -119,7 +119,7 @@ class _Encoder:
         if kind is set:
             return [_SET, self._items(value)]
         if kind in (dict, collections.OrderedDict):
-            flat = [self.enc(x) for kv in value.items() for x in kv]
+            flat = self._items([x for kv in value.items() for x in kv])
             return [_DICT if kind is dict else _ODICT, flat]
         if kind is collections.deque:
             return [_DEQUE, value.maxlen, self._items(value)]
