@@ -266,7 +266,8 @@ def _add_ingest(app: faust.App, config: WorkerConfig, handler: BatchHandler,
         consumer = _raw_kafka_consumer(config)
         made.append(consumer)
         raw = RawConsumer(consumer, handler, ledger, max_records=config.batch_max,
-                          timeout_s=config.batch_within_s, on_assigned=on_assigned)
+                          timeout_s=config.batch_within_s, linger_s=config.batch_linger_s,
+                          on_assigned=on_assigned)
         raw.subscribe(config.topics.inputs())
         await consumer.start()
         try:

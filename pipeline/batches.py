@@ -91,18 +91,19 @@ class BatchHandler:
         if result.findings:  # forged telemetry, found at ingest
             await self._publisher.findings(result.findings, result.rows)
         dead: list[DeadLetter] = []
+        rows: Mapping[str, Sequence[Row]] = result.rows
         if self._baselines is not None:
             if self._snapshots is not None:
                 await self._snapshots.wait_ready()
             await self._publisher.anomalies(self._observe_baselines(result, dead), result.rows)
-            self._snapshot_baselines(result.rows)
+            rows = self._snapshot_baselines(rows)
         if self._consistency is not None:
             await self._publisher.findings(self._observe_consistency(result, dead),
                                            result.rows)
         await self._publisher.dead_letters(dead, result.rows)
         # Pipelined: the store writes this batch while the next one is decoded and
         # judged. Writes run one at a time, in order, on the store thread.
-        self._offsets.add(self._store(result.rows, result.lines, sources), held)
+        self._offsets.add(self._store(rows, result.lines, sources), held)
         await self._offsets.settle(self._writes_in_flight)
         if self._snapshots is not None and self._snapshots.due():
             # After every write landed: a snapshot never holds an alarm whose anomaly is
@@ -129,14 +130,17 @@ class BatchHandler:
         # Replaying a record is harmless: a bank skips points not after a row's last one.
         return isolate(run, range(len(decoded)), bad)
 
-    def _snapshot_baselines(self, rows: dict[str, list[Row]]) -> None:
+    def _snapshot_baselines(self, rows: Mapping[str, Sequence[Row]]
+                            ) -> Mapping[str, Sequence[Row]]:
+        """``rows`` with the ``baselines`` table's snapshot rows when one is due."""
         stage = self._baselines
         assert stage is not None
         try:
             if stage.snapshot_due():
-                rows["baselines"] = stage.snapshot_rows()
+                return {**rows, "baselines": stage.snapshot_rows()}
         except Exception as exc:  # the snapshot table is a convenience; never the worker
             self.quarantine.failed("baselines_snapshot", exc)
+        return rows
 
     def _observe_consistency(self, result: IngestResult,
                              dead: list[DeadLetter]) -> list[Finding]:

@@ -78,6 +78,11 @@ class WorkerConfig:
     #: per second of 2,000 at a third less CPU per message (BENCHMARKS.md, issue #17).
     batch_max: int = 8000
     batch_within_s: float = 0.2
+    #: After a poll returned messages, how long the batch keeps collecting (up to
+    #: ``batch_max``) before it is handled. Agents report once a second at about the same
+    #: time, so a poll returns part of a tick: lingering makes one batch of it, one store
+    #: insert per table instead of several, at up to this much more latency. 0: off.
+    batch_linger_s: float = 0.0
     #: How long a failing store write is retried (with backoff) before the store is declared
     #: down (an error line, ``store_down`` in pipeline_health); the worker then stays up,
     #: paused, and keeps retrying until the store is back.
@@ -175,6 +180,8 @@ class WorkerConfig:
                 f"state_max_share must be within 0.01..0.5, got {self.state_max_share!r}")
         if not 0.01 <= self.batch_within_s <= 60:
             raise ConfigError(f"batch_within_s must be within 0.01..60, got {self.batch_within_s}")
+        if not 0 <= self.batch_linger_s <= 5:
+            raise ConfigError(f"batch_linger_s must be within 0..5, got {self.batch_linger_s!r}")
         IngestCaps(max_world_size=self.max_world_size)  # validates it
         if not 0.5 <= self.agent_silent_s <= 86400:
             raise ConfigError(

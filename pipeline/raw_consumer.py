@@ -148,12 +148,13 @@ class RawConsumer:
 
     def __init__(
         self, consumer: Any, sink: BatchSink, ledger: CommitLedger, *, max_records: int,
-        timeout_s: float, commit_every_s: float = 1.0,
+        timeout_s: float, linger_s: float = 0.0, commit_every_s: float = 1.0,
         on_assigned: Callable[[set[TP]], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._consumer, self._sink, self._ledger = consumer, sink, ledger
         self._max_records, self._timeout_ms = max_records, max(1, int(timeout_s * 1000))
+        self._linger_s = linger_s
         self._commit_every_s, self._clock = commit_every_s, clock
         self._on_assigned = on_assigned
         self._next_commit = clock() + commit_every_s
@@ -193,16 +194,42 @@ class RawConsumer:
                                              max_records=self._max_records)
         n = 0
         if batch:
-            messages, mark = raw_messages(batch)
-            n = len(messages)
-            if n:
-                async with self._busy:
+            async with self._busy:
+                batch = await self._linger(batch)
+                messages, mark = raw_messages(batch)
+                n = len(messages)
+                if n:
                     await self._sink.handle(messages, [mark])
                 self.batches += 1
                 self.messages += n
         if self._clock() >= self._next_commit:
             await self.commit()
         return n
+
+    async def _linger(self, batch: dict[TP, list[Any]]) -> dict[TP, list[Any]]:
+        """``batch`` topped up with what arrives within ``linger_s``, up to ``max_records``.
+
+        Agents send once a second, all at about the same time: the first poll of a tick
+        returns part of it. Waiting a moment for the rest makes one batch of the tick, so
+        one store insert per table instead of several (each insert is a part to merge).
+        """
+        if self._linger_s <= 0:
+            return batch
+        batch = {tp: list(records) for tp, records in batch.items()}  # getmany's, not ours
+        n = sum(len(v) for v in batch.values())
+        deadline = self._clock() + self._linger_s
+        while n < self._max_records:
+            left_ms = int((deadline - self._clock()) * 1000)
+            if left_ms <= 0:
+                break
+            more = await self._consumer.getmany(timeout_ms=left_ms,
+                                                max_records=self._max_records - n)
+            if not more:  # nothing came in the time left
+                break
+            for tp, records in more.items():
+                batch.setdefault(tp, []).extend(records)
+                n += len(records)
+        return batch
 
     async def commit(self, held: Iterable[TP] | None = None) -> None:
         """Commit the offsets of every batch that landed, of partitions still ``held``.

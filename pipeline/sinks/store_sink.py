@@ -36,11 +36,12 @@ import msgspec
 
 from trainguard.errors import StoreError
 from trainguard.pipeline.dead_letters import DeadLetter, RawMessage
+from trainguard.pipeline.sinks.column_rows import ColumnRows
 from trainguard.pipeline.sinks.intake import IntakeItem, intake_tables
 from trainguard.pipeline.sinks.latency import LatencyHistogram
 from trainguard.pipeline.sinks.rows import Row
 from trainguard.pipeline.sinks.sources import SourceOf
-from trainguard.pipeline.sinks.times import CLOCK_REASON, row_time_error
+from trainguard.pipeline.sinks.times import CLOCK_REASON, TIME_COLUMNS, row_time_error
 from trainguard.pipeline.store.base import Store
 from trainguard.pipeline.store.errors import StoreDataError
 
@@ -183,6 +184,11 @@ class StoreSink:
 
     def _write_rows(self, started: float, table: str, batch: Sequence[Row],
                     refused: list[_Refused]) -> None:
+        if isinstance(batch, ColumnRows) and batch.times_storable(TIME_COLUMNS):
+            # Columns whose times all fit (a baselines snapshot): one block, no row loop.
+            bad = self._retrying(started, functools.partial(self._bisect, table, batch, 0))
+            refused.extend(_Refused(table, i, batch[i], STORE_REJECTED, m) for i, m in bad)
+            return
         if table == DEAD_LETTERS:
             batch = [self._dated(row) for row in batch]
         keep: list[int] = []
@@ -201,7 +207,9 @@ class StoreSink:
     def _insert(self, table: str, items: Sequence[Any]) -> None:
         if not items:
             return
-        if isinstance(items[0], tuple):  # intake items: one column block per stored table
+        if isinstance(items, ColumnRows):
+            self._store.insert_arrow(table, items.table)
+        elif isinstance(items[0], tuple):  # intake items: one column block per stored table
             for stored, data in intake_tables(table, items).items():
                 self._store.insert_arrow(stored, data)
         elif isinstance(items[0], bytes):

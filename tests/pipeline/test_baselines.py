@@ -57,6 +57,48 @@ def test_snapshots_hold_one_row_per_entity_and_metric_once_due():
     assert all(r["samples"] > 0 and not r["in_alarm"] for r in rows)
 
 
+def _snapshot_as_dicts(stage):
+    """The ``baselines`` rows as the dict-building snapshot made them (frozen reference)."""
+    rows = []
+    for family in (stage.gpus, stage.ranks):
+        live = family.live_rows()
+        if len(live) == 0:
+            continue
+        keys = family.registry.keys_of(live)
+        for metric, bank in family.banks.items():
+            bank.grow(family.registry.n_rows)
+            mean, scale, n = bank.baseline(live)
+            alarm = bank.rows.alarm[live] != 0
+            for key, mu, sc, cnt, al in zip(keys, mean, scale, n, alarm, strict=True):
+                if cnt == 0 or not np.isfinite(mu):
+                    continue
+                rows.append({
+                    "cluster": family.meta[key].cluster if key in family.meta else "",
+                    "entity_kind": family.kind, "entity": key, "metric": metric,
+                    "ts": stage.now, "mean": float(mu), "scale": float(sc),
+                    "samples": int(cnt), "in_alarm": bool(al)})
+    return rows
+
+
+def test_snapshot_columns_hold_what_the_row_dicts_held_with_alarms_and_warming_rows():
+    gpus, stage = SimulatedGpus("n1", 4, seed=5), BaselineStage()
+    late = SimulatedGpus("n2", 2, seed=6)
+    for i in range(80):
+        if i == 60:
+            gpus.inject(1, "idle")  # in alarm at the snapshot
+        batch = [_tick(gpus, T0 + i)] + ([_tick(late, T0 + i, node="n2")] if i >= 75 else [])
+        stage.observe(batch + [StepBatch(
+            cluster="c", node="n1", job_id="j", ts=T0 + i, seq=i, agent_id="a",
+            steps=[StepRecord(job_id="j", rank=r, world_size=2, node="n1", step=i,
+                              ts=T0 + i, loss=2.0 + 0.01 * ((i * 7 + r) % 5))
+                   for r in range(2)])])
+    want = _snapshot_as_dicts(stage)
+    got = stage.snapshot_rows()
+    assert list(got) == want and len(want) > 10
+    assert any(r["in_alarm"] for r in want) and any(r["samples"] < 30 for r in want)
+    assert {r["entity_kind"] for r in want} == {"gpu", "rank"}
+
+
 def test_silent_entities_are_expired_and_forgotten():
     stage = BaselineStage(BaselineConfig(idle_s=60))
     stage.observe([_tick(SimulatedGpus("gone", 1), T0, node="gone")])

@@ -64,14 +64,14 @@ def _records(offsets: range, partition: int = 0) -> list[Record]:
             for e in _good(offsets)]
 
 
-def _consumer(batches: list[dict[TP, list[Record]]], assigned: set[TP]) -> tuple[
-        RawConsumer, FakeConsumer, Writes, CommitLedger]:
+def _consumer(batches: list[dict[TP, list[Record]]], assigned: set[TP], linger_s: float = 0.0,
+              max_records: int = 100) -> tuple[RawConsumer, FakeConsumer, Writes, CommitLedger]:
     writes, ledger = Writes(), CommitLedger()
     handler = BatchHandler(Ingestor(TOPICS), Topics().publisher(), HeldOffsets(ledger.released),
                            writes, writes_in_flight=3)
     fake = FakeConsumer(batches, assigned)
-    return RawConsumer(fake, handler, ledger, max_records=100, timeout_s=0.01,
-                       commit_every_s=0.0), fake, writes, ledger
+    return RawConsumer(fake, handler, ledger, max_records=max_records, timeout_s=0.01,
+                       linger_s=linger_s, commit_every_s=0.0), fake, writes, ledger
 
 
 def test_raw_messages_are_plain_copies_with_seconds_and_the_next_offsets():
@@ -168,3 +168,39 @@ def test_run_releases_what_landed_and_commits_on_the_way_out():
 
 def test_the_raw_group_is_the_app_id_with_a_suffix():
     assert raw_group("tg-worker") == "tg-worker-raw"
+
+
+def test_a_lingering_batch_collects_what_arrives_after_its_first_messages():
+    async def main() -> None:
+        a, b = TP(TOPICS.samples, 0), TP(TOPICS.samples, 1)
+        polls = [{a: _records(range(0, 2))}, {b: _records(range(0, 3), partition=1)},
+                 {a: _records(range(2, 4))}]
+        raw, fake, writes, ledger = _consumer(list(polls), {a, b}, linger_s=5.0)
+        assert await raw.poll_once() == 7  # three polls, one batch (and one write)
+        assert len(writes.calls) == 1 and raw.batches == 1 and fake.batches == []
+        # Each partition's messages stay in offset order; the mark is past the last.
+        writes.futures[0].set_result(1)
+        await spin()
+        await raw._sink.settle_idle()
+        await raw.poll_once()
+        assert fake.commits == [{a: 4, b: 3}]
+
+        # Without lingering, a poll is a batch.
+        raw, fake, writes, _ = _consumer(list(polls), {a, b})
+        assert await raw.poll_once() == 2
+        assert len(writes.calls) == 1 and len(fake.batches) == 2
+
+    run(main())
+
+
+def test_a_lingering_batch_stops_at_batch_max_and_leaves_the_rest_for_the_next():
+    async def main() -> None:
+        a = TP(TOPICS.samples, 0)
+        polls = [{a: _records(range(0, 3))}, {a: _records(range(3, 6))},
+                 {a: _records(range(6, 9))}]
+        raw, fake, writes, _ = _consumer(polls, {a}, linger_s=5.0, max_records=5)
+        assert await raw.poll_once() == 6  # 3 + 3: the cap was reached, no third poll
+        assert fake.batches == [{a: _records(range(6, 9))}]
+        assert await raw.poll_once() == 3
+
+    run(main())

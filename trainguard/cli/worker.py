@@ -58,6 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
     )
     add_env_option(
+        p, "--batch-linger", envvars.BATCH_LINGER_S, 0.0,
+        "seconds a batch keeps collecting after its first messages (0: off)", type=float)
+    add_env_option(
         p, "--max-future-s", envvars.MAX_FUTURE_S, 600.0,
         "seconds a record's ts may run ahead of its Kafka timestamp (else a 'clock' dead "
         "letter); raise it to replay simulated time", type=float)
@@ -138,6 +141,7 @@ def worker_config(args: argparse.Namespace) -> object:
         replication_factor=args.replication_factor,
         batch_max=args.batch_max,
         batch_within_s=args.batch_within,
+        batch_linger_s=args.batch_linger,
         data_dir=args.data_dir,
         max_future_s=args.max_future_s,
         max_past_s=args.max_past_s,

@@ -235,3 +235,26 @@ def test_a_sample_batch_its_columns_cannot_hold_is_dead_lettered_and_the_rest_la
     assert _count(store, "gpu_samples") == 2 and _count(store, "sample_batches") == 2
     assert _count(store, "sample_batches", "node = 'n1'") == 0
     assert result.written == 2 and sink.counters.lines == 2
+
+
+def test_column_rows_go_in_as_one_block_and_a_bad_time_is_a_dead_letter_naming_it(store):
+    from trainguard.pipeline.baselines import _BASELINE_SCHEMA
+    from trainguard.pipeline.sinks.column_rows import column_rows
+
+    def rows(ts: list[float]) -> object:
+        n = len(ts)
+        return column_rows({"cluster": ["c"] * n, "entity_kind": ["gpu"] * n,
+                            "entity": [f"n/{i}" for i in range(n)], "metric": ["power_w"] * n,
+                            "ts": ts, "mean": [1.0] * n, "scale": [0.5] * n,
+                            "samples": [60] * n, "in_alarm": [False] * n}, _BASELINE_SCHEMA)
+
+    sink = StoreSink(store)
+    result = sink.write({"baselines": rows([NOW] * 3)})
+    assert result.written == 3 and result.dead == []
+    result = sink.write({"baselines": rows([NOW + 1, 1e11, NOW + 1])})  # year ~5138
+    assert result.written == 2 and [d.reason for d in result.dead] == ["clock"]
+    assert "baselines.ts=" in result.dead[0].message
+    assert store.query("SELECT count() FROM {database}.baselines").scalar() == 5
+    stored = store.query("SELECT entity, toFloat64(ts), mean, scale, samples, in_alarm FROM "
+                         "{database}.baselines ORDER BY ts, entity LIMIT 1").rows[0]
+    assert list(stored) == ["n/0", pytest.approx(NOW, abs=1e-3), 1.0, 0.5, 60, False]

@@ -20,7 +20,7 @@ def test_the_flags_default_to_the_worker_configs_own_defaults() -> None:
     config = _config()
     default = WorkerConfig(bootstrap="127.0.0.1:9092", store=config.store)
     for name in ("max_future_s", "max_past_s", "max_world_size", "max_baseline_entities",
-                 "max_jobs", "batch_max", "batch_within_s", "partitions",
+                 "max_jobs", "batch_max", "batch_within_s", "batch_linger_s", "partitions",
                  "replication_factor"):
         assert getattr(config, name) == getattr(default, name), name
 
@@ -35,6 +35,15 @@ def test_the_caps_are_set_by_flags() -> None:
 def test_the_caps_are_set_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRAINGUARD_MAX_JOBS", "7")
     assert _config().max_jobs == 7
+
+
+def test_batch_lingering_is_a_flag_and_an_environment_variable_within_bounds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _config("--batch-linger", "0.3").batch_linger_s == 0.3
+    monkeypatch.setenv("TRAINGUARD_BATCH_LINGER_S", "0.25")
+    assert _config().batch_linger_s == 0.25
+    with pytest.raises(ConfigError, match="batch_linger_s"):
+        _config("--batch-linger", "-1")
 
 
 def test_a_cap_below_one_is_a_config_error_naming_it() -> None:
