@@ -29,6 +29,7 @@ from trainguard.pipeline.ingest import Ingestor, IngestResult
 from trainguard.pipeline.offsets import HeldOffsets
 from trainguard.pipeline.publish import Publisher
 from trainguard.pipeline.quarantine import Quarantine, isolate
+from trainguard.pipeline.sinks.column_rows import ColumnRows
 from trainguard.pipeline.sinks.intake import IntakeItem
 from trainguard.pipeline.sinks.rows import Row
 from trainguard.pipeline.sinks.sources import IngestSources, SourceOf
@@ -91,18 +92,22 @@ class BatchHandler:
         if result.findings:  # forged telemetry, found at ingest
             await self._publisher.findings(result.findings, result.rows)
         dead: list[DeadLetter] = []
-        rows: Mapping[str, Sequence[Row]] = result.rows
+        snapshot: ColumnRows | None = None
         if self._baselines is not None:
             if self._snapshots is not None:
                 await self._snapshots.wait_ready()
             await self._publisher.anomalies(self._observe_baselines(result, dead), result.rows)
-            rows = self._snapshot_baselines(rows)
+            snapshot = self._snapshot_baselines()
         if self._consistency is not None:
             await self._publisher.findings(self._observe_consistency(result, dead),
                                            result.rows)
         await self._publisher.dead_letters(dead, result.rows)
         # Pipelined: the store writes this batch while the next one is decoded and
         # judged. Writes run one at a time, in order, on the store thread.
+        # The snapshot joins the rows last: the findings and dead letters above went to
+        # result.rows after it was taken.
+        rows: Mapping[str, Sequence[Row]] = (
+            result.rows if snapshot is None else {**result.rows, "baselines": snapshot})
         self._offsets.add(self._store(rows, result.lines, sources), held)
         await self._offsets.settle(self._writes_in_flight)
         if self._snapshots is not None and self._snapshots.due():
@@ -130,17 +135,16 @@ class BatchHandler:
         # Replaying a record is harmless: a bank skips points not after a row's last one.
         return isolate(run, range(len(decoded)), bad)
 
-    def _snapshot_baselines(self, rows: Mapping[str, Sequence[Row]]
-                            ) -> Mapping[str, Sequence[Row]]:
-        """``rows`` with the ``baselines`` table's snapshot rows when one is due."""
+    def _snapshot_baselines(self) -> ColumnRows | None:
+        """The ``baselines`` table's snapshot rows when one is due."""
         stage = self._baselines
         assert stage is not None
         try:
             if stage.snapshot_due():
-                return {**rows, "baselines": stage.snapshot_rows()}
+                return stage.snapshot_rows()
         except Exception as exc:  # the snapshot table is a convenience; never the worker
             self.quarantine.failed("baselines_snapshot", exc)
-        return rows
+        return None
 
     def _observe_consistency(self, result: IngestResult,
                              dead: list[DeadLetter]) -> list[Finding]:

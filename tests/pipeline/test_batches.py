@@ -178,6 +178,34 @@ class _Consistency:
         return out
 
 
+class _FindingOnObserve(_Consistency):
+    def observe(self, decoded: Sequence[Any], broker_ts: Sequence[Any] = (),
+                sources: Sequence[Any] = ()) -> list[Any]:
+        out, self.pending = self.pending, []
+        return out
+
+
+def test_a_batch_with_a_baselines_snapshot_still_stores_its_findings_and_dead_letters() -> None:
+    # The snapshot's rows were once joined to a copy of the batch's rows before the
+    # consistency findings were added: the findings reached the topic, not the table.
+    async def main() -> None:
+        topics, writes = Topics(), Writes()
+        handler, _ = _handler(topics, writes, baselines=_Baselines(),
+                              consistency=_FindingOnObserve())
+        bad = events(TOPICS.samples, range(1, 2), values=[b"not json"])
+        task = asyncio.create_task(_handle(handler, _good(range(0, 1)) + bad))
+        await spin(20)
+        assert task.done() or writes.futures, task
+        writes.futures[0].set_result(1)
+        await task
+        assert [s.key for s in topics.findings.sent] == [b"job-1"]
+        rows = writes.calls[0][0]
+        assert rows["baselines"] == [{"baseline": 1}] and len(rows["findings"]) == 1
+        assert len(rows["anomalies"]) == 1 and len(rows["dead_letters"]) == 1
+
+    run(main())
+
+
 def test_close_steps_publishes_expired_findings_then_stores_them() -> None:
     async def main() -> None:
         topics, writes = Topics(), Writes()
