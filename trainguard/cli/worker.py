@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
     )
     add_env_option(
-        p, "--batch-linger", envvars.BATCH_LINGER_S, 0.0,
+        p, "--batch-linger", envvars.BATCH_LINGER_S, 0.2,
         "seconds a batch keeps collecting after its first messages (0: off)", type=float)
     add_env_option(
         p, "--max-future-s", envvars.MAX_FUTURE_S, 600.0,
