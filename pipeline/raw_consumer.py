@@ -200,8 +200,8 @@ class RawConsumer:
                 n = len(messages)
                 if n:
                     await self._sink.handle(messages, [mark])
-                self.batches += 1
-                self.messages += n
+                    self.batches += 1
+                    self.messages += n
         if self._clock() >= self._next_commit:
             await self.commit()
         return n

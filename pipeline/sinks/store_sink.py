@@ -186,11 +186,20 @@ class StoreSink:
                     refused: list[_Refused]) -> None:
         if isinstance(batch, ColumnRows) and batch.times_storable(TIME_COLUMNS):
             # Columns whose times all fit (a baselines snapshot): one block, no row loop.
-            bad = self._retrying(started, functools.partial(self._bisect, table, batch, 0))
-            refused.extend(_Refused(table, i, batch[i], STORE_REJECTED, m) for i, m in bad)
+            keep: Sequence[int] = range(len(batch))
+        else:
+            if table == DEAD_LETTERS:
+                batch = [self._dated(row) for row in batch]
+            keep = self._storable_times(table, batch, refused)
+        if not keep:
             return
-        if table == DEAD_LETTERS:
-            batch = [self._dated(row) for row in batch]
+        kept = batch if len(keep) == len(batch) else [batch[i] for i in keep]
+        bad = self._retrying(started, functools.partial(self._bisect, table, kept, 0))
+        refused.extend(_Refused(table, keep[i], kept[i], STORE_REJECTED, m) for i, m in bad)
+
+    @staticmethod
+    def _storable_times(table: str, batch: Sequence[Row], refused: list[_Refused]) -> list[int]:
+        """Indices of the rows whose times the store can hold; the others are refused."""
         keep: list[int] = []
         for i, row in enumerate(batch):
             error = row_time_error(table, row)
@@ -198,11 +207,7 @@ class StoreSink:
                 keep.append(i)
             else:
                 refused.append(_Refused(table, i, row, CLOCK_REASON, error))
-        if not keep:
-            return
-        kept = batch if len(keep) == len(batch) else [batch[i] for i in keep]
-        bad = self._retrying(started, functools.partial(self._bisect, table, kept, 0))
-        refused.extend(_Refused(table, keep[i], kept[i], STORE_REJECTED, m) for i, m in bad)
+        return keep
 
     def _insert(self, table: str, items: Sequence[Any]) -> None:
         if not items:
