@@ -303,7 +303,7 @@ class NodeAgent:
                     continue
                 batch = StepBatch(cluster=self.config.cluster, node=self.config.node,
                                   job_id=job_id, ts=now, seq=self._step_seq,
-                                  agent_id=self.agent_id, steps=[], claims=claims)
+                                  agent_id=self.agent_id, steps=[], claims=tuple(claims))
                 if self._send(self.config.topics.steps, job_id.encode(), encode(batch)):
                     self._step_seq += 1
 
@@ -328,7 +328,7 @@ class NodeAgent:
                 return encode(StepBatch(
                     cluster=self.config.cluster, node=self.config.node, job_id=job_id,
                     ts=now, seq=self._step_seq, agent_id=self.agent_id, steps=[],
-                    events=events, manifests=manifests))
+                    events=tuple(events), manifests=tuple(manifests)))
 
             for data in rank_batches(batch, events, found, self.max_message_bytes,
                                      functools.partial(self._oversized, topic, key)):

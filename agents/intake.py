@@ -397,7 +397,7 @@ class StepIntake:
         # Only the step's own float fields: names a sender makes up grow no dictionary.
         nonfinite = sorted(set(dg.nonfinite) & _FLOAT_FIELDS)
         # Who sent it is the kernel's word, never the trainer's.
-        step = msgspec.structs.replace(step, nonfinite=nonfinite or step.nonfinite,
+        step = msgspec.structs.replace(step, nonfinite=tuple(nonfinite) or step.nonfinite,
                                        pid=peer.pid, uid=peer.uid)
         with self._lock:
             if not self.bindings.admit(step.job_id, step.rank, peer, step.step):

@@ -18,6 +18,7 @@ from trainguard.metrics_http import MetricsServer, serve_metrics
 from trainguard.pipeline.auth import ForgeryTracker, MessageAuth
 from trainguard.pipeline.caps import IngestCaps
 from trainguard.pipeline.config import WorkerConfig
+from trainguard.pipeline.detect.quiet import warm_up as warm_up_detectors
 from trainguard.pipeline.ingest import Ingestor, TimeWindow
 from trainguard.pipeline.kafka_admin import (
     broker_replication_factor,
@@ -96,6 +97,7 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info",
             ",".join(config.topics.inputs()),
         )
         worker = Worker(app, loglevel=loglevel, override_logging=False, quiet=True)
+        warm_up_detectors()  # numba compiles (or loads its cache) before the first batch
         _tune_gc()
         try:
             worker.execute_from_commandline()

@@ -156,10 +156,10 @@ class GpuSample(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, g
     remap_pending: bool | None = None
     remap_failed: bool | None = None
     #: XID events seen since the previous tick (most recent last).
-    xid_events: list[XidEvent] = []
+    xid_events: tuple[XidEvent, ...] = ()
     compute_procs: UInt16 | None = None
     #: The compute processes behind ``compute_procs``, with their GPU memory, where readable.
-    processes: list[GpuProcess] = []
+    processes: tuple[GpuProcess, ...] = ()
     #: Why a reading failed (e.g. ``{"power_w": "NVML_ERROR_UNKNOWN"}``); unsupported fields
     #: are simply absent, this is for errors worth seeing.
     errors: dict[str, str] = {}
@@ -210,7 +210,7 @@ class StepRecord(_Base, tag="step", frozen=True, kw_only=True):
     env_fingerprint: Hash | None = None
     #: Fields the trainer reported as NaN or ±inf. JSON cannot carry them, so they arrive as
     #: ``None`` and are named here: a NaN loss is a finding, not a missing value.
-    nonfinite: Annotated[list[Annotated[str, Meta(max_length=32)]], Meta(max_length=16)] = []
+    nonfinite: Annotated[tuple[Annotated[str, Meta(max_length=32)], ...], Meta(max_length=16)] = ()
     #: Place in the parallel layout. Ranks with equal ``(tp_rank, pp_rank)`` are data-
     #: parallel replicas and must hold identical parameters; ``None`` means pure data
     #: parallelism (every rank is a replica of every other).
@@ -298,11 +298,11 @@ class StepBatch(_Base, tag="step_batch", frozen=True, kw_only=True):
     agent_id: Name
     steps: list[StepRecord]
     #: Processes refused because another live process holds the rank they claimed.
-    claims: Annotated[list[RankClaim], Meta(max_length=MAX_CLAIMS_PER_BATCH)] = []
+    claims: Annotated[tuple[RankClaim, ...], Meta(max_length=MAX_CLAIMS_PER_BATCH)] = ()
     #: Rank processes that exited, stopped, resumed, said goodbye or wait in a collective.
-    events: Annotated[list[RankEvent], Meta(max_length=MAX_EVENTS_PER_BATCH)] = []
+    events: Annotated[tuple[RankEvent, ...], Meta(max_length=MAX_EVENTS_PER_BATCH)] = ()
     #: The manifests behind ranks' ``env_fingerprint`` (sent when they change).
-    manifests: Annotated[list[EnvManifest], Meta(max_length=MAX_MANIFESTS_PER_BATCH)] = []
+    manifests: Annotated[tuple[EnvManifest, ...], Meta(max_length=MAX_MANIFESTS_PER_BATCH)] = ()
 
 
 class AgentCounters(msgspec.Struct, kw_only=True, frozen=True):

@@ -241,7 +241,7 @@ class NvmlGpus:
 
     def _sample(self, gpu: _Gpu, xids: list[XidEvent]) -> GpuSample:
         if gpu.broken is not None:
-            return GpuSample(index=gpu.index, errors={"handle": gpu.broken}, xid_events=xids)
+            return GpuSample(index=gpu.index, errors={"handle": gpu.broken}, xid_events=tuple(xids))
         if not gpu.lost:
             try:
                 return self._read(gpu, xids)
@@ -249,7 +249,7 @@ class NvmlGpus:
                 log.error("gpu=%d uuid=%s is lost (fell off the bus)", gpu.index, gpu.uuid)
                 gpu.lost = True
         # A lost GPU keeps its XIDs: XID 79 is usually why it is lost.
-        return GpuSample(index=gpu.index, uuid=gpu.uuid, lost=True, xid_events=xids)
+        return GpuSample(index=gpu.index, uuid=gpu.uuid, lost=True, xid_events=tuple(xids))
 
     def _read(self, gpu: _Gpu, xids: list[XidEvent]) -> GpuSample:
         nvml = self._nvml
@@ -271,7 +271,7 @@ class NvmlGpus:
             index=gpu.index,
             uuid=gpu.uuid,
             model=gpu.model,
-            xid_events=xids,
+            xid_events=tuple(xids),
             errors=errors,
             **values,
         )
@@ -289,7 +289,7 @@ class NvmlGpus:
                     raise
         return nvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle)
 
-    def _processes(self, handle: Any) -> list[GpuProcess]:
+    def _processes(self, handle: Any) -> tuple[GpuProcess, ...]:
         nvml = self._nvml
         try:
             infos = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
@@ -297,9 +297,9 @@ class NvmlGpus:
             # The unversioned call wants the driver's _v3 symbol; older drivers have _v2.
             infos = nvml.nvmlDeviceGetComputeRunningProcesses_v2(handle)
         # usedGpuMemory is None where the driver cannot attribute memory (e.g. WDDM).
-        return [
+        return tuple(
             GpuProcess(pid=int(p.pid), used_mem_bytes=_maybe_int(p.usedGpuMemory)) for p in infos
-        ]
+        )
 
     def _nvlink(self, handle: Any, scopes: list[int]) -> tuple[int, int]:
         """Cumulative NVLink (rx, tx) bytes summed over ``scopes``.

@@ -144,6 +144,6 @@ def h100_sample(
         remapped_rows_uncorrectable=0,
         remap_pending=False,
         remap_failed=False,
-        xid_events=xids or [],
+        xid_events=tuple(xids or ()),
         compute_procs=procs,
     )

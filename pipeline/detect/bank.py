@@ -54,9 +54,11 @@ from typing import Any
 
 import numpy as np
 
-from trainguard.pipeline.detect.baseline import Ewm, EwmLag1, RobustWindow
+from trainguard.pipeline.detect.baseline import Ewm, EwmLag1, RobustWindow, SortedWindow
 from trainguard.pipeline.detect.baseline import unique_rounds as _unique_rounds
 from trainguard.pipeline.detect.changepoint import ChangeAlarms, Cusum, PageHinkley
+from trainguard.pipeline.detect.quiet import AVAILABLE as _COMPILED
+from trainguard.pipeline.detect.quiet import QuietPath
 from trainguard.pipeline.detect.registry import FloatArray, IntArray, RowGroup
 from trainguard.pipeline.detect.screen import SUPPRESSED, screen
 from trainguard.pipeline.detect.types import AnomalyKind, BankConfig, Detection, RowState
@@ -89,13 +91,16 @@ class DetectorBank(RowGroup):
     Kafka partition on rebalance (the new owner loads them into rows of its own registry).
     """
 
-    def __init__(self, metric: str, config: BankConfig | None = None, capacity: int = 1024):
+    def __init__(self, metric: str, config: BankConfig | None = None, capacity: int = 1024,
+                 *, compiled: bool = True):
         self.metric = metric
         self.config = c = config or BankConfig()
         self.detector = f"robust-{c.changepoint}"
         self._vol_alpha = 1.0 - 0.5 ** (1.0 / c.vol_half_life)
         self._cusum = c.changepoint == "cusum"
-        self.window = RobustWindow(capacity, c.window)  # learned values: the fast baseline
+        fast = compiled and _COMPILED and c.changepoint == "cusum"
+        # Learned values: the fast baseline (sorted too, for the compiled quiet path).
+        self.window = (SortedWindow if fast else RobustWindow)(capacity, c.window)
         self.recent = RobustWindow(capacity, c.window)  # every value, to re-baseline from
         self.level = Ewm(capacity, c.half_life)  # the slow baseline
         self.anchor = Ewm(capacity, c.anchor_half_life)  # what a change's size is taken from
@@ -116,6 +121,8 @@ class DetectorBank(RowGroup):
              "row": self.rows},
             STATE_FORMAT,
         )
+        # Quiet points through the compiled kernel (same state, bitwise), the rest vectorized.
+        self._quiet = QuietPath(self) if fast else None
 
     def update(self, rows: IntArray, values: FloatArray, ts: FloatArray,
                groups: IntArray | None = None) -> list[Detection]:
@@ -140,7 +147,13 @@ class DetectorBank(RowGroup):
             self.rows.group[rows] = np.asarray(groups, dtype=np.int64)
         found: list[Detection] = []
         for idx in _unique_rounds(rows, ts):
-            found += self._step(rows[idx], values[idx], ts[idx])[0]
+            r, x, t = rows[idx], values[idx], ts[idx]
+            if self._quiet is not None:
+                rest = self._quiet(r, x, t)
+                if not len(rest):
+                    continue
+                r, x, t = r[rest], x[rest], t[rest]
+            found += self._step(r, x, t)[0]
         return screen(found, self.config, self.rows, self.changes, self.suppressed)
 
     def _step(

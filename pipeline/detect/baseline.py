@@ -9,11 +9,14 @@ are each free of them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 from trainguard.pipeline.detect.registry import FloatArray, IntArray, RowArrays
 
-__all__ = ["MAD_TO_SIGMA", "Ewm", "EwmLag1", "RobustWindow", "unique_rounds"]
+__all__ = ["MAD_TO_SIGMA", "Ewm", "EwmLag1", "RobustWindow", "SortedWindow", "unique_rounds"]
 
 #: Scales a median absolute deviation to a standard deviation for normal data.
 MAD_TO_SIGMA = 1.4826
@@ -194,3 +197,59 @@ def _middle(sorted_rows: FloatArray, count: IntArray, size: int) -> FloatArray:
     lo = sorted_rows[r, np.maximum(count - 1, 0) // 2]
     hi = sorted_rows[r, count // 2]
     return np.where(count > 0, 0.5 * (lo + hi), np.nan)
+
+
+class SortedWindow(RobustWindow):
+    """:class:`RobustWindow` that also holds each row's values sorted, for the compiled path.
+
+    The compiled quiet path (:mod:`~trainguard.pipeline.detect.quiet`) reads a full row's
+    median and MAD from ``sorted`` and keeps it sorted as it learns, instead of sorting the
+    row twice per point. ``sorted`` is derived state, in no snapshot: every change to a
+    row's ring made here (push, copy, reset, load, growth) marks the row stale
+    (``fresh`` False), and the kernel sorts a stale row again before it reads it.
+    """
+
+    def __init__(self, capacity: int, size: int = 60) -> None:
+        self.sorted: FloatArray = np.empty((0, max(size, 3)))
+        self.fresh = np.zeros(0, dtype=np.bool_)
+        super().__init__(capacity, size)
+
+    def grow(self, n_rows: int) -> None:
+        """As :meth:`RobustWindow.grow`; the new rows are stale."""
+        super().grow(n_rows)
+        if len(self.fresh) < self.capacity:
+            self._derive(self.capacity, keep=len(self.fresh))
+
+    def _derive(self, capacity: int, keep: int) -> None:
+        """Size the derived arrays to ``capacity`` rows, keeping the first ``keep``."""
+        sorted_rows = np.empty((capacity, self.size))
+        sorted_rows[:keep] = self.sorted[:keep]
+        fresh = np.zeros(capacity, dtype=np.bool_)
+        fresh[:keep] = self.fresh[:keep]
+        self.sorted, self.fresh = sorted_rows, fresh
+
+    def reset(self, rows: IntArray) -> None:
+        """As :meth:`RobustWindow.reset`; ``rows`` are stale."""
+        super().reset(rows)
+        self.fresh[rows] = False
+
+    def load_state(self, state: Mapping[str, np.ndarray[Any, Any]]) -> None:
+        """As :meth:`RobustWindow.load_state`; every row is stale."""
+        super().load_state(state)
+        self.sorted, self.fresh = np.empty((0, self.size)), np.zeros(0, dtype=np.bool_)
+        self._derive(self.capacity, keep=0)
+
+    def load_state_rows(self, rows: IntArray, state: Mapping[str, np.ndarray[Any, Any]]) -> None:
+        """As :meth:`RobustWindow.load_state_rows`; ``rows`` are stale."""
+        super().load_state_rows(rows, state)
+        self.fresh[rows] = False
+
+    def push(self, rows: IntArray, x: FloatArray) -> None:
+        """As :meth:`RobustWindow.push`; ``rows`` are stale (the kernel pushes on its own)."""
+        super().push(rows, x)
+        self.fresh[rows] = False
+
+    def copy_rows(self, other: RobustWindow, rows: IntArray) -> None:
+        """As :meth:`RobustWindow.copy_rows`; ``rows`` are stale."""
+        super().copy_rows(other, rows)
+        self.fresh[rows] = False

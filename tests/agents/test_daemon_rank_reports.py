@@ -45,7 +45,7 @@ def test_events_and_a_manifest_are_sent_keyed_by_job_in_step_batches():
     # The manifest first (it must precede the steps of its tick), then the events.
     [(key, first), (key2, batch)] = _step_batches(transport)
     assert key == key2 == b"job-1" and batch.job_id == "job-1" and batch.node == "node-a"
-    assert first.manifests == [_manifest()] and first.events == [] and first.steps == []
+    assert first.manifests == (_manifest(),) and first.events == () and first.steps == []
     assert batch.steps == [] and batch.ts == T0
     assert [(e.rank, e.event, e.signal, e.reason) for e in batch.events] == [
         (0, "exited", 9, None), (1, "bye", None, "finished")]

@@ -25,7 +25,7 @@ def _batch(**kw):
         agent_id="a1",
         gpus=[
             GpuSample(
-                index=0, util_gpu_pct=97.5, power_w=650.0, xid_events=[XidEvent(xid=79, ts=1.0)]
+                index=0, util_gpu_pct=97.5, power_w=650.0, xid_events=(XidEvent(xid=79, ts=1.0),)
             ),
             GpuSample(index=1, lost=True),
         ],

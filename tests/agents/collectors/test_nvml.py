@@ -59,7 +59,7 @@ def test_every_field_is_read_and_converted_to_schema_units(gpus):
         remap_pending=False,
         remap_failed=False,
         compute_procs=1,
-        processes=[GpuProcess(pid=1_843_201, used_mem_bytes=77_112 * MIB)],
+        processes=(GpuProcess(pid=1_843_201, used_mem_bytes=77_112 * MIB),),
     )
 
 
@@ -201,16 +201,16 @@ def test_a_process_without_memory_accounting_has_none(fake, gpus):
     fake.gpus[0].processes = [(4242, None), (4243, 1024 * MIB)]
     s = gpus.collect(TS)[0]
     assert s.compute_procs == 2
-    assert s.processes == [
+    assert s.processes == (
         GpuProcess(pid=4242, used_mem_bytes=None),
         GpuProcess(pid=4243, used_mem_bytes=1024 * MIB),
-    ]
+    )
 
 
 def test_an_idle_gpu_reports_zero_processes(fake, gpus):
     fake.gpus[0].processes = []
     s = gpus.collect(TS)[0]
-    assert s.compute_procs == 0 and s.processes == []
+    assert s.compute_procs == 0 and s.processes == ()
 
 
 def test_an_old_driver_falls_back_to_the_v2_process_call(fake, gpus):

@@ -51,7 +51,7 @@ def test_each_claimant_is_its_own_finding_and_a_repeat_is_not_a_new_one():
 def test_claims_survive_the_wire():
     job = FakeJob(16)
     batch = _claims(job, "node-00", _claim())
-    assert RecordDecoder(StepBatch).decode(encode(batch)).claims == [_claim()]
+    assert RecordDecoder(StepBatch).decode(encode(batch)).claims == (_claim(),)
 
 
 def test_a_step_conflict_between_stamped_records_names_both_processes():

@@ -35,7 +35,7 @@ def _events(job: FakeJob, *events: RankEvent) -> list[StepBatch]:
     job.seq += 1
     return [StepBatch(cluster=job.cluster, node=node, job_id=job.job_id,
                       ts=max(e.ts for e in evs), seq=job.seq, agent_id=f"agent-{node}",
-                      steps=[], events=evs) for node, evs in by_node.items()]
+                      steps=[], events=tuple(evs)) for node, evs in by_node.items()]
 
 
 def _run(groups: Sequence[Sequence[Record]], stage: ConsistencyStage | None = None
@@ -343,7 +343,7 @@ def test_a_flood_of_events_before_any_step_stays_within_the_cap():
 def test_events_and_manifests_survive_the_wire():
     job = _job()
     [batch] = _events(job, _ev(2, 10.5, "exited", signal=9, exit_code=None))
-    batch = replace(batch, manifests=[EnvManifest(rank=2, ts=T0, fingerprint="ab" * 32,
-                                                  entries={"torch:optim/adamw.py": "cd" * 32})])
+    batch = replace(batch, manifests=(EnvManifest(rank=2, ts=T0, fingerprint="ab" * 32,
+                                                  entries={"torch:optim/adamw.py": "cd" * 32}),))
     decoded = RecordDecoder(StepBatch).decode(encode(batch))
     assert decoded.events == batch.events and decoded.manifests == batch.manifests

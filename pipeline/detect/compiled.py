@@ -1,0 +1,152 @@
+"""numba helpers of the compiled quiet path (:mod:`~trainguard.pipeline.detect.quiet`).
+
+Scalar versions of what the vectorized detectors do with numpy (``np.maximum``, an
+``Ewm`` update) with numpy's semantics, and the sorted-row operations behind the window's
+median and MAD. Each is compiled without the GIL; without numba they stay plain Python
+(``AVAILABLE`` is False and nothing calls them on the hot path).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from trainguard.pipeline.detect.registry import FloatArray, IntArray
+
+__all__ = ["AVAILABLE", "ewm_update", "jit", "median_mad", "npmax", "npmin", "replace_sorted",
+           "sort_row"]
+
+numba: Any
+try:
+    import numba
+except ImportError:  # pragma: no cover - the pipeline extra installs it
+    numba = None
+
+#: True when numba is installed: the quiet path is compiled, else every point is numpy's.
+AVAILABLE = numba is not None
+
+def jit(fn: Any) -> Any:
+    """``numba.njit`` without the GIL, cached on disk where the package dir is writable.
+
+    ``error_model="numpy"``: a division by zero gives inf or NaN, as in numpy, instead of
+    a check and a ``ZeroDivisionError`` on every division.
+    """
+    if numba is None:
+        return fn
+    try:
+        return numba.njit(nogil=True, cache=True, error_model="numpy")(fn)
+    except RuntimeError:  # no cache locator (a read-only install): compile at each start
+        return numba.njit(nogil=True, error_model="numpy")(fn)
+
+
+@jit
+def npmax(a: float, b: float) -> float:  # pragma: no cover - compiled
+    """``np.maximum`` of two floats: NaN if either is NaN."""
+    if a != a:
+        return a
+    return a if a >= b else b
+
+
+@jit
+def npmin(a: float, b: float) -> float:  # pragma: no cover - compiled
+    """``np.minimum`` of two floats: NaN if either is NaN."""
+    if a != a:
+        return a
+    return a if a <= b else b
+
+
+@jit
+def sort_row(s: FloatArray) -> bool:  # pragma: no cover - compiled
+    """Insertion-sort ``s`` in place (a few dozen values); False if one is NaN."""
+    for i in range(len(s)):
+        v = s[i]
+        if v != v:
+            return False
+        j = i - 1
+        while j >= 0 and s[j] > v:
+            s[j + 1] = s[j]
+            j -= 1
+        s[j + 1] = v
+    return True
+
+
+@jit
+def _left(s: FloatArray, v: float) -> int:  # pragma: no cover - compiled
+    """The first index of sorted ``s`` whose value is not below ``v``.
+
+    A count rather than a binary search: a few dozen compares vectorize, and do not stall on
+    branches that go either way.
+    """
+    n = 0
+    for k in range(len(s)):
+        n += s[k] < v
+    return n
+
+
+@jit
+def replace_sorted(s: FloatArray, old: float, new: float) -> None:  # pragma: no cover - compiled
+    """Replace one ``old`` in sorted ``s`` by ``new``, keeping ``s`` sorted."""
+    p, q = _left(s, old), _left(s, new)
+    if q > p:
+        for k in range(p, q - 1):
+            s[k] = s[k + 1]
+        s[q - 1] = new
+    else:
+        for k in range(p, q, -1):
+            s[k] = s[k - 1]
+        s[q] = new
+
+
+@jit
+def _kth(s: FloatArray, median: float, k: int) -> tuple[float, float]:  # pragma: no cover
+    """The ``k``-th and ``k+1``-th smallest of ``|s - median|`` over a sorted full row ``s``.
+
+    The distances grow outward from the middle on both sides, so they are two sorted runs,
+    ``A`` (leftward from the middle) and ``B`` (rightward): a binary search finds how many
+    of the ``k+1`` smallest come from ``A``.
+    """
+    n = len(s)
+    mid = (n - 1) // 2
+    n_a, n_b = mid + 1, n - mid - 1
+    lo, hi = max(0, k + 1 - n_b), min(k + 1, n_a)
+    while lo < hi:
+        t = (lo + hi) >> 1  # t from A and k + 1 - t from B: take more from A?
+        if abs(s[mid - t] - median) < abs(s[mid + 1 + k - t] - median):
+            lo = t + 1
+        else:
+            hi = t
+    t = lo
+    kth = -np.inf
+    if t > 0:
+        kth = abs(s[mid - (t - 1)] - median)
+    if k - t >= 0:
+        kth = max(kth, abs(s[mid + 1 + k - t] - median))
+    nxt = np.inf
+    if t < n_a:
+        nxt = abs(s[mid - t] - median)
+    if k + 1 - t < n_b:
+        nxt = min(nxt, abs(s[mid + 1 + k + 1 - t] - median))
+    return kth, nxt
+
+
+@jit
+def median_mad(s: FloatArray) -> tuple[float, float]:  # pragma: no cover - compiled
+    """Median and MAD of a sorted full row, as ``RobustWindow.stats`` computes them."""
+    n = len(s)
+    lo_rank, hi_rank = (n - 1) // 2, n // 2
+    median = 0.5 * (s[lo_rank] + s[hi_rank])
+    d_lo, d_next = _kth(s, median, lo_rank)
+    return median, 0.5 * (d_lo + (d_next if hi_rank != lo_rank else d_lo))
+
+
+@jit
+def ewm_update(mean: FloatArray, var: FloatArray, n: IntArray, row: int, x: float,
+         alpha: float) -> None:  # pragma: no cover - compiled
+    """``Ewm.update`` of one row."""
+    a = npmax(alpha, 1.0 / (n[row] + 1))
+    m = mean[row]
+    delta = x - m
+    mean[row] = m + a * delta
+    var[row] = (1.0 - a) * (var[row] + a * delta * delta)
+    n[row] = n[row] + 1
