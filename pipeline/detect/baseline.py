@@ -202,7 +202,7 @@ def _middle(sorted_rows: FloatArray, count: IntArray, size: int) -> FloatArray:
 class SortedWindow(RobustWindow):
     """:class:`RobustWindow` that also holds each row's values sorted, for the compiled path.
 
-    The compiled quiet path (:mod:`~trainguard.pipeline.detect.quiet`) reads a full row's
+    The compiled quiet path (:mod:`~trainguard.pipeline.detect.quiet`) reads a row's
     median and MAD from ``sorted`` and keeps it sorted as it learns, instead of sorting the
     row twice per point. ``sorted`` is derived state, in no snapshot: every change to a
     row's ring made here (push, copy, reset, load, growth) marks the row stale

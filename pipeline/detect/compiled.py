@@ -14,8 +14,8 @@ import numpy as np
 
 from trainguard.pipeline.detect.registry import FloatArray, IntArray
 
-__all__ = ["AVAILABLE", "ewm_update", "jit", "median_mad", "npmax", "npmin", "replace_sorted",
-           "sort_row"]
+__all__ = ["AVAILABLE", "ewm_update", "insert_sorted", "jit", "median_mad", "npmax", "npmin",
+           "replace_sorted", "sort_first"]
 
 numba: Any
 try:
@@ -57,18 +57,25 @@ def npmin(a: float, b: float) -> float:  # pragma: no cover - compiled
 
 
 @jit
-def sort_row(s: FloatArray) -> bool:  # pragma: no cover - compiled
-    """Insertion-sort ``s`` in place (a few dozen values); False if one is NaN."""
-    for i in range(len(s)):
+def sort_first(s: FloatArray, n: int) -> None:  # pragma: no cover - compiled
+    """Insertion-sort ``s[:n]`` in place (a few dozen values, no NaN)."""
+    for i in range(1, n):
         v = s[i]
-        if v != v:
-            return False
         j = i - 1
         while j >= 0 and s[j] > v:
             s[j + 1] = s[j]
             j -= 1
         s[j + 1] = v
-    return True
+
+
+@jit
+def insert_sorted(s: FloatArray, n: int, new: float) -> None:  # pragma: no cover - compiled
+    """Put ``new`` into sorted ``s[:n]``, making sorted ``s[:n+1]``."""
+    j = n - 1
+    while j >= 0 and s[j] > new:
+        s[j + 1] = s[j]
+        j -= 1
+    s[j + 1] = new
 
 
 @jit
@@ -100,7 +107,7 @@ def replace_sorted(s: FloatArray, old: float, new: float) -> None:  # pragma: no
 
 @jit
 def _kth(s: FloatArray, median: float, k: int) -> tuple[float, float]:  # pragma: no cover
-    """The ``k``-th and ``k+1``-th smallest of ``|s - median|`` over a sorted full row ``s``.
+    """The ``k``-th and ``k+1``-th smallest of ``|s - median|`` over sorted values ``s``.
 
     The distances grow outward from the middle on both sides, so they are two sorted runs,
     ``A`` (leftward from the middle) and ``B`` (rightward): a binary search finds how many
@@ -132,7 +139,7 @@ def _kth(s: FloatArray, median: float, k: int) -> tuple[float, float]:  # pragma
 
 @jit
 def median_mad(s: FloatArray) -> tuple[float, float]:  # pragma: no cover - compiled
-    """Median and MAD of a sorted full row, as ``RobustWindow.stats`` computes them."""
+    """Median and MAD of sorted values, as ``RobustWindow.stats`` computes them for a row."""
     n = len(s)
     lo_rank, hi_rank = (n - 1) // 2, n // 2
     median = 0.5 * (s[lo_rank] + s[hi_rank])

@@ -10,7 +10,7 @@ batch over a few hundred MB of windows) and runs without the GIL. For such a poi
 computes what ``DetectorBank._step`` computes, with the same floating-point operations in
 the same order, so the state it leaves is bitwise the same (a test holds the two paths to
 that), and it commits that state only when the point stays quiet. Every other point
-(warming up, window not full, in alarm, opening or continuing an excursion, tipping the
+(warming up, in alarm, opening or continuing an excursion, tipping the
 change-point test) it leaves untouched and returns, for the vectorized path to take whole.
 
 The median and MAD come from a sorted copy of each row's window
@@ -35,12 +35,13 @@ from trainguard.pipeline.detect.baseline import MAD_TO_SIGMA, SortedWindow
 from trainguard.pipeline.detect.compiled import (
     AVAILABLE,
     ewm_update,
+    insert_sorted,
     jit,
     median_mad,
     npmax,
     npmin,
     replace_sorted,
-    sort_row,
+    sort_first,
 )
 from trainguard.pipeline.detect.registry import FloatArray, IntArray
 
@@ -85,19 +86,27 @@ def _quiet_points(r: Any, x: Any, t: Any, window: Any, recent: Any, level: Any, 
             rest[n_rest] = i
             n_rest += 1
             continue
-        if wcount[row] != size:  # values 30 to 59: rare, left to the vectorized path
-            rest[n_rest] = i
+        count = wcount[row]
+        pos = wpos[row]
+        if count < size and wbuf[row, pos] == wbuf[row, pos]:
+            rest[n_rest] = i  # a ring not filled from slot 0 (never made here): not ours
             n_rest += 1
             continue
         srt = wsorted[row]
-        if not wfresh[row]:
-            srt[:] = wbuf[row]
-            if not sort_row(srt):
+        if not wfresh[row]:  # its ring changed elsewhere: sort it again
+            n = 0
+            for j in range(size):
+                v = wbuf[row, j]
+                if v == v:
+                    srt[n] = v
+                    n += 1
+            if n != count:
                 rest[n_rest] = i
                 n_rest += 1
                 continue
+            sort_first(srt, n)
             wfresh[row] = True
-        median, mad = median_mad(srt)
+        median, mad = median_mad(srt[:count])
         mad_scale = MAD_TO_SIGMA * mad
         # DetectorBank._scale, then _bursty.
         base = npmax(npmax(npmax(mad_scale, math.sqrt(svar[row])), min_scale),
@@ -137,9 +146,9 @@ def _quiet_points(r: Any, x: Any, t: Any, window: Any, recent: Any, level: Any, 
             continue
         # Quiet: commit what _step and _judge's quiet branch write.
         last_ts[row] = ti
-        pos = rpos[row]
-        rbuf[row, pos] = xi
-        rpos[row] = (pos + 1) % size
+        rp = rpos[row]
+        rbuf[row, rp] = xi
+        rpos[row] = (rp + 1) % size
         rcount[row] = min(rcount[row] + 1, size)
         vol[row], prev_x[row], last_z[row] = new_vol, xi, z
         if big and z > z_shift:
@@ -156,8 +165,10 @@ def _quiet_points(r: Any, x: Any, t: Any, window: Any, recent: Any, level: Any, 
         back_sum[row], clear_run[row], back_ref[row] = 0.0, 0, 0.0
         exc_t0[row] = np.nan
         # DetectorBank._learn.
-        pos = wpos[row]
-        replace_sorted(srt, wbuf[row, pos], xi)
+        if count == size:
+            replace_sorted(srt, wbuf[row, pos], xi)
+        else:
+            insert_sorted(srt, count, xi)
         wbuf[row, pos] = xi
         wpos[row] = (pos + 1) % size
         wcount[row] = min(wcount[row] + 1, size)
