@@ -89,6 +89,10 @@ class DetectorBank(RowGroup):
     ``reset_rows`` (for rows the registry expired), and the snapshots: a worker saves
     :meth:`state` so a restart does not warm up again, and moves :meth:`state_rows` with a
     Kafka partition on rebalance (the new owner loads them into rows of its own registry).
+
+    With numba installed (and ``compiled``), CUSUM banks hand each batch to a compiled
+    kernel first (:mod:`~trainguard.pipeline.detect.quiet`): it takes the points that leave
+    a row quiet, bitwise as :meth:`_step` would, and returns the others to it.
     """
 
     def __init__(self, metric: str, config: BankConfig | None = None, capacity: int = 1024,
@@ -98,7 +102,7 @@ class DetectorBank(RowGroup):
         self.detector = f"robust-{c.changepoint}"
         self._vol_alpha = 1.0 - 0.5 ** (1.0 / c.vol_half_life)
         self._cusum = c.changepoint == "cusum"
-        fast = compiled and _COMPILED and c.changepoint == "cusum"
+        fast = compiled and _COMPILED and self._cusum
         # Learned values: the fast baseline (sorted too, for the compiled quiet path).
         self.window = (SortedWindow if fast else RobustWindow)(capacity, c.window)
         self.recent = RobustWindow(capacity, c.window)  # every value, to re-baseline from

@@ -57,18 +57,6 @@ def npmin(a: float, b: float) -> float:  # pragma: no cover - compiled
 
 
 @jit
-def sort_first(s: FloatArray, n: int) -> None:  # pragma: no cover - compiled
-    """Insertion-sort ``s[:n]`` in place (a few dozen values, no NaN)."""
-    for i in range(1, n):
-        v = s[i]
-        j = i - 1
-        while j >= 0 and s[j] > v:
-            s[j + 1] = s[j]
-            j -= 1
-        s[j + 1] = v
-
-
-@jit
 def insert_sorted(s: FloatArray, n: int, new: float) -> None:  # pragma: no cover - compiled
     """Put ``new`` into sorted ``s[:n]``, making sorted ``s[:n+1]``."""
     j = n - 1
@@ -76,6 +64,13 @@ def insert_sorted(s: FloatArray, n: int, new: float) -> None:  # pragma: no cove
         s[j + 1] = s[j]
         j -= 1
     s[j + 1] = new
+
+
+@jit
+def sort_first(s: FloatArray, n: int) -> None:  # pragma: no cover - compiled
+    """Insertion-sort ``s[:n]`` in place (a few dozen values, no NaN)."""
+    for i in range(1, n):
+        insert_sorted(s, i, s[i])
 
 
 @jit
