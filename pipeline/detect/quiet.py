@@ -92,6 +92,12 @@ def _quiet_points(r: Any, x: Any, t: Any, order: Any, window: Any, recent: Any, 
             continue
         count = wcount[row]
         pos = wpos[row]
+        # Compiled code checks no bounds: a ring position from a damaged snapshot goes to
+        # the vectorized path, which raises (the record becomes a dead letter).
+        if not (0 <= pos < size and 0 <= rpos[row] < size):
+            rest[n_rest] = i
+            n_rest += 1
+            continue
         if count < size and wbuf[row, pos] == wbuf[row, pos]:
             rest[n_rest] = i  # a ring not filled from slot 0 (never made here): not ours
             n_rest += 1

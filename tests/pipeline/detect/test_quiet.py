@@ -125,3 +125,15 @@ def test_median_and_mad_of_a_sorted_row_are_the_window_stats(size: int) -> None:
         want = np.sort(np.r_[np.delete(window.buf[row], np.flatnonzero(
             window.buf[row] == old)[0]), new])
         np.testing.assert_array_equal(s, want)
+
+
+@pytest.mark.parametrize("ring", ["window", "recent"])
+def test_a_damaged_ring_position_raises_as_on_the_numpy_path(ring: str) -> None:
+    """Compiled code checks no bounds: such a row must reach the path that does."""
+    banks = [DetectorBank("m", _SMALL, capacity=8, compiled=c) for c in (True, False)]
+    for bank in banks:
+        for k in range(20):
+            bank.update(np.arange(8), np.full(8, 50.0 + k % 3), np.full(8, float(k)))
+        getattr(bank, ring).pos[3] = 10**9
+        with pytest.raises(IndexError):
+            bank.update(np.arange(8), np.full(8, 51.0), np.full(8, 100.0))
