@@ -31,6 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.quantiles import quantile
 from trainguard.agents.config import KafkaProducerSettings
 from trainguard.agents.sim import JobSpec
 from trainguard.agents.sim.availability import Kill
@@ -130,11 +131,6 @@ def run_round(bootstrap: str, prefix: str, kind: str, jobs: int, worker: WorkerP
     return rows
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=10, help="jobs (faults) per round")
@@ -173,7 +169,7 @@ def _report(kind: str, rows: list[dict[str, float]], faults: int) -> None:
     parts = {k: statistics.median([r[k] for r in rows]) for k in
              ("sampling", "pipeline", "alertmanager")}
     print(f"{kind}: {len(rows)}/{faults} paged; fault → page p50 {statistics.median(total):.2f} s"
-          f"  p99 {_pct(total, 0.99):.2f} s  max {max(total):.2f} s  | medians: sampling "
+          f"  p99 {quantile(total, 0.99):.2f} s  max {max(total):.2f} s  | medians: sampling "
           f"{parts['sampling']:.2f} s, pipeline {parts['pipeline']:.2f} s, Alertmanager → "
           f"webhook {parts['alertmanager'] * 1000:.0f} ms", flush=True)
     stages = {k: statistics.median([r[k] for r in rows]) for k in ("finding_row", "alert_row")}

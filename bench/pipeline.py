@@ -43,6 +43,7 @@ from typing import Any
 import msgspec
 
 from bench.loadgen import FleetLoad
+from bench.quantiles import quantile
 from bench.stages import run_stages
 from trainguard.local.broker import LocalBroker, free_ports
 from trainguard.local.stack import LocalStack
@@ -252,7 +253,7 @@ def _realtime(stack: LocalStack, nodes: int, seconds: int) -> dict[str, float]:
             "cpu_pct": 100 * (cpu1 - cpu0) / (wall1 - wall0),
             "cpu_ms_per_1000": 1000 * (cpu1 - cpu0) / samples * 1000,
             "lat_p50": lat[0], "lat_p99": lat[1], "lat_max": lat[2], "anomalies": lat[3],
-            "topic_p50": _quantile(on_topic, 0.5), "topic_p99": _quantile(on_topic, 0.99),
+            "topic_p50": quantile(on_topic, 0.5), "topic_p99": quantile(on_topic, 0.99),
             "topic_n": len(on_topic),
             "injected": injected, "other_anomalies": other}
 
@@ -279,14 +280,6 @@ def _topic_latencies(bootstrap: str, topic: str, metric: str) -> list[float]:
         return out
 
     return asyncio.run(read())
-
-
-def _quantile(values: list[float], q: float) -> float:
-    """The ``q`` quantile of ``values`` (NaN for none)."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _print_capacity(r: dict[str, float]) -> None:

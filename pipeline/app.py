@@ -169,6 +169,10 @@ def _with_caps(
             # Departures kept out of the anomalies (small, tail, episode, shared by peers).
             for reason, n in baselines.suppressed().items():
                 out[f"baseline_suppressed_{reason}"] = float(n)
+            # How much of the load the compiled path carries (falls when rows are noisy).
+            taken, passed = baselines.quiet_points()
+            out["baseline_quiet_taken"] = float(taken)
+            out["baseline_quiet_passed"] = float(passed)
         if consistency is not None:
             out["consistency_jobs_evicted"] = float(consistency.evicted_jobs)
             stats = consistency.stats()

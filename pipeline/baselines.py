@@ -103,6 +103,11 @@ class BaselineStage:
             out[reason] = out.get(reason, 0) + n
         return out
 
+    def quiet_points(self) -> tuple[int, int]:
+        """Points the compiled quiet path took in and passed on since start, GPUs and ranks."""
+        (gt, gp), (rt, rp) = self.gpus.quiet_points(), self.ranks.quiet_points()
+        return gt + rt, gp + rp
+
     @property
     def evicted(self) -> int:
         """Entities (GPUs and ranks) evicted at the ``max_entities`` cap since start."""

@@ -40,6 +40,10 @@ _GAUGES = {
 _COUNTERS = {
     "deliveries_failed_total": ("trainguard_alert_deliveries_failed",
                                 "Alert deliveries given up (the receiver never got them)."),
+    "baseline_quiet_taken": ("trainguard_baseline_quiet_points_taken",
+                             "Points the baselines' compiled quiet path took in."),
+    "baseline_quiet_passed": ("trainguard_baseline_quiet_points_passed",
+                              "Points the compiled quiet path passed to the vectorized one."),
 }
 #: Health figures whose key ends in a label value: prefix → (name, label, prefix of the
 #: label value, doc).

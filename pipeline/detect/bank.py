@@ -54,7 +54,13 @@ from typing import Any
 
 import numpy as np
 
-from trainguard.pipeline.detect.baseline import Ewm, EwmLag1, RobustWindow, SortedWindow
+from trainguard.pipeline.detect.baseline import (
+    DIFF_TO_SIGMA,
+    Ewm,
+    EwmLag1,
+    RobustWindow,
+    SortedWindow,
+)
 from trainguard.pipeline.detect.baseline import unique_rounds as _unique_rounds
 from trainguard.pipeline.detect.changepoint import ChangeAlarms, Cusum, PageHinkley
 from trainguard.pipeline.detect.quiet import AVAILABLE as _COMPILED
@@ -70,7 +76,6 @@ STATE_FORMAT = 2
 
 # Alarm codes kept per row; 3 and 4 came from the change-point test.
 _SPIKE, _SHIFT, _CP_SHIFT, _CP_DRIFT = 1, 2, 3, 4
-_DIFF_TO_SIGMA = 2.0 / np.sqrt(np.pi)
 _KIND: dict[int, AnomalyKind] = {1: "spike", 2: "level_shift", 3: "level_shift", 4: "drift"}
 
 
@@ -100,7 +105,6 @@ class DetectorBank(RowGroup):
         self.metric = metric
         self.config = c = config or BankConfig()
         self.detector = f"robust-{c.changepoint}"
-        self._vol_alpha = 1.0 - 0.5 ** (1.0 / c.vol_half_life)
         self._cusum = c.changepoint == "cusum"
         fast = compiled and _COMPILED and self._cusum
         # Learned values: the fast baseline (sorted too, for the compiled quiet path).
@@ -127,6 +131,14 @@ class DetectorBank(RowGroup):
         )
         # Quiet points through the compiled kernel (same state, bitwise), the rest vectorized.
         self._quiet = QuietPath(self) if fast else None
+
+    def quiet_points(self) -> tuple[int, int]:
+        """Points the compiled quiet path took in and passed on, since start.
+
+        ``(0, 0)`` for a bank without it (Page-Hinkley, or no numba).
+        """
+        q = self._quiet
+        return (q.taken, q.passed) if q is not None else (0, 0)
 
     def update(self, rows: IntArray, values: FloatArray, ts: FloatArray,
                groups: IntArray | None = None) -> list[Detection]:
@@ -192,7 +204,7 @@ class DetectorBank(RowGroup):
         slow_scale = scale * np.sqrt((1.0 + rho) / (1.0 - rho))
         zs = (x - self.level.mean[r]) / slow_scale
         drift_z = st.drift_z[r]
-        st.drift_z[r] = drift_z + self._vol_alpha * (np.clip(zs, -c.z_shift, c.z_shift) - drift_z)
+        st.drift_z[r] = drift_z + c.vol_alpha * (np.clip(zs, -c.z_shift, c.z_shift) - drift_z)
         e = self._directional(z)
         e_out[keep] = e
 
@@ -258,10 +270,10 @@ class DetectorBank(RowGroup):
         c, st = self.config, self.rows
         vol = st.vol[r]
         # E|x - x'| = 2/sqrt(pi) sigma for independent normal x, x'.
-        out = np.maximum(scale, vol / (_DIFF_TO_SIGMA * c.burst_ratio))
+        out = np.maximum(scale, vol / (DIFF_TO_SIGMA * c.burst_ratio))
         step = np.abs(x - st.prev_x[r])
-        step = np.minimum(step, 3.0 * np.maximum(vol, _DIFF_TO_SIGMA * scale))
-        st.vol[r] = np.where(np.isfinite(step), vol + self._vol_alpha * (step - vol), vol)
+        step = np.minimum(step, 3.0 * np.maximum(vol, DIFF_TO_SIGMA * scale))
+        st.vol[r] = np.where(np.isfinite(step), vol + c.vol_alpha * (step - vol), vol)
         st.prev_x[r] = x
         return out
 

@@ -9,6 +9,7 @@ are each free of them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,10 +17,14 @@ import numpy as np
 
 from trainguard.pipeline.detect.registry import FloatArray, IntArray, RowArrays
 
-__all__ = ["MAD_TO_SIGMA", "Ewm", "EwmLag1", "RobustWindow", "SortedWindow", "unique_rounds"]
+__all__ = ["DIFF_TO_SIGMA", "MAD_TO_SIGMA", "Ewm", "EwmLag1", "RobustWindow", "SortedWindow",
+           "unique_rounds"]
 
 #: Scales a median absolute deviation to a standard deviation for normal data.
 MAD_TO_SIGMA = 1.4826
+#: Scales the mean absolute difference of consecutive normal values to a standard
+#: deviation: E|x_t - x_(t-1)| = 2σ/√π for independent normal values.
+DIFF_TO_SIGMA = 2.0 / math.sqrt(math.pi)
 
 # Rows of a window sorted at a time: a block that stays in a core's L2 cache.
 _CHUNK_BYTES = 1 << 19
@@ -137,6 +142,15 @@ class RobustWindow(RowArrays):
 
     def _tail(self, name: str) -> tuple[int, ...]:
         return (self.size,) if name == "buf" else ()
+
+    def _check_values(self, arrays: Mapping[str, np.ndarray[Any, Any]]) -> None:
+        # A ring position indexes the buffer: out of range, numpy would raise at some later
+        # push and compiled code would write past the row. A damaged snapshot stops here.
+        for name, high in (("pos", self.size - 1), ("count", self.size)):
+            bad = (arrays[name] < 0) | (arrays[name] > high)
+            if bad.any():
+                raise ValueError(f"state {name!r} holds {int(arrays[name][bad][0])}, "
+                                 f"outside 0..{high} for a window of {self.size}")
 
     def push(self, rows: IntArray, x: FloatArray) -> None:
         """Append one value per row, dropping the oldest once full; ``rows`` must be unique."""

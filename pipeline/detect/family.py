@@ -101,6 +101,14 @@ class EntityFamily:
                 out[reason] = out.get(reason, 0) + n
         return out
 
+    def quiet_points(self) -> tuple[int, int]:
+        """Points taken by the banks' compiled quiet paths, and points passed on, summed."""
+        taken = passed = 0
+        for bank in self.banks.values():
+            t, p = bank.quiet_points()
+            taken, passed = taken + t, passed + p
+        return taken, passed
+
     def make_room(self, keys: Sequence[str]) -> None:
         """Evict the least recently seen entities so the new ones among ``keys`` fit.
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainguard.pipeline.detect.baseline import MAD_TO_SIGMA, SortedWindow
+from trainguard.pipeline.detect.baseline import DIFF_TO_SIGMA, MAD_TO_SIGMA, SortedWindow
 from trainguard.pipeline.detect.compiled import (
     AVAILABLE,
     ewm_update,
@@ -203,10 +203,10 @@ class QuietPath:
     def __init__(self, bank: DetectorBank) -> None:
         c = bank.config
         self._bank = bank
-        diff = 2.0 / np.sqrt(np.pi)
+        # The bank's own constants: the kernel must compute exactly what _step does.
         self._p = np.array([
             c.min_scale, c.min_rel_scale, c.min_effect, c.z_shift, c.cp_drift, c.cp_threshold,
-            1.0 - 0.5 ** (1.0 / c.vol_half_life), diff * c.burst_ratio, diff,
+            c.vol_alpha, DIFF_TO_SIGMA * c.burst_ratio, DIFF_TO_SIGMA,
             bank.level.alpha, bank.anchor.alpha, bank.spread.alpha,
         ], dtype=np.float64)
         up_on, down_on = c.direction != "down", c.direction != "up"

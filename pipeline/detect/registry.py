@@ -235,6 +235,7 @@ class RowArrays:
         lengths = {len(a) for a in arrays.values()}
         if len(lengths) != 1:
             raise ValueError(f"state arrays disagree on the row count: {sorted(lengths)}")
+        self._check_values(arrays)
         self._arrays = {name: a.copy() for name, a in arrays.items()}
         self.capacity = lengths.pop()
         self._bind()
@@ -249,10 +250,14 @@ class RowArrays:
         for name, array in arrays.items():
             if len(array) != len(rows):
                 raise ValueError(f"state {name!r} has {len(array)} rows, expected {len(rows)}")
+        self._check_values(arrays)
         if len(rows):
             self.grow(int(rows.max()) + 1)
         for name, array in arrays.items():
             self._arrays[name][rows] = array
+
+    def _check_values(self, arrays: Mapping[str, np.ndarray[Any, Any]]) -> None:
+        """Raise ValueError for values out of their range (a subclass's indices, counts)."""
 
     def _checked(
         self, name: str, state: Mapping[str, np.ndarray[Any, Any]]

@@ -102,6 +102,11 @@ class BankConfig:
     #: small for the point test, which each row's change-point test finds at its own time.
     peer_z: float = 1.0
 
+    @property
+    def vol_alpha(self) -> float:
+        """The weight of a new point in the volatility and drift EWMs (``vol_half_life``)."""
+        return 1.0 - 0.5 ** (1.0 / self.vol_half_life)
+
     def __post_init__(self) -> None:
         if self.window < 3:
             raise ConfigError(f"window must be >= 3 values, got {self.window}")

@@ -111,6 +111,7 @@ def test_evictions_at_the_caps_are_exported_with_the_worker_health():
     from trainguard.pipeline.app import _with_caps
     from trainguard.pipeline.baselines import BaselineConfig, BaselineStage
     from trainguard.pipeline.consistency import ConsistencyConfig, ConsistencyStage
+    from trainguard.pipeline.detect.quiet import AVAILABLE as QUIET
 
     baselines = BaselineStage(BaselineConfig(max_entities=2))
     checks = ConsistencyStage(ConsistencyConfig(max_jobs=1))
@@ -134,7 +135,10 @@ def test_evictions_at_the_caps_are_exported_with_the_worker_health():
                        "baseline_suppressed_small": 0.0,
                        "baseline_suppressed_spike_quiet": 0.0,
                        "baseline_suppressed_episode": 0.0,
-                       "baseline_suppressed_shared": 0.0}
+                       "baseline_suppressed_shared": 0.0,
+                       # Points through the compiled quiet path, and passed on (round 5).
+                       "baseline_quiet_taken": 12.0 if QUIET else 0.0,
+                       "baseline_quiet_passed": 18.0 if QUIET else 0.0}
 
 
 def test_conflicting_reports_are_exported_with_the_worker_health():

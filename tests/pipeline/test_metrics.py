@@ -42,7 +42,8 @@ def _sample(**kw: object) -> WorkerSample:
         extra={"alerts_queued": 2.0, "alerts_firing": 1.0, "deliveries_failed_total": 3.0,
                "stage_errors_consistency": 6.0, "alert_stage_errors_alerts": 1.0,
                "auth_verified": 9.0, "auth_verified_kid_k1": 9.0, "auth_failed_bad_mac": 5.0,
-               "consistency_jobs_evicted": 7.0},
+               "consistency_jobs_evicted": 7.0, "baseline_quiet_taken": 90.0,
+               "baseline_quiet_passed": 10.0},
         published=PublishCounts(dead_letters=Counter({"not_json": 2, "delivery_failed": 3}),
                                 findings=Counter({"param_divergence": 2}),
                                 findings_cleared=Counter({"param_divergence": 1}), anomalies=8),
@@ -110,6 +111,8 @@ def test_dead_letters_findings_and_alerting_are_labelled_counters_and_gauges() -
     assert got["trainguard_stage_errors_total", (("stage", "alert_alerts"),)] == 1.0
     assert got["trainguard_auth_verified_total", (("kid", "k1"),)] == 9.0
     assert got["trainguard_auth_failed_total", (("reason", "bad_mac"),)] == 5.0
+    assert got["trainguard_baseline_quiet_points_taken_total", ()] == 90.0
+    assert got["trainguard_baseline_quiet_points_passed_total", ()] == 10.0
     # A figure without a metric of its own is still exported, under its health name.
     assert got["trainguard_consistency_jobs_evicted", ()] == 7.0
     assert not any(name == "trainguard_auth_verified" for name, _ in got)  # the kids' sum

@@ -137,3 +137,37 @@ def test_a_damaged_ring_position_raises_as_on_the_numpy_path(ring: str) -> None:
         getattr(bank, ring).pos[3] = 10**9
         with pytest.raises(IndexError):
             bank.update(np.arange(8), np.full(8, 51.0), np.full(8, 100.0))
+
+
+@pytest.mark.parametrize(("field", "value"), [("pos", 12), ("pos", -1), ("count", 13),
+                                              ("count", -2)])
+@pytest.mark.parametrize("whole", [True, False])
+def test_a_snapshot_with_a_ring_index_out_of_range_is_refused(field: str, value: int,
+                                                               whole: bool) -> None:
+    """The loader checks ring positions and counts, before any path indexes with them."""
+    bank = DetectorBank("m", _SMALL, capacity=8)
+    bank.update(np.arange(8), np.full(8, 50.0), np.zeros(8))
+    state = bank.state() if whole else bank.state_rows(np.arange(8))
+    state[f"window.{field}"] = state[f"window.{field}"].copy()
+    state[f"window.{field}"][2] = value
+    fresh = DetectorBank("m", _SMALL, capacity=8)
+    with pytest.raises(ValueError, match=f"state '{field}' holds {value}, outside 0..1[12]"):
+        if whole:
+            fresh.load_state(state)
+        else:
+            fresh.load_state_rows(np.arange(8), state)
+
+
+def test_the_quiet_path_counts_the_points_it_takes_and_passes_on() -> None:
+    bank = DetectorBank("m", _SMALL, capacity=8)
+    assert bank.quiet_points() == (0, 0)
+    fed = 0
+    for k in range(40):
+        bank.update(np.arange(8), np.full(8, 50.0 + k % 3), np.full(8, float(k)))
+        fed += 8
+    taken, passed = bank.quiet_points()
+    assert taken > 0 and taken + passed == fed  # every point of a cusum bank meets it once
+    before = taken
+    bank.update(np.arange(8), np.full(8, 5000.0), np.full(8, 40.0))  # a spike: passed on
+    assert bank.quiet_points() == (before, passed + 8)
+    assert DetectorBank("m", _SMALL, capacity=8, compiled=False).quiet_points() == (0, 0)

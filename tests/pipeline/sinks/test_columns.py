@@ -190,3 +190,22 @@ def test_a_rank_event_value_out_of_range_is_a_store_data_error() -> None:
                       steps=[], events=[event])
     with pytest.raises(StoreDataError, match="step batch"):
         step_tables([(batch, 0, 0)])
+
+
+def test_a_nan_built_in_process_is_stored_as_null_as_json_would_carry_it() -> None:
+    gpu = GpuSample(index=0, power_w=float("nan"), pcie_rx_bytes_s=float("nan"), temp_c=40.0)
+    step = StepRecord(job_id="j", rank=0, world_size=1, node="n", step=1, ts=NOW,
+                      loss=float("nan"), step_time_s=float("nan"))
+    samples = sample_tables([(GpuSampleBatch(cluster="c", node="n", ts=NOW, seq=1,
+                                             agent_id="a", gpus=[gpu]), 0, 0)])
+    steps = step_tables([(StepBatch(cluster="c", node="n", job_id="j", ts=NOW, seq=1,
+                                    agent_id="a", steps=[step]), 0, 0)])
+    gpus = samples["gpu_samples"].to_pydict()
+    assert gpus["power_w"] == [None] and gpus["pcie_rx_bytes_s"] == [None]
+    assert gpus["temp_c"] == [40.0]
+    assert steps["steps"].to_pydict()["loss"] == [None]
+    assert steps["steps"].to_pydict()["step_time_s"] == [None]
+
+
+def test_an_empty_batch_list_makes_no_table() -> None:
+    assert sample_tables([]) == {} and step_tables([]) == {}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pyarrow as pa
@@ -87,3 +89,30 @@ def test_a_block_that_cannot_be_written_goes_through_python_and_is_counted(
     monkeypatch.setattr(shared, "files", broken)
     assert _insert_two_shapes(chdb_store) == EXPECTED
     assert broken.failures == 2
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_a_killed_workers_directory_is_removed_by_the_next_one(tmp_path: Path) -> None:
+    """A SIGKILLed worker leaves its directory in /dev/shm (memory): the next one sweeps it."""
+    old = arrow_files.STALE_S + 60
+    dead = tmp_path / f"trainguard-arrow-{_dead_pid()}-abc"
+    recent = tmp_path / f"trainguard-arrow-{_dead_pid()}-def"  # dead, but touched lately
+    live = tmp_path / f"trainguard-arrow-{os.getppid()}-ghi"
+    other = tmp_path / "trainguard-arrow-notapid"
+    for path in (dead, recent, live, other):
+        path.mkdir()
+        (path / "block-0.arrows").write_bytes(b"x")
+    for path in (dead, live, other):
+        os.utime(path, (path.stat().st_mtime - old,) * 2)
+    files = ArrowFiles(tmp_path)
+    with files.block(pa.table({"k": [1]})) as block:
+        assert Path(block).parent.name.startswith(f"trainguard-arrow-{os.getpid()}-")
+    assert not dead.exists()
+    assert recent.exists() and live.exists() and other.exists()
+    files.close()
+    assert arrow_files.sweep_dead(tmp_path) == 0  # nothing else is old and dead
