@@ -10,14 +10,22 @@ split and the source map existed) is measured the way it ran then::
 
     python -m bench.stage_costs                                   # this checkout
     PYTHONPATH=/path/to/old/checkout python bench/stage_costs.py  # another version
+
+Six ticks is all warm-up: the detectors judge nothing before 30 values. For the stages in
+steady state, past warm-up, give a fleet, a number of ticks and the ticks to skip (the
+ticks are generated one at a time, so a long run holds one tick's messages)::
+
+    python -m bench.stage_costs --nodes 5000 --ticks 45 --skip 35
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +44,17 @@ _PER_JOB = hasattr(batches_module, "_by_job")
 
 
 def _batches(topics: Topics, nodes: int, ticks: int) -> list[list[RawMessage]]:
+    return [batch for tick in _ticks(topics, nodes, ticks) for batch in tick]
+
+
+def _ticks(topics: Topics, nodes: int, ticks: int) -> Iterator[list[list[RawMessage]]]:
+    """Each tick's messages in batches of ``_BATCH``, made when the tick is asked for."""
     load = FleetLoad(topics, nodes)
     t0 = time.time() - ticks
-    out: list[list[RawMessage]] = []
     for k in range(ticks):
         msgs = [RawMessage(t, i % 3, k * 2 * nodes + i, key, value, time.time())
                 for i, (t, key, value) in enumerate(load.tick(k, t0 + k))]
-        out += [msgs[j:j + _BATCH] for j in range(0, len(msgs), _BATCH)]
-    return out
+        yield [msgs[j:j + _BATCH] for j in range(0, len(msgs), _BATCH)]
 
 
 def _consistency(stage: ConsistencyStage, result: Any) -> None:
@@ -54,10 +65,16 @@ def _consistency(stage: ConsistencyStage, result: Any) -> None:
         stage.observe([result.decoded[i] for i in idx], [result.broker_ts[i] for i in idx])
 
 
-def stage_costs(nodes: int = 10_000, ticks: int = 6) -> dict[str, float]:
-    """Median milliseconds per 2,000-message batch of each stage."""
+def stage_costs(nodes: int = 10_000, ticks: int = 6, skip: int = 1) -> dict[str, float]:
+    """Median milliseconds per 2,000-message batch of each stage, past the first ``skip`` ticks.
+
+    The first tick pays one-off costs (entity registration); the first 30 are warm-up.
+    """
+    if not 0 <= skip < ticks:
+        raise ValueError(f"skip must be within 0..ticks-1, got {skip} of {ticks} ticks")
     topics = Topics("stages")
-    batches = _batches(topics, nodes, ticks)
+    batches = (batch for tick in _ticks(topics, nodes, ticks) for batch in tick)
+    per_tick = -(-2 * nodes // _BATCH)
     ingestor, baselines, checks = Ingestor(topics), BaselineStage(), ConsistencyStage()
     store = open_store(StoreUrl.parse(f"chdb://{Path(tempfile.mkdtemp()) / 'store'}"))
     migrate(store)
@@ -100,18 +117,23 @@ def stage_costs(nodes: int = 10_000, ticks: int = 6) -> dict[str, float]:
             times[name].append(b - a)
             cpu[name].append(cb - ca)
     store.close()
-    skip = len(batches) // ticks  # the first tick pays one-off costs (entity registration)
-    out = {k: 1000 * statistics.median(v[skip:]) for k, v in times.items()}
+    first = skip * per_tick
+    out = {k: 1000 * statistics.median(v[first:]) for k, v in times.items()}
     # The process's CPU (every thread: chdb's own too) during the write, per batch.
-    out["write_cpu"] = 1000 * statistics.median(cpu["write"][skip:])
+    out["write_cpu"] = 1000 * statistics.median(cpu["write"][first:])
     # ... and of the writing thread alone (its Python and the insert chdb runs on it).
-    out["write_thread"] = 1000 * statistics.median(own[skip:])
+    out["write_thread"] = 1000 * statistics.median(own[first:])
     return out
 
 
 def main() -> None:
     """Print the medians, and the event loop's share (everything but the store write)."""
-    costs = stage_costs()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nodes", type=int, default=10_000)
+    p.add_argument("--ticks", type=int, default=6)
+    p.add_argument("--skip", type=int, default=1, help="ticks left out of the medians")
+    args = p.parse_args()
+    costs = stage_costs(args.nodes, args.ticks, args.skip)
     loop = sum(v for k, v in costs.items() if not k.startswith("write"))
     print("code:", "per-job checks + source map (#13)" if _PER_JOB else "before #13")
     for name, ms in costs.items():

@@ -22,7 +22,6 @@ size of what it stored. In turn, in one process, so the three meet the same mach
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import tempfile
 import time
@@ -39,11 +38,6 @@ from trainguard.schemas.records import GpuSampleBatch
 from trainguard.schemas.topics import Topics
 
 TABLES = ("gpu_samples", "no-rollup", "lz4-no-rollup")
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _copies(store: Any) -> dict[str, str]:
@@ -80,9 +74,9 @@ def run(nodes: int, inserts: int) -> dict[str, dict[str, float]]:
         block = sample_tables([(msgspec.structs.replace(r, ts=r.ts + k), 0, i)
                                for i, r in enumerate(records)])["gpu_samples"]
         for name in TABLES:
-            start = _cpu()
+            start = time.process_time()
             store._insert_arrow(tables[name], block)
-            per[name].append(_cpu() - start)
+            per[name].append(time.process_time() - start)
             time.sleep(0.2)
     out: dict[str, dict[str, float]] = {}
     for name in TABLES:

@@ -75,8 +75,10 @@ class WorkerConfig:
     #: returns what has arrived, so without a backlog batches stay small and a fault's first
     #: sample reaches the checks at once. Under a backlog they fill to ``batch_max``: larger
     #: inserts make fewer, larger ClickHouse parts, and 8,000 drained 1.4-1.5x the messages
-    #: per second of 2,000 at a third less CPU per message (BENCHMARKS.md, issue #17).
-    batch_max: int = 8000
+    #: per second of 2,000 at a third less CPU per message; 16,000 cut the embedded store's
+    #: CPU per message by another sixth (its merges by 40 %) and stored 8-15 % more per
+    #: second at 5,000 nodes in real time (BENCHMARKS.md, issue #17).
+    batch_max: int = 16000
     batch_within_s: float = 0.2
     #: After a poll returned messages, how long the batch keeps collecting (up to
     #: ``batch_max``) before it is handled. Agents report once a second at about the same

@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
     )
     add_env_option(
-        p, "--batch-max", envvars.BATCH_MAX, 8000, "messages per batch at most", type=int
+        p, "--batch-max", envvars.BATCH_MAX, 16000, "messages per batch at most", type=int
     )
     add_env_option(
         p,
