@@ -41,8 +41,14 @@ DATABASE_TOKEN = "{database}"
 #: worker batches its own inserts, so ClickHouse's async-insert buffer would only add a
 #: wait (it is on by default in recent versions); JSON intake lines (``insert_json_lines``)
 #: carry a ``kind`` field and nested ``kind``/``schema_version`` keys that the ``*_in``
-#: tables do not store.
+#: tables do not store. ``optimize_on_insert`` off: ClickHouse would otherwise collapse
+#: the duplicate keys of a ReplacingMergeTree insert within the block itself, one more
+#: sort-and-merge pass over every insert (40 % of the embedded engine's insert work for the
+#: intake tables, BENCHMARKS.md issue #17 round 6). A copy within one insert is as
+#: possible as one across two (a replayed batch), which only the merges and ``FINAL``
+#: collapse, so every reader already reads through copies; the stored values are the same.
 INSERT_SETTINGS: dict[str, str] = {
+    "optimize_on_insert": "0",
     "date_time_input_format": "best_effort",
     "async_insert": "0",
     "input_format_skip_unknown_fields": "1",

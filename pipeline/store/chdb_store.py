@@ -56,9 +56,12 @@ _SETTINGS_SQL = ", ".join(f"{k}='{v}'" for k, v in INSERT_SETTINGS.items())
 #: ``file()`` table function, or (where no block directory can be had) through the
 #: ``Python()`` table function, which reads the table in place but takes the GIL to.
 _ARROW_NAME = "_tg_arrow_block"
+#: An Arrow block's insert settings: those of every insert that concern it (see
+#: ``INSERT_SETTINGS``).
+_ARROW_SETTINGS = f"optimize_on_insert={INSERT_SETTINGS['optimize_on_insert']}"
 #: A block file's schema is read from the file itself each time, never from ClickHouse's
 #: cache of inferred schemas (keyed by path and modification time).
-_FILE_SETTINGS = "schema_inference_use_cache_for_file=0"
+_FILE_SETTINGS = f"schema_inference_use_cache_for_file=0, {_ARROW_SETTINGS}"
 
 
 @dataclass
@@ -221,7 +224,7 @@ class ChdbStore(Store):
                 if files.failures % 1000 == 1:
                     log.warning("%s; inserting through Python() (failures=%d)", exc,
                                 files.failures)
-        sql = f"{into} Python({_ARROW_NAME})"
+        sql = f"{into} Python({_ARROW_NAME}) SETTINGS {_ARROW_SETTINGS}"
         # Python() finds the table by its name among the calling frames' variables.
         _tg_arrow_block = data  # noqa: F841
         self._insert(sql, sql)

@@ -37,6 +37,29 @@ def test_a_reinserted_row_is_counted_once_with_final(chdb_store):
     assert chdb_store.query("SELECT count() FROM {database}.t FINAL").scalar() == 1
 
 
+def test_copies_within_one_insert_are_left_to_the_merges_on_every_insert_path(chdb_store):
+    # optimize_on_insert is off (an extra pass over every insert): a copy within a block
+    # stays until a merge or FINAL collapses it, as one across two blocks does.
+    import pyarrow as pa
+
+    chdb_store.command(_TABLE)
+    chdb_store.command("SYSTEM STOP MERGES {database}.t")
+    row = {"k": 7, "name": "dup", "ts": 1700000000.0, "tags": []}
+    chdb_store.insert_rows("t", [row, row])  # JSON lines
+    block = pa.table({"k": pa.array([8, 8], pa.uint32()), "name": ["a", "a"],
+                      "ts": [1.7e9, 1.7e9]})
+    chdb_store.insert_arrow("t", block)  # an Arrow file in the block directory
+    shared = chdb_store._shared
+    files, shared.files = shared.files, None
+    try:
+        chdb_store.insert_arrow("t", block.set_column(0, "k", pa.array([9, 9], pa.uint32())))
+    finally:
+        shared.files = files  # Python(): the path without a block directory
+    counts = "SELECT k, count() FROM {database}.t{final} GROUP BY k ORDER BY k"
+    assert chdb_store.query(counts.replace("{final}", "")).rows == [(7, 2), (8, 2), (9, 2)]
+    assert chdb_store.query(counts.replace("{final}", " FINAL")).rows == [(7, 1), (8, 1), (9, 1)]
+
+
 def test_bad_sql_raises_store_error_quoting_the_sql(chdb_store):
     with pytest.raises(StoreError, match="SELEC 1"):
         chdb_store.query("SELEC 1")
