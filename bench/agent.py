@@ -11,7 +11,6 @@ Optionally ranks report steps into its socket from another process at the tick r
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -19,14 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.procstat import proc_cpu_seconds
 from trainguard.local.broker import LocalBroker, free_ports
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
 
 
 def _vm(pid: int, key: str) -> int:
@@ -59,9 +52,9 @@ def measure(bootstrap: str, work: Path, hz: float, seconds: float, warmup: float
                 f"    step += 1; time.sleep({1 / hz})\n"
             )
             reporter = subprocess.Popen([sys.executable, "-c", code])
-        c0, t0 = _cpu_seconds(agent.pid), time.monotonic()
+        c0, t0 = proc_cpu_seconds(agent.pid), time.monotonic()
         time.sleep(seconds)
-        c1, t1 = _cpu_seconds(agent.pid), time.monotonic()
+        c1, t1 = proc_cpu_seconds(agent.pid), time.monotonic()
         peak = _vm(agent.pid, "VmHWM")
         return 100.0 * (c1 - c0) / (t1 - t0), peak
     finally:

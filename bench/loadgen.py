@@ -41,17 +41,26 @@ def _template(payload: bytes, ranks: int) -> bytes:
     return fmt
 
 
+def _grad_norm(seed: int, step: int) -> float:
+    """The gradient norm of ``step``: all-reduced, so one value on every rank of a job.
+
+    Noisy from step to step like a real one, and the same for every node that reports
+    the step (nodes follow different prototypes, so it cannot come from a node's model).
+    """
+    noise = random.Random(f"grad:{seed}:{step}").gauss(0, 0.05)
+    return (1.0 + 0.5 * math.exp(-step / 1000.0)) * (1.0 + noise)
+
+
 class _StepModel:
     """Loss, grad norm and timing of one data-parallel replica group, seeded."""
 
     def __init__(self, seed: int) -> None:
         self._rng = random.Random(f"steps:{seed}")
 
-    def steps(self, step: int, ts: float, ranks: int) -> list[StepRecord]:
+    def steps(self, step: int, ts: float, ranks: int, grad: float) -> list[StepRecord]:
+        """The node's ``ranks`` records of ``step``; ``grad`` is the job's all-reduced norm."""
         rng = self._rng
         base = 2.0 + 6.0 * math.exp(-step / 2000.0)
-        # All-reduced, so equal on the node's ranks; noisy from step to step like real ones.
-        grad = (1.0 + 0.5 * math.exp(-step / 1000.0)) * (1.0 + rng.gauss(0, 0.05))
         return [
             StepRecord(
                 job_id=_JOB, rank=_RANK0 + k, world_size=1, node=_NODE, step=step, ts=ts,
@@ -120,6 +129,7 @@ class FleetLoad:
     def tick(self, seq: int, ts: float) -> Iterator[tuple[str, bytes, bytes]]:
         """``(topic, key, value)`` of every node's messages for event time ``ts``."""
         samples, steps = [], []
+        grad = _grad_norm(self._seed, 20_000 + seq)
         for p in range(self._prototypes):
             batch = GpuSampleBatch(cluster=self.cluster, node=_NODE, ts=ts, seq=seq,
                                    agent_id="loadgen", driver_version="sim-550.0",
@@ -129,7 +139,7 @@ class FleetLoad:
             # a trend the per-rank baselines would report as drift in a throughput figure.
             sb = StepBatch(cluster=self.cluster, node=_NODE, job_id=_JOB, ts=ts, seq=seq,
                            agent_id="loadgen",
-                           steps=self._proto_steps[p].steps(20_000 + seq, ts, self.gpus))
+                           steps=self._proto_steps[p].steps(20_000 + seq, ts, self.gpus, grad))
             steps.append(_template(encode(sb), self.gpus).replace(
                 b'"world_size":1', b'"world_size":%(world)d'))
         faulty = {}

@@ -45,6 +45,7 @@ from typing import Any
 import msgspec
 
 from bench.loadgen import FleetLoad
+from bench.procstat import proc_cpu_seconds
 from bench.quantiles import quantile
 from bench.stages import run_stages
 from trainguard.local.broker import LocalBroker, free_ports
@@ -52,14 +53,8 @@ from trainguard.local.stack import LocalStack
 from trainguard.local.worker import WorkerProcess
 from trainguard.schemas.auth import FleetSigner
 
-_TICK = __import__("os").sysconf("SC_CLK_TCK")
 _WARMUP_TICKS = 40  # the detectors give no verdict before 30 values
 CLUSTER_NODES = 10_000
-
-
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 class _Producer:
@@ -180,12 +175,12 @@ def capacity(bootstrap: str, work: Path, nodes: int, ticks: int,
         while time.monotonic() < deadline:
             n = stored(worker)
             if n and cpu0 is None:
-                cpu0, wall0 = _cpu(_pid(worker)), time.monotonic()
+                cpu0, wall0 = proc_cpu_seconds(_pid(worker)), time.monotonic()
             if n >= want:
                 break
             time.sleep(0.25)
         assert cpu0 is not None and wall0 is not None
-        cpu1, wall1 = _cpu(_pid(worker)), time.monotonic()
+        cpu1, wall1 = proc_cpu_seconds(_pid(worker)), time.monotonic()
         span = float(worker.query(
             "SELECT max(t) - min(t) FROM (SELECT toFloat64(ingested_at) AS t FROM "
             "{database}.sample_batches UNION ALL SELECT toFloat64(ingested_at) FROM "
@@ -220,7 +215,7 @@ def _realtime(stack: LocalStack, nodes: int, seconds: int) -> dict[str, float]:
         next_at = time.monotonic()
         for i in range(seconds):
             if i == _WARMUP_TICKS:
-                cpu0, wall0 = _cpu(_pid(worker)), time.monotonic()
+                cpu0, wall0 = proc_cpu_seconds(_pid(worker)), time.monotonic()
             if i >= _WARMUP_TICKS and i % 5 == 0:
                 load.inject((injected * 7919) % nodes, injected % load.gpus, "idle")
                 injected += 1
@@ -234,7 +229,7 @@ def _realtime(stack: LocalStack, nodes: int, seconds: int) -> dict[str, float]:
                 late_ticks += 1  # the generator itself fell behind real time
             time.sleep(max(0.0, next_at - time.monotonic()))
         assert cpu0 is not None and wall0 is not None
-        cpu1, wall1 = _cpu(_pid(worker)), time.monotonic()
+        cpu1, wall1 = proc_cpu_seconds(_pid(worker)), time.monotonic()
         end_lag = seconds * per_tick_rows - stored(worker)
         drain_deadline = time.monotonic() + 60
         while stored(worker) < seconds * per_tick_rows and time.monotonic() < drain_deadline:

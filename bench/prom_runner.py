@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -24,27 +23,16 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.procstat import proc_cpu_seconds
 from trainguard.errors import TrainguardError
 from trainguard.local.broker import free_ports
 
 __all__ = ["PROMETHEUS_BIN", "FleetExporter", "PrometheusProcess", "file_sd_groups",
-           "prometheus_config", "proc_cpu_seconds"]
+           "prometheus_config"]
 
 log = logging.getLogger(__name__)
 
 PROMETHEUS_BIN = "/usr/bin/prometheus"  # Debian's package `prometheus` (2.42 on bookworm)
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_seconds(pid: int, proc: Path = Path("/proc"), clk_tck: int = _CLK_TCK) -> float:
-    """CPU seconds (utime + stime, all threads) of process ``pid`` from ``<proc>/<pid>/stat``.
-
-    The command name (field 2) may hold spaces and parentheses, so fields are counted from
-    the last ``)``: utime and stime are fields 14 and 15 of the line.
-    """
-    text = (proc / str(pid) / "stat").read_text()
-    fields = text.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / clk_tck
 
 
 def _die_with_parent() -> None:

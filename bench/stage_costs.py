@@ -47,14 +47,15 @@ def _batches(topics: Topics, nodes: int, ticks: int) -> list[list[RawMessage]]:
     return [batch for tick in _ticks(topics, nodes, ticks) for batch in tick]
 
 
-def _ticks(topics: Topics, nodes: int, ticks: int) -> Iterator[list[list[RawMessage]]]:
-    """Each tick's messages in batches of ``_BATCH``, made when the tick is asked for."""
+def _ticks(topics: Topics, nodes: int, ticks: int,
+           batch: int = _BATCH) -> Iterator[list[list[RawMessage]]]:
+    """Each tick's messages in batches of ``batch``, made when the tick is asked for."""
     load = FleetLoad(topics, nodes)
     t0 = time.time() - ticks
     for k in range(ticks):
         msgs = [RawMessage(t, i % 3, k * 2 * nodes + i, key, value, time.time())
                 for i, (t, key, value) in enumerate(load.tick(k, t0 + k))]
-        yield [msgs[j:j + _BATCH] for j in range(0, len(msgs), _BATCH)]
+        yield [msgs[j:j + batch] for j in range(0, len(msgs), batch)]
 
 
 def _consistency(stage: ConsistencyStage, result: Any) -> None:

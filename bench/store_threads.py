@@ -23,13 +23,12 @@ parts into larger ones in the background. ``--stop-merges`` stops them for some 
 from __future__ import annotations
 
 import argparse
-import collections
 import gc
-import os
 import tempfile
 import time
 from pathlib import Path
 
+from bench.procstat import thread_cpu
 from bench.stage_costs import _ticks
 from trainguard.pipeline.ingest import Ingestor
 from trainguard.pipeline.sinks.sources import IngestSources
@@ -37,25 +36,7 @@ from trainguard.pipeline.sinks.store_sink import StoreSink
 from trainguard.pipeline.store import StoreUrl, migrate, open_store
 from trainguard.schemas.topics import Topics
 
-__all__ = ["store_threads", "thread_cpu"]
-
-_TICK_S = os.sysconf("SC_CLK_TCK")
-
-
-def thread_cpu() -> dict[str, float]:
-    """CPU seconds (user + system) of this process's threads so far, summed by name."""
-    out: dict[str, float] = collections.defaultdict(float)
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                stat = f.read()
-        except FileNotFoundError:  # the thread ended meanwhile: its CPU is lost to both reads
-            continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        out[name] += (int(fields[11]) + int(fields[12])) / _TICK_S  # utime, stime
-    return out
-
+__all__ = ["store_threads"]
 
 def store_threads(nodes: int = 5000, ticks: int = 40, skip: int = 20, settle: float = 3.0,
                   stop_merges: tuple[str, ...] = (), batch: int = 8000) -> dict[str, float]:
@@ -74,12 +55,10 @@ def store_threads(nodes: int = 5000, ticks: int = 40, skip: int = 20, settle: fl
     gc.set_threshold(50_000, 20, 100)  # as trainguard.pipeline.worker does
     start: dict[str, float] = {}
     messages, decode = 0, 0.0
-    for k, tick in enumerate(_ticks(topics, nodes, ticks)):
+    for k, tick in enumerate(_ticks(topics, nodes, ticks, batch)):
         if k == skip:
             start, messages, decode = thread_cpu(), 0, 0.0
-        tick_msgs = [m for part in tick for m in part]
-        for at in range(0, len(tick_msgs), batch):
-            msgs = tick_msgs[at:at + batch]
+        for msgs in tick:
             began = time.thread_time()
             result = ingestor.ingest(msgs)
             decode += time.thread_time() - began
