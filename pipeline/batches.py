@@ -111,12 +111,12 @@ class BatchHandler:
         self._offsets.add(self._store(rows, result.lines, sources), held)
         await self._offsets.settle(self._writes_in_flight)
         if self._snapshots is not None and self._snapshots.due():
-            # After every write landed: a snapshot never holds an alarm whose anomaly is
-            # not stored, nor points of a batch that a crash would replay. Every partition
-            # at once: a round spread over batches would stall while no input arrives, and
-            # a crash meanwhile would find partitions without their snapshot.
-            await self._offsets.settle_all()
-            await self._snapshots.write()
+            # Copies of every partition now, sent once every write in flight landed: a
+            # snapshot never holds an alarm whose anomaly is not stored, nor points of a
+            # batch that a crash would replay. Every partition at once: a round spread over
+            # batches would stall while no input arrives, and a crash meanwhile would find
+            # partitions without their snapshot. Packed and sent while the next batches run.
+            await self._snapshots.start(after=self._offsets.writes())
 
     def _observe_baselines(self, result: IngestResult, dead: list[DeadLetter]) -> list[Anomaly]:
         """The batch's anomalies; records the stage raises on are bisected out."""
@@ -199,12 +199,22 @@ class BatchHandler:
         return asyncio.ensure_future(copy_refused())
 
     async def drain(self) -> None:
-        """Wait for every write in flight and release its offsets (before a handover)."""
+        """Wait for every write in flight and release its offsets (before a handover).
+
+        A snapshot round in flight is sent first too: the partitions' next owners read it.
+        """
         await self._offsets.settle_all()
+        if self._snapshots is not None:
+            await self._snapshots.settle()
 
     async def stop(self) -> None:
-        """Stopping or crashing: release what already landed so its offsets are committed."""
+        """Stopping or crashing: release what already landed so its offsets are committed.
+
+        A snapshot round still being sent is abandoned: the previous one stays whole.
+        """
         await self._offsets.settle_landed()
+        if self._snapshots is not None:
+            self._snapshots.cancel()
 
     async def settle_idle(self) -> None:
         """With no new input, release finished writes without waiting for the next batch."""

@@ -69,6 +69,10 @@ class HeldOffsets:
 
         done.add_done_callback(settle)
 
+    def writes(self) -> list[asyncio.Future[Any]]:
+        """The work in flight, oldest first."""
+        return [write for write, _ in self._inflight]
+
     def add(self, write: asyncio.Future[Any], events: Sequence[Event]) -> None:
         """Queue the (already held) events behind ``write``, after every earlier write."""
         self._inflight.append((write, events))

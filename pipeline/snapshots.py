@@ -12,8 +12,9 @@ carries both; a stage's blob that fails to load is counted and that stage starts
 partition fresh, never stopping the worker.
 
 A stage may also offer ``export_later(part)``: it copies the partition's state at once and
-returns a call that encodes the copies, which :meth:`StateSnapshots.write` runs on a thread
-(the baselines pack and compress there, see :mod:`trainguard.pipeline.state_codec`).
+returns a call that encodes the copies, which :meth:`StateSnapshots.start` runs on a thread
+(the baselines pack and compress there, see :mod:`trainguard.pipeline.state_codec`) in a
+round sent in the background: the batches go on once every partition's copies are taken.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, cast
 
 import msgspec
 
+from trainguard.pipeline.offsets import landed
 from trainguard.pipeline.publish import SendTopic
 from trainguard.pipeline.state import chunk_snapshot, partition_key
 
@@ -168,35 +170,86 @@ class StateSnapshots:
         # the new partitions before the handler finishes, and a cold baseline would judge them.
         self._ready = asyncio.Event()
         self._ready.set()
+        #: The round being packed and sent (:meth:`start`), until :meth:`settle` takes it.
+        self._round: asyncio.Future[int] | None = None
 
     async def wait_ready(self) -> None:
         """Return once no assignment's state is loading."""
         await self._ready.wait()
 
     def due(self) -> bool:
-        """Whether the next snapshot is due."""
-        return self._clock() >= self._next
+        """Whether the next snapshot is due (never while a round is still being sent)."""
+        return (self._round is None or self._round.done()) and self._clock() >= self._next
 
     async def write(self) -> int:
-        """Write one snapshot of every partition held; return how many messages it took.
+        """Write one snapshot of every partition held; return how many messages it took."""
+        await self.start()
+        return await self.settle()
 
-        Call it after every store write landed: a snapshot must never hold an alarm whose
-        anomaly is not stored, nor points of a batch that a crash would replay.
+    async def start(self, after: Sequence[asyncio.Future[Any]] = ()) -> None:
+        """Copy every partition's state now; pack and send the copies in the background.
+
+        ``after``: the store writes in flight, whose batches the state already holds. The
+        round is sent only once they all landed, and abandoned if one did not: a snapshot
+        must never hold an alarm whose anomaly is not stored, nor points of a batch that a
+        crash would replay. The copies are taken before this returns, so batches may move
+        the state on while the round waits, is packed and is sent; :meth:`settle` waits for
+        it (before a handover) and raises what it raised. A previous round's error is
+        raised here.
         """
+        await self.settle()
         started = self._clock()
         generation = self._generation()
+        # Every partition's copies at once, on the loop, while no batch moves the state:
+        # the handler goes on once they are taken instead of for the whole round (at 3,500
+        # nodes the round held consumption for 2-3 s). They are held until packed: about
+        # the state's size in memory for the round's duration.
+        copies = [(part, _export_later(self._state, part))
+                  for part in sorted(self._state.partitions())]
+        self._round = asyncio.ensure_future(
+            self._send(copies, generation, self._clock() - started, list(after)))
+
+    async def settle(self) -> int:
+        """Wait for the round in flight (if any); return how many messages it took."""
+        round_, self._round = self._round, None
+        return 0 if round_ is None else await round_
+
+    async def _settle_logged(self) -> None:
+        """Wait for the round in flight; an error is logged, not raised (a rebalance goes on)."""
+        try:
+            await self.settle()
+        except Exception as exc:  # the previous snapshot slot stays whole
+            log.error("state snapshot round failed error=%r", exc)
+
+    def cancel(self) -> None:
+        """Stopping: abandon the round in flight (the previous snapshot's slot stays whole)."""
+        round_, self._round = self._round, None
+        if round_ is not None:
+            round_.cancel()
+
+    async def _send(self, copies: list[tuple[str, Callable[[], bytes]]], generation: int,
+                    copied_s: float, after: list[asyncio.Future[Any]]) -> int:
+        if after:
+            await asyncio.wait(after)
+            if not all(map(landed, after)):
+                # The handler stops on the failed write; the previous snapshot stays.
+                log.warning("state snapshot round abandoned: a store write it followed failed")
+                return 0
         loop = asyncio.get_running_loop()
+        started = self._clock()  # the wait for the writes is theirs, not the round's
         sent = []
-        for part in sorted(self._state.partitions()):
-            # Copied on the loop (the handler awaits this write: no batch moves the state
-            # meanwhile), then packed on a thread (zstd and zlib release the GIL) while the
-            # loop serves the rest (Kafka acks, timers); one partition's copies at a time.
+        copies.reverse()
+        while copies:
+            # Packed on a thread (zstd and zlib release the GIL) while the loop serves the
+            # batches, the Kafka acks and the timers; each partition's copies go once packed.
+            part, later = copies.pop()
             if part not in self._state.partitions():
-                continue  # handed off by a rebalance while this round was on a thread
-            later = _export_later(self._state, part)
+                continue  # handed off by a rebalance: its new owner snapshots it now
             blob = (await loop.run_in_executor(None, later) if _packs_later(self._state)
                     else later())
             del later
+            if part not in self._state.partitions():
+                continue  # handed off while it was packed
             # Alternate slots: the previous snapshot stays whole while this one is written.
             slot = self._slots[part] = (self._slots.get(part, 1) + 1) % 2
             chunks = chunk_snapshot(part, blob, generation, slot,
@@ -206,10 +259,10 @@ class StateSnapshots:
         await asyncio.gather(*sent)
         # A large state (60 MB per partition at 10,000 nodes) takes seconds to export:
         # space snapshots so that they cost at most max_share of the worker.
-        took = self._clock() - started
+        took = copied_s + self._clock() - started
         self._next = self._clock() + max(self._every_s, took / self._max_share)
-        log.debug("state snapshot partitions=%d chunks=%d took_s=%.2f", len(self._slots),
-                  len(sent), took)
+        log.debug("state snapshot partitions=%d chunks=%d took_s=%.2f copied_s=%.2f",
+                  len(self._slots), len(sent), took, copied_s)
         return len(sent)
 
     async def on_assigned(self, assigned: Iterable[Any]) -> None:
@@ -221,6 +274,7 @@ class StateSnapshots:
         """
         self._ready.clear()
         try:
+            await self._settle_logged()  # a round of the old assignment goes out first
             await self._move(assigned)
         finally:
             self._ready.set()

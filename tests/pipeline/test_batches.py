@@ -134,6 +134,8 @@ class _Baselines:
 class _Snapshots:
     def __init__(self, held: HeldOffsets) -> None:
         self.held, self.in_flight_at_write = held, [-1]
+        self.after: list[list[Any]] = []
+        self.settled = self.cancelled = 0
 
     async def wait_ready(self) -> None:
         return None
@@ -141,12 +143,19 @@ class _Snapshots:
     def due(self) -> bool:
         return True
 
-    async def write(self) -> int:
+    async def start(self, after: Sequence[Any] = ()) -> None:
         self.in_flight_at_write.append(len(self.held))
+        self.after.append(list(after))
+
+    async def settle(self) -> int:
+        self.settled += 1
         return 1
 
+    def cancel(self) -> None:
+        self.cancelled += 1
 
-def test_anomalies_and_baselines_ride_with_the_batch_and_snapshot_waits_for_every_write() -> None:
+
+def test_anomalies_and_baselines_ride_with_the_batch_and_snapshot_follows_every_write() -> None:
     async def main() -> None:
         topics, writes = Topics(), Writes()
         held = HeldOffsets(lambda e: None)
@@ -155,13 +164,31 @@ def test_anomalies_and_baselines_ride_with_the_batch_and_snapshot_waits_for_ever
                               snapshots=snaps)
         task = asyncio.create_task(_handle(handler, _good(range(0, 1))))
         await spin()
-        assert not task.done() and snaps.in_flight_at_write == [-1]  # waits for the write
+        # The round's copies are taken at once; it is sent after the write in flight lands,
+        # and the handler does not wait for either.
+        assert task.done() and snaps.in_flight_at_write == [-1, 1]
+        ((followed,),) = snaps.after  # the batch's write, still in flight
+        assert not followed.done()
         writes.futures[0].set_result(1)
+        await spin()
+        assert followed.done()
         await task
-        assert snaps.in_flight_at_write == [-1, 0]
         assert [s.key for s in topics.anomalies.sent] == [b"node-03/2"]
         rows = writes.calls[0][0]
         assert len(rows["anomalies"]) == 1 and rows["baselines"] == [{"baseline": 1}]
+
+    run(main())
+
+
+def test_a_handover_waits_for_the_snapshot_round_and_a_stop_abandons_it() -> None:
+    async def main() -> None:
+        held = HeldOffsets(lambda e: None)
+        snaps = _Snapshots(held)
+        handler, _ = _handler(Topics(), Writes(), offsets=held, snapshots=snaps)
+        await handler.drain()  # partitions go: their next owners read this round
+        assert (snaps.settled, snaps.cancelled) == (1, 0)
+        await handler.stop()
+        assert (snaps.settled, snaps.cancelled) == (1, 1)
 
     run(main())
 

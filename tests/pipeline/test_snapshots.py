@@ -256,3 +256,79 @@ def test_packing_runs_off_the_loop_and_a_partition_handed_off_meanwhile_is_not_w
         assert state.packed_on and "MainThread" not in state.packed_on
 
     run(main())
+
+
+def test_a_round_is_sent_in_the_background_from_copies_taken_when_it_starts() -> None:
+    async def main() -> None:
+        clock = Clock()
+        topic = FakeTopic(auto_ack=False)
+        state = PackingState(clock, {"in:2": b"a"})
+        snaps = _snapshots(state, topic, clock)
+        clock.advance(5.0)
+        await snaps.start()  # returns once the copies are taken, before anything is sent
+        state.blobs["in:2"] = b"z"  # a batch moves the state on meanwhile
+        assert not snaps.due()  # never two rounds at once
+        await spin()
+        while not topic.sent:  # packed on a thread: bounded by the test's timeout
+            await asyncio.sleep(0.001)
+        topic.ack_all()
+        assert await snaps.settle() == 1
+        assert [x.key for x in topic.sent] == [b"in:2#0.0"]
+        assert msgspec.msgpack.decode(topic.sent[0].value)[3] == b"A"  # the copy, packed
+        assert await snaps.settle() == 0  # nothing in flight any more
+
+    run(main())
+
+
+def test_a_failed_round_is_raised_by_the_next_start_and_only_logged_on_a_reassignment(
+        caplog: pytest.LogCaptureFixture) -> None:
+    class Refusing(FakeTopic):
+        async def send(self, *, key: object = None, value: object = None,
+                       headers: object = None) -> object:
+            raise RuntimeError("broker says no")
+
+    async def main() -> None:
+        clock = Clock()
+        snaps = _snapshots(FakeState(clock, {"in:0": b"a"}), Refusing(), clock)
+        await snaps.start()
+        await spin()
+        with pytest.raises(RuntimeError, match="broker says no"):
+            await snaps.start()
+        await snaps.start()  # that round fails too; a rebalance must still go on
+        await spin()
+        await snaps.on_assigned([_tp("in", 0)])
+        assert "state snapshot round failed" in caplog.text
+
+    run(main())
+
+
+def test_a_stop_abandons_the_round_in_flight() -> None:
+    async def main() -> None:
+        clock = Clock()
+        topic = FakeTopic(auto_ack=False)
+        snaps = _snapshots(FakeState(clock, {"in:0": b"a"}), topic, clock)
+        await snaps.start()
+        await spin()
+        snaps.cancel()
+        assert await snaps.settle() == 0 and len(topic.sent) == 1  # sent, never acked
+
+    run(main())
+
+
+def test_a_round_is_sent_only_after_the_writes_it_follows_landed() -> None:
+    async def main() -> None:
+        clock = Clock()
+        topic = FakeTopic()
+        snaps = _snapshots(FakeState(clock, {"in:0": b"a"}), topic, clock)
+        loop = asyncio.get_running_loop()
+        landing, failing = loop.create_future(), loop.create_future()
+        await snaps.start(after=[landing])
+        await spin()
+        assert topic.sent == []  # its batch's anomalies are not stored yet
+        landing.set_result(1)
+        assert await snaps.settle() == 1 and len(topic.sent) == 1
+        await snaps.start(after=[failing])
+        failing.set_exception(RuntimeError("store gave up"))
+        assert await snaps.settle() == 0 and len(topic.sent) == 1  # abandoned
+
+    run(main())
