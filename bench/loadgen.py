@@ -52,7 +52,7 @@ def _grad_norm(seed: int, step: int) -> float:
 
 
 class _StepModel:
-    """Loss, grad norm and timing of one data-parallel replica group, seeded."""
+    """Loss and timing of one node's ranks, seeded (the grad norm is the job's: ``_grad_norm``)."""
 
     def __init__(self, seed: int) -> None:
         self._rng = random.Random(f"steps:{seed}")
