@@ -33,6 +33,7 @@ __all__ = ["MAGIC", "SnapshotError", "fold_rows", "pack_arrays", "unfold_rows", 
 MAGIC = b"TGA\x01"
 _LEVEL = 1
 _ARRAY = "__a__"  # a header leaf: [dtype, shape, shuffled]
+_STR = "__str__"  # a text array's leaf: its strings (as the old format wrote them)
 _KINDS = "biuf"  # bool, ints, floats: nothing that would need Python objects
 
 
@@ -48,7 +49,7 @@ def pack_arrays(doc: dict[str, Any]) -> bytes:
         if isinstance(value, np.ndarray):
             arr = value if value.flags.c_contiguous else value.copy(order="C")
             if arr.dtype.kind == "U":
-                return {"__str__": [str(x) for x in arr.tolist()]}
+                return {_STR: [str(x) for x in arr.tolist()]}
             if arr.dtype.kind not in _KINDS:
                 raise SnapshotError(f"cannot pack a {arr.dtype} array; expected bool, int "
                                     "or float")
@@ -56,6 +57,9 @@ def pack_arrays(doc: dict[str, Any]) -> bytes:
             buffers.append(_shuffle(arr) if shuffled else arr.reshape(-1).view(np.uint8))
             return {_ARRAY: [arr.dtype.str, list(arr.shape), shuffled]}
         if isinstance(value, dict):
+            if _ARRAY in value or _STR in value:  # it would read back as an array
+                raise SnapshotError(f"cannot pack a dict with key {_ARRAY!r} or {_STR!r}: "
+                                    "the format marks arrays with them")
             return {k: enc(v) for k, v in value.items()}
         return value
 
@@ -93,8 +97,8 @@ def unpack_arrays(blob: bytes, max_bytes: int) -> dict[str, Any]:
         if isinstance(value, dict):
             if _ARRAY in value:
                 return _array(raw, offset, value[_ARRAY])
-            if "__str__" in value:
-                return np.array(value["__str__"], dtype=np.str_)
+            if _STR in value:
+                return np.array(value[_STR], dtype=np.str_)
             return {k: dec(v) for k, v in value.items()}
         return value
 

@@ -3,41 +3,19 @@
 Scalar versions of what the vectorized detectors do with numpy (``np.maximum``, an
 ``Ewm`` update) with numpy's semantics, and the sorted-row operations behind the window's
 median and MAD. Each is compiled without the GIL; without numba they stay plain Python
-(``AVAILABLE`` is False and nothing calls them on the hot path).
+(``AVAILABLE`` is False and nothing calls them on the hot path). ``jit`` and ``AVAILABLE``
+are :mod:`trainguard.pipeline.jit`'s, re-exported.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from trainguard.pipeline.detect.registry import FloatArray, IntArray
+from trainguard.pipeline.jit import AVAILABLE, jit
 
 __all__ = ["AVAILABLE", "ewm_update", "insert_sorted", "jit", "median_mad", "npmax", "npmin",
            "replace_sorted", "sort_first"]
-
-numba: Any
-try:
-    import numba
-except ImportError:  # pragma: no cover - the pipeline extra installs it
-    numba = None
-
-#: True when numba is installed: the quiet path is compiled, else every point is numpy's.
-AVAILABLE = numba is not None
-
-def jit(fn: Any) -> Any:
-    """``numba.njit`` without the GIL, cached on disk where the package dir is writable.
-
-    ``error_model="numpy"``: a division by zero gives inf or NaN, as in numpy, instead of
-    a check and a ``ZeroDivisionError`` on every division.
-    """
-    if numba is None:
-        return fn
-    try:
-        return numba.njit(nogil=True, cache=True, error_model="numpy")(fn)
-    except RuntimeError:  # no cache locator (a read-only install): compile at each start
-        return numba.njit(nogil=True, error_model="numpy")(fn)
 
 
 @jit

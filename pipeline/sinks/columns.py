@@ -2,12 +2,15 @@
 
 A node's sample batch (8 GPUs) and a node's step batch (its ranks) arrive at cluster
 scale; their rows go to the store as columns (:class:`pyarrow.Table`). A whole batch of
-records is read into Arrow by C code that holds no GIL
-(:func:`~trainguard.pipeline.sinks.record_json.read_records`: msgspec encodes the
-records as JSON lines, Arrow's C++ reader parses them against the schemas below); the
-GPUs of sample batches and the ranks and rank events of step batches are flattened out of
-their lists, and each batch's own fields (cluster, node, job, time) spread over its rows
-with one ``take``. No dict per row, no Python value per field.
+records is read into columns by compiled code that holds no GIL
+(:func:`~trainguard.pipeline.sinks.record_pack.unpack_records`: msgspec encodes the
+records as msgpack, a numba kernel notes every field; without numba,
+:func:`~trainguard.pipeline.sinks.record_json.read_records`: JSON lines, parsed by Arrow's
+C++ reader against the schemas below); the GPUs of sample batches and the ranks of step
+batches are flattened out of their lists, and each batch's own fields (cluster, node,
+job, time) spread over its rows with one ``take``. The few values in lists inside a GPU or
+rank (XIDs, processes, read errors, non-finite names) and rank events are read only from
+the records that have any. No dict per row, no Python value per field.
 
 The tables and values are exactly what the intake views of ``schemas/sql`` (009 to 019)
 made of the same records: a missing text becomes ``''``, a process's missing memory ``0``;
@@ -21,7 +24,7 @@ gives a refused value, so the sink bisects it down to its record.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -35,6 +38,8 @@ from trainguard.pipeline.sinks.record_json import (
     list_column,
     read_records,
 )
+from trainguard.pipeline.sinks.record_pack import AVAILABLE as PACKED
+from trainguard.pipeline.sinks.record_pack import PackSpec, unpack_records
 from trainguard.pipeline.store.errors import StoreDataError
 
 __all__ = ["IntakeItem", "sample_tables", "step_tables"]
@@ -115,6 +120,23 @@ _STEP_READ = pa.schema([
     ("steps", pa.list_(_fields(_STEP_PLAIN, pa.field("nonfinite", pa.list_(_STR))))),
     ("events", pa.list_(_fields(_EVENT_PLAIN))),
 ])
+_EVENTS_READ = pa.schema([_STEP_READ.field(name) for name in ("cluster", "node", "job_id",
+                                                               "events")])
+
+
+def _pack_spec(schema: pa.Schema, items: str, counted: tuple[str, ...],
+               element_counted: tuple[str, ...]) -> PackSpec:
+    """What ``unpack_records`` reads of ``schema``'s records: the same fields and types."""
+    element = schema.field(items).type.value_type
+    return PackSpec(
+        top=tuple((f.name, f.type) for f in schema if f.name not in (items, *counted)),
+        items=items,
+        element=tuple((f.name, f.type) for f in element if f.name not in element_counted),
+        counted=counted, element_counted=element_counted)
+
+
+_SAMPLE_PACK = _pack_spec(_SAMPLE_READ, "gpus", (), ("xid_events", "processes", "errors"))
+_STEP_PACK = _pack_spec(_STEP_READ, "steps", ("events",), ("nonfinite",))
 
 
 def sample_tables(items: Sequence[IntakeItem]) -> dict[str, pa.Table]:
@@ -143,15 +165,35 @@ def _column(value: pa.Array, typ: pa.DataType, text: bool = False) -> pa.Array:
 def _sample_tables(items: Sequence[IntakeItem]) -> dict[str, pa.Table]:
     if not items:
         return {}
-    read = read_records([item[0] for item in items], _SAMPLE_READ)
-    head = {name: read.column(name).chunk(0) for name in read.column_names}
-    gpu_lists = head["gpus"]
-    owner, fields = flat_fields(gpu_lists)
+    records = [item[0] for item in items]
+    if PACKED:
+        packed = unpack_records(records, _SAMPLE_PACK)
+        head, owner, fields = packed.head, packed.owner, packed.fields
+        counts = packed.lengths["gpus"]
+        lengths = packed.element_lengths
+        gpus_of = _elements(records, "gpus")
+        lists = {
+            "xids": _nested(gpus_of, lengths["xid_events"], _xids, _U16),
+            "proc_pids": _nested(gpus_of, lengths["processes"], _pids, _U32),
+            "proc_mem_bytes": _nested(gpus_of, lengths["processes"], _proc_mem, _U64),
+        }
+        errors = np.flatnonzero(lengths["errors"])
+    else:
+        read = read_records(records, _SAMPLE_READ)
+        head = {name: read.column(name).chunk(0) for name in read.column_names}
+        owner_array, fields = flat_fields(head["gpus"])
+        owner, counts = owner_array.to_numpy(), head["gpus"].value_lengths().to_numpy()
+        lists = {
+            "xids": list_column(fields["xid_events"], "xid"),
+            "proc_pids": list_column(fields["processes"], "pid"),
+            "proc_mem_bytes": list_column(fields["processes"], "used_mem_bytes", 0),
+        }
+        gpus_of = _elements(records, "gpus")
+        errors = np.array([i for i, g in enumerate(gpus_of()) if g.errors], np.int64)
     lost = fields["lost"].fill_null(False)
     cluster, node, ts = head["cluster"], head["node"], head["ts"]
     job = head["job_id"].fill_null("")
-    counts = gpu_lists.value_lengths().to_numpy()
-    lost_gpus = np.bincount(owner.to_numpy(), weights=lost.to_numpy(zero_copy_only=False),
+    lost_gpus = np.bincount(owner, weights=lost.to_numpy(zero_copy_only=False),
                             minlength=len(items))
     batches = {
         "cluster": cluster, "node": node, "job_id": job, "ts": ts, "seq": head["seq"],
@@ -170,28 +212,57 @@ def _sample_tables(items: Sequence[IntakeItem]) -> dict[str, pa.Table]:
     }
     for column, field, typ in _GPU_PLAIN[2:]:
         gpus[column] = _column(fields[field], typ)
-    gpus["xids"] = list_column(fields["xid_events"], "xid")
-    gpus["proc_pids"] = list_column(fields["processes"], "pid")
-    gpus["proc_mem_bytes"] = list_column(fields["processes"], "used_mem_bytes", 0)
-    gpus["read_errors"] = _read_errors(items, len(owner))
+    gpus.update(lists)
+    gpus["read_errors"] = _read_errors(gpus_of, errors, len(owner))
     # The ledger last: a batch whose GPU rows the store refused leaves no ledger row.
     return {"gpu_samples": _gpu_order(gpus), "sample_batches": pa.table(batches)}
 
 
-def _read_errors(items: Sequence[IntakeItem], rows: int) -> pa.Array:
-    """The ``read_errors`` maps, read off the records: few GPUs have any."""
-    # Not through the JSON: Arrow's reader has no maps. One pass finds the GPUs with
-    # errors (cheaper than searching the JSON for the key); the rest is over those.
-    errors: list[dict[str, str]] = [g.errors for item in items for g in item[0].gpus]
-    found = [i for i, d in enumerate(errors) if d]
-    if not found:
+def _elements(records: Sequence[Any], items: str) -> Callable[[], list[Any]]:
+    """The elements of the records' ``items`` lists, flattened once when first asked for."""
+    flat: list[list[Any]] = []
+
+    def get() -> list[Any]:
+        if not flat:
+            flat.append([e for record in records for e in getattr(record, items)])
+        return flat[0]
+    return get
+
+
+def _nested(elements: Callable[[], list[Any]], lengths: np.ndarray,
+            values: Callable[[Any], list[Any]], typ: pa.DataType) -> pa.ListArray:
+    """An ``Array(T)`` column: ``values`` of the elements whose list is not empty."""
+    offsets = np.zeros(len(lengths) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    found = np.flatnonzero(lengths)
+    flat = [] if not len(found) else [v for i in found for v in values(elements()[i])]
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, typ))
+
+
+def _xids(gpu: Any) -> list[int]:
+    return [event.xid for event in gpu.xid_events]
+
+
+def _pids(gpu: Any) -> list[int]:
+    return [process.pid for process in gpu.processes]
+
+
+def _proc_mem(gpu: Any) -> list[int]:
+    return [0 if p.used_mem_bytes is None else p.used_mem_bytes for p in gpu.processes]
+
+
+def _read_errors(gpus: Callable[[], list[Any]], found: np.ndarray, rows: int) -> pa.Array:
+    """The ``read_errors`` maps, read off the GPUs at ``found`` (few GPUs have any)."""
+    # Not through the JSON: Arrow's reader has no maps.
+    if not len(found):
         return empty_maps(rows, _STR, _STR)
+    errors: list[dict[str, str]] = [gpus()[i].errors for i in found]
     lengths = np.zeros(rows, np.int32)
-    lengths[found] = [len(errors[i]) for i in found]
+    lengths[found] = [len(e) for e in errors]
     return pa.MapArray.from_arrays(
         pa.array(np.concatenate(([0], np.cumsum(lengths, dtype=np.int32)))),
-        pa.array([k for i in found for k in errors[i]], _STR),
-        pa.array([v for i in found for v in errors[i].values()], _STR))
+        pa.array([k for e in errors for k in e], _STR),
+        pa.array([v for e in errors for v in e.values()], _STR))
 
 
 def _gpu_order(gpus: dict[str, pa.Array]) -> pa.Table:
@@ -205,21 +276,47 @@ def _gpu_order(gpus: dict[str, pa.Array]) -> pa.Table:
 def _step_tables(items: Sequence[IntakeItem]) -> dict[str, pa.Table]:
     if not items:
         return {}
-    read = read_records([item[0] for item in items], _STEP_READ)
-    head = {name: read.column(name).chunk(0) for name in read.column_names}
+    records = [item[0] for item in items]
+    if PACKED:
+        packed = unpack_records(records, _STEP_PACK)
+        head, owner, fields = packed.head, packed.owner, packed.fields
+        nonfinite = _nested(_elements(records, "steps"), packed.element_lengths["nonfinite"],
+                            _nonfinite, _STR)
+        with_events = np.flatnonzero(packed.lengths["events"])
+    else:
+        read = read_records(records, _STEP_READ)
+        head = {name: read.column(name).chunk(0) for name in read.column_names}
+        owner_array, fields = flat_fields(head["steps"])
+        owner = owner_array.to_numpy()
+        nonfinite = list_column(fields["nonfinite"])
+        with_events = np.arange(len(records))
     out: dict[str, pa.Table] = {}
-    owner, fields = flat_fields(head["steps"])
     if len(owner):
         table: dict[str, pa.Array] = {"cluster": head["cluster"].take(owner)}
         for column, field, typ in _STEP_PLAIN:
             table[column] = _column(fields[field], typ, field in _NOT_NULL_TEXT)
             if column == "env_fingerprint":
-                table["nonfinite"] = list_column(fields["nonfinite"])
+                table["nonfinite"] = nonfinite
         out["steps"] = pa.table(table)
-    owner, fields = flat_fields(head["events"])
-    if len(owner):
-        events = {name: head[name].take(owner) for name in ("cluster", "node", "job_id")}
-        for column, field, typ in _EVENT_PLAIN:
-            events[column] = _column(fields[field], typ, column == "reason")
-        out["rank_events"] = pa.table(events)
+    if len(with_events):
+        events = _rank_events([records[i] for i in with_events])
+        if events is not None:
+            out["rank_events"] = events
     return out
+
+
+def _nonfinite(step: Any) -> list[str]:
+    return list(step.nonfinite)
+
+
+def _rank_events(records: list[Any]) -> pa.Table | None:
+    """``rank_events`` of the step batches that have any (few do): through their JSON."""
+    read = read_records(records, _EVENTS_READ)
+    head = {name: read.column(name).chunk(0) for name in read.column_names}
+    owner, fields = flat_fields(head["events"])
+    if not len(owner):
+        return None
+    events = {name: head[name].take(owner) for name in ("cluster", "node", "job_id")}
+    for column, field, typ in _EVENT_PLAIN:
+        events[column] = _column(fields[field], typ, column == "reason")
+    return pa.table(events)

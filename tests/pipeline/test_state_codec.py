@@ -234,8 +234,11 @@ def _arrays(draw):
     return np.frombuffer(raw, dtype=dtype).reshape(shape)  # any bits: NaN payloads, ±inf
 
 
+_KEYS = st.text(max_size=5).filter(lambda k: k not in ("__a__", "__str__"))
+
+
 @settings(max_examples=150, deadline=None)
-@given(st.dictionaries(st.text(max_size=5), _arrays(), max_size=6))
+@given(st.dictionaries(_KEYS, _arrays(), max_size=6))
 def test_any_arrays_round_trip_bit_for_bit(doc):
     back = unpack_arrays(pack_arrays({"d": doc}), BOUND)["d"]
     assert set(back) == set(doc)
@@ -257,3 +260,12 @@ def test_any_recent_window_folds_and_unfolds_bit_for_bit(rows, data):
     back = unfold_rows(packed, "recent.buf", "window.buf")
     assert back["recent.buf"].tobytes() == recent.tobytes()
     assert back["window.buf"].tobytes() == window.tobytes()
+
+
+@pytest.mark.parametrize("key", ["__a__", "__str__"])
+def test_a_dict_with_a_key_that_marks_arrays_is_refused_not_misread(key):
+    # Found by the property test above: {"__a__": array(0.)} packed, then read back as
+    # an array header and refused. No snapshot of the worker has such a key (they are
+    # the code's names); a caller that made one is told when packing.
+    with pytest.raises(SnapshotError, match="marks arrays"):
+        pack_arrays({"d": {key: np.zeros(1)}})

@@ -1,5 +1,6 @@
-"""The intake's columns, read through JSON by Arrow's C++ reader, are value for value the
-tables the Python-object builder made (``reference_columns``, main at 23304dc)."""
+"""The intake's columns, read through msgpack by the compiled kernel and (without numba)
+through JSON by Arrow's C++ reader, are value for value the tables the Python-object
+builder made (``reference_columns``, main at 23304dc): every test runs on both paths."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from tests.pipeline.sinks import reference_columns as reference
+from trainguard.pipeline.sinks import columns
 from trainguard.pipeline.sinks.columns import sample_tables, step_tables
 from trainguard.pipeline.store.errors import StoreDataError
 from trainguard.schemas.codec import RecordDecoder, encode
@@ -27,6 +29,13 @@ from trainguard.schemas.records import (
 
 NOW = time.time()
 _DECODER = RecordDecoder(GpuSampleBatch | StepBatch)
+
+
+@pytest.fixture(autouse=True, params=["msgpack", "json"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test on the compiled msgpack path and on the JSON path numba-less hosts take."""
+    monkeypatch.setattr(columns, "PACKED", request.param == "msgpack")
+    return str(request.param)
 
 
 def _same(got: dict[str, pa.Table], want: dict[str, pa.Table]) -> None:
@@ -104,7 +113,7 @@ def _steps(rng: random.Random, n: int) -> list[StepBatch]:
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_sample_batches_read_through_json_equal_the_python_built_columns(seed: int) -> None:
+def test_sample_batches_equal_the_python_built_columns(seed: int) -> None:
     items = _wire(_samples(random.Random(seed), 80))
     _same(sample_tables(items), reference.sample_tables(items))
 
