@@ -25,6 +25,7 @@ from trainguard.pipeline.kafka_admin import (
     ensure_pipeline_topics,
     wait_for_broker,
 )
+from trainguard.pipeline.sinks.columns import warm_up as warm_up_columns
 from trainguard.pipeline.sinks.store_sink import StoreSink
 from trainguard.pipeline.store import migrate, open_store, serve_reads
 from trainguard.schemas.keyfiles import read_fleet_secrets
@@ -98,6 +99,7 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info",
         )
         worker = Worker(app, loglevel=loglevel, override_logging=False, quiet=True)
         warm_up_detectors()  # numba compiles (or loads its cache) before the first batch
+        warm_up_columns()  # and the store's msgpack kernel before the first write
         _tune_gc()
         try:
             worker.execute_from_commandline()

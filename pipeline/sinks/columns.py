@@ -42,7 +42,7 @@ from trainguard.pipeline.sinks.record_pack import AVAILABLE as PACKED
 from trainguard.pipeline.sinks.record_pack import PackSpec, unpack_records
 from trainguard.pipeline.store.errors import StoreDataError
 
-__all__ = ["IntakeItem", "sample_tables", "step_tables"]
+__all__ = ["IntakeItem", "sample_tables", "step_tables", "warm_up"]
 
 #: One intake record with the Kafka partition and offset of its message.
 IntakeItem = tuple[Any, int, int]
@@ -320,3 +320,16 @@ def _rank_events(records: list[Any]) -> pa.Table | None:
     for column, field, typ in _EVENT_PLAIN:
         events[column] = _column(fields[field], typ, column == "reason")
     return pa.table(events)
+
+
+def warm_up() -> None:
+    """Compile the msgpack kernel now (or load numba's cache), not on the first write."""
+    from trainguard.schemas.records import GpuSample, GpuSampleBatch, StepBatch, StepRecord
+
+    sample = GpuSampleBatch(cluster="c", node="n", ts=0.0, seq=0, agent_id="a",
+                            gpus=[GpuSample(index=0, uuid="u", lost=False, power_w=1.0)])
+    step = StepBatch(cluster="c", node="n", job_id="j", ts=0.0, seq=0, agent_id="a",
+                     steps=[StepRecord(job_id="j", rank=0, world_size=1, node="n", step=0,
+                                       ts=0.0)])
+    sample_tables([(sample, 0, 0)])
+    step_tables([(step, 0, 0)])

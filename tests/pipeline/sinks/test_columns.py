@@ -218,3 +218,11 @@ def test_a_nan_built_in_process_is_stored_as_null_as_json_would_carry_it() -> No
 
 def test_an_empty_batch_list_makes_no_table() -> None:
     assert sample_tables([]) == {} and step_tables([]) == {}
+
+
+def test_warm_up_compiles_the_kernel_before_any_write(path: str) -> None:
+    from trainguard.pipeline.sinks import record_pack
+
+    columns.warm_up()  # raises if either builder fails on its small records
+    if path == "msgpack" and record_pack.AVAILABLE:
+        assert record_pack._unpack.signatures and record_pack._gather.signatures
