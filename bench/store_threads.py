@@ -1,12 +1,14 @@
 """The embedded store's CPU per message, by who spends it: the writer, chdb's insert pool, merges.
 
 ``StoreSink.write`` of ticks of a ``--nodes`` fleet (:class:`bench.loadgen.FleetLoad`,
-``--batch``-message batches, 8,000 by default as a worker's ``batch_max``, decoded by
+``--batch``-message batches, 16,000 by default as a worker's ``batch_max`` (8,000 before
+round 6 of #17), decoded by
 :class:`~trainguard.pipeline.ingest.Ingestor` first), one after another in one process,
 as the worker's store thread writes them. From the
 ``--skip``-th tick to the end (and ``--settle`` seconds after, for the merges the last
 inserts set off), every thread's CPU is read from ``/proc/self/task/*/stat`` and summed
-by thread name: the writing thread (its Python, Arrow's JSON reader, the part of an insert
+by thread name: the writing thread (its Python, the msgpack encode and kernel that build the
+columns, or Arrow's JSON reader without numba, the part of an insert
 chdb runs on the calling thread), chdb's insert pool (``ThreadPool``: reading the Arrow
 file, sorting, compressing, the rollup views) and its background merges
 (``MergeMutate``). The decode is timed apart and left out of the writer's figure.
@@ -39,7 +41,7 @@ from trainguard.schemas.topics import Topics
 __all__ = ["store_threads"]
 
 def store_threads(nodes: int = 5000, ticks: int = 40, skip: int = 20, settle: float = 3.0,
-                  stop_merges: tuple[str, ...] = (), batch: int = 8000) -> dict[str, float]:
+                  stop_merges: tuple[str, ...] = (), batch: int = 16000) -> dict[str, float]:
     """Microseconds of CPU per message, by thread name, from tick ``skip`` on."""
     if not 0 <= skip < ticks:
         raise ValueError(f"skip must be within 0..ticks-1, got {skip} of {ticks} ticks")
@@ -86,7 +88,7 @@ def main() -> None:
     p.add_argument("--skip", type=int, default=20, help="ticks written before measuring")
     p.add_argument("--settle", type=float, default=3.0,
                    help="seconds measured after the last write (merges it set off)")
-    p.add_argument("--batch", type=int, default=8000, help="messages per write")
+    p.add_argument("--batch", type=int, default=16000, help="messages per write")
     p.add_argument("--stop-merges", nargs="*", default=[], metavar="TABLE")
     args = p.parse_args()
     res = store_threads(args.nodes, args.ticks, args.skip, args.settle,

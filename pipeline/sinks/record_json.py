@@ -1,5 +1,8 @@
 """Records into Arrow through their JSON: one C call to encode, C++ to read, no GIL held.
 
+The store's path without numba (:mod:`~trainguard.pipeline.sinks.record_pack` reads the
+same records at half the CPU when numba is installed), and the one for rank events.
+
 Building Arrow columns from decoded records in Python (an attribute, tuple or list
 element per value) holds the GIL for every value, and the store thread that does it
 shares the GIL with the event loop. Here a whole batch of records is encoded by msgspec

@@ -435,7 +435,9 @@ def _unpack(b: np.ndarray, top: np.ndarray, top_offsets: np.ndarray, items: int,
             at: np.ndarray) -> int:  # pragma: no cover - compiled
     """Note a msgpack list of records, and the elements of each one's ``items`` list.
 
-    Returns how many elements were noted; ``at`` is two integers of scratch.
+    Returns how many elements were noted; ``at`` is two integers of scratch. The record's
+    key loop is ``_fields``'s, but reads the ``items`` list where it lies: skipping it and
+    coming back would walk every element twice.
     """
     records = _count(b, 0, at)
     if at[0] != _ARRAY or records != t_kind.shape[0]:
