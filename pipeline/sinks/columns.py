@@ -24,6 +24,7 @@ gives a refused value, so the sink bisects it down to its record.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -220,13 +221,7 @@ def _sample_tables(items: Sequence[IntakeItem]) -> dict[str, pa.Table]:
 
 def _elements(records: Sequence[Any], items: str) -> Callable[[], list[Any]]:
     """The elements of the records' ``items`` lists, flattened once when first asked for."""
-    flat: list[list[Any]] = []
-
-    def get() -> list[Any]:
-        if not flat:
-            flat.append([e for record in records for e in getattr(record, items)])
-        return flat[0]
-    return get
+    return functools.cache(lambda: [e for record in records for e in getattr(record, items)])
 
 
 def _nested(elements: Callable[[], list[Any]], lengths: np.ndarray,

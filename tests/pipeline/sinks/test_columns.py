@@ -221,8 +221,8 @@ def test_an_empty_batch_list_makes_no_table() -> None:
 
 
 def test_warm_up_compiles_the_kernel_before_any_write(path: str) -> None:
-    from trainguard.pipeline.sinks import record_pack
+    from trainguard.pipeline.sinks import msgpack_notes, record_pack
 
     columns.warm_up()  # raises if either builder fails on its small records
     if path == "msgpack" and record_pack.AVAILABLE:
-        assert record_pack._unpack.signatures and record_pack._gather.signatures
+        assert msgpack_notes.unpack.signatures and msgpack_notes.gather.signatures
