@@ -12,8 +12,9 @@ arrive as :class:`~trainguard.schemas.ranks.RankEvent` s in the job's step batch
   ``exit_grace_s`` earlier, since its peers' crash reports can precede the noticed exit.
   The earliest failing departure is blamed (the *lead*); ranks that leave within
   ``follow_s`` after it with ``bye error`` or ``bye terminated`` (peers failing on the broken
-  collective, the launcher tearing the group down) are its *followers*, listed in evidence
-  and not blamed. ``bye terminated`` departures without a lead are benign when every rank of
+  collective, the launcher tearing the group down), or killed by SIGTERM without a bye, are
+  its *followers*, listed in evidence and not blamed; other kills within ``exit_grace_s`` of
+  it are blamed each. ``bye terminated`` departures without a lead are benign when every rank of
   the job's world left within ``terminate_window_s`` (a job stop, an elastic restart); a
   terminated rank whose peers keep running is blamed.
 * ``rank_hung``: a process stopped for ``hang_stopped_s``; or ranks waiting in a collective
@@ -37,6 +38,8 @@ from trainguard.pipeline.consistency.findings import Fault
 from trainguard.schemas.ranks import RankEvent
 
 __all__ = ["RankEventWatch"]
+
+_SIGTERM = 15  # Linux's number, as the agents report it (the worker may run elsewhere)
 
 #: Followers named in evidence at most (the count is exact).
 _NAMED = 20
@@ -207,7 +210,7 @@ class RankEventWatch:
             lead = self.lead
             if lead is not None and lead.rank != d.rank and \
                     lead.ts - grace <= d.ts <= lead.ts + c.follow_s:
-                if d.kind != "killed" or d.ts > lead.ts + grace:
+                if not self._killed_with(d, lead):
                     continue  # a follower (listed in the lead's evidence)
             elif d.kind == "terminated" and (self._stop[0] <= d.ts <= self._stop[1]
                                              or self._all_left(d)):
@@ -232,12 +235,23 @@ class RankEventWatch:
             self._stop = (d.ts - w, d.ts + w)  # the job's other exits of the stop: no rescan
         return True
 
+    def _killed_with(self, d: _Departure, lead: _Departure) -> bool:
+        """``d`` was killed along with ``lead``, not after it: blamed too, no follower.
+
+        Kills within the grace of the lead are each blamed (the OOM killer, a node's
+        processes killed together), but not a SIGTERM: that is how a launcher stops a group
+        (torchrun stops a node's other workers the moment one dies), often before the kit's
+        bye can leave.
+        """
+        return (d.kind == "killed" and d.ts <= lead.ts + self.config.exit_grace_s
+                and d.signal != _SIGTERM)
+
     def _exit_fault(self, d: _Departure, now: float) -> Fault:
         grace = self.config.exit_grace_s
         followers = sorted({x.rank for x in (*self.recent, *self.pending)
                             if x.rank != d.rank and x.kind != "finished"
                             and d.ts - grace <= x.ts <= now
-                            and not (x.kind == "killed" and x.ts <= d.ts + grace)})
+                            and not self._killed_with(x, d)})
         pid = f"process {d.pid}" if d.pid is not None else "its process"
         if d.kind == "killed":
             how = (f"killed by signal {d.signal}" if d.signal else

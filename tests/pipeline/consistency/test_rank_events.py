@@ -209,6 +209,20 @@ def test_ranks_killed_together_are_each_blamed_and_a_later_kill_follows():
     assert found[0].evidence["followers"] == "0,1,2,3,6"
 
 
+def test_a_rank_its_launcher_sigterms_right_after_a_kill_follows_it_without_a_bye():
+    # Seen in the trainer e2e test: torchrun's agent on the killed rank's node stopped its
+    # other worker 45 ms after the SIGKILL, before that worker's bye could leave.
+    job = _job()
+    found = _run([*_steps(job, 10),
+                  _events(job, _ev(3, 10.50, "exited", signal=9),
+                          _ev(2, 10.55, "exited", signal=15)),
+                  _events(job, *[e for r in (0, 1) for e in (
+                      _bye(r, 10.6, "error"), _ev(r, 10.7, "exited", exit_code=1))]),
+                  *_samples(job, 11, 12, 13, 14, 15)])
+    assert [(f.check, f.ranks) for f in found] == [("rank_exited", [3])]
+    assert found[0].evidence["followers"] == "0,1,2"
+
+
 def test_a_big_job_stopping_as_a_whole_raises_nothing():
     job = FakeJob(256, gpus=8, noise=False)
     found = _run([*_steps(job, 3), _teardown(job, 4.0), *_samples(job, 6, 8, 10, 12, 14)])
