@@ -69,13 +69,19 @@ class _Producer:
     (BENCHMARKS.md, "One worker after round 4").
     """
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, *, per_node: bool = False) -> None:
         from aiokafka import AIOKafkaProducer
+
+        #: One record batch per message, as each node's agent sends (its own producer, a
+        #: tick's two messages on two topics): the worker then decompresses and unpacks
+        #: one small batch per message instead of one ~1 MB batch per partition.
+        self.per_node = per_node
 
         async def start() -> AIOKafkaProducer:
             producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
                                         enable_idempotence=True, compression_type="zstd",
-                                        linger_ms=20, max_batch_size=1 << 20)
+                                        linger_ms=0 if per_node else 20,
+                                        max_batch_size=1 << 20)
             await producer.start()
             return producer
 
@@ -87,27 +93,28 @@ class _Producer:
     def send_all(self, messages: Iterable[tuple[str, bytes, bytes]],
                  signer: FleetSigner | None = None) -> int:
         async def go() -> int:
-            batches: dict[tuple[str, int], Any] = {}
-            futures: list[asyncio.Future[Any]] = []
+            queued: dict[tuple[str, int], list[Any]] = {}
             n = 0
             for t, k, v in messages:
                 headers = [] if signer is None else signer.headers(
                     msgspec.json.decode(v, type=_Node).node, t, k, v)  # as its agent would
-                where = (t, await self._partition(t, k))
-                batch = batches.get(where)
-                if batch is None or batch.append(timestamp=None, key=k, value=v,
-                                                 headers=headers) is None:
-                    if batch is not None:  # full: send it, start another
-                        futures.append(await self._p.send_batch(batch, t, partition=where[1]))
-                    batch = batches[where] = self._p.create_batch()
-                    batch.append(timestamp=None, key=k, value=v, headers=headers)
+                batches = queued.setdefault((t, await self._partition(t, k)), [])
+                if self.per_node or not batches or batches[-1].append(
+                        timestamp=None, key=k, value=v, headers=headers) is None:
+                    batches.append(self._p.create_batch())  # full, or one per message
+                    batches[-1].append(timestamp=None, key=k, value=v, headers=headers)
                 n += 1
-            for (t, p), batch in batches.items():
-                futures.append(await self._p.send_batch(batch, t, partition=p))
-            await asyncio.gather(*futures)
+            # aiokafka holds one unsent batch per partition: each partition's own task.
+            await asyncio.gather(*(self._send(t, p, batches)
+                                   for (t, p), batches in queued.items()))
             return n
 
         return self._loop.run_until_complete(go())
+
+    async def _send(self, topic: str, partition: int, batches: list[Any]) -> None:
+        """Send ``batches`` to one partition in order; wait until all are acknowledged."""
+        futures = [await self._p.send_batch(b, topic, partition=partition) for b in batches]
+        await asyncio.gather(*futures)
 
     async def _partition(self, topic: str, key: bytes) -> int:
         """The default partitioner's partition for ``key`` (cached)."""
@@ -153,7 +160,7 @@ def _pid(worker: WorkerProcess) -> int:
 
 
 def capacity(bootstrap: str, work: Path, nodes: int, ticks: int,
-             auth: bool = False) -> dict[str, float]:
+             auth: bool = False, per_node: bool = False) -> dict[str, float]:
     """Drain ``ticks`` × ``nodes`` pre-produced ticks with one worker; return its figures.
 
     With ``auth`` every message is signed and the worker verifies it.
@@ -161,7 +168,7 @@ def capacity(bootstrap: str, work: Path, nodes: int, ticks: int,
     prefix = f"c{uuid.uuid4().hex[:8]}"
     with bench_stack(bootstrap, work, prefix, start_worker=False, auth=auth) as stack:
         load = FleetLoad(stack.topics, nodes)
-        producer = _Producer(bootstrap)
+        producer = _Producer(bootstrap, per_node=per_node)
         t0 = time.time() - ticks
         started = time.perf_counter()
         sent = sum(producer.send_all(load.tick(k, t0 + k), stack.signer) for k in range(ticks))
@@ -187,7 +194,8 @@ def capacity(bootstrap: str, work: Path, nodes: int, ticks: int,
             "{database}.steps)").scalar())
         rows = stored(worker)
     messages = 2 * nodes * ticks
-    return {"nodes": nodes, "ticks": ticks, "auth": float(auth), "produced": sent,
+    return {"nodes": nodes, "ticks": ticks, "auth": float(auth), "per_node": float(per_node),
+            "produced": sent,
             "produce_s": produce_s,
             "stored_rows": rows, "want_rows": want, "span_s": span,
             "msgs_per_s": messages / span, "gpu_samples_per_s": nodes * ticks * gpus / span,
@@ -325,6 +333,8 @@ def main() -> None:
     c.add_argument("--rounds", type=int, default=1)
     c.add_argument("--auth", action="store_true",
                    help="sign every message; the worker verifies the MACs")
+    c.add_argument("--per-node", action="store_true",
+                   help="one record batch per message, as the agents send")
     r = sub.add_parser("realtime", help="feed the worker at 1 Hz in wall time")
     r.add_argument("--nodes", type=int, nargs="+", default=[1000])
     r.add_argument("--seconds", type=int, default=90)
@@ -337,7 +347,8 @@ def main() -> None:
         with LocalBroker(work / "kafka", port, cport) as broker:
             if args.mode == "capacity":
                 for n in args.nodes:
-                    results = [capacity(broker.bootstrap, work, n, args.ticks, args.auth)
+                    results = [capacity(broker.bootstrap, work, n, args.ticks, args.auth,
+                                        args.per_node)
                                for _ in range(args.rounds)]
                     for res in results:
                         _print_capacity(res)
