@@ -9,6 +9,9 @@ drains them. The rate is messages stored divided by the span of the store's own
 ``ingested_at`` stamps, so worker start-up is not counted. Reported: node batches/s, GPU
 samples/s and step records/s, worker CPU (its process, embedded store included) per
 1,000 GPU samples with their step records, and the workers a 10,000-node cluster needs.
+By default each message is its own record batch, as each node's agent sends it (the
+worker decompresses and unpacks one small batch per message); ``--framing packed`` packs
+~1 MB batches per partition, as rounds 1-8 of issue #17 measured.
 
 ``realtime``: the fleet ticks at 1 Hz in wall time while the worker runs; after a 40 s
 warm-up one GPU collapses every 5 s. Reported: lag (messages produced but not stored)
@@ -18,13 +21,15 @@ transient); worker CPU, and sample → anomaly latency twice: to the anomalies
 topic (the anomaly message's Kafka timestamp, stamped as the worker sends it; the alert
 stream job reads that topic and pages) and to the store (an anomaly row's
 ``ingested_at``, which dashboards read), each minus the event time of the sample that
-confirmed the anomaly.
+confirmed the anomaly. Real time sends packed batches: a generator of one batch per message
+(~170 µs each in aiokafka) could not offer 10,000 messages/s beside the worker on 2 cores;
+the capacity runs say what the agents' framing costs the worker.
 
 ``stages``: the worker's stages timed in-process on 2,000-message batches (decode and
 intake lines, detectors, store insert), and a bare Faust agent's ceiling
 (``take_events`` over the same messages, no work), to say why the capacity is what it is.
 
-    python -m bench.pipeline capacity --nodes 10000 --ticks 12 [--auth]
+    python -m bench.pipeline capacity --nodes 10000 --ticks 12 [--auth] [--framing packed]
     python -m bench.pipeline realtime --nodes 1000 2000 --seconds 90
     python -m bench.pipeline stages
 """
@@ -66,7 +71,8 @@ class _Producer:
     compress), built with aiokafka's batch builder rather than one ``send`` and future
     per message. The bytes, keys, partitions and headers are the same either way; the
     per-message path took ~0.3 of the 2 cores at 5,000 nodes, this one a third of that
-    (BENCHMARKS.md, "One worker after round 4").
+    (BENCHMARKS.md, "One worker after round 4"). With ``per_node`` each message is a batch
+    of its own, framed as the agents send it.
     """
 
     def __init__(self, bootstrap: str, *, per_node: bool = False) -> None:
@@ -298,7 +304,8 @@ def _topic_latencies(bootstrap: str, topic: str, metric: str) -> list[float]:
 def _print_capacity(r: dict[str, float]) -> None:
     workers = math.ceil(2 * CLUSTER_NODES / r["msgs_per_s"])
     signed = " (signed, verified)" if r.get("auth") else ""
-    print(f"capacity{signed} {r['nodes']:.0f} nodes x {r['ticks']:.0f} ticks: produced "
+    framing = ", agent-framed" if r.get("per_node") else ", packed"
+    print(f"capacity{signed}{framing} {r['nodes']:.0f} nodes x {r['ticks']:.0f} ticks: produced "
           f"{r['produced']:.0f} messages in {r['produce_s']:.1f} s; one worker stored "
           f"{r['stored_rows']:.0f}/{r['want_rows']:.0f} rows in {r['span_s']:.1f} s = "
           f"{r['msgs_per_s']:,.0f} messages/s = {r['gpu_samples_per_s']:,.0f} GPU samples/s + "
@@ -333,8 +340,9 @@ def main() -> None:
     c.add_argument("--rounds", type=int, default=1)
     c.add_argument("--auth", action="store_true",
                    help="sign every message; the worker verifies the MACs")
-    c.add_argument("--per-node", action="store_true",
-                   help="one record batch per message, as the agents send")
+    c.add_argument("--framing", choices=("agent", "packed"), default="agent",
+                   help="agent: one record batch per message, as each node's agent sends "
+                        "(default); packed: ~1 MB batches per partition (rounds 1-8)")
     r = sub.add_parser("realtime", help="feed the worker at 1 Hz in wall time")
     r.add_argument("--nodes", type=int, nargs="+", default=[1000])
     r.add_argument("--seconds", type=int, default=90)
@@ -348,7 +356,7 @@ def main() -> None:
             if args.mode == "capacity":
                 for n in args.nodes:
                     results = [capacity(broker.bootstrap, work, n, args.ticks, args.auth,
-                                        args.per_node)
+                                        per_node=args.framing == "agent")
                                for _ in range(args.rounds)]
                     for res in results:
                         _print_capacity(res)
