@@ -104,6 +104,7 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info",
         if not install_zstd():  # one zstd context per thread for the fetches, not per batch
             log.warning("zstd fetches decode with aiokafka's own decoder (slower)")
         _tune_gc()
+        _tune_memory()
         try:
             worker.execute_from_commandline()
         except SystemExit as exc:
@@ -144,3 +145,33 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+
+
+def _tune_memory() -> bool:
+    """Stop numpy advising huge pages for its arrays, unless ``NUMPY_MADVISE_HUGEPAGE`` is set.
+
+    The detector banks grow to GBs of arrays as a fleet registers. With the huge-page advice
+    (numpy's default on Linux) and the kernel's usual ``defrag=madvise``, a fault may compact
+    memory first: allocating 80 MB took 0.6 s here at times, 30 ms without the advice, and
+    capacity at 10,000 nodes (all registration) went from ~9,000 to ~12,700 messages/s with
+    no change in the steady state (BENCHMARKS.md, round 9). numpy reads the variable only
+    at import, so the worker sets what numpy's own start-up would have set from it.
+    Returns whether the advice is off now.
+    """
+    if os.environ.get("NUMPY_MADVISE_HUGEPAGE") is not None:
+        return os.environ["NUMPY_MADVISE_HUGEPAGE"] == "0"  # the operator chose
+    import importlib
+
+    import numpy as np
+
+    major = int(np.__version__.split(".")[0])
+    core = importlib.import_module("numpy._core.multiarray" if major >= 2
+                                   else "numpy.core.multiarray")
+    setter = getattr(core, "_set_madvise_hugepage", None)
+    if setter is None:  # a numpy without the switch: it keeps its default
+        log.warning("numpy huge-page advice left on: no _set_madvise_hugepage in numpy %s",
+                    np.__version__)
+        return False
+    setter(False)
+    return True
+
