@@ -14,6 +14,7 @@ import socket
 from dataclasses import replace
 from pathlib import Path
 
+from trainguard import envvars
 from trainguard.metrics_http import MetricsServer, serve_metrics
 from trainguard.pipeline.auth import ForgeryTracker, MessageAuth
 from trainguard.pipeline.caps import IngestCaps
@@ -158,8 +159,9 @@ def _tune_memory() -> bool:
     at import, so the worker sets what numpy's own start-up would have set from it.
     Returns whether the advice is off now.
     """
-    if os.environ.get("NUMPY_MADVISE_HUGEPAGE") is not None:
-        return os.environ["NUMPY_MADVISE_HUGEPAGE"] == "0"  # the operator chose
+    chosen = os.environ.get(envvars.NUMPY_MADVISE_HUGEPAGE)
+    if chosen is not None:
+        return chosen == "0"  # the operator chose; numpy applied it at import
     import importlib
 
     import numpy as np

@@ -7,6 +7,7 @@ library code receives validated configuration objects instead.
 from __future__ import annotations
 
 __all__ = [
+    "NUMPY_MADVISE_HUGEPAGE",
     "AGENT_BACKEND",
     "AGENT_CONFIG",
     "INTERVAL_S",
@@ -182,6 +183,9 @@ METRICS_ADDR = "TRAINGUARD_METRICS_ADDR"
 AGENT_METRICS_PORT = "TRAINGUARD_AGENT_METRICS_PORT"
 AGENT_METRICS_ADDR = "TRAINGUARD_AGENT_METRICS_ADDR"
 AGENT_METRICS_TEXTFILE_DIR = "TRAINGUARD_AGENT_METRICS_TEXTFILE_DIR"
+#: numpy's own switch for advising huge pages (read at its import): the worker turns the
+#: advice off unless this is set (``pipeline/worker.py``, ``_tune_memory``).
+NUMPY_MADVISE_HUGEPAGE = "NUMPY_MADVISE_HUGEPAGE"
 #: Set by the launcher of a training job, never by trainguard: what
 #: ``StepReporter.from_env()`` (:mod:`trainguard.agents.job_env`) reads to tell a training
 #: process's job, rank, world size, local rank and node, for torchrun / torchelastic...
