@@ -19,6 +19,7 @@ with reason ``stage_error``, published with the batch's.
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -153,7 +154,7 @@ class BatchHandler:
         assert stage is not None
         decoded, broker_ts, sources = result.decoded, result.broker_ts, result.sources
         out: list[Finding] = []
-        for job_id, idx in _by_job(decoded).items():
+        for job_id, idx in _by_job(decoded, sources).items():
             try:
                 out += stage.observe([decoded[i] for i in idx], [broker_ts[i] for i in idx],
                                      [sources[i] for i in idx])
@@ -240,11 +241,21 @@ class BatchHandler:
         self.quarantine.failed("consistency_flush", exc, job=job_id)
 
 
-def _by_job(records: Sequence[Record]) -> dict[str, list[int]]:
-    """Indices of the records the consistency stage reads, per job (in order).
+def _by_job(records: Sequence[Record],
+            sources: Sequence[str] | None = None) -> dict[str, list[int]]:
+    """Indices of the records the consistency stage reads, per job, in event-time order.
 
     Heartbeats and sample batches of nodes without a job go under ``""`` (no job id is
     empty): they only tell the stage which agents are alive and which nodes are idle.
+
+    With ``sources`` (each record's input partition) a job's records of each partition
+    stay in offset order and the partitions' runs are merged by event time. ``getmany``
+    hands a batch partition by partition, so a batch that catches up on a backlog (after
+    a restart or a failover) would otherwise show the stage every sample batch of those
+    ticks before any step batch: a GPU released at one of them would be judged before
+    the steps that say which rank ran on it, and the finding would name no rank. A
+    record's own time moves it only against the other partitions' runs, never within its
+    own.
     """
     out: dict[str, list[int]] = {}
     for i, rec in enumerate(records):
@@ -254,7 +265,22 @@ def _by_job(records: Sequence[Record]) -> dict[str, list[int]]:
             out.setdefault(rec.job_id or "", []).append(i)
         elif isinstance(rec, WitnessReport) and rec.job_id is not None:
             out.setdefault(rec.job_id, []).append(i)
+    if sources is not None:
+        for job_id, idx in out.items():
+            out[job_id] = _merged_runs(idx, records, sources)
     return out
+
+
+def _merged_runs(idx: list[int], records: Sequence[Record],
+                 sources: Sequence[str]) -> list[int]:
+    """``idx`` with each source's run kept in order, the runs merged by record time."""
+    runs: dict[str, list[int]] = {}
+    for i in idx:
+        runs.setdefault(sources[i], []).append(i)
+    if len(runs) == 1:
+        return idx
+    # heapq.merge is stable: on a tie the earlier run (partition) goes first, as before.
+    return list(heapq.merge(*runs.values(), key=lambda i: records[i].ts))
 
 
 def _jobs_of(records: Iterable[Record]) -> list[str]:
