@@ -251,6 +251,7 @@ def _raw_kafka_consumer(config: WorkerConfig) -> Any:
         partition_assignment_strategy=(RangePartitionAssignor,),
         session_timeout_ms=int(config.session_timeout_s * 1000),
         heartbeat_interval_ms=int(config.session_timeout_s * 1000 / 4),
+        max_partition_fetch_bytes=config.max_partition_fetch_bytes,
         **config.security.aiokafka_kwargs(),
     )
 

@@ -86,6 +86,14 @@ class WorkerConfig:
     #: insert per table instead of several, at up to this much more latency (at 500 nodes
     #: ~7 % less CPU per GPU sample with 0.3 s, BENCHMARKS.md, issue #17). 0: off.
     batch_linger_s: float = 0.2
+    #: The most bytes one fetch reads of one raw partition (Kafka's
+    #: ``max.partition.fetch.bytes``; a larger first record batch still comes whole). Each
+    #: node's message is a record batch of its own, ~1 kB compressed, so the consumer's
+    #: 1 MiB default made a 16,000-message batch of several fetch round trips per partition:
+    #: at 10,000 nodes on 3 partitions, 8 MiB drained 1.2x the messages per second of 1 MiB
+    #: at ~15 % less CPU per message (BENCHMARKS.md, issue #17). A fetch response holds at
+    #: most 50 MiB (aiokafka's ``fetch_max_bytes``) whatever this is.
+    max_partition_fetch_bytes: int = 8 * 1024 * 1024
     #: How long a failing store write is retried (with backoff) before the store is declared
     #: down (an error line, ``store_down`` in pipeline_health); the worker then stays up,
     #: paused, and keeps retrying until the store is back.
@@ -185,6 +193,10 @@ class WorkerConfig:
             raise ConfigError(f"batch_within_s must be within 0.01..60, got {self.batch_within_s}")
         if not 0 <= self.batch_linger_s <= 5:
             raise ConfigError(f"batch_linger_s must be within 0..5, got {self.batch_linger_s!r}")
+        if not (isinstance(self.max_partition_fetch_bytes, int)
+                and 65536 <= self.max_partition_fetch_bytes <= 256 * 1024 * 1024):
+            raise ConfigError("max_partition_fetch_bytes must be an integer within "
+                              f"65536..268435456, got {self.max_partition_fetch_bytes!r}")
         IngestCaps(max_world_size=self.max_world_size)  # validates it
         if not 0.5 <= self.agent_silent_s <= 86400:
             raise ConfigError(

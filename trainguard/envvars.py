@@ -46,6 +46,7 @@ __all__ = [
     "BATCH_MAX",
     "BATCH_LINGER_S",
     "BATCH_WITHIN_S",
+    "MAX_PARTITION_FETCH_BYTES",
     "MAX_FUTURE_S",
     "MAX_PAST_S",
     "MAX_WORLD_SIZE",
@@ -148,6 +149,8 @@ REPLICATION_FACTOR = "TRAINGUARD_REPLICATION_FACTOR"
 BATCH_MAX = "TRAINGUARD_BATCH_MAX"
 BATCH_WITHIN_S = "TRAINGUARD_BATCH_WITHIN_S"
 BATCH_LINGER_S = "TRAINGUARD_BATCH_LINGER_S"
+#: The most bytes one fetch of the worker's raw consumer reads of one partition.
+MAX_PARTITION_FETCH_BYTES = "TRAINGUARD_MAX_PARTITION_FETCH_BYTES"
 #: The worker's event-time window around a record's Kafka timestamp (seconds ahead, behind).
 MAX_FUTURE_S = "TRAINGUARD_MAX_FUTURE_S"
 MAX_PAST_S = "TRAINGUARD_MAX_PAST_S"

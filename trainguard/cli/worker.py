@@ -61,6 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p, "--batch-linger", envvars.BATCH_LINGER_S, 0.2,
         "seconds a batch keeps collecting after its first messages (0: off)", type=float)
     add_env_option(
+        p, "--max-partition-fetch-bytes", envvars.MAX_PARTITION_FETCH_BYTES, 8 * 1024 * 1024,
+        "bytes one fetch of the raw topics reads of one partition at most", type=int)
+    add_env_option(
         p, "--max-future-s", envvars.MAX_FUTURE_S, 600.0,
         "seconds a record's ts may run ahead of its Kafka timestamp (else a 'clock' dead "
         "letter); raise it to replay simulated time", type=float)
@@ -142,6 +145,7 @@ def worker_config(args: argparse.Namespace) -> object:
         batch_max=args.batch_max,
         batch_within_s=args.batch_within,
         batch_linger_s=args.batch_linger,
+        max_partition_fetch_bytes=args.max_partition_fetch_bytes,
         data_dir=args.data_dir,
         max_future_s=args.max_future_s,
         max_past_s=args.max_past_s,

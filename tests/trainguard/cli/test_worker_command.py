@@ -21,7 +21,7 @@ def test_the_flags_default_to_the_worker_configs_own_defaults() -> None:
     default = WorkerConfig(bootstrap="127.0.0.1:9092", store=config.store)
     for name in ("max_future_s", "max_past_s", "max_world_size", "max_baseline_entities",
                  "max_jobs", "batch_max", "batch_within_s", "batch_linger_s", "partitions",
-                 "replication_factor"):
+                 "replication_factor", "max_partition_fetch_bytes"):
         assert getattr(config, name) == getattr(default, name), name
 
 
@@ -67,3 +67,14 @@ def test_the_replication_factor_is_left_to_the_brokers_unless_given(
     assert _config().replication_factor is None
     assert _config("--replication-factor", "2").replication_factor == 2
 
+
+
+def test_the_raw_fetch_size_is_a_flag_and_an_environment_variable_within_bounds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _config().max_partition_fetch_bytes == 8 * 1024 * 1024
+    assert _config("--max-partition-fetch-bytes", "1048576").max_partition_fetch_bytes == 2**20
+    monkeypatch.setenv("TRAINGUARD_MAX_PARTITION_FETCH_BYTES", "4194304")
+    assert _config().max_partition_fetch_bytes == 4 * 2**20
+    for bad in ("1000", str(2**30)):
+        with pytest.raises(ConfigError, match="max_partition_fetch_bytes.*got " + bad):
+            _config("--max-partition-fetch-bytes", bad)
