@@ -49,12 +49,11 @@ from trainguard.schemas.records import (
 
 __all__ = ["WRITES_IN_FLIGHT", "BatchHandler", "StoreWrite"]
 
-#: Store writes in flight while the next batch is processed. Two overlap the store (its
-#: own threads, or a server) with this process's Python work; the third absorbs the store's
-#: uneven write times (a write that meets a merge): with two, a drain at 10,000 nodes
-#: waited for the store ~5 % of its time, and three drained ~4 % more messages per second
-#: (BENCHMARKS.md, issue #17). A write holds one batch (``batch_max`` messages).
-WRITES_IN_FLIGHT = 3
+#: Store writes that may run while the next batch is processed. Two overlap the store
+#: (its own threads, or a server) with this process's Python work. Three drained ~4 % more
+#: messages per second at 10,000 nodes, but the real-time p99 at 5,000 nodes was worse in
+#: their runs (1.53-2.52 s against 1.38-1.80 s with two; BENCHMARKS.md, round 10).
+WRITES_IN_FLIGHT = 2
 
 #: Starts one store write of rows and intake items on the store's thread; the future
 #: completes when it landed (or raises when the sink gave up). The third argument names
