@@ -68,7 +68,6 @@ def test_the_replication_factor_is_left_to_the_brokers_unless_given(
     assert _config("--replication-factor", "2").replication_factor == 2
 
 
-
 def test_the_raw_fetch_size_is_a_flag_and_an_environment_variable_within_bounds(
         monkeypatch: pytest.MonkeyPatch) -> None:
     assert _config().max_partition_fetch_bytes == 8 * 1024 * 1024
