@@ -230,13 +230,14 @@ class SortedWindow(RobustWindow):
 
     def grow(self, n_rows: int) -> None:
         """As :meth:`RobustWindow.grow`; the new rows are stale."""
+        kept = self.filled
         super().grow(n_rows)
         if len(self.fresh) < self.capacity:
-            self._derive(self.capacity, keep=len(self.fresh))
+            self._derive(self.capacity, keep=kept)
 
     def _derive(self, capacity: int, keep: int) -> None:
         """Size the derived arrays to ``capacity`` rows, keeping the first ``keep``."""
-        sorted_rows = np.empty((capacity, self.size))
+        sorted_rows = np.empty((capacity, self.size))  # rows written when first sorted
         sorted_rows[:keep] = self.sorted[:keep]
         fresh = np.zeros(capacity, dtype=np.bool_)
         fresh[:keep] = self.fresh[:keep]

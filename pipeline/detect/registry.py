@@ -188,9 +188,11 @@ class RowArrays:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = 0
+        #: Rows ``0 .. filled-1`` hold state; the rest of the capacity is not written yet.
+        self.filled = 0
         self._arrays: Arrays = {}
-        for name, (dtype, fill) in self._FIELDS.items():
-            self._arrays[name] = np.full((0, *self._tail(name)), fill, dtype)
+        for name, (dtype, _) in self._FIELDS.items():
+            self._arrays[name] = np.empty((0, *self._tail(name)), dtype)
         self.grow(max(capacity, 1))
 
     @property
@@ -208,26 +210,34 @@ class RowArrays:
             setattr(self, name, array)
 
     def grow(self, n_rows: int) -> None:
-        """Make room for rows ``0 .. n_rows-1``; capacity at least doubles when it grows."""
-        if n_rows <= self.capacity:
-            return
-        new_capacity = max(n_rows, 2 * self.capacity)
-        for name, (dtype, fill) in self._FIELDS.items():
-            old = self._arrays[name]
-            new: np.ndarray[Any, Any] = np.full((new_capacity, *self._tail(name)), fill, dtype)
-            new[: len(old)] = old
-            self._arrays[name] = new
-        self.capacity = new_capacity
-        self._bind()
+        """Make rows ``0 .. n_rows-1`` hold state (empty for new ones); call before using them.
+
+        Capacity at least doubles when it grows, but only rows in use are ever written:
+        the rest of a new array is memory the kernel has not handed over yet. A fleet's
+        first tick brings tens of thousands of entities at once; filling whole doubled
+        arrays with their empty state cost more than judging the tick (BENCHMARKS.md).
+        """
+        if n_rows > self.capacity:
+            new_capacity = max(n_rows, 2 * self.capacity)
+            for name, (dtype, _) in self._FIELDS.items():
+                new: np.ndarray[Any, Any] = np.empty((new_capacity, *self._tail(name)), dtype)
+                new[: self.filled] = self._arrays[name][: self.filled]
+                self._arrays[name] = new
+            self.capacity = new_capacity
+            self._bind()
+        if n_rows > self.filled:
+            for name, (_, fill) in self._FIELDS.items():
+                self._arrays[name][self.filled : n_rows] = fill
+            self.filled = n_rows
 
     def reset(self, rows: IntArray) -> None:
-        """Return ``rows`` to their empty state, as for a new entity."""
+        """Return ``rows`` (in use: see :meth:`grow`) to their empty state, as for a new entity."""
         for name, (_, fill) in self._FIELDS.items():
             self._arrays[name][rows] = fill
 
     def state(self) -> Arrays:
-        """A copy of every array, for a snapshot."""
-        return {name: array.copy() for name, array in self._arrays.items()}
+        """A copy of every row in use, for a snapshot."""
+        return {name: array[: self.filled].copy() for name, array in self._arrays.items()}
 
     def load_state(self, state: Mapping[str, np.ndarray[Any, Any]]) -> None:
         """Replace all rows with a :meth:`state` snapshot (same field layout)."""
@@ -237,7 +247,7 @@ class RowArrays:
             raise ValueError(f"state arrays disagree on the row count: {sorted(lengths)}")
         self._check_values(arrays)
         self._arrays = {name: a.copy() for name, a in arrays.items()}
-        self.capacity = lengths.pop()
+        self.capacity = self.filled = lengths.pop()
         self._bind()
 
     def state_rows(self, rows: IntArray) -> Arrays:

@@ -99,8 +99,9 @@ def shared(found: list[Detection], config: BankConfig, st: RowState,
     np.minimum.at(first, (hit_k, hit_j), np.array([found[i].first_seen for i in hit]))
     since = np.maximum(first, now - c.peer_window_s) - c.peer_slack_s
     # The members of those groups, and which group each is in.
-    pos = np.minimum(np.searchsorted(ug, st.group), len(ug) - 1)
-    m = np.flatnonzero((ug[pos] == st.group) & (st.group >= 0))
+    group = st.group[: st.filled]  # rows past ``filled`` hold no state yet (RowArrays.grow)
+    pos = np.minimum(np.searchsorted(ug, group), len(ug) - 1)
+    m = np.flatnonzero((ug[pos] == group) & (group >= 0))
     k = pos[m]
     alive = st.last_ts[m] >= now.max(axis=1)[k] - c.peer_window_s
     m, k = m[alive], k[alive]

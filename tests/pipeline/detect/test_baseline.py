@@ -91,6 +91,30 @@ def test_grow_doubles_and_keeps_rows():
     assert ewm.capacity == 8 and ewm.mean[3] == 7.0 and ewm.n[4] == 0
 
 
+def test_grow_writes_only_rows_in_use_and_empties_each_row_when_first_used():
+    ewm = Ewm(4, half_life=5)
+    ewm.update(np.array([3]), np.array([7.0]))
+    ewm.grow(5)
+    assert (ewm.capacity, ewm.filled) == (8, 5)
+    ewm.mean[5:], ewm.n[5:] = 99.0, 99  # what unwritten memory may hold
+    ewm.grow(7)
+    assert ewm.mean[[5, 6]].tolist() == [0.0, 0.0] and ewm.n[[5, 6]].tolist() == [0, 0]
+    assert ewm.mean[3] == 7.0 and ewm.mean[7] == 99.0  # row 7 is not in use yet
+    assert {len(a) for a in ewm.state().values()} == {7}  # snapshots hold rows in use only
+
+
+def test_a_window_restored_from_a_snapshot_of_rows_in_use_grows_on():
+    win = RobustWindow(2, size=5)
+    win.grow(3)  # room for 4 rows, 3 in use
+    win.push(np.array([2]), np.array([4.0]))
+    restored = RobustWindow(1, size=5)
+    restored.load_state(win.state())
+    assert (restored.capacity, restored.filled) == (3, 3)
+    restored.grow(5)
+    assert restored.count[[2, 3, 4]].tolist() == [1, 0, 0]
+    assert np.isnan(restored.buf[4]).all()
+
+
 def test_state_rows_round_trip_into_other_rows():
     win = RobustWindow(4, size=5)
     for v in range(7):
