@@ -70,8 +70,11 @@ class Points:
         t, groups = self._times_groups()
         values = [column(get, self.items) for get in self._metrics]
         new = self._new
-        if len(rows) and len(reg) + len(rows) > family.max_entities:  # rare: near the cap
-            known = reg.keys_of(rows[rows >= 0])
+        # Only keys that missed the cache can be new entities (a bound: some may be known).
+        # Bounding by every point instead sent each batch of a fleet past half the cap
+        # through make_room, naming all its known entities, to evict nobody.
+        if new and len(reg) + sum(len(keys) for *_, keys in new) > family.max_entities:
+            known = reg.keys_of(rows[rows >= 0])  # rare: near the cap
             family.make_room([k for *_, keys in new for k in keys] + known)
         if new:
             at = np.concatenate([np.arange(a, a + len(keys)) for _, _, a, keys in new])

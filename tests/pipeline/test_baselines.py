@@ -164,6 +164,18 @@ def test_past_max_entities_the_least_recently_seen_are_evicted_and_counted():
     assert stage.ranks.registry.get("j/2") is None
 
 
+def test_a_batch_of_known_entities_past_half_the_cap_looks_for_no_room(monkeypatch):
+    stage = BaselineStage(BaselineConfig(max_entities=6))
+    stage.observe([_ranks([0, 1, 2, 3], T0)])
+    looked = []
+    monkeypatch.setattr(stage.ranks, "make_room", looked.append)
+    # 4 held + 4 points is past the cap of 6, but none of the points is new.
+    stage.observe([_ranks([0, 1, 2, 3], T0 + 1)])
+    assert looked == []
+    stage.observe([_ranks([0, 1, 2, 3, 4, 5, 6], T0 + 2)])  # 3 new: 7 would be past it
+    assert looked and {"j/4", "j/5", "j/6"} <= set(looked[0])
+
+
 def test_forged_ranks_cannot_grow_the_baselines_past_the_cap():
     stage = BaselineStage(BaselineConfig(max_entities=64))
     for i in range(50):
