@@ -22,18 +22,13 @@ import gc
 import time
 
 from bench.loadgen import FleetLoad
+from trainguard.agents.collectors.process import ProcessStats
 from trainguard.pipeline.baselines import BaselineStage
 from trainguard.pipeline.detect.registry import RowArrays
 from trainguard.pipeline.ingest import Ingestor, RawMessage
 from trainguard.schemas.topics import Topics
 
 _BATCH = 16_000  # the worker's batch_max
-
-
-def _rss_mib() -> float:
-    """Resident memory of this process now (``/proc/self/statm``), MiB."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
 
 
 def _state_mib() -> float:
@@ -65,7 +60,7 @@ def warmup(nodes: int, ticks: int) -> dict[str, float]:
             baselines.observe(result.decoded, result.sources)
             spent += time.perf_counter() - started
         out[f"tick{k}"] = spent
-    out["rss_mib"] = _rss_mib()
+    out["rss_mib"] = (ProcessStats().rss_bytes() or 0) / 2**20
     out["state_mib"] = _state_mib()
     return out
 
