@@ -40,10 +40,10 @@ def gather(body: np.ndarray, start: np.ndarray, length: np.ndarray,
         offsets[r + 1] = total
     data = np.empty(total, np.uint8)
     for r in range(n):
-        a = start[r]
-        for k in range(offsets[r], offsets[r + 1]):  # a loop: a slice would count references
-            data[k] = body[a]
-            a += 1
+        # Slices count references, yet beat a loop per byte from ~10 bytes a text on
+        # (8,000 texts of 34 bytes: 143 against 243 µs; of 8 bytes: 73 against 69).
+        a, o, m = start[r], offsets[r], offsets[r + 1] - offsets[r]
+        data[o:o + m] = body[a:a + m]
     return offsets, data
 
 

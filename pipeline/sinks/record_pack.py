@@ -7,8 +7,10 @@ message parsing text back into numbers. Here msgspec encodes the whole batch as 
 one call (floats as their 8 bytes: nothing to format or parse), and a numba kernel that
 holds no GIL (:mod:`~trainguard.pipeline.sinks.msgpack_notes`) walks the bytes once,
 noting for every field of every record, and of every element of one list field (a batch's
-GPUs or ranks), its msgpack type and value, or where its text lies. numpy and Arrow then
-make each column from those notes in a few calls.
+GPUs or ranks), its msgpack type and value, or where its text lies. Float and unsigned
+columns are then made from those notes by one more compiled pass each
+(:mod:`~trainguard.pipeline.sinks.note_columns`), the others by numpy and Arrow in a few
+calls. The batch is encoded into a buffer the thread keeps, not a new one each time.
 
 This reads only msgspec's own encoding of records the worker has validated, never bytes
 off the wire, so what is stored is still what was validated. The columns are those
@@ -22,6 +24,7 @@ are read off the records by the caller).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -47,12 +50,16 @@ from trainguard.pipeline.sinks.msgpack_notes import (
     gather,
     unpack,
 )
+from trainguard.pipeline.sinks.note_columns import OTHER_PATH, float_values, uint_values
 
 __all__ = ["AVAILABLE", "PackSpec", "Unpacked", "read_packed", "unpack_records"]
 
 _INTS = (UINT, BIG, NEG)
 _NUMBERS = (FLOAT, SINGLE, *_INTS)
 _ENCODER = msgspec.msgpack.Encoder()
+#: A thread keeps its encode buffer up to this size (a 16,000-message batch: ~35 MiB).
+KEEP_BUFFER = 64 << 20
+_local = threading.local()
 
 
 @dataclass(frozen=True)
@@ -95,10 +102,34 @@ def unpack_records(records: Sequence[Any], spec: PackSpec) -> Unpacked:
     hold, :class:`msgspec.EncodeError` or :class:`OverflowError` for one msgpack cannot.
     """
     elements = sum(map(len, map(attrgetter(spec.items), records)))
-    return read_packed(_ENCODER.encode(records), len(records), elements, spec)
+    body = _buffer()
+    try:
+        _ENCODER.encode_into(records, body)
+    except BufferError:
+        # A view of the last batch's bytes is still alive: the traceback of its error (a
+        # value its column cannot hold), which the sink is bisecting. It keeps that buffer.
+        body = _local.body = bytearray()
+        _ENCODER.encode_into(records, body)
+    try:
+        return read_packed(body, len(records), elements, spec)
+    finally:
+        if len(body) > KEEP_BUFFER:
+            _local.body = None  # a rare giant batch: give its memory back
 
 
-def read_packed(body: bytes, records: int, elements: int, spec: PackSpec) -> Unpacked:
+def _buffer() -> bytearray:
+    """The calling thread's encode buffer (``read_packed``'s views end with its call).
+
+    Reused, it is written in place: a fresh ``bytes`` per batch costs its pages again
+    each time (msgpack of 8,000 sample batches: 4.8 against 2.1 µs a record).
+    """
+    body: bytearray | None = getattr(_local, "body", None)
+    if body is None:
+        body = _local.body = bytearray()
+    return body
+
+
+def read_packed(body: bytes | bytearray, records: int, elements: int, spec: PackSpec) -> Unpacked:
     """The ``spec`` fields of ``body``: a msgpack list of ``records`` maps.
 
     Their ``items`` lists hold ``elements`` maps in all. Raises :class:`ValueError` for
@@ -190,6 +221,9 @@ def _column(body: np.ndarray, kind: np.ndarray, val: np.ndarray, length: np.ndar
     if pa.types.is_boolean(typ):
         _allow(kind, _BOOLS, typ)
         return pa.array(val != 0, typ, mask=kind != BOOL)
+    fast = _compiled(kind, val, typ) if AVAILABLE else None
+    if fast is not None:
+        return fast
     if pa.types.is_floating(typ):
         _allow(kind, _FLOATS, typ)
         floats = kind == FLOAT
@@ -209,6 +243,30 @@ def _column(body: np.ndarray, kind: np.ndarray, val: np.ndarray, length: np.ndar
         _allow(kind, _SIGNED, typ)
         return pa.array(val.view(np.int64), pa.int64(), mask=~_INT_VALUES[kind]).cast(typ)
     raise TypeError(f"no msgpack reading for Arrow type {typ}")
+
+
+#: Unsigned column types the kernel fills: their numpy type and largest value.
+_UINTS = {pa.uint8(): (np.uint8, 2**8 - 1), pa.uint16(): (np.uint16, 2**16 - 1),
+          pa.uint32(): (np.uint32, 2**32 - 1), pa.uint64(): (np.uint64, 2**64 - 1)}
+
+
+def _compiled(kind: np.ndarray, val: np.ndarray, typ: pa.DataType) -> pa.Array | None:
+    """A float64 or unsigned column in one compiled pass; None: take the numpy path."""
+    n = len(kind)
+    valid = np.empty(n, np.bool_)
+    if typ == pa.float64():
+        out = np.empty(n, np.float64)
+        nulls = float_values(kind, val, val.view(np.float64), out, valid)
+    elif typ in _UINTS:
+        dtype, top = _UINTS[typ]
+        out = np.empty(n, dtype)
+        nulls = uint_values(kind, val, np.uint64(top), out, valid)
+    else:
+        return None
+    if nulls == OTHER_PATH:
+        return None
+    bitmap = None if nulls == 0 else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(typ, n, [bitmap, pa.py_buffer(out)], null_count=nulls)
 
 
 def _validity(valid: np.ndarray) -> pa.Buffer | None:

@@ -183,6 +183,22 @@ def test_a_gpu_value_its_column_cannot_hold_is_a_store_data_error(change: dict) 
         sample_tables([(batch, 0, 0)])
 
 
+def test_a_batch_written_while_the_last_ones_error_is_alive_reads_right() -> None:
+    # The sink bisects a refused batch inside its except block: the error's traceback
+    # still views the bytes the last batch was encoded into, so they cannot be reused.
+    bad = GpuSampleBatch(cluster="c", node="n", ts=NOW, seq=1, agent_id="a",
+                         gpus=[msgspec.structs.replace(GpuSample(index=0), index=256)])
+    good = _wire(_samples(random.Random(7), 40))
+    for _ in range(2):
+        try:
+            sample_tables([(bad, 0, 0)])
+        except StoreDataError:  # what follows takes more bytes than the bad batch did
+            _same(sample_tables(good), reference.sample_tables(good))
+            _same(sample_tables(good[:3]), reference.sample_tables(good[:3]))
+        else:
+            raise AssertionError("the bad batch was read")
+
+
 @pytest.mark.parametrize("change", [{"step": -3}, {"rank": 2**32}, {"gpu_index": 300}])
 def test_a_step_value_its_column_cannot_hold_is_a_store_data_error(change: dict) -> None:
     step = msgspec.structs.replace(
