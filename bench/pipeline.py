@@ -75,8 +75,12 @@ class _Producer:
     of its own, framed as the agents send it.
     """
 
-    def __init__(self, bootstrap: str, *, per_node: bool = False) -> None:
+    def __init__(self, bootstrap: str, *, per_node: bool = False,
+                 compression: str = "zstd") -> None:
         from aiokafka import AIOKafkaProducer
+
+        if compression == "lz4":
+            _frame_lz4_as_the_agents()
 
         #: One record batch per message, as each node's agent sends (its own producer, a
         #: tick's two messages on two topics): the worker then decompresses and unpacks
@@ -85,7 +89,8 @@ class _Producer:
 
         async def start() -> AIOKafkaProducer:
             producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                        enable_idempotence=True, compression_type="zstd",
+                                        enable_idempotence=True,
+                                        compression_type=compression,
                                         linger_ms=0 if per_node else 20,
                                         max_batch_size=1 << 20)
             await producer.start()
@@ -143,6 +148,24 @@ class _Node(msgspec.Struct):
     node: str
 
 
+def _frame_lz4_as_the_agents() -> None:
+    """Make aiokafka's batch builders write lz4 as the agents' kafka-python does.
+
+    aiokafka's own encoder (cramjam) writes frames that declare no content size, which the
+    worker's fast lz4 path leaves to aiokafka's slower decoder; the agents' frames do.
+    """
+    import importlib
+
+    import kafka.codec
+
+    for name in ("aiokafka.record._crecords.default_records",
+                 "aiokafka.record.default_records"):
+        try:
+            importlib.import_module(name).lz4_encode = kafka.codec.lz4_encode
+        except ImportError:
+            continue
+
+
 def bench_stack(bootstrap: str, work: Path, prefix: str, *,
                 start_worker: bool = True, auth: bool = False) -> LocalStack:
     """Topics ``prefix`` and one worker (app ``bench-<prefix>``, embedded store) on a broker.
@@ -166,7 +189,8 @@ def _pid(worker: WorkerProcess) -> int:
 
 
 def capacity(bootstrap: str, work: Path, nodes: int, ticks: int,
-             auth: bool = False, per_node: bool = False) -> dict[str, float]:
+             auth: bool = False, per_node: bool = False,
+             compression: str = "zstd") -> dict[str, float]:
     """Drain ``ticks`` × ``nodes`` pre-produced ticks with one worker; return its figures.
 
     With ``auth`` every message is signed and the worker verifies it.
@@ -174,7 +198,7 @@ def capacity(bootstrap: str, work: Path, nodes: int, ticks: int,
     prefix = f"c{uuid.uuid4().hex[:8]}"
     with bench_stack(bootstrap, work, prefix, start_worker=False, auth=auth) as stack:
         load = FleetLoad(stack.topics, nodes)
-        producer = _Producer(bootstrap, per_node=per_node)
+        producer = _Producer(bootstrap, per_node=per_node, compression=compression)
         t0 = time.time() - ticks
         started = time.perf_counter()
         sent = sum(producer.send_all(load.tick(k, t0 + k), stack.signer) for k in range(ticks))
@@ -201,6 +225,7 @@ def capacity(bootstrap: str, work: Path, nodes: int, ticks: int,
         rows = stored(worker)
     messages = 2 * nodes * ticks
     return {"nodes": nodes, "ticks": ticks, "auth": float(auth), "per_node": float(per_node),
+            "lz4": float(compression == "lz4"),
             "produced": sent,
             "produce_s": produce_s,
             "stored_rows": rows, "want_rows": want, "span_s": span,
@@ -305,6 +330,7 @@ def _print_capacity(r: dict[str, float]) -> None:
     workers = math.ceil(2 * CLUSTER_NODES / r["msgs_per_s"])
     signed = " (signed, verified)" if r.get("auth") else ""
     framing = ", agent-framed" if r.get("per_node") else ", packed"
+    framing += ", lz4" if r.get("lz4") else ""
     print(f"capacity{signed}{framing} {r['nodes']:.0f} nodes x {r['ticks']:.0f} ticks: produced "
           f"{r['produced']:.0f} messages in {r['produce_s']:.1f} s; one worker stored "
           f"{r['stored_rows']:.0f}/{r['want_rows']:.0f} rows in {r['span_s']:.1f} s = "
@@ -340,6 +366,8 @@ def main() -> None:
     c.add_argument("--rounds", type=int, default=1)
     c.add_argument("--auth", action="store_true",
                    help="sign every message; the worker verifies the MACs")
+    c.add_argument("--compression", choices=("zstd", "lz4"), default="zstd",
+                   help="the agents' codec (lz4: framed as kafka-python frames it)")
     c.add_argument("--framing", choices=("agent", "packed"), default="agent",
                    help="agent: one record batch per message, as each node's agent sends "
                         "(default); packed: ~1 MB batches per partition (rounds 1-8)")
@@ -356,7 +384,8 @@ def main() -> None:
             if args.mode == "capacity":
                 for n in args.nodes:
                     results = [capacity(broker.bootstrap, work, n, args.ticks, args.auth,
-                                        per_node=args.framing == "agent")
+                                        per_node=args.framing == "agent",
+                                        compression=args.compression)
                                for _ in range(args.rounds)]
                     for res in results:
                         _print_capacity(res)

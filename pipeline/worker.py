@@ -20,7 +20,7 @@ from trainguard.pipeline.auth import ForgeryTracker, MessageAuth
 from trainguard.pipeline.caps import IngestCaps
 from trainguard.pipeline.config import WorkerConfig
 from trainguard.pipeline.detect.quiet import warm_up as warm_up_detectors
-from trainguard.pipeline.fetch_codec import install as install_zstd
+from trainguard.pipeline.fetch_codec import install as install_codecs
 from trainguard.pipeline.ingest import Ingestor, TimeWindow
 from trainguard.pipeline.kafka_admin import (
     broker_replication_factor,
@@ -102,7 +102,7 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info",
         worker = Worker(app, loglevel=loglevel, override_logging=False, quiet=True)
         warm_up_detectors()  # numba compiles (or loads its cache) before the first batch
         warm_up_columns()  # and the store's msgpack kernel before the first write
-        if not install_zstd():  # one zstd context per thread for the fetches, not per batch
+        if not install_codecs():  # zstd: a context per thread, not per batch; lz4: python-lz4
             log.warning("zstd fetches decode with aiokafka's own decoder (slower)")
         _tune_gc()
         _tune_memory()

@@ -1,4 +1,5 @@
-"""fetch_codec: aiokafka's batch reader decodes zstd with a reused context, byte for byte."""
+"""fetch_codec: aiokafka's batch reader decodes zstd with a reused context and lz4 with
+python-lz4, byte for byte, and leaves what it does not take to aiokafka's own decoders."""
 
 from __future__ import annotations
 
@@ -10,26 +11,27 @@ from typing import Any
 
 import aiokafka.codec
 import kafka.codec
+import lz4.frame
 import pytest
 import zstandard
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 
 from trainguard.pipeline import fetch_codec
-from trainguard.pipeline.fetch_codec import install, installed, zstd_decode
+from trainguard.pipeline.fetch_codec import install, installed, lz4_decode, zstd_decode
 
-_ZSTD = 4  # Kafka's attribute bits for zstd
+_LZ4, _ZSTD = 3, 4  # Kafka's attribute bits for lz4 and zstd
 
 
 @pytest.fixture
 def patched() -> Iterator[None]:
     """aiokafka's readers pointed at fetch_codec for one test, then as they were."""
     modules = [importlib.import_module(name) for name in fetch_codec._READERS]
-    before = [m.zstd_decode for m in modules]
+    before = [(m.zstd_decode, m.lz4_decode) for m in modules]
     assert install()
     yield
-    for module, decode in zip(modules, before, strict=True):
-        module.zstd_decode = decode
+    for module, (zstd_was, lz4_was) in zip(modules, before, strict=True):
+        module.zstd_decode, module.lz4_decode = zstd_was, lz4_was
 
 
 @pytest.fixture
@@ -79,7 +81,8 @@ def test_aiokafka_reads_a_zstd_batch_through_the_reused_context(
 
 def test_install_is_idempotent_and_keeps_aiokafka_decoder_as_fallback(patched: None) -> None:
     assert install() and install()
-    assert fetch_codec._fallback is aiokafka.codec.zstd_decode
+    assert fetch_codec._fallbacks["zstd_decode"] is aiokafka.codec.zstd_decode
+    assert fetch_codec._fallbacks["lz4_decode"] is aiokafka.codec.lz4_decode
 
 
 @pytest.mark.parametrize("size", [0, 1, 100, 4_873, 70_000, 1 << 20])
@@ -153,3 +156,73 @@ def test_threads_decode_with_their_own_contexts() -> None:
         t.join()
     assert wrong == []
     assert len({id(dctx) for dctx in seen}) == 4
+
+
+@pytest.fixture
+def lz4_fast(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the lz4 fast path's successful decodes."""
+    used: list[int] = []
+    real = lz4.frame.decompress
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        out = real(*args, **kwargs)
+        used.append(1)
+        return out
+
+    monkeypatch.setattr(fetch_codec.lz4.frame, "decompress", counted)
+    return used
+
+
+def test_aiokafka_reads_an_lz4_batch_through_python_lz4(patched: None,
+                                                       lz4_fast: list[int]) -> None:
+    from kafka.record.default_records import DefaultRecordBatchBuilder as AgentsBuilder
+
+    values = _telemetry(40)
+    builder = AgentsBuilder(magic=2, compression_type=_LZ4, is_transactional=0,
+                            producer_id=-1, producer_epoch=-1, base_sequence=-1,
+                            batch_size=1 << 22)
+    for i, value in enumerate(values):
+        assert builder.append(i, timestamp=None, key=b"job-1", value=value, headers=[])
+    batch = MemoryRecords(bytes(builder.build())).next_batch()  # as the agents frame it
+    assert [r.value for r in batch] == values
+    assert lz4_fast == [1]
+
+
+@pytest.mark.parametrize("size", [1, 100, 4_873, 70_000, 1 << 20])
+def test_lz4_frames_of_the_producers_decode_as_aiokafka_decodes_them(
+        size: int, lz4_fast: list[int]) -> None:
+    text = (b"util_gpu_pct 97.5 mem_used 12345 " * (size // 32 + 1))[:size]
+    for payload in (text, os.urandom(size)):
+        agents = kafka.codec.lz4_encode(payload)  # declares its size: the fast path
+        bench = aiokafka.codec.lz4_encode(payload)  # cramjam's frame declares none
+        assert lz4_decode(agents) == aiokafka.codec.lz4_decode(agents) == payload
+        assert lz4_decode(bench) == aiokafka.codec.lz4_decode(bench) == payload
+    assert len(lz4_fast) == 2  # the agents' frames only
+
+
+def test_several_lz4_frames_or_too_large_a_one_go_to_aiokafka_decoder(
+        monkeypatch: pytest.MonkeyPatch, lz4_fast: list[int]) -> None:
+    frames = kafka.codec.lz4_encode(b"first ") + kafka.codec.lz4_encode(b"second")
+    assert lz4_decode(frames) == aiokafka.codec.lz4_decode(frames)
+    monkeypatch.setattr(fetch_codec, "MAX_CONTENT", 1000)
+    big = kafka.codec.lz4_encode(b"y" * 1001)
+    assert lz4_decode(big) == b"y" * 1001
+    assert len(lz4_fast) <= 1  # the pair's first frame may decode before its tail is seen
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "not_lz4", "empty", "size_lies"])
+def test_damaged_lz4_input_meets_what_aiokafka_does(damage: str) -> None:
+    payload = bytes(range(256)) * 8 + b"z" * 3000
+    frame = kafka.codec.lz4_encode(payload)
+    # Headers (15 bytes: magic, flags, size, checksum) that declare another size than
+    # their blocks hold: the header of a longer and of a shorter payload's frame.
+    liars = [kafka.codec.lz4_encode(other)[:15] + frame[15:]
+             for other in (payload + b"more" * 100, payload[:1000])]
+    cases = {"truncated": [frame[:-7], frame[:9], frame[:5], frame[:4]],
+             "not_lz4": [b"definitely not lz4"],
+             "empty": [b""], "size_lies": liars,
+             "flipped": [frame[:i] + bytes([frame[i] ^ 0xFF]) + frame[i + 1:]
+                         for i in range(0, len(frame), 7)]}[damage]
+    outcomes = [_outcome(lz4_decode, bad) for bad in cases]
+    assert outcomes == [_outcome(aiokafka.codec.lz4_decode, bad) for bad in cases]
+    assert any(o[0] == "raised" for o in outcomes)
