@@ -14,10 +14,11 @@ agents' kafka-python and aiokafka both write it). Anything else (several frames,
 declared size, a damaged frame) goes to aiokafka's own decoder, which decodes or raises
 exactly as it did before, so a hostile batch meets the same errors as without this module.
 
-lz4 (an agent's ``compression = "lz4"``) the same way: aiokafka's ``cramjam`` decoder
-took ~5.2 µs a message here, python-lz4's ``lz4.frame.decompress`` 0.9 µs (zstd's reused
-context: 3.3). :func:`lz4_decode` takes one frame that declares its content size (the
-agents' kafka-python writes it) and leaves the rest to aiokafka's decoder.
+lz4 (an agent's ``compression = "lz4"``) the same way: aiokafka decodes it with
+``cramjam`` (~4 µs a message of the bench's load), :func:`lz4_decode` with python-lz4
+(2.2–3.4 µs with its checks; zstd through the reused context 4.4–5.3; BENCHMARKS.md, round
+12). It takes one frame that declares its content size (the agents' kafka-python writes
+it) and leaves the rest to aiokafka's decoder.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ MAX_CONTENT = 64 << 20
 
 _LZ4_MAGIC = b"\x04\x22\x4d\x18"
 
-#: aiokafka's modules that read record batches and call ``zstd_decode`` by its global name.
+#: aiokafka's modules that read record batches and call their decoders by global name.
 _READERS = ("aiokafka.record._crecords.default_records", "aiokafka.record.default_records")
 
 _local = threading.local()

@@ -125,3 +125,14 @@ def test_bin_and_ext_values_are_skipped() -> None:
     for value in (b"raw", b"r" * 300, ext, msgspec.msgpack.Ext(1, b"1234")):
         got = _read([{"blob": value, "n": 3, "rows": [{"q": value, "i": 2}]}])
         assert got.head["n"].to_pylist() == [3] and got.fields["i"].to_pylist() == [2]
+
+
+def test_a_text_past_the_bytes_raises_instead_of_being_read() -> None:
+    from trainguard.pipeline.sinks.msgpack_notes import gather
+
+    body = np.frombuffer(b"abcdef", np.uint8)
+    offsets, data = gather(body, np.array([1], np.int64), np.array([3], np.int64),
+                           np.array([True]))
+    assert bytes(data) == b"bcd" and offsets.tolist() == [0, 3]
+    with pytest.raises(ValueError):
+        gather(body, np.array([4], np.int64), np.array([5], np.int64), np.array([True]))
