@@ -158,8 +158,9 @@ def _frame_lz4_as_the_agents() -> None:
 
     import kafka.codec
 
-    for name in ("aiokafka.record._crecords.default_records",
-                 "aiokafka.record.default_records"):
+    from trainguard.pipeline.fetch_codec import READERS
+
+    for name in READERS:  # the modules that build batches also read them
         try:
             importlib.import_module(name).lz4_encode = kafka.codec.lz4_encode
         except ImportError:

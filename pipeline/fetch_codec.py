@@ -31,7 +31,7 @@ from typing import Any
 import lz4.frame
 import zstandard
 
-__all__ = ["MAX_CONTENT", "install", "installed", "lz4_decode", "zstd_decode"]
+__all__ = ["MAX_CONTENT", "READERS", "install", "installed", "lz4_decode", "zstd_decode"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ MAX_CONTENT = 64 << 20
 _LZ4_MAGIC = b"\x04\x22\x4d\x18"
 
 #: aiokafka's modules that read record batches and call their decoders by global name.
-_READERS = ("aiokafka.record._crecords.default_records", "aiokafka.record.default_records")
+READERS = ("aiokafka.record._crecords.default_records", "aiokafka.record.default_records")
 
 _local = threading.local()
 #: aiokafka's own decoders, by the global name its readers call them by.
@@ -124,7 +124,7 @@ def install() -> bool:
     import importlib
 
     done = False
-    for module_name in _READERS:
+    for module_name in READERS:
         try:
             module = importlib.import_module(module_name)
         except ImportError:
@@ -147,7 +147,7 @@ def installed() -> bool:
     import importlib
 
     try:
-        module = importlib.import_module(_READERS[0])
+        module = importlib.import_module(READERS[0])
     except ImportError:
-        module = importlib.import_module(_READERS[1])
+        module = importlib.import_module(READERS[1])
     return all(getattr(module, name, None) is ours for name, ours in _OURS.items())

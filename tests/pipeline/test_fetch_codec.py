@@ -26,7 +26,7 @@ _LZ4, _ZSTD = 3, 4  # Kafka's attribute bits for lz4 and zstd
 @pytest.fixture
 def patched() -> Iterator[None]:
     """aiokafka's readers pointed at fetch_codec for one test, then as they were."""
-    modules = [importlib.import_module(name) for name in fetch_codec._READERS]
+    modules = [importlib.import_module(name) for name in fetch_codec.READERS]
     before = [(m.zstd_decode, m.lz4_decode) for m in modules]
     assert install()
     yield
