@@ -11,7 +11,8 @@ case for compression (real telemetry repeats values more often).
 Then one snapshot round is timed per partition, as ``StateSnapshots.write`` runs it:
 
 * ``export``: what runs on the event loop: ``StageStates.export`` (gathers, msgpack) in
-  the old code, ``StageStates.export_later`` (gathers, folds) in the new, thread CPU;
+  old code, ``StageStates.export_later`` since (gathers and folds; since round 13 the
+  gathers only, and the consistency stage's step records written whole), thread CPU;
 * ``seal``: what the worker runs off the loop, on a thread (the call ``export_later``
   returned: the byte shuffle, msgpack of the header, zstd; zlib of the consistency blob),
   timed here on this thread, where the code has it;

@@ -14,15 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from trainguard.pipeline.detect.family import EntityFamily
+from trainguard.pipeline.detect.family import EntityFamily, finish_export
 from trainguard.pipeline.state_codec import (
     SnapshotError,
     fold_rows,
+    pack_arrays,
     unfold_rows,
     unpack_arrays,
 )
 
-__all__ = ["FORMAT", "export_doc", "max_state_bytes", "read_doc"]
+__all__ = ["FORMAT", "copy_doc", "export_doc", "max_state_bytes", "pack_doc", "read_doc"]
 
 #: The format :func:`export_doc` writes; :func:`read_doc` reads it and format 1.
 FORMAT = 2
@@ -32,13 +33,35 @@ _ENTITY_BYTES = 4096
 
 
 def export_doc(now: float, families: dict[str, EntityFamily], part: str) -> dict[str, Any]:
-    """Copies of partition ``part``'s state (safe to pack on another thread)."""
-    doc: dict[str, Any] = {"format": FORMAT, "now": now}
-    for name, family in families.items():
-        fam = family.export(part)
-        fam["banks"] = {m: fold_rows(b, *_FOLD) for m, b in fam["banks"].items()}
-        doc[name] = fam
-    return doc
+    """The document of partition ``part``'s state (format 2, unpacked)."""
+    return finish_doc(copy_doc(now, families, part))
+
+
+def copy_doc(now: float, families: dict[str, EntityFamily], part: str) -> dict[str, Any]:
+    """Copies of partition ``part``'s state: the part of an export that reads the families.
+
+    What is left (:func:`finish_doc`, :func:`pack_doc`) reads only the copies, so it may run
+    on another thread while batches go on: at 10,000 nodes the folds and the metadata were
+    a third of the snapshot round's time on the event loop.
+    """
+    return {"format": FORMAT, "now": now,
+            **{name: family.copy_part(part) for name, family in families.items()}}
+
+
+def finish_doc(doc: dict[str, Any]) -> dict[str, Any]:
+    """A :func:`copy_doc` document as :func:`export_doc` gives it: banks folded."""
+    out = dict(doc)
+    for name, fam in doc.items():
+        if isinstance(fam, dict):
+            fam = finish_export(fam)
+            fam["banks"] = {m: fold_rows(b, *_FOLD) for m, b in fam["banks"].items()}
+            out[name] = fam
+    return out
+
+
+def pack_doc(doc: dict[str, Any]) -> bytes:
+    """The snapshot blob of a :func:`copy_doc` document (run it off the loop)."""
+    return pack_arrays(finish_doc(doc))
 
 
 def read_doc(blob: bytes, max_bytes: int) -> dict[str, Any]:

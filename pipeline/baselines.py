@@ -31,13 +31,12 @@ import numpy as np
 import pyarrow as pa
 
 from trainguard.errors import ConfigError
-from trainguard.pipeline.baseline_state import export_doc, max_state_bytes, read_doc
+from trainguard.pipeline.baseline_state import copy_doc, max_state_bytes, pack_doc, read_doc
 from trainguard.pipeline.detect import BankConfig, Detection
 from trainguard.pipeline.detect.family import EntityFamily, EntityMeta
 from trainguard.pipeline.detect.points import GpuPoints, RankPoints
 from trainguard.pipeline.detect.registry import DEFAULT_MAX_ENTITIES
 from trainguard.pipeline.sinks.column_rows import ColumnRows, column_rows
-from trainguard.pipeline.state_codec import pack_arrays
 from trainguard.schemas.records import Anomaly, GpuSampleBatch, Record, StepBatch, StepRecord
 
 __all__ = ["GPU_METRICS", "RANK_METRICS", "BaselineConfig", "BaselineStage"]
@@ -142,8 +141,7 @@ class BaselineStage:
 
     def export_later(self, part: str) -> Callable[[], bytes]:
         """Copy ``part``'s state now; the call returned packs it (run it off the loop)."""
-        doc = export_doc(self.now, self._families(), part)
-        return functools.partial(pack_arrays, doc)
+        return functools.partial(pack_doc, copy_doc(self.now, self._families(), part))
 
     def load(self, part: str, blob: bytes) -> int:
         """Install a partition's exported state; return how many entities it held.

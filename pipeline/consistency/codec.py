@@ -9,7 +9,10 @@ input that may be damaged: anything unexpected (an unknown tag or class, a refer
 nowhere, an object dtype) raises :class:`StateError`, which the caller counts.
 
 Objects seen twice (a step record both in an open step and in a watch's memory) are
-written once and referenced after, so sharing survives the round trip. The stage's own
+written once and referenced after, so sharing survives the round trip. The wire records
+the stage holds as received (the step records of its open steps: most of a job's state)
+are written whole by msgspec instead of field by field in Python, and read back through
+msgspec's checks of their type (a value out of its bounds is damage too). The stage's own
 :class:`~.config.ConsistencyConfig` is written as a marker and restored as the loading
 stage's config (a different config makes the blob incompatible: see
 :func:`layout_fingerprint`).
@@ -38,7 +41,7 @@ class StateError(TrainguardError):
 
 # Tags: every msgpack array in the stream is one of these forms; scalars travel as is.
 _REF, _LIST, _TUPLE, _SET, _FROZEN, _DICT, _DEQUE, _ODICT = range(8)
-_BYTES, _ARRAY, _SCALAR, _OBJ, _STRUCT, _CONFIG = range(8, 14)
+_BYTES, _ARRAY, _SCALAR, _OBJ, _STRUCT, _CONFIG, _RECORD = range(8, 15)
 _SCALARS = (type(None), bool, int, float, str)
 #: Plain numeric/bool/unicode arrays only: an object array could hold anything.
 _ARRAY_KINDS = frozenset("biufU")
@@ -62,12 +65,27 @@ def _allowed() -> dict[str, type]:
 
 
 ALLOWED: dict[str, type] = {}
+#: The wire records the stage holds as ingest decoded them, written whole (``_RECORD``):
+#: msgspec reads back exactly the values it decoded from the message. Records the worker
+#: makes itself (findings) stay field by field: an int where their type says float would
+#: come back a float.
+_RECEIVED = frozenset(f"trainguard.schemas.{name}" for name in (
+    "records.StepRecord", "records.CheckpointEvent", "records.WitnessReport",
+    "records.RankClaim", "ranks.RankEvent", "ranks.EnvManifest"))
+_WIRE: dict[str, type] = {}
 
 
 def _classes() -> dict[str, type]:
     if not ALLOWED:  # lazily: the package imports this module
         ALLOWED.update(_allowed())
     return ALLOWED
+
+
+def _wire() -> dict[str, type]:
+    """The classes written whole (:data:`_RECEIVED`), by name."""
+    if not _WIRE:
+        _WIRE.update({name: _classes()[name] for name in _RECEIVED})
+    return _WIRE
 
 
 def _name(cls: type) -> str:
@@ -89,6 +107,7 @@ class _Encoder:
         self._config = config
         self._memo: dict[int, int] = {}
         self._classes = _classes()
+        self._records = {cls: name for name, cls in _wire().items()}
 
     def _ref(self, value: object) -> list[Any] | None:
         idx = self._memo.get(id(value))
@@ -116,6 +135,9 @@ class _Encoder:
             return ref
         if kind is list:
             return [_LIST, self._items(value)]
+        record = self._records.get(kind)
+        if record is not None:  # msgspec writes it when the whole graph is encoded
+            return [_RECORD, record, value]
         if kind is set:
             return [_SET, self._items(value)]
         if kind in (dict, collections.OrderedDict):
@@ -199,7 +221,22 @@ class _Decoder:
             return self._keep(arr)
         if tag in (_OBJ, _STRUCT):
             return self._object(tag, value[1], value[2])
+        if tag == _RECORD:
+            return self._record(value)
         raise StateError(f"unknown tag {tag!r} in state blob")
+
+    def _record(self, value: list[Any]) -> Any:
+        """A wire record written whole, read through msgspec's checks of its type."""
+        cls = _wire().get(value[1]) if len(value) == 3 and isinstance(value[1], str) else None
+        if cls is None:
+            raise StateError(f"{value[1:2]!r} is not a wire record type")
+        at = len(self._memo)
+        self._keep(_PENDING)  # its index, as the encoder numbered it
+        try:
+            self._memo[at] = msgspec.convert(value[2], cls)
+        except msgspec.ValidationError as exc:
+            raise StateError(f"{value[1]} in state blob: {exc}") from exc
+        return self._memo[at]
 
     def _object(self, tag: int, name: Any, fields: Any) -> Any:
         cls = self._classes.get(name) if isinstance(name, str) else None

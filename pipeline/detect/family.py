@@ -27,12 +27,14 @@ from trainguard.pipeline.detect.bank import DetectorBank
 from trainguard.pipeline.detect.registry import EntityRegistry, FloatArray, IntArray
 from trainguard.pipeline.detect.types import BankConfig, Detection
 
-__all__ = ["EntityFamily", "EntityMeta"]
+__all__ = ["EntityFamily", "EntityMeta", "finish_export"]
 
 log = logging.getLogger(__name__)
 
 
-class EntityMeta(msgspec.Struct):
+# Frozen: a snapshot round takes the list of an entity's metadata on the loop and writes
+# it out on a thread, while batches go on (a GPU that moves job gets a new one).
+class EntityMeta(msgspec.Struct, frozen=True):
     """What an anomaly says about its entity besides the key."""
 
     cluster: str
@@ -154,12 +156,21 @@ class EntityFamily:
 
     def export(self, part: str) -> dict[str, Any]:
         """The state of the entities fed by partition ``part``."""
+        return finish_export(self.copy_part(part))
+
+    def copy_part(self, part: str) -> dict[str, Any]:
+        """Copies of what :meth:`export` writes of ``part``; :func:`finish_export` ends it.
+
+        Only this part reads the family: the rest may run on another thread while
+        batches move the state on.
+        """
         keys = [k for k, p in self.source.items() if p == part and k in self.meta]
         rows = np.asarray([self.registry.get(k) for k in keys], dtype=np.int64)
+        meta = self.meta
         doc: dict[str, Any] = {
-            "keys": np.array(keys, dtype=np.str_),
+            "keys": keys,
             "last_seen": self.registry.last_seen(rows),
-            "meta": msgspec.to_builtins([self.meta[k] for k in keys]),
+            "meta": [meta[k] for k in keys],
             "banks": {},
         }
         for metric, bank in self.banks.items():
@@ -207,3 +218,9 @@ class EntityFamily:
         for key in keys:
             self.meta.pop(key, None)
             self.source.pop(key, None)
+
+
+def finish_export(doc: dict[str, Any]) -> dict[str, Any]:
+    """:meth:`EntityFamily.copy_part`'s copies as :meth:`EntityFamily.export` writes them."""
+    return {**doc, "keys": np.array(doc["keys"], dtype=np.str_),
+            "meta": msgspec.to_builtins(doc["meta"])}

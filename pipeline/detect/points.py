@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from itertools import chain
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from trainguard.pipeline.detect.family import EntityFamily, EntityMeta
@@ -124,8 +125,8 @@ class GpuPoints(Points):
             if m is None:
                 meta[key] = EntityMeta(record.cluster, node, gpu=gpu.index, job_id=job)
                 family.source[key] = part
-            elif m.job_id != job:
-                m.job_id = job  # the GPU moved to another job (or left it)
+            elif m.job_id != job:  # the GPU moved to another job (or left it)
+                meta[key] = msgspec.structs.replace(m, job_id=job)
             keys.append(key)
         group = family.group(job) if keys else -1
         entry = _Entry(sig, job, [group] * len(keys), whole=len(gpus) == len(sig))

@@ -126,6 +126,23 @@ def test_exported_state_resumes_in_another_stage_without_warm_up():
     assert min(a.ts for a in found) <= T0 + 65
 
 
+def test_a_snapshot_packs_the_state_of_when_it_was_taken_not_of_when_it_is_packed():
+    gpus = SimulatedGpus("n1", 2, seed=5)
+    stage = BaselineStage()
+    for i in range(40):
+        stage.observe([_job_tick(gpus, T0 + i, "j1")], sources=["s:0"])
+    now = stage.export("s:0")
+    later = stage.export_later("s:0")  # copied here; packed below, as on the thread
+    for i in range(40, 50):  # batches go on meanwhile: new points, the GPUs change job
+        stage.observe([_job_tick(gpus, T0 + i, "j2")], sources=["s:0"])
+    assert later() == now
+    assert stage.export("s:0") != now
+    restored = BaselineStage()
+    assert restored.load("s:0", later()) == 2
+    assert {m.job_id for m in restored.gpus.meta.values()} == {"j1"}
+    assert {m.job_id for m in stage.gpus.meta.values()} == {"j2"}
+
+
 def test_dropping_a_partition_forgets_only_its_entities():
     stage = BaselineStage()
     stage.observe([_tick(SimulatedGpus("a", 1), T0, node="a")], sources=["s:0"])
