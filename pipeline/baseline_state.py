@@ -23,18 +23,13 @@ from trainguard.pipeline.state_codec import (
     unpack_arrays,
 )
 
-__all__ = ["FORMAT", "copy_doc", "export_doc", "max_state_bytes", "pack_doc", "read_doc"]
+__all__ = ["FORMAT", "copy_doc", "finish_doc", "max_state_bytes", "pack_doc", "read_doc"]
 
-#: The format :func:`export_doc` writes; :func:`read_doc` reads it and format 1.
+#: The format :func:`pack_doc` writes; :func:`read_doc` reads it and format 1.
 FORMAT = 2
 _FOLD = ("recent.buf", "window.buf")
 #: Per entity, beyond its banks' rows: key, last-seen time and metadata (job, host ids).
 _ENTITY_BYTES = 4096
-
-
-def export_doc(now: float, families: dict[str, EntityFamily], part: str) -> dict[str, Any]:
-    """The document of partition ``part``'s state (format 2, unpacked)."""
-    return finish_doc(copy_doc(now, families, part))
 
 
 def copy_doc(now: float, families: dict[str, EntityFamily], part: str) -> dict[str, Any]:
@@ -49,7 +44,7 @@ def copy_doc(now: float, families: dict[str, EntityFamily], part: str) -> dict[s
 
 
 def finish_doc(doc: dict[str, Any]) -> dict[str, Any]:
-    """A :func:`copy_doc` document as :func:`export_doc` gives it: banks folded."""
+    """A :func:`copy_doc` document as it is packed: keys and metadata plain, banks folded."""
     out = dict(doc)
     for name, fam in doc.items():
         if isinstance(fam, dict):
