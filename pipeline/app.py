@@ -123,6 +123,8 @@ def build_app(
         # Raw offsets commits the broker refused (a rebalance first): those batches are read
         # again and deduplicated by the store; a steady count means something is wrong.
         out["raw_commits_failed"] = float(ledger.failed)
+        if snapshots is not None:  # a failover restores the last round sent whole
+            out.update(snapshots.health())
         if ingestor.auth is not None:  # MACs verified and refused, forgeries folded
             out.update(ingestor.auth.health())
         if alerting_health is not None:

@@ -44,6 +44,13 @@ _COUNTERS = {
                              "Points the baselines' compiled quiet path took in."),
     "baseline_quiet_passed": ("trainguard_baseline_quiet_points_passed",
                               "Points the compiled quiet path passed to the vectorized one."),
+    "state_snapshot_rounds": ("trainguard_state_snapshot_rounds",
+                              "State snapshot rounds sent whole (what a failover restores)."),
+    "state_snapshot_rounds_failed": ("trainguard_state_snapshot_rounds_failed",
+                                     "State snapshot rounds that failed (previous ones stay)."),
+    "state_snapshot_rounds_abandoned": (
+        "trainguard_state_snapshot_rounds_abandoned",
+        "State snapshot rounds dropped because a store write they followed failed."),
 }
 #: Health figures whose key ends in a label value: prefix → (name, label, prefix of the
 #: label value, doc).

@@ -172,6 +172,12 @@ class StateSnapshots:
         self._ready.set()
         #: The round being packed and sent (:meth:`start`), until :meth:`settle` takes it.
         self._round: asyncio.Future[int] | None = None
+        #: Rounds sent whole; failed (logged as they fail, raised by the next
+        #: :meth:`start`); abandoned because a store write they followed failed. A failover
+        #: restores the last round sent whole, so SREs watch these (``health``).
+        self.rounds_sent = self.rounds_failed = self.rounds_abandoned = 0
+        #: Seconds the last round sent took (its copies, packing and sending).
+        self.last_round_s = 0.0
 
     async def wait_ready(self) -> None:
         """Return once no assignment's state is loading."""
@@ -208,6 +214,24 @@ class StateSnapshots:
                   for part in sorted(self._state.partitions())]
         self._round = asyncio.ensure_future(
             self._send(copies, generation, self._clock() - started, list(after)))
+        self._round.add_done_callback(self._ended)
+
+    def _ended(self, round_: asyncio.Future[int]) -> None:
+        """A round's failure is logged and counted when it happens, not a round later."""
+        if round_.cancelled():
+            return
+        exc = round_.exception()
+        if exc is not None:
+            self.rounds_failed += 1
+            log.error("state snapshot round failed error=%r failed=%d; the partitions' "
+                      "previous snapshots stay", exc, self.rounds_failed)
+
+    def health(self) -> dict[str, float]:
+        """The rounds' figures for the worker's health probe (``state_snapshot_*``)."""
+        return {"state_snapshot_rounds": float(self.rounds_sent),
+                "state_snapshot_rounds_failed": float(self.rounds_failed),
+                "state_snapshot_rounds_abandoned": float(self.rounds_abandoned),
+                "state_snapshot_last_round_s": self.last_round_s}
 
     async def settle(self) -> int:
         """Wait for the round in flight (if any); return how many messages it took."""
@@ -215,11 +239,11 @@ class StateSnapshots:
         return 0 if round_ is None else await round_
 
     async def _settle_logged(self) -> None:
-        """Wait for the round in flight; an error is logged, not raised (a rebalance goes on)."""
+        """Wait for the round in flight; a rebalance goes on whatever it raised (logged)."""
         try:
             await self.settle()
-        except Exception as exc:  # the previous snapshot slot stays whole
-            log.error("state snapshot round failed error=%r", exc)
+        except Exception:  # logged and counted as it failed; the previous slot stays whole
+            pass
 
     def cancel(self) -> None:
         """Stopping: abandon the round in flight (the previous snapshot's slot stays whole)."""
@@ -233,6 +257,7 @@ class StateSnapshots:
             await asyncio.wait(after)
             if not all(map(landed, after)):
                 # The handler stops on the failed write; the previous snapshot stays.
+                self.rounds_abandoned += 1
                 log.warning("state snapshot round abandoned: a store write it followed failed")
                 return 0
         loop = asyncio.get_running_loop()
@@ -261,6 +286,8 @@ class StateSnapshots:
         # space snapshots so that they cost at most max_share of the worker.
         took = copied_s + self._clock() - started
         self._next = self._clock() + max(self._every_s, took / self._max_share)
+        self.rounds_sent += 1
+        self.last_round_s = took
         log.debug("state snapshot partitions=%d chunks=%d took_s=%.2f copied_s=%.2f",
                   len(self._slots), len(sent), took, copied_s)
         return len(sent)

@@ -42,7 +42,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_rules_pass_promtool_check_rules() -> None:
     out = _run("check", "rules", str(RULES))
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 13 rules found" in out.stdout
+    assert "SUCCESS: 14 rules found" in out.stdout
 
 
 def test_the_rules_unit_tests_pass() -> None:

@@ -43,7 +43,9 @@ def _sample(**kw: object) -> WorkerSample:
                "stage_errors_consistency": 6.0, "alert_stage_errors_alerts": 1.0,
                "auth_verified": 9.0, "auth_verified_kid_k1": 9.0, "auth_failed_bad_mac": 5.0,
                "consistency_jobs_evicted": 7.0, "baseline_quiet_taken": 90.0,
-               "baseline_quiet_passed": 10.0},
+               "baseline_quiet_passed": 10.0, "state_snapshot_rounds": 12.0,
+               "state_snapshot_rounds_failed": 2.0, "state_snapshot_rounds_abandoned": 1.0,
+               "state_snapshot_last_round_s": 1.5},
         published=PublishCounts(dead_letters=Counter({"not_json": 2, "delivery_failed": 3}),
                                 findings=Counter({"param_divergence": 2}),
                                 findings_cleared=Counter({"param_divergence": 1}), anomalies=8),
@@ -113,6 +115,10 @@ def test_dead_letters_findings_and_alerting_are_labelled_counters_and_gauges() -
     assert got["trainguard_auth_failed_total", (("reason", "bad_mac"),)] == 5.0
     assert got["trainguard_baseline_quiet_points_taken_total", ()] == 90.0
     assert got["trainguard_baseline_quiet_points_passed_total", ()] == 10.0
+    assert got["trainguard_state_snapshot_rounds_total", ()] == 12.0
+    assert got["trainguard_state_snapshot_rounds_failed_total", ()] == 2.0
+    assert got["trainguard_state_snapshot_rounds_abandoned_total", ()] == 1.0
+    assert got["trainguard_state_snapshot_last_round_s", ()] == 1.5
     # A figure without a metric of its own is still exported, under its health name.
     assert got["trainguard_consistency_jobs_evicted", ()] == 7.0
     assert not any(name == "trainguard_auth_verified" for name, _ in got)  # the kids' sum

@@ -109,6 +109,8 @@ def test_snapshots_are_spaced_by_ten_times_their_export_time() -> None:
         clock.advance(5.0)
         assert snaps.due()
         await snaps.write()  # took 2 s: the next is 20 s away, not 5
+        assert snaps.health()["state_snapshot_last_round_s"] == 2.0
+        assert snaps.health()["state_snapshot_rounds"] == 1.0
         clock.advance(19.0)
         assert not snaps.due()
         clock.advance(1.0)
@@ -292,12 +294,19 @@ def test_a_failed_round_is_raised_by_the_next_start_and_only_logged_on_a_reassig
         snaps = _snapshots(FakeState(clock, {"in:0": b"a"}), Refusing(), clock)
         await snaps.start()
         await spin()
+        # Seen as it fails, not a round later: logged and counted before the next start.
+        assert "state snapshot round failed" in caplog.text and "broker says no" in caplog.text
+        assert snaps.health()["state_snapshot_rounds_failed"] == 1.0
         with pytest.raises(RuntimeError, match="broker says no"):
             await snaps.start()
         await snaps.start()  # that round fails too; a rebalance must still go on
         await spin()
         await snaps.on_assigned([_tp("in", 0)])
-        assert "state snapshot round failed" in caplog.text
+        assert caplog.text.count("state snapshot round failed") == 2  # once per round
+        assert snaps.health() == {"state_snapshot_rounds": 0.0,
+                                  "state_snapshot_rounds_failed": 2.0,
+                                  "state_snapshot_rounds_abandoned": 0.0,
+                                  "state_snapshot_last_round_s": 0.0}
 
     run(main())
 
@@ -330,5 +339,8 @@ def test_a_round_is_sent_only_after_the_writes_it_follows_landed() -> None:
         await snaps.start(after=[failing])
         failing.set_exception(RuntimeError("store gave up"))
         assert await snaps.settle() == 0 and len(topic.sent) == 1  # abandoned
+        health = snaps.health()
+        assert (health["state_snapshot_rounds"], health["state_snapshot_rounds_abandoned"],
+                health["state_snapshot_rounds_failed"]) == (1.0, 1.0, 0.0)
 
     run(main())
