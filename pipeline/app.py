@@ -53,6 +53,7 @@ from trainguard.pipeline.sinks.store_sink import StoreSink, WriteResult
 from trainguard.pipeline.snapshots import StageStates, StateSnapshots
 from trainguard.pipeline.state import read_snapshots
 from trainguard.pipeline.store import Store
+from trainguard.pipeline.store.merge_priority import MergePriority
 from trainguard.schemas.kafka_security import KafkaSecurity
 from trainguard.sd_notify import SdNotifier
 
@@ -118,8 +119,15 @@ def build_app(
         alerting_health = add_alerting(app, config, sink=sink, store=store, executor=executor,
                                        publisher=publisher, event_now=event_now)
 
+    # chdb merges on this process's threads: they yield to the loop (see merge_priority).
+    merges = MergePriority(config.store_merge_nice) if config.store.embedded else None
+    if merges is not None:
+        merges.apply()  # the store is open: its merge threads exist, before the first batch
+
     def health() -> dict[str, float]:
         out = handler.quarantine.health()
+        if merges is not None:  # merge threads come and go: each probe lowers new ones
+            out["store_merge_threads"] = float(merges.apply())
         # Raw offsets commits the broker refused (a rebalance first): those batches are read
         # again and deduplicated by the store; a steady count means something is wrong.
         out["raw_commits_failed"] = float(ledger.failed)

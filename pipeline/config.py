@@ -94,6 +94,14 @@ class WorkerConfig:
     #: at ~15 % less CPU per message (BENCHMARKS.md, issue #17). A fetch response holds at
     #: most 50 MiB (aiokafka's ``fetch_max_bytes``) whatever this is.
     max_partition_fetch_bytes: int = 8 * 1024 * 1024
+    #: The ``nice`` value of the embedded store's merge threads (chdb merges on threads of
+    #: this process): a merge takes a whole core for seconds at 10,000 nodes, and at 19 it
+    #: takes idle CPU and yields to the event loop. In real time at 5,000 nodes the anomaly
+    #: reached its topic at p99 0.98 and 0.76 s against 1.92 and 1.38 s at 0 (two pairs);
+    #: a backlog drains as fast either way (BENCHMARKS.md, issue #17, round 15). 0: as the
+    #: worker's own threads. A ClickHouse
+    #: server merges on its own machine (its ``os_threads_nice_value_merge_mutate``).
+    store_merge_nice: int = 19
     #: How long a failing store write is retried (with backoff) before the store is declared
     #: down (an error line, ``store_down`` in pipeline_health); the worker then stays up,
     #: paused, and keeps retrying until the store is back.
@@ -197,6 +205,9 @@ class WorkerConfig:
                 and 65536 <= self.max_partition_fetch_bytes <= 256 * 1024 * 1024):
             raise ConfigError("max_partition_fetch_bytes must be an integer within "
                               f"65536..268435456, got {self.max_partition_fetch_bytes!r}")
+        if not (isinstance(self.store_merge_nice, int) and 0 <= self.store_merge_nice <= 19):
+            raise ConfigError("store_merge_nice must be an integer within 0..19, got "
+                              f"{self.store_merge_nice!r}")
         IngestCaps(max_world_size=self.max_world_size)  # validates it
         if not 0.5 <= self.agent_silent_s <= 86400:
             raise ConfigError(

@@ -47,6 +47,7 @@ __all__ = [
     "BATCH_LINGER_S",
     "BATCH_WITHIN_S",
     "MAX_PARTITION_FETCH_BYTES",
+    "STORE_MERGE_NICE",
     "MAX_FUTURE_S",
     "MAX_PAST_S",
     "MAX_WORLD_SIZE",
@@ -151,6 +152,8 @@ BATCH_WITHIN_S = "TRAINGUARD_BATCH_WITHIN_S"
 BATCH_LINGER_S = "TRAINGUARD_BATCH_LINGER_S"
 #: The most bytes one fetch of the worker's raw consumer reads of one partition.
 MAX_PARTITION_FETCH_BYTES = "TRAINGUARD_MAX_PARTITION_FETCH_BYTES"
+#: The ``nice`` of the embedded store's merge threads (0: as the worker's own).
+STORE_MERGE_NICE = "TRAINGUARD_STORE_MERGE_NICE"
 #: The worker's event-time window around a record's Kafka timestamp (seconds ahead, behind).
 MAX_FUTURE_S = "TRAINGUARD_MAX_FUTURE_S"
 MAX_PAST_S = "TRAINGUARD_MAX_PAST_S"

@@ -64,6 +64,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p, "--max-partition-fetch-bytes", envvars.MAX_PARTITION_FETCH_BYTES, 8 * 1024 * 1024,
         "bytes one fetch of the raw topics reads of one partition at most", type=int)
     add_env_option(
+        p, "--store-merge-nice", envvars.STORE_MERGE_NICE, 19,
+        "nice value (0-19) of the embedded store's merge threads, so that merges take idle "
+        "CPU and yield to the worker's own threads (0: as the worker's)", type=int)
+    add_env_option(
         p, "--max-future-s", envvars.MAX_FUTURE_S, 600.0,
         "seconds a record's ts may run ahead of its Kafka timestamp (else a 'clock' dead "
         "letter); raise it to replay simulated time", type=float)
@@ -146,6 +150,7 @@ def worker_config(args: argparse.Namespace) -> object:
         batch_within_s=args.batch_within,
         batch_linger_s=args.batch_linger,
         max_partition_fetch_bytes=args.max_partition_fetch_bytes,
+        store_merge_nice=args.store_merge_nice,
         data_dir=args.data_dir,
         max_future_s=args.max_future_s,
         max_past_s=args.max_past_s,

@@ -21,7 +21,7 @@ def test_the_flags_default_to_the_worker_configs_own_defaults() -> None:
     default = WorkerConfig(bootstrap="127.0.0.1:9092", store=config.store)
     for name in ("max_future_s", "max_past_s", "max_world_size", "max_baseline_entities",
                  "max_jobs", "batch_max", "batch_within_s", "batch_linger_s", "partitions",
-                 "replication_factor", "max_partition_fetch_bytes"):
+                 "replication_factor", "max_partition_fetch_bytes", "store_merge_nice"):
         assert getattr(config, name) == getattr(default, name), name
 
 
@@ -77,3 +77,14 @@ def test_the_raw_fetch_size_is_a_flag_and_an_environment_variable_within_bounds(
     for bad in ("1000", str(2**30)):
         with pytest.raises(ConfigError, match="max_partition_fetch_bytes.*got " + bad):
             _config("--max-partition-fetch-bytes", bad)
+
+
+def test_the_store_merge_nice_is_a_flag_and_an_environment_variable_within_bounds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _config().store_merge_nice == 19
+    assert _config("--store-merge-nice", "0").store_merge_nice == 0
+    monkeypatch.setenv("TRAINGUARD_STORE_MERGE_NICE", "10")
+    assert _config().store_merge_nice == 10
+    for bad in ("-1", "20"):
+        with pytest.raises(ConfigError, match="store_merge_nice.*got " + bad):
+            _config("--store-merge-nice", bad)
