@@ -99,8 +99,8 @@ class WorkerConfig:
     #: takes idle CPU and yields to the event loop. In real time at 5,000 nodes the anomaly
     #: reached its topic at p99 0.98 and 0.76 s against 1.92 and 1.38 s at 0 (two pairs);
     #: a backlog drains as fast either way (BENCHMARKS.md, issue #17, round 15). 0: as the
-    #: worker's own threads. A ClickHouse
-    #: server merges on its own machine (its ``os_threads_nice_value_merge_mutate``).
+    #: worker's own threads. A ClickHouse server merges on its own machine (its
+    #: ``os_threads_nice_value_merge_mutate``).
     store_merge_nice: int = 19
     #: How long a failing store write is retried (with backoff) before the store is declared
     #: down (an error line, ``store_down`` in pipeline_health); the worker then stays up,

@@ -36,7 +36,8 @@ def renice_threads(names: Iterable[str], nice: int, *, tasks: Path = Path("/proc
     """Give this process's threads named ``names`` the ``nice`` value ``nice``.
 
     Returns (threads so named, threads changed now). A thread that ends meanwhile is
-    skipped. ``get``/``set_`` default to ``os.getpriority``/``os.setpriority``.
+    skipped; a ``nice`` below the thread's needs privilege (``PermissionError``, raised).
+    ``get``/``set_`` default to ``os.getpriority``/``os.setpriority``.
     """
     if not 0 <= nice <= 19:
         raise ValueError(f"nice must be within 0..19 (a lower priority), got {nice}")
@@ -53,7 +54,7 @@ def renice_threads(names: Iterable[str], nice: int, *, tasks: Path = Path("/proc
             if get(os.PRIO_PROCESS, tid) != nice:
                 set_(os.PRIO_PROCESS, tid, nice)
                 changed += 1
-        except (OSError, ValueError):
+        except (FileNotFoundError, ProcessLookupError, ValueError):
             continue  # the thread ended, or a task that is not a number
     return found, changed
 
@@ -73,8 +74,9 @@ class MergePriority:
     def apply(self) -> int:
         """Lower any merge thread not at ``nice`` yet; return the merge threads there are.
 
-        Never raises: a platform without ``/proc`` task ids or ``setpriority`` is logged
-        once and left as it is.
+        Never raises: a platform without ``/proc`` task ids, or a worker whose own ``nice``
+        is above ``nice`` without the privilege to go below it, is logged once and left as
+        it is.
         """
         if self.failed or self.nice == 0:
             return self.threads

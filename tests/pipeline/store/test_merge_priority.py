@@ -111,6 +111,27 @@ def test_a_task_that_ends_midway_is_skipped(tmp_path: Path) -> None:
     assert (found, changed) == (2, 1) and set_calls == [(101, 19)]
 
 
+def test_a_nice_the_worker_may_not_set_is_logged_once_not_skipped_in_silence(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "101").mkdir()
+    (tmp_path / "101" / "comm").write_text("MergeMutate\n")
+
+    def refuse(which: int, tid: int, nice: int) -> None:
+        raise PermissionError(1, "Operation not permitted")  # below the worker's own nice
+
+    with pytest.raises(PermissionError):
+        renice_threads(MERGE_THREADS, 5, tasks=tmp_path, get=lambda which, tid: 10,
+                       set_=refuse)
+    monkeypatch.setattr(os, "getpriority", lambda which, tid: 10)
+    monkeypatch.setattr(os, "setpriority", refuse)
+    keeper = MergePriority(5, tasks=tmp_path)
+    assert keeper.apply() == 0 and keeper.failed
+    assert keeper.apply() == 0  # not tried again
+    assert caplog.text.count("store merge priority left as is") == 1
+    assert "Operation not permitted" in caplog.text
+
+
 @pytest.mark.parametrize("nice", [-1, 20])
 def test_a_nice_out_of_range_is_refused(nice: int) -> None:
     with pytest.raises(ValueError, match=f"got {nice}"):
