@@ -27,6 +27,7 @@ from trainguard.pipeline.kafka_admin import (
     ensure_pipeline_topics,
     wait_for_broker,
 )
+from trainguard.pipeline.malloc_tuning import pin_malloc_thresholds
 from trainguard.pipeline.sinks.columns import warm_up as warm_up_columns
 from trainguard.pipeline.sinks.store_sink import StoreSink
 from trainguard.pipeline.store import migrate, open_store, serve_reads
@@ -106,6 +107,7 @@ def run_worker(config: WorkerConfig, *, loglevel: str = "info",
             log.warning("zstd fetches decode with aiokafka's own decoder (slower)")
         _tune_gc()
         _tune_memory()
+        pin_malloc_thresholds()  # per-batch arrays reuse the heap instead of faulting anew
         try:
             worker.execute_from_commandline()
         except SystemExit as exc:

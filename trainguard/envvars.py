@@ -8,6 +8,12 @@ from __future__ import annotations
 
 __all__ = [
     "NUMPY_MADVISE_HUGEPAGE",
+    "GLIBC_TUNABLES",
+    "MALLOC_ARENA_MAX",
+    "MALLOC_MMAP_MAX",
+    "MALLOC_MMAP_THRESHOLD",
+    "MALLOC_TOP_PAD",
+    "MALLOC_TRIM_THRESHOLD",
     "AGENT_BACKEND",
     "AGENT_CONFIG",
     "INTERVAL_S",
@@ -192,6 +198,15 @@ AGENT_METRICS_TEXTFILE_DIR = "TRAINGUARD_AGENT_METRICS_TEXTFILE_DIR"
 #: numpy's own switch for advising huge pages (read at its import): the worker turns the
 #: advice off unless this is set (``pipeline/worker.py``, ``_tune_memory``).
 NUMPY_MADVISE_HUGEPAGE = "NUMPY_MADVISE_HUGEPAGE"
+#: glibc's tunables (``glibc.malloc.*`` among them) and its older malloc variables: an
+#: operator who sets one tunes malloc, and the worker then leaves glibc's thresholds as they
+#: are (``pipeline/malloc_tuning.py``).
+GLIBC_TUNABLES = "GLIBC_TUNABLES"
+MALLOC_ARENA_MAX = "MALLOC_ARENA_MAX"
+MALLOC_MMAP_MAX = "MALLOC_MMAP_MAX_"
+MALLOC_MMAP_THRESHOLD = "MALLOC_MMAP_THRESHOLD_"
+MALLOC_TOP_PAD = "MALLOC_TOP_PAD_"
+MALLOC_TRIM_THRESHOLD = "MALLOC_TRIM_THRESHOLD_"
 #: Set by the launcher of a training job, never by trainguard: what
 #: ``StepReporter.from_env()`` (:mod:`trainguard.agents.job_env`) reads to tell a training
 #: process's job, rank, world size, local rank and node, for torchrun / torchelastic...

@@ -228,12 +228,10 @@ class SortedWindow(RobustWindow):
         self.fresh = np.zeros(0, dtype=np.bool_)
         super().__init__(capacity, size)
 
-    def grow(self, n_rows: int) -> None:
-        """As :meth:`RobustWindow.grow`; the new rows are stale."""
-        kept = self.filled
-        super().grow(n_rows)
-        if len(self.fresh) < self.capacity:
-            self._derive(self.capacity, keep=kept)
+    def _reserve(self, capacity: int) -> None:
+        """As :meth:`RobustWindow._reserve`; rows not in use are stale."""
+        super()._reserve(capacity)
+        self._derive(capacity, keep=self.filled)
 
     def _derive(self, capacity: int, keep: int) -> None:
         """Size the derived arrays to ``capacity`` rows, keeping the first ``keep``."""

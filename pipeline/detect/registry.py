@@ -193,7 +193,8 @@ class RowArrays:
         self._arrays: Arrays = {}
         for name, (dtype, _) in self._FIELDS.items():
             self._arrays[name] = np.empty((0, *self._tail(name)), dtype)
-        self.grow(max(capacity, 1))
+        self._reserve(max(capacity, 1))  # exactly: a caller that names it knows its rows
+        self.grow(self.capacity)
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -212,23 +213,28 @@ class RowArrays:
     def grow(self, n_rows: int) -> None:
         """Make rows ``0 .. n_rows-1`` hold state (empty for new ones); call before using them.
 
-        Capacity at least doubles when it grows, but only rows in use are ever written:
-        the rest of a new array is memory the kernel has not handed over yet. A fleet's
-        first tick brings tens of thousands of entities at once; filling whole doubled
-        arrays with their empty state cost more than judging the tick (BENCHMARKS.md).
+        Capacity grows to twice what is asked (or twice itself, if more), but only rows in
+        use are ever written: the rest of a new array is memory the kernel has not handed
+        over yet. A fleet's first tick brings tens of thousands of entities at once, in two
+        or more batches: filling whole doubled arrays with their empty state cost more than
+        judging the tick, and growing only to the first batch's rows made the second batch
+        copy them all into the next arrays (BENCHMARKS.md, round 16).
         """
         if n_rows > self.capacity:
-            new_capacity = max(n_rows, 2 * self.capacity)
-            for name, (dtype, _) in self._FIELDS.items():
-                new: np.ndarray[Any, Any] = np.empty((new_capacity, *self._tail(name)), dtype)
-                new[: self.filled] = self._arrays[name][: self.filled]
-                self._arrays[name] = new
-            self.capacity = new_capacity
-            self._bind()
+            self._reserve(max(2 * n_rows, 2 * self.capacity))
         if n_rows > self.filled:
             for name, (_, fill) in self._FIELDS.items():
                 self._arrays[name][self.filled : n_rows] = fill
             self.filled = n_rows
+
+    def _reserve(self, capacity: int) -> None:
+        """Make the arrays ``capacity`` rows long, keeping the rows in use (none written)."""
+        for name, (dtype, _) in self._FIELDS.items():
+            new: np.ndarray[Any, Any] = np.empty((capacity, *self._tail(name)), dtype)
+            new[: self.filled] = self._arrays[name][: self.filled]
+            self._arrays[name] = new
+        self.capacity = capacity
+        self._bind()
 
     def reset(self, rows: IntArray) -> None:
         """Return ``rows`` (in use: see :meth:`grow`) to their empty state, as for a new entity."""
@@ -297,7 +303,7 @@ class RowGroup:
         return min(part.capacity for part in self._parts.values())
 
     def grow(self, n_rows: int) -> None:
-        """Make room for rows ``0 .. n_rows-1`` (capacity at least doubles when it grows)."""
+        """Make room for rows ``0 .. n_rows-1`` (to twice as many, or twice the capacity)."""
         for part in self._parts.values():
             part.grow(n_rows)
 

@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from trainguard.pipeline.detect.baseline import Ewm, EwmLag1, RobustWindow, unique_rounds
+from trainguard.pipeline.detect.baseline import (
+    Ewm,
+    EwmLag1,
+    RobustWindow,
+    SortedWindow,
+    unique_rounds,
+)
 
 
 def test_ewm_alpha_halves_a_samples_weight_after_one_half_life():
@@ -84,18 +90,33 @@ def test_unique_rounds_of_a_batch_without_repeats_is_one_round():
     assert [r.tolist() for r in unique_rounds(np.array([3, 0, 2]))] == [[0, 1, 2]]
 
 
-def test_grow_doubles_and_keeps_rows():
+def test_grow_makes_room_for_twice_the_rows_asked_and_keeps_rows():
     ewm = Ewm(4, half_life=5)
     ewm.update(np.array([3]), np.array([7.0]))
     ewm.grow(5)
-    assert ewm.capacity == 8 and ewm.mean[3] == 7.0 and ewm.n[4] == 0
+    assert ewm.capacity == 10 and ewm.mean[3] == 7.0 and ewm.n[4] == 0
+    ewm.grow(11)  # twice the capacity when that is more
+    assert ewm.capacity == 22 and ewm.mean[3] == 7.0
+
+
+def test_a_second_batch_of_new_rows_fits_without_moving_the_first():
+    # A fleet's first tick registers its entities in two batches or more: the arrays the
+    # first batch grew must take the second as they are, not be copied into larger ones.
+    win = SortedWindow(1, size=5)
+    win.grow(64_000)
+    win.push(np.array([63_999]), np.array([4.0]))
+    buf, order = win.buf, win.sorted
+    win.grow(80_000)
+    assert win.buf is buf and win.sorted is order and win.capacity == 128_000
+    assert win.count[63_999] == 1 and np.isnan(win.buf[79_999]).all()
+    assert not win.fresh[64_000:80_000].any()
 
 
 def test_grow_writes_only_rows_in_use_and_empties_each_row_when_first_used():
     ewm = Ewm(4, half_life=5)
     ewm.update(np.array([3]), np.array([7.0]))
     ewm.grow(5)
-    assert (ewm.capacity, ewm.filled) == (8, 5)
+    assert (ewm.capacity, ewm.filled) == (10, 5)
     ewm.mean[5:], ewm.n[5:] = 99.0, 99  # what unwritten memory may hold
     ewm.grow(7)
     assert ewm.mean[[5, 6]].tolist() == [0.0, 0.0] and ewm.n[[5, 6]].tolist() == [0, 0]
@@ -105,7 +126,7 @@ def test_grow_writes_only_rows_in_use_and_empties_each_row_when_first_used():
 
 def test_a_window_restored_from_a_snapshot_of_rows_in_use_grows_on():
     win = RobustWindow(2, size=5)
-    win.grow(3)  # room for 4 rows, 3 in use
+    win.grow(3)  # room for 6 rows, 3 in use
     win.push(np.array([2]), np.array([4.0]))
     restored = RobustWindow(1, size=5)
     restored.load_state(win.state())

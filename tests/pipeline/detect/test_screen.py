@@ -42,13 +42,13 @@ def test_rows_not_in_use_are_no_peers_whatever_their_memory_holds(rng):
         x[400:440, row] = 70.0
     bank = DetectorBank("power_w", capacity=16)
     bank.grow(17)
-    bank.grow(33)  # room for 64 rows, 33 in use: rows 33.. are memory never written
+    bank.grow(35)  # room for 70 rows, 35 in use: rows 35.. are memory never written
     st = bank.rows
-    assert (st.capacity, st.filled) == (64, 33)
-    # As if that memory held 31 live members of the job that never depart: counted as
+    assert (st.capacity, st.filled) == (70, 35)
+    # As if that memory held 35 live members of the job that never depart: counted as
     # peers, they would make the job's own dip look like 16 GPUs failing alone.
-    st.group[33:], st.last_ts[33:], st.alarm[33:] = 0, 1e12, 0
-    st.dep_down[33:] = st.dep_up[33:] = -np.inf
+    st.group[35:], st.last_ts[35:], st.alarm[35:] = 0, 1e12, 0
+    st.dep_down[35:] = st.dep_up[35:] = -np.inf
     assert feed_group(bank, x, JOB) == []
     assert bank.suppressed["shared"] >= 16
 
