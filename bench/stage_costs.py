@@ -21,7 +21,6 @@ ticks are generated one at a time, so a long run holds one tick's messages)::
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
 import tempfile
 import time
@@ -29,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.as_worker import tune_like_worker
 from bench.loadgen import FleetLoad
 from trainguard.pipeline import batches as batches_module
 from trainguard.pipeline.baselines import BaselineStage
@@ -80,9 +80,7 @@ def stage_costs(nodes: int = 10_000, ticks: int = 6, skip: int = 1) -> dict[str,
     store = open_store(StoreUrl.parse(f"chdb://{Path(tempfile.mkdtemp()) / 'store'}"))
     migrate(store)
     sink = StoreSink(store)
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)  # as trainguard.pipeline.worker does
+    tune_like_worker()  # GC, numpy's advice, malloc: as the worker runs
     stages = ("decode", "baselines", "consistency", "sources", "write")
     times: dict[str, list[float]] = {k: [] for k in stages}
     cpu: dict[str, list[float]] = {k: [] for k in stages}
