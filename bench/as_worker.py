@@ -10,7 +10,6 @@ has, so the same bench compares code versions back to back, each as its worker r
 
 from __future__ import annotations
 
-import gc
 import importlib
 from typing import Any
 
@@ -19,11 +18,9 @@ __all__ = ["tune_like_worker"]
 
 def tune_like_worker() -> list[str]:
     """Apply the worker's process settings that this checkout has; return their names."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)  # as trainguard.pipeline.worker's _tune_gc
-    applied = ["gc"]
     worker: Any = importlib.import_module("trainguard.pipeline.worker")
+    worker._tune_gc()
+    applied = ["gc"]
     tune_memory = getattr(worker, "_tune_memory", None)
     if tune_memory is not None and tune_memory():
         applied.append("numpy-advice-off")

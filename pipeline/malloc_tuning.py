@@ -22,7 +22,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import platform
 from collections.abc import Mapping
 
 from trainguard import envvars
@@ -60,8 +59,9 @@ def pin_malloc_thresholds(env: Mapping[str, str] | None = None) -> bool:
     if operator_tuned(env):
         log.info("malloc thresholds left as the operator set them")
         return False
-    if platform.libc_ver()[0] != "glibc":
-        log.info("malloc thresholds left alone libc=%s", platform.libc_ver()[0] or "unknown")
+    libc_name = _libc()
+    if not libc_name.startswith("glibc"):
+        log.info("malloc thresholds left alone libc=%s", libc_name or "unknown")
         return False
     libc = ctypes.CDLL(None)
     for name, param, value in (("mmap", _M_MMAP_THRESHOLD, MMAP_THRESHOLD),
@@ -71,3 +71,11 @@ def pin_malloc_thresholds(env: Mapping[str, str] | None = None) -> bool:
             return False
     log.debug("malloc thresholds pinned mmap=%d trim=%d", MMAP_THRESHOLD, TRIM_THRESHOLD)
     return True
+
+
+def _libc() -> str:
+    """The C library and its version as it names itself ("glibc 2.36"), or "" if it won't."""
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (ValueError, OSError):  # not a GNU libc: the name is unknown to it
+        return ""

@@ -71,3 +71,10 @@ def test_what_counts_as_the_operator_tuning_malloc(env: dict[str, str], tuned: b
 
 def test_an_operator_tuned_env_is_left_alone_without_calling_the_library() -> None:
     assert pin_malloc_thresholds({"MALLOC_TOP_PAD_": "0"}) is False
+
+
+def test_another_c_library_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainguard.pipeline import malloc_tuning
+
+    monkeypatch.setattr(malloc_tuning, "_libc", lambda: "")
+    assert pin_malloc_thresholds({}) is False
