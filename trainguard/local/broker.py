@@ -46,6 +46,7 @@ __all__ = [
     "KAFKA_VERSION",
     "BrokerStatus",
     "LocalBroker",
+    "dedupe_buffer_bytes",
     "default_cache_dir",
     "fetch_jars",
     "free_port",
@@ -64,6 +65,28 @@ _SCRAM_MARKER = "scram.formatted"
 _MVN_TIMEOUT_S = 900.0
 _FORMAT_TIMEOUT_S = 120.0
 _HEAP_RE = re.compile(r"^[1-9][0-9]*[kKmMgG]?$")
+_HEAP_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+#: Kafka's own default for the log cleaner's key map, the most this broker asks for.
+_DEDUPE_MAX = 128 << 20
+#: Kafka refuses a map of 1 MiB or less per cleaner thread (one here).
+_DEDUPE_MIN = 2 << 20
+
+
+def dedupe_buffer_bytes(heap: str) -> int:
+    """The log cleaner's key map for a broker of ``heap`` (``512m``): an eighth of the heap.
+
+    Kafka allocates the map whole at start, 128 MiB by default. In a 256 MiB heap that is one
+    contiguous half of it, which G1 cannot always find: the broker then dies at start with
+    ``OutOfMemoryError`` in ``SkimpyOffsetMap`` (seen once in CI). A smaller map only makes
+    compaction take more passes over a log with more keys than it holds (~1.3 million in 32
+    MiB); this broker's compacted topics (the worker's tables and state) hold thousands.
+    """
+    match = _HEAP_RE.match(heap)
+    if match is None:
+        raise BrokerError(f"invalid heap size '{heap}'; expected e.g. 512m or 1g")
+    unit = heap[-1].lower() if heap[-1].isalpha() else ""
+    size = int(heap.rstrip("kKmMgG")) * _HEAP_UNITS[unit]
+    return max(_DEDUPE_MIN, min(_DEDUPE_MAX, size // 8))
 
 
 def kafka_home() -> Path:
@@ -335,6 +358,7 @@ class LocalBroker:
             "share.coordinator.state.topic.replication.factor=1",
             "share.coordinator.state.topic.min.isr=1",
             "group.initial.rebalance.delay.ms=0",
+            f"log.cleaner.dedupe.buffer.size={dedupe_buffer_bytes(self.heap)}",
             "",
         ]), encoding="utf-8")
         return path

@@ -10,7 +10,14 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from trainguard.errors import BrokerError
-from trainguard.local.broker import KAFKA_VERSION, LocalBroker, fetch_jars, free_ports, kafka_home
+from trainguard.local.broker import (
+    KAFKA_VERSION,
+    LocalBroker,
+    dedupe_buffer_bytes,
+    fetch_jars,
+    free_ports,
+    kafka_home,
+)
 from trainguard.pipeline.kafka_admin import ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -57,6 +64,9 @@ def test_start_status_stop_lifecycle(spare_broker: LocalBroker) -> None:
     status = spare_broker.status()
     assert status.running and status.pid is not None
     assert spare_broker.pid_file.read_text().strip() == str(status.pid)
+    # The broker took the cleaner's key map sized to its 256 MiB heap (not Kafka's 128 MiB).
+    props = (spare_broker.data_dir / "server.properties").read_text()
+    assert f"log.cleaner.dedupe.buffer.size={32 << 20}" in props
 
     spare_broker.start()  # already running: no second process
     assert spare_broker.status().pid == status.pid
@@ -83,6 +93,21 @@ def test_start_refuses_a_port_in_use(spare_broker: LocalBroker) -> None:
         with pytest.raises(BrokerError, match=rf"port {spare_broker.port} .*--port"):
             spare_broker.start()
     assert spare_broker.status().pid is None
+
+
+@pytest.mark.parametrize(("heap", "expected"), [
+    ("256m", 32 << 20), ("512m", 64 << 20), ("1g", 128 << 20), ("4G", 128 << 20),
+    ("300000000", 37_500_000), ("1k", 2 << 20), ("65536K", 8 << 20),
+])
+def test_the_cleaners_key_map_is_an_eighth_of_the_heap_within_kafkas_bounds(
+        heap: str, expected: int) -> None:
+    assert dedupe_buffer_bytes(heap) == expected
+
+
+@pytest.mark.parametrize("heap", ["", "0m", "-1m", "1.5g", "512mb", "m"])
+def test_the_cleaners_key_map_refuses_a_heap_size_the_jvm_would_not_read(heap: str) -> None:
+    with pytest.raises(BrokerError, match="invalid heap size"):
+        dedupe_buffer_bytes(heap)
 
 
 def test_start_reports_an_early_exit_with_the_log_tail(tmp_path: Path) -> None:
