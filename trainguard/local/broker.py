@@ -64,7 +64,7 @@ _MARKER = ".fetched"
 _SCRAM_MARKER = "scram.formatted"
 _MVN_TIMEOUT_S = 900.0
 _FORMAT_TIMEOUT_S = 120.0
-_HEAP_RE = re.compile(r"^[1-9][0-9]*[kKmMgG]?$")
+_HEAP_RE = re.compile(r"([1-9][0-9]*)([kKmMgG]?)")
 _HEAP_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 #: Kafka's own default for the log cleaner's key map, the most this broker asks for.
 _DEDUPE_MAX = 128 << 20
@@ -81,11 +81,10 @@ def dedupe_buffer_bytes(heap: str) -> int:
     compaction take more passes over a log with more keys than it holds (~1.3 million in 32
     MiB); this broker's compacted topics (the worker's tables and state) hold thousands.
     """
-    match = _HEAP_RE.match(heap)
+    match = _HEAP_RE.fullmatch(heap)
     if match is None:
         raise BrokerError(f"invalid heap size '{heap}'; expected e.g. 512m or 1g")
-    unit = heap[-1].lower() if heap[-1].isalpha() else ""
-    size = int(heap.rstrip("kKmMgG")) * _HEAP_UNITS[unit]
+    size = int(match[1]) * _HEAP_UNITS[match[2].lower()]
     return max(_DEDUPE_MIN, min(_DEDUPE_MAX, size // 8))
 
 
@@ -198,8 +197,7 @@ class LocalBroker:
                 raise BrokerError(f"invalid {name} {value}; expected 1-65535")
         if self.port == self.controller_port:
             raise BrokerError(f"port and controller port are both {port}; they must differ")
-        if not _HEAP_RE.match(heap):
-            raise BrokerError(f"invalid heap size '{heap}'; expected e.g. 512m or 1g")
+        self._dedupe_bytes = dedupe_buffer_bytes(heap)  # checks the heap size too
         self.libs_dir = libs_dir
         self.java = java
         self.heap = heap
@@ -358,7 +356,7 @@ class LocalBroker:
             "share.coordinator.state.topic.replication.factor=1",
             "share.coordinator.state.topic.min.isr=1",
             "group.initial.rebalance.delay.ms=0",
-            f"log.cleaner.dedupe.buffer.size={dedupe_buffer_bytes(self.heap)}",
+            f"log.cleaner.dedupe.buffer.size={self._dedupe_bytes}",
             "",
         ]), encoding="utf-8")
         return path
